@@ -1,0 +1,92 @@
+// conf/config.h — pgkeel's configuration as plain, validated structs. Loading (TOML, users file)
+// lives in conf/load.h; nothing here knows about files or parsing.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "routing/node.h"
+
+namespace pgkeel::conf {
+
+using Millis = std::chrono::milliseconds;
+
+enum class LogLevel : std::uint8_t { kDebug, kInfo, kWarning, kError };
+enum class PoolMode : std::uint8_t { kSession, kTransaction };
+
+struct GeneralConfig {
+  int workers = 0;                 // 0: one per online core
+  int max_client_conn = 1000;      // all listeners together (53300 beyond)
+  LogLevel log_level = LogLevel::kInfo;
+  std::string users_file;          // resolved relative to the config file's folder
+  std::string state_file;          // where pgkeel records the primary's identity (failover issue)
+  Millis shutdown_timeout{30000};  // SIGTERM: how long running transactions may finish
+  Millis login_timeout{10000};     // client must finish authentication within this
+};
+
+struct ListenerConfig {
+  std::string name;               // e.g. "rw"
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 0;
+  std::string unix_socket_dir;    // empty: no Unix socket; else .s.PGSQL.<port> in this folder
+  routing::Intent intent = routing::Intent::kReadWrite;
+  PoolMode pool_mode = PoolMode::kSession;
+};
+
+struct NodeConfig {
+  std::string name;
+  std::string host;               // numeric address or a name resolved once at start
+  std::uint16_t port = 5432;
+  int priority = 100;             // higher wins ties among failover candidates
+};
+
+// A client-facing database name and where it lives on the cluster.
+struct DatabaseConfig {
+  std::string name;               // what clients ask for; "*" matches any name
+  std::string dbname;             // name on the server; empty: same as the client's
+};
+
+struct PoolConfig {
+  int pool_size = 20;                    // warm server connections kept per pool key
+  int max_server_conn_per_node = 100;    // across all workers
+  Millis server_idle_timeout{600000};    // close a warm connection unused this long
+  Millis server_lifetime{3600000};       // close a connection this old when it is released
+  Millis connect_timeout{5000};          // TCP connect + server login
+  Millis wait_timeout{30000};            // how long a client may wait for a server connection
+  std::string reset_query = "DISCARD ALL";
+};
+
+struct ClusterConfig {
+  std::string initial_primary;     // only bootstraps the very first start
+};
+
+// One line of the users file: a client-facing user and its secret, as PostgreSQL stores it in
+// pg_authid (SCRAM verifier or md5 hash) or a plaintext password (service accounts).
+struct UserEntry {
+  std::string name;
+  std::string secret;
+  int line = 0;
+};
+
+struct Config {
+  std::string source_file;
+  GeneralConfig general;
+  ClusterConfig cluster;
+  PoolConfig pool;
+  std::vector<ListenerConfig> listeners;
+  std::vector<NodeConfig> nodes;
+  std::vector<DatabaseConfig> databases;
+  std::vector<UserEntry> users;
+
+  // Index into `nodes` of the named node, or -1.
+  int node_index(const std::string& name) const {
+    for (std::size_t i = 0; i < nodes.size(); ++i) {
+      if (nodes[i].name == name) return static_cast<int>(i);
+    }
+    return -1;
+  }
+};
+
+}  // namespace pgkeel::conf
