@@ -1,0 +1,65 @@
+#include "health/detector.h"
+
+namespace pgkeel::health {
+
+std::string_view to_string(ProbeOutcome o) {
+  switch (o) {
+    case ProbeOutcome::kOk: return "ok";
+    case ProbeOutcome::kRefused: return "refused";
+    case ProbeOutcome::kReset: return "reset";
+    case ProbeOutcome::kTimeout: return "timeout";
+    case ProbeOutcome::kBusy: return "busy";
+    case ProbeOutcome::kStartingUp: return "starting_up";
+    case ProbeOutcome::kAuthFailed: return "auth_failed";
+  }
+  return "unknown";
+}
+
+std::string_view to_string(NodeHealth h) {
+  switch (h) {
+    case NodeHealth::kUp: return "up";
+    case NodeHealth::kDown: return "down";
+    case NodeHealth::kUnknown: break;
+  }
+  return "unknown";
+}
+
+std::optional<Transition> Detector::move_to(NodeHealth to, std::string_view why, Clock::time_point now) {
+  if (to == health_) return std::nullopt;
+  Transition t{health_, to, why, now};
+  health_ = to;
+  return t;
+}
+
+std::optional<Transition> Detector::observe(ProbeOutcome outcome, Clock::time_point now) {
+  switch (outcome) {
+    case ProbeOutcome::kOk:
+      timeouts_ = 0;
+      failing_since_.reset();
+      ++oks_;
+      // From unknown, one answer is enough; a node that was down must prove itself.
+      if (health_ == NodeHealth::kDown && oks_ < policy_.oks_to_up) return std::nullopt;
+      return move_to(NodeHealth::kUp, "probe answered", now);
+    case ProbeOutcome::kRefused:
+    case ProbeOutcome::kReset:
+      oks_ = 0;
+      if (!failing_since_) failing_since_ = now;
+      return move_to(NodeHealth::kDown, outcome == ProbeOutcome::kRefused ? "connection refused" : "connection reset", now);
+    case ProbeOutcome::kTimeout:
+      oks_ = 0;
+      if (!failing_since_) failing_since_ = now;
+      ++timeouts_;
+      if (timeouts_ < policy_.timeouts_to_down) return std::nullopt;
+      return move_to(NodeHealth::kDown, "probe timed out repeatedly", now);
+    case ProbeOutcome::kBusy:
+    case ProbeOutcome::kStartingUp:
+    case ProbeOutcome::kAuthFailed:
+      // The postmaster answered: alive. Neither a failure nor proof that it serves.
+      timeouts_ = 0;
+      oks_ = 0;
+      return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+}  // namespace pgkeel::health

@@ -1,0 +1,65 @@
+// health/detector.h — turns a node's probe outcomes into health transitions. Pure: time is an
+// argument, nothing here touches a socket. Strong evidence (a refused or reset connection)
+// counts at once; weak evidence (a timeout) only after several in a row; an ErrorResponse that
+// proves the postmaster is alive (too many connections, starting up) never counts as down.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+namespace pgkeel::health {
+
+using Clock = std::chrono::steady_clock;
+
+enum class ProbeOutcome : std::uint8_t {
+  kOk,                  // the probe query answered
+  kRefused,             // connection refused: nothing listens
+  kReset,               // connection reset or closed mid-probe
+  kTimeout,             // no answer within the probe timeout (a hang, or a partition)
+  kBusy,                // 53300: alive, out of connection slots
+  kStartingUp,          // 57P03: alive, in crash recovery or starting
+  kAuthFailed,          // 28P01/28000: alive, but our probe user is misconfigured
+};
+
+enum class NodeHealth : std::uint8_t { kUnknown, kUp, kDown };
+
+std::string_view to_string(ProbeOutcome o);
+std::string_view to_string(NodeHealth h);
+
+struct DetectorPolicy {
+  int timeouts_to_down = 3;  // consecutive timeouts before a node is down
+  int oks_to_up = 2;         // consecutive successes before a down node is up again
+};
+
+struct Transition {
+  NodeHealth from;
+  NodeHealth to;
+  std::string_view why;
+  Clock::time_point at;
+};
+
+class Detector {
+ public:
+  explicit Detector(DetectorPolicy policy = {}) : policy_(policy) {}
+
+  // Feeds one probe outcome; returns a transition when the node's health changed.
+  std::optional<Transition> observe(ProbeOutcome outcome, Clock::time_point now);
+
+  NodeHealth health() const { return health_; }
+  int consecutive_timeouts() const { return timeouts_; }
+  // When the first failure of the current streak was seen (for detection-time reports).
+  std::optional<Clock::time_point> failing_since() const { return failing_since_; }
+
+ private:
+  std::optional<Transition> move_to(NodeHealth to, std::string_view why, Clock::time_point now);
+
+  DetectorPolicy policy_;
+  NodeHealth health_ = NodeHealth::kUnknown;
+  int timeouts_ = 0;
+  int oks_ = 0;
+  std::optional<Clock::time_point> failing_since_;
+};
+
+}  // namespace pgkeel::health

@@ -1,0 +1,657 @@
+#include "proxy/client.h"
+
+#include <arpa/inet.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "proxy/auth/md5.h"
+#include "proxy/log.h"
+#include "proxy/pool.h"
+#include "proxy/server.h"
+
+namespace pgkeel::proxy {
+namespace {
+
+namespace fe = protocol::fe;
+
+constexpr std::uint32_t kClientIdBits = 22;  // BackendKeyData pid = worker << 22 | client id
+constexpr std::size_t kMaxWaitingBytes = IoBuffer::kSize;
+
+std::string describe_peer(const sockaddr* addr) {
+  if (addr == nullptr) return "unknown";
+  char host[INET6_ADDRSTRLEN] = {0};
+  if (addr->sa_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(addr);
+    inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+    return std::string(host) + ":" + std::to_string(ntohs(in->sin_port));
+  }
+  if (addr->sa_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(addr);
+    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+    return "[" + std::string(host) + "]:" + std::to_string(ntohs(in6->sin6_port));
+  }
+  return "unix";
+}
+
+bool is_false(std::string_view v) {
+  return v == "false" || v == "0" || v == "off" || v == "no" || v == "f" || v == "n";
+}
+
+std::string error_message(std::string_view severity, std::string_view sqlstate,
+                          std::string_view message, std::string_view detail = {}) {
+  std::string out;
+  protocol::append_error(out, {severity, sqlstate, message, detail, {}});
+  return out;
+}
+
+}  // namespace
+
+Client::Client(Worker& w, std::uint32_t id, int fd, std::size_t listener_index, const sockaddr* addr)
+    : w_(w),
+      id_(id),
+      name_("c" + std::to_string(w.index()) + "-" + std::to_string(id)),
+      listener_index_(listener_index),
+      peer_(describe_peer(addr)),
+      tcp_(addr == nullptr || addr->sa_family != AF_UNIX) {
+  ep_.fd = fd;
+  // Frontend messages pgkeel must see while relaying: the end of the session, and what
+  // starts or completes a query cycle (for cancel and for idleness).
+  for (char t : {fe::kTerminate, fe::kQuery, fe::kFunctionCall, fe::kSync, fe::kParse, fe::kBind,
+                 fe::kExecute, fe::kDescribe, fe::kClose, fe::kFlush}) {
+    scanner_.watch(t);
+  }
+}
+
+Client::~Client() {
+  if (ep_.in != nullptr) w_.buffers().release(ep_.in);
+  ep_.in = nullptr;
+  ep_.close();
+  if (counted_) w_.shared().clients.fetch_sub(1, std::memory_order_relaxed);
+}
+
+std::int32_t Client::cancel_pid() const {
+  return static_cast<std::int32_t>((w_.index() << kClientIdBits) | (id_ & ((1u << kClientIdBits) - 1)));
+}
+
+void Client::start() {
+  started_ = Clock::now();
+  set_socket_options(ep_.fd, tcp_);
+  ep_.rd.reset(event_new(w_.base(), ep_.fd, EV_READ | EV_PERSIST, &Client::on_read_cb, this));
+  ep_.wr.reset(event_new(w_.base(), ep_.fd, EV_WRITE | EV_PERSIST, &Client::on_write_cb, this));
+  ep_.set_reading(true);
+  log::debug("client").kv("event", "accepted").kv("conn", name_).kv("peer", peer_).emit();
+}
+
+void Client::on_read_cb(evutil_socket_t, short, void* arg) { static_cast<Client*>(arg)->on_read(); }
+void Client::on_write_cb(evutil_socket_t, short, void* arg) { static_cast<Client*>(arg)->on_write(); }
+
+void Client::on_read() {
+  switch (state_) {
+    case State::kLinked:
+      relay_to_server();
+      return;
+    case State::kStartup:
+    case State::kAuth:
+    case State::kWaiting:
+      read_startup();
+      return;
+    case State::kClosed:
+      return;
+  }
+}
+
+// Startup, authentication and waiting: small messages, parsed from rx_.
+void Client::read_startup() {
+  char buf[8192];
+  const ssize_t n = ::recv(ep_.fd, buf, sizeof buf, 0);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+  if (n <= 0) {
+    log::debug("client").kv("event", "disconnected").kv("conn", name_).kv("phase", state_ == State::kWaiting ? "waiting" : "login").emit();
+    close_now();
+    return;
+  }
+  rx_.append(buf, static_cast<std::size_t>(n));
+  if (state_ == State::kWaiting) {
+    // A client may pipeline its first query before ReadyForQuery; keep it for the server,
+    // bounded: beyond one buffer we stop reading (backpressure) until linked.
+    if (rx_.size() >= kMaxWaitingBytes) ep_.set_reading(false);
+    return;
+  }
+  std::size_t off = 0;
+  while (state_ == State::kStartup || state_ == State::kAuth) {
+    std::string_view data(rx_.data() + off, rx_.size() - off);
+    if (state_ == State::kStartup) {
+      protocol::StartupParse p = protocol::parse_startup(data);
+      if (p.status == protocol::StartupParse::Status::kNeedMore) break;
+      if (p.status == protocol::StartupParse::Status::kMalformed) {
+        log::info("client").kv("event", "bad_startup").kv("conn", name_).kv("peer", peer_).kv("reason", p.error).emit();
+        fail("FATAL", "08P01", p.error);
+        return;
+      }
+      off += p.consumed;
+      handle_startup(p.packet);
+      if (state_ == State::kClosed || closing_) return;
+      continue;
+    }
+    // kAuth: typed messages.
+    if (data.size() < 5) break;
+    const auto* h = reinterpret_cast<const unsigned char*>(data.data());
+    const std::uint32_t len = protocol::read_u32(h + 1);
+    if (len < 4 || len > protocol::kMaxStartupLength) {
+      fail("FATAL", "08P01", "invalid message length during authentication");
+      return;
+    }
+    if (data.size() < 1 + len) break;
+    const char type = data[0];
+    off += 1 + len;
+    handle_auth_message(type, data.substr(5, len - 4));
+    if (state_ == State::kClosed || closing_) return;
+  }
+  rx_.erase(0, off);
+  if (rx_.size() > protocol::kMaxStartupLength + 16) fail("FATAL", "08P01", "startup packet too long");
+}
+
+void Client::handle_startup(const protocol::StartupPacket& pkt) {
+  using Kind = protocol::StartupPacket::Kind;
+  switch (pkt.kind) {
+    case Kind::kSSLRequest:
+    case Kind::kGSSENCRequest:
+      // Not supported yet: answer 'N' and the client continues in plaintext (§55.2.10).
+      if (rx_.size() > 8) {
+        // Bytes after the request, before our answer: never trust them (CVE-2021-23214 class).
+        fail("FATAL", "08P01", "received unencrypted data after SSL request");
+        return;
+      }
+      ep_.send("N");
+      return;
+    case Kind::kCancel: {
+      const auto pid = static_cast<std::uint32_t>(pkt.cancel_pid);
+      const unsigned worker = pid >> kClientIdBits;
+      const std::uint32_t id = pid & ((1u << kClientIdBits) - 1);
+      const std::int32_t key = pkt.cancel_key;
+      auto& workers = w_.shared().workers;
+      if (worker < workers.size()) {
+        workers[worker]->post([id, key](Worker& owner) {
+          Client* c = owner.find_client(id);
+          if (c != nullptr && c->cancel_key() == key) c->cancel_running_query();
+        });
+      }
+      // PostgreSQL answers a cancel request with nothing; the requester sees the close.
+      close_now();
+      return;
+    }
+    case Kind::kStartup:
+      break;
+  }
+
+  const int major = pkt.version >> 16;
+  const int minor = pkt.version & 0xffff;
+  if (major != 3) {
+    fail("FATAL", "0A000",
+         "unsupported frontend protocol " + std::to_string(major) + "." + std::to_string(minor) +
+             ": server supports 3.0 to 3.0");
+    return;
+  }
+  std::vector<std::string> unknown_options;
+  for (const auto& [k, v] : pkt.params) {
+    if (k.rfind("_pq_.", 0) == 0) unknown_options.push_back(k);
+  }
+  if (minor > 0 || !unknown_options.empty()) {
+    // §55.2.10 NegotiateProtocolVersion: we speak 3.0 and none of the _pq_ options.
+    std::string out;
+    protocol::Writer wr(out);
+    wr.begin(protocol::be::kNegotiateProtocolVersion).i32(0).i32(static_cast<std::int32_t>(unknown_options.size()));
+    for (const auto& o : unknown_options) wr.str(o);
+    wr.end();
+    ep_.send(out);
+  }
+
+  const std::string* user = pkt.param("user");
+  if (user == nullptr || user->empty()) {
+    fail("FATAL", "28000", "no PostgreSQL user name specified in startup packet");
+    return;
+  }
+  user_ = *user;
+  const std::string* db = pkt.param("database");
+  database_ = (db != nullptr && !db->empty()) ? *db : user_;
+  if (const std::string* repl = pkt.param("replication"); repl != nullptr && !is_false(*repl)) {
+    fail("FATAL", "0A000", "pgkeel does not proxy replication connections",
+         "Connect replication clients to the PostgreSQL node directly.");
+    return;
+  }
+
+  Shared& sh = w_.shared();
+  const conf::Config& cfg = w_.config();
+  counted_ = true;
+  if (sh.clients.fetch_add(1, std::memory_order_relaxed) >= cfg.general.max_client_conn) {
+    log::warning("client").kv("event", "refused").kv("conn", name_).kv("reason", "max_client_conn").kv("limit", cfg.general.max_client_conn).emit();
+    fail("FATAL", "53300", "sorry, too many clients already");
+    return;
+  }
+  if (w_.shutting_down() || sh.draining.load(std::memory_order_relaxed)) {
+    fail("FATAL", "57P03", "pgkeel is shutting down");
+    return;
+  }
+
+  // Client-facing database -> server database.
+  if (cfg.databases.empty()) {
+    server_database_ = database_;
+  } else {
+    const conf::DatabaseConfig* match = nullptr;
+    for (const auto& d : cfg.databases) {
+      if (d.name == database_) {
+        match = &d;
+        break;
+      }
+      if (d.name == "*" && match == nullptr) match = &d;
+    }
+    if (match == nullptr) {
+      fail("FATAL", "3D000", "database \"" + database_ + "\" does not exist");
+      return;
+    }
+    server_database_ = match->dbname.empty() ? database_ : match->dbname;
+  }
+  params_ = normalize_params(pkt.params);
+  begin_auth();
+}
+
+void Client::begin_auth() {
+  state_ = State::kAuth;
+  const auto& users = w_.shared().users;
+  auto it = users.find(user_);
+  std::string out;
+  if (it == users.end()) {
+    // Unknown user: a full-looking SCRAM exchange that fails like a wrong password, so probing
+    // cannot tell the two apart (as PostgreSQL does).
+    scram_.emplace(auth::ScramServer::mock(user_, w_.shared().mock_secret));
+    auth_step_ = AuthStep::kSaslInitial;
+  } else {
+    auth_user_ = &it->second;
+    if (auth_user_->kind == UserAuth::Kind::kMd5Hash) {
+      unsigned char salt[4];
+      if (!auth::random_bytes(salt)) {
+        fail("FATAL", "XX000", "could not generate an md5 salt");
+        return;
+      }
+      md5_salt_.assign(reinterpret_cast<const char*>(salt), 4);
+      protocol::append_auth(out, protocol::AuthCode::kMD5Password, md5_salt_);
+      auth_step_ = AuthStep::kMd5;
+      ep_.send(out);
+      return;
+    }
+    scram_.emplace(auth_user_->verifier);
+    auth_step_ = AuthStep::kSaslInitial;
+  }
+  std::string mechs(auth::kScramSha256);
+  mechs.push_back('\0');
+  mechs.push_back('\0');
+  protocol::append_auth(out, protocol::AuthCode::kSASL, mechs);
+  ep_.send(out);
+}
+
+void Client::handle_auth_message(char type, std::string_view body) {
+  if (type != fe::kPassword) {
+    fail("FATAL", "08P01",
+         std::string("expected password response, got message type ") + type);
+    return;
+  }
+  const std::string failed_msg = "password authentication failed for user \"" + user_ + "\"";
+  switch (auth_step_) {
+    case AuthStep::kSaslInitial: {
+      protocol::Reader r(body);
+      std::string_view mech = r.str();
+      const std::int32_t len = r.i32();
+      std::string_view data = r.rest();
+      if (r.failed() || (len >= 0 && static_cast<std::size_t>(len) != data.size())) {
+        fail("FATAL", "08P01", "malformed SASLInitialResponse message");
+        return;
+      }
+      if (mech != auth::kScramSha256) {
+        fail("FATAL", "28000", "client selected an invalid SASL authentication mechanism");
+        return;
+      }
+      auth::ScramStep step = scram_->handle_client_first(data);
+      if (!step.ok()) {
+        log::info("client").kv("event", "auth_failed").kv("conn", name_).kv("user", user_).kv("reason", step.error).emit();
+        fail("FATAL", step.failure == auth::ScramFailure::kProtocol ? "08P01" : "28P01",
+             step.failure == auth::ScramFailure::kProtocol ? step.error : failed_msg);
+        return;
+      }
+      std::string out;
+      protocol::append_auth(out, protocol::AuthCode::kSASLContinue, step.message);
+      auth_step_ = AuthStep::kSaslFinal;
+      ep_.send(out);
+      return;
+    }
+    case AuthStep::kSaslFinal: {
+      auth::ScramStep step = scram_->handle_client_final(body);
+      if (!step.ok() || auth_user_ == nullptr || !step.keys) {
+        log::info("client").kv("event", "auth_failed").kv("conn", name_).kv("user", user_).kv("reason", step.ok() ? "unknown user" : step.error).emit();
+        fail("FATAL", step.failure == auth::ScramFailure::kProtocol ? "08P01" : "28P01",
+             step.failure == auth::ScramFailure::kProtocol ? step.error : failed_msg);
+        return;
+      }
+      std::string out;
+      protocol::append_auth(out, protocol::AuthCode::kSASLFinal, step.message);
+      ep_.send(out);
+      cred_.user = user_;
+      auth::ScramSecret secret;
+      secret.keys = *step.keys;
+      if (auth_user_->kind == UserAuth::Kind::kPassword) {
+        secret.password = auth_user_->password;
+        cred_.password = auth_user_->password;
+        cred_.md5_hash = auth_user_->md5_hash;
+      }
+      cred_.scram = std::move(secret);
+      scram_.reset();
+      auth_succeeded();
+      return;
+    }
+    case AuthStep::kMd5: {
+      protocol::Reader r(body);
+      std::string_view response = r.str();
+      auth::Md5Salt salt{};
+      std::memcpy(salt.data(), md5_salt_.data(), 4);
+      if (r.failed() || auth_user_ == nullptr ||
+          !auth::md5_check_response(response, auth_user_->md5_hash, user_, salt)) {
+        log::info("client").kv("event", "auth_failed").kv("conn", name_).kv("user", user_).kv("method", "md5").emit();
+        fail("FATAL", "28P01", failed_msg);
+        return;
+      }
+      cred_.user = user_;
+      cred_.md5_hash = auth_user_->md5_hash;
+      auth_succeeded();
+      return;
+    }
+    case AuthStep::kNone:
+      break;
+  }
+  fail("FATAL", "08P01", "unexpected authentication message");
+}
+
+void Client::auth_succeeded() {
+  std::string out;
+  protocol::append_auth(out, protocol::AuthCode::kOk);
+  ep_.send(out);
+  std::uint32_t key = 0;
+  while (key == 0) key = arc4random();
+  cancel_key_ = static_cast<std::int32_t>(key);
+  state_ = State::kWaiting;
+  wait_started_ = Clock::now();
+  log::debug("client").kv("event", "login").kv("conn", name_).kv("user", user_).kv("db", database_).kv("peer", peer_).emit();
+  request_server(w_, *this);
+}
+
+void Client::on_server_ready(Server* s) {
+  if (state_ != State::kWaiting) return;
+  state_ = State::kLinked;
+  server_ = s;
+  s->link(this);
+  // The session's opening as the server would send it (§55.2.1): ParameterStatus for every
+  // reported parameter, our own BackendKeyData, then ReadyForQuery.
+  std::string out;
+  for (const auto& [k, v] : s->parameters()) protocol::append_parameter_status(out, k, v);
+  protocol::append_backend_key_data(out, cancel_pid(), cancel_key_);
+  protocol::append_ready_for_query(out, 'I');
+  if (ep_.send(out) == IoStatus::kError) {
+    close_now();
+    return;
+  }
+  log::debug("client").kv("event", "linked").kv("conn", name_).kv("server", s->name()).kv("backend_pid", s->backend_pid()).emit();
+  ep_.set_reading(true);
+  if (!rx_.empty()) {
+    // Bytes the client pipelined while it waited go first.
+    IoBuffer* b = w_.buffers().acquire();
+    const std::size_t n = std::min(rx_.size(), IoBuffer::kSize);
+    std::memcpy(b->data, rx_.data(), n);
+    b->end = n;
+    std::string().swap(rx_);
+    ep_.in = b;
+    forward_to_server(b, 0);
+  } else {
+    std::string().swap(rx_);
+  }
+}
+
+void Client::on_server_failed(const std::string& error_response) {
+  if (state_ == State::kClosed) return;
+  waiting_pool = nullptr;
+  closing_ = true;
+  ep_.set_reading(false);
+  if (ep_.send(error_response) != IoStatus::kBlocked) close_now();
+}
+
+void Client::on_server_lost(std::string_view reason) {
+  if (state_ != State::kLinked) return;
+  Server* s = server_;
+  server_ = nullptr;
+  const bool boundary = s == nullptr || (s->at_boundary() && (s->ep().in == nullptr || s->ep().in->pending() == 0));
+  if (s != nullptr && s->ep().in != nullptr) {
+    w_.buffers().release(s->ep().in);
+    s->ep().in = nullptr;
+  }
+  state_ = State::kWaiting;  // no server; terminate() below closes
+  log::info("client").kv("event", "server_lost").kv("conn", name_).kv("reason", reason).emit();
+  if (boundary) {
+    terminate("08006", std::string("server connection lost: ") + std::string(reason));
+  } else {
+    close_now();
+  }
+}
+
+void Client::relay_to_server() {
+  IoBuffer* b = ep_.in;
+  if (b == nullptr) b = ep_.in = w_.buffers().acquire();
+  const std::size_t from = b->end;
+  const long n = recv_into(ep_.fd, b);
+  if (n == -1) {
+    if (b->pending() == 0) {
+      w_.buffers().release(b);
+      ep_.in = nullptr;
+    }
+    return;
+  }
+  if (n <= 0) {
+    log::debug("client").kv("event", "disconnected").kv("conn", name_).emit();
+    close_now();
+    return;
+  }
+  forward_to_server(b, from);
+}
+
+// Scans the client's new bytes [new_from, end) and sends [begin, end) to the server.
+void Client::forward_to_server(IoBuffer* b, std::size_t new_from) {
+  Server* s = server_;
+  bool terminate_seen = false;
+  bool terminate_clean = true;
+  const protocol::ScanResult res =
+      scanner_.scan(b->data + new_from, b->end - new_from, [&](const protocol::ScannedMessage& m) {
+        switch (m.type) {
+          case fe::kTerminate:
+            terminate_seen = true;
+            return protocol::ScanAction::kStop;
+          case fe::kQuery:
+          case fe::kFunctionCall:
+            s->note_frontend_sync();
+            break;
+          case fe::kSync:
+            s->note_frontend_sync();
+            s->note_unsynced(false);
+            break;
+          default:
+            s->note_unsynced(true);
+            break;
+        }
+        return protocol::ScanAction::kContinue;
+      });
+  if (res.status == protocol::ScanResult::Status::kStopped) {
+    terminate_clean = res.clean;
+    b->end = new_from + res.consumed;  // drop Terminate and anything after it
+  } else if (res.status == protocol::ScanResult::Status::kMalformed) {
+    b->end = new_from + res.consumed;  // whole messages before the bad header still go
+    log::info("client").kv("event", "protocol_violation").kv("conn", name_).kv("length", static_cast<std::uint64_t>(res.bad_length)).emit();
+  }
+  if (b->pending() > 0) {
+    if (!s->ep().out_empty()) {
+      ep_.set_reading(false);  // the server has bytes of ours queued; ours go after them
+    } else {
+      switch (send_buffer(s->ep().fd, b)) {
+        case IoStatus::kDone:
+          break;
+        case IoStatus::kBlocked:
+          ep_.set_reading(false);
+          s->ep().set_writing(true);
+          break;
+        case IoStatus::kError:
+          s->close("send to server failed");
+          return;
+      }
+    }
+  }
+  if (b->pending() == 0 && ep_.in == b) {
+    w_.buffers().release(b);
+    ep_.in = nullptr;
+  }
+  if (res.status == protocol::ScanResult::Status::kMalformed) {
+    // The server stream is cut mid-conversation: it cannot be reused.
+    if (server_ != nullptr) {
+      Server* srv = server_;
+      server_ = nullptr;
+      srv->unlink(false);
+    }
+    state_ = State::kWaiting;
+    fail("FATAL", "08P01", "invalid message length");
+    return;
+  }
+  if (terminate_seen) {
+    log::debug("client").kv("event", "terminate").kv("conn", name_).emit();
+    if (!terminate_clean && server_ != nullptr) {
+      Server* srv = server_;
+      server_ = nullptr;
+      srv->unlink(false);
+    }
+    close_now();
+  }
+}
+
+bool Client::streams_at_rest() const {
+  if (server_ == nullptr) return true;
+  return scanner_.at_boundary() && server_->at_boundary() &&
+         (ep_.in == nullptr || ep_.in->pending() == 0) &&
+         (server_->ep().in == nullptr || server_->ep().in->pending() == 0) && ep_.out_empty() &&
+         server_->ep().out_empty();
+}
+
+void Client::on_write() {
+  switch (ep_.flush_out()) {
+    case IoStatus::kBlocked: return;
+    case IoStatus::kError: close_now(); return;
+    case IoStatus::kDone: break;
+  }
+  if (closing_) {
+    close_now();
+    return;
+  }
+  if (server_ != nullptr) {
+    IoBuffer* in = server_->ep().in;
+    if (in != nullptr) {
+      switch (send_buffer(ep_.fd, in)) {
+        case IoStatus::kBlocked: return;
+        case IoStatus::kError: close_now(); return;
+        case IoStatus::kDone:
+          w_.buffers().release(in);
+          server_->ep().in = nullptr;
+          break;
+      }
+    }
+    server_->resume_reading();
+  }
+  ep_.set_writing(false);
+}
+
+bool Client::idle_for_shutdown() const {
+  switch (state_) {
+    case State::kStartup:
+    case State::kAuth:
+    case State::kWaiting:
+      return true;
+    case State::kLinked:
+      return server_ != nullptr && server_->tx_status() == 'I' && !server_->query_running() &&
+             streams_at_rest();
+    case State::kClosed:
+      return false;
+  }
+  return false;
+}
+
+void Client::terminate(std::string_view sqlstate, std::string_view message) {
+  if (state_ == State::kClosed || closing_) return;
+  if (state_ == State::kLinked && !streams_at_rest()) {
+    close_now();  // an error now would land inside a message
+    return;
+  }
+  if (server_ != nullptr) {
+    Server* s = server_;
+    server_ = nullptr;
+    s->unlink(s->tx_status() == 'I' && !s->query_running() && s->at_boundary());
+  }
+  state_ = State::kWaiting;
+  fail("FATAL", sqlstate, message);
+}
+
+void Client::fail(std::string_view severity, std::string_view sqlstate, std::string_view message,
+                  std::string_view detail) {
+  if (state_ == State::kClosed) return;
+  if (waiting_pool != nullptr) cancel_wait(w_, *this);
+  closing_ = true;
+  ep_.set_reading(false);
+  log::debug("client").kv("event", "error").kv("conn", name_).kv("sqlstate", sqlstate).kv("message", message).emit();
+  if (ep_.send(error_message(severity, sqlstate, message, detail)) != IoStatus::kBlocked) close_now();
+}
+
+void Client::close_now() {
+  if (state_ == State::kClosed) return;
+  if (waiting_pool != nullptr) cancel_wait(w_, *this);
+  if (server_ != nullptr) {
+    Server* s = server_;
+    const bool clean = s->tx_status() == 'I' && !s->query_running() && streams_at_rest();
+    server_ = nullptr;
+    s->unlink(clean);
+  }
+  state_ = State::kClosed;
+  if (ep_.in != nullptr) {
+    w_.buffers().release(ep_.in);
+    ep_.in = nullptr;
+  }
+  ep_.close();
+  w_.retire(this);
+}
+
+void Client::cancel_running_query() {
+  if (state_ != State::kLinked || server_ == nullptr || !server_->query_running()) {
+    log::debug("client").kv("event", "cancel_ignored").kv("conn", name_).emit();
+    return;
+  }
+  log::info("client").kv("event", "cancel").kv("conn", name_).kv("server", server_->name()).kv("backend_pid", server_->backend_pid()).emit();
+  w_.send_cancel(server_->node(), server_->backend_pid(), server_->backend_key());
+}
+
+void Client::tick(Clock::time_point now) {
+  const conf::Config& cfg = w_.config();
+  if ((state_ == State::kStartup || state_ == State::kAuth) && !closing_ &&
+      now - started_ > cfg.general.login_timeout) {
+    log::info("client").kv("event", "login_timeout").kv("conn", name_).kv("peer", peer_).emit();
+    fail("FATAL", "57014", "canceling authentication due to timeout");
+    return;
+  }
+  if (state_ == State::kWaiting && waiting_pool != nullptr && now - wait_started_ > cfg.pool.wait_timeout) {
+    log::warning("client").kv("event", "wait_timeout").kv("conn", name_).kv("user", user_).kv("db", database_).emit();
+    fail("FATAL", "53300", "no server connection became available within wait_timeout",
+         "The pool for this user and database is at its limit (pool.max_server_conn_per_node).");
+  }
+}
+
+}  // namespace pgkeel::proxy

@@ -1,0 +1,129 @@
+// proxy/client.h — a connection from an application to pgkeel. pgkeel is the server here: it
+// reads the startup packet, authenticates the client itself, then attaches it to a server
+// connection from a pool and relays.
+//
+// States: kStartup (reading SSLRequest/StartupMessage) -> kAuth (SCRAM or md5 exchange) ->
+// kWaiting (authenticated; no server yet: queued, or a server is logging in) -> kLinked
+// (relaying) -> kClosed. A client can exist without a server: while waiting now, and between
+// transactions or during a failover in later modes.
+#pragma once
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "proxy/auth/scram.h"
+#include "proxy/conn.h"
+#include "proxy/protocol/message.h"
+#include "proxy/protocol/scanner.h"
+#include "proxy/shared.h"
+#include "proxy/worker.h"
+
+namespace pgkeel::proxy {
+
+class Server;
+struct Pool;
+
+class Client {
+ public:
+  enum class State : std::uint8_t { kStartup, kAuth, kWaiting, kLinked, kClosed };
+
+  Client(Worker& w, std::uint32_t id, int fd, std::size_t listener_index, const sockaddr* addr);
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  void start();
+
+  // Pool callbacks.
+  void on_server_ready(Server* s);
+  // `error_response` is a complete ErrorResponse message to send before closing.
+  void on_server_failed(const std::string& error_response);
+  // The linked server connection died under us.
+  void on_server_lost(std::string_view reason);
+  // The linked server's bytes were sent (or queued); relay helpers.
+  Endpoint& ep() { return ep_; }
+  void resume_reading() { ep_.set_reading(true); }
+
+  // Ends the session with a FATAL ErrorResponse (when at a message boundary) and closes.
+  void terminate(std::string_view sqlstate, std::string_view message);
+  // Graceful shutdown: true when the session may be ended now without cutting a transaction.
+  bool idle_for_shutdown() const;
+  void tick(Clock::time_point now);
+
+  std::uint32_t id() const { return id_; }
+  const std::string& name() const { return name_; }
+  State state() const { return state_; }
+  std::int32_t cancel_key() const { return cancel_key_; }
+  std::int32_t cancel_pid() const;
+  Server* server() const { return server_; }
+  const std::string& user() const { return user_; }
+  const std::string& database() const { return database_; }
+  const std::string& server_database() const { return server_database_; }
+  const std::vector<std::pair<std::string, std::string>>& startup_params() const { return params_; }
+  const ServerCredential& credential() const { return cred_; }
+  Clock::time_point wait_started() const { return wait_started_; }
+  // Handles a CancelRequest aimed at this client (secret already checked by the worker).
+  void cancel_running_query();
+  std::size_t listener_index() const { return listener_index_; }
+
+  // Owned by the pool code (pool.cc): where this client waits, and whether it holds a place
+  // in the node's queue for a connection slot.
+  Pool* waiting_pool = nullptr;
+  bool waiting_for_slot = false;
+
+ private:
+  static void on_read_cb(evutil_socket_t fd, short what, void* arg);
+  static void on_write_cb(evutil_socket_t fd, short what, void* arg);
+  void on_read();
+  void on_write();
+  void read_startup();
+  void handle_startup(const protocol::StartupPacket& pkt);
+  void begin_auth();
+  void handle_auth_message(char type, std::string_view body);
+  void auth_succeeded();
+  void relay_to_server();
+  void forward_to_server(IoBuffer* b, std::size_t new_from);
+  bool streams_at_rest() const;
+  void fail(std::string_view severity, std::string_view sqlstate, std::string_view message,
+            std::string_view detail = {});
+  void close_now();
+
+  Worker& w_;
+  const std::uint32_t id_;
+  std::string name_;
+  const std::size_t listener_index_;
+  std::string peer_;
+  bool tcp_ = true;
+  State state_ = State::kStartup;
+  Endpoint ep_;
+  std::string rx_;  // startup and auth phases: bytes not yet parsed
+  protocol::Scanner scanner_;  // frontend messages while linked
+  Server* server_ = nullptr;
+  bool closing_ = false;       // FATAL sent; close once `out` drains
+
+  // Session identity, kept so a later issue can reopen the session elsewhere.
+  std::string user_;
+  std::string database_;         // as the client asked
+  std::string server_database_;  // on the server
+  std::vector<std::pair<std::string, std::string>> params_;  // normalized startup parameters
+  ServerCredential cred_;
+
+  // Authentication.
+  const UserAuth* auth_user_ = nullptr;
+  std::optional<auth::ScramServer> scram_;
+  std::string md5_salt_;
+  enum class AuthStep : std::uint8_t { kNone, kSaslInitial, kSaslFinal, kMd5 } auth_step_ = AuthStep::kNone;
+
+  std::int32_t cancel_key_ = 0;
+  Clock::time_point started_;
+  Clock::time_point wait_started_;
+  bool counted_ = false;  // holds a slot in shared.clients
+};
+
+}  // namespace pgkeel::proxy

@@ -1,0 +1,110 @@
+#include "proxy/log.h"
+
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <ctime>
+
+namespace pgkeel::log {
+namespace {
+
+std::atomic<int> g_level{static_cast<int>(Level::kInfo)};
+
+std::string_view level_name(Level level) {
+  switch (level) {
+    case Level::kDebug: return "debug";
+    case Level::kInfo: return "info";
+    case Level::kWarning: return "warning";
+    case Level::kError: return "error";
+  }
+  return "info";
+}
+
+bool needs_quotes(std::string_view v) {
+  if (v.empty()) return true;
+  for (char c : v) {
+    if (c == ' ' || c == '"' || c == '=' || c == '\\' || static_cast<unsigned char>(c) < 0x20) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+void set_level(Level level) { g_level.store(static_cast<int>(level), std::memory_order_relaxed); }
+bool enabled(Level level) { return static_cast<int>(level) >= g_level.load(std::memory_order_relaxed); }
+
+Line::Line(Level level, std::string_view component) : on_(enabled(level)) {
+  if (!on_) return;
+  buf_.reserve(192);
+  timeval tv{};
+  gettimeofday(&tv, nullptr);
+  tm t{};
+  gmtime_r(&tv.tv_sec, &t);
+  char ts[48];
+  std::snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", t.tm_year + 1900, t.tm_mon + 1,
+                t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, static_cast<int>(tv.tv_usec / 1000));
+  buf_ += ts;
+  buf_ += " level=";
+  buf_ += level_name(level);
+  buf_ += " component=";
+  buf_ += component;
+}
+
+Line& Line::kv(std::string_view key, std::string_view value) {
+  if (!on_) return *this;
+  buf_ += ' ';
+  buf_ += key;
+  buf_ += '=';
+  if (!needs_quotes(value)) {
+    buf_ += value;
+    return *this;
+  }
+  buf_ += '"';
+  for (char c : value) {
+    if (c == '"' || c == '\\') {
+      buf_ += '\\';
+      buf_ += c;
+    } else if (c == '\n') {
+      buf_ += "\\n";
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      buf_ += ' ';
+    } else {
+      buf_ += c;
+    }
+  }
+  buf_ += '"';
+  return *this;
+}
+
+Line& Line::kv(std::string_view key, std::int64_t value) {
+  if (!on_) return *this;
+  return kv(key, std::string_view(std::to_string(value)));
+}
+
+Line& Line::kv(std::string_view key, std::uint64_t value) {
+  if (!on_) return *this;
+  return kv(key, std::string_view(std::to_string(value)));
+}
+
+Line& Line::kv(std::string_view key, double value) {
+  if (!on_) return *this;
+  char tmp[32];
+  std::snprintf(tmp, sizeof tmp, "%.3f", value);
+  return kv(key, std::string_view(tmp));
+}
+
+void Line::emit() {
+  if (!on_) return;
+  buf_ += '\n';
+  const char* p = buf_.data();
+  std::size_t left = buf_.size();
+  while (left > 0) {
+    ssize_t n = ::write(STDERR_FILENO, p, left);
+    if (n <= 0) return;  // logging must never take the process down
+    p += n;
+    left -= static_cast<std::size_t>(n);
+  }
+}
+
+}  // namespace pgkeel::log

@@ -1,0 +1,177 @@
+#include "proxy/pool.h"
+
+#include <algorithm>
+
+#include "proxy/client.h"
+#include "proxy/log.h"
+#include "proxy/protocol/message.h"
+#include "proxy/server.h"
+#include "proxy/worker.h"
+#include "routing/router.h"
+
+namespace pgkeel::proxy {
+namespace {
+
+// Starts one more server connection for the pool if the per-node cap allows. The new
+// connection logs in with `c`'s credential and goes to whichever waiter is first when ready.
+bool try_connect(Worker& w, Pool& p, Client& c) {
+  Shared& sh = w.shared();
+  const int cap = w.config().pool.max_server_conn_per_node;
+  if (sh.server_conns[p.node].fetch_add(1, std::memory_order_relaxed) >= cap) {
+    sh.server_conns[p.node].fetch_sub(1, std::memory_order_relaxed);
+    return false;
+  }
+  ++p.total;
+  ++p.connecting;
+  w.new_server(p, c.credential(), c.user(), c.server_database(), c.startup_params());
+  return true;
+}
+
+void leave_slot_queue(Worker& w, Client& c) {
+  if (!c.waiting_for_slot || c.waiting_pool == nullptr) return;
+  c.waiting_for_slot = false;
+  w.shared().node_waiters[c.waiting_pool->node].fetch_sub(1, std::memory_order_relaxed);
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, std::string>> normalize_params(
+    const std::vector<std::pair<std::string, std::string>>& client_params) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& [k, v] : client_params) {
+    if (k == "user" || k == "database" || k == "replication" || k.rfind("_pq_.", 0) == 0) continue;
+    auto it = std::find_if(out.begin(), out.end(), [&](const auto& e) { return e.first == k; });
+    if (it != out.end()) {
+      it->second = v;  // the last one wins, as in PostgreSQL
+    } else {
+      out.emplace_back(k, v);
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::string make_pool_key(routing::NodeId node, const std::string& user, const std::string& database,
+                          const std::vector<std::pair<std::string, std::string>>& params) {
+  std::string key = std::to_string(node);
+  key += '\0';
+  key += user;
+  key += '\0';
+  key += database;
+  for (const auto& [k, v] : params) {
+    key += '\0';
+    key += k;
+    key += '=';
+    key += v;
+  }
+  return key;
+}
+
+void request_server(Worker& w, Client& c) {
+  const routing::Snapshot& snap = w.snapshot();
+  const conf::ListenerConfig& listener = w.config().listeners[c.listener_index()];
+  const routing::Decision d = routing::choose_node(snap, {listener.intent});
+  if (const auto* no = std::get_if<routing::NoRoute>(&d)) {
+    std::string err;
+    protocol::append_error(err, {"FATAL", "57P03", "no node can serve this connection now: " + std::string(no->why), {}, {}});
+    log::warning("client").kv("event", "no_route").kv("conn", c.name()).kv("reason", no->why).kv("epoch", snap.epoch).emit();
+    c.on_server_failed(err);
+    return;
+  }
+  const routing::NodeId node = std::get<routing::Route>(d).node;
+  Pool& p = w.pool_for(make_pool_key(node, c.user(), c.server_database(), c.startup_params()), node);
+  while (!p.idle.empty()) {
+    Server* s = p.idle.back();
+    p.idle.pop_back();
+    if (s->epoch() != snap.epoch) {
+      s->close("routing epoch changed");
+      continue;
+    }
+    c.on_server_ready(s);
+    return;
+  }
+  p.waiters.push_back(&c);
+  c.waiting_pool = &p;
+  feed_waiters(w, p);
+}
+
+void feed_waiters(Worker& w, Pool& p) {
+  int covered = p.connecting;  // each connection in flight will serve one waiter
+  for (Client* c : p.waiters) {
+    if (covered > 0) {
+      --covered;
+      leave_slot_queue(w, *c);
+      continue;
+    }
+    if (try_connect(w, p, *c)) {
+      leave_slot_queue(w, *c);
+      continue;
+    }
+    if (!c->waiting_for_slot) {
+      c->waiting_for_slot = true;  // the node is at its cap: other workers give back idle slots
+      w.shared().node_waiters[p.node].fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+}
+
+void cancel_wait(Worker& w, Client& c) {
+  Pool* p = c.waiting_pool;
+  if (p == nullptr) return;
+  leave_slot_queue(w, c);
+  auto it = std::find(p->waiters.begin(), p->waiters.end(), &c);
+  if (it != p->waiters.end()) p->waiters.erase(it);
+  c.waiting_pool = nullptr;
+}
+
+void server_available(Worker& w, Server& s) {
+  Pool& p = s.pool();
+  if (s.counted_connecting) {
+    s.counted_connecting = false;
+    --p.connecting;
+  }
+  if (s.epoch() != w.snapshot().epoch) {
+    s.close("routing epoch changed");
+    return;
+  }
+  if (!p.waiters.empty()) {
+    Client* c = p.waiters.front();
+    p.waiters.pop_front();
+    leave_slot_queue(w, *c);
+    c->waiting_pool = nullptr;
+    c->on_server_ready(&s);
+    return;
+  }
+  p.idle.push_back(&s);
+}
+
+void server_login_failed(Worker& w, Server& s, const std::string& error_response) {
+  Pool& p = s.pool();
+  if (s.counted_connecting) {
+    s.counted_connecting = false;
+    --p.connecting;
+  }
+  if (!p.waiters.empty()) {
+    Client* c = p.waiters.front();
+    p.waiters.pop_front();
+    leave_slot_queue(w, *c);
+    c->waiting_pool = nullptr;
+    c->on_server_failed(error_response);
+  }
+  server_gone(w, s);
+}
+
+void server_gone(Worker& w, Server& s) {
+  Pool& p = s.pool();
+  if (s.counted_connecting) {
+    s.counted_connecting = false;
+    --p.connecting;
+  }
+  auto it = std::find(p.idle.begin(), p.idle.end(), &s);
+  if (it != p.idle.end()) p.idle.erase(it);
+  --p.total;
+  w.shared().server_conns[p.node].fetch_sub(1, std::memory_order_relaxed);
+  w.retire(&s);
+  if (!p.waiters.empty()) feed_waiters(w, p);
+}
+
+}  // namespace pgkeel::proxy

@@ -1,0 +1,51 @@
+// proxy/pool.h — per worker, the warm server connections of one pool key (node, user,
+// database, normalized startup parameters) and the clients waiting for one.
+#pragma once
+
+#include <deque>
+#include <string>
+#include <vector>
+
+#include "routing/node.h"
+
+namespace pgkeel::proxy {
+
+class Client;
+class Server;
+class Worker;
+
+struct Pool {
+  std::string key;
+  routing::NodeId node = 0;
+  std::vector<Server*> idle;     // most recently used last: reuse it first, warmest cache
+  std::deque<Client*> waiters;   // in arrival order
+  int total = 0;                 // this worker's servers in this pool, any state
+  int connecting = 0;            // of which still logging in
+};
+
+// Pool key: server connections are interchangeable only when all of these match, so a warm
+// connection never carries one client's `options` or `application_name` to another.
+std::string make_pool_key(routing::NodeId node, const std::string& user, const std::string& database,
+                          const std::vector<std::pair<std::string, std::string>>& params);
+
+// Startup parameters forwarded to the server: the client's, minus those pgkeel owns (user,
+// database, replication), sorted by name so equal sets give equal keys.
+std::vector<std::pair<std::string, std::string>> normalize_params(
+    const std::vector<std::pair<std::string, std::string>>& client_params);
+
+// The client asks for a server: an idle one now, a new one if the caps allow, or a place in
+// the queue. The client is called back with on_server_ready() or on_server_failed().
+void request_server(Worker& w, Client& c);
+// Starts connections for waiters that have none on its way, as far as the caps allow.
+void feed_waiters(Worker& w, Pool& p);
+// A client stopped waiting (it left or timed out).
+void cancel_wait(Worker& w, Client& c);
+// A server finished its login or its reset and can serve: hand it to a waiter or keep it idle.
+void server_available(Worker& w, Server& s);
+// A server's connect or login failed: the first waiter gets `error_response` (the server's own
+// ErrorResponse, or pgkeel's), then the server is gone.
+void server_login_failed(Worker& w, Server& s, const std::string& error_response);
+// A server is gone: free its slot, and let a waiter try a new connection.
+void server_gone(Worker& w, Server& s);
+
+}  // namespace pgkeel::proxy

@@ -1,0 +1,183 @@
+// proxy/protocol/scanner.h — an incremental framer for one direction of a relayed stream.
+// It walks message boundaries as bytes pass by, never copying what it need not look at:
+// messages of selected types are handed to a callback whole (body up to a capture limit),
+// everything else is only counted. Frames are type byte + int32 length (§55.7).
+#pragma once
+
+#include <array>
+#include <bitset>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "proxy/protocol/message.h"
+
+namespace pgkeel::protocol {
+
+struct ScannedMessage {
+  char type = 0;
+  std::uint32_t length = 0;  // the length field: body + 4
+  std::string_view body;     // complete unless truncated
+  bool truncated = false;    // body longer than the capture limit; `body` holds its start
+  std::size_t start = 0;     // offset in the fed chunk where the message began (may be "before"
+                             // the chunk when the header straddled reads: then 0)
+  bool started_in_chunk = false;
+};
+
+enum class ScanAction { kContinue, kStop };
+
+struct ScanResult {
+  enum class Status { kOk, kStopped, kMalformed };
+  Status status = Status::kOk;
+  std::size_t consumed = 0;  // bytes of the chunk scanned; when kStopped and `clean`, the
+                             // stopping message's start; when not clean, the end of it
+  bool clean = true;         // kStopped: the stopping message began inside this chunk
+  std::uint32_t bad_length = 0;
+};
+
+class Scanner {
+ public:
+  static constexpr std::size_t kCaptureLimit = 8192;
+
+  // Only types marked here are reported to the callback.
+  void watch(char type) { watched_.set(static_cast<unsigned char>(type)); }
+  void unwatch_all() { watched_.reset(); }
+
+  // Walks `chunk`; calls `on_message(const ScannedMessage&) -> ScanAction` for each complete
+  // watched message. On kStop, scanning ends before that message; the caller decides what to do
+  // with the rest of the chunk (the scanner's state is reset to a message boundary).
+  template <class OnMessage>
+  ScanResult scan(const unsigned char* chunk, std::size_t n, OnMessage&& on_message);
+
+  // True when the bytes scanned so far end exactly at a message boundary.
+  bool at_boundary() const { return header_have_ == 0 && remaining_ == 0; }
+  void reset() {
+    header_have_ = 0;
+    remaining_ = 0;
+    capture_.clear();
+  }
+  // Type of the message whose body is being scanned (0 between messages).
+  char current_type() const { return remaining_ > 0 ? type_ : 0; }
+
+ private:
+  std::bitset<256> watched_;
+  std::array<unsigned char, 5> header_{};
+  std::uint8_t header_have_ = 0;
+  char type_ = 0;
+  std::uint32_t length_ = 0;
+  std::uint32_t remaining_ = 0;  // body bytes still to come of the current message
+  bool capturing_ = false;
+  std::string capture_;          // body of a watched message that straddles chunks
+};
+
+template <class OnMessage>
+ScanResult Scanner::scan(const unsigned char* chunk, std::size_t n, OnMessage&& on_message) {
+  ScanResult res;
+  std::size_t pos = 0;
+  while (pos < n) {
+    if (remaining_ == 0 && header_have_ == 0 && n - pos >= 5) {
+      // Fast path: a whole header in the chunk.
+      const std::size_t start = pos;
+      type_ = static_cast<char>(chunk[pos]);
+      length_ = read_u32(chunk + pos + 1);
+      if (length_ < 4 || length_ > kMaxMessageLength) {
+        res.status = ScanResult::Status::kMalformed;
+        res.consumed = pos;
+        res.bad_length = length_;
+        return res;
+      }
+      pos += 5;
+      const std::uint32_t body_len = length_ - 4;
+      const bool watched = watched_.test(static_cast<unsigned char>(type_));
+      if (watched && n - pos >= body_len) {
+        ScannedMessage m{type_, length_,
+                         std::string_view(reinterpret_cast<const char*>(chunk + pos), body_len),
+                         false, start, true};
+        if (on_message(m) == ScanAction::kStop) {
+          res.status = ScanResult::Status::kStopped;
+          res.consumed = start;
+          return res;
+        }
+        pos += body_len;
+        continue;
+      }
+      if (!watched && n - pos >= body_len) {
+        pos += body_len;
+        continue;
+      }
+      if (watched) {
+        if (body_len > kCaptureLimit) {
+          // Too big to hold: report what we have now, as truncated, and skip the rest.
+          ScannedMessage m{type_, length_,
+                           std::string_view(reinterpret_cast<const char*>(chunk + pos), n - pos),
+                           true, start, true};
+          if (on_message(m) == ScanAction::kStop) {
+            res.status = ScanResult::Status::kStopped;
+            res.consumed = start;
+            return res;
+          }
+          capturing_ = false;
+        } else {
+          capturing_ = true;
+          capture_.assign(reinterpret_cast<const char*>(chunk + pos), n - pos);
+        }
+      } else {
+        capturing_ = false;
+      }
+      remaining_ = body_len - static_cast<std::uint32_t>(n - pos);
+      pos = n;
+      continue;
+    }
+    if (remaining_ == 0) {
+      // Slow path: assemble a header that straddles chunks.
+      while (header_have_ < 5 && pos < n) header_[header_have_++] = chunk[pos++];
+      if (header_have_ < 5) break;
+      header_have_ = 0;
+      type_ = static_cast<char>(header_[0]);
+      length_ = read_u32(header_.data() + 1);
+      if (length_ < 4 || length_ > kMaxMessageLength) {
+        res.status = ScanResult::Status::kMalformed;
+        res.consumed = pos;
+        res.bad_length = length_;
+        return res;
+      }
+      remaining_ = length_ - 4;
+      capturing_ = watched_.test(static_cast<unsigned char>(type_));
+      capture_.clear();
+      if (capturing_ && remaining_ > kCaptureLimit) capturing_ = false;  // seen as truncated below
+      if (remaining_ == 0 && watched_.test(static_cast<unsigned char>(type_))) {
+        ScannedMessage m{type_, length_, {}, false, 0, false};
+        if (on_message(m) == ScanAction::kStop) {
+          res.status = ScanResult::Status::kStopped;
+          res.consumed = pos;
+          res.clean = false;
+          return res;
+        }
+      }
+      continue;
+    }
+    // Inside a body.
+    const std::size_t take = std::min<std::size_t>(remaining_, n - pos);
+    if (capturing_) capture_.append(reinterpret_cast<const char*>(chunk + pos), take);
+    pos += take;
+    remaining_ -= static_cast<std::uint32_t>(take);
+    if (remaining_ == 0 && capturing_) {
+      capturing_ = false;
+      ScannedMessage m{type_, length_, capture_, false, 0, false};
+      if (on_message(m) == ScanAction::kStop) {
+        // The message began before this chunk; stopping can only end after it.
+        capture_.clear();
+        res.status = ScanResult::Status::kStopped;
+        res.consumed = pos;
+        res.clean = false;
+        return res;
+      }
+      capture_.clear();
+    }
+  }
+  res.consumed = n;
+  return res;
+}
+
+}  // namespace pgkeel::protocol

@@ -1,0 +1,500 @@
+#include "proxy/server.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "proxy/auth/md5.h"
+#include "proxy/client.h"
+#include "proxy/log.h"
+#include "proxy/pool.h"
+
+namespace pgkeel::proxy {
+namespace {
+
+namespace be = protocol::be;
+
+// Login and reset messages are small; anything larger from a server at that stage is broken.
+constexpr std::uint32_t kMaxLoginMessage = 1u << 20;
+
+std::string error_message(std::string_view sqlstate, std::string_view message,
+                          std::string_view detail = {}) {
+  std::string out;
+  protocol::append_error(out, {"FATAL", sqlstate, message, detail, {}});
+  return out;
+}
+
+}  // namespace
+
+Server::Server(Worker& w, std::uint32_t id, Pool& pool, ServerCredential cred, std::string user,
+               std::string database, std::vector<std::pair<std::string, std::string>> params)
+    : w_(w),
+      id_(id),
+      name_("s" + std::to_string(w.index()) + "-" + std::to_string(id)),
+      pool_(pool),
+      node_(pool.node),
+      epoch_(w.snapshot().epoch),
+      cred_(std::move(cred)),
+      user_(std::move(user)),
+      database_(std::move(database)),
+      startup_params_(std::move(params)) {
+  scanner_.watch(be::kReadyForQuery);
+  scanner_.watch(be::kParameterStatus);
+}
+
+Server::~Server() {
+  if (ep_.in != nullptr) w_.buffers().release(ep_.in);
+  ep_.in = nullptr;
+  ep_.close();
+}
+
+void Server::on_read_cb(evutil_socket_t, short, void* arg) { static_cast<Server*>(arg)->on_read(); }
+void Server::on_write_cb(evutil_socket_t, short, void* arg) { static_cast<Server*>(arg)->on_write(); }
+
+void Server::start() {
+  created_ = last_used_ = Clock::now();
+  deadline_ = created_ + w_.config().pool.connect_timeout;
+  const NodeAddress& na = w_.shared().node_addrs[node_];
+  const int fd = ::socket(na.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    login_failed(error_message("08006", "could not create socket: " + std::string(std::strerror(errno))), "socket");
+    return;
+  }
+  ep_.fd = fd;
+  set_socket_options(fd, na.addr.ss_family != AF_UNIX);
+  ep_.rd.reset(event_new(w_.base(), fd, EV_READ | EV_PERSIST, &Server::on_read_cb, this));
+  ep_.wr.reset(event_new(w_.base(), fd, EV_WRITE | EV_PERSIST, &Server::on_write_cb, this));
+  log::debug("server").kv("event", "connecting").kv("server", name_).kv("node", w_.snapshot().nodes[node_].name).kv("addr", na.text).emit();
+  if (::connect(fd, reinterpret_cast<const sockaddr*>(&na.addr), na.len) == 0) {
+    on_connected();
+    return;
+  }
+  if (errno != EINPROGRESS) {
+    const std::string err = std::strerror(errno);
+    login_failed(error_message("08006", "could not connect to node " + w_.snapshot().nodes[node_].name + " (" + na.text + "): " + err), err);
+    return;
+  }
+  ep_.set_writing(true);  // connect completes when writable
+}
+
+void Server::on_connected() {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(ep_.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  if (err != 0) {
+    const NodeAddress& na = w_.shared().node_addrs[node_];
+    login_failed(error_message("08006", "could not connect to node " + w_.snapshot().nodes[node_].name + " (" + na.text + "): " + std::strerror(err)), std::strerror(err));
+    return;
+  }
+  state_ = State::kLogin;
+  ep_.set_writing(false);
+  ep_.set_reading(true);
+  std::string out;
+  protocol::Writer wr(out);
+  wr.begin_untyped().i32(protocol::kProtocolVersion3);
+  wr.str("user").str(user_).str("database").str(database_);
+  for (const auto& [k, v] : startup_params_) wr.str(k).str(v);
+  wr.i8(0);
+  wr.end();
+  if (ep_.send(out) == IoStatus::kError) login_failed(error_message("08006", "could not send startup packet to server"), "send");
+}
+
+void Server::on_write() {
+  if (state_ == State::kConnecting) {
+    on_connected();
+    return;
+  }
+  switch (ep_.flush_out()) {
+    case IoStatus::kBlocked: return;
+    case IoStatus::kError: close("send to server failed"); return;
+    case IoStatus::kDone: break;
+  }
+  if (state_ == State::kLinked && client_ != nullptr) {
+    IoBuffer* in = client_->ep().in;
+    if (in != nullptr) {
+      switch (send_buffer(ep_.fd, in)) {
+        case IoStatus::kBlocked: return;
+        case IoStatus::kError: close("send to server failed"); return;
+        case IoStatus::kDone:
+          w_.buffers().release(in);
+          client_->ep().in = nullptr;
+          break;
+      }
+    }
+    client_->resume_reading();
+  }
+  ep_.set_writing(false);
+}
+
+void Server::on_read() {
+  switch (state_) {
+    case State::kLinked:
+      relay_to_client();
+      return;
+    case State::kLogin:
+    case State::kResetting:
+    case State::kIdle:
+      break;
+    case State::kConnecting:
+    case State::kClosed:
+      return;
+  }
+  char buf[16384];
+  const ssize_t n = ::recv(ep_.fd, buf, sizeof buf, 0);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+  if (n <= 0) {
+    if (state_ == State::kLogin) {
+      login_failed(error_message("08006", "server closed the connection during login"), "eof during login");
+    } else {
+      close(state_ == State::kIdle ? "server closed an idle connection" : "server closed the connection during reset");
+    }
+    return;
+  }
+  if (state_ == State::kIdle) {
+    // An idle server speaks only to end the session (e.g. FATAL on administrator shutdown).
+    close("unexpected data from an idle server");
+    return;
+  }
+  rx_.append(buf, static_cast<std::size_t>(n));
+  std::size_t off = 0;
+  while (rx_.size() - off >= 5 && (state_ == State::kLogin || state_ == State::kResetting)) {
+    const auto* h = reinterpret_cast<const unsigned char*>(rx_.data() + off);
+    const std::uint32_t len = protocol::read_u32(h + 1);
+    if (len < 4 || len > kMaxLoginMessage) {
+      if (state_ == State::kLogin) {
+        login_failed(error_message("08P01", "server sent an invalid message during login"), "bad length");
+      } else {
+        close("server sent an invalid message during reset");
+      }
+      return;
+    }
+    if (rx_.size() - off < 1 + len) break;
+    const char type = rx_[off];
+    const std::string body = rx_.substr(off + 5, len - 4);
+    off += 1 + len;
+    if (state_ == State::kLogin) {
+      handle_login_message(type, body);
+    } else {
+      after_reset_message(type, body);
+    }
+    if (state_ == State::kClosed) return;
+  }
+  rx_.erase(0, off);
+  if (state_ == State::kIdle) std::string().swap(rx_);
+}
+
+void Server::handle_login_message(char type, std::string_view body) {
+  protocol::Reader r(body);
+  switch (type) {
+    case be::kAuthentication: {
+      const auto code = static_cast<protocol::AuthCode>(r.i32());
+      std::string out;
+      protocol::Writer wr(out);
+      switch (code) {
+        case protocol::AuthCode::kOk:
+          if (scram_) {
+            login_failed(error_message("28000", "server accepted the login before proving it knows the SCRAM secret"), "scram not finished");
+          }
+          return;
+        case protocol::AuthCode::kCleartextPassword:
+          if (cred_.password.empty()) {
+            login_failed(error_message("28000", "server asks for a cleartext password for user \"" + user_ + "\", but pgkeel has none",
+                                       "Put the plaintext password in the users file, or use SCRAM on the server."), "no cleartext password");
+            return;
+          }
+          wr.begin(protocol::fe::kPassword).str(cred_.password).end();
+          break;
+        case protocol::AuthCode::kMD5Password: {
+          std::string_view salt_bytes = r.bytes(4);
+          std::string hash = cred_.md5_hash;
+          if (hash.empty() && !cred_.password.empty()) hash = auth::md5_password_hash(user_, cred_.password).value_or("");
+          auth::Md5Salt salt{};
+          if (!r.failed()) std::memcpy(salt.data(), salt_bytes.data(), 4);
+          std::optional<std::string> resp = r.failed() || hash.empty() ? std::nullopt : auth::md5_response(hash, salt);
+          if (!resp) {
+            login_failed(error_message("28000", "server asks for md5 authentication for user \"" + user_ + "\", but pgkeel has no md5 hash or password for it",
+                                       "A SCRAM verifier cannot answer md5: put the md5 hash or the plaintext password in the users file."), "no md5 secret");
+            return;
+          }
+          wr.begin(protocol::fe::kPassword).str(*resp).end();
+          break;
+        }
+        case protocol::AuthCode::kSASL: {
+          bool scram_offered = false;
+          while (!r.failed()) {
+            std::string_view mech = r.str();
+            if (mech.empty()) break;
+            if (mech == auth::kScramSha256) scram_offered = true;
+          }
+          if (!scram_offered || !cred_.scram) {
+            login_failed(error_message("28000", scram_offered ? "server asks for SCRAM for user \"" + user_ + "\", but pgkeel has no SCRAM secret for it"
+                                                              : "server offers no SASL mechanism pgkeel supports",
+                                       "Put the user's SCRAM verifier (from pg_authid) or plaintext password in the users file."), "no scram secret");
+            return;
+          }
+          scram_.emplace(user_, *cred_.scram);
+          auth::ScramStep step = scram_->client_first_message();
+          if (!step.ok()) {
+            login_failed(error_message("XX000", step.error), step.error);
+            return;
+          }
+          wr.begin(protocol::fe::kPassword).str(auth::kScramSha256).i32(static_cast<std::int32_t>(step.message.size())).bytes(step.message).end();
+          break;
+        }
+        case protocol::AuthCode::kSASLContinue: {
+          if (!scram_) {
+            login_failed(error_message("08P01", "server sent SASLContinue out of order"), "sasl order");
+            return;
+          }
+          auth::ScramStep step = scram_->handle_server_first(r.rest());
+          if (!step.ok()) {
+            login_failed(error_message(step.failure == auth::ScramFailure::kPassThrough ? "28000" : "08P01", step.error), step.error);
+            return;
+          }
+          wr.begin(protocol::fe::kPassword).bytes(step.message).end();
+          break;
+        }
+        case protocol::AuthCode::kSASLFinal: {
+          if (!scram_) {
+            login_failed(error_message("08P01", "server sent SASLFinal out of order"), "sasl order");
+            return;
+          }
+          auth::ScramStep step = scram_->verify_server_final(r.rest());
+          if (!step.ok()) {
+            login_failed(error_message("28000", step.error), step.error);
+            return;
+          }
+          scram_.reset();
+          return;
+        }
+        default:
+          login_failed(error_message("28000", "server asks for an authentication method pgkeel does not support (code " + std::to_string(static_cast<int>(code)) + ")"), "auth method");
+          return;
+      }
+      if (ep_.send(out) == IoStatus::kError) close("send to server failed");
+      return;
+    }
+    case be::kErrorResponse: {
+      // The server refused the login: the waiting client sees the server's own error.
+      const protocol::ParsedError e = protocol::parse_error(body);
+      std::string msg;
+      protocol::Writer(msg).begin(be::kErrorResponse).bytes(body).end();
+      login_failed(std::move(msg), e.message);
+      return;
+    }
+    case be::kParameterStatus: {
+      std::string_view k = r.str();
+      std::string_view v = r.str();
+      if (r.failed()) return;
+      bool found = false;
+      for (auto& [pk, pv] : params_status_) {
+        if (pk == k) {
+          pv = v;
+          found = true;
+        }
+      }
+      if (!found) params_status_.emplace_back(std::string(k), std::string(v));
+      return;
+    }
+    case be::kBackendKeyData:
+      backend_pid_ = r.i32();
+      backend_key_ = r.i32();
+      return;
+    case be::kReadyForQuery: {
+      tx_status_ = static_cast<char>(r.i8());
+      state_ = State::kIdle;
+      last_used_ = Clock::now();
+      log::debug("server").kv("event", "login").kv("server", name_).kv("node", w_.snapshot().nodes[node_].name).kv("backend_pid", backend_pid_).emit();
+      server_available(w_, *this);
+      return;
+    }
+    default:
+      return;  // NoticeResponse, NegotiateProtocolVersion: nothing to do
+  }
+}
+
+void Server::login_failed(std::string error_response, std::string_view reason) {
+  if (state_ == State::kClosed) return;
+  log::warning("server").kv("event", "login_failed").kv("server", name_).kv("node", w_.snapshot().nodes[node_].name).kv("reason", reason).emit();
+  state_ = State::kClosed;
+  ep_.close();
+  server_login_failed(w_, *this, error_response);
+}
+
+void Server::link(Client* c) {
+  state_ = State::kLinked;
+  client_ = c;
+  last_used_ = Clock::now();
+  scanner_.reset();
+  pending_syncs_ = 0;
+  unsynced_ = false;
+  ep_.set_reading(true);
+}
+
+void Server::unlink(bool clean) {
+  client_ = nullptr;
+  if (state_ != State::kLinked) return;
+  const bool pending = ep_.in != nullptr && ep_.in->pending() > 0;
+  if (ep_.in != nullptr) {
+    w_.buffers().release(ep_.in);
+    ep_.in = nullptr;
+  }
+  if (!clean || pending || !ep_.out_empty() || tx_status_ != 'I') {
+    close("client left mid-session");
+    return;
+  }
+  const Clock::time_point now = Clock::now();
+  last_used_ = now;
+  if (w_.shutting_down() || now - created_ > w_.config().pool.server_lifetime) {
+    close(w_.shutting_down() ? "shutting down" : "server_lifetime reached");
+    return;
+  }
+  const std::string& q = w_.config().pool.reset_query;
+  if (q.empty()) {
+    state_ = State::kIdle;
+    server_available(w_, *this);
+    return;
+  }
+  state_ = State::kResetting;
+  std::string out;
+  protocol::Writer(out).begin(protocol::fe::kQuery).str(q).end();
+  if (ep_.send(out) == IoStatus::kError) close("send to server failed");
+}
+
+void Server::after_reset_message(char type, std::string_view body) {
+  protocol::Reader r(body);
+  switch (type) {
+    case be::kErrorResponse:
+      close("reset query failed: " + std::string(protocol::parse_error(body).message));
+      return;
+    case be::kParameterStatus: {
+      std::string_view k = r.str();
+      std::string_view v = r.str();
+      if (r.failed()) return;
+      for (auto& [pk, pv] : params_status_) {
+        if (pk == k) pv = v;
+      }
+      return;
+    }
+    case be::kReadyForQuery:
+      tx_status_ = static_cast<char>(r.i8());
+      if (tx_status_ != 'I') {
+        close("server not idle after reset");
+        return;
+      }
+      state_ = State::kIdle;
+      last_used_ = Clock::now();
+      server_available(w_, *this);
+      return;
+    default:
+      return;  // CommandComplete, notices
+  }
+}
+
+void Server::relay_to_client() {
+  Client* c = client_;
+  IoBuffer* b = ep_.in;
+  if (b == nullptr) b = ep_.in = w_.buffers().acquire();
+  const std::size_t from = b->end;
+  const long n = recv_into(ep_.fd, b);
+  if (n == -1) {
+    if (b->pending() == 0) {
+      w_.buffers().release(b);
+      ep_.in = nullptr;
+    }
+    return;
+  }
+  if (n <= 0) {
+    if (b->pending() == 0) {
+      w_.buffers().release(b);
+      ep_.in = nullptr;
+    }
+    close(n == 0 ? "server closed the connection unexpectedly" : "receive from server failed");
+    return;
+  }
+  const protocol::ScanResult res =
+      scanner_.scan(b->data + from, b->end - from, [&](const protocol::ScannedMessage& m) {
+        protocol::Reader r(m.body);
+        if (m.type == be::kReadyForQuery) {
+          tx_status_ = static_cast<char>(r.i8());
+          if (pending_syncs_ > 0) --pending_syncs_;
+        } else if (!m.truncated) {
+          std::string_view k = r.str();
+          std::string_view v = r.str();
+          if (!r.failed()) {
+            bool found = false;
+            for (auto& [pk, pv] : params_status_) {
+              if (pk == k) {
+                pv = v;
+                found = true;
+              }
+            }
+            if (!found) params_status_.emplace_back(std::string(k), std::string(v));
+          }
+        }
+        return protocol::ScanAction::kContinue;
+      });
+  if (res.status == protocol::ScanResult::Status::kMalformed) {
+    b->end = from + res.consumed;
+  }
+  if (b->pending() > 0) {
+    if (!c->ep().out_empty()) {
+      ep_.set_reading(false);  // our own bytes for the client go first
+    } else {
+      switch (send_buffer(c->ep().fd, b)) {
+        case IoStatus::kDone:
+          break;
+        case IoStatus::kBlocked:
+          ep_.set_reading(false);
+          c->ep().set_writing(true);
+          break;
+        case IoStatus::kError:
+          // The client is gone; closing it unlinks (and closes) us.
+          c->ep().set_reading(false);
+          w_.buffers().release(b);
+          ep_.in = nullptr;
+          close("client vanished");
+          return;
+      }
+    }
+  }
+  if (ep_.in == b && b->pending() == 0) {
+    w_.buffers().release(b);
+    ep_.in = nullptr;
+  }
+  if (res.status == protocol::ScanResult::Status::kMalformed) {
+    log::warning("server").kv("event", "protocol_violation").kv("server", name_).kv("length", static_cast<std::uint64_t>(res.bad_length)).emit();
+    close("server sent an invalid message");
+  }
+}
+
+void Server::close(std::string_view reason) {
+  if (state_ == State::kClosed) return;
+  const bool was_login = state_ == State::kConnecting || state_ == State::kLogin;
+  if (was_login) {
+    login_failed(error_message("08006", "server connection failed during login: " + std::string(reason)), reason);
+    return;
+  }
+  log::debug("server").kv("event", "closed").kv("server", name_).kv("reason", reason).emit();
+  state_ = State::kClosed;
+  ep_.close();
+  Client* c = client_;
+  client_ = nullptr;
+  if (c != nullptr) c->on_server_lost(reason);
+  if (ep_.in != nullptr) {
+    w_.buffers().release(ep_.in);
+    ep_.in = nullptr;
+  }
+  server_gone(w_, *this);
+}
+
+void Server::tick(Clock::time_point now) {
+  if ((state_ == State::kConnecting || state_ == State::kLogin) && now > deadline_) {
+    const NodeAddress& na = w_.shared().node_addrs[node_];
+    login_failed(error_message("08006", "timeout connecting to node " + w_.snapshot().nodes[node_].name + " (" + na.text + ")"), "connect_timeout");
+  }
+}
+
+}  // namespace pgkeel::proxy

@@ -1,0 +1,115 @@
+// proxy/server.h — a connection from pgkeel to a PostgreSQL node. It logs in on a client's
+// behalf (SCRAM, md5, cleartext), then relays for one client at a time, then is reset and
+// kept warm. Every server connection carries the routing epoch it was opened under.
+//
+// States: kConnecting (TCP connect in progress) -> kLogin (startup and authentication) ->
+// kIdle (in its pool) <-> kLinked (relaying for a client) -> kResetting (reset query after the
+// client left) -> kIdle; any -> kClosed.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "proxy/auth/scram.h"
+#include "proxy/conn.h"
+#include "proxy/protocol/scanner.h"
+#include "proxy/shared.h"
+#include "proxy/worker.h"
+
+namespace pgkeel::proxy {
+
+class Client;
+struct Pool;
+
+class Server {
+ public:
+  enum class State : std::uint8_t { kConnecting, kLogin, kIdle, kLinked, kResetting, kClosed };
+
+  Server(Worker& w, std::uint32_t id, Pool& pool, ServerCredential cred, std::string user,
+         std::string database, std::vector<std::pair<std::string, std::string>> params);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  void start();
+
+  // Linking: the server relays for `c` until unlink().
+  void link(Client* c);
+  // The client left. `clean`: at a message boundary with the session idle, so the connection
+  // can be reset and reused; otherwise it is closed.
+  void unlink(bool clean);
+  // Relay entry points used by the client side.
+  Endpoint& ep() { return ep_; }
+  // The client drained what we sent it: resume reading from the server.
+  void resume_reading() { ep_.set_reading(true); }
+  // Called when the client's bytes were forwarded to this server and the client is now waiting
+  // on its write side.
+  void close(std::string_view reason);
+
+  std::uint32_t id() const { return id_; }
+  State state() const { return state_; }
+  routing::NodeId node() const { return node_; }
+  std::uint64_t epoch() const { return epoch_; }
+  char tx_status() const { return tx_status_; }
+  bool at_boundary() const { return scanner_.at_boundary(); }
+  std::int32_t backend_pid() const { return backend_pid_; }
+  std::int32_t backend_key() const { return backend_key_; }
+  const std::vector<std::pair<std::string, std::string>>& parameters() const { return params_status_; }
+  Pool& pool() { return pool_; }
+  Clock::time_point created() const { return created_; }
+  Clock::time_point last_used() const { return last_used_; }
+  const std::string& name() const { return name_; }
+  // Outstanding query cycles: a Query or Sync sent and its ReadyForQuery not yet back.
+  void note_frontend_sync() { ++pending_syncs_; }
+  bool query_running() const { return pending_syncs_ > 0 || unsynced_; }
+  void note_unsynced(bool v) { unsynced_ = v; }
+
+  bool counted_connecting = true;  // pool.cc: still counted in Pool::connecting
+
+  // Maintenance tick: connect/login timeouts.
+  void tick(Clock::time_point now);
+
+ private:
+  static void on_read_cb(evutil_socket_t fd, short what, void* arg);
+  static void on_write_cb(evutil_socket_t fd, short what, void* arg);
+  void on_read();
+  void on_write();
+  void on_connected();
+  void handle_login_message(char type, std::string_view body);
+  void login_failed(std::string error_response, std::string_view reason);
+  void relay_to_client();
+  void after_reset_message(char type, std::string_view body);
+  void finish_reset();
+
+  Worker& w_;
+  const std::uint32_t id_;
+  std::string name_;
+  Pool& pool_;
+  routing::NodeId node_;
+  std::uint64_t epoch_;
+  ServerCredential cred_;
+  std::string user_;
+  std::string database_;
+  std::vector<std::pair<std::string, std::string>> startup_params_;
+  State state_ = State::kConnecting;
+  Endpoint ep_;
+  std::string rx_;  // login and reset phases: bytes not yet parsed
+  std::optional<auth::ScramClient> scram_;
+  protocol::Scanner scanner_;  // backend messages while linked
+  Client* client_ = nullptr;
+  std::vector<std::pair<std::string, std::string>> params_status_;
+  std::int32_t backend_pid_ = 0;
+  std::int32_t backend_key_ = 0;
+  char tx_status_ = 'I';
+  int pending_syncs_ = 0;
+  bool unsynced_ = false;
+  int reset_pending_ = 0;
+  Clock::time_point created_;
+  Clock::time_point last_used_;
+  Clock::time_point deadline_;  // connect + login must finish by then
+};
+
+}  // namespace pgkeel::proxy

@@ -1,0 +1,65 @@
+// proxy/shared.h — state every worker reads: the configuration, the routing table, user
+// secrets, and the global limits (atomics). Built once by main; workers never lock it on the
+// data path.
+#pragma once
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "conf/config.h"
+#include "proxy/auth/scram.h"
+#include "routing/snapshot.h"
+
+namespace pgkeel::proxy {
+
+class Worker;
+
+// A client-facing user as pgkeel knows it from the users file.
+struct UserAuth {
+  enum class Kind : std::uint8_t { kScramVerifier, kMd5Hash, kPassword };
+  std::string name;
+  Kind kind = Kind::kPassword;
+  auth::ScramVerifier verifier;  // kScramVerifier, and derived once for kPassword
+  std::string md5_hash;          // kMd5Hash, and derived for kPassword
+  std::string password;          // kPassword only
+};
+
+// What a server connection uses to log in on a client's behalf.
+struct ServerCredential {
+  std::string user;
+  std::optional<auth::ScramSecret> scram;  // password or pass-through keys
+  std::string md5_hash;                    // answers AuthenticationMD5Password
+  std::string password;                    // answers AuthenticationCleartextPassword
+};
+
+struct NodeAddress {
+  sockaddr_storage addr{};
+  socklen_t len = 0;
+  std::string text;  // "host:port" for logs and errors
+};
+
+struct Shared {
+  std::shared_ptr<const conf::Config> config;
+  routing::Table table{routing::Snapshot{}};
+  std::unordered_map<std::string, UserAuth> users;
+  std::vector<NodeAddress> node_addrs;  // by NodeId
+
+  std::atomic<int> clients{0};  // all workers; checked against max_client_conn
+  std::unique_ptr<std::atomic<int>[]> server_conns;  // by NodeId; per-node cap
+  std::unique_ptr<std::atomic<int>[]> node_waiters;  // by NodeId; clients waiting for a slot
+
+  std::string mock_secret;  // salts the fake SCRAM exchange for unknown users
+  std::vector<Worker*> workers;
+  std::atomic<int> workers_running{0};
+  std::atomic<bool> draining{false};
+};
+
+}  // namespace pgkeel::proxy

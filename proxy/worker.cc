@@ -1,0 +1,306 @@
+#include "proxy/worker.h"
+
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "proxy/client.h"
+#include "proxy/conn.h"
+#include "proxy/log.h"
+#include "proxy/pool.h"
+#include "proxy/protocol/message.h"
+#include "proxy/server.h"
+
+namespace pgkeel::proxy {
+
+// A one-shot connection that delivers a CancelRequest to a server (§55.2.7), as PostgreSQL's
+// own clients do: connect, send 16 bytes, close.
+struct CancelConn {
+  int fd = -1;
+  EventPtr ev;
+  std::string packet;
+  Clock::time_point deadline;
+  bool done = false;
+  ~CancelConn() {
+    ev.reset();
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+namespace {
+
+constexpr std::uint32_t kMaxClientId = (1u << 22) - 1;
+constexpr timeval kTickInterval{0, 200 * 1000};
+
+void on_cancel_writable(evutil_socket_t fd, short, void* arg) {
+  auto* cc = static_cast<CancelConn*>(arg);
+  int err = 0;
+  socklen_t len = sizeof err;
+  getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+  if (err == 0) {
+    const ssize_t n = ::send(fd, cc->packet.data(), cc->packet.size(), MSG_NOSIGNAL);
+    if (n != static_cast<ssize_t>(cc->packet.size())) err = errno;
+  }
+  if (err != 0) log::warning("cancel").kv("event", "cancel_failed").kv("reason", std::strerror(err)).emit();
+  event_del(cc->ev.get());
+  cc->done = true;  // reaped on the next tick; the server closes its side after reading
+}
+
+}  // namespace
+
+Worker::Worker(Shared& shared, unsigned index, std::vector<ListenSocket> sockets)
+    : shared_(shared), index_(index), sockets_(std::move(sockets)) {
+  event_config* cfg = event_config_new();
+  event_config_set_flag(cfg, EVENT_BASE_FLAG_NOLOCK);  // one thread per base
+  base_.reset(event_base_new_with_config(cfg));
+  event_config_free(cfg);
+  snapshot_ = shared_.table.current();
+
+  mailbox_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  mailbox_event_.reset(event_new(base_.get(), mailbox_fd_, EV_READ | EV_PERSIST, &Worker::on_mailbox, this));
+  event_add(mailbox_event_.get(), nullptr);
+  tick_event_.reset(event_new(base_.get(), -1, EV_PERSIST, &Worker::on_tick, this));
+  event_add(tick_event_.get(), &kTickInterval);
+  reap_event_.reset(event_new(base_.get(), -1, 0, &Worker::on_reap, this));
+
+  for (const ListenSocket& s : sockets_) {
+    auto* l = evconnlistener_new(base_.get(), &Worker::on_accept, this,
+                                 LEV_OPT_REUSEABLE | (s.shared ? 0 : LEV_OPT_CLOSE_ON_FREE), -1, s.fd);
+    listeners_.emplace_back(l);
+    listener_index_of_.push_back(s.listener_index);
+  }
+}
+
+Worker::~Worker() {
+  dead_clients_.clear();
+  dead_servers_.clear();
+  clients_.clear();
+  servers_.clear();
+  cancels_.clear();
+  listeners_.clear();
+  mailbox_event_.reset();
+  tick_event_.reset();
+  reap_event_.reset();
+  if (mailbox_fd_ >= 0) ::close(mailbox_fd_);
+}
+
+void Worker::start() {
+  thread_ = std::thread([this] {
+    now_ = Clock::now();
+    event_base_dispatch(base_.get());
+    // Whatever is left goes now, on this thread.
+    clients_.clear();
+    servers_.clear();
+    dead_clients_.clear();
+    dead_servers_.clear();
+    log::debug("worker").kv("event", "stopped").kv("worker", index_).emit();
+    shared_.workers_running.fetch_sub(1);
+  });
+}
+
+void Worker::join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void Worker::post(std::function<void(Worker&)> fn) {
+  {
+    std::lock_guard lock(mailbox_mu_);
+    mailbox_.push_back(std::move(fn));
+  }
+  const std::uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = ::write(mailbox_fd_, &one, sizeof one);
+}
+
+void Worker::on_mailbox(evutil_socket_t fd, short, void* arg) {
+  auto* w = static_cast<Worker*>(arg);
+  std::uint64_t v = 0;
+  [[maybe_unused]] ssize_t n = ::read(fd, &v, sizeof v);
+  std::vector<std::function<void(Worker&)>> items;
+  {
+    std::lock_guard lock(w->mailbox_mu_);
+    items.swap(w->mailbox_);
+  }
+  for (auto& fn : items) fn(*w);
+}
+
+void Worker::on_accept(evconnlistener* l, evutil_socket_t fd, sockaddr* addr, int, void* arg) {
+  auto* w = static_cast<Worker*>(arg);
+  std::size_t listener_index = 0;
+  for (std::size_t i = 0; i < w->listeners_.size(); ++i) {
+    if (w->listeners_[i].get() == l) listener_index = w->listener_index_of_[i];
+  }
+  w->accept_client(fd, listener_index, addr);
+}
+
+std::uint32_t Worker::next_client_id() {
+  for (std::uint32_t tries = 0; tries <= kMaxClientId; ++tries) {
+    last_client_id_ = last_client_id_ >= kMaxClientId ? 1 : last_client_id_ + 1;
+    if (clients_.find(last_client_id_) == clients_.end()) return last_client_id_;
+  }
+  return 0;
+}
+
+void Worker::accept_client(int fd, std::size_t listener_index, const sockaddr* addr) {
+  evutil_make_socket_nonblocking(fd);
+  evutil_make_socket_closeonexec(fd);
+  if (shutdown_ != Shutdown::kNone) {
+    ::close(fd);
+    return;
+  }
+  const std::uint32_t id = next_client_id();
+  if (id == 0) {
+    ::close(fd);
+    return;
+  }
+  auto c = std::make_unique<Client>(*this, id, fd, listener_index, addr);
+  Client* raw = c.get();
+  clients_.emplace(id, std::move(c));
+  raw->start();
+}
+
+const routing::Snapshot& Worker::snapshot() {
+  if (shared_.table.epoch() != snapshot_->epoch) snapshot_ = shared_.table.current();
+  return *snapshot_;
+}
+
+Pool& Worker::pool_for(const std::string& key, routing::NodeId node) {
+  auto it = pools_.find(key);
+  if (it != pools_.end()) return *it->second;
+  auto p = std::make_unique<Pool>();
+  p->key = key;
+  p->node = node;
+  Pool& ref = *p;
+  pools_.emplace(key, std::move(p));
+  return ref;
+}
+
+Server* Worker::new_server(Pool& pool, const ServerCredential& cred, const std::string& user,
+                           const std::string& database,
+                           const std::vector<std::pair<std::string, std::string>>& params) {
+  last_server_id_ = last_server_id_ == UINT32_MAX ? 1 : last_server_id_ + 1;
+  auto s = std::make_unique<Server>(*this, last_server_id_, pool, cred, user, database, params);
+  Server* raw = s.get();
+  servers_.emplace(last_server_id_, std::move(s));
+  raw->start();
+  return raw;
+}
+
+void Worker::retire(Client* c) {
+  auto it = clients_.find(c->id());
+  if (it == clients_.end()) return;
+  dead_clients_.push_back(std::move(it->second));
+  clients_.erase(it);
+  event_active(reap_event_.get(), EV_TIMEOUT, 0);
+}
+
+void Worker::retire(Server* s) {
+  auto it = servers_.find(s->id());
+  if (it == servers_.end()) return;
+  dead_servers_.push_back(std::move(it->second));
+  servers_.erase(it);
+  event_active(reap_event_.get(), EV_TIMEOUT, 0);
+}
+
+void Worker::on_reap(evutil_socket_t, short, void* arg) { static_cast<Worker*>(arg)->reap(); }
+
+void Worker::reap() {
+  dead_clients_.clear();
+  dead_servers_.clear();
+  maybe_exit();
+}
+
+Client* Worker::find_client(std::uint32_t id) {
+  auto it = clients_.find(id);
+  return it == clients_.end() ? nullptr : it->second.get();
+}
+
+void Worker::send_cancel(routing::NodeId node, std::int32_t pid, std::int32_t key) {
+  const NodeAddress& na = shared_.node_addrs[node];
+  auto cc = std::make_unique<CancelConn>();
+  cc->fd = ::socket(na.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (cc->fd < 0) return;
+  protocol::Writer(cc->packet).begin_untyped().i32(protocol::kCancelRequestCode).i32(pid).i32(key).end();
+  cc->deadline = Clock::now() + config().pool.connect_timeout;
+  if (::connect(cc->fd, reinterpret_cast<const sockaddr*>(&na.addr), na.len) != 0 && errno != EINPROGRESS) {
+    log::warning("cancel").kv("event", "cancel_failed").kv("addr", na.text).kv("reason", std::strerror(errno)).emit();
+    return;
+  }
+  cc->ev.reset(event_new(base_.get(), cc->fd, EV_WRITE, &on_cancel_writable, cc.get()));
+  event_add(cc->ev.get(), nullptr);
+  cancels_.push_back(std::move(cc));
+}
+
+void Worker::on_tick(evutil_socket_t, short, void* arg) { static_cast<Worker*>(arg)->tick(); }
+
+void Worker::tick() {
+  now_ = Clock::now();
+  const conf::Config& cfg = config();
+  // Clients: login and wait timeouts. Collect first: ticking may retire.
+  std::vector<Client*> cs;
+  cs.reserve(clients_.size());
+  for (auto& [id, c] : clients_) cs.push_back(c.get());
+  for (Client* c : cs) c->tick(now_);
+  std::vector<Server*> ss;
+  ss.reserve(servers_.size());
+  for (auto& [id, s] : servers_) ss.push_back(s.get());
+  for (Server* s : ss) s->tick(now_);
+
+  // Pools: idle timeouts, stale epochs, and slots other workers are waiting for.
+  const std::uint64_t epoch = snapshot().epoch;
+  std::vector<Server*> to_close;
+  for (auto& [key, p] : pools_) {
+    const bool node_starved = shared_.node_waiters[p->node].load(std::memory_order_relaxed) > 0;
+    for (Server* s : p->idle) {
+      if (s->epoch() != epoch || now_ - s->last_used() > cfg.pool.server_idle_timeout ||
+          (node_starved && p->waiters.empty())) {
+        to_close.push_back(s);
+      }
+    }
+    if (!p->waiters.empty()) feed_waiters(*this, *p);
+  }
+  for (Server* s : to_close) s->close("idle timeout or routing change");
+
+  std::erase_if(cancels_, [&](const std::unique_ptr<CancelConn>& cc) { return cc->done || now_ > cc->deadline; });
+
+  if (shutdown_ == Shutdown::kGraceful) {
+    const bool past_deadline = now_ > shutdown_deadline_;
+    cs.clear();
+    for (auto& [id, c] : clients_) cs.push_back(c.get());
+    for (Client* c : cs) {
+      if (past_deadline || c->idle_for_shutdown()) c->terminate("57P01", "terminating connection due to pgkeel shutdown");
+    }
+    if (clients_.empty()) {
+      ss.clear();
+      for (auto& [id, s] : servers_) ss.push_back(s.get());
+      for (Server* s : ss) s->close("shutting down");
+    }
+    maybe_exit();
+  }
+}
+
+void Worker::close_listeners() { listeners_.clear(); }
+
+void Worker::begin_shutdown(bool graceful) {
+  close_listeners();
+  if (!graceful) {
+    shutdown_ = Shutdown::kImmediate;
+    event_base_loopexit(base_.get(), nullptr);
+    return;
+  }
+  if (shutdown_ != Shutdown::kNone) return;
+  shutdown_ = Shutdown::kGraceful;
+  shutdown_deadline_ = Clock::now() + config().general.shutdown_timeout;
+  tick();
+}
+
+void Worker::maybe_exit() {
+  if (shutdown_ == Shutdown::kGraceful && clients_.empty() && servers_.empty()) {
+    event_base_loopexit(base_.get(), nullptr);
+  }
+}
+
+}  // namespace pgkeel::proxy

@@ -1,0 +1,119 @@
+// proxy/worker.h — one thread, one event loop. A worker owns its listeners' accepted clients,
+// their server connections and its pools; nothing it owns is touched by another thread. Other
+// threads reach it only through its mailbox.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "proxy/buffer.h"
+#include "proxy/handles.h"
+#include "proxy/shared.h"
+#include "routing/snapshot.h"
+
+namespace pgkeel::proxy {
+
+class Client;
+class Server;
+struct Pool;
+
+using Clock = std::chrono::steady_clock;
+
+// A listening socket handed to a worker (one per worker per TCP listener via SO_REUSEPORT;
+// a Unix socket is shared by all workers).
+struct ListenSocket {
+  int fd = -1;
+  std::size_t listener_index = 0;  // into config->listeners
+  bool shared = false;             // shared fds are closed by main, not the worker
+};
+
+class Worker {
+ public:
+  Worker(Shared& shared, unsigned index, std::vector<ListenSocket> sockets);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  void start();  // spawns the thread
+  void join();
+
+  // Thread-safe: runs `fn` on this worker's thread, soon.
+  void post(std::function<void(Worker&)> fn);
+
+  // --- called on the worker's own thread ---
+  event_base* base() const { return base_.get(); }
+  unsigned index() const { return index_; }
+  Shared& shared() { return shared_; }
+  const conf::Config& config() const { return *shared_.config; }
+  BufferPool& buffers() { return buffers_; }
+  const routing::Snapshot& snapshot();  // refreshed when the table's epoch moved
+  Clock::time_point now() const { return now_; }
+
+  Pool& pool_for(const std::string& key, routing::NodeId node);
+  Server* new_server(Pool& pool, const ServerCredential& cred, const std::string& user,
+                     const std::string& database,
+                     const std::vector<std::pair<std::string, std::string>>& params);
+  void retire(Client* c);  // destroyed after the current callback returns
+  void retire(Server* s);
+  void send_cancel(routing::NodeId node, std::int32_t pid, std::int32_t key);
+  Client* find_client(std::uint32_t id);
+
+  // Shutdown: graceful (idle sessions closed with 57P01, others when idle) or immediate.
+  void begin_shutdown(bool graceful);
+  bool shutting_down() const { return shutdown_ != Shutdown::kNone; }
+
+  std::size_t client_count() const { return clients_.size(); }
+  std::size_t server_count() const { return servers_.size(); }
+
+ private:
+  enum class Shutdown : std::uint8_t { kNone, kGraceful, kImmediate };
+  static void on_accept(evconnlistener* l, evutil_socket_t fd, sockaddr* addr, int len, void* arg);
+  static void on_mailbox(evutil_socket_t fd, short what, void* arg);
+  static void on_tick(evutil_socket_t fd, short what, void* arg);
+  static void on_reap(evutil_socket_t fd, short what, void* arg);
+  void accept_client(int fd, std::size_t listener_index, const sockaddr* addr);
+  void tick();
+  void reap();
+  void close_listeners();
+  void maybe_exit();
+  std::uint32_t next_client_id();
+
+  Shared& shared_;
+  const unsigned index_;
+  std::vector<ListenSocket> sockets_;
+  EventBasePtr base_;
+  std::vector<ListenerPtr> listeners_;
+  std::vector<std::size_t> listener_index_of_;  // parallel to listeners_
+  EventPtr mailbox_event_;
+  EventPtr tick_event_;
+  EventPtr reap_event_;
+  int mailbox_fd_ = -1;
+  std::mutex mailbox_mu_;
+  std::vector<std::function<void(Worker&)>> mailbox_;
+  std::thread thread_;
+
+  BufferPool buffers_;
+  std::shared_ptr<const routing::Snapshot> snapshot_;
+  Clock::time_point now_;
+  Shutdown shutdown_ = Shutdown::kNone;
+  Clock::time_point shutdown_deadline_;
+
+  std::uint32_t last_client_id_ = 0;
+  std::uint32_t last_server_id_ = 0;
+  std::unordered_map<std::uint32_t, std::unique_ptr<Client>> clients_;
+  std::unordered_map<std::uint32_t, std::unique_ptr<Server>> servers_;
+  std::unordered_map<std::string, std::unique_ptr<Pool>> pools_;
+  std::vector<std::unique_ptr<Client>> dead_clients_;
+  std::vector<std::unique_ptr<Server>> dead_servers_;
+  std::vector<std::unique_ptr<struct CancelConn>> cancels_;
+};
+
+}  // namespace pgkeel::proxy
