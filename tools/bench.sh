@@ -264,7 +264,13 @@ EOF
   if await_ready "$pgkeel_port" "$pgkeel_pid"; then
     targets+=(pgkeel)
   else
-    pgkeel_note="pgkeel skipped: it did not answer SELECT 1 on port $pgkeel_port within 20 s"
+    if kill -0 "$pgkeel_pid" 2>/dev/null; then
+      pgkeel_note="pgkeel skipped: it did not answer SELECT 1 on port $pgkeel_port within 20 s"
+    else
+      pgkeel_rc=0
+      wait "$pgkeel_pid" || pgkeel_rc=$?
+      pgkeel_note="pgkeel skipped: it exited with status $pgkeel_rc before answering SELECT 1"
+    fi
     say "$pgkeel_note; last lines of its log:"
     tail -n 20 "$work/pgkeel/pgkeel.log" >&2 || true
     stop_pid "$pgkeel_pid" pgkeel

@@ -6,8 +6,9 @@
 //   java -cp OUTDIR:/usr/share/java/postgresql.jar JdbcSuite <jdbc-url> <user> <password>
 //
 // Prints `ok <name>` or `FAIL <name>: <reason>` per check and finally `N passed, M failed`;
-// exits 0 only if every check passed. Everything it creates lives in one schema with a
-// random suffix, dropped at the end, so runs on one database do not interfere.
+// exits 0 only if every check passed (tests/jdbc/run.sh does the two steps). Everything it
+// creates lives in one schema with a random suffix, dropped at the end, so runs on one database
+// do not interfere; a user without CREATE on the database gets prefixed tables in public instead.
 
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;
@@ -50,11 +51,18 @@ public final class JdbcSuite {
     private static final long kWatchdogSeconds = Long.getLong("jdbcsuite.watchdog", 600);
     /** Per-connection socket timeout (seconds) so a stuck read fails a check instead of the run. */
     private static final String kSocketTimeout = "120";
+    /** FAIL lines are cut to this many characters. */
+    private static final int kMaxReason = 600;
 
     private final String url;
     private final String user;
     private final String password;
-    private final String schema;   // every table of this run lives here
+    // Every table of this run lives in its own schema; a user who may not create schemas
+    // (e.g. md5user) gets prefixed tables in public instead.
+    private String schema;
+    private String prefix = "";
+    private boolean ownSchema = true;
+    private static final List<String> kTables = List.of("items", "batch", "copy", "uniq", "tx", "blobs", "unqualified");
     private final String suffix;
     private int passed = 0;
     private int failed = 0;
@@ -110,7 +118,11 @@ public final class JdbcSuite {
 
     private synchronized void fail(String name, String reason) {
         failed++;
-        System.out.println("FAIL " + name + ": " + reason.replaceAll("\\s+", " ").trim());
+        String oneLine = reason.replaceAll("\\s+", " ").trim();
+        if (oneLine.length() > kMaxReason) {   // batch errors quote the whole rewritten INSERT
+            oneLine = oneLine.substring(0, kMaxReason) + " ... (" + oneLine.length() + " chars)";
+        }
+        System.out.println("FAIL " + name + ": " + oneLine);
         System.out.flush();
     }
 
@@ -225,15 +237,32 @@ public final class JdbcSuite {
         expectEq(1L, queryLong(c, "SELECT 1"), "connection usable afterwards");
     }
 
+    /** Schema-qualified name of one of this run's tables. */
     private String t(String table) {
-        return schema + "." + table;
+        return schema + "." + bare(table);
+    }
+
+    /** Name of one of this run's tables inside its schema. */
+    private String bare(String table) {
+        return prefix + table;
     }
 
     // ---------------------------------------------------------------- the run
 
     private void runAll() {
         try (Connection c = connect()) {
-            exec(c, "CREATE SCHEMA " + schema);
+            try {
+                exec(c, "CREATE SCHEMA " + schema);
+            } catch (SQLException e) {
+                if (!"42501".equals(e.getSQLState())) {
+                    throw e;
+                }
+                ownSchema = false;
+                schema = "public";
+                prefix = "jdbcsuite_" + suffix + "_";
+                System.err.println("jdbcsuite: no CREATE on the database for " + user + "; using tables " + prefix
+                        + "* in public");
+            }
             exec(c, "CREATE TABLE " + t("items") + " (id int PRIMARY KEY, v text NOT NULL)");
             exec(c, "CREATE TABLE " + t("batch") + " (id int PRIMARY KEY, v text NOT NULL)");
             exec(c, "CREATE TABLE " + t("copy") + " (id int PRIMARY KEY, v text NOT NULL)");
@@ -258,7 +287,15 @@ public final class JdbcSuite {
             checkDescribeAndSchema();
             checkSessionBehaviour();
         } finally {
-            check("cleanup", () -> withConn(c -> exec(c, "DROP SCHEMA " + schema + " CASCADE")));
+            check("cleanup", () -> withConn(c -> {
+                if (ownSchema) {
+                    exec(c, "DROP SCHEMA " + schema + " CASCADE");
+                } else {
+                    for (String table : kTables) {
+                        exec(c, "DROP TABLE IF EXISTS " + t(table));
+                    }
+                }
+            }));
         }
     }
 
@@ -994,7 +1031,7 @@ public final class JdbcSuite {
                 expectEq(Types.NUMERIC, md.getColumnType(3), "column 3 type");
                 expectEq(2, md.getScale(3), "column 3 scale");
                 expectEq(Types.TIMESTAMP, md.getColumnType(4), "column 4 type");
-                expectEq("items", md.getTableName(1), "base table of column 1");
+                expectEq(bare("items"), md.getTableName(1), "base table of column 1");
                 expectEq(ResultSetMetaData.columnNoNulls, md.isNullable(2), "nullability of column 2");
                 ps.setInt(1, 3);
                 try (ResultSet rs = ps.executeQuery()) {
@@ -1012,16 +1049,16 @@ public final class JdbcSuite {
                     tables.add(rs.getString("TABLE_NAME"));
                 }
             }
-            expect(tables.containsAll(List.of("items", "batch", "copy", "uniq", "tx", "blobs")),
+            expect(tables.containsAll(kTables.subList(0, 6).stream().map(this::bare).toList()),
                     "tables listed: " + tables);
             List<String> cols = new ArrayList<>();
-            try (ResultSet rs = dmd.getColumns(null, schema, "items", "%")) {
+            try (ResultSet rs = dmd.getColumns(null, schema, bare("items"), "%")) {
                 while (rs.next()) {
                     cols.add(rs.getString("COLUMN_NAME"));
                 }
             }
             expectEq(List.of("id", "v"), cols, "columns of items");
-            try (ResultSet rs = dmd.getPrimaryKeys(null, schema, "items")) {
+            try (ResultSet rs = dmd.getPrimaryKeys(null, schema, bare("items"))) {
                 expect(rs.next() && "id".equals(rs.getString("COLUMN_NAME")), "primary key of items");
             }
         }));
@@ -1030,11 +1067,11 @@ public final class JdbcSuite {
             String before = c.getSchema();
             c.setSchema(schema);
             expectEq(schema, c.getSchema(), "getSchema after setSchema");
-            exec(c, "CREATE TABLE unqualified (x int)");
+            exec(c, "CREATE TABLE " + bare("unqualified") + " (x int)");
             expectEq(schema, queryString(c,
-                    "SELECT schemaname FROM pg_tables WHERE tablename = 'unqualified' AND schemaname = '"
-                            + schema + "'"), "schema of an unqualified CREATE");
-            expectEq(20L, queryLong(c, "SELECT count(*) FROM items"), "unqualified read from the schema");
+                    "SELECT schemaname FROM pg_tables WHERE tablename = '" + bare("unqualified")
+                            + "' AND schemaname = '" + schema + "'"), "schema of an unqualified CREATE");
+            expectEq(20L, queryLong(c, "SELECT count(*) FROM " + bare("items")), "unqualified read from the schema");
             c.setSchema(before);
             expectEq(before, c.getSchema(), "schema restored");
         }));
@@ -1043,7 +1080,7 @@ public final class JdbcSuite {
             // currentSchema is sent as search_path in the StartupMessage.
             try (Connection c = connect(props("currentSchema", schema))) {
                 expectEq(schema, c.getSchema(), "getSchema from startup search_path");
-                expectEq(20L, queryLong(c, "SELECT count(*) FROM items"), "unqualified read");
+                expectEq(20L, queryLong(c, "SELECT count(*) FROM " + bare("items")), "unqualified read");
             }
         });
     }
