@@ -1,0 +1,655 @@
+#!/usr/bin/env bash
+# tools/cluster.sh — a throwaway PostgreSQL streaming-replication cluster on 127.0.0.1 for the
+# integration tests, the demo and the benchmarks: primary db1, standbys db2, db3, ... in one
+# folder, each on a port the OS picked. Servers run as the `postgres` OS user when we are root.
+#
+#   tools/cluster.sh up DIR [--standbys N] [--sync|--async] [--max-connections N]
+#   tools/cluster.sh down DIR [--rm]
+#   tools/cluster.sh status DIR
+#   tools/cluster.sh psql DIR NODE [psql args...]
+#   tools/cluster.sh start DIR NODE            start a stopped node again (same port, same log)
+#   tools/cluster.sh stop DIR NODE [MODE]      pg_ctl stop; MODE fast (default), immediate, smart
+#   tools/cluster.sh promote DIR NODE          pg_ctl promote, waits until it accepts writes
+#
+# `up` copies a prepared, cleanly stopped data directory (roles and databases already created)
+# from ${PGKEEL_CACHE:-<repo>/.cache}/pg<major>-template instead of running initdb each time; the
+# template is built on first use and rebuilt when the PostgreSQL version or kTemplateRev changes.
+# Standbys are cold copies of that same template started with standby.signal: a cleanly shut
+# down data directory is a valid base backup, so they share the primary's system identifier and
+# start streaming from the template's shutdown checkpoint, faster than pg_basebackup.
+#
+# Writes DIR/cluster.env (shell-sourceable: PGKEEL_CLUSTER_DIR, PG_BINDIR, SOCKDIR, NODES and
+# DB<n>_PORT/_DATA/_PID/_LOG) and DIR/users.txt (pgkeel's users file, secrets from pg_authid).
+#
+# Environment: PGKEEL_CACHE (template cache folder), PG_BINDIR (default: pg_config --bindir),
+# PGKEEL_CLUSTER_TIMEOUT (seconds for each wait, default 60).
+#
+# Roles: postgres (superuser, trust on the Unix socket only), replicator/replicator-pass
+# (REPLICATION, scram), app/app-pass (owns database app and its schema public, scram),
+# md5user/md5-pass (md5 hash, hba md5), clearuser/clear-pass (scram hash, hba password).
+set -euo pipefail
+
+readonly kTemplateRev=1  # bump whenever build_template's output changes
+kRepoRoot=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+readonly kRepoRoot
+readonly kTimeout=${PGKEEL_CLUSTER_TIMEOUT:-60}  # seconds, for every wait below
+
+# The caller's libpq settings must not leak into our own psql calls.
+unset PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGPASSWORD PGPASSFILE PGSERVICE PGOPTIONS \
+  PGSSLMODE PGTARGETSESSIONATTRS PGAPPNAME PGCONNECT_TIMEOUT PGDATA
+
+usage() {
+  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+say() { printf 'cluster.sh: %s\n' "$*"; }
+warn() { printf 'cluster.sh: %s\n' "$*" >&2; }
+die() {
+  warn "error: $*"
+  exit 1
+}
+
+if [[ -z "${PG_BINDIR:-}" ]]; then
+  if command -v pg_config >/dev/null 2>&1; then
+    PG_BINDIR=$(pg_config --bindir)
+  else
+    PG_BINDIR=/usr/lib/postgresql/15/bin
+  fi
+fi
+[[ -x "$PG_BINDIR/postgres" ]] || die "no postgres in PG_BINDIR=$PG_BINDIR"
+export PG_BINDIR
+
+# Servers refuse to run as root: everything that touches a data directory goes through as_pg.
+if ((EUID == 0)); then
+  id postgres >/dev/null 2>&1 || die "running as root but there is no 'postgres' OS user"
+  as_pg() { runuser -u postgres -- "$@"; }
+  own_pg() { chown postgres: "$@"; }
+else
+  as_pg() { "$@"; }
+  own_pg() { :; }
+fi
+readonly kCallerPwd=$PWD
+cd /  # runuser keeps the working directory; postgres may not be allowed into ours
+
+abs_path() { if [[ "$1" == /* ]]; then printf '%s' "$1"; else printf '%s' "$kCallerPwd/$1"; fi; }
+
+# Clock in microseconds, from bash itself: polling loops should not fork to tell the time.
+now() { printf '%s' "${EPOCHREALTIME/./}"; }
+elapsed_since() {
+  local us=$(($(now) - $1))
+  printf '%d.%02d' $((us / 1000000)) $((us % 1000000 / 10000))
+}
+deadline_in() { printf '%s' $(($(now) + $1 * 1000000)); }
+past() { (($(now) > $1)); }
+
+python() {
+  if [[ -x /usr/bin/python3 ]]; then /usr/bin/python3 "$@"; else python3 "$@"; fi
+}
+
+# N distinct free TCP ports on 127.0.0.1: all bound to port 0 at once, so the OS hands out
+# different ones, then released for the servers to take.
+pick_ports() {
+  if command -v python3 >/dev/null 2>&1 || [[ -x /usr/bin/python3 ]]; then
+    python - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+    return
+  fi
+  local ports=() p
+  while ((${#ports[@]} < $1)); do
+    p=$((20000 + RANDOM % 12000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && [[ " ${ports[*]} " != *" $p "* ]]; then
+      ports+=("$p")
+    fi
+  done
+  echo "${ports[*]}"
+}
+
+pg_major() { "$PG_BINDIR/postgres" -V | awk '{ split($3, v, "."); print v[1] }'; }
+cache_dir() { printf '%s' "${PGKEEL_CACHE:-$kRepoRoot/.cache}"; }
+template_stamp() { printf 'rev=%s %s\n' "$kTemplateRev" "$("$PG_BINDIR/postgres" -V)"; }
+
+# psql as the superuser over a node's Unix socket.
+psql_at() {  # SOCKDIR PORT [psql args]
+  local sock=$1 port=$2
+  shift 2
+  PGCONNECT_TIMEOUT=5 "$PG_BINDIR/psql" -X -h "$sock" -p "$port" -U postgres -d postgres "$@"
+}
+
+# --- the template -----------------------------------------------------------------------------
+
+write_static_conf() {  # DATA
+  cat >>"$1/postgresql.conf" <<'EOF'
+
+# --- pgkeel test cluster (tools/cluster.sh); per-node settings are in pgkeel-node.conf ---
+listen_addresses = '127.0.0.1'
+wal_level = replica
+max_wal_senders = 10
+max_replication_slots = 10
+hot_standby = on
+wal_sender_timeout = 2s
+wal_receiver_timeout = 2s
+wal_receiver_status_interval = 1s
+password_encryption = 'scram-sha-256'
+logging_collector = off
+log_destination = 'stderr'
+log_line_prefix = '%m [%p] %q%u@%d app=%a '
+include_if_exists = 'pgkeel-node.conf'
+EOF
+  cat >"$1/pg_hba.conf" <<'EOF'
+# pgkeel test cluster (tools/cluster.sh)
+# TYPE  DATABASE     USER        ADDRESS        METHOD
+local   all          postgres                   trust
+local   all          all                        scram-sha-256
+host    replication  replicator  127.0.0.1/32   scram-sha-256
+host    all          md5user     127.0.0.1/32   md5
+host    all          clearuser   127.0.0.1/32   password
+host    all          all         127.0.0.1/32   scram-sha-256
+EOF
+}
+
+readonly kTemplateSql="
+SET password_encryption = 'scram-sha-256';
+CREATE ROLE replicator WITH LOGIN REPLICATION PASSWORD 'replicator-pass';
+CREATE ROLE app WITH LOGIN PASSWORD 'app-pass';
+CREATE ROLE clearuser WITH LOGIN PASSWORD 'clear-pass';
+SET password_encryption = 'md5';
+CREATE ROLE md5user WITH LOGIN PASSWORD 'md5-pass';
+RESET password_encryption;
+CREATE DATABASE app OWNER app;
+\\connect app
+ALTER SCHEMA public OWNER TO app;
+GRANT USAGE, CREATE ON SCHEMA public TO md5user, clearuser;
+"
+
+build_template() {  # TEMPLATE_DIR
+  local tpl=$1 t0 work port
+  t0=$(now)
+  say "building the PostgreSQL template in $tpl (once per PostgreSQL version)"
+  work=$(mktemp -d "${TMPDIR:-/tmp}/pgkeel-template.XXXXXX")
+  chmod 0755 "$work"
+  mkdir "$work/sock"
+  own_pg "$work" "$work/sock"
+  port=$(pick_ports 1)
+
+  local ok=1
+  as_pg "$PG_BINDIR/initdb" -D "$work/data" -U postgres -k -E UTF8 --locale=C -A trust -N \
+    >"$work/initdb.log" 2>&1 || ok=0
+  if ((ok)); then
+    write_static_conf "$work/data"
+    as_pg "$PG_BINDIR/pg_ctl" -D "$work/data" -l "$work/template.log" -w -t "$kTimeout" \
+      -o "-c listen_addresses='' -c unix_socket_directories='$work/sock' -p $port" \
+      start >>"$work/initdb.log" 2>&1 || ok=0
+  fi
+  if ((ok)); then
+    printf '%s' "$kTemplateSql" |
+      psql_at "$work/sock" "$port" -q -v ON_ERROR_STOP=1 >>"$work/initdb.log" 2>&1 || ok=0
+    as_pg "$PG_BINDIR/pg_ctl" -D "$work/data" -m fast -w -t "$kTimeout" stop \
+      >>"$work/initdb.log" 2>&1 || ok=0
+  fi
+  if ((!ok)); then
+    tail -n 40 "$work/initdb.log" "$work/template.log" >&2 2>/dev/null || true
+    if [[ -f "$work/data/postmaster.pid" ]]; then
+      as_pg "$PG_BINDIR/pg_ctl" -D "$work/data" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$work"
+    die "building the template failed"
+  fi
+  rm -f "$work/data/postmaster.opts"
+
+  rm -rf "$tpl.new"
+  mkdir -p "$tpl.new"
+  cp -a "$work/data" "$tpl.new/data"
+  template_stamp >"$tpl.new/stamp"
+  rm -rf "$tpl"
+  mv "$tpl.new" "$tpl"
+  rm -rf "$work"
+  say "template ready in $(elapsed_since "$t0")s"
+}
+
+# Copies the template's data directory to each destination, building the template first if it
+# is missing or stale. One lock serialises builders and copiers across processes.
+copy_template() {  # DEST...
+  local cache tpl lockfd
+  cache=$(cache_dir)
+  tpl="$cache/pg$(pg_major)-template"
+  mkdir -p "$cache"
+  exec {lockfd}>"$tpl.lock"
+  flock -w "$kTimeout" "$lockfd" || die "timed out waiting for the template lock $tpl.lock"
+  if [[ ! -f "$tpl/stamp" || "$(cat "$tpl/stamp")" != "$(template_stamp)" || ! -d "$tpl/data" ]]
+  then
+    build_template "$tpl"
+  fi
+  local dest pids=()
+  for dest in "$@"; do
+    cp -a "$tpl/data" "$dest" &
+    pids+=($!)
+  done
+  local p rc=0
+  for p in "${pids[@]}"; do wait "$p" || rc=1; done
+  exec {lockfd}>&-
+  ((rc == 0)) || die "copying the template failed"
+}
+
+# --- cluster.env ------------------------------------------------------------------------------
+
+upper() { printf '%s' "$1" | tr '[:lower:]' '[:upper:]'; }
+
+load_env() {  # DIR
+  local dir
+  dir=$(abs_path "$1")
+  [[ -f "$dir/cluster.env" ]] || die "$dir/cluster.env not found (not a cluster made by 'up'?)"
+  # shellcheck disable=SC1091
+  source "$dir/cluster.env"
+}
+
+node_var() {  # NODE FIELD -> value of e.g. DB2_PORT
+  local v
+  v="$(upper "$1")_$2"
+  printf '%s' "${!v:-}"
+}
+
+set_env_value() {  # DIR KEY VALUE: rewrite one line of cluster.env in place
+  local file="$1/cluster.env"
+  sed "s|^$2=.*|$2=$3|" "$file" >"$file.tmp" && mv "$file.tmp" "$file"
+}
+
+write_env() {  # DIR; reads SOCKDIR, NODES, PORT_/PID_ associative arrays
+  local dir=$1 n u
+  {
+    echo "# written by tools/cluster.sh; shell-sourceable"
+    echo "PGKEEL_CLUSTER_DIR=$dir"
+    echo "PG_BINDIR=$PG_BINDIR"
+    echo "SOCKDIR=$SOCKDIR"
+    echo "NODES=\"${NODE_LIST[*]}\""
+    for n in "${NODE_LIST[@]}"; do
+      u=$(upper "$n")
+      echo "${u}_PORT=${PORT[$n]}"
+      echo "${u}_DATA=$dir/$n"
+      echo "${u}_PID=${PID[$n]:-0}"
+      echo "${u}_LOG=$dir/$n.log"
+    done
+  } >"$dir/cluster.env.tmp"
+  mv "$dir/cluster.env.tmp" "$dir/cluster.env"
+}
+
+postmaster_pid() {  # DATA -> pid from postmaster.pid, or nothing
+  if [[ -f "$1/postmaster.pid" ]]; then head -n 1 "$1/postmaster.pid" 2>/dev/null || true; fi
+}
+
+# A zombie is not alive: our init may take a moment to reap a postmaster that pg_ctl left.
+alive() {
+  [[ -n "$1" && "$1" != 0 && -r "/proc/$1/stat" ]] || return 1
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [[ "${stat%% *}" != Z ]]
+}
+
+# --- up ---------------------------------------------------------------------------------------
+
+declare -A PORT=() PID=()
+NODE_LIST=()
+UP_DIR=""
+
+up_failed() {
+  local msg=$1 f
+  warn "error: $msg"
+  for f in "$UP_DIR"/*.log; do
+    [[ -f "$f" ]] || continue
+    warn "--- last lines of $f"
+    tail -n 30 "$f" >&2 || true
+  done
+  stop_nodes "$UP_DIR" immediate >/dev/null 2>&1 || true
+  warn "the folder is kept for inspection; remove it with: $0 down $UP_DIR --rm"
+  exit 1
+}
+
+write_node_conf() {  # DIR NODE [extra lines]
+  local dir=$1 n=$2
+  shift 2
+  {
+    echo "# per-node settings written by tools/cluster.sh"
+    echo "port = ${PORT[$n]}"
+    echo "unix_socket_directories = '$SOCKDIR'"
+    echo "cluster_name = '$n'"
+    echo "max_connections = $MAX_CONNECTIONS"
+    local line
+    for line in "$@"; do echo "$line"; done
+  } >"$dir/$n/pgkeel-node.conf"
+  own_pg "$dir/$n/pgkeel-node.conf"
+}
+
+# Starts the node's postmaster; await_start waits for it. pg_ctl -w runs in the background: it
+# notices a postmaster that dies during start-up, while we poll postmaster.pid more often than
+# its 100 ms to learn sooner that the node is ready.
+declare -A STARTER=()
+launch_node() {  # DIR NODE
+  as_pg "$PG_BINDIR/pg_ctl" -D "$1/$2" -l "$1/$2.log" -w -t "$kTimeout" start >/dev/null 2>&1 &
+  STARTER[$2]=$!
+}
+
+# Waits until every named node accepts connections. A node whose port was taken in the meantime
+# gets a new port and another try (twice at most); any other failed start ends `up`.
+await_start() {  # DIR NODE...
+  local dir=$1
+  shift
+  local pending=("$@") deadline n status retries
+  declare -A tries=()
+  deadline=$(deadline_in "$kTimeout")
+  while ((${#pending[@]} > 0)); do
+    local still=()
+    for n in "${pending[@]}"; do
+      status=$(sed -n 8p "$dir/$n/postmaster.pid" 2>/dev/null | tr -d ' ' || true)
+      if [[ "$status" == ready || "$status" == standby ]]; then
+        PID[$n]=$(postmaster_pid "$dir/$n")
+        continue
+      fi
+      if ! kill -0 "${STARTER[$n]}" 2>/dev/null; then
+        if wait "${STARTER[$n]}"; then
+          PID[$n]=$(postmaster_pid "$dir/$n")  # ready between our look and pg_ctl's
+          continue
+        fi
+        retries=${tries[$n]:-0}
+        if ((retries < 2)) && grep -q 'could not bind\|Address already in use' "$dir/$n.log"; then
+          tries[$n]=$((retries + 1))
+          PORT[$n]=$(pick_ports 1)
+          warn "$n: port taken, retrying on ${PORT[$n]}"
+          mv "$dir/$n.log" "$dir/$n.log.bind-failure-$retries"
+          rewrite_port "$dir" "$n"
+          launch_node "$dir" "$n"
+        else
+          up_failed "$n did not start"
+        fi
+      fi
+      still+=("$n")
+    done
+    pending=("${still[@]+"${still[@]}"}")
+    ((${#pending[@]} == 0)) && break
+    past "$deadline" && up_failed "timed out after ${kTimeout}s waiting for ${pending[*]} to start"
+    sleep 0.02
+  done
+}
+
+rewrite_port() {  # DIR NODE
+  local f="$1/$2/pgkeel-node.conf"
+  sed "s/^port = .*/port = ${PORT[$2]}/" "$f" >"$f.tmp" && cat "$f.tmp" >"$f" && rm -f "$f.tmp"
+}
+
+standby_conninfo() {  # NODE
+  printf "host=127.0.0.1 port=%s user=replicator password=replicator-pass application_name=%s" \
+    "${PORT[db1]}" "$1"
+}
+
+cmd_up() {
+  local dir="" standbys=1 sync=0
+  MAX_CONNECTIONS=100
+  while (($#)); do
+    case "$1" in
+      --standbys) standbys=${2:?--standbys needs a number}; shift 2 ;;
+      --standbys=*) standbys=${1#*=}; shift ;;
+      --sync) sync=1; shift ;;
+      --async) sync=0; shift ;;
+      --max-connections) MAX_CONNECTIONS=${2:?--max-connections needs a number}; shift 2 ;;
+      --max-connections=*) MAX_CONNECTIONS=${1#*=}; shift ;;
+      -*) die "up: unknown option $1" ;;
+      *) [[ -z "$dir" ]] || die "up: more than one DIR"; dir=$1; shift ;;
+    esac
+  done
+  [[ -n "$dir" ]] || usage
+  [[ "$standbys" =~ ^[0-9]+$ ]] || die "--standbys wants a number, got '$standbys'"
+  [[ "$MAX_CONNECTIONS" =~ ^[0-9]+$ ]] || die "--max-connections wants a number"
+  ((sync == 0 || standbys > 0)) || die "--sync needs at least one standby"
+  [[ "$dir" != *[[:space:]\'\"\\\$]* ]] || die "DIR must not contain spaces, quotes, \\ or \$"
+
+  local t0
+  t0=$(now)
+  dir=$(abs_path "$dir")
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd -P)
+  [[ ! -e "$dir/cluster.env" ]] || die "$dir already holds a cluster; run: $0 down $dir --rm"
+  [[ -z "$(ls -A "$dir")" ]] || die "$dir is not empty"
+  UP_DIR=$dir
+  touch "$dir/.pgkeel-cluster"  # marks the folder as ours, so `down --rm` may delete it
+  own_pg "$dir"
+  as_pg test -w "$dir" || die "the postgres user cannot write to $dir (check its parents' modes)"
+
+  # Unix socket paths are limited to 107 bytes; fall back to a short private folder.
+  SOCKDIR="$dir/sock"
+  local socket_name="/.s.PGSQL.65535"
+  if ((${#SOCKDIR} + ${#socket_name} > 100)); then
+    SOCKDIR=$(mktemp -d /tmp/pgkeel-sock.XXXXXX)
+  else
+    mkdir "$SOCKDIR"
+  fi
+  chmod 0755 "$SOCKDIR"
+  own_pg "$SOCKDIR"
+
+  NODE_LIST=(db1)
+  local i
+  for ((i = 2; i <= standbys + 1; i++)); do NODE_LIST+=("db$i"); done
+  local ports
+  read -r -a ports <<<"$(pick_ports "${#NODE_LIST[@]}")"
+  for i in "${!NODE_LIST[@]}"; do PORT[${NODE_LIST[$i]}]=${ports[$i]}; done
+  write_env "$dir"
+
+  local dests=() n
+  for n in "${NODE_LIST[@]}"; do dests+=("$dir/$n"); done
+  copy_template "${dests[@]}"
+
+  # Primary.
+  local sync_line=()
+  if ((sync)); then
+    local names
+    names=$(printf '%s, ' "${NODE_LIST[@]:1}")
+    sync_line=("synchronous_standby_names = 'ANY 1 (${names%, })'")
+  fi
+  write_node_conf "$dir" db1 "${sync_line[@]+"${sync_line[@]}"}"
+  launch_node "$dir" db1
+  await_start "$dir" db1
+  write_env "$dir"
+
+  # Standbys: one physical slot each, then all started together.
+  local standby_nodes=("${NODE_LIST[@]:1}")
+  if ((${#standby_nodes[@]} > 0)); then
+    local sql="" 
+    for n in "${standby_nodes[@]}"; do
+      sql+="SELECT pg_create_physical_replication_slot('$n', true);"
+    done
+    psql_at "$SOCKDIR" "${PORT[db1]}" -q -v ON_ERROR_STOP=1 -c "$sql" >/dev/null 2>>"$dir/db1.log" ||
+      up_failed "creating replication slots failed"
+    for n in "${standby_nodes[@]}"; do
+      write_node_conf "$dir" "$n"
+      {
+        echo "primary_conninfo = '$(standby_conninfo "$n")'"
+        echo "primary_slot_name = '$n'"
+      } >>"$dir/$n/postgresql.auto.conf"
+      as_pg touch "$dir/$n/standby.signal"
+      launch_node "$dir" "$n"
+    done
+    await_start "$dir" "${standby_nodes[@]}"
+    # A standby whose port was re-picked changed nothing the primary needs; but db1's own port
+    # is what standbys dial, and it is fixed by now.
+    write_env "$dir"
+    await_streaming "$dir" "$sync" "${standby_nodes[@]}"
+  fi
+
+  write_users "$dir"
+  write_env "$dir"
+  say "up in $(elapsed_since "$t0")s: $dir ($(describe_nodes)); source $dir/cluster.env"
+}
+
+describe_nodes() {
+  local n out=()
+  for n in "${NODE_LIST[@]}"; do out+=("$n:${PORT[$n]}"); done
+  printf '%s' "${out[*]}"
+}
+
+await_streaming() {  # DIR SYNC NODE...
+  local dir=$1 sync=$2
+  shift 2
+  local want=$# names deadline got=""
+  names=$(printf "'%s'," "$@")
+  local sql="SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'
+    AND application_name IN (${names%,})"
+  ((sync)) && sql+=" AND sync_state IN ('sync', 'quorum')"
+  deadline=$(deadline_in "$kTimeout")
+  while :; do
+    got=$(psql_at "$SOCKDIR" "${PORT[db1]}" -Atq -c "$sql" 2>/dev/null || true)
+    [[ "$got" == "$want" ]] && return 0
+    past "$deadline" && up_failed "timed out after ${kTimeout}s: $got of $want standbys streaming"
+    sleep 0.02
+  done
+}
+
+write_users() {  # DIR
+  local dir=$1 rows name secret
+  rows=$(psql_at "$SOCKDIR" "${PORT[db1]}" -Atq -F '|' -v ON_ERROR_STOP=1 -c \
+    "SELECT rolname, rolpassword FROM pg_authid WHERE rolpassword IS NOT NULL ORDER BY rolname") ||
+    up_failed "reading pg_authid failed"
+  {
+    echo "# pgkeel users file written by tools/cluster.sh: \"name\" \"secret\" per line."
+    echo "# Secrets are pg_authid.rolpassword, except clearuser: its server asks for cleartext."
+    while IFS='|' read -r name secret; do
+      [[ -n "$name" ]] || continue
+      [[ "$name" == clearuser ]] && secret=clear-pass
+      printf '"%s" "%s"\n' "${name//\"/\"\"}" "${secret//\"/\"\"}"
+    done <<<"$rows"
+  } >"$dir/users.txt.tmp"
+  mv "$dir/users.txt.tmp" "$dir/users.txt"
+}
+
+# --- down, status and single-node commands ----------------------------------------------------
+
+# Stops every node listed in cluster.env. Only postmasters that this cluster started are
+# signalled: pg_ctl reads the pid from the node's own postmaster.pid, and the fallback kill
+# checks that the recorded pid is a postgres whose command line names the node's data folder.
+stop_nodes() {  # DIR MODE
+  local dir=$1 mode=$2 n data pid rc=0
+  load_env "$dir"
+  for n in $NODES; do
+    data=$(node_var "$n" DATA)
+    if [[ -f "$data/postmaster.pid" ]]; then
+      as_pg "$PG_BINDIR/pg_ctl" -D "$data" -m "$mode" -w -t "$kTimeout" stop >/dev/null 2>&1 ||
+        warn "$n: pg_ctl stop failed"
+    fi
+    for pid in "$(postmaster_pid "$data")" "$(node_var "$n" PID)"; do
+      if alive "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$data"; then
+        warn "$n: postmaster $pid still running; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || rc=1
+      fi
+    done
+  done
+  return $rc
+}
+
+cmd_down() {
+  local dir="" rm=0
+  while (($#)); do
+    case "$1" in
+      --rm) rm=1; shift ;;
+      -*) die "down: unknown option $1" ;;
+      *) dir=$1; shift ;;
+    esac
+  done
+  [[ -n "$dir" ]] || usage
+  dir=$(abs_path "$dir")
+  if [[ ! -d "$dir" ]]; then
+    say "$dir does not exist; nothing to stop"
+    return 0
+  fi
+  dir=$(cd "$dir" && pwd -P)
+  [[ -f "$dir/.pgkeel-cluster" ]] || die "$dir was not made by '$0 up'; refusing to touch it"
+  if [[ -f "$dir/cluster.env" ]]; then
+    stop_nodes "$dir" immediate || true
+  fi
+  if ((rm)); then
+    local sock=""
+    if [[ -f "$dir/cluster.env" ]]; then sock=$(load_env "$dir" && echo "$SOCKDIR"); fi
+    if [[ "$sock" == /tmp/pgkeel-sock.* ]]; then rm -rf "$sock"; fi
+    rm -rf "$dir"
+  fi
+}
+
+cmd_status() {
+  local dir=${1:?status needs DIR} n port data pid live role
+  load_env "$dir"
+  for n in $NODES; do
+    port=$(node_var "$n" PORT)
+    data=$(node_var "$n" DATA)
+    pid=$(postmaster_pid "$data")
+    [[ -n "$pid" ]] || pid=$(node_var "$n" PID)
+    if alive "$pid"; then live=yes; else live=no; fi
+    role=$(psql_at "$SOCKDIR" "$port" -Atq -c \
+      "SELECT CASE WHEN pg_is_in_recovery() THEN 'standby' ELSE 'primary' END" 2>/dev/null ||
+      echo unreachable)
+    printf '%s port=%s pid=%s alive=%s role=%s\n' "$n" "$port" "$pid" "$live" "$role"
+  done
+}
+
+node_known() {  # NODE
+  [[ " $NODES " == *" $1 "* ]] || die "no node '$1' in this cluster (nodes: $NODES)"
+}
+
+cmd_psql() {
+  local dir=${1:?psql needs DIR} n=${2:?psql needs NODE}
+  shift 2
+  load_env "$dir"
+  node_known "$n"
+  # Environment rather than -h/-p/-U/-d, so that the caller's own -d or positional DBNAME wins.
+  PGHOST=$SOCKDIR PGPORT=$(node_var "$n" PORT) PGUSER=postgres PGDATABASE=postgres \
+    exec "$PG_BINDIR/psql" -X "$@"
+}
+
+cmd_start() {
+  local dir=${1:?start needs DIR} n=${2:?start needs NODE} data log
+  dir=$(abs_path "$dir")
+  load_env "$dir"
+  node_known "$n"
+  data=$(node_var "$n" DATA)
+  log=$(node_var "$n" LOG)
+  as_pg "$PG_BINDIR/pg_ctl" -D "$data" -l "$log" -w -t "$kTimeout" start >/dev/null ||
+    { tail -n 30 "$log" >&2; die "$n did not start"; }
+  set_env_value "$dir" "$(upper "$n")_PID" "$(postmaster_pid "$data")"
+}
+
+cmd_stop() {
+  local dir=${1:?stop needs DIR} n=${2:?stop needs NODE} mode=${3:-fast}
+  load_env "$dir"
+  node_known "$n"
+  as_pg "$PG_BINDIR/pg_ctl" -D "$(node_var "$n" DATA)" -m "$mode" -w -t "$kTimeout" stop >/dev/null
+  set_env_value "$(abs_path "$dir")" "$(upper "$n")_PID" 0
+}
+
+cmd_promote() {
+  local dir=${1:?promote needs DIR} n=${2:?promote needs NODE}
+  load_env "$dir"
+  node_known "$n"
+  as_pg "$PG_BINDIR/pg_ctl" -D "$(node_var "$n" DATA)" -w -t "$kTimeout" promote >/dev/null
+}
+
+main() {
+  (($#)) || usage
+  local cmd=$1
+  shift
+  case "$cmd" in
+    up) cmd_up "$@" ;;
+    down) cmd_down "$@" ;;
+    status) cmd_status "$@" ;;
+    psql) cmd_psql "$@" ;;
+    start) cmd_start "$@" ;;
+    stop) cmd_stop "$@" ;;
+    promote) cmd_promote "$@" ;;
+    -h | --help | help) usage ;;
+    *) die "unknown command '$cmd' (up, down, status, psql, start, stop, promote)" ;;
+  esac
+}
+
+main "$@"

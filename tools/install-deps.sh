@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# tools/install-deps.sh — installs the Debian 12 packages pgkeel builds and tests with, and only
+# those that are missing. Safe to run again: with everything present it changes nothing.
+#
+# Runs as root, or as a user with sudo. pgkeel never uses the distribution's PostgreSQL or
+# PgBouncer services (tools/cluster.sh and the benchmarks start private instances on free ports),
+# so while this script installs packages it asks invoke-rc.d not to start any service, and it
+# never stops or disables a service that was already there.
+set -euo pipefail
+
+readonly kPackages=(
+  build-essential cmake pkg-config
+  libevent-dev libpq-dev libssl-dev libtoml11-dev catch2
+  postgresql-15 postgresql-client-15 pgbouncer
+  openjdk-17-jdk-headless libpostgresql-jdbc-java
+  strace iproute2 clang libclang-rt-14-dev procps
+)
+
+missing=()
+for pkg in "${kPackages[@]}"; do
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+  if [[ "$status" != "installed" ]]; then
+    missing+=("$pkg")
+  fi
+done
+
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#kPackages[@]} packages are installed"
+  exit 0
+fi
+
+if ((EUID == 0)); then
+  as_root=()
+elif command -v sudo >/dev/null 2>&1; then
+  as_root=(sudo)
+else
+  echo "install-deps: missing: ${missing[*]}" >&2
+  echo "install-deps: not root and sudo is not available; install them as root" >&2
+  exit 1
+fi
+
+echo "install-deps: installing: ${missing[*]}"
+
+# policy-rc.d exit code 101 means "action forbidden": package scripts then neither start the
+# postgresql "main" cluster on 5432 nor pgbouncer on 6432. Only a file we created is removed.
+policy=/usr/sbin/policy-rc.d
+created_policy=0
+cleanup() {
+  if ((created_policy)); then
+    "${as_root[@]}" rm -f "$policy"
+  fi
+}
+trap cleanup EXIT
+if [[ ! -e "$policy" ]]; then
+  printf '#!/bin/sh\n# written by pgkeel tools/install-deps.sh while it installs packages\nexit 101\n' |
+    "${as_root[@]}" tee "$policy" >/dev/null
+  "${as_root[@]}" chmod 0755 "$policy"
+  created_policy=1
+fi
+
+"${as_root[@]}" apt-get update
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+  apt-get install -y --no-install-recommends "${missing[@]}"
+
+still_missing=()
+for pkg in "${missing[@]}"; do
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+  [[ "$status" == "installed" ]] || still_missing+=("$pkg")
+done
+if ((${#still_missing[@]} > 0)); then
+  echo "install-deps: still missing after apt-get: ${still_missing[*]}" >&2
+  exit 1
+fi
+echo "install-deps: done"
