@@ -514,9 +514,10 @@ write_users() {  # DIR
   rows=$(psql_at "$SOCKDIR" "${PORT[db1]}" -Atq -F '|' -v ON_ERROR_STOP=1 -c \
     "SELECT rolname, rolpassword FROM pg_authid WHERE rolpassword IS NOT NULL ORDER BY rolname") ||
     up_failed "reading pg_authid failed"
+  # One `"name" "secret"` line per role with a password, nothing else (PgBouncer's auth_file
+  # reads it too). Secrets are pg_authid.rolpassword, except clearuser's: the server asks for it
+  # in cleartext, so pgkeel must hold the password itself.
   {
-    echo "# pgkeel users file written by tools/cluster.sh: \"name\" \"secret\" per line."
-    echo "# Secrets are pg_authid.rolpassword, except clearuser: its server asks for cleartext."
     while IFS='|' read -r name secret; do
       [[ -n "$name" ]] || continue
       [[ "$name" == clearuser ]] && secret=clear-pass
