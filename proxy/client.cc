@@ -120,38 +120,40 @@ void Client::read_startup() {
     if (rx_.size() >= kMaxWaitingBytes) ep_.set_reading(false);
     return;
   }
-  std::size_t off = 0;
+  // Each packet is taken out of rx_ before it is handled: handling may link the client to a
+  // server, and whatever follows in rx_ then belongs to the session.
   while (state_ == State::kStartup || state_ == State::kAuth) {
-    std::string_view data(rx_.data() + off, rx_.size() - off);
     if (state_ == State::kStartup) {
-      protocol::StartupParse p = protocol::parse_startup(data);
+      protocol::StartupParse p = protocol::parse_startup(rx_);
       if (p.status == protocol::StartupParse::Status::kNeedMore) break;
       if (p.status == protocol::StartupParse::Status::kMalformed) {
         log::info("client").kv("event", "bad_startup").kv("conn", name_).kv("peer", peer_).kv("reason", p.error).emit();
         fail("FATAL", "08P01", p.error);
         return;
       }
-      off += p.consumed;
+      rx_.erase(0, p.consumed);
       handle_startup(p.packet);
       if (state_ == State::kClosed || closing_) return;
       continue;
     }
     // kAuth: typed messages.
-    if (data.size() < 5) break;
-    const auto* h = reinterpret_cast<const unsigned char*>(data.data());
+    if (rx_.size() < 5) break;
+    const auto* h = reinterpret_cast<const unsigned char*>(rx_.data());
     const std::uint32_t len = protocol::read_u32(h + 1);
     if (len < 4 || len > protocol::kMaxStartupLength) {
       fail("FATAL", "08P01", "invalid message length during authentication");
       return;
     }
-    if (data.size() < 1 + len) break;
-    const char type = data[0];
-    off += 1 + len;
-    handle_auth_message(type, data.substr(5, len - 4));
+    if (rx_.size() < 1 + len) break;
+    const char type = rx_[0];
+    const std::string body = rx_.substr(5, len - 4);
+    rx_.erase(0, 1 + len);
+    handle_auth_message(type, body);
     if (state_ == State::kClosed || closing_) return;
   }
-  rx_.erase(0, off);
-  if (rx_.size() > protocol::kMaxStartupLength + 16) fail("FATAL", "08P01", "startup packet too long");
+  if (state_ != State::kLinked && rx_.size() > protocol::kMaxStartupLength + 16) {
+    fail("FATAL", "08P01", "startup packet too long");
+  }
 }
 
 void Client::handle_startup(const protocol::StartupPacket& pkt) {
@@ -160,7 +162,7 @@ void Client::handle_startup(const protocol::StartupPacket& pkt) {
     case Kind::kSSLRequest:
     case Kind::kGSSENCRequest:
       // Not supported yet: answer 'N' and the client continues in plaintext (§55.2.10).
-      if (rx_.size() > 8) {
+      if (!rx_.empty()) {
         // Bytes after the request, before our answer: never trust them (CVE-2021-23214 class).
         fail("FATAL", "08P01", "received unencrypted data after SSL request");
         return;

@@ -156,9 +156,13 @@ int run(const conf::Config& config) {
   sh.config = std::make_shared<const conf::Config>(config);
   if (!build_users(config, sh)) return 2;
   {
-    unsigned char secret[32];
-    if (!auth::random_bytes(secret)) return 2;
-    sh.mock_secret.assign(reinterpret_cast<const char*>(secret), sizeof secret);
+    // The mock exchange's salts must be stable across restarts (or a restart would reveal which
+    // users exist) and unknowable without the users file: derive them from its secrets.
+    std::string all;
+    for (const conf::UserEntry& u : config.users) all += u.name + '\0' + u.secret + '\0';
+    auto digest = auth::sha256("pgkeel mock SCRAM\0" + all);
+    if (!digest) return 2;
+    sh.mock_secret = std::string(auth::key_bytes(*digest));
   }
 
   // Nodes: addresses resolved once here, never on a worker.

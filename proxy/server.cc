@@ -59,7 +59,9 @@ void Server::start() {
   const NodeAddress& na = w_.shared().node_addrs[node_];
   const int fd = ::socket(na.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
-    login_failed(error_message("08006", "could not create socket: " + std::string(std::strerror(errno))), "socket");
+    // No socket, so no event to defer through: let the next tick report it.
+    deadline_ = created_;
+    log::error("server").kv("event", "socket_failed").kv("server", name_).kv("reason", std::strerror(errno)).emit();
     return;
   }
   ep_.fd = fd;
@@ -68,21 +70,22 @@ void Server::start() {
   ep_.wr.reset(event_new(w_.base(), fd, EV_WRITE | EV_PERSIST, &Server::on_write_cb, this));
   log::debug("server").kv("event", "connecting").kv("server", name_).kv("node", w_.snapshot().nodes[node_].name).kv("addr", na.text).emit();
   if (::connect(fd, reinterpret_cast<const sockaddr*>(&na.addr), na.len) == 0) {
-    on_connected();
+    event_active(ep_.wr.get(), EV_WRITE, 0);  // continue from the loop, as for EINPROGRESS
     return;
   }
   if (errno != EINPROGRESS) {
-    const std::string err = std::strerror(errno);
-    login_failed(error_message("08006", "could not connect to node " + w_.snapshot().nodes[node_].name + " (" + na.text + "): " + err), err);
+    // Reported from the event loop, never from inside the pool call that started us.
+    connect_errno_ = errno;
+    event_active(ep_.wr.get(), EV_WRITE, 0);
     return;
   }
   ep_.set_writing(true);  // connect completes when writable
 }
 
 void Server::on_connected() {
-  int err = 0;
+  int err = connect_errno_;
   socklen_t len = sizeof err;
-  if (getsockopt(ep_.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  if (err == 0 && getsockopt(ep_.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
   if (err != 0) {
     const NodeAddress& na = w_.shared().node_addrs[node_];
     login_failed(error_message("08006", "could not connect to node " + w_.snapshot().nodes[node_].name + " (" + na.text + "): " + std::strerror(err)), std::strerror(err));

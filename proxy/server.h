@@ -110,6 +110,7 @@ class Server {
   Clock::time_point created_;
   Clock::time_point last_used_;
   Clock::time_point deadline_;  // connect + login must finish by then
+  int connect_errno_ = 0;       // connect() failed at once; reported from the loop
 };
 
 }  // namespace pgkeel::proxy
