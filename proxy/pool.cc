@@ -141,6 +141,13 @@ void server_available(Worker& w, Server& s) {
     c->on_server_ready(&s);
     return;
   }
+  // pool_size warm connections per pool key, shared out evenly over the workers.
+  const std::size_t workers = std::max<std::size_t>(1, w.shared().workers.size());
+  const std::size_t keep = (static_cast<std::size_t>(w.config().pool.pool_size) + workers - 1) / workers;
+  if (p.idle.size() >= std::max<std::size_t>(1, keep)) {
+    s.close("pool_size reached");
+    return;
+  }
   p.idle.push_back(&s);
 }
 
