@@ -282,6 +282,16 @@ void Worker::tick() {
   }
 }
 
+void Worker::close_node(routing::NodeId node, std::string_view reason) {
+  std::vector<Server*> doomed;
+  for (auto& [id, s] : servers_) {
+    if (s->node() == node) doomed.push_back(s.get());
+  }
+  for (Server* s : doomed) s->close(reason);
+  log::info("worker").kv("event", "closed_node").kv("worker", index_).kv("node", snapshot().nodes[node].name)
+      .kv("servers", static_cast<std::uint64_t>(doomed.size())).kv("reason", reason).emit();
+}
+
 void Worker::close_listeners() { listeners_.clear(); }
 
 void Worker::begin_shutdown(bool graceful) {

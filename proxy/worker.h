@@ -66,6 +66,10 @@ class Worker {
   void send_cancel(routing::NodeId node, std::int32_t pid, std::int32_t key);
   Client* find_client(std::uint32_t id);
 
+  // Closes every server connection to `node` (idle ones quietly; sessions on them get an
+  // error). The failover sequence posts this to every worker and waits for all of them.
+  void close_node(routing::NodeId node, std::string_view reason);
+
   // Shutdown: graceful (idle sessions closed with 57P01, others when idle) or immediate.
   void begin_shutdown(bool graceful);
   bool shutting_down() const { return shutdown_ != Shutdown::kNone; }

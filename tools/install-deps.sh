@@ -8,13 +8,19 @@
 # never stops or disables a service that was already there.
 set -euo pipefail
 
-readonly kPackages=(
-  build-essential cmake pkg-config
-  libevent-dev libpq-dev libssl-dev libtoml11-dev catch2
-  postgresql-15 postgresql-client-15 pgbouncer
-  openjdk-17-jdk-headless libpostgresql-jdbc-java
-  strace iproute2 clang libclang-rt-14-dev procps
-)
+# --build-only: just what compiling pgkeel needs (the Docker build stage uses this).
+if [[ "${1:-}" == "--build-only" ]]; then
+  kPackages=(build-essential cmake pkg-config libevent-dev libpq-dev libssl-dev libtoml11-dev catch2)
+else
+  kPackages=(
+    build-essential cmake pkg-config
+    libevent-dev libpq-dev libssl-dev libtoml11-dev catch2
+    postgresql-15 postgresql-client-15 pgbouncer
+    openjdk-17-jdk-headless libpostgresql-jdbc-java
+    strace iproute2 clang libclang-rt-14-dev procps python3
+  )
+fi
+readonly kPackages
 
 missing=()
 for pkg in "${kPackages[@]}"; do
