@@ -38,7 +38,9 @@ void leave_slot_queue(Worker& w, Client& c) {
 std::vector<std::pair<std::string, std::string>> normalize_params(
     const std::vector<std::pair<std::string, std::string>>& client_params) {
   std::vector<std::pair<std::string, std::string>> out;
-  for (const auto& [k, v] : client_params) {
+  for (const auto& param : client_params) {
+    const std::string& k = param.first;
+    const std::string& v = param.second;
     if (k == "user" || k == "database" || k == "replication" || k.rfind("_pq_.", 0) == 0) continue;
     auto it = std::find_if(out.begin(), out.end(), [&](const auto& e) { return e.first == k; });
     if (it != out.end()) {

@@ -44,16 +44,17 @@ fuzz_seconds=${PGKEEL_FUZZ_SECONDS:-30}
 for target in build-fuzz/fuzz/*; do
   [[ -x "$target" ]] || continue
   name=$(basename "$target")
-  corpus="tools/fuzz/corpus/$name"
+  corpus="tools/fuzz/corpus/$name"  # committed seeds; this run's finds are added to it
   mkdir -p "$corpus"
-  work=$(mktemp -d)
+  log=$(mktemp)
   echo "fuzz: $name for ${fuzz_seconds}s"
-  "$target" -max_total_time="$fuzz_seconds" -print_final_stats=0 "$work" "$corpus" >"$work.log" 2>&1 || {
-    tail -50 "$work.log"
-    echo "fuzz: $name FAILED"
+  if ! "$target" -max_total_time="$fuzz_seconds" -print_final_stats=1 "$corpus" >"$log" 2>&1; then
+    tail -60 "$log"
+    echo "fuzz: $name FAILED (crash input saved in the working directory)"
     exit 1
-  }
-  rm -rf "$work" "$work.log"
+  fi
+  grep -E '^stat::number_of_executed_units' "$log" || true
+  rm -f "$log"
 done
 
 echo
