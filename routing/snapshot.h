@@ -30,6 +30,7 @@ struct Snapshot {
   std::vector<NodeView> nodes;
   std::optional<NodeId> writer;  // the one node that may take writes under this epoch
   std::string why;               // human reason for the current writer (or for none)
+  bool hold = false;             // no writer yet, but one is expected: new clients wait
 
   const NodeView* node(NodeId id) const { return id < nodes.size() ? &nodes[id] : nullptr; }
 };

@@ -1,0 +1,799 @@
+#include "health/keeper.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <sstream>
+
+namespace pgkeel::health {
+namespace {
+
+using SteadyClock = std::chrono::steady_clock;
+
+constexpr std::size_t kMaxEvents = 1000;
+
+std::string quote_literal(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) {
+    if (c == '\'') out += '\'';
+    out += c;
+  }
+  return out + "'";
+}
+
+std::string conninfo_value(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) {
+    if (c == '\'' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "'";
+}
+
+std::string iso_time(std::chrono::system_clock::time_point t) {
+  const std::time_t tt = std::chrono::system_clock::to_time_t(t);
+  std::tm tm{};
+  gmtime_r(&tt, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+ProbeOutcome classify(const PgResult& r) {
+  if (r.ok) return ProbeOutcome::kOk;
+  if (r.timed_out) return ProbeOutcome::kTimeout;
+  const std::string& e = r.error;
+  auto has = [&](const char* s) { return e.find(s) != std::string::npos; };
+  if (r.sqlstate == "53300" || has("too many clients") || has("remaining connection slots")) return ProbeOutcome::kBusy;
+  if (r.sqlstate == "57P03" || has("starting up") || has("in recovery mode")) return ProbeOutcome::kStartingUp;
+  if (r.sqlstate == "28P01" || r.sqlstate == "28000" || has("password authentication failed") ||
+      has("no pg_hba.conf entry")) {
+    return ProbeOutcome::kAuthFailed;
+  }
+  if (has("Connection refused")) return ProbeOutcome::kRefused;
+  if (r.connection_lost) return ProbeOutcome::kReset;
+  // An ErrorResponse for the query itself: the node answered.
+  return ProbeOutcome::kBusy;
+}
+
+// Runs `command` with /bin/sh; returns the child's pid (-1 on failure). The environment tells
+// the hook what happened and to which node.
+pid_t spawn(const std::string& command, const std::vector<std::pair<std::string, std::string>>& env) {
+  const pid_t pid = fork();
+  if (pid != 0) return pid;
+  for (const auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
+  const int devnull = open("/dev/null", O_RDONLY);
+  if (devnull >= 0) dup2(devnull, STDIN_FILENO);
+  execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+  _exit(127);
+}
+
+}  // namespace
+
+struct Keeper::Node {
+  routing::NodeId id = 0;
+  NodeTarget target;
+  Detector detector;
+  std::unique_ptr<PgAsync> probe_conn;
+  std::unique_ptr<PgAsync> admin_conn;
+  std::deque<std::pair<std::string, std::function<void(const PgResult&)>>> admin_queue;
+  std::optional<ProbeFacts> facts;
+  bool probing = false;
+  int probes_done = 0;
+  double probe_ms = 0;
+  std::string last_error;
+  std::chrono::system_clock::time_point last_probe_wall;
+  bool fenced = false;
+  bool enabled = true;
+  SteadyClock::time_point last_sync_change{};
+  std::optional<Lsn> settle_lsn;
+  bool admin_running = false;
+};
+
+Keeper::Keeper(event_base* base, KeeperConfig config, std::vector<NodeTarget> nodes, routing::Table& table,
+               Effects& effects)
+    : base_(base), config_(std::move(config)), table_(table), effects_(effects) {
+  for (std::size_t i = 0; i < nodes.size(); ++i) {
+    auto n = std::make_unique<Node>();
+    n->id = static_cast<routing::NodeId>(i);
+    n->target = nodes[i];
+    n->detector = Detector({config_.timeouts_to_down, config_.oks_to_up});
+    nodes_.push_back(std::move(n));
+  }
+  for (auto& n : nodes_) {
+    n->probe_conn = std::make_unique<PgAsync>(base_, conninfo(*n));
+    n->admin_conn = std::make_unique<PgAsync>(base_, conninfo(*n));
+  }
+}
+
+Keeper::~Keeper() = default;
+
+std::string Keeper::conninfo(const Node& n) const {
+  std::string c = "hostaddr=" + n.target.host + " port=" + std::to_string(n.target.port) +
+                  " user=" + conninfo_value(config_.admin_user) + " dbname=" + conninfo_value(config_.admin_dbname) +
+                  " application_name=pgkeel connect_timeout=" +
+                  std::to_string(std::max<long>(1, (config_.probe_timeout.count() + 999) / 1000));
+  if (!config_.admin_password.empty()) c += " password=" + conninfo_value(config_.admin_password);
+  return c;
+}
+
+void Keeper::start() {
+  publish(std::nullopt, "waiting for the first probes of every node", true);
+  tick_.reset(event_new(base_, -1, EV_PERSIST, &Keeper::on_tick, this));
+  const timeval tv{static_cast<time_t>(config_.probe_interval.count() / 1000),
+                   static_cast<suseconds_t>((config_.probe_interval.count() % 1000) * 1000)};
+  event_add(tick_.get(), &tv);
+  tick();
+}
+
+void Keeper::on_tick(evutil_socket_t, short, void* arg) { static_cast<Keeper*>(arg)->tick(); }
+
+void Keeper::tick() {
+  for (auto& n : nodes_) {
+    if (!n->probing) probe(*n);
+  }
+  decide();
+}
+
+void Keeper::probe(Node& n) {
+  n.probing = true;
+  const auto started = SteadyClock::now();
+  n.probe_conn->run(kProbeQuery, config_.probe_timeout,
+                    [this, &n, started](const PgResult& r) { on_probe(n, r, started); });
+}
+
+void Keeper::on_probe(Node& n, const PgResult& r, SteadyClock::time_point started) {
+  n.probing = false;
+  const auto now = SteadyClock::now();
+  n.probe_ms = std::chrono::duration<double, std::milli>(now - started).count();
+  n.last_probe_wall = std::chrono::system_clock::now();
+  ProbeOutcome outcome = classify(r);
+  if (r.ok) {
+    std::string err;
+    if (r.rows.size() == 1) {
+      if (auto f = parse_probe_row(r.rows[0], err)) {
+        n.facts = std::move(*f);
+        n.last_error.clear();
+      } else {
+        outcome = ProbeOutcome::kBusy;  // it answered, but not as expected: alive, not confirmed
+        n.last_error = err;
+      }
+    } else {
+      outcome = ProbeOutcome::kBusy;
+      n.last_error = "probe returned " + std::to_string(r.rows.size()) + " rows";
+    }
+  } else {
+    n.last_error = std::string(to_string(outcome)) + ": " + r.error;
+  }
+  ++n.probes_done;
+  if (auto t = n.detector.observe(outcome, now)) {
+    add_event(t->to == NodeHealth::kDown ? "detection" : "recovery", n.target.name,
+              "node " + std::string(to_string(t->to)) + ": " + std::string(t->why) +
+                  (n.last_error.empty() ? "" : " (" + n.last_error + ")"));
+  }
+  if (!r.ok) n.probe_conn->close();
+  decide();
+}
+
+std::vector<NodeObservation> Keeper::observations() const {
+  std::vector<NodeObservation> out;
+  for (const auto& n : nodes_) {
+    NodeObservation o;
+    o.id = n->id;
+    o.name = n->target.name;
+    o.priority = n->target.priority;
+    o.health = n->detector.health();
+    o.enabled = n->enabled;
+    o.fenced = n->fenced;
+    if (o.health == NodeHealth::kUp) o.facts = n->facts;
+    out.push_back(std::move(o));
+  }
+  return out;
+}
+
+Keeper::Node* Keeper::node_by_name(const std::string& name) {
+  for (auto& n : nodes_) {
+    if (n->target.name == name) return n.get();
+  }
+  return nullptr;
+}
+
+void Keeper::decide() {
+  if (!started_) {
+    for (const auto& n : nodes_) {
+      if (n->probes_done == 0) return;
+    }
+    decide_writer_at_start();
+    return;
+  }
+  if (step_ == Step::kConfirm && candidate_) {
+    Node& c = *nodes_[*candidate_];
+    if (c.facts && !c.facts->in_recovery && c.facts->timeline > old_timeline_ && c.detector.health() == NodeHealth::kUp) {
+      step_record();
+    } else if (SteadyClock::now() - failover_started_ > config_.promote_timeout) {
+      abort_failover("promoted node " + c.target.name + " did not leave recovery in time");
+    }
+    return;
+  }
+  if (step_ != Step::kIdle) return;
+
+  if (writer_) {
+    Node& p = *nodes_[*writer_];
+    if (p.detector.health() == NodeHealth::kDown) {
+      if (config_.automatic) {
+        begin_failover("primary " + p.target.name + " failed: " + p.last_error, std::nullopt, false);
+      } else if (SteadyClock::now() - last_refusal_log_ > std::chrono::seconds(10)) {
+        last_refusal_log_ = SteadyClock::now();
+        add_event("failover_refused", p.target.name, "primary is down; failover mode is manual: run FAILOVER on the console");
+        publish(std::nullopt, "primary " + p.target.name + " is down; waiting for a manual FAILOVER", false);
+        writer_.reset();
+      }
+      return;
+    }
+    if (p.detector.health() == NodeHealth::kUp && p.facts) {
+      if (p.facts->in_recovery) {
+        add_event("demoted", p.target.name, "the recorded primary is in recovery: no writes go anywhere");
+        writer_.reset();
+        publish(std::nullopt, "the recorded primary " + p.target.name + " is in recovery", false);
+        return;
+      }
+      primary_last_lsn_ = p.facts->current_lsn;
+      degraded_ = p.facts->synchronous_standby_names.empty();
+      known_sync_.clear();
+      for (const ReplicaInfo& ri : p.facts->replicas) {
+        if (ri.sync_state == "sync" || ri.sync_state == "quorum") known_sync_.push_back(ri.application_name);
+      }
+      manage_sync();
+    }
+    return;
+  }
+  // No writer: the recorded primary may be back, or a failover may now be possible.
+  if (!record_) return;
+  WriterChoice c = choose_writer(*record_, observations());
+  if (c.writer) {
+    writer_ = c.writer;
+    add_event("restored", nodes_[*c.writer]->target.name, "writes go to the recorded primary again: " + c.why);
+    publish(c.writer, c.why, false);
+    return;
+  }
+  Node* rec = node_by_name(record_->node);
+  if (config_.automatic && rec != nullptr && rec->detector.health() == NodeHealth::kDown &&
+      SteadyClock::now() - last_refusal_log_ > std::chrono::seconds(2)) {
+    begin_failover("recorded primary " + rec->target.name + " is down: " + rec->last_error, std::nullopt, false);
+  }
+}
+
+void Keeper::decide_writer_at_start() {
+  started_ = true;
+  record_ = read_state_file();
+  std::string source = "state file";
+  if (!record_) {
+    // The record also lives in the cluster (replicated with the data): take the newest.
+    for (const auto& n : nodes_) {
+      if (n->facts && n->facts->record && (!record_ || n->facts->record->epoch > record_->epoch)) {
+        const RecordFields& f = *n->facts->record;
+        record_ = PrimaryRecord{f.epoch, f.node, f.system_identifier, f.timeline, f.lsn};
+        source = "cluster record on " + n->target.name;
+      }
+    }
+  }
+  if (!record_) {
+    // First start ever: the configured primary bootstraps the record, if it is one.
+    Node* p = node_by_name(config_.initial_primary);
+    if (p == nullptr && !nodes_.empty()) p = nodes_[0].get();
+    if (p == nullptr || p->detector.health() != NodeHealth::kUp || !p->facts || p->facts->in_recovery) {
+      started_ = false;  // try again on the next probe round
+      if (SteadyClock::now() - last_refusal_log_ > std::chrono::seconds(5)) {
+        last_refusal_log_ = SteadyClock::now();
+        add_event("bootstrap_waiting", p ? p->target.name : "", "no primary record yet, and the initial primary is not an available primary");
+      }
+      return;
+    }
+    PrimaryRecord rec;
+    rec.epoch = table_.epoch() + 1;
+    rec.node = p->target.name;
+    rec.system_identifier = p->facts->system_identifier;
+    rec.timeline = p->facts->timeline;
+    record_ = rec;
+    source = "bootstrap from initial_primary";
+    std::string err;
+    if (!config_.state_file.empty() && !write_state_file(rec, err)) add_event("record_failed", rec.node, err);
+  }
+  system_identifier_ = record_->system_identifier;
+  WriterChoice c = choose_writer(*record_, observations());
+  add_event("startup", record_->node, "primary record (" + source + "): " + record_->serialize() + "; " + c.why);
+  writer_ = c.writer;
+  publish(c.writer, c.why, false);
+}
+
+void Keeper::manage_sync() {
+  if (!writer_) return;
+  Node& p = *nodes_[*writer_];
+  if (!p.facts || p.admin_running) return;
+  if (SteadyClock::now() - p.last_sync_change < std::chrono::seconds(2)) return;
+  std::vector<std::string> healthy;
+  std::vector<std::string> all;
+  for (const auto& n : nodes_) {
+    if (n->id == p.id) continue;
+    all.push_back(n->target.name);
+    if (n->detector.health() != NodeHealth::kUp || n->fenced || !n->enabled) continue;
+    for (const ReplicaInfo& ri : p.facts->replicas) {
+      if (ri.application_name == n->target.name && ri.state == "streaming") healthy.push_back(n->target.name);
+    }
+  }
+  const std::string desired = desired_sync_names(config_.sync_mode, healthy, all);
+  if (desired == p.facts->synchronous_standby_names) return;
+  p.last_sync_change = SteadyClock::now();
+  const bool degrading = desired.empty() && config_.sync_mode == SyncMode::kOn;
+  const std::string was = p.facts->synchronous_standby_names;
+  admin(p, "ALTER SYSTEM SET synchronous_standby_names = " + quote_literal(desired), [this, &p, desired, degrading, was](const PgResult& r) {
+    if (!r.ok) {
+      add_event("sync_change_failed", p.target.name, r.error);
+      return;
+    }
+    admin(p, "SELECT pg_reload_conf()", [this, &p, desired, degrading, was](const PgResult& r2) {
+      if (!r2.ok) {
+        add_event("sync_change_failed", p.target.name, r2.error);
+        return;
+      }
+      if (degrading) {
+        add_event("degraded", p.target.name, "no healthy synchronous standby: commits no longer wait (was " + was + ")");
+        run_hook(config_.on_degraded, "degraded", &p);
+      } else {
+        add_event("sync_names", p.target.name, "synchronous_standby_names = '" + desired + "'");
+      }
+    });
+  });
+}
+
+void Keeper::begin_failover(const std::string& reason, std::optional<routing::NodeId> target, bool force) {
+  std::optional<routing::NodeId> failed = writer_;
+  if (!failed && record_) {
+    if (Node* r = node_by_name(record_->node)) failed = r->id;
+  }
+  if (!failed) return;
+  if (!force) {
+    std::vector<NodeObservation> standbys;
+    for (const NodeObservation& o : observations()) {
+      if (o.id != *failed) standbys.push_back(o);
+    }
+    WitnessResult w = witness(standbys, config_.witness_max_receipt_age_s);
+    if (!w.confirmed) {
+      if (SteadyClock::now() - last_refusal_log_ > std::chrono::seconds(10)) {
+        last_refusal_log_ = SteadyClock::now();
+        add_event("failover_refused", nodes_[*failed]->target.name, w.why);
+        run_hook(config_.on_degraded, "failover_refused", nodes_[*failed].get());
+      }
+      if (writer_) {
+        writer_.reset();
+        publish(std::nullopt, "primary unreachable from pgkeel but alive per the standbys: holding writes", true);
+      }
+      return;
+    }
+  }
+  failed_ = failed;
+  target_ = target;
+  force_ = force;
+  reason_ = reason;
+  candidate_.reset();
+  failover_started_ = SteadyClock::now();
+  old_timeline_ = 0;
+  for (const auto& n : nodes_) {
+    if (n->facts) old_timeline_ = std::max(old_timeline_, n->facts->timeline);
+  }
+  step_ = Step::kBarrier;
+  writer_.reset();
+  add_event("failover_started", nodes_[*failed]->target.name, reason);
+  publish(std::nullopt, "failover in progress: " + reason, true);
+}
+
+void Keeper::publish(std::optional<routing::NodeId> writer, const std::string& why, bool hold) {
+  routing::Snapshot snap = *table_.current();
+  if (snap.nodes.size() != nodes_.size()) snap.nodes.resize(nodes_.size());
+  for (const auto& n : nodes_) {
+    routing::NodeView& v = snap.nodes[n->id];
+    v.id = n->id;
+    v.name = n->target.name;
+    v.host = n->target.host;
+    v.port = n->target.port;
+    v.fenced = n->fenced;
+    v.enabled = n->enabled;
+    v.role = !n->facts ? routing::Role::kUnknown : n->facts->in_recovery ? routing::Role::kStandby : routing::Role::kPrimary;
+    if (writer && *writer == n->id) v.role = routing::Role::kPrimary;
+  }
+  snap.writer = writer;
+  snap.why = why;
+  snap.hold = hold;
+  const bool in_barrier = step_ == Step::kBarrier;
+  const bool in_publish = step_ == Step::kPublish;
+  effects_.publish(std::move(snap), [this, in_barrier, in_publish](std::uint64_t epoch) {
+    if (in_barrier && step_ == Step::kBarrier) {
+      add_event("writes_stopped", failed_ ? nodes_[*failed_]->target.name : "", "every worker closed its connections; epoch " + std::to_string(epoch));
+      step_detach();
+    } else if (in_publish && step_ == Step::kPublish) {
+      step_ = Step::kIdle;
+      const auto ms = std::chrono::duration_cast<Millis>(SteadyClock::now() - failover_started_).count();
+      add_event("promotion", nodes_[*candidate_]->target.name,
+                "writes go to " + nodes_[*candidate_]->target.name + " under epoch " + std::to_string(epoch) + ", " +
+                    std::to_string(ms) + " ms after the failover started");
+    }
+  });
+}
+
+void Keeper::admin(Node& n, const std::string& sql, std::function<void(const PgResult&)> cb) {
+  n.admin_queue.emplace_back(sql, std::move(cb));
+  if (!n.admin_running) admin_next(n);
+}
+
+// One statement at a time: ALTER SYSTEM refuses to run inside a transaction block, and a
+// multi-statement query string is one.
+void Keeper::admin_next(Node& n) {
+  if (n.admin_queue.empty()) {
+    n.admin_running = false;
+    return;
+  }
+  n.admin_running = true;
+  n.admin_conn->run(n.admin_queue.front().first, config_.promote_timeout, [this, &n](const PgResult& r) {
+    auto done = std::move(n.admin_queue.front().second);
+    n.admin_queue.pop_front();
+    if (!r.ok) n.admin_conn->close();
+    done(r);  // may queue more: admin_running is still set, so it only enqueues
+    admin_next(n);
+  });
+}
+
+void Keeper::step_detach() {
+  step_ = Step::kDetach;
+  // Standbys stop taking WAL from the old primary before one of them is chosen, so no standby
+  // moves on past the one promoted, and a half-alive old primary cannot feed them.
+  int pending = 0;
+  auto remaining = std::make_shared<int>(0);
+  for (auto& n : nodes_) {
+    if (n->id == *failed_ || n->detector.health() != NodeHealth::kUp || !n->facts || !n->facts->in_recovery) continue;
+    ++pending;
+  }
+  *remaining = pending;
+  if (pending == 0) {
+    step_settle(0);
+    return;
+  }
+  for (auto& n : nodes_) {
+    if (n->id == *failed_ || n->detector.health() != NodeHealth::kUp || !n->facts || !n->facts->in_recovery) continue;
+    Node& node = *n;
+    node.settle_lsn.reset();
+    admin(node, "ALTER SYSTEM SET primary_conninfo = ''", [](const PgResult&) {});
+    admin(node, "SELECT pg_reload_conf()", [this, remaining, &node](const PgResult& r) {
+      if (!r.ok) add_event("detach_failed", node.target.name, r.error);
+      if (--*remaining == 0 && step_ == Step::kDetach) step_settle(10);
+    });
+  }
+}
+
+void Keeper::step_settle(int rounds_left) {
+  step_ = Step::kSettle;
+  // Wait until every reachable standby's receiver stopped and its position held still.
+  bool settled = true;
+  for (auto& n : nodes_) {
+    if (n->id == *failed_ || n->detector.health() != NodeHealth::kUp || !n->facts || !n->facts->in_recovery) continue;
+    const Lsn pos = n->facts->wal_position();
+    if (n->facts->receiver_streaming || !n->settle_lsn || *n->settle_lsn != pos) settled = false;
+    n->settle_lsn = pos;
+  }
+  if (!settled && rounds_left > 0) {
+    auto* arg = new std::pair<Keeper*, int>(this, rounds_left - 1);
+    const timeval tv{0, 200 * 1000};
+    event_base_once(base_, -1, EV_TIMEOUT, [](evutil_socket_t, short, void* a) {
+      auto* p = static_cast<std::pair<Keeper*, int>*>(a);
+      Keeper* k = p->first;
+      const int left = p->second;
+      delete p;
+      if (k->step_ == Step::kSettle) k->step_settle(left);
+    }, arg, &tv);
+    return;
+  }
+  PlanInput in;
+  in.nodes = observations();
+  in.failed_primary = *failed_;
+  in.system_identifier = system_identifier_;
+  in.sync_mode = config_.sync_mode;
+  in.known_sync = known_sync_;
+  in.degraded = degraded_;
+  in.primary_last_lsn = primary_last_lsn_;
+  in.max_lag_bytes = config_.max_lag_on_failover;
+  in.force = force_;
+  in.target = target_;
+  Plan plan = plan_failover(in);
+  if (!plan.chosen) {
+    abort_failover(plan.summary);
+    return;
+  }
+  candidate_ = plan.chosen;
+  add_event("candidate", nodes_[*candidate_]->target.name, plan.summary);
+  step_fence();
+}
+
+void Keeper::step_fence() {
+  step_ = Step::kFence;
+  Node& old = *nodes_[*failed_];
+  if (config_.fence_command.empty()) {
+    add_event("fencing", old.target.name, "fenced by epoch: no connection from before the failover may write; no fence_command configured");
+    step_promote();
+    return;
+  }
+  const pid_t pid = spawn(config_.fence_command, {{"PGKEEL_EVENT", "fence"}, {"PGKEEL_NODE", old.target.name},
+                                                  {"PGKEEL_HOST", old.target.host}, {"PGKEEL_PORT", std::to_string(old.target.port)}});
+  if (pid < 0) {
+    if (config_.fence_required) {
+      abort_failover("could not run fence_command");
+      return;
+    }
+    step_promote();
+    return;
+  }
+  struct Wait {
+    Keeper* k;
+    pid_t pid;
+    SteadyClock::time_point deadline;
+  };
+  auto* w = new Wait{this, pid, SteadyClock::now() + std::chrono::seconds(30)};
+  static void (*poll)(evutil_socket_t, short, void*) = [](evutil_socket_t, short, void* a) {
+    auto* wait = static_cast<Wait*>(a);
+    int status = 0;
+    const pid_t r = waitpid(wait->pid, &status, WNOHANG);
+    Keeper* k = wait->k;
+    if (r == 0 && SteadyClock::now() < wait->deadline) {
+      const timeval tv{0, 50 * 1000};
+      event_base_once(k->base_, -1, EV_TIMEOUT, poll, wait, &tv);
+      return;
+    }
+    if (r == 0) {
+      kill(wait->pid, SIGKILL);
+      waitpid(wait->pid, &status, 0);
+      status = -1;
+    }
+    delete wait;
+    if (k->step_ != Step::kFence) return;
+    Node& old_node = *k->nodes_[*k->failed_];
+    if (status == 0) {
+      old_node.fenced = true;
+      k->add_event("fencing", old_node.target.name, "fence_command succeeded");
+      k->step_promote();
+    } else if (k->config_.fence_required) {
+      k->abort_failover("fence_command failed (status " + std::to_string(status) + "): not promoting while the old primary may still take writes");
+    } else {
+      k->add_event("fencing", old_node.target.name, "fence_command failed; continuing because fence_required = false");
+      k->step_promote();
+    }
+  };
+  const timeval tv{0, 50 * 1000};
+  event_base_once(base_, -1, EV_TIMEOUT, poll, w, &tv);
+}
+
+void Keeper::step_promote() {
+  step_ = Step::kPromote;
+  Node& c = *nodes_[*candidate_];
+  admin(c, "SELECT pg_promote(true, " + std::to_string(std::max<long>(1, config_.promote_timeout.count() / 1000)) + ")",
+        [this, &c](const PgResult& r) {
+          if (step_ != Step::kPromote) return;
+          if (!r.ok || r.rows.empty() || !r.rows[0][0] || *r.rows[0][0] != "t") {
+            abort_failover("pg_promote on " + c.target.name + " failed: " + (r.ok ? "returned false" : r.error));
+            return;
+          }
+          step_ = Step::kConfirm;  // decide() waits for a probe that shows it out of recovery
+        });
+}
+
+void Keeper::step_record() {
+  step_ = Step::kRecord;
+  Node& c = *nodes_[*candidate_];
+  PrimaryRecord rec;
+  rec.epoch = table_.epoch() + 1;
+  rec.node = c.target.name;
+  rec.system_identifier = c.facts->system_identifier;
+  rec.timeline = c.facts->timeline;
+  rec.lsn = c.facts->current_lsn;
+  std::string err;
+  if (!config_.state_file.empty() && !write_state_file(rec, err)) {
+    add_event("record_failed", rec.node, "state file: " + err);
+  }
+  record_ = rec;
+  // Its first commit must not wait for a standby that does not stream from it yet: it starts
+  // asynchronous; manage_sync() makes it synchronous once a standby follows it.
+  admin(c, "ALTER SYSTEM SET synchronous_standby_names = ''", [](const PgResult&) {});
+  admin(c, "SELECT pg_reload_conf()", [](const PgResult&) {});
+  const std::string sql =
+      "CREATE SCHEMA IF NOT EXISTS pgkeel; "
+      "CREATE TABLE IF NOT EXISTS pgkeel.primary_history (epoch bigint NOT NULL, node text NOT NULL, "
+      "system_identifier text NOT NULL, timeline int NOT NULL, lsn pg_lsn, recorded_at timestamptz NOT NULL DEFAULT now()); "
+      "INSERT INTO pgkeel.primary_history (epoch, node, system_identifier, timeline, lsn) VALUES (" +
+      std::to_string(rec.epoch) + ", " + quote_literal(rec.node) + ", " + quote_literal(rec.system_identifier) + ", " +
+      std::to_string(rec.timeline) + ", " + quote_literal(format_lsn(rec.lsn)) + ")";
+  admin(c, sql, [this, &c](const PgResult& r) {
+    if (!r.ok) add_event("record_failed", c.target.name, "cluster record: " + r.error);
+    step_publish();
+  });
+}
+
+void Keeper::step_publish() {
+  step_ = Step::kPublish;
+  Node& c = *nodes_[*candidate_];
+  writer_ = candidate_;
+  known_sync_.clear();
+  degraded_ = true;
+  publish(candidate_, "primary since the failover: " + reason_ + "; " + nodes_[*failed_]->target.name + " fenced by epoch", false);
+  // The other standbys follow the new primary.
+  for (auto& n : nodes_) {
+    if (n->id == c.id || n->id == *failed_ || n->detector.health() != NodeHealth::kUp || !n->facts || !n->facts->in_recovery) continue;
+    std::string pci = "host=" + c.target.host + " port=" + std::to_string(c.target.port) +
+                      " user=" + config_.replication_user + " application_name=" + n->target.name;
+    if (!config_.replication_password.empty()) pci += " password=" + config_.replication_password;
+    Node& node = *n;
+    admin(node, "ALTER SYSTEM SET primary_conninfo = " + quote_literal(pci), [](const PgResult&) {});
+    admin(node, "SELECT pg_reload_conf()", [this, &node](const PgResult& r) {
+      add_event("follow", node.target.name, r.ok ? "now streams from the new primary" : "could not repoint: " + r.error);
+    });
+  }
+  run_hook(config_.on_promote, "promote", &c);
+}
+
+void Keeper::abort_failover(const std::string& why) {
+  add_event("failover_refused", failed_ ? nodes_[*failed_]->target.name : "", why);
+  run_hook(config_.on_degraded, "failover_refused", failed_ ? nodes_[*failed_].get() : nullptr);
+  const bool detached = step_ != Step::kBarrier;
+  step_ = Step::kIdle;
+  last_refusal_log_ = SteadyClock::now();
+  // Standbys that were detached follow the old primary again, should it come back.
+  if (detached && failed_) {
+    Node& old = *nodes_[*failed_];
+    for (auto& n : nodes_) {
+      if (n->id == old.id || n->detector.health() != NodeHealth::kUp || !n->facts || !n->facts->in_recovery) continue;
+      std::string pci = "host=" + old.target.host + " port=" + std::to_string(old.target.port) +
+                        " user=" + config_.replication_user + " application_name=" + n->target.name;
+      if (!config_.replication_password.empty()) pci += " password=" + config_.replication_password;
+      admin(*n, "ALTER SYSTEM SET primary_conninfo = " + quote_literal(pci), [](const PgResult&) {});
+      admin(*n, "SELECT pg_reload_conf()", [](const PgResult&) {});
+    }
+  }
+  publish(std::nullopt, "no writable primary: " + why, false);
+}
+
+std::string Keeper::failover(std::optional<std::string> target, bool force, const std::string& who) {
+  if (step_ != Step::kIdle) return "a failover is already running";
+  std::optional<routing::NodeId> t;
+  if (target) {
+    Node* n = node_by_name(*target);
+    if (n == nullptr) return "no node named " + *target;
+    t = n->id;
+  }
+  const std::string reason = "FAILOVER" + std::string(target ? " TO " + *target : "") + (force ? " FORCE" : "") + " by " + who;
+  add_event("console", "", reason);
+  begin_failover(reason, t, true);
+  return step_ == Step::kIdle ? "failover refused: see SHOW EVENTS" : "failover started";
+}
+
+Plan Keeper::plan() const {
+  PlanInput in;
+  in.nodes = observations();
+  in.failed_primary = writer_.value_or(0);
+  in.system_identifier = system_identifier_;
+  in.sync_mode = config_.sync_mode;
+  in.known_sync = known_sync_;
+  in.degraded = degraded_;
+  in.primary_last_lsn = primary_last_lsn_;
+  in.max_lag_bytes = config_.max_lag_on_failover;
+  return plan_failover(in);
+}
+
+std::vector<NodeStatus> Keeper::nodes() const {
+  std::vector<NodeStatus> out;
+  const ProbeFacts* primary = writer_ && nodes_[*writer_]->facts ? &*nodes_[*writer_]->facts : nullptr;
+  for (const auto& n : nodes_) {
+    NodeStatus s;
+    s.name = n->target.name;
+    s.address = n->target.host + ":" + std::to_string(n->target.port);
+    s.health = std::string(to_string(n->detector.health()));
+    s.fenced = n->fenced;
+    s.enabled = n->enabled;
+    s.probe_ms = n->probe_ms;
+    s.last_error = n->last_error;
+    if (n->probes_done > 0) s.last_probe = iso_time(n->last_probe_wall);
+    if (n->facts) {
+      const ProbeFacts& f = *n->facts;
+      s.role = f.in_recovery ? "standby" : "primary";
+      if (writer_ && *writer_ == n->id) s.role = "primary (writer)";
+      s.system_identifier = f.system_identifier;
+      s.timeline = f.timeline;
+      s.lsn = format_lsn(f.wal_position());
+      if (f.in_recovery) {
+        if (primary) s.lag_bytes = primary->current_lsn > f.wal_position() ? primary->current_lsn - f.wal_position() : 0;
+        s.lag_seconds = f.replay_age_s;
+        if (primary) {
+          for (const ReplicaInfo& ri : primary->replicas) {
+            if (ri.application_name == n->target.name) s.sync_state = ri.sync_state;
+          }
+        }
+      }
+    } else {
+      s.role = "unknown";
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+void Keeper::run_hook(const std::string& command, const std::string& event, const Node* node) {
+  if (command.empty()) return;
+  // Double fork: the hook runs detached and never becomes our zombie.
+  const pid_t pid = fork();
+  if (pid == 0) {
+    std::vector<std::pair<std::string, std::string>> env = {{"PGKEEL_EVENT", event}};
+    if (node != nullptr) {
+      env.emplace_back("PGKEEL_NODE", node->target.name);
+      env.emplace_back("PGKEEL_HOST", node->target.host);
+      env.emplace_back("PGKEEL_PORT", std::to_string(node->target.port));
+    }
+    spawn(command, env);
+    _exit(0);
+  }
+  if (pid > 0) waitpid(pid, nullptr, 0);
+}
+
+void Keeper::add_event(std::string kind, const std::string& node, std::string text) {
+  Event e;
+  e.at = std::chrono::system_clock::now();
+  e.id = next_event_id_++;
+  e.epoch = table_.epoch();
+  e.kind = std::move(kind);
+  e.node = node;
+  e.text = std::move(text);
+  if (on_event) on_event(e);
+  events_.push_back(std::move(e));
+  while (events_.size() > kMaxEvents) events_.pop_front();
+}
+
+bool Keeper::write_state_file(const PrimaryRecord& rec, std::string& error) {
+  // Written to a temporary file, fsynced, renamed over the old one, and the folder fsynced:
+  // after a crash the file holds the old record or the new one, never half of either.
+  const std::string tmp = config_.state_file + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    error = tmp + ": " + std::strerror(errno);
+    return false;
+  }
+  const std::string text = rec.serialize() + "\n";
+  const bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok || ::rename(tmp.c_str(), config_.state_file.c_str()) != 0) {
+    error = config_.state_file + ": " + std::strerror(errno);
+    return false;
+  }
+  std::string dir = config_.state_file;
+  const std::size_t slash = dir.rfind('/');
+  dir = slash == std::string::npos ? "." : dir.substr(0, slash == 0 ? 1 : slash);
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return true;
+}
+
+std::optional<PrimaryRecord> Keeper::read_state_file() {
+  if (config_.state_file.empty()) return std::nullopt;
+  std::ifstream in(config_.state_file);
+  if (!in) return std::nullopt;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  auto rec = PrimaryRecord::parse(ss.str());
+  if (!rec) add_event("record_unreadable", "", config_.state_file + " does not hold a primary record");
+  return rec;
+}
+
+}  // namespace pgkeel::health

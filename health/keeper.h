@@ -1,0 +1,179 @@
+// health/keeper.h — the thin driver around the pure decisions: probes every node on an event
+// loop, feeds the detectors, manages synchronous_standby_names, runs the failover sequence,
+// keeps the primary record, and publishes routing snapshots through an Effects interface (so
+// this layer knows nothing of workers or client sockets).
+#pragma once
+
+#include <event2/event.h>
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "health/detector.h"
+#include "health/facts.h"
+#include "health/failover.h"
+#include "health/pg_async.h"
+#include "routing/snapshot.h"
+
+namespace pgkeel::health {
+
+using Millis = std::chrono::milliseconds;
+
+struct KeeperConfig {
+  Millis probe_interval{500};
+  Millis probe_timeout{1000};
+  int timeouts_to_down = 3;
+  int oks_to_up = 2;
+  // How pgkeel logs in to nodes for probes and admin actions (superuser, or the roles the README
+  // lists), and how standbys stream from a new primary.
+  std::string admin_user = "postgres";
+  std::string admin_password;
+  std::string admin_dbname = "postgres";
+  std::string replication_user = "replicator";
+  std::string replication_password;
+  bool automatic = true;
+  SyncMode sync_mode = SyncMode::kOn;
+  std::uint64_t max_lag_on_failover = 16 * 1024 * 1024;
+  double witness_max_receipt_age_s = 2.0;
+  std::string fence_command;   // run with the failed node's name, host and port in the env
+  bool fence_required = true;  // a failing fence_command blocks the promotion
+  std::string on_promote;
+  std::string on_degraded;
+  std::string state_file;      // empty: the record lives only in memory and in the cluster
+  Millis promote_timeout{30000};
+  std::string initial_primary;
+};
+
+struct NodeTarget {
+  std::string name;
+  std::string host;  // numeric address
+  std::uint16_t port = 0;
+  int priority = 100;
+};
+
+// What the keeper asks of the proxy.
+class Effects {
+ public:
+  virtual ~Effects() = default;
+  // Publishes the snapshot; `done(epoch)` runs on the keeper's loop once every worker has
+  // applied it (closed its connections to nodes that lost the right to serve).
+  virtual void publish(routing::Snapshot snap, std::function<void(std::uint64_t)> done) = 0;
+};
+
+struct Event {
+  std::chrono::system_clock::time_point at;
+  std::uint64_t id = 0;
+  std::uint64_t epoch = 0;
+  std::string kind;  // detection, promotion, fencing, degraded, restored, failover_refused, ...
+  std::string node;
+  std::string text;
+};
+
+struct NodeStatus {
+  std::string name;
+  std::string address;
+  std::string role;    // primary / standby / unknown, as last probed
+  std::string health;  // up / down / unknown
+  bool fenced = false;
+  bool enabled = true;
+  std::string system_identifier;
+  std::uint32_t timeline = 0;
+  std::string lsn;
+  std::optional<std::uint64_t> lag_bytes;
+  std::optional<double> lag_seconds;
+  std::string sync_state;
+  double probe_ms = 0;
+  std::string last_probe;  // ISO time
+  std::string last_error;
+};
+
+class Keeper {
+ public:
+  Keeper(event_base* base, KeeperConfig config, std::vector<NodeTarget> nodes, routing::Table& table,
+         Effects& effects);
+  ~Keeper();
+  Keeper(const Keeper&) = delete;
+  Keeper& operator=(const Keeper&) = delete;
+
+  void start();
+
+  // Console verbs. Each returns what happened (or why not), in one line.
+  std::string failover(std::optional<std::string> target, bool force, const std::string& who);
+  std::vector<NodeStatus> nodes() const;
+  std::vector<Event> events() const { return {events_.begin(), events_.end()}; }
+  Plan plan() const;
+  const KeeperConfig& config() const { return config_; }
+  bool failover_running() const { return step_ != Step::kIdle; }
+  std::optional<routing::NodeId> writer() const { return writer_; }
+
+  // Called for every event as it happens (the proxy logs them).
+  std::function<void(const Event&)> on_event;
+
+ private:
+  struct Node;
+  enum class Step : std::uint8_t { kIdle, kBarrier, kDetach, kSettle, kFence, kPromote, kConfirm, kRecord, kPublish };
+
+  static void on_tick(evutil_socket_t, short, void* arg);
+  void tick();
+  void probe(Node& n);
+  void on_probe(Node& n, const PgResult& r, std::chrono::steady_clock::time_point started);
+  void decide();
+  void decide_writer_at_start();
+  void manage_sync();
+  void begin_failover(const std::string& reason, std::optional<routing::NodeId> target, bool force);
+  void step_detach();
+  void step_settle(int rounds_left);
+  void step_fence();
+  void step_promote();
+  void step_confirm(int tries_left);
+  void step_record();
+  void step_publish();
+  void abort_failover(const std::string& why);
+  void publish(std::optional<routing::NodeId> writer, const std::string& why, bool hold);
+  void admin(Node& n, const std::string& sql, std::function<void(const PgResult&)> cb);
+  void admin_next(Node& n);
+  void run_hook(const std::string& command, const std::string& event, const Node* node);
+  void add_event(std::string kind, const std::string& node, std::string text);
+  bool write_state_file(const PrimaryRecord& rec, std::string& error);
+  std::optional<PrimaryRecord> read_state_file();
+  std::vector<NodeObservation> observations() const;
+  std::string conninfo(const Node& n) const;
+  Node* node_by_name(const std::string& name);
+
+  event_base* base_;
+  KeeperConfig config_;
+  routing::Table& table_;
+  Effects& effects_;
+  std::vector<std::unique_ptr<Node>> nodes_;
+  PgEventHandle tick_;
+  std::deque<Event> events_;
+  std::uint64_t next_event_id_ = 1;
+
+  std::optional<PrimaryRecord> record_;
+  std::optional<routing::NodeId> writer_;
+  bool started_ = false;  // the writer was decided once
+  std::string system_identifier_;
+  // Synchronous replication as last seen on the primary.
+  std::vector<std::string> known_sync_;
+  bool degraded_ = false;
+  Lsn primary_last_lsn_ = 0;
+
+  // The failover in progress.
+  Step step_ = Step::kIdle;
+  std::optional<routing::NodeId> failed_;
+  std::optional<routing::NodeId> candidate_;
+  std::optional<routing::NodeId> target_;
+  bool force_ = false;
+  std::string reason_;
+  std::uint32_t old_timeline_ = 0;
+  std::chrono::steady_clock::time_point failover_started_;
+  std::chrono::steady_clock::time_point last_refusal_log_;
+};
+
+}  // namespace pgkeel::health

@@ -1,0 +1,74 @@
+// health/pg_async.h — one libpq connection driven by a libevent loop: non-blocking connect and
+// queries with deadlines, never a blocking libpq call. Used by probes and by the admin steps of
+// a failover (ALTER SYSTEM, pg_promote). Conninfo must carry `hostaddr` (numeric), so
+// PQconnectStart never resolves a name.
+#pragma once
+
+#include <event2/event.h>
+#include <libpq-fe.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace pgkeel::health {
+
+struct PgConnDeleter {
+  void operator()(PGconn* c) const { PQfinish(c); }
+};
+struct PgEventDeleter {
+  void operator()(event* e) const { event_free(e); }
+};
+using PgConnHandle = std::unique_ptr<PGconn, PgConnDeleter>;
+using PgEventHandle = std::unique_ptr<event, PgEventDeleter>;
+
+struct PgResult {
+  bool ok = false;
+  bool timed_out = false;
+  bool connection_lost = false;  // the connection is gone (reset, refused, EOF)
+  std::string error;             // libpq's message, one line
+  std::string sqlstate;          // from an ErrorResponse, when there was one
+  std::vector<std::vector<std::optional<std::string>>> rows;  // of the last statement
+};
+
+class PgAsync {
+ public:
+  using Callback = std::function<void(const PgResult&)>;
+
+  PgAsync(event_base* base, std::string conninfo);
+  ~PgAsync();
+  PgAsync(const PgAsync&) = delete;
+  PgAsync& operator=(const PgAsync&) = delete;
+
+  bool connected() const { return conn_ && PQstatus(conn_.get()) == CONNECTION_OK && !connecting_; }
+  bool busy() const { return static_cast<bool>(cb_); }
+  // Connects if needed, then runs `sql` (may hold several statements; the last one's rows are
+  // returned). `cb` runs exactly once, from the loop, never from inside run().
+  void run(const std::string& sql, std::chrono::milliseconds timeout, Callback cb);
+  void close();
+
+ private:
+  static void on_io(evutil_socket_t fd, short what, void* arg);
+  static void on_timeout(evutil_socket_t fd, short what, void* arg);
+  void start_connect();
+  void poll_connect();
+  void send_query();
+  void read_results();
+  void wait_for(short what);
+  void finish(PgResult r);
+
+  event_base* base_;
+  std::string conninfo_;
+  PgConnHandle conn_;
+  PgEventHandle io_;
+  PgEventHandle timer_;
+  bool connecting_ = false;
+  std::string sql_;
+  Callback cb_;
+  PgResult partial_;
+};
+
+}  // namespace pgkeel::health
