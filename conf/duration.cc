@@ -1,0 +1,128 @@
+// conf/duration.cc — duration strings in the config: "500ms", "2s", "1.5s", "10min", "1h".
+// A bare TOML integer (no quotes) means milliseconds; config_toml.cc hands it here as "<n>ms".
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "conf/load.h"
+
+// conf/ internals shared between its translation units. conf/load.h is the public surface and
+// conf/ has no private header, so this block is repeated word for word at the top of every
+// conf/*.cc; keep the copies identical.
+namespace pgkeel::conf::internal {
+// duration.cc: "500ms", "2s", "1.5s", "10min", "1h" -> out. Returns "" on success, else why not.
+std::string parse_duration(std::string_view text, Millis& out);
+// validate.cc: the checks that span fields, sections or the filesystem; loads the users file.
+// `lines`: dotted key ("node[1].port"; a table: "node[1]") -> its line, for keys in the file.
+void validate(Config& config, const std::map<std::string, int>& lines,
+              std::vector<ConfigError>& errors);
+// load.cc: reads a regular file of at most max_bytes into out. Returns "" on success, else why not.
+std::string read_file(const std::string& path, std::uintmax_t max_bytes, std::string& out);
+// load.cc: text fit for a one-line message: in double quotes, quotes and control bytes escaped.
+std::string printable(std::string_view text);
+}  // namespace pgkeel::conf::internal
+
+namespace pgkeel::conf::internal {
+
+namespace {
+
+// Nothing pgkeel waits for is measured in years; a longer value is a typo (a unit too big, or
+// digits too many), and keeping durations this small means now() + timeout never overflows.
+constexpr std::int64_t kMaxMillis = 365LL * 24 * 3600 * 1000;
+constexpr int kMaxFractionDigits = 3;
+
+bool is_digit(char c) { return c >= '0' && c <= '9'; }
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) {
+    s.remove_prefix(1);
+  }
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) {
+    s.remove_suffix(1);
+  }
+  return s;
+}
+
+}  // namespace
+
+std::string parse_duration(std::string_view text, Millis& out) {
+  std::string_view s = trim(text);
+  if (s.empty()) {
+    return "a duration needs a number and a unit, e.g. \"30s\"";
+  }
+  if (s.front() == '-') {
+    return "a duration cannot be negative";
+  }
+  if (s.front() == '+') {
+    s.remove_prefix(1);
+  }
+  if (s.empty() || !is_digit(s.front())) {
+    return "a duration starts with a number, e.g. \"30s\" or \"500ms\"";
+  }
+
+  // Whole part. Bounded well below overflow: anything past kMaxMillis is refused anyway.
+  std::int64_t whole = 0;
+  while (!s.empty() && is_digit(s.front())) {
+    whole = whole * 10 + (s.front() - '0');
+    if (whole > kMaxMillis) {
+      return "longer than a year; check the unit and the digits";
+    }
+    s.remove_prefix(1);
+  }
+  // Fraction: at most kMaxFractionDigits digits, and the total must be whole milliseconds.
+  std::int64_t fraction = 0;
+  std::int64_t scale = 1;
+  if (!s.empty() && s.front() == '.') {
+    s.remove_prefix(1);
+    if (s.empty() || !is_digit(s.front())) {
+      return "a decimal point must be followed by digits";
+    }
+    int digits = 0;
+    while (!s.empty() && is_digit(s.front())) {
+      if (++digits > kMaxFractionDigits) {
+        return "at most 3 decimal places";
+      }
+      fraction = fraction * 10 + (s.front() - '0');
+      scale *= 10;
+      s.remove_prefix(1);
+    }
+  }
+
+  const std::string_view unit = trim(s);
+  std::int64_t unit_ms = 0;
+  if (unit == "ms") {
+    unit_ms = 1;
+  } else if (unit == "s") {
+    unit_ms = 1000;
+  } else if (unit == "min") {
+    unit_ms = std::int64_t{60} * 1000;
+  } else if (unit == "h") {
+    unit_ms = std::int64_t{3600} * 1000;
+  } else if (unit.empty()) {
+    return "missing unit (ms, s, min or h); a number of milliseconds is written without quotes";
+  } else if (unit == "m") {
+    return "unit 'm' is ambiguous: write 'min' for minutes or 'ms' for milliseconds";
+  } else {
+    return "unknown unit " + printable(unit) + "; use ms, s, min or h";
+  }
+
+  if (whole > kMaxMillis / unit_ms) {
+    return "longer than a year; check the unit and the digits";
+  }
+  // whole * unit_ms <= kMaxMillis (~3.2e10) and scale <= 1000: no overflow below.
+  const std::int64_t scaled = (whole * scale + fraction) * unit_ms;
+  if (scaled % scale != 0) {
+    return "not a whole number of milliseconds";
+  }
+  const std::int64_t ms = scaled / scale;
+  if (ms > kMaxMillis) {
+    return "longer than a year; check the unit and the digits";
+  }
+  out = Millis{ms};
+  return "";
+}
+
+}  // namespace pgkeel::conf::internal

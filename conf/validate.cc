@@ -1,0 +1,345 @@
+// conf/validate.cc — what a config means, once config_toml.cc has mapped each key onto its field
+// (shape, types, ranges): the checks that span fields, sections or the filesystem, the defaults
+// that depend on other settings, and the users file.
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "conf/load.h"
+
+// conf/ internals shared between its translation units. conf/load.h is the public surface and
+// conf/ has no private header, so this block is repeated word for word at the top of every
+// conf/*.cc; keep the copies identical.
+namespace pgkeel::conf::internal {
+// duration.cc: "500ms", "2s", "1.5s", "10min", "1h" -> out. Returns "" on success, else why not.
+std::string parse_duration(std::string_view text, Millis& out);
+// validate.cc: the checks that span fields, sections or the filesystem; loads the users file.
+// `lines`: dotted key ("node[1].port"; a table: "node[1]") -> its line, for keys in the file.
+void validate(Config& config, const std::map<std::string, int>& lines,
+              std::vector<ConfigError>& errors);
+// load.cc: reads a regular file of at most max_bytes into out. Returns "" on success, else why not.
+std::string read_file(const std::string& path, std::uintmax_t max_bytes, std::string& out);
+// load.cc: text fit for a one-line message: in double quotes, quotes and control bytes escaped.
+std::string printable(std::string_view text);
+}  // namespace pgkeel::conf::internal
+
+namespace pgkeel::conf::internal {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// pg_authid of a large cluster is a few MiB at most.
+constexpr std::uintmax_t kMaxUsersFileBytes = std::uintmax_t{16} * 1024 * 1024;
+// sockaddr_un::sun_path on Linux is 108 bytes, including the terminating NUL.
+constexpr std::size_t kMaxUnixSocketPath = 107;
+
+class Checker {
+ public:
+  Checker(Config& config, const std::map<std::string, int>& lines, std::vector<ConfigError>& errors)
+      : config_(config), lines_(lines), errors_(errors) {
+    for (const ConfigError& e : errors_) {
+      failed_.insert(e.key);
+    }
+  }
+
+  // The line of `key`, or of the nearest enclosing table present in the file ("node[1].port" ->
+  // "node[1]" -> "node"), so a missing key points at the table that should hold it.
+  int line_of(std::string key) const {
+    while (!key.empty()) {
+      if (auto it = lines_.find(key); it != lines_.end()) {
+        return it->second;
+      }
+      const std::size_t cut = key.find_last_of(".[");
+      if (cut == std::string::npos) {
+        break;
+      }
+      key.resize(cut);
+    }
+    return 0;
+  }
+
+  void add(const std::string& key, std::string message) {
+    errors_.push_back({config_.source_file, line_of(key), key, std::move(message)});
+  }
+
+  // A key whose value was already refused holds its default; checks on it would only echo that.
+  bool failed(const std::string& key) const { return failed_.count(key) != 0; }
+  bool present(const std::string& key) const { return lines_.count(key) != 0; }
+
+  // For a required setting left empty: absent, or written as "".
+  void missing(const std::string& key, const std::string& what) {
+    if (failed(key)) {
+      return;
+    }
+    add(key, present(key) ? "must not be empty: " + what : "is required: " + what);
+  }
+
+  // `path` as written (relative to the config file's folder) -> absolute, normalized, so the
+  // proxy can reopen it later whatever its working directory.
+  std::string resolve(const std::string& path) const {
+    fs::path p(path);
+    if (p.is_relative()) {
+      p = fs::path(config_.source_file).parent_path() / p;
+    }
+    std::error_code ec;
+    if (fs::path abs = fs::absolute(p, ec); !ec) {
+      p = std::move(abs);
+    }
+    return p.lexically_normal().string();
+  }
+
+  void run() {
+    users_file();
+    state_file();
+    listeners();
+    nodes();
+    initial_primary();
+    pool();
+  }
+
+ private:
+  void users_file() {
+    std::string& file = config_.general.users_file;
+    if (file.empty()) {
+      missing("general.users_file", "the users file, relative to this file's folder");
+      return;
+    }
+    file = resolve(file);
+    std::string text;
+    if (std::string why = read_file(file, kMaxUsersFileBytes, text); !why.empty()) {
+      add("general.users_file", printable(file) + ": " + why);
+      return;
+    }
+    const std::size_t before = errors_.size();
+    config_.users = parse_users(text, file, errors_);
+    if (config_.users.empty() && errors_.size() == before) {
+      add("general.users_file", printable(file) + " holds no users, so no client could log in");
+    }
+  }
+
+  void state_file() {
+    std::string& file = config_.general.state_file;
+    if (file.empty()) {
+      return;
+    }
+    file = resolve(file);
+    std::error_code ec;
+    if (fs::is_directory(file, ec)) {
+      add("general.state_file", printable(file) + " is a directory; name a file in it");
+      return;
+    }
+    const fs::path dir = fs::path(file).parent_path();
+    if (!fs::is_directory(dir, ec)) {
+      add("general.state_file", "its folder " + printable(dir.string()) + " does not exist");
+    }
+  }
+
+  static bool valid_name(std::string_view name) {
+    for (const char c : name) {
+      const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                      c == '_' || c == '-';
+      if (!ok) {
+        return false;
+      }
+    }
+    return !name.empty();
+  }
+
+  // Checks a required, unique [A-Za-z0-9_-]+ name. `seen` maps names to the first index.
+  void name(const std::string& prefix, std::size_t index, const std::string& value,
+            std::unordered_map<std::string, std::size_t>& seen, const char* section) {
+    const std::string key = prefix + ".name";
+    if (value.empty()) {
+      missing(key, std::string("every ") + section + " needs a name");
+      return;
+    }
+    if (!valid_name(value)) {
+      add(key, printable(value) + " may use only letters, digits, '_' and '-'");
+      return;
+    }
+    const auto [it, inserted] = seen.emplace(value, index);
+    if (!inserted) {
+      const std::string first = entry(section, it->second);
+      add(key, printable(value) + " is already the name of " + first + " (line " +
+                   std::to_string(line_of(first)) + ")");
+    }
+  }
+
+  // A host is one token: an address or a name. Returns whether it is usable for further checks.
+  bool host(const std::string& key, const std::string& value, const std::string& what) {
+    if (failed(key)) {
+      return false;
+    }
+    if (value.empty()) {
+      missing(key, what);
+      return false;
+    }
+    for (const char c : value) {
+      const auto u = static_cast<unsigned char>(c);
+      if (u <= 0x20 || u == 0x7f) {
+        add(key, printable(value) + " is not a host: it contains a blank or a control character");
+        return false;
+      }
+    }
+    return true;
+  }
+
+  static std::string entry(std::string_view section, std::size_t index) {
+    // section is "[[listener]]" or "[[node]]"; the key prefix is the bare name.
+    std::string bare(section.substr(2, section.size() - 4));
+    return bare + "[" + std::to_string(index) + "]";
+  }
+
+  // Whether binding both addresses on one port would collide. Host names are not resolved here,
+  // so "localhost" and "127.0.0.1" are not caught; the bind at start is.
+  static bool hosts_overlap(const std::string& a, const std::string& b) {
+    if (a == b || a == "::" || b == "::") {
+      return true;  // "::" also takes IPv4 (Linux default)
+    }
+    const bool a_v6 = a.find(':') != std::string::npos;
+    const bool b_v6 = b.find(':') != std::string::npos;
+    return (a == "0.0.0.0" && !b_v6) || (b == "0.0.0.0" && !a_v6);
+  }
+
+  void listeners() {
+    if (config_.listeners.empty()) {
+      errors_.push_back({config_.source_file, 0, "listener",
+                         "at least one [[listener]] is required; clients have nowhere to connect"});
+      return;
+    }
+    std::unordered_map<std::string, std::size_t> names;
+    for (std::size_t i = 0; i < config_.listeners.size(); ++i) {
+      ListenerConfig& l = config_.listeners[i];
+      const std::string k = entry("[[listener]]", i);
+      name(k, i, l.name, names, "[[listener]]");
+      const bool host_ok = host(k + ".host", l.host, "\"0.0.0.0\" listens on every address");
+      if (l.port == 0) {
+        missing(k + ".port", "the TCP port clients connect to");
+        continue;
+      }
+      if (host_ok) {
+        for (std::size_t j = 0; j < i; ++j) {
+          const ListenerConfig& o = config_.listeners[j];
+          const std::string other = entry("[[listener]]", j);
+          if (o.port == l.port && !failed(other + ".host") && hosts_overlap(l.host, o.host)) {
+            add(k + ".port", l.host + ":" + std::to_string(l.port) + " collides with " + other +
+                                 " (line " + std::to_string(line_of(other)) + ", " + o.host + ":" +
+                                 std::to_string(o.port) + ")");
+            break;
+          }
+        }
+      }
+      if (!l.unix_socket_dir.empty()) {
+        unix_socket(k, i);
+      }
+    }
+  }
+
+  void unix_socket(const std::string& k, std::size_t i) {
+    ListenerConfig& l = config_.listeners[i];
+    const std::string key = k + ".unix_socket_dir";
+    std::error_code ec;
+    if (!fs::is_directory(l.unix_socket_dir, ec)) {
+      add(key, printable(l.unix_socket_dir) + " is not an existing directory");
+      return;
+    }
+    const std::string path = l.unix_socket_dir + "/.s.PGSQL." + std::to_string(l.port);
+    if (path.size() > kMaxUnixSocketPath) {
+      add(key, "the socket path " + printable(path) + " is longer than the " +
+                   std::to_string(kMaxUnixSocketPath) + " bytes a Unix socket address holds");
+    }
+    for (std::size_t j = 0; j < i; ++j) {
+      const ListenerConfig& o = config_.listeners[j];
+      if (o.port == l.port && !o.unix_socket_dir.empty() &&
+          fs::path(o.unix_socket_dir).lexically_normal() ==
+              fs::path(l.unix_socket_dir).lexically_normal()) {
+        add(key, "the socket " + printable(path) + " is also " + entry("[[listener]]", j) + "'s");
+        break;
+      }
+    }
+  }
+
+  void nodes() {
+    if (config_.nodes.empty()) {
+      errors_.push_back({config_.source_file, 0, "node",
+                         "at least one [[node]] is required: the PostgreSQL servers to route to"});
+      return;
+    }
+    std::unordered_map<std::string, std::size_t> names;
+    for (std::size_t i = 0; i < config_.nodes.size(); ++i) {
+      const NodeConfig& n = config_.nodes[i];
+      const std::string k = entry("[[node]]", i);
+      name(k, i, n.name, names, "[[node]]");
+      if (!host(k + ".host", n.host, "the node's address") || failed(k + ".port")) {
+        continue;
+      }
+      // One server listed twice would look like two primaries, and fencing would stop writes.
+      for (std::size_t j = 0; j < i; ++j) {
+        const NodeConfig& o = config_.nodes[j];
+        if (o.host == n.host && o.port == n.port) {
+          add(k + ".port", n.host + ":" + std::to_string(n.port) + " is also " +
+                               entry("[[node]]", j) + " (" + o.name + "); list each server once");
+          break;
+        }
+      }
+    }
+  }
+
+  void initial_primary() {
+    std::string& primary = config_.cluster.initial_primary;
+    if (config_.nodes.empty() || failed("cluster.initial_primary")) {
+      return;
+    }
+    if (primary.empty()) {
+      primary = config_.nodes.front().name;
+      return;
+    }
+    if (config_.node_index(primary) >= 0) {
+      return;
+    }
+    std::string known;
+    for (const NodeConfig& n : config_.nodes) {
+      if (!known.empty()) {
+        known += ", ";
+      }
+      known += n.name;
+    }
+    add("cluster.initial_primary",
+        printable(primary) + " names no [[node]]; the nodes are " + known);
+  }
+
+  void pool() {
+    const PoolConfig& p = config_.pool;
+    if (failed("pool.pool_size") || failed("pool.max_server_conn_per_node")) {
+      return;
+    }
+    if (p.pool_size > p.max_server_conn_per_node) {
+      add("pool.pool_size",
+          std::to_string(p.pool_size) + " is more than max_server_conn_per_node (" +
+              std::to_string(p.max_server_conn_per_node) + "), so a pool could never fill");
+    }
+  }
+
+  Config& config_;
+  const std::map<std::string, int>& lines_;
+  std::vector<ConfigError>& errors_;
+  std::unordered_set<std::string> failed_;  // keys with an error from the mapping stage
+};
+
+}  // namespace
+
+void validate(Config& config, const std::map<std::string, int>& lines,
+              std::vector<ConfigError>& errors) {
+  Checker(config, lines, errors).run();
+}
+
+}  // namespace pgkeel::conf::internal
