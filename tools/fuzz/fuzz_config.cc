@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -19,16 +20,16 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// A folder of our own with a valid users file, so configs naming "users.txt" load fully.
+// A folder with a valid users file, so configs naming "users.txt" load fully. libFuzzer exits
+// without running atexit handlers, so the folder is fixed and reused rather than removed: every
+// process (parallel jobs too) writes the same file, atomically, and at most one is left behind.
 const fs::path& scratch_dir() {
   static const fs::path dir = [] {
-    fs::path d = fs::temp_directory_path() / ("pgkeel-fuzz-config-" + std::to_string(std::rand()));
+    fs::path d = fs::temp_directory_path() / "pgkeel-fuzz-config";
     fs::create_directories(d);
-    std::ofstream(d / "users.txt") << "\"app\" \"secret\"\n";
-    std::atexit([] {
-      std::error_code ec;
-      fs::remove_all(scratch_dir(), ec);
-    });
+    const fs::path tmp = d / ("users.txt." + std::to_string(std::random_device{}()));
+    std::ofstream(tmp) << "\"app\" \"secret\"\n";
+    fs::rename(tmp, d / "users.txt");
     return d;
   }();
   return dir;
