@@ -62,6 +62,42 @@ struct ClusterConfig {
   std::string initial_primary;     // only bootstraps the very first start
 };
 
+// Probing every node (health/).
+struct HealthConfig {
+  Millis probe_interval{500};
+  Millis probe_timeout{1000};
+  int timeouts_to_down = 3;        // consecutive probe timeouts before a node is down
+  int oks_to_up = 2;               // consecutive answers before a down node is up again
+  std::string user = "postgres";   // probes and admin actions (ALTER SYSTEM, pg_promote)
+  std::string password;
+  std::string dbname = "postgres";
+  Millis witness_receipt_age{2000};  // a standby that heard its upstream this recently vetoes
+};
+
+enum class SyncMode : std::uint8_t { kOff, kOn, kStrict };
+
+struct FailoverConfig {
+  bool automatic = true;                        // mode = "automatic" | "manual"
+  SyncMode synchronous_mode = SyncMode::kOn;
+  std::uint64_t max_lag_on_failover = 16u << 20;  // bytes
+  Millis hold_timeout{30000};                   // clients wait this long for a writer
+  Millis promote_timeout{30000};
+  std::string fence_command;
+  bool fence_required = true;
+  std::string on_promote;
+  std::string on_degraded;
+  std::string replication_user = "replicator";  // how standbys stream from a new primary
+  std::string replication_password;
+};
+
+// The DBA console (a PostgreSQL-protocol listener on the main thread).
+struct ConsoleConfig {
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 0;                 // 0: no console
+  std::vector<std::string> admin_users;   // may act (FAILOVER ...)
+  std::vector<std::string> monitor_users; // SHOW only
+};
+
 // One line of the users file: a client-facing user and its secret, as PostgreSQL stores it in
 // pg_authid (SCRAM verifier or md5 hash) or a plaintext password (service accounts).
 struct UserEntry {
@@ -75,6 +111,9 @@ struct Config {
   GeneralConfig general;
   ClusterConfig cluster;
   PoolConfig pool;
+  HealthConfig health;
+  FailoverConfig failover;
+  ConsoleConfig console;
   std::vector<ListenerConfig> listeners;
   std::vector<NodeConfig> nodes;
   std::vector<DatabaseConfig> databases;

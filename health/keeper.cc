@@ -95,6 +95,7 @@ struct Keeper::Node {
   SteadyClock::time_point last_sync_change{};
   std::optional<Lsn> settle_lsn;
   bool admin_running = false;
+  SteadyClock::time_point facts_at{};  // when `facts` were observed
 };
 
 Keeper::Keeper(event_base* base, KeeperConfig config, std::vector<NodeTarget> nodes, routing::Table& table,
@@ -160,6 +161,7 @@ void Keeper::on_probe(Node& n, const PgResult& r, SteadyClock::time_point starte
     if (r.rows.size() == 1) {
       if (auto f = parse_probe_row(r.rows[0], err)) {
         n.facts = std::move(*f);
+        n.facts_at = now;
         n.last_error.clear();
       } else {
         outcome = ProbeOutcome::kBusy;  // it answered, but not as expected: alive, not confirmed
@@ -174,11 +176,13 @@ void Keeper::on_probe(Node& n, const PgResult& r, SteadyClock::time_point starte
   }
   ++n.probes_done;
   if (auto t = n.detector.observe(outcome, now)) {
-    add_event(t->to == NodeHealth::kDown ? "detection" : "recovery", n.target.name,
+    add_event(t->to == NodeHealth::kDown ? "detection" : "node_up", n.target.name,
               "node " + std::string(to_string(t->to)) + ": " + std::string(t->why) +
                   (n.last_error.empty() ? "" : " (" + n.last_error + ")"));
   }
-  if (!r.ok) n.probe_conn->close();
+  // Every probe opens a new connection: "a new client can get in" is part of being alive (a
+  // hung postmaster still serves connections it already forked).
+  n.probe_conn->close();
   decide();
 }
 
@@ -265,7 +269,7 @@ void Keeper::decide() {
   }
   Node* rec = node_by_name(record_->node);
   if (config_.automatic && rec != nullptr && rec->detector.health() == NodeHealth::kDown &&
-      SteadyClock::now() - last_refusal_log_ > std::chrono::seconds(2)) {
+      SteadyClock::now() >= next_attempt_) {
     begin_failover("recorded primary " + rec->target.name + " is down: " + rec->last_error, std::nullopt, false);
   }
 }
@@ -290,9 +294,15 @@ void Keeper::decide_writer_at_start() {
     if (p == nullptr && !nodes_.empty()) p = nodes_[0].get();
     if (p == nullptr || p->detector.health() != NodeHealth::kUp || !p->facts || p->facts->in_recovery) {
       started_ = false;  // try again on the next probe round
+      const std::string why =
+          "no primary record yet, and the initial primary " + (p ? p->target.name : std::string("?")) +
+          (p == nullptr ? " is not configured"
+           : p->facts && p->detector.health() == NodeHealth::kUp ? " is in recovery"
+                                                                 : " is not reachable (" + p->last_error + ")");
+      if (why != table_.current()->why) publish(std::nullopt, why, true);
       if (SteadyClock::now() - last_refusal_log_ > std::chrono::seconds(5)) {
         last_refusal_log_ = SteadyClock::now();
-        add_event("bootstrap_waiting", p ? p->target.name : "", "no primary record yet, and the initial primary is not an available primary");
+        add_event("bootstrap_waiting", p ? p->target.name : "", why);
       }
       return;
     }
@@ -305,9 +315,13 @@ void Keeper::decide_writer_at_start() {
     source = "bootstrap from initial_primary";
     std::string err;
     if (!config_.state_file.empty() && !write_state_file(rec, err)) add_event("record_failed", rec.node, err);
+    record_in_cluster(*p, rec, [](bool) {});
   }
   system_identifier_ = record_->system_identifier;
   WriterChoice c = choose_writer(*record_, observations());
+  if (!c.writer) {
+    if (Node* rec = node_by_name(record_->node); rec != nullptr && !rec->last_error.empty()) c.why += " (" + rec->last_error + ")";
+  }
   add_event("startup", record_->node, "primary record (" + source + "): " + record_->serialize() + "; " + c.why);
   writer_ = c.writer;
   publish(c.writer, c.why, false);
@@ -360,6 +374,13 @@ void Keeper::begin_failover(const std::string& reason, std::optional<routing::No
   }
   if (!failed) return;
   if (!force) {
+    // The witness must speak from after the failure: a probe answered before the primary was
+    // seen failing still shows a receiver that was streaming then.
+    const auto since = nodes_[*failed]->detector.failing_since();
+    for (const auto& n : nodes_) {
+      if (n->id == *failed || n->detector.health() != NodeHealth::kUp || !n->facts) continue;
+      if (since && n->facts_at < *since) return;  // the next probe round decides
+    }
     std::vector<NodeObservation> standbys;
     for (const NodeObservation& o : observations()) {
       if (o.id != *failed) standbys.push_back(o);
@@ -608,16 +629,23 @@ void Keeper::step_record() {
   // asynchronous; manage_sync() makes it synchronous once a standby follows it.
   admin(c, "ALTER SYSTEM SET synchronous_standby_names = ''", [](const PgResult&) {});
   admin(c, "SELECT pg_reload_conf()", [](const PgResult&) {});
+  record_in_cluster(c, rec, [this](bool) { step_publish(); });
+}
+
+// The record also lives in the cluster, so it replicates with the data and a pgkeel that lost
+// its state file (or another pgkeel) finds it. It never waits for a synchronous standby.
+void Keeper::record_in_cluster(Node& n, const PrimaryRecord& rec, std::function<void(bool)> done) {
   const std::string sql =
+      "BEGIN; SET LOCAL synchronous_commit = local; "
       "CREATE SCHEMA IF NOT EXISTS pgkeel; "
       "CREATE TABLE IF NOT EXISTS pgkeel.primary_history (epoch bigint NOT NULL, node text NOT NULL, "
       "system_identifier text NOT NULL, timeline int NOT NULL, lsn pg_lsn, recorded_at timestamptz NOT NULL DEFAULT now()); "
       "INSERT INTO pgkeel.primary_history (epoch, node, system_identifier, timeline, lsn) VALUES (" +
       std::to_string(rec.epoch) + ", " + quote_literal(rec.node) + ", " + quote_literal(rec.system_identifier) + ", " +
-      std::to_string(rec.timeline) + ", " + quote_literal(format_lsn(rec.lsn)) + ")";
-  admin(c, sql, [this, &c](const PgResult& r) {
-    if (!r.ok) add_event("record_failed", c.target.name, "cluster record: " + r.error);
-    step_publish();
+      std::to_string(rec.timeline) + ", " + quote_literal(format_lsn(rec.lsn)) + "); COMMIT";
+  admin(n, sql, [this, &n, done](const PgResult& r) {
+    if (!r.ok) add_event("record_failed", n.target.name, "cluster record: " + r.error);
+    done(r.ok);
   });
 }
 
@@ -635,7 +663,13 @@ void Keeper::step_publish() {
                       " user=" + config_.replication_user + " application_name=" + n->target.name;
     if (!config_.replication_password.empty()) pci += " password=" + config_.replication_password;
     Node& node = *n;
+    // Its replication slot on the new primary, so WAL it still needs is kept there.
+    admin(c, "SELECT pg_create_physical_replication_slot(" + quote_literal(node.target.name) +
+                 ", true) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = " +
+                 quote_literal(node.target.name) + ")",
+          [](const PgResult&) {});
     admin(node, "ALTER SYSTEM SET primary_conninfo = " + quote_literal(pci), [](const PgResult&) {});
+    admin(node, "ALTER SYSTEM SET primary_slot_name = " + quote_literal(node.target.name), [](const PgResult&) {});
     admin(node, "SELECT pg_reload_conf()", [this, &node](const PgResult& r) {
       add_event("follow", node.target.name, r.ok ? "now streams from the new primary" : "could not repoint: " + r.error);
     });
@@ -648,7 +682,7 @@ void Keeper::abort_failover(const std::string& why) {
   run_hook(config_.on_degraded, "failover_refused", failed_ ? nodes_[*failed_].get() : nullptr);
   const bool detached = step_ != Step::kBarrier;
   step_ = Step::kIdle;
-  last_refusal_log_ = SteadyClock::now();
+  next_attempt_ = SteadyClock::now() + std::chrono::seconds(5);
   // Standbys that were detached follow the old primary again, should it come back.
   if (detached && failed_) {
     Node& old = *nodes_[*failed_];
@@ -661,7 +695,9 @@ void Keeper::abort_failover(const std::string& why) {
       admin(*n, "SELECT pg_reload_conf()", [](const PgResult&) {});
     }
   }
-  publish(std::nullopt, "no writable primary: " + why, false);
+  // Keep holding: the primary may come back, or a standby may become eligible; clients get
+  // this reason when their hold_timeout runs out.
+  publish(std::nullopt, "no writable primary: " + why, true);
 }
 
 std::string Keeper::failover(std::optional<std::string> target, bool force, const std::string& who) {

@@ -134,6 +134,7 @@ class Keeper {
   void step_confirm(int tries_left);
   void step_record();
   void step_publish();
+  void record_in_cluster(Node& n, const PrimaryRecord& rec, std::function<void(bool)> done);
   void abort_failover(const std::string& why);
   void publish(std::optional<routing::NodeId> writer, const std::string& why, bool hold);
   void admin(Node& n, const std::string& sql, std::function<void(const PgResult&)> cb);
@@ -173,7 +174,8 @@ class Keeper {
   std::string reason_;
   std::uint32_t old_timeline_ = 0;
   std::chrono::steady_clock::time_point failover_started_;
-  std::chrono::steady_clock::time_point last_refusal_log_;
+  std::chrono::steady_clock::time_point last_refusal_log_;  // rate-limits repeated refusals
+  std::chrono::steady_clock::time_point next_attempt_;       // after an aborted failover
 };
 
 }  // namespace pgkeel::health

@@ -7,7 +7,6 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "proxy/auth/md5.h"
 #include "proxy/log.h"
 #include "proxy/pool.h"
 #include "proxy/server.h"
@@ -262,122 +261,26 @@ void Client::handle_startup(const protocol::StartupPacket& pkt) {
 
 void Client::begin_auth() {
   state_ = State::kAuth;
-  const auto& users = w_.shared().users;
-  auto it = users.find(user_);
-  std::string out;
-  if (it == users.end()) {
-    // Unknown user: a full-looking SCRAM exchange that fails like a wrong password, so probing
-    // cannot tell the two apart (as PostgreSQL does).
-    scram_.emplace(auth::ScramServer::mock(user_, w_.shared().mock_secret));
-    auth_step_ = AuthStep::kSaslInitial;
-  } else {
-    auth_user_ = &it->second;
-    if (auth_user_->kind == UserAuth::Kind::kMd5Hash) {
-      unsigned char salt[4];
-      if (!auth::random_bytes(salt)) {
-        fail("FATAL", "XX000", "could not generate an md5 salt");
-        return;
-      }
-      md5_salt_.assign(reinterpret_cast<const char*>(salt), 4);
-      protocol::append_auth(out, protocol::AuthCode::kMD5Password, md5_salt_);
-      auth_step_ = AuthStep::kMd5;
-      ep_.send(out);
-      return;
-    }
-    scram_.emplace(auth_user_->verifier);
-    auth_step_ = AuthStep::kSaslInitial;
-  }
-  std::string mechs(auth::kScramSha256);
-  mechs.push_back('\0');
-  mechs.push_back('\0');
-  protocol::append_auth(out, protocol::AuthCode::kSASL, mechs);
-  ep_.send(out);
+  auth_.emplace(w_.shared(), user_);
+  AuthSession::Step step = auth_->begin();
+  apply_auth_step(step);
 }
 
-void Client::handle_auth_message(char type, std::string_view body) {
-  if (type != fe::kPassword) {
-    fail("FATAL", "08P01",
-         std::string("expected password response, got message type ") + type);
+void Client::handle_auth_message(char type, std::string_view body) { apply_auth_step(auth_->handle(type, body)); }
+
+void Client::apply_auth_step(const AuthSession::Step& step) {
+  if (step.failed) {
+    log::info("client").kv("event", "auth_failed").kv("conn", name_).kv("user", user_).kv("peer", peer_).kv("reason", step.log_reason).emit();
+    fail("FATAL", step.sqlstate, step.message);
     return;
   }
-  const std::string failed_msg = "password authentication failed for user \"" + user_ + "\"";
-  switch (auth_step_) {
-    case AuthStep::kSaslInitial: {
-      protocol::Reader r(body);
-      std::string_view mech = r.str();
-      const std::int32_t len = r.i32();
-      std::string_view data = r.rest();
-      if (r.failed() || (len >= 0 && static_cast<std::size_t>(len) != data.size())) {
-        fail("FATAL", "08P01", "malformed SASLInitialResponse message");
-        return;
-      }
-      if (mech != auth::kScramSha256) {
-        fail("FATAL", "28000", "client selected an invalid SASL authentication mechanism");
-        return;
-      }
-      auth::ScramStep step = scram_->handle_client_first(data);
-      if (!step.ok()) {
-        log::info("client").kv("event", "auth_failed").kv("conn", name_).kv("user", user_).kv("reason", step.error).emit();
-        fail("FATAL", step.failure == auth::ScramFailure::kProtocol ? "08P01" : "28P01",
-             step.failure == auth::ScramFailure::kProtocol ? step.error : failed_msg);
-        return;
-      }
-      std::string out;
-      protocol::append_auth(out, protocol::AuthCode::kSASLContinue, step.message);
-      auth_step_ = AuthStep::kSaslFinal;
-      ep_.send(out);
-      return;
-    }
-    case AuthStep::kSaslFinal: {
-      auth::ScramStep step = scram_->handle_client_final(body);
-      if (!step.ok() || auth_user_ == nullptr || !step.keys) {
-        log::info("client").kv("event", "auth_failed").kv("conn", name_).kv("user", user_).kv("reason", step.ok() ? "unknown user" : step.error).emit();
-        fail("FATAL", step.failure == auth::ScramFailure::kProtocol ? "08P01" : "28P01",
-             step.failure == auth::ScramFailure::kProtocol ? step.error : failed_msg);
-        return;
-      }
-      std::string out;
-      protocol::append_auth(out, protocol::AuthCode::kSASLFinal, step.message);
-      ep_.send(out);
-      cred_.user = user_;
-      auth::ScramSecret secret;
-      secret.keys = *step.keys;
-      if (auth_user_->kind == UserAuth::Kind::kPassword) {
-        secret.password = auth_user_->password;
-        cred_.password = auth_user_->password;
-        cred_.md5_hash = auth_user_->md5_hash;
-      }
-      cred_.scram = std::move(secret);
-      scram_.reset();
-      auth_succeeded();
-      return;
-    }
-    case AuthStep::kMd5: {
-      protocol::Reader r(body);
-      std::string_view response = r.str();
-      auth::Md5Salt salt{};
-      std::memcpy(salt.data(), md5_salt_.data(), 4);
-      if (r.failed() || auth_user_ == nullptr ||
-          !auth::md5_check_response(response, auth_user_->md5_hash, user_, salt)) {
-        log::info("client").kv("event", "auth_failed").kv("conn", name_).kv("user", user_).kv("method", "md5").emit();
-        fail("FATAL", "28P01", failed_msg);
-        return;
-      }
-      cred_.user = user_;
-      cred_.md5_hash = auth_user_->md5_hash;
-      auth_succeeded();
-      return;
-    }
-    case AuthStep::kNone:
-      break;
+  if (!step.out.empty() && ep_.send(step.out) == IoStatus::kError) {
+    close_now();
+    return;
   }
-  fail("FATAL", "08P01", "unexpected authentication message");
-}
-
-void Client::auth_succeeded() {
-  std::string out;
-  protocol::append_auth(out, protocol::AuthCode::kOk);
-  ep_.send(out);
+  if (!step.done) return;
+  cred_ = auth_->credential();
+  auth_.reset();
   std::uint32_t key = 0;
   while (key == 0) key = arc4random();
   cancel_key_ = static_cast<std::int32_t>(key);
@@ -608,6 +511,7 @@ void Client::fail(std::string_view severity, std::string_view sqlstate, std::str
                   std::string_view detail) {
   if (state_ == State::kClosed) return;
   if (waiting_pool != nullptr) cancel_wait(w_, *this);
+  w_.unhold(this);
   closing_ = true;
   ep_.set_reading(false);
   log::debug("client").kv("event", "error").kv("conn", name_).kv("sqlstate", sqlstate).kv("message", message).emit();
@@ -617,6 +521,7 @@ void Client::fail(std::string_view severity, std::string_view sqlstate, std::str
 void Client::close_now() {
   if (state_ == State::kClosed) return;
   if (waiting_pool != nullptr) cancel_wait(w_, *this);
+  w_.unhold(this);
   if (server_ != nullptr) {
     Server* s = server_;
     const bool clean = s->tx_status() == 'I' && !s->query_running() && streams_at_rest();
@@ -630,6 +535,12 @@ void Client::close_now() {
   }
   ep_.close();
   w_.retire(this);
+}
+
+void Client::hold_expired(std::string_view why) {
+  log::warning("client").kv("event", "hold_timeout").kv("conn", name_).kv("reason", why).emit();
+  fail("FATAL", "57P03", "no node can serve this connection now: " + std::string(why),
+       "pgkeel held the connection for hold_timeout waiting for a writable primary.");
 }
 
 void Client::cancel_running_query() {

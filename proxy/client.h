@@ -17,7 +17,7 @@
 #include <utility>
 #include <vector>
 
-#include "proxy/auth/scram.h"
+#include "proxy/auth_session.h"
 #include "proxy/conn.h"
 #include "proxy/protocol/message.h"
 #include "proxy/protocol/scanner.h"
@@ -76,6 +76,10 @@ class Client {
   // in the node's queue for a connection slot.
   Pool* waiting_pool = nullptr;
   bool waiting_for_slot = false;
+  // Owned by the worker: held while no node can serve (a failover in progress).
+  bool held = false;
+  Clock::time_point held_since;
+  void hold_expired(std::string_view why);
 
  private:
   static void on_read_cb(evutil_socket_t fd, short what, void* arg);
@@ -86,7 +90,7 @@ class Client {
   void handle_startup(const protocol::StartupPacket& pkt);
   void begin_auth();
   void handle_auth_message(char type, std::string_view body);
-  void auth_succeeded();
+  void apply_auth_step(const AuthSession::Step& step);
   void relay_to_server();
   void forward_to_server(IoBuffer* b, std::size_t new_from);
   bool streams_at_rest() const;
@@ -114,11 +118,7 @@ class Client {
   std::vector<std::pair<std::string, std::string>> params_;  // normalized startup parameters
   ServerCredential cred_;
 
-  // Authentication.
-  const UserAuth* auth_user_ = nullptr;
-  std::optional<auth::ScramServer> scram_;
-  std::string md5_salt_;
-  enum class AuthStep : std::uint8_t { kNone, kSaslInitial, kSaslFinal, kMd5 } auth_step_ = AuthStep::kNone;
+  std::optional<AuthSession> auth_;  // while authenticating
 
   std::int32_t cancel_key_ = 0;
   Clock::time_point started_;

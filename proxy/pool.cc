@@ -74,8 +74,15 @@ void request_server(Worker& w, Client& c) {
   const conf::ListenerConfig& listener = w.config().listeners[c.listener_index()];
   const routing::Decision d = routing::choose_node(snap, {listener.intent});
   if (const auto* no = std::get_if<routing::NoRoute>(&d)) {
+    if (snap.hold) {
+      // A writer is expected (a failover is running, or pgkeel is starting): wait for it.
+      log::info("client").kv("event", "held").kv("conn", c.name()).kv("reason", snap.why).kv("epoch", snap.epoch).emit();
+      w.hold(&c);
+      return;
+    }
     std::string err;
-    protocol::append_error(err, {"FATAL", "57P03", "no node can serve this connection now: " + std::string(no->why), {}, {}});
+    protocol::append_error(err, {"FATAL", "57P03", "no node can serve this connection now: " + std::string(no->why) +
+                                                   (snap.why.empty() ? "" : " (" + snap.why + ")"), {}, {}});
     log::warning("client").kv("event", "no_route").kv("conn", c.name()).kv("reason", no->why).kv("epoch", snap.epoch).emit();
     c.on_server_failed(err);
     return;

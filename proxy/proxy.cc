@@ -1,5 +1,6 @@
 #include "proxy/proxy.h"
 
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -9,13 +10,19 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <sys/eventfd.h>
+
 #include <cerrno>
+#include <functional>
+#include <mutex>
 #include <cstring>
 #include <memory>
 #include <thread>
 #include <vector>
 
+#include "health/keeper.h"
 #include "proxy/auth/md5.h"
+#include "proxy/console.h"
 #include "proxy/handles.h"
 #include "proxy/log.h"
 #include "proxy/shared.h"
@@ -121,6 +128,80 @@ bool build_users(const conf::Config& cfg, Shared& sh) {
   return ok;
 }
 
+// The main thread's mailbox: workers post completions (barrier acknowledgements) here.
+class MainMailbox {
+ public:
+  explicit MainMailbox(event_base* base) {
+    fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    ev_.reset(event_new(base, fd_, EV_READ | EV_PERSIST, &MainMailbox::on_ready, this));
+    event_add(ev_.get(), nullptr);
+  }
+  ~MainMailbox() {
+    ev_.reset();
+    ::close(fd_);
+  }
+  MainMailbox(const MainMailbox&) = delete;
+  MainMailbox& operator=(const MainMailbox&) = delete;
+
+  void post(std::function<void()> fn) {
+    {
+      std::lock_guard lock(mu_);
+      items_.push_back(std::move(fn));
+    }
+    const std::uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = ::write(fd_, &one, sizeof one);
+  }
+
+ private:
+  static void on_ready(evutil_socket_t fd, short, void* arg) {
+    auto* m = static_cast<MainMailbox*>(arg);
+    std::uint64_t v = 0;
+    [[maybe_unused]] ssize_t n = ::read(fd, &v, sizeof v);
+    std::vector<std::function<void()>> items;
+    {
+      std::lock_guard lock(m->mu_);
+      items.swap(m->items_);
+    }
+    for (auto& fn : items) fn();
+  }
+
+  int fd_ = -1;
+  EventPtr ev_;
+  std::mutex mu_;
+  std::vector<std::function<void()>> items_;
+};
+
+// Publishing a snapshot is a barrier: every worker applies it (closes what lost the right to
+// serve) and acknowledges; only then does the keeper move on.
+class ProxyEffects final : public health::Effects {
+ public:
+  ProxyEffects(Shared& sh, MainMailbox& mailbox) : sh_(sh), mailbox_(mailbox) {}
+
+  void publish(routing::Snapshot snap, std::function<void(std::uint64_t)> done) override {
+    const std::string why = snap.why;
+    const bool has_writer = snap.writer.has_value();
+    const std::string writer = has_writer ? snap.nodes[*snap.writer].name : "none";
+    const std::uint64_t epoch = sh_.table.publish(std::move(snap));
+    log::info("routing").kv("event", "epoch").kv("epoch", epoch).kv("writer", writer).kv("why", why).emit();
+    auto remaining = std::make_shared<std::atomic<int>>(static_cast<int>(sh_.workers.size()));
+    auto finish = std::make_shared<std::function<void(std::uint64_t)>>(std::move(done));
+    if (sh_.workers.empty()) {
+      mailbox_.post([finish, epoch] { (*finish)(epoch); });
+      return;
+    }
+    for (Worker* w : sh_.workers) {
+      w->post([this, remaining, finish, epoch](Worker& wk) {
+        wk.apply_epoch();
+        if (remaining->fetch_sub(1) == 1) mailbox_.post([finish, epoch] { (*finish)(epoch); });
+      });
+    }
+  }
+
+ private:
+  Shared& sh_;
+  MainMailbox& mailbox_;
+};
+
 struct MainLoop {
   Shared* shared = nullptr;
   std::vector<std::unique_ptr<Worker>>* workers = nullptr;
@@ -187,9 +268,11 @@ int run(const conf::Config& config) {
     v.role = static_cast<int>(i) == primary ? routing::Role::kPrimary : routing::Role::kStandby;
     snap.nodes.push_back(v);
   }
-  snap.writer = static_cast<routing::NodeId>(primary);
-  snap.why = "configured initial primary " + config.nodes[primary].name;
+  // No writer until the keeper's first probes confirm one; clients that arrive meanwhile wait.
+  snap.hold = true;
+  snap.why = "waiting for the first probes of every node";
   sh.table.publish(std::move(snap));
+  sh.hold_timeout = config.failover.hold_timeout;
   sh.server_conns = std::make_unique<std::atomic<int>[]>(config.nodes.size());
   sh.node_waiters = std::make_unique<std::atomic<int>[]>(config.nodes.size());
 
@@ -255,6 +338,59 @@ int run(const conf::Config& config) {
   EventPtr watch(event_new(base.get(), -1, EV_PERSIST, &on_watch, &m));
   const timeval tv{0, 100 * 1000};
   event_add(watch.get(), &tv);
+  MainMailbox mailbox(base.get());
+  ProxyEffects effects(sh, mailbox);
+  health::KeeperConfig kc;
+  kc.probe_interval = config.health.probe_interval;
+  kc.probe_timeout = config.health.probe_timeout;
+  kc.timeouts_to_down = config.health.timeouts_to_down;
+  kc.oks_to_up = config.health.oks_to_up;
+  kc.admin_user = config.health.user;
+  kc.admin_password = config.health.password;
+  kc.admin_dbname = config.health.dbname;
+  kc.witness_max_receipt_age_s = static_cast<double>(config.health.witness_receipt_age.count()) / 1000.0;
+  kc.automatic = config.failover.automatic;
+  kc.sync_mode = config.failover.synchronous_mode == conf::SyncMode::kOff      ? health::SyncMode::kOff
+                 : config.failover.synchronous_mode == conf::SyncMode::kStrict ? health::SyncMode::kStrict
+                                                                               : health::SyncMode::kOn;
+  kc.max_lag_on_failover = config.failover.max_lag_on_failover;
+  kc.fence_command = config.failover.fence_command;
+  kc.fence_required = config.failover.fence_required;
+  kc.on_promote = config.failover.on_promote;
+  kc.on_degraded = config.failover.on_degraded;
+  kc.replication_user = config.failover.replication_user;
+  kc.replication_password = config.failover.replication_password;
+  kc.promote_timeout = config.failover.promote_timeout;
+  kc.state_file = config.general.state_file;
+  kc.initial_primary = config.nodes[primary].name;
+  std::vector<health::NodeTarget> targets;
+  for (std::size_t i = 0; i < config.nodes.size(); ++i) {
+    const conf::NodeConfig& n = config.nodes[i];
+    char host[INET6_ADDRSTRLEN] = {0};
+    const sockaddr_storage& ss = sh.node_addrs[i].addr;
+    if (ss.ss_family == AF_INET) {
+      inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&ss)->sin_addr, host, sizeof host);
+    } else {
+      inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr, host, sizeof host);
+    }
+    targets.push_back({n.name, host, n.port, n.priority});
+  }
+  health::Keeper keeper(base.get(), kc, targets, sh.table, effects);
+  keeper.on_event = [](const health::Event& e) {
+    log::info("health").kv("event", e.kind).kv("id", e.id).kv("epoch", e.epoch).kv("node", e.node).kv("detail", e.text).emit();
+  };
+  sh.keeper = &keeper;
+  keeper.start();
+  std::unique_ptr<Console> console;
+  if (config.console.port != 0) {
+    console = std::make_unique<Console>(sh, base.get());
+    if (!console->listen(config.console.host, config.console.port)) {
+      for (auto& w : workers) w->post([](Worker& wk) { wk.begin_shutdown(false); });
+      for (auto& w : workers) w->join();
+      return 2;
+    }
+  }
+
   log::info("main").kv("event", "started").kv("workers", nworkers).kv("nodes", static_cast<unsigned>(config.nodes.size()))
       .kv("primary", config.nodes[primary].name).kv("version", PGKEEL_VERSION).emit();
 

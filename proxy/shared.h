@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -21,6 +22,13 @@
 namespace pgkeel::proxy {
 
 class Worker;
+}  // namespace pgkeel::proxy
+
+namespace pgkeel::health {
+class Keeper;
+}  // namespace pgkeel::health
+
+namespace pgkeel::proxy {
 
 // A client-facing user as pgkeel knows it from the users file.
 struct UserAuth {
@@ -58,8 +66,10 @@ struct Shared {
 
   std::string mock_secret;  // salts the fake SCRAM exchange for unknown users
   std::vector<Worker*> workers;
+  health::Keeper* keeper = nullptr;  // lives on the main thread; the console reaches it there
   std::atomic<int> workers_running{0};
   std::atomic<bool> draining{false};
+  std::chrono::milliseconds hold_timeout{30000};  // how long a client waits for a writer
 };
 
 }  // namespace pgkeel::proxy

@@ -264,6 +264,13 @@ void Worker::tick() {
   }
   for (Server* s : to_close) s->close("idle timeout or routing change");
 
+  for (Client* c : std::vector<Client*>(held_)) {
+    if (now_ - c->held_since > shared_.hold_timeout) {
+      unhold(c);
+      c->hold_expired(snapshot().why);
+    }
+  }
+
   std::erase_if(cancels_, [&](const std::unique_ptr<CancelConn>& cc) { return cc->done || now_ > cc->deadline; });
 
   if (shutdown_ == Shutdown::kGraceful) {
@@ -279,6 +286,45 @@ void Worker::tick() {
       for (Server* s : ss) s->close("shutting down");
     }
     maybe_exit();
+  }
+}
+
+void Worker::hold(Client* c) {
+  c->held = true;
+  c->held_since = Clock::now();
+  held_.push_back(c);
+}
+
+void Worker::unhold(Client* c) {
+  if (!c->held) return;
+  c->held = false;
+  std::erase(held_, c);
+}
+
+void Worker::apply_epoch() {
+  std::shared_ptr<const routing::Snapshot> prev = applied_ ? applied_ : snapshot_;
+  const routing::Snapshot& snap = snapshot();
+  applied_ = snapshot_;
+  // A node that was the writer and is not any more, or that is fenced or disabled, keeps no
+  // connection: a session opened under an older epoch must never write to a demoted primary.
+  std::vector<Server*> doomed;
+  for (auto& [id, s] : servers_) {
+    const routing::NodeView* v = snap.node(s->node());
+    const bool was_writer = prev && prev->writer && *prev->writer == s->node();
+    const bool is_writer = snap.writer && *snap.writer == s->node();
+    if ((was_writer && !is_writer) || v == nullptr || v->fenced || !v->enabled) doomed.push_back(s.get());
+  }
+  for (Server* s : doomed) s->close("pgkeel is failing over: " + snap.why);
+  if (!doomed.empty()) {
+    log::info("worker").kv("event", "epoch_applied").kv("worker", index_).kv("epoch", snap.epoch)
+        .kv("closed_servers", static_cast<std::uint64_t>(doomed.size())).emit();
+  }
+  if (snap.hold) return;  // still no writer: held clients keep waiting
+  std::vector<Client*> retry;
+  retry.swap(held_);
+  for (Client* c : retry) {
+    c->held = false;
+    request_server(*this, *c);
   }
 }
 

@@ -66,6 +66,13 @@ class Worker {
   void send_cancel(routing::NodeId node, std::int32_t pid, std::int32_t key);
   Client* find_client(std::uint32_t id);
 
+  // A new routing snapshot was published: close what lost the right to serve, retry or fail
+  // held clients. The caller counts the acknowledgements (the failover barrier).
+  void apply_epoch();
+  // Clients that authenticated while no node could serve, waiting for one (hold_timeout).
+  void hold(Client* c);
+  void unhold(Client* c);
+
   // Closes every server connection to `node` (idle ones quietly; sessions on them get an
   // error). The failover sequence posts this to every worker and waits for all of them.
   void close_node(routing::NodeId node, std::string_view reason);
@@ -118,6 +125,8 @@ class Worker {
   std::vector<std::unique_ptr<Client>> dead_clients_;
   std::vector<std::unique_ptr<Server>> dead_servers_;
   std::vector<std::unique_ptr<struct CancelConn>> cancels_;
+  std::vector<Client*> held_;
+  std::shared_ptr<const routing::Snapshot> applied_;  // the snapshot apply_epoch() last saw
 };
 
 }  // namespace pgkeel::proxy

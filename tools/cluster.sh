@@ -24,12 +24,13 @@
 # Environment: PGKEEL_CACHE (template cache folder), PG_BINDIR (default: pg_config --bindir),
 # PGKEEL_CLUSTER_TIMEOUT (seconds for each wait, default 60).
 #
-# Roles: postgres (superuser, trust on the Unix socket only), replicator/replicator-pass
+# Roles: postgres (superuser, trust on the Unix socket only), pgkeel/pgkeel-pass (superuser over
+# TCP: pgkeel's probes, promotion and ALTER SYSTEM), replicator/replicator-pass
 # (REPLICATION, scram), app/app-pass (owns database app and its schema public, scram),
 # md5user/md5-pass (md5 hash, hba md5), clearuser/clear-pass (scram hash, hba password).
 set -euo pipefail
 
-readonly kTemplateRev=1  # bump whenever build_template's output changes
+readonly kTemplateRev=2  # bump whenever build_template's output changes
 kRepoRoot=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly kRepoRoot
 readonly kTimeout=${PGKEEL_CLUSTER_TIMEOUT:-60}  # seconds, for every wait below
@@ -158,6 +159,7 @@ EOF
 readonly kTemplateSql="
 SET password_encryption = 'scram-sha-256';
 CREATE ROLE replicator WITH LOGIN REPLICATION PASSWORD 'replicator-pass';
+CREATE ROLE pgkeel WITH LOGIN SUPERUSER PASSWORD 'pgkeel-pass';
 CREATE ROLE app WITH LOGIN PASSWORD 'app-pass';
 CREATE ROLE clearuser WITH LOGIN PASSWORD 'clear-pass';
 SET password_encryption = 'md5';

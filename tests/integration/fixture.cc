@@ -855,6 +855,7 @@ Pgkeel::Pgkeel(const Cluster& cluster, PgkeelOptions options)
       l.port = free_port();
     }
   }
+  if (options_.console && options_.console_port == 0) options_.console_port = free_port();
   write_config();
   LogRegistry::get().watch(log_path_);
   try {
@@ -887,6 +888,11 @@ std::string Pgkeel::conninfo(std::string_view user, std::string_view password,
          " connect_timeout=5";
 }
 
+std::string Pgkeel::console_conninfo() const {
+  return "host=127.0.0.1 port=" + std::to_string(options_.console_port) + " user=" + std::string(kPgkeelUser) +
+         " password=" + std::string(kPgkeelPassword) + " dbname=pgkeel connect_timeout=5";
+}
+
 std::string Pgkeel::render_config() const {
   std::ostringstream out;
   out << "# written by tests/integration/fixture.cc\n"
@@ -894,14 +900,28 @@ std::string Pgkeel::render_config() const {
       << "workers = " << options_.workers << "\n"
       << "max_client_conn = " << options_.max_client_conn << "\n"
       << "log_level = " << toml_string(options_.log_level) << "\n"
-      << "users_file = " << toml_string(cluster_.users_file().string()) << "\n"
-      << options_.general_extra << "\n"
+      << "users_file = " << toml_string(cluster_.users_file().string()) << "\n";
+  if (options_.state_file) out << "state_file = " << toml_string((dir_ / "pgkeel.state").string()) << "\n";
+  out << options_.general_extra << "\n"
       << "[cluster]\n"
       << "initial_primary = " << toml_string(options_.initial_primary) << "\n"
       << options_.cluster_extra << "\n"
       << "[pool]\n"
       << "pool_size = " << options_.pool_size << "\n"
-      << options_.pool_extra << "\n";
+      << options_.pool_extra << "\n"
+      << "[health]\n"
+      << "user = " << toml_string(std::string(kPgkeelUser)) << "\n"
+      << "password = " << toml_string(std::string(kPgkeelPassword)) << "\n"
+      << options_.health_extra << "\n"
+      << "[failover]\n"
+      << "replication_password = " << toml_string(std::string(kReplicationPassword)) << "\n"
+      << options_.failover_extra << "\n";
+  if (options_.console) {
+    out << "[console]\n"
+        << "host = \"127.0.0.1\"\n"
+        << "port = " << options_.console_port << "\n"
+        << "admin_users = [\"pgkeel\"]\n\n";
+  }
   for (const auto& l : options_.listeners) {
     out << "[[listener]]\n"
         << "name = " << toml_string(l.name) << "\n"

@@ -33,6 +33,8 @@ inline constexpr std::string_view kClearUser = "clearuser";  // hba method passw
 inline constexpr std::string_view kClearPassword = "clear-pass";
 inline constexpr std::string_view kReplicationUser = "replicator";
 inline constexpr std::string_view kReplicationPassword = "replicator-pass";
+inline constexpr std::string_view kPgkeelUser = "pgkeel";  // superuser over TCP: probes, promotion
+inline constexpr std::string_view kPgkeelPassword = "pgkeel-pass";
 
 // ---- small helpers -----------------------------------------------------------------------------
 
@@ -211,6 +213,11 @@ struct PgkeelOptions {
   std::string general_extra;
   std::string cluster_extra;
   std::string pool_extra;
+  std::string health_extra;    // inside [health] (user/password for the pgkeel role are set)
+  std::string failover_extra;  // inside [failover] (replication_password is set)
+  bool state_file = true;      // general.state_file in the pgkeel folder
+  bool console = false;        // a console listener on a free port, admin user "pgkeel"
+  int console_port = 0;        // set when console is true
   // Appended after everything else; must start with a table header, e.g. "[health]\n...".
   std::string extra_toml;
   std::chrono::milliseconds start_timeout = 10s;
@@ -231,6 +238,9 @@ class Pgkeel {
   static fs::path binary();
 
   int port(std::string_view listener = "rw") const;  // throws std::out_of_range
+  int console_port() const { return options_.console_port; }
+  // conninfo for the console (user pgkeel).
+  std::string console_conninfo() const;
   pid_t pid() const { return pid_; }
   const fs::path& dir() const { return dir_; }
   const fs::path& config_path() const { return config_path_; }

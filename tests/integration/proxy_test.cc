@@ -344,9 +344,9 @@ TEST_CASE("limits answer with clear PostgreSQL errors, never a hang", "[proxy][l
     release.join();
     CHECK(ok.scalar() == "7");
   }
-  SECTION("a node that cannot be reached is 08006 with the reason") {
+  SECTION("a node that cannot be reached: clients are held, then told why (57P03)") {
     PgkeelOptions o;
-    o.extra_toml = "";
+    o.failover_extra = "hold_timeout = \"1s\"";
     Pgkeel pk(cluster, o);
     const int dead_port = free_port();
     std::string text = pk.config_text();
@@ -358,7 +358,9 @@ TEST_CASE("limits answer with clear PostgreSQL errors, never a hang", "[proxy][l
     pk.start();
     auto r = pq_exec(pk.conninfo(), "SELECT 1");
     CHECK_FALSE(r.ok);
-    CHECK(r.sqlstate == "08006");
+    CHECK(r.sqlstate == "57P03");
+    INFO(r.error);
+    CHECK(contains(r.error, "db1 is not reachable"));
     CHECK(contains(r.error, "Connection refused"));
   }
 }

@@ -1,0 +1,115 @@
+#include "proxy/auth_session.h"
+
+#include <cstring>
+
+#include "proxy/auth/md5.h"
+#include "proxy/protocol/message.h"
+
+namespace pgkeel::proxy {
+
+AuthSession::AuthSession(const Shared& shared, std::string user) : shared_(shared), user_(std::move(user)) {
+  auto it = shared_.users.find(user_);
+  if (it != shared_.users.end()) user_auth_ = &it->second;
+}
+
+AuthSession::Step AuthSession::fail(std::string sqlstate, std::string message, std::string log_reason) {
+  Step s;
+  s.failed = true;
+  s.sqlstate = std::move(sqlstate);
+  s.message = std::move(message);
+  s.log_reason = std::move(log_reason);
+  return s;
+}
+
+AuthSession::Step AuthSession::begin() {
+  Step s;
+  if (user_auth_ == nullptr) {
+    // Unknown user: a full-looking SCRAM exchange that fails like a wrong password, so probing
+    // cannot tell the two apart (as PostgreSQL does).
+    scram_.emplace(auth::ScramServer::mock(user_, shared_.mock_secret));
+  } else if (user_auth_->kind == UserAuth::Kind::kMd5Hash) {
+    unsigned char salt[4];
+    if (!auth::random_bytes(salt)) return fail("XX000", "could not generate an md5 salt", "random_bytes failed");
+    md5_salt_.assign(reinterpret_cast<const char*>(salt), 4);
+    protocol::append_auth(s.out, protocol::AuthCode::kMD5Password, md5_salt_);
+    expect_ = Expect::kMd5;
+    return s;
+  } else {
+    scram_.emplace(user_auth_->verifier);
+  }
+  std::string mechs(auth::kScramSha256);
+  mechs.append(2, '\0');
+  protocol::append_auth(s.out, protocol::AuthCode::kSASL, mechs);
+  expect_ = Expect::kSaslInitial;
+  return s;
+}
+
+AuthSession::Step AuthSession::handle(char type, std::string_view body) {
+  if (type != protocol::fe::kPassword) {
+    return fail("08P01", std::string("expected password response, got message type ") + type, "unexpected message");
+  }
+  const std::string failed_msg = "password authentication failed for user \"" + user_ + "\"";
+  Step s;
+  switch (expect_) {
+    case Expect::kSaslInitial: {
+      protocol::Reader r(body);
+      std::string_view mech = r.str();
+      const std::int32_t len = r.i32();
+      std::string_view data = r.rest();
+      if (r.failed() || (len >= 0 && static_cast<std::size_t>(len) != data.size())) {
+        return fail("08P01", "malformed SASLInitialResponse message", "malformed SASLInitialResponse");
+      }
+      if (mech != auth::kScramSha256) {
+        return fail("28000", "client selected an invalid SASL authentication mechanism", "bad mechanism");
+      }
+      auth::ScramStep step = scram_->handle_client_first(data);
+      if (!step.ok()) {
+        const bool proto = step.failure == auth::ScramFailure::kProtocol;
+        return fail(proto ? "08P01" : "28P01", proto ? step.error : failed_msg, step.error);
+      }
+      protocol::append_auth(s.out, protocol::AuthCode::kSASLContinue, step.message);
+      expect_ = Expect::kSaslFinal;
+      return s;
+    }
+    case Expect::kSaslFinal: {
+      auth::ScramStep step = scram_->handle_client_final(body);
+      if (!step.ok() || user_auth_ == nullptr || !step.keys) {
+        const bool proto = step.failure == auth::ScramFailure::kProtocol;
+        return fail(proto ? "08P01" : "28P01", proto ? step.error : failed_msg, step.ok() ? "unknown user" : step.error);
+      }
+      protocol::append_auth(s.out, protocol::AuthCode::kSASLFinal, step.message);
+      cred_.user = user_;
+      auth::ScramSecret secret;
+      secret.keys = *step.keys;
+      if (user_auth_->kind == UserAuth::Kind::kPassword) {
+        secret.password = user_auth_->password;
+        cred_.password = user_auth_->password;
+        cred_.md5_hash = user_auth_->md5_hash;
+      }
+      cred_.scram = std::move(secret);
+      scram_.reset();
+      break;
+    }
+    case Expect::kMd5: {
+      protocol::Reader r(body);
+      std::string_view response = r.str();
+      auth::Md5Salt salt{};
+      std::memcpy(salt.data(), md5_salt_.data(), 4);
+      if (r.failed() || user_auth_ == nullptr ||
+          !auth::md5_check_response(response, user_auth_->md5_hash, user_, salt)) {
+        return fail("28P01", failed_msg, "md5 response did not match");
+      }
+      cred_.user = user_;
+      cred_.md5_hash = user_auth_->md5_hash;
+      break;
+    }
+    case Expect::kNone:
+      return fail("08P01", "unexpected authentication message", "no exchange in progress");
+  }
+  expect_ = Expect::kNone;
+  protocol::append_auth(s.out, protocol::AuthCode::kOk);
+  s.done = true;
+  return s;
+}
+
+}  // namespace pgkeel::proxy

@@ -1,0 +1,50 @@
+// proxy/auth_session.h — pgkeel authenticating a connecting client, as a PostgreSQL server
+// would (§55.2.1, §55.3): SCRAM-SHA-256 or md5, from the users file. Bytes in, bytes out, no
+// socket: the data listeners and the console both drive it.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "proxy/auth/scram.h"
+#include "proxy/shared.h"
+
+namespace pgkeel::proxy {
+
+class AuthSession {
+ public:
+  AuthSession(const Shared& shared, std::string user);
+
+  struct Step {
+    std::string out;           // messages to send to the client now
+    bool done = false;         // authenticated (AuthenticationOk is in `out`)
+    bool failed = false;       // send a FATAL with these and close
+    std::string sqlstate;
+    std::string message;
+    std::string log_reason;    // the detail for pgkeel's log, never for the client
+  };
+
+  // The first request: AuthenticationSASL (SCRAM-SHA-256) or AuthenticationMD5Password.
+  Step begin();
+  // One message from the client during authentication.
+  Step handle(char type, std::string_view body);
+
+  // After done: what server connections use to log in on this client's behalf.
+  const ServerCredential& credential() const { return cred_; }
+  bool known_user() const { return user_auth_ != nullptr; }
+
+ private:
+  Step fail(std::string sqlstate, std::string message, std::string log_reason);
+
+  const Shared& shared_;
+  std::string user_;
+  const UserAuth* user_auth_ = nullptr;
+  std::optional<auth::ScramServer> scram_;
+  std::string md5_salt_;
+  enum class Expect : std::uint8_t { kNone, kSaslInitial, kSaslFinal, kMd5 } expect_ = Expect::kNone;
+  ServerCredential cred_;
+};
+
+}  // namespace pgkeel::proxy

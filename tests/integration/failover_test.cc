@@ -1,0 +1,386 @@
+// tests/integration/failover_test.cc — failover scenarios against a real primary and standbys,
+// read like the runbook: the primary dies under load, writes follow the promoted standby, the
+// old primary returns and gets no writes, and every acknowledged commit is on the new primary.
+// Each scenario owns its cluster: they kill, stop and promote nodes.
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "tests/integration/fixture.h"
+
+namespace pgkeel::test {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// A client of the shop: inserts uniquely numbered rows through pgkeel, one per transaction, and
+// reconnects after any error, as an application server does. Every attempt ends in exactly one
+// of: acknowledged, failed (definitely not committed), unknown (the connection was lost while
+// the statement was in flight).
+class Writer {
+ public:
+  Writer(std::string conninfo, int client) : conninfo_(std::move(conninfo)), client_(client) {}
+  ~Writer() { stop(); }
+
+  void start() {
+    thread_ = std::thread([this] { loop(); });
+  }
+  void stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+
+  std::set<long> acknowledged() const {
+    std::lock_guard l(mu_);
+    return acked_;
+  }
+  std::set<long> unknown() const {
+    std::lock_guard l(mu_);
+    return unknown_;
+  }
+  std::set<long> failed() const {
+    std::lock_guard l(mu_);
+    return failed_;
+  }
+  std::vector<Clock::time_point> ack_times() const {
+    std::lock_guard l(mu_);
+    return ack_times_;
+  }
+  std::vector<std::string> errors() const {
+    std::lock_guard l(mu_);
+    return errors_;
+  }
+
+ private:
+  void loop() {
+    long seq = 0;
+    PGconn* conn = nullptr;
+    while (!stop_) {
+      if (conn == nullptr || PQstatus(conn) != CONNECTION_OK) {
+        if (conn) PQfinish(conn);
+        conn = PQconnectdb(conninfo_.c_str());
+        if (PQstatus(conn) != CONNECTION_OK) {
+          note_error(std::string("connect: ") + PQerrorMessage(conn));
+          PQfinish(conn);
+          conn = nullptr;
+          std::this_thread::sleep_for(50ms);
+          continue;
+        }
+      }
+      const long id = client_ * 1000000L + (++seq);
+      const std::string sql = "INSERT INTO ledger (id) VALUES (" + std::to_string(id) + ")";
+      PGresult* res = PQexec(conn, sql.c_str());
+      const ExecStatusType st = PQresultStatus(res);
+      const char* state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+      std::lock_guard l(mu_);
+      if (st == PGRES_COMMAND_OK) {
+        acked_.insert(id);
+        ack_times_.push_back(Clock::now());
+      } else if (PQstatus(conn) != CONNECTION_OK || (state && std::string(state).rfind("08", 0) == 0) ||
+                 (state && std::string(state) == "57P01")) {
+        unknown_.insert(id);  // lost while in flight: it may or may not have committed
+        errors_.push_back(std::string(state ? state : "lost") + " " + PQerrorMessage(conn));
+      } else {
+        failed_.insert(id);
+        errors_.push_back(std::string(state ? state : "?") + " " + PQerrorMessage(conn));
+      }
+      PQclear(res);
+    }
+    if (conn) PQfinish(conn);
+  }
+
+  void note_error(const std::string& e) {
+    std::lock_guard l(mu_);
+    errors_.push_back(e);
+  }
+
+  std::string conninfo_;
+  int client_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  mutable std::mutex mu_;
+  std::set<long> acked_;
+  std::set<long> unknown_;
+  std::set<long> failed_;
+  std::vector<Clock::time_point> ack_times_;
+  std::vector<std::string> errors_;
+};
+
+std::set<long> ledger_ids(const Cluster& cluster, std::string_view node) {
+  std::set<long> ids;
+  const std::string out = cluster.psql_as_postgres(node, "SELECT id FROM ledger ORDER BY id", "app");
+  std::size_t pos = 0;
+  while (pos < out.size()) {
+    const std::size_t nl = out.find('\n', pos);
+    const std::string line = out.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+    if (!line.empty()) ids.insert(std::stol(line));
+    if (nl == std::string::npos) break;
+    pos = nl + 1;
+  }
+  return ids;
+}
+
+long ledger_duplicates(const Cluster& cluster, std::string_view node) {
+  return std::stol(cluster.psql_as_postgres(
+      node, "SELECT count(*) FROM (SELECT id FROM ledger GROUP BY id HAVING count(*) > 1) d", "app"));
+}
+
+void create_ledger(const Cluster& cluster) {
+  cluster.psql_as_postgres("db1", "CREATE TABLE IF NOT EXISTS ledger (id bigint NOT NULL); GRANT ALL ON ledger TO app", "app");
+}
+
+// Which node serves writes through pgkeel now (by the server's own port).
+std::string writer_port(const Pgkeel& pk) {
+  return pq_exec(pk.conninfo(), "SELECT current_setting('port')").scalar();
+}
+
+std::string console(const Pgkeel& pk, const std::string& sql) {
+  auto r = pq_exec(pk.console_conninfo(), sql);
+  std::string out;
+  for (const auto& row : r.rows) {
+    for (const auto& v : row) out += (v ? *v : std::string("NULL")) + "|";
+    out += "\n";
+  }
+  return r.ok ? out : "ERROR: " + r.error;
+}
+
+PgkeelOptions failover_options() {
+  PgkeelOptions o;
+  o.console = true;
+  o.health_extra = "probe_interval = \"250ms\"\nprobe_timeout = \"500ms\"";
+  o.failover_extra = "hold_timeout = \"15s\"";
+  return o;
+}
+
+void kill_postmaster(const Cluster& cluster, std::string_view node, int sig) {
+  const pid_t pid = cluster.pid(node);
+  REQUIRE(pid > 0);
+  REQUIRE(::kill(pid, sig) == 0);
+}
+
+// The postmaster and every process it forked. PostgreSQL puts each child in a process group of
+// its own, so "the primary's process group" is this set, not one pgid.
+std::vector<pid_t> instance_pids(const Cluster& cluster, std::string_view node) {
+  const pid_t pm = cluster.pid(node);
+  std::vector<pid_t> pids = {pm};
+  auto r = run({"ps", "-o", "pid=", "--ppid", std::to_string(pm)});
+  std::size_t pos = 0;
+  while (pos < r.output.size()) {
+    const std::size_t nl = r.output.find('\n', pos);
+    const std::string line = r.output.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+    if (line.find_first_not_of(' ') != std::string::npos) pids.push_back(std::stoi(line));
+    if (nl == std::string::npos) break;
+    pos = nl + 1;
+  }
+  return pids;
+}
+
+void signal_instance(const std::vector<pid_t>& pids, int sig) {
+  for (pid_t p : pids) ::kill(p, sig);
+}
+
+bool gone(const std::vector<pid_t>& pids) {
+  for (pid_t p : pids) {
+    if (::kill(p, 0) == 0) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("the primary is killed under load; writes follow the promoted standby", "[failover][kill]") {
+  Cluster cluster(ClusterOptions{.standbys = 1, .sync = true});
+  create_ledger(cluster);
+  Pgkeel pk(cluster, failover_options());
+  REQUIRE(eventually(10s, [&] { return writer_port(pk) == std::to_string(cluster.port("db1")); }));
+
+  std::vector<std::unique_ptr<Writer>> writers;
+  for (int i = 1; i <= 4; ++i) writers.push_back(std::make_unique<Writer>(pk.conninfo(), i));
+  for (auto& w : writers) w->start();
+  REQUIRE(eventually(10s, [&] { return writers[0]->acknowledged().size() > 20; }));
+
+  const auto killed_at = Clock::now();
+  kill_postmaster(cluster, "db1", SIGKILL);
+  REQUIRE(eventually(15s, [&] { return writer_port(pk) == std::to_string(cluster.port("db2")); }));
+  // Writes resume: every client gets acknowledged inserts after the kill.
+  REQUIRE(eventually(15s, [&] {
+    for (auto& w : writers) {
+      auto t = w->ack_times();
+      if (t.empty() || t.back() < killed_at) return false;
+    }
+    return true;
+  }));
+  for (auto& w : writers) w->stop();
+
+  Clock::time_point first_after = Clock::time_point::max();
+  for (auto& w : writers) {
+    for (auto t : w->ack_times()) {
+      if (t > killed_at && t < first_after) first_after = t;
+    }
+  }
+  const auto downtime = std::chrono::duration_cast<std::chrono::milliseconds>(first_after - killed_at).count();
+  std::printf("failover: kill -9 of the primary to the first acknowledged write: %lld ms\n", static_cast<long long>(downtime));
+
+  // Synchronous mode: every acknowledged row is on the new primary, none twice, no definitely
+  // failed row is there.
+  const std::set<long> on_new = ledger_ids(cluster, "db2");
+  long acked = 0;
+  for (auto& w : writers) {
+    for (long id : w->acknowledged()) {
+      ++acked;
+      INFO("acknowledged id " << id);
+      CHECK(on_new.count(id) == 1);
+    }
+    for (long id : w->failed()) CHECK(on_new.count(id) == 0);
+  }
+  CHECK(ledger_duplicates(cluster, "db2") == 0);
+  CHECK(acked > 0);
+
+  const std::string nodes = console(pk, "SHOW NODES");
+  INFO(nodes);
+  CHECK(nodes.find("db2|127.0.0.1:" + std::to_string(cluster.port("db2")) + "|primary (writer)|up|") != std::string::npos);
+  const std::string events = console(pk, "SHOW EVENTS");
+  INFO(events);
+  CHECK(events.find("|promotion|db2|") != std::string::npos);
+  CHECK(pq_exec(cluster.conninfo("db2"), "SELECT pg_is_in_recovery()").scalar() == "f");
+}
+
+TEST_CASE("a hung primary (SIGSTOP) is detected and replaced; after SIGCONT it gets no write", "[failover][hang]") {
+  Cluster cluster(ClusterOptions{.standbys = 1, .sync = false});
+  create_ledger(cluster);
+  Pgkeel pk(cluster, failover_options());
+  REQUIRE(eventually(10s, [&] { return writer_port(pk) == std::to_string(cluster.port("db1")); }));
+  const std::vector<pid_t> pids = instance_pids(cluster, "db1");
+  REQUIRE(pids.size() > 3);
+  signal_instance(pids, SIGSTOP);
+  const auto stopped_at = Clock::now();
+  const bool promoted = eventually(20s, [&] { return writer_port(pk) == std::to_string(cluster.port("db2")); });
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - stopped_at).count();
+  signal_instance(pids, SIGCONT);
+  REQUIRE(promoted);
+  std::printf("failover: SIGSTOP of the primary to writes on the new primary: %lld ms\n", static_cast<long long>(ms));
+  // The old primary is alive again and still thinks it is a primary: no write reaches it.
+  REQUIRE(eventually(5s, [&] { return pq_exec(cluster.conninfo("db1"), "SELECT pg_is_in_recovery()").scalar() == "f"; }));
+  for (int i = 0; i < 20; ++i) {
+    auto r = pq_exec(pk.conninfo(), "INSERT INTO ledger (id) VALUES (" + std::to_string(900000 + i) + ") RETURNING current_setting('port')");
+    CHECK(r.scalar() == std::to_string(cluster.port("db2")));
+  }
+  CHECK(pq_exec(cluster.conninfo("db1"), "SELECT count(*) FROM ledger WHERE id >= 900000").scalar() == "0");
+}
+
+TEST_CASE("the old primary started again as a primary gets no writes, across pgkeel restarts", "[failover][fencing]") {
+  Cluster cluster(ClusterOptions{.standbys = 1, .sync = false});
+  create_ledger(cluster);
+  Pgkeel pk(cluster, failover_options());
+  REQUIRE(eventually(10s, [&] { return writer_port(pk) == std::to_string(cluster.port("db1")); }));
+  const std::vector<pid_t> pids = instance_pids(cluster, "db1");
+  signal_instance(pids, SIGKILL);  // every process of the instance, so it can start again
+  REQUIRE(eventually(15s, [&] { return writer_port(pk) == std::to_string(cluster.port("db2")); }));
+  REQUIRE(eventually(10s, [&] { return gone(pids); }));
+  cluster.start_node("db1");  // comes back as a primary on its old timeline
+  REQUIRE(eventually(10s, [&] { return pq_exec(cluster.conninfo("db1"), "SELECT pg_is_in_recovery()").scalar() == "f"; }));
+
+  auto writes_go_to_db2 = [&] {
+    for (int i = 0; i < 5; ++i) {
+      if (writer_port(pk) != std::to_string(cluster.port("db2"))) return false;
+    }
+    return true;
+  };
+  SECTION("while pgkeel keeps running") { CHECK(writes_go_to_db2()); }
+  SECTION("after a pgkeel restart") {
+    pk.restart();
+    CHECK(eventually(10s, writes_go_to_db2));
+  }
+  SECTION("after a pgkeel restart with its state file deleted: the record in the cluster decides") {
+    pk.stop();
+    fs::remove(pk.dir() / "pgkeel.state");
+    pk.start();
+    CHECK(eventually(10s, writes_go_to_db2));
+  }
+  const std::string nodes = console(pk, "SHOW NODES");
+  INFO(nodes);
+  CHECK(nodes.find("db1|127.0.0.1:" + std::to_string(cluster.port("db1")) + "|primary|") != std::string::npos);
+}
+
+TEST_CASE("no false failover: a full primary or one restarting after a backend crash keeps its role", "[failover][false]") {
+  Cluster cluster(ClusterOptions{.standbys = 1, .sync = false});
+  Pgkeel pk(cluster, failover_options());
+  REQUIRE(eventually(10s, [&] { return writer_port(pk) == std::to_string(cluster.port("db1")); }));
+  SECTION("max_connections exhausted") {
+    std::vector<std::unique_ptr<PqSession>> hogs;
+    for (int i = 0; i < 110; ++i) {
+      auto s = std::make_unique<PqSession>(cluster.conninfo("db1"));
+      if (!s->connected()) break;
+      hogs.push_back(std::move(s));
+    }
+    std::this_thread::sleep_for(3s);  // several probe rounds see 53300
+    hogs.clear();
+  }
+  SECTION("a backend crash makes PostgreSQL restart itself") {
+    PqSession victim(cluster.conninfo("db1", kPgkeelUser, kPgkeelPassword, "postgres"));
+    REQUIRE(victim.connected());
+    const std::string pid = victim.exec("SELECT pg_backend_pid()").scalar();
+    REQUIRE(::kill(std::stoi(pid), SIGKILL) == 0);  // the postmaster resets every backend
+    std::this_thread::sleep_for(3s);
+  }
+  CHECK(eventually(10s, [&] { return writer_port(pk) == std::to_string(cluster.port("db1")); }));
+  CHECK(pq_exec(cluster.conninfo("db2"), "SELECT pg_is_in_recovery()").scalar() == "t");
+  const std::string events = console(pk, "SHOW EVENTS");
+  INFO(events);
+  CHECK(events.find("|promotion|") == std::string::npos);
+}
+
+TEST_CASE("three nodes: after a failover the remaining standby follows the new primary", "[failover][three]") {
+  Cluster cluster(ClusterOptions{.standbys = 2, .sync = true});
+  create_ledger(cluster);
+  Pgkeel pk(cluster, failover_options());
+  REQUIRE(eventually(10s, [&] { return writer_port(pk) == std::to_string(cluster.port("db1")); }));
+  REQUIRE(pq_exec(pk.conninfo(), "INSERT INTO ledger VALUES (1)").ok);
+  kill_postmaster(cluster, "db1", SIGKILL);
+  std::string new_primary;
+  REQUIRE(eventually(20s, [&] {
+    const std::string p = writer_port(pk);
+    if (p == std::to_string(cluster.port("db2"))) new_primary = "db2";
+    if (p == std::to_string(cluster.port("db3"))) new_primary = "db3";
+    return !new_primary.empty();
+  }));
+  const std::string other = new_primary == "db2" ? "db3" : "db2";
+  REQUIRE(pq_exec(pk.conninfo(), "INSERT INTO ledger VALUES (2)").ok);
+  CHECK(eventually(20s, [&] {
+    return pq_exec(cluster.conninfo(other), "SELECT count(*) FROM ledger WHERE id = 2").scalar() == "1";
+  }));
+  CHECK(cluster.psql_as_postgres(new_primary, "SELECT count(*) FROM pg_stat_replication WHERE application_name = '" + other + "'") == "1");
+}
+
+TEST_CASE("both nodes down: a clear error after hold_timeout; the recorded primary is routed again when it returns", "[failover][both]") {
+  Cluster cluster(ClusterOptions{.standbys = 1, .sync = false});
+  PgkeelOptions o = failover_options();
+  o.failover_extra = "hold_timeout = \"2s\"";
+  Pgkeel pk(cluster, o);
+  REQUIRE(eventually(10s, [&] { return writer_port(pk) == std::to_string(cluster.port("db1")); }));
+  cluster.stop_node("db2", "immediate");
+  cluster.stop_node("db1", "immediate");
+  // Once pgkeel has seen the primary go (a connection tried before that gets 08006 at once),
+  // new clients are held for hold_timeout, then told why.
+  REQUIRE(eventually(10s, [&] { return console(pk, "SHOW EVENTS").find("|detection|db1|") != std::string::npos; }));
+  const auto t0 = Clock::now();
+  auto r = pq_exec(pk.conninfo(), "SELECT 1");
+  CHECK_FALSE(r.ok);
+  CHECK(r.sqlstate == "57P03");
+  CHECK(Clock::now() - t0 >= 1500ms);
+  CHECK(pk.running());
+  cluster.start_node("db1");
+  CHECK(eventually(20s, [&] { return writer_port(pk) == std::to_string(cluster.port("db1")); }));
+}
+
+}  // namespace pgkeel::test
