@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # tools/demo.sh — the README's demo command: installs what is missing, builds pgkeel, starts a
-# local primary + streaming standby on loopback with pgkeel in front, drives a short pgbench
-# through it, and prints how to connect. Everything stays up until `tools/demo.sh stop`.
+# local primary + synchronous streaming standby on loopback with pgkeel in front, drives a short
+# pgbench through it, then kills the primary (kill -9) under a ledger load and shows pgkeel
+# promote the standby: write downtime, client errors, and that no acknowledged commit was lost.
+# Everything stays up until `tools/demo.sh stop`.
 #
 #   tools/demo.sh          install, build, start, show
 #   tools/demo.sh stop     stop pgkeel and the cluster, remove the demo folder
@@ -32,7 +34,7 @@ echo "=== installing what is missing"
 tools/install-deps.sh
 echo "=== building"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPGKEEL_TESTS=OFF >/dev/null
-cmake --build build -j "$(nproc)" --target pgkeel
+cmake --build build -j "$(nproc)" --target pgkeel pgkeel-ledger
 
 stop_demo
 mkdir -p "$demo"
@@ -41,13 +43,32 @@ tools/cluster.sh up "$demo/cluster" --standbys 1 --sync
 # shellcheck disable=SC1091
 source "$demo/cluster/cluster.env"
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+read -r port console_port < <(python3 -c '
+import socket
+a, b = socket.socket(), socket.socket()
+a.bind(("127.0.0.1", 0)); b.bind(("127.0.0.1", 0))
+print(a.getsockname()[1], b.getsockname()[1])')
 cat >"$demo/pgkeel.toml" <<TOML
 [general]
 workers = 0
 max_client_conn = 1000
 log_level = "info"
 users_file = "$demo/cluster/users.txt"
+state_file = "$demo/pgkeel.state"
+
+[health]
+user = "pgkeel"
+password = "pgkeel-pass"
+probe_interval = "250ms"
+probe_timeout = "500ms"
+
+[failover]
+synchronous_mode = "on"
+replication_password = "replicator-pass"
+
+[console]
+port = $console_port
+admin_users = ["pgkeel"]
 
 [cluster]
 initial_primary = "db1"
@@ -84,19 +105,37 @@ for _ in $(seq 1 100); do
 done
 
 export PGPASSWORD=app-pass
+console() { PGPASSWORD=pgkeel-pass psql -X -h 127.0.0.1 -p "$console_port" -U pgkeel pgkeel -c "$1"; }
 echo "=== pgbench through pgkeel (TPC-B-like, 10 clients, 10 s)"
 pgbench -i -s 5 -q -h 127.0.0.1 -p "$port" -U app app
 pgbench -c 10 -j 2 -T 10 -P 2 -h 127.0.0.1 -p "$port" -U app app
-echo "=== the same rows on the standby (streamed from the primary)"
-psql -X -h 127.0.0.1 -p "$DB2_PORT" -U app -d app -Atc \
-  "SELECT 'standby db2 has ' || count(*) || ' history rows; in recovery: ' || pg_is_in_recovery() FROM pgbench_history"
+console "SHOW NODES"
+
+echo "=== failover: 4 ledger clients write through pgkeel; the primary gets kill -9 after 4 s"
+conninfo="host=127.0.0.1 port=$port user=app password=app-pass dbname=app"
+build/pgkeel-ledger setup --conninfo "$conninfo" --truncate
+build/pgkeel-ledger run --conninfo "$conninfo" --clients 4 --duration 12 --out "$demo/ledger.json" &
+ledger_pid=$!
+sleep 4
+kill_ms=$(date +%s%3N)
+echo "demo: kill -9 of the primary's postmaster (pid $DB1_PID)"
+kill -9 "$DB1_PID"
+wait "$ledger_pid" || true
+console "SHOW EVENTS"
+console "SHOW NODES"
+echo "=== verifying the ledger on the new primary (db2), around the kill"
+build/pgkeel-ledger verify --conninfo "$conninfo" --in "$demo/ledger.json" --at-unix-ms "$kill_ms" || true
 
 cat <<EOF2
 
-pgkeel is running in front of the cluster (log: $demo/pgkeel.log).
+pgkeel is running in front of the cluster (log: $demo/pgkeel.log); db2 is the primary now.
 Connect through it:
   PGPASSWORD=app-pass psql -h 127.0.0.1 -p $port -U app app
   JDBC: jdbc:postgresql://127.0.0.1:$port/app?user=app&password=app-pass
+The console:
+  PGPASSWORD=pgkeel-pass psql -h 127.0.0.1 -p $console_port -U pgkeel pgkeel -c 'SHOW EVENTS'
+Turn the old primary into a standby of the new one:
+  tools/rejoin.sh $demo/cluster db1 db2
 Stop everything:
   tools/demo.sh stop
 EOF2

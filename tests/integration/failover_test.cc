@@ -384,3 +384,79 @@ TEST_CASE("both nodes down: a clear error after hold_timeout; the recorded prima
 }
 
 }  // namespace pgkeel::test
+
+namespace pgkeel::test {
+
+TEST_CASE("a standby lagging beyond max_lag_on_failover is not promoted, and pgkeel says why", "[failover][lag]") {
+  Cluster cluster(ClusterOptions{.standbys = 1, .sync = false});
+  create_ledger(cluster);
+  PgkeelOptions o = failover_options();
+  o.failover_extra = "synchronous_mode = \"off\"\nmax_lag_on_failover = 65536\nhold_timeout = \"2s\"";
+  Pgkeel pk(cluster, o);
+  REQUIRE(eventually(10s, [&] { return writer_port(pk) == std::to_string(cluster.port("db1")); }));
+  // The standby stops receiving; the primary writes well past the allowed lag.
+  cluster.psql_as_postgres("db2", "ALTER SYSTEM SET primary_conninfo = ''");
+  cluster.psql_as_postgres("db2", "SELECT pg_reload_conf()");
+  REQUIRE(pq_exec(pk.conninfo(), "INSERT INTO ledger SELECT g FROM generate_series(1, 20000) g").ok);
+  // Let a probe see the primary's new position before it dies.
+  REQUIRE(eventually(5s, [&] { return console(pk, "SHOW FAILOVER PLAN").find("max_lag_on_failover") != std::string::npos; }));
+  kill_postmaster(cluster, "db1", SIGKILL);
+  REQUIRE(eventually(15s, [&] { return console(pk, "SHOW EVENTS").find("|failover_refused|db1|") != std::string::npos; }));
+  const std::string events = console(pk, "SHOW EVENTS");
+  INFO(events);
+  CHECK(events.find("max_lag_on_failover") != std::string::npos);
+  CHECK(events.find("|promotion|") == std::string::npos);
+  auto r = pq_exec(pk.conninfo(), "SELECT 1");
+  CHECK_FALSE(r.ok);
+  CHECK(r.sqlstate == "57P03");
+  CHECK(r.error.find("max_lag_on_failover") != std::string::npos);
+  CHECK(pq_exec(cluster.conninfo("db2"), "SELECT pg_is_in_recovery()").scalar() == "t");
+}
+
+TEST_CASE("the synchronous standby dies while the primary lives: commits flow in on, wait in strict", "[failover][sync]") {
+  Cluster cluster(ClusterOptions{.standbys = 1, .sync = true});
+  create_ledger(cluster);
+  SECTION("on: pgkeel drops to asynchronous and says so") {
+    Pgkeel pk(cluster, failover_options());
+    REQUIRE(eventually(10s, [&] { return writer_port(pk) == std::to_string(cluster.port("db1")); }));
+    cluster.stop_node("db2", "immediate");
+    std::atomic<bool> done{false};
+    PqResult r;
+    std::thread t([&] {
+      r = pq_exec(pk.conninfo(), "INSERT INTO ledger VALUES (42)");
+      done = true;
+    });
+    const bool committed = eventually(15s, [&] { return done.load(); });
+    if (!committed) cluster.start_node("db2");  // unblock the waiting commit before joining
+    t.join();
+    CHECK(committed);
+    CHECK(r.ok);
+    CHECK(console(pk, "SHOW EVENTS").find("|degraded|db1|") != std::string::npos);
+    // The standby comes back: synchronous again.
+    cluster.start_node("db2");
+    CHECK(eventually(15s, [&] {
+      return cluster.psql_as_postgres("db1", "SHOW synchronous_standby_names") == "ANY 1 (\"db2\")";
+    }));
+  }
+  SECTION("strict: commits wait for a standby") {
+    PgkeelOptions o = failover_options();
+    o.failover_extra = "synchronous_mode = \"strict\"";
+    Pgkeel pk(cluster, o);
+    REQUIRE(eventually(10s, [&] { return writer_port(pk) == std::to_string(cluster.port("db1")); }));
+    cluster.stop_node("db2", "immediate");
+    std::atomic<bool> done{false};
+    std::thread t([&] {
+      pq_exec(pk.conninfo(), "INSERT INTO ledger VALUES (43)", 60s);
+      done = true;
+    });
+    std::this_thread::sleep_for(3s);  // well past pgkeel's reaction time in `on`
+    const bool waited = !done.load();
+    cluster.start_node("db2");
+    CHECK(eventually(20s, [&] { return done.load(); }));  // released once the standby is back
+    t.join();
+    CHECK(waited);
+    CHECK(console(pk, "SHOW EVENTS").find("|degraded|") == std::string::npos);
+  }
+}
+
+}  // namespace pgkeel::test

@@ -701,3 +701,56 @@ TEST_CASE("the example config and users file are valid", "[conf]") {
   CHECK(r.config->nodes.size() == 2);
   CHECK(r.config->cluster.initial_primary == "db1");
 }
+
+TEST_CASE("[health], [failover] and [console] load, and their typos are caught", "[conf][failover]") {
+  ConfDir dir;
+  const std::string text = kMinimal + R"(
+[health]
+probe_interval = "250ms"
+probe_timeout = "750ms"
+timeouts_to_down = 4
+user = "pgkeel"
+password = "pw"
+[failover]
+mode = "manual"
+synchronous_mode = "strict"
+max_lag_on_failover = 1048576
+hold_timeout = "5s"
+fence_command = "/bin/true"
+fence_required = false
+replication_password = "rp"
+[console]
+port = 6499
+admin_users = ["pgkeel"]
+monitor_users = ["nagios", "grafana"]
+)";
+  LoadResult r = dir.parse(text);
+  INFO(all_errors(r));
+  REQUIRE(r.config);
+  const Config& c = *r.config;
+  CHECK(c.health.probe_interval == Millis{250});
+  CHECK(c.health.probe_timeout == Millis{750});
+  CHECK(c.health.timeouts_to_down == 4);
+  CHECK(c.health.user == "pgkeel");
+  CHECK_FALSE(c.failover.automatic);
+  CHECK(c.failover.synchronous_mode == pgkeel::conf::SyncMode::kStrict);
+  CHECK(c.failover.max_lag_on_failover == 1048576u);
+  CHECK(c.failover.hold_timeout == Millis{5000});
+  CHECK_FALSE(c.failover.fence_required);
+  CHECK(c.console.port == 6499);
+  CHECK(c.console.monitor_users == std::vector<std::string>{"nagios", "grafana"});
+
+  SECTION("a misspelt key names its section and line") {
+    const std::string bad = kMinimal + "\n[failover]\nsynchronous_mod = \"on\"\n";
+    LoadResult b = dir.parse(bad);
+    const ConfigError* e = error_for(b, "failover.synchronous_mod");
+    REQUIRE(e != nullptr);
+    CHECK(e->line == line_of(bad, "synchronous_mod"));
+    CHECK(e->message.find("synchronous_mode") != std::string::npos);
+  }
+  SECTION("a mode that does not exist is refused") {
+    LoadResult b = dir.parse(kMinimal + "\n[failover]\nsynchronous_mode = \"sometimes\"\n");
+    REQUIRE(error_for(b, "failover.synchronous_mode") != nullptr);
+  }
+}
+
