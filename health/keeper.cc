@@ -143,6 +143,12 @@ void Keeper::tick() {
   decide();
 }
 
+void Keeper::suspect(routing::NodeId node) {
+  if (node >= nodes_.size()) return;
+  Node& n = *nodes_[node];
+  if (!n.probing) probe(n);
+}
+
 void Keeper::probe(Node& n) {
   n.probing = true;
   const auto started = SteadyClock::now();

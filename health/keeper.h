@@ -103,6 +103,10 @@ class Keeper {
 
   void start();
 
+  // A passive signal from the data path: a connect to `node` failed at the transport level.
+  // It only makes the next probe of that node happen now; the probe decides.
+  void suspect(routing::NodeId node);
+
   // Console verbs. Each returns what happened (or why not), in one line.
   std::string failover(std::optional<std::string> target, bool force, const std::string& who);
   std::vector<NodeStatus> nodes() const;

@@ -78,6 +78,7 @@ class Client {
   bool waiting_for_slot = false;
   // Owned by the worker: held while no node can serve (a failover in progress).
   bool held = false;
+  bool ever_held = false;
   Clock::time_point held_since;
   void hold_expired(std::string_view why);
 

@@ -160,18 +160,26 @@ void server_available(Worker& w, Server& s) {
   p.idle.push_back(&s);
 }
 
-void server_login_failed(Worker& w, Server& s, const std::string& error_response) {
+void server_login_failed(Worker& w, Server& s, const std::string& error_response, bool transport) {
   Pool& p = s.pool();
   if (s.counted_connecting) {
     s.counted_connecting = false;
     --p.connecting;
   }
+  const routing::Snapshot& snap = w.snapshot();
+  const bool to_writer = snap.writer && *snap.writer == s.node();
+  if (transport && to_writer && w.shared().report_transport_failure) w.shared().report_transport_failure(s.node());
   if (!p.waiters.empty()) {
     Client* c = p.waiters.front();
     p.waiters.pop_front();
     leave_slot_queue(w, *c);
     c->waiting_pool = nullptr;
-    c->on_server_failed(error_response);
+    if (transport && to_writer && w.shared().hold_timeout.count() > 0) {
+      log::info("client").kv("event", "held").kv("conn", c->name()).kv("reason", "the primary did not answer; checking it").emit();
+      w.hold(c);
+    } else {
+      c->on_server_failed(error_response);
+    }
   }
   server_gone(w, s);
 }

@@ -44,7 +44,9 @@ void cancel_wait(Worker& w, Client& c);
 void server_available(Worker& w, Server& s);
 // A server's connect or login failed: the first waiter gets `error_response` (the server's own
 // ErrorResponse, or pgkeel's), then the server is gone.
-void server_login_failed(Worker& w, Server& s, const std::string& error_response);
+// A transport failure to the writer holds the waiter instead (a failover may be starting) and
+// tells the keeper, which probes that node at once.
+void server_login_failed(Worker& w, Server& s, const std::string& error_response, bool transport);
 // A server is gone: free its slot, and let a waiter try a new connection.
 void server_gone(Worker& w, Server& s);
 

@@ -380,6 +380,9 @@ int run(const conf::Config& config) {
     log::info("health").kv("event", e.kind).kv("id", e.id).kv("epoch", e.epoch).kv("node", e.node).kv("detail", e.text).emit();
   };
   sh.keeper = &keeper;
+  sh.report_transport_failure = [&mailbox, &keeper](routing::NodeId node) {
+    mailbox.post([&keeper, node] { keeper.suspect(node); });
+  };
   keeper.start();
   std::unique_ptr<Console> console;
   if (config.console.port != 0) {

@@ -88,7 +88,7 @@ void Server::on_connected() {
   if (err == 0 && getsockopt(ep_.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
   if (err != 0) {
     const NodeAddress& na = w_.shared().node_addrs[node_];
-    login_failed(error_message("08006", "could not connect to node " + w_.snapshot().nodes[node_].name + " (" + na.text + "): " + std::strerror(err)), std::strerror(err));
+    login_failed(error_message("08006", "could not connect to node " + w_.snapshot().nodes[node_].name + " (" + na.text + "): " + std::strerror(err)), std::strerror(err), true);
     return;
   }
   state_ = State::kLogin;
@@ -101,7 +101,7 @@ void Server::on_connected() {
   for (const auto& [k, v] : startup_params_) wr.str(k).str(v);
   wr.i8(0);
   wr.end();
-  if (ep_.send(out) == IoStatus::kError) login_failed(error_message("08006", "could not send startup packet to server"), "send");
+  if (ep_.send(out) == IoStatus::kError) login_failed(error_message("08006", "could not send startup packet to server"), "send", true);
 }
 
 void Server::on_write() {
@@ -149,7 +149,7 @@ void Server::on_read() {
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
   if (n <= 0) {
     if (state_ == State::kLogin) {
-      login_failed(error_message("08006", "server closed the connection during login"), "eof during login");
+      login_failed(error_message("08006", "server closed the connection during login"), "eof during login", true);
     } else {
       close(state_ == State::kIdle ? "server closed an idle connection" : "server closed the connection during reset");
     }
@@ -318,12 +318,12 @@ void Server::handle_login_message(char type, std::string_view body) {
   }
 }
 
-void Server::login_failed(std::string error_response, std::string_view reason) {
+void Server::login_failed(std::string error_response, std::string_view reason, bool transport) {
   if (state_ == State::kClosed) return;
   log::warning("server").kv("event", "login_failed").kv("server", name_).kv("node", w_.snapshot().nodes[node_].name).kv("reason", reason).emit();
   state_ = State::kClosed;
   ep_.close();
-  server_login_failed(w_, *this, error_response);
+  server_login_failed(w_, *this, error_response, transport);
 }
 
 void Server::link(Client* c) {
@@ -477,7 +477,7 @@ void Server::close(std::string_view reason) {
   if (state_ == State::kClosed) return;
   const bool was_login = state_ == State::kConnecting || state_ == State::kLogin;
   if (was_login) {
-    login_failed(error_message("08006", "server connection failed during login: " + std::string(reason)), reason);
+    login_failed(error_message("08006", "server connection failed during login: " + std::string(reason)), reason, true);
     return;
   }
   log::debug("server").kv("event", "closed").kv("server", name_).kv("reason", reason).emit();
@@ -496,7 +496,7 @@ void Server::close(std::string_view reason) {
 void Server::tick(Clock::time_point now) {
   if ((state_ == State::kConnecting || state_ == State::kLogin) && now > deadline_) {
     const NodeAddress& na = w_.shared().node_addrs[node_];
-    login_failed(error_message("08006", "timeout connecting to node " + w_.snapshot().nodes[node_].name + " (" + na.text + ")"), "connect_timeout");
+    login_failed(error_message("08006", "timeout connecting to node " + w_.snapshot().nodes[node_].name + " (" + na.text + ")"), "connect_timeout", true);
   }
 }
 

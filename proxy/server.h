@@ -79,7 +79,9 @@ class Server {
   void on_write();
   void on_connected();
   void handle_login_message(char type, std::string_view body);
-  void login_failed(std::string error_response, std::string_view reason);
+  // `transport`: the node could not be reached (refused, reset, timeout), as opposed to a
+  // PostgreSQL ErrorResponse; only the former is a passive health signal.
+  void login_failed(std::string error_response, std::string_view reason, bool transport = false);
   void relay_to_client();
   void after_reset_message(char type, std::string_view body);
   void finish_reset();

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -66,7 +67,9 @@ struct Shared {
 
   std::string mock_secret;  // salts the fake SCRAM exchange for unknown users
   std::vector<Worker*> workers;
-  health::Keeper* keeper = nullptr;  // lives on the main thread; the console reaches it there
+  health::Keeper* keeper = nullptr;
+  // Thread-safe: a data-path connect to the node failed at the transport level.
+  std::function<void(routing::NodeId)> report_transport_failure;  // lives on the main thread; the console reaches it there
   std::atomic<int> workers_running{0};
   std::atomic<bool> draining{false};
   std::chrono::milliseconds hold_timeout{30000};  // how long a client waits for a writer

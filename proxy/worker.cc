@@ -270,6 +270,16 @@ void Worker::tick() {
       c->hold_expired(snapshot().why);
     }
   }
+  // Clients held after a failed connect retry while the table still names a writer (the
+  // failure may have been brief); during a failover (hold) they wait for the new epoch.
+  if (!held_.empty() && snapshot().writer && !snapshot().hold) {
+    std::vector<Client*> retry;
+    retry.swap(held_);
+    for (Client* c : retry) {
+      c->held = false;
+      request_server(*this, *c);
+    }
+  }
 
   std::erase_if(cancels_, [&](const std::unique_ptr<CancelConn>& cc) { return cc->done || now_ > cc->deadline; });
 
@@ -290,8 +300,11 @@ void Worker::tick() {
 }
 
 void Worker::hold(Client* c) {
+  if (c->held) return;
   c->held = true;
-  c->held_since = Clock::now();
+  // hold_timeout counts from the first hold, however often the client is retried.
+  if (!c->ever_held) c->held_since = Clock::now();
+  c->ever_held = true;
   held_.push_back(c);
 }
 

@@ -33,7 +33,7 @@ fi
 echo "=== installing what is missing"
 tools/install-deps.sh
 echo "=== building"
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPGKEEL_TESTS=OFF >/dev/null
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j "$(nproc)" --target pgkeel pgkeel-ledger
 
 stop_demo

@@ -18,7 +18,7 @@ step "dependencies"
 tools/install-deps.sh
 
 step "release build"
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPGKEEL_TESTS=ON >/dev/null
 cmake --build build -j "$jobs"
 
 step "unit and integration tests (release build)"
@@ -29,7 +29,7 @@ if ((quick)); then
 fi
 
 step "ASan+UBSan build"
-cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DPGKEEL_SANITIZE=ON >/dev/null
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DPGKEEL_SANITIZE=ON -DPGKEEL_TESTS=ON >/dev/null
 cmake --build build-asan -j "$jobs"
 
 step "unit and integration tests under ASan+UBSan"
