@@ -304,7 +304,7 @@ void Keeper::decide_writer_at_start() {
           "no primary record yet, and the initial primary " + (p ? p->target.name : std::string("?")) +
           (p == nullptr ? " is not configured"
            : p->facts && p->detector.health() == NodeHealth::kUp ? " is in recovery"
-                                                                 : " is not reachable (" + p->last_error + ")");
+                                                                 : " is not available (" + p->last_error + ")");
       if (why != table_.current()->why) publish(std::nullopt, why, true);
       if (SteadyClock::now() - last_refusal_log_ > std::chrono::seconds(5)) {
         last_refusal_log_ = SteadyClock::now();

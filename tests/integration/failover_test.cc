@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <mutex>
 #include <set>
 #include <string>
@@ -473,6 +474,106 @@ TEST_CASE("the synchronous standby dies while the primary lives: commits flow in
     CHECK(waited);
     CHECK(console(pk, "SHOW EVENTS").find("|degraded|") == std::string::npos);
   }
+}
+
+}  // namespace pgkeel::test
+
+namespace pgkeel::test {
+namespace {
+
+// A test host of our own: a network namespace joined to this one by a veth pair. The nodes
+// listen on two addresses on our side (one per node), pgkeel runs inside, and a route in the
+// namespace cuts pgkeel off from one node while replication (over loopback, out here) goes on.
+class NetnsHost {
+ public:
+  NetnsHost() {
+    const int n = 1 + ::getpid() % 200;
+    name_ = "pgkeel-t" + std::to_string(::getpid());
+    veth_ = "pk" + std::to_string(::getpid() % 100000) + "a";
+    peer_ = "pk" + std::to_string(::getpid() % 100000) + "b";
+    prefix_ = "10.213." + std::to_string(n) + ".";
+    const std::string script =
+        "set -e; ip netns add " + name_ + "; ip link add " + veth_ + " type veth peer name " + peer_ +
+        // .5 first: it is the primary address, so our own clients' traffic comes from it, and
+        // cutting a node's address does not cut the test off from pgkeel.
+        "; ip link set " + peer_ + " netns " + name_ + "; ip addr add " + prefix_ + "5/24 dev " + veth_ +
+        "; ip addr add " + prefix_ + "1/24 dev " + veth_ +
+        "; ip addr add " + prefix_ + "3/24 dev " + veth_ + "; ip link set " + veth_ + " up; ip netns exec " + name_ +
+        " ip addr add " + prefix_ + "2/24 dev " + peer_ + "; ip netns exec " + name_ + " ip link set " + peer_ +
+        " up; ip netns exec " + name_ + " ip link set lo up";
+    auto r = run_shell(script);
+    if (!r.ok()) {
+      cleanup();
+      throw std::runtime_error("netns setup failed: " + r.output);
+    }
+  }
+  ~NetnsHost() { cleanup(); }
+  NetnsHost(const NetnsHost&) = delete;
+  NetnsHost& operator=(const NetnsHost&) = delete;
+
+  const std::string& name() const { return name_; }
+  std::string inside() const { return prefix_ + "2"; }   // pgkeel's address
+  std::string db1() const { return prefix_ + "1"; }      // how pgkeel reaches db1
+  std::string db2() const { return prefix_ + "3"; }      // how pgkeel reaches db2
+  void cut(const std::string& addr) const {
+    REQUIRE(run_shell("ip netns exec " + name_ + " ip route add unreachable " + addr + "/32").ok());
+  }
+  void heal(const std::string& addr) const {
+    REQUIRE(run_shell("ip netns exec " + name_ + " ip route del unreachable " + addr + "/32").ok());
+  }
+
+ private:
+  void cleanup() {
+    run_shell("ip netns del " + name_ + " 2>/dev/null; ip link del " + veth_ + " 2>/dev/null; true");
+  }
+  std::string name_, veth_, peer_, prefix_;
+};
+
+}  // namespace
+
+TEST_CASE("a partition between pgkeel and the primary while the standby still receives from it: no promotion", "[failover][partition]") {
+  NetnsHost host;
+  Cluster cluster(ClusterOptions{.standbys = 1, .sync = false});
+  for (const char* n : {"db1", "db2"}) {
+    {
+      std::ofstream hba(cluster.node(n).data_dir / "pg_hba.conf", std::ios::app);
+      hba << "host all all 10.213.0.0/16 scram-sha-256\n";
+    }
+    cluster.psql_as_postgres(n, "ALTER SYSTEM SET listen_addresses = '127.0.0.1," + host.db1() + "," + host.db2() + "'");
+    cluster.stop_node(n, "fast");
+    cluster.start_node(n);
+  }
+  PgkeelOptions o = failover_options();
+  o.netns = host.name();
+  o.listen_host = host.inside();
+  o.node_hosts = {{"db1", host.db1()}, {"db2", host.db2()}};
+  o.failover_extra = "hold_timeout = \"2s\"";
+  Pgkeel pk(cluster, o);
+  REQUIRE(eventually(15s, [&] { return writer_port(pk) == std::to_string(cluster.port("db1")); }));
+  REQUIRE(eventually(10s, [&] {
+    return cluster.psql_as_postgres("db1", "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "1";
+  }));
+
+  host.cut(host.db1());
+  std::string seen;
+  const bool refused = eventually(10s, [&] {
+    seen = console(pk, "SHOW EVENTS");
+    return seen.find("|failover_refused|db1|") != std::string::npos;
+  });
+  INFO(seen);
+  REQUIRE(refused);
+  std::this_thread::sleep_for(3s);  // several more probe rounds: still no promotion
+  const std::string events = console(pk, "SHOW EVENTS");
+  INFO(events);
+  CHECK(events.find("cut off") != std::string::npos);
+  CHECK(events.find("|promotion|") == std::string::npos);
+  CHECK(pq_exec(cluster.conninfo("db2"), "SELECT pg_is_in_recovery()").scalar() == "t");
+  auto r = pq_exec(pk.conninfo(), "SELECT 1");
+  CHECK_FALSE(r.ok);
+  CHECK(r.sqlstate == "57P03");
+
+  host.heal(host.db1());
+  CHECK(eventually(15s, [&] { return writer_port(pk) == std::to_string(cluster.port("db1")); }));
 }
 
 }  // namespace pgkeel::test

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -223,7 +224,7 @@ bool wait_fd(int fd, short events, Clock::time_point deadline) {
   }
 }
 
-bool tcp_accepts(int port) {
+bool tcp_accepts(int port, const std::string& host = "127.0.0.1") {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     return false;
@@ -231,7 +232,7 @@ bool tcp_accepts(int port) {
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<std::uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::inet_pton(AF_INET, host.c_str(), &addr.sin_addr);
   bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
   ::close(fd);
   return ok;
@@ -883,13 +884,13 @@ int Pgkeel::port(std::string_view listener) const {
 
 std::string Pgkeel::conninfo(std::string_view user, std::string_view password,
                              std::string_view dbname, std::string_view listener) const {
-  return "host=127.0.0.1 port=" + std::to_string(port(listener)) + " user=" + conninfo_value(user) +
+  return "host=" + options_.listen_host + " port=" + std::to_string(port(listener)) + " user=" + conninfo_value(user) +
          " password=" + conninfo_value(password) + " dbname=" + conninfo_value(dbname) +
          " connect_timeout=5";
 }
 
 std::string Pgkeel::console_conninfo() const {
-  return "host=127.0.0.1 port=" + std::to_string(options_.console_port) + " user=" + std::string(kPgkeelUser) +
+  return "host=" + options_.listen_host + " port=" + std::to_string(options_.console_port) + " user=" + std::string(kPgkeelUser) +
          " password=" + std::string(kPgkeelPassword) + " dbname=pgkeel connect_timeout=5";
 }
 
@@ -918,14 +919,14 @@ std::string Pgkeel::render_config() const {
       << options_.failover_extra << "\n";
   if (options_.console) {
     out << "[console]\n"
-        << "host = \"127.0.0.1\"\n"
+        << "host = " << toml_string(options_.listen_host) << "\n"
         << "port = " << options_.console_port << "\n"
         << "admin_users = [\"pgkeel\"]\n\n";
   }
   for (const auto& l : options_.listeners) {
     out << "[[listener]]\n"
         << "name = " << toml_string(l.name) << "\n"
-        << "host = \"127.0.0.1\"\n"
+        << "host = " << toml_string(options_.listen_host) << "\n"
         << "port = " << l.port << "\n"
         << "intent = " << toml_string(l.intent) << "\n";
     if (options_.unix_socket_dir) {
@@ -941,9 +942,10 @@ std::string Pgkeel::render_config() const {
         std::find(options_.nodes.begin(), options_.nodes.end(), n.name) == options_.nodes.end()) {
       continue;
     }
+    const auto host = options_.node_hosts.find(n.name);
     out << "[[node]]\n"
         << "name = " << toml_string(n.name) << "\n"
-        << "host = \"127.0.0.1\"\n"
+        << "host = " << toml_string(host == options_.node_hosts.end() ? std::string("127.0.0.1") : host->second) << "\n"
         << "port = " << n.port << "\n\n";
   }
   out << "[databases]\n" << options_.databases << "\n\n" << options_.extra_toml << "\n";
@@ -1002,6 +1004,12 @@ void Pgkeel::start() {
     }
     ::dup2(log_fd, STDOUT_FILENO);
     ::dup2(log_fd, STDERR_FILENO);
+    if (!options_.netns.empty()) {
+      // Run inside the test's network namespace (a test host of its own).
+      const std::string ns = "/run/netns/" + options_.netns;
+      const int nsfd = ::open(ns.c_str(), O_RDONLY | O_CLOEXEC);
+      if (nsfd < 0 || ::setns(nsfd, CLONE_NEWNET) != 0) ::_exit(126);
+    }
     ::execv(argv[0], const_cast<char* const*>(argv));
     ::_exit(127);
   }
@@ -1010,7 +1018,7 @@ void Pgkeel::start() {
 
   for (const auto& l : options_.listeners) {
     const bool up = eventually(
-        options_.start_timeout, [&] { return !running() || tcp_accepts(l.port); }, 10ms);
+        options_.start_timeout, [&] { return !running() || tcp_accepts(l.port, options_.listen_host); }, 10ms);
     if (!running() || !up) {
       const std::string why = exit_status_
                                   ? "exited with " + exit_description(*exit_status_)

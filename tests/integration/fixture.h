@@ -216,6 +216,9 @@ struct PgkeelOptions {
   std::string health_extra;    // inside [health] (user/password for the pgkeel role are set)
   std::string failover_extra;  // inside [failover] (replication_password is set)
   bool state_file = true;      // general.state_file in the pgkeel folder
+  std::string listen_host = "127.0.0.1";        // listeners and console bind here
+  std::map<std::string, std::string> node_hosts;  // node name -> address (default 127.0.0.1)
+  std::string netns;           // run pgkeel inside this network namespace (/run/netns/NAME)
   bool console = false;        // a console listener on a free port, admin user "pgkeel"
   int console_port = 0;        // set when console is true
   // Appended after everything else; must start with a table header, e.g. "[health]\n...".
