@@ -15,6 +15,27 @@ std::string_view to_string(ProbeOutcome o) {
   return "unknown";
 }
 
+ProbeOutcome classify_probe(bool ok, bool timed_out, bool connection_lost, std::string_view sqlstate,
+                            std::string_view message) {
+  if (ok) return ProbeOutcome::kOk;
+  if (timed_out) return ProbeOutcome::kTimeout;
+  auto has = [&](std::string_view s) { return message.find(s) != std::string_view::npos; };
+  if (sqlstate == "53300" || has("too many clients") || has("remaining connection slots")) return ProbeOutcome::kBusy;
+  // 57P03 (cannot connect now): the postmaster is alive and says why it turns us away: crash
+  // recovery after a backend died, start-up, or a shutdown in progress.
+  if (sqlstate == "57P03" || has("starting up") || has("in recovery mode") ||
+      has("not yet accepting connections") || has("is not accepting connections") || has("shutting down")) {
+    return ProbeOutcome::kStartingUp;
+  }
+  if (sqlstate == "28P01" || sqlstate == "28000" || has("password authentication failed") ||
+      has("no pg_hba.conf entry")) {
+    return ProbeOutcome::kAuthFailed;
+  }
+  if (has("Connection refused")) return ProbeOutcome::kRefused;
+  if (connection_lost) return ProbeOutcome::kReset;
+  return ProbeOutcome::kBusy;  // an ErrorResponse to the query itself: the node answered
+}
+
 std::string_view to_string(NodeHealth h) {
   switch (h) {
     case NodeHealth::kUp: return "up";

@@ -25,6 +25,12 @@ enum class ProbeOutcome : std::uint8_t {
 
 enum class NodeHealth : std::uint8_t { kUnknown, kUp, kDown };
 
+// What one probe attempt amounts to, from what libpq reported: whether it worked, timed out or
+// lost the connection, the SQLSTATE of an ErrorResponse (libpq gives none for a refused login,
+// so PostgreSQL's message texts are matched too), and the message.
+ProbeOutcome classify_probe(bool ok, bool timed_out, bool connection_lost, std::string_view sqlstate,
+                            std::string_view message);
+
 std::string_view to_string(ProbeOutcome o);
 std::string_view to_string(NodeHealth h);
 

@@ -47,20 +47,7 @@ std::string iso_time(std::chrono::system_clock::time_point t) {
 }
 
 ProbeOutcome classify(const PgResult& r) {
-  if (r.ok) return ProbeOutcome::kOk;
-  if (r.timed_out) return ProbeOutcome::kTimeout;
-  const std::string& e = r.error;
-  auto has = [&](const char* s) { return e.find(s) != std::string::npos; };
-  if (r.sqlstate == "53300" || has("too many clients") || has("remaining connection slots")) return ProbeOutcome::kBusy;
-  if (r.sqlstate == "57P03" || has("starting up") || has("in recovery mode")) return ProbeOutcome::kStartingUp;
-  if (r.sqlstate == "28P01" || r.sqlstate == "28000" || has("password authentication failed") ||
-      has("no pg_hba.conf entry")) {
-    return ProbeOutcome::kAuthFailed;
-  }
-  if (has("Connection refused")) return ProbeOutcome::kRefused;
-  if (r.connection_lost) return ProbeOutcome::kReset;
-  // An ErrorResponse for the query itself: the node answered.
-  return ProbeOutcome::kBusy;
+  return classify_probe(r.ok, r.timed_out, r.connection_lost, r.sqlstate, r.error);
 }
 
 // Runs `command` with /bin/sh; returns the child's pid (-1 on failure). The environment tells

@@ -348,23 +348,15 @@ void Client::on_server_lost(std::string_view reason) {
 }
 
 void Client::relay_to_server() {
-  IoBuffer* b = ep_.in;
-  if (b == nullptr) b = ep_.in = w_.buffers().acquire();
-  const std::size_t from = b->end;
-  const long n = recv_into(ep_.fd, b);
-  if (n == -1) {
-    if (b->pending() == 0) {
-      w_.buffers().release(b);
-      ep_.in = nullptr;
-    }
-    return;
-  }
+  std::size_t from = 0;
+  const long n = receive(ep_, w_.buffers(), from);
+  if (n == -1) return;
   if (n <= 0) {
     log::debug("client").kv("event", "disconnected").kv("conn", name_).emit();
     close_now();
     return;
   }
-  forward_to_server(b, from);
+  forward_to_server(ep_.in, from);
 }
 
 // Scans the client's new bytes [new_from, end) and sends [begin, end) to the server.
@@ -416,10 +408,7 @@ void Client::forward_to_server(IoBuffer* b, std::size_t new_from) {
       }
     }
   }
-  if (b->pending() == 0 && ep_.in == b) {
-    w_.buffers().release(b);
-    ep_.in = nullptr;
-  }
+  if (ep_.in == b) release_if_drained(ep_, w_.buffers());
   if (res.status == protocol::ScanResult::Status::kMalformed) {
     // The server stream is cut mid-conversation: it cannot be reused.
     if (server_ != nullptr) {

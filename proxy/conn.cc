@@ -93,6 +93,21 @@ long recv_into(int fd, IoBuffer* buf) {
   }
 }
 
+long receive(Endpoint& ep, BufferPool& pool, std::size_t& from) {
+  if (ep.in == nullptr) ep.in = pool.acquire();
+  from = ep.in->end;
+  const long n = recv_into(ep.fd, ep.in);
+  if (n == -1) release_if_drained(ep, pool);
+  return n;
+}
+
+void release_if_drained(Endpoint& ep, BufferPool& pool) {
+  if (ep.in != nullptr && ep.in->pending() == 0) {
+    pool.release(ep.in);
+    ep.in = nullptr;
+  }
+}
+
 void set_socket_options(int fd, bool tcp) {
   if (!tcp) return;
   int one = 1;

@@ -44,6 +44,13 @@ IoStatus send_buffer(int fd, IoBuffer* in);
 // recv() into the free tail of `buf`. Returns bytes read, 0 on EOF, -1 on EAGAIN, -2 on error.
 long recv_into(int fd, IoBuffer* buf);
 
+// The relay's read: takes ep.in from `pool` if the endpoint holds none, receives into it and sets
+// `from` to where the new bytes start. Returns as recv_into(); on -1 an empty buffer goes back.
+long receive(Endpoint& ep, BufferPool& pool, std::size_t& from);
+
+// Gives ep.in back to `pool` once everything in it was sent.
+void release_if_drained(Endpoint& ep, BufferPool& pool);
+
 void set_socket_options(int fd, bool tcp);
 
 }  // namespace pgkeel::proxy

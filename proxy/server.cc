@@ -287,20 +287,9 @@ void Server::handle_login_message(char type, std::string_view body) {
       login_failed(std::move(msg), e.message);
       return;
     }
-    case be::kParameterStatus: {
-      std::string_view k = r.str();
-      std::string_view v = r.str();
-      if (r.failed()) return;
-      bool found = false;
-      for (auto& [pk, pv] : params_status_) {
-        if (pk == k) {
-          pv = v;
-          found = true;
-        }
-      }
-      if (!found) params_status_.emplace_back(std::string(k), std::string(v));
+    case be::kParameterStatus:
+      note_parameter(r);
       return;
-    }
     case be::kBackendKeyData:
       backend_pid_ = r.i32();
       backend_key_ = r.i32();
@@ -324,6 +313,21 @@ void Server::login_failed(std::string error_response, std::string_view reason, b
   state_ = State::kClosed;
   ep_.close();
   server_login_failed(w_, *this, error_response, transport);
+}
+
+// A ParameterStatus: the server's current value of a reported setting, replayed to the next
+// client that gets this connection.
+void Server::note_parameter(protocol::Reader& r) {
+  std::string_view k = r.str();
+  std::string_view v = r.str();
+  if (r.failed()) return;
+  for (auto& [pk, pv] : params_status_) {
+    if (pk == k) {
+      pv = v;
+      return;
+    }
+  }
+  params_status_.emplace_back(std::string(k), std::string(v));
 }
 
 void Server::link(Client* c) {
@@ -372,15 +376,9 @@ void Server::after_reset_message(char type, std::string_view body) {
     case be::kErrorResponse:
       close("reset query failed: " + std::string(protocol::parse_error(body).message));
       return;
-    case be::kParameterStatus: {
-      std::string_view k = r.str();
-      std::string_view v = r.str();
-      if (r.failed()) return;
-      for (auto& [pk, pv] : params_status_) {
-        if (pk == k) pv = v;
-      }
+    case be::kParameterStatus:
+      note_parameter(r);
       return;
-    }
     case be::kReadyForQuery:
       tx_status_ = static_cast<char>(r.i8());
       if (tx_status_ != 'I') {
@@ -398,25 +396,15 @@ void Server::after_reset_message(char type, std::string_view body) {
 
 void Server::relay_to_client() {
   Client* c = client_;
-  IoBuffer* b = ep_.in;
-  if (b == nullptr) b = ep_.in = w_.buffers().acquire();
-  const std::size_t from = b->end;
-  const long n = recv_into(ep_.fd, b);
-  if (n == -1) {
-    if (b->pending() == 0) {
-      w_.buffers().release(b);
-      ep_.in = nullptr;
-    }
-    return;
-  }
+  std::size_t from = 0;
+  const long n = receive(ep_, w_.buffers(), from);
+  if (n == -1) return;
   if (n <= 0) {
-    if (b->pending() == 0) {
-      w_.buffers().release(b);
-      ep_.in = nullptr;
-    }
+    release_if_drained(ep_, w_.buffers());
     close(n == 0 ? "server closed the connection unexpectedly" : "receive from server failed");
     return;
   }
+  IoBuffer* b = ep_.in;
   const protocol::ScanResult res =
       scanner_.scan(b->data + from, b->end - from, [&](const protocol::ScannedMessage& m) {
         protocol::Reader r(m.body);
@@ -424,18 +412,7 @@ void Server::relay_to_client() {
           tx_status_ = static_cast<char>(r.i8());
           if (pending_syncs_ > 0) --pending_syncs_;
         } else if (!m.truncated) {
-          std::string_view k = r.str();
-          std::string_view v = r.str();
-          if (!r.failed()) {
-            bool found = false;
-            for (auto& [pk, pv] : params_status_) {
-              if (pk == k) {
-                pv = v;
-                found = true;
-              }
-            }
-            if (!found) params_status_.emplace_back(std::string(k), std::string(v));
-          }
+          note_parameter(r);
         }
         return protocol::ScanAction::kContinue;
       });
@@ -463,10 +440,7 @@ void Server::relay_to_client() {
       }
     }
   }
-  if (ep_.in == b && b->pending() == 0) {
-    w_.buffers().release(b);
-    ep_.in = nullptr;
-  }
+  if (ep_.in == b) release_if_drained(ep_, w_.buffers());
   if (res.status == protocol::ScanResult::Status::kMalformed) {
     log::warning("server").kv("event", "protocol_violation").kv("server", name_).kv("length", static_cast<std::uint64_t>(res.bad_length)).emit();
     close("server sent an invalid message");

@@ -84,6 +84,7 @@ class Server {
   void login_failed(std::string error_response, std::string_view reason, bool transport = false);
   void relay_to_client();
   void after_reset_message(char type, std::string_view body);
+  void note_parameter(protocol::Reader& r);
   void finish_reset();
 
   Worker& w_;

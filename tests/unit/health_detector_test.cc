@@ -61,3 +61,25 @@ TEST_CASE("a down node must answer several times before it is up again", "[healt
   REQUIRE(tr);
   CHECK(tr->to == NodeHealth::kUp);
 }
+
+TEST_CASE("probe failures are classified by how strong the evidence is", "[health]") {
+  CHECK(classify_probe(true, false, false, "", "") == ProbeOutcome::kOk);
+  CHECK(classify_probe(false, true, false, "", "timeout while connecting") == ProbeOutcome::kTimeout);
+  CHECK(classify_probe(false, false, true, "",
+                       "connection to server at \"127.0.0.1\", port 5433 failed: Connection refused") ==
+        ProbeOutcome::kRefused);
+  CHECK(classify_probe(false, false, true, "", "server closed the connection unexpectedly") == ProbeOutcome::kReset);
+  SECTION("a postmaster that answers is alive, whatever it says") {
+    CHECK(classify_probe(false, false, true, "", "FATAL:  sorry, too many clients already") == ProbeOutcome::kBusy);
+    CHECK(classify_probe(false, false, true, "",
+                         "FATAL:  the database system is not yet accepting connections DETAIL:  Consistent "
+                         "recovery state has not been yet reached.") == ProbeOutcome::kStartingUp);
+    CHECK(classify_probe(false, false, true, "", "FATAL:  the database system is in recovery mode") ==
+          ProbeOutcome::kStartingUp);
+    CHECK(classify_probe(false, false, true, "", "FATAL:  the database system is starting up") ==
+          ProbeOutcome::kStartingUp);
+    CHECK(classify_probe(false, false, true, "", "FATAL:  password authentication failed for user \"pgkeel\"") ==
+          ProbeOutcome::kAuthFailed);
+    CHECK(classify_probe(false, false, false, "42P01", "relation does not exist") == ProbeOutcome::kBusy);
+  }
+}
