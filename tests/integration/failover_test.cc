@@ -588,3 +588,42 @@ TEST_CASE("a partition between pgkeel and the primary while the standby still re
 }
 
 }  // namespace pgkeel::test
+
+namespace pgkeel::test {
+
+TEST_CASE("the ledger client through pgkeel: kill -9 of the synchronous primary loses no acknowledged commit", "[failover][ledger]") {
+  const std::string ledger = (fs::path(PGKEEL_BINARY_DIR) / "pgkeel-ledger").string();
+  REQUIRE(fs::exists(ledger));
+  Cluster cluster(ClusterOptions{.standbys = 1, .sync = true});
+  Pgkeel pk(cluster, failover_options());
+  REQUIRE(eventually(10s, [&] { return writer_port(pk) == std::to_string(cluster.port("db1")); }));
+  const std::string conninfo = pk.conninfo();
+  const std::string out = (pk.dir() / "ledger.json").string();
+  auto setup = run({ledger, "setup", "--conninfo", conninfo});
+  INFO(setup.output);
+  REQUIRE(setup.ok());
+
+  RunResult load;
+  std::thread writer([&] {
+    load = run({ledger, "run", "--conninfo", conninfo, "--clients", "4", "--duration", "8", "--out", out}, {}, 60s);
+  });
+  std::this_thread::sleep_for(3s);
+  kill_postmaster(cluster, "db1", SIGKILL);
+  writer.join();
+  INFO(load.output);
+  CHECK(load.ok());
+  // Connections made during the failover were held, never refused.
+  CHECK(load.output.find("; 0 connect failures") != std::string::npos);
+  const auto gap = load.output.find("longest write gap (any client)");
+  REQUIRE(gap != std::string::npos);
+  std::printf("failover (pgkeel-ledger): %s\n", load.output.substr(gap, load.output.find('\n', gap) - gap).c_str());
+
+  REQUIRE(eventually(10s, [&] { return writer_port(pk) == std::to_string(cluster.port("db2")); }));
+  auto verify = run({ledger, "verify", "--conninfo", conninfo, "--in", out});
+  INFO(verify.output);
+  CHECK(verify.ok());
+  CHECK(verify.output.find("lost (acknowledged, missing): 0") != std::string::npos);
+  CHECK(verify.output.find("duplicated ids:               0") != std::string::npos);
+}
+
+}  // namespace pgkeel::test
