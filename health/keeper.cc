@@ -103,6 +103,14 @@ Keeper::Keeper(event_base* base, KeeperConfig config, std::vector<NodeTarget> no
 
 Keeper::~Keeper() = default;
 
+// primary_conninfo for `standby` to stream from `upstream`.
+std::string Keeper::follow_conninfo(const Node& upstream, const Node& standby) const {
+  std::string pci = "host=" + upstream.target.host + " port=" + std::to_string(upstream.target.port) +
+                    " user=" + conninfo_value(config_.replication_user) + " application_name=" + standby.target.name;
+  if (!config_.replication_password.empty()) pci += " password=" + conninfo_value(config_.replication_password);
+  return pci;
+}
+
 std::string Keeper::conninfo(const Node& n) const {
   std::string c = "hostaddr=" + n.target.host + " port=" + std::to_string(n.target.port) +
                   " user=" + conninfo_value(config_.admin_user) + " dbname=" + conninfo_value(config_.admin_dbname) +
@@ -512,15 +520,7 @@ void Keeper::step_settle(int rounds_left) {
     }, arg, &tv);
     return;
   }
-  PlanInput in;
-  in.nodes = observations();
-  in.failed_primary = *failed_;
-  in.system_identifier = system_identifier_;
-  in.sync_mode = config_.sync_mode;
-  in.known_sync = known_sync_;
-  in.degraded = degraded_;
-  in.primary_last_lsn = primary_last_lsn_;
-  in.max_lag_bytes = config_.max_lag_on_failover;
+  PlanInput in = plan_input(*failed_);
   in.force = force_;
   in.target = target_;
   Plan plan = plan_failover(in);
@@ -652,9 +652,7 @@ void Keeper::step_publish() {
   // The other standbys follow the new primary.
   for (auto& n : nodes_) {
     if (n->id == c.id || n->id == *failed_ || n->detector.health() != NodeHealth::kUp || !n->facts || !n->facts->in_recovery) continue;
-    std::string pci = "host=" + c.target.host + " port=" + std::to_string(c.target.port) +
-                      " user=" + config_.replication_user + " application_name=" + n->target.name;
-    if (!config_.replication_password.empty()) pci += " password=" + config_.replication_password;
+    const std::string pci = follow_conninfo(c, *n);
     Node& node = *n;
     // Its replication slot on the new primary, so WAL it still needs is kept there.
     admin(c, "SELECT pg_create_physical_replication_slot(" + quote_literal(node.target.name) +
@@ -681,9 +679,7 @@ void Keeper::abort_failover(const std::string& why) {
     Node& old = *nodes_[*failed_];
     for (auto& n : nodes_) {
       if (n->id == old.id || n->detector.health() != NodeHealth::kUp || !n->facts || !n->facts->in_recovery) continue;
-      std::string pci = "host=" + old.target.host + " port=" + std::to_string(old.target.port) +
-                        " user=" + config_.replication_user + " application_name=" + n->target.name;
-      if (!config_.replication_password.empty()) pci += " password=" + config_.replication_password;
+      const std::string pci = follow_conninfo(old, *n);
       admin(*n, "ALTER SYSTEM SET primary_conninfo = " + quote_literal(pci), [](const PgResult&) {});
       admin(*n, "SELECT pg_reload_conf()", [](const PgResult&) {});
     }
@@ -707,18 +703,21 @@ std::string Keeper::failover(std::optional<std::string> target, bool force, cons
   return step_ == Step::kIdle ? "failover refused: see SHOW EVENTS" : "failover started";
 }
 
-Plan Keeper::plan() const {
+// What the planner needs, as the keeper knows it now, were `failed` the failed primary.
+PlanInput Keeper::plan_input(routing::NodeId failed) const {
   PlanInput in;
   in.nodes = observations();
-  in.failed_primary = writer_.value_or(0);
+  in.failed_primary = failed;
   in.system_identifier = system_identifier_;
   in.sync_mode = config_.sync_mode;
   in.known_sync = known_sync_;
   in.degraded = degraded_;
   in.primary_last_lsn = primary_last_lsn_;
   in.max_lag_bytes = config_.max_lag_on_failover;
-  return plan_failover(in);
+  return in;
 }
+
+Plan Keeper::plan() const { return plan_failover(plan_input(writer_.value_or(0))); }
 
 std::vector<NodeStatus> Keeper::nodes() const {
   std::vector<NodeStatus> out;

@@ -149,6 +149,8 @@ class Keeper {
   std::optional<PrimaryRecord> read_state_file();
   std::vector<NodeObservation> observations() const;
   std::string conninfo(const Node& n) const;
+  std::string follow_conninfo(const Node& upstream, const Node& standby) const;
+  PlanInput plan_input(routing::NodeId failed) const;
   Node* node_by_name(const std::string& name);
 
   event_base* base_;

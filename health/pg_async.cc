@@ -107,11 +107,7 @@ void PgAsync::poll_connect() {
       return;
     case PGRES_POLLING_FAILED:
     default: {
-      PgResult r;
-      r.connection_lost = true;
-      r.error = one_line(PQerrorMessage(conn_.get()));
-      close();
-      finish(std::move(r));
+      lost();
       return;
     }
   }
@@ -119,11 +115,7 @@ void PgAsync::poll_connect() {
 
 void PgAsync::send_query() {
   if (PQsendQuery(conn_.get(), sql_.c_str()) != 1) {
-    PgResult r;
-    r.connection_lost = true;
-    r.error = one_line(PQerrorMessage(conn_.get()));
-    close();
-    finish(std::move(r));
+    lost();
     return;
   }
   // Small queries leave libpq's buffer at once; if not, the flush completes as we read.
@@ -134,11 +126,7 @@ void PgAsync::send_query() {
 
 void PgAsync::read_results() {
   if (PQconsumeInput(conn_.get()) != 1) {
-    PgResult r;
-    r.connection_lost = true;
-    r.error = one_line(PQerrorMessage(conn_.get()));
-    close();
-    finish(std::move(r));
+    lost();
     return;
   }
   while (!PQisBusy(conn_.get())) {
@@ -178,11 +166,7 @@ void PgAsync::read_results() {
   }
   wait_for(EV_READ);
   if (PQstatus(conn_.get()) == CONNECTION_BAD) {
-    PgResult r;
-    r.connection_lost = true;
-    r.error = one_line(PQerrorMessage(conn_.get()));
-    close();
-    finish(std::move(r));
+    lost();
   }
 }
 
@@ -199,6 +183,15 @@ void PgAsync::on_timeout(evutil_socket_t, short what, void* arg) {
   r.error = self->connecting_ ? "timeout while connecting" : "timeout waiting for the query";
   self->close();
   self->finish(std::move(r));
+}
+
+// The connection is gone: report libpq's reason and drop it.
+void PgAsync::lost() {
+  PgResult r;
+  r.connection_lost = true;
+  r.error = one_line(PQerrorMessage(conn_.get()));
+  close();
+  finish(std::move(r));
 }
 
 void PgAsync::finish(PgResult r) {

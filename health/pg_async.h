@@ -58,6 +58,7 @@ class PgAsync {
   void send_query();
   void read_results();
   void wait_for(short what);
+  void lost();
   void finish(PgResult r);
 
   event_base* base_;
