@@ -137,28 +137,7 @@ trap 'say interrupted; exit 130' INT
 trap 'say terminated; exit 143' TERM
 
 # N distinct free TCP ports on 127.0.0.1, bound to port 0 together so the OS picks different ones.
-pick_ports() {
-  if command -v python3 >/dev/null 2>&1; then
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-    return
-  fi
-  local ports=() p
-  while ((${#ports[@]} < $1)); do
-    p=$((20000 + RANDOM % 12000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && [[ " ${ports[*]} " != *" $p "* ]]; then
-      ports+=("$p")
-    fi
-  done
-  echo "${ports[*]}"
-}
+pick_ports() { "$kRepoRoot/tools/free-ports.sh" "$1"; }
 
 # Waits until PORT accepts a query as the benchmark user; false after 20 s or if PID dies.
 await_ready() {  # PORT PID
@@ -225,6 +204,13 @@ users_file = "$cluster_dir/users.txt"
 
 [cluster]
 initial_primary = "db1"
+
+[health]
+user = "pgkeel"
+password = "pgkeel-pass"
+
+[failover]
+replication_password = "replicator-pass"
 
 [pool]
 pool_size = 100

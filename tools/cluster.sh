@@ -90,28 +90,7 @@ python() {
 
 # N distinct free TCP ports on 127.0.0.1: all bound to port 0 at once, so the OS hands out
 # different ones, then released for the servers to take.
-pick_ports() {
-  if command -v python3 >/dev/null 2>&1 || [[ -x /usr/bin/python3 ]]; then
-    python - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-    return
-  fi
-  local ports=() p
-  while ((${#ports[@]} < $1)); do
-    p=$((20000 + RANDOM % 12000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && [[ " ${ports[*]} " != *" $p "* ]]; then
-      ports+=("$p")
-    fi
-  done
-  echo "${ports[*]}"
-}
+pick_ports() { "$kRepoRoot/tools/free-ports.sh" "$1"; }
 
 pg_major() { "$PG_BINDIR/postgres" -V | awk '{ split($3, v, "."); print v[1] }'; }
 cache_dir() { printf '%s' "${PGKEEL_CACHE:-$kRepoRoot/.cache}"; }

@@ -43,11 +43,7 @@ tools/cluster.sh up "$demo/cluster" --standbys 1 --sync
 # shellcheck disable=SC1091
 source "$demo/cluster/cluster.env"
 
-read -r port console_port < <(python3 -c '
-import socket
-a, b = socket.socket(), socket.socket()
-a.bind(("127.0.0.1", 0)); b.bind(("127.0.0.1", 0))
-print(a.getsockname()[1], b.getsockname()[1])')
+read -r port console_port < <(tools/free-ports.sh 2)
 cat >"$demo/pgkeel.toml" <<TOML
 [general]
 workers = 0
