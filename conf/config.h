@@ -14,12 +14,14 @@ namespace pgkeel::conf {
 using Millis = std::chrono::milliseconds;
 
 enum class LogLevel : std::uint8_t { kDebug, kInfo, kWarning, kError };
+enum class LogFormat : std::uint8_t { kText, kJson };
 enum class PoolMode : std::uint8_t { kSession, kTransaction };
 
 struct GeneralConfig {
   int workers = 0;                 // 0: one per online core
   int max_client_conn = 1000;      // all listeners together (53300 beyond)
   LogLevel log_level = LogLevel::kInfo;
+  LogFormat log_format = LogFormat::kText;  // key=value lines, or one JSON object a line
   std::string users_file;          // resolved relative to the config file's folder
   std::string state_file;          // where pgkeel records the primary's identity (failover issue)
   Millis shutdown_timeout{30000};  // SIGTERM: how long running transactions may finish
@@ -88,6 +90,13 @@ struct FailoverConfig {
   std::string on_degraded;
   std::string replication_user = "replicator";  // how standbys stream from a new primary
   std::string replication_password;
+  // Planned switchover (console SWITCHOVER): how the old primary is stopped cleanly and how it
+  // rejoins as a standby. Run through /bin/sh with PGKEEL_NODE_NAME/HOST/PORT (and for rejoin
+  // PGKEEL_PRIMARY_NAME/HOST/PORT) in the environment.
+  std::string stop_command;
+  std::string rejoin_command;
+  Millis switchover_drain_timeout{10000};  // running transactions may finish this long
+  Millis switchover_timeout{60000};        // the whole switchover, or it aborts
 };
 
 // The DBA console (a PostgreSQL-protocol listener on the main thread).
@@ -96,6 +105,12 @@ struct ConsoleConfig {
   std::uint16_t port = 0;                 // 0: no console
   std::vector<std::string> admin_users;   // may act (FAILOVER ...)
   std::vector<std::string> monitor_users; // SHOW only
+};
+
+// The HTTP status port (/live, /health, /ready, /metrics, /api/status, /).
+struct StatusConfig {
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 0;  // 0: no status port
 };
 
 // One line of the users file: a client-facing user and its secret, as PostgreSQL stores it in
@@ -114,6 +129,7 @@ struct Config {
   HealthConfig health;
   FailoverConfig failover;
   ConsoleConfig console;
+  StatusConfig status;
   std::vector<ListenerConfig> listeners;
   std::vector<NodeConfig> nodes;
   std::vector<DatabaseConfig> databases;

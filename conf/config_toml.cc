@@ -305,7 +305,7 @@ const char* type_name(const toml::value& v) {
 
 constexpr std::initializer_list<const char*> kGeneralKeys = {
     "workers",    "max_client_conn",  "log_level",    "users_file",
-    "state_file", "shutdown_timeout", "login_timeout"};
+    "state_file", "shutdown_timeout", "login_timeout", "log_format"};
 constexpr std::initializer_list<const char*> kClusterKeys = {"initial_primary"};
 constexpr std::initializer_list<const char*> kPoolKeys = {
     "pool_size",       "max_server_conn_per_node", "server_idle_timeout",
@@ -328,11 +328,16 @@ constexpr std::initializer_list<const char*> kFailoverKeys = {"mode",
                                                               "on_promote",
                                                               "on_degraded",
                                                               "replication_user",
-                                                              "replication_password"};
+                                                              "replication_password",
+                                                              "stop_command",
+                                                              "rejoin_command",
+                                                              "switchover_drain_timeout",
+                                                              "switchover_timeout"};
 constexpr std::initializer_list<const char*> kConsoleKeys = {"host", "port", "admin_users",
                                                              "monitor_users"};
+constexpr std::initializer_list<const char*> kStatusKeys = {"host", "port"};
 constexpr std::initializer_list<const char*> kSections = {
-    "general", "cluster", "pool", "health", "failover", "console", "listener", "node", "databases"};
+    "general", "cluster", "pool", "health", "failover", "console", "status", "listener", "node", "databases"};
 
 std::size_t edit_distance(std::string_view a, std::string_view b) {
   std::vector<std::size_t> row(b.size() + 1);
@@ -396,7 +401,7 @@ class Mapper {
     for (const auto& [name, v] : doc.as_table()) {
       const std::string k = key_path("", name);
       if (name == "general" || name == "cluster" || name == "pool" || name == "databases" ||
-          name == "health" || name == "failover" || name == "console") {
+          name == "health" || name == "failover" || name == "console" || name == "status") {
         if (!section(v, k)) {
           continue;
         }
@@ -413,6 +418,8 @@ class Mapper {
           failover(v);
         } else if (name == "console") {
           console(v);
+        } else if (name == "status") {
+          status(v);
         } else {
           databases(v);
         }
@@ -620,6 +627,8 @@ class Mapper {
         read_duration(v, k, /*zero_ok=*/true, g.shutdown_timeout);  // 0: close sessions at once
       } else if (name == "login_timeout") {
         read_duration(v, k, false, g.login_timeout);
+      } else if (name == "log_format") {
+        read_choice(v, k, {{"text", LogFormat::kText}, {"json", LogFormat::kJson}}, g.log_format);
       } else {
         unknown(v, "general", name, "[general]", kGeneralKeys);
         continue;
@@ -739,6 +748,14 @@ class Mapper {
         read_string(v, k, f.replication_user);
       } else if (name == "replication_password") {
         read_string(v, k, f.replication_password);
+      } else if (name == "stop_command") {
+        read_string(v, k, f.stop_command);
+      } else if (name == "rejoin_command") {
+        read_string(v, k, f.rejoin_command);
+      } else if (name == "switchover_drain_timeout") {
+        read_duration(v, k, true, f.switchover_drain_timeout);
+      } else if (name == "switchover_timeout") {
+        read_duration(v, k, false, f.switchover_timeout);
       } else {
         unknown(v, "failover", name, "[failover]", kFailoverKeys);
         continue;
@@ -761,6 +778,22 @@ class Mapper {
         read_string_list(v, k, c.monitor_users);
       } else {
         unknown(v, "console", name, "[console]", kConsoleKeys);
+        continue;
+      }
+      note(k, v);
+    }
+  }
+
+  void status(const toml::value& t) {
+    StatusConfig& c = config_.status;
+    for (const auto& [name, v] : t.as_table()) {
+      const std::string k = key_path("status", name);
+      if (name == "host") {
+        read_string(v, k, c.host);
+      } else if (name == "port") {
+        read_int(v, k, 1, 65535, c.port);
+      } else {
+        unknown(v, "status", name, "[status]", kStatusKeys);
         continue;
       }
       note(k, v);

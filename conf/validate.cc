@@ -87,6 +87,7 @@ class Checker {
     users_file();
     state_file();
     listeners();
+    service_ports();
     nodes();
     initial_primary();
     pool();
@@ -226,6 +227,33 @@ class Checker {
       }
       if (!l.unix_socket_dir.empty()) {
         unix_socket(k, i);
+      }
+    }
+  }
+
+  // The console and the status port must not take a listener's port (or each other's).
+  void service_ports() {
+    struct Service {
+      const char* key;
+      const std::string& host;
+      std::uint16_t port;
+    };
+    const Service services[] = {{"console.port", config_.console.host, config_.console.port},
+                                {"status.port", config_.status.host, config_.status.port}};
+    for (std::size_t s = 0; s < std::size(services); ++s) {
+      const Service& svc = services[s];
+      if (svc.port == 0) {
+        continue;
+      }
+      for (std::size_t i = 0; i < config_.listeners.size(); ++i) {
+        const ListenerConfig& l = config_.listeners[i];
+        if (l.port == svc.port && hosts_overlap(l.host, svc.host)) {
+          add(svc.key, svc.host + ":" + std::to_string(svc.port) + " collides with " +
+                           entry("[[listener]]", i) + " (" + l.host + ":" + std::to_string(l.port) + ")");
+        }
+      }
+      if (s == 1 && services[0].port == svc.port && hosts_overlap(services[0].host, svc.host)) {
+        add(svc.key, "the status port collides with console.port " + std::to_string(svc.port));
       }
     }
   }

@@ -689,18 +689,34 @@ void Keeper::abort_failover(const std::string& why) {
   publish(std::nullopt, "no writable primary: " + why, true);
 }
 
-std::string Keeper::failover(std::optional<std::string> target, bool force, const std::string& who) {
-  if (step_ != Step::kIdle) return "a failover is already running";
+void Keeper::failover(std::optional<std::string> target, bool force, const std::string& who, OutcomeFn done) {
+  if (step_ != Step::kIdle) return done({false, "a failover is already running"});
   std::optional<routing::NodeId> t;
   if (target) {
     Node* n = node_by_name(*target);
-    if (n == nullptr) return "no node named " + *target;
+    if (n == nullptr) return done({false, "no node named " + *target});
     t = n->id;
   }
   const std::string reason = "FAILOVER" + std::string(target ? " TO " + *target : "") + (force ? " FORCE" : "") + " by " + who;
   add_event("console", "", reason);
   begin_failover(reason, t, true);
-  return step_ == Step::kIdle ? "failover refused: see SHOW EVENTS" : "failover started";
+  done(step_ == Step::kIdle ? Outcome{false, "failover refused: see SHOW EVENTS"} : Outcome{true, "failover started"});
+}
+
+void Keeper::switchover(std::optional<std::string>, const std::string&, OutcomeFn done) {
+  done({false, "SWITCHOVER is not implemented yet"});
+}
+
+Outcome Keeper::fence(const std::string&, const std::string&) { return {false, "FENCE is not implemented yet"}; }
+Outcome Keeper::unfence(const std::string&, const std::string&) { return {false, "UNFENCE is not implemented yet"}; }
+Outcome Keeper::disable(const std::string&, const std::string&) { return {false, "DISABLE is not implemented yet"}; }
+Outcome Keeper::enable(const std::string&, const std::string&) { return {false, "ENABLE is not implemented yet"}; }
+
+KeeperCounters Keeper::counters() const {
+  KeeperCounters c;
+  c.degraded = degraded_;
+  c.sync_mode = config_.sync_mode;
+  return c;
 }
 
 // What the planner needs, as the keeper knows it now, were `failed` the failed primary.

@@ -48,6 +48,11 @@ struct KeeperConfig {
   std::string state_file;      // empty: the record lives only in memory and in the cluster
   Millis promote_timeout{30000};
   std::string initial_primary;
+  // Planned switchover: stop the old primary cleanly, then let it rejoin as a standby.
+  std::string stop_command;
+  std::string rejoin_command;
+  Millis switchover_drain_timeout{10000};
+  Millis switchover_timeout{60000};
 };
 
 struct NodeTarget {
@@ -64,6 +69,30 @@ class Effects {
   // Publishes the snapshot; `done(epoch)` runs on the keeper's loop once every worker has
   // applied it (closed its connections to nodes that lost the right to serve).
   virtual void publish(routing::Snapshot snap, std::function<void(std::uint64_t)> done) = 0;
+  // Planned switchover: hold new transactions on every listener (clients wait, nothing fails),
+  // let running ones finish, and call `done(still_running)` on the keeper's loop once none runs
+  // on `node` or after `drain_timeout` (then `still_running` > 0).
+  virtual void pause_writes(routing::NodeId node, Millis drain_timeout, std::function<void(int still_running)> done) = 0;
+  // Releases what pause_writes() held; held transactions continue under the current snapshot.
+  virtual void resume_writes() = 0;
+};
+
+// The outcome of a console verb, in one line.
+struct Outcome {
+  bool ok = false;
+  std::string text;
+};
+using OutcomeFn = std::function<void(Outcome)>;
+
+// What the keeper has done since start, for /metrics and SHOW STATS.
+struct KeeperCounters {
+  std::uint64_t failovers = 0;            // promotions completed (automatic or by console)
+  std::uint64_t failovers_refused = 0;    // a failover was needed or asked for and refused/aborted
+  std::uint64_t switchovers = 0;          // completed
+  std::uint64_t switchovers_aborted = 0;
+  std::uint64_t degradations = 0;         // synchronous replication lost (on -> degraded)
+  bool degraded = false;
+  SyncMode sync_mode = SyncMode::kOn;
 };
 
 struct Event {
@@ -91,6 +120,8 @@ struct NodeStatus {
   double probe_ms = 0;
   std::string last_probe;  // ISO time
   std::string last_error;
+  std::uint64_t probes = 0;          // since start
+  std::uint64_t probe_failures = 0;  // answered with an error, refused or timed out
 };
 
 class Keeper {
@@ -107,8 +138,17 @@ class Keeper {
   // It only makes the next probe of that node happen now; the probe decides.
   void suspect(routing::NodeId node);
 
-  // Console verbs. Each returns what happened (or why not), in one line.
-  std::string failover(std::optional<std::string> target, bool force, const std::string& who);
+  // Console verbs. Each reports what happened (or why not), in one line. failover() and
+  // switchover() call `done` when the sequence finished or aborted; the others answer at once.
+  void failover(std::optional<std::string> target, bool force, const std::string& who, OutcomeFn done);
+  void switchover(std::optional<std::string> target, const std::string& who, OutcomeFn done);
+  Outcome fence(const std::string& node, const std::string& who);
+  Outcome unfence(const std::string& node, const std::string& who);   // refused unless in recovery
+  Outcome disable(const std::string& node, const std::string& who);   // maintenance: no traffic, no promotion
+  Outcome enable(const std::string& node, const std::string& who);
+  // Records a console action or a reload in the event list (kind "console" / "reload").
+  void note_event(std::string kind, const std::string& node, std::string text) { add_event(std::move(kind), node, std::move(text)); }
+  KeeperCounters counters() const;
   std::vector<NodeStatus> nodes() const;
   std::vector<Event> events() const { return {events_.begin(), events_.end()}; }
   Plan plan() const;

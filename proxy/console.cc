@@ -148,7 +148,9 @@ ConsoleReply run_console_command(Shared& sh, std::string_view sql, bool admin, c
       }
     }
     r.command_tag = "FAILOVER";
-    r.notice = k->failover(target, force, who);
+    health::Outcome outcome;
+    k->failover(target, force, who, [&outcome](health::Outcome o) { outcome = std::move(o); });
+    r.notice = outcome.text;
     return r;
   }
   return error("42601", "unknown console command; the commands are: " + std::string(kHelp));

@@ -16,14 +16,9 @@
 #include "proxy/conn.h"
 #include "proxy/handles.h"
 #include "proxy/shared.h"
+#include "proxy/status.h"
 
 namespace pgkeel::proxy {
-
-// A result set: column names and text rows (NULL as nullopt).
-struct ConsoleTable {
-  std::vector<std::string> columns;
-  std::vector<std::vector<std::optional<std::string>>> rows;
-};
 
 // The reply to one console command, before it is encoded.
 struct ConsoleReply {

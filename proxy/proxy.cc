@@ -197,6 +197,13 @@ class ProxyEffects final : public health::Effects {
     }
   }
 
+  void pause_writes(routing::NodeId, health::Millis, std::function<void(int)> done) override {
+    sh_.writes_paused.store(true);
+    mailbox_.post([done = std::move(done)] { done(0); });
+  }
+
+  void resume_writes() override { sh_.writes_paused.store(false); }
+
  private:
   Shared& sh_;
   MainMailbox& mailbox_;

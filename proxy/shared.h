@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -18,6 +19,7 @@
 
 #include "conf/config.h"
 #include "proxy/auth/scram.h"
+#include "proxy/stats.h"
 #include "routing/snapshot.h"
 
 namespace pgkeel::proxy {
@@ -73,6 +75,17 @@ struct Shared {
   std::atomic<int> workers_running{0};
   std::atomic<bool> draining{false};
   std::chrono::milliseconds hold_timeout{30000};  // how long a client waits for a writer
+
+  // Runs `fn` on the main thread (the console, the keeper and the status port live there).
+  std::function<void(std::function<void()>)> post_main;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  // PAUSE [listener] from the console, and a switchover's pause: new transactions wait.
+  std::array<std::atomic<bool>, kMaxListeners> listener_paused{};
+  std::atomic<bool> writes_paused{false};
+  // Main thread only: samples of the summed worker stats, for "the last minute".
+  StatsHistory history;
+  std::atomic<std::uint64_t> reloads{0};
+  std::atomic<std::uint64_t> reload_failures{0};
 };
 
 }  // namespace pgkeel::proxy
