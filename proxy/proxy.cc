@@ -26,6 +26,7 @@
 #include "proxy/handles.h"
 #include "proxy/log.h"
 #include "proxy/shared.h"
+#include "proxy/status_http.h"
 #include "proxy/worker.h"
 
 namespace pgkeel::proxy {
@@ -346,6 +347,7 @@ int run(const conf::Config& config) {
   const timeval tv{0, 100 * 1000};
   event_add(watch.get(), &tv);
   MainMailbox mailbox(base.get());
+  sh.post_main = [&mailbox](std::function<void()> fn) { mailbox.post(std::move(fn)); };
   ProxyEffects effects(sh, mailbox);
   health::KeeperConfig kc;
   kc.probe_interval = config.health.probe_interval;
@@ -395,6 +397,16 @@ int run(const conf::Config& config) {
   if (config.console.port != 0) {
     console = std::make_unique<Console>(sh, base.get());
     if (!console->listen(config.console.host, config.console.port)) {
+      for (auto& w : workers) w->post([](Worker& wk) { wk.begin_shutdown(false); });
+      for (auto& w : workers) w->join();
+      return 2;
+    }
+  }
+
+  std::unique_ptr<StatusServer> status;
+  if (config.status.port != 0) {
+    status = std::make_unique<StatusServer>(sh, base.get());
+    if (!status->listen(config.status.host, config.status.port)) {
       for (auto& w : workers) w->post([](Worker& wk) { wk.begin_shutdown(false); });
       for (auto& w : workers) w->join();
       return 2;

@@ -857,6 +857,7 @@ Pgkeel::Pgkeel(const Cluster& cluster, PgkeelOptions options)
     }
   }
   if (options_.console && options_.console_port == 0) options_.console_port = free_port();
+  if (options_.status && options_.status_port == 0) options_.status_port = free_port();
   write_config();
   LogRegistry::get().watch(log_path_);
   try {
@@ -894,6 +895,10 @@ std::string Pgkeel::console_conninfo() const {
          " password=" + std::string(kPgkeelPassword) + " dbname=pgkeel connect_timeout=5";
 }
 
+std::string Pgkeel::status_url() const {
+  return "http://" + options_.listen_host + ":" + std::to_string(options_.status_port);
+}
+
 std::string Pgkeel::render_config() const {
   std::ostringstream out;
   out << "# written by tests/integration/fixture.cc\n"
@@ -921,7 +926,17 @@ std::string Pgkeel::render_config() const {
     out << "[console]\n"
         << "host = " << toml_string(options_.listen_host) << "\n"
         << "port = " << options_.console_port << "\n"
-        << "admin_users = [\"pgkeel\"]\n\n";
+        << "admin_users = [\"pgkeel\"]\n";
+    out << "monitor_users = [";
+    for (std::size_t i = 0; i < options_.console_monitor_users.size(); ++i) {
+      out << (i ? ", " : "") << toml_string(options_.console_monitor_users[i]);
+    }
+    out << "]\n\n";
+  }
+  if (options_.status) {
+    out << "[status]\n"
+        << "host = " << toml_string(options_.listen_host) << "\n"
+        << "port = " << options_.status_port << "\n\n";
   }
   for (const auto& l : options_.listeners) {
     out << "[[listener]]\n"

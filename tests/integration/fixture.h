@@ -221,6 +221,9 @@ struct PgkeelOptions {
   std::string netns;           // run pgkeel inside this network namespace (/run/netns/NAME)
   bool console = false;        // a console listener on a free port, admin user "pgkeel"
   int console_port = 0;        // set when console is true
+  std::vector<std::string> console_monitor_users;  // [console] monitor_users
+  bool status = false;         // the HTTP status port on a free port
+  int status_port = 0;         // set when status is true
   // Appended after everything else; must start with a table header, e.g. "[health]\n...".
   std::string extra_toml;
   std::chrono::milliseconds start_timeout = 10s;
@@ -242,6 +245,9 @@ class Pgkeel {
 
   int port(std::string_view listener = "rw") const;  // throws std::out_of_range
   int console_port() const { return options_.console_port; }
+  int status_port() const { return options_.status_port; }
+  // "http://host:port" of the status port.
+  std::string status_url() const;
   // conninfo for the console (user pgkeel).
   std::string console_conninfo() const;
   pid_t pid() const { return pid_; }
