@@ -8,10 +8,12 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 
 namespace pgkeel::proxy {
 
 struct Shared;
+struct StatusSnapshot;
 
 class StatusServer {
  public:
@@ -27,5 +29,29 @@ class StatusServer {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// What /live, /ready and /health answer, and why. /live: the process serves HTTP. /ready: it
+// can take clients (workers listening, not draining for shutdown, a writer decided at least
+// once; a client that arrives during a failover is held, not refused). /health: a writable
+// primary is routable right now.
+struct Readiness {
+  bool ready = false;
+  std::string ready_why;
+  bool healthy = false;
+  std::string health_why;
+  bool draining = false;
+};
+
+// The pure renderers behind /metrics and /api/status (tested without a socket).
+
+// A JSON string literal: quotes, backslash and control characters escaped; valid UTF-8 passed
+// through; each byte of an invalid UTF-8 sequence becomes U+FFFD, so the output is always JSON.
+std::string json_string(std::string_view s);
+
+// Prometheus text exposition format 0.0.4.
+std::string render_metrics(const StatusSnapshot& s, const Readiness& r);
+
+// The /api/status document. With `connections`, the clients and servers tables are included.
+std::string render_status_json(const StatusSnapshot& s, const Readiness& r, bool connections);
 
 }  // namespace pgkeel::proxy
