@@ -7,9 +7,10 @@
 
 namespace pgkeel::proxy {
 
-AuthSession::AuthSession(const Shared& shared, std::string user) : shared_(shared), user_(std::move(user)) {
-  auto it = shared_.users.find(user_);
-  if (it != shared_.users.end()) user_auth_ = &it->second;
+AuthSession::AuthSession(const Shared& shared, std::string user)
+    : shared_(shared), user_(std::move(user)), users_(shared.users()) {
+  auto it = users_->find(user_);
+  if (it != users_->end()) user_auth_ = &it->second;
 }
 
 AuthSession::Step AuthSession::fail(std::string sqlstate, std::string message, std::string log_reason) {

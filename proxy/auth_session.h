@@ -40,6 +40,7 @@ class AuthSession {
 
   const Shared& shared_;
   std::string user_;
+  std::shared_ptr<const UserMap> users_;  // keeps user_auth_ alive across a reload
   const UserAuth* user_auth_ = nullptr;
   std::optional<auth::ScramServer> scram_;
   std::string md5_salt_;

@@ -90,6 +90,12 @@ void Client::on_write_cb(evutil_socket_t, short, void* arg) { static_cast<Client
 void Client::on_read() {
   switch (state_) {
     case State::kLinked:
+      // PAUSE: a new transaction waits (its bytes stay in the socket) until RESUME.
+      if (w_.paused_for(listener_index_) && at_transaction_boundary()) {
+        ep_.set_reading(false);
+        w_.park(this);
+        return;
+      }
       relay_to_server();
       return;
     case State::kStartup:
@@ -270,6 +276,7 @@ void Client::handle_auth_message(char type, std::string_view body) { apply_auth_
 
 void Client::apply_auth_step(const AuthSession::Step& step) {
   if (step.failed) {
+    w_.stats().auth_failures.add(1);
     log::info("client").kv("event", "auth_failed").kv("conn", name_).kv("user", user_).kv("peer", peer_).kv("reason", step.log_reason).emit();
     fail("FATAL", step.sqlstate, step.message);
     return;
@@ -287,12 +294,46 @@ void Client::apply_auth_step(const AuthSession::Step& step) {
   state_ = State::kWaiting;
   wait_started_ = Clock::now();
   log::debug("client").kv("event", "login").kv("conn", name_).kv("user", user_).kv("db", database_).kv("peer", peer_).emit();
+  if (w_.paused_for(listener_index_)) {
+    w_.park(this);  // a new session waits for RESUME before it takes a server
+    return;
+  }
   request_server(w_, *this);
+}
+
+void Client::unparked() {
+  if (state_ == State::kLinked) {
+    ep_.set_reading(true);  // level-triggered: what the client sent meanwhile is read now
+  } else if (state_ == State::kWaiting && server_ == nullptr && waiting_pool == nullptr && !held && !closing_) {
+    request_server(w_, *this);
+  }
+}
+
+bool Client::at_transaction_boundary() const {
+  return state_ == State::kLinked && server_ != nullptr && server_->tx_status() == 'I' && !server_->query_running() &&
+         streams_at_rest();
+}
+
+std::string_view Client::state_name() const {
+  if (parked) return "paused";
+  if (held) return "held";
+  switch (state_) {
+    case State::kStartup: return "startup";
+    case State::kAuth: return "auth";
+    case State::kWaiting: return "waiting";
+    case State::kLinked:
+      if (server_ == nullptr) return "waiting";
+      if (server_->query_running()) return "active";
+      return server_->tx_status() == 'I' ? "idle" : "idle in transaction";
+    case State::kClosed: return "closed";
+  }
+  return "unknown";
 }
 
 void Client::on_server_ready(Server* s) {
   if (state_ != State::kWaiting) return;
   state_ = State::kLinked;
+  ever_linked_ = true;
   server_ = s;
   s->link(this);
   // The session's opening as the server would send it (§55.2.1): ParameterStatus for every
@@ -362,6 +403,10 @@ void Client::relay_to_server() {
 // Scans the client's new bytes [new_from, end) and sends [begin, end) to the server.
 void Client::forward_to_server(IoBuffer* b, std::size_t new_from) {
   Server* s = server_;
+  const std::uint64_t fresh = b->end - new_from;
+  WorkerStats& st = w_.stats();
+  st.by_listener[listener_index_].bytes_in.add(fresh);
+  st.by_node[s->node()].bytes_in.add(fresh);
   bool terminate_seen = false;
   bool terminate_clean = true;
   const protocol::ScanResult res =
@@ -372,13 +417,16 @@ void Client::forward_to_server(IoBuffer* b, std::size_t new_from) {
             return protocol::ScanAction::kStop;
           case fe::kQuery:
           case fe::kFunctionCall:
+            s->note_cycle_start();
             s->note_frontend_sync();
             break;
           case fe::kSync:
+            s->note_cycle_start();
             s->note_frontend_sync();
             s->note_unsynced(false);
             break;
           default:
+            s->note_cycle_start();
             s->note_unsynced(true);
             break;
         }
@@ -499,8 +547,10 @@ void Client::terminate(std::string_view sqlstate, std::string_view message) {
 void Client::fail(std::string_view severity, std::string_view sqlstate, std::string_view message,
                   std::string_view detail) {
   if (state_ == State::kClosed) return;
+  if (state_ != State::kLinked && !ever_linked_) w_.stats().clients_refused.add(1);
   if (waiting_pool != nullptr) cancel_wait(w_, *this);
   w_.unhold(this);
+  w_.unpark(this);
   closing_ = true;
   ep_.set_reading(false);
   log::debug("client").kv("event", "error").kv("conn", name_).kv("sqlstate", sqlstate).kv("message", message).emit();
@@ -511,6 +561,7 @@ void Client::close_now() {
   if (state_ == State::kClosed) return;
   if (waiting_pool != nullptr) cancel_wait(w_, *this);
   w_.unhold(this);
+  w_.unpark(this);
   if (server_ != nullptr) {
     Server* s = server_;
     const bool clean = s->tx_status() == 'I' && !s->query_running() && streams_at_rest();

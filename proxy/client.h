@@ -80,6 +80,16 @@ class Client {
   bool held = false;
   bool ever_held = false;
   Clock::time_point held_since;
+  // Owned by the worker: parked at a transaction boundary while its listener is paused.
+  bool parked = false;
+  Clock::time_point parked_since;
+  // Called by the worker when the pause ends: read on (linked) or ask for a server (new).
+  void unparked();
+  // Linked, with no transaction or query running and nothing in flight either way.
+  bool at_transaction_boundary() const;
+  const std::string& peer() const { return peer_; }
+  Clock::time_point connected_at() const { return started_; }
+  std::string_view state_name() const;
   void hold_expired(std::string_view why);
 
  private:
@@ -125,6 +135,7 @@ class Client {
   Clock::time_point started_;
   Clock::time_point wait_started_;
   bool counted_ = false;  // holds a slot in shared.clients
+  bool ever_linked_ = false;
 };
 
 }  // namespace pgkeel::proxy

@@ -11,15 +11,43 @@
 #include <ctime>
 
 #include "health/keeper.h"
+#include "proxy/control.h"
+#include "proxy/worker.h"
 #include "proxy/log.h"
 #include "proxy/protocol/message.h"
 
 namespace pgkeel::proxy {
 namespace {
 
-constexpr const char* kHelp =
-    "SHOW NODES | SHOW EVENTS | SHOW FAILOVER PLAN | SHOW ROUTES | SHOW VERSION | SHOW HELP | "
-    "FAILOVER [TO node] [FORCE]";
+constexpr const char* kHelp[][2] = {
+    {"SHOW NODES", "every node: role, state, fencing, identity, timeline, LSN, lag, sync state, last probe"},
+    {"SHOW ROUTES", "where each listener routes now, and why"},
+    {"SHOW FAILOVER PLAN", "dry run: what pgkeel would do if the primary failed now"},
+    {"SHOW LISTENERS", "listeners, pool mode, paused or not, clients connected"},
+    {"SHOW CLIENTS", "client connections: address, user, database, application, state, server backend"},
+    {"SHOW SERVERS", "server connections: node, state, client, backend pid, epoch"},
+    {"SHOW POOLS", "per worker and pool: idle, active, connecting, waiting clients"},
+    {"SHOW STATS", "per listener and node: transactions, queries, bytes, avg and p99 latency"},
+    {"SHOW EVENTS", "detections, promotions, fencings, switchovers, reloads, console actions"},
+    {"SHOW CONFIG", "the running configuration (passwords hidden)"},
+    {"SHOW VERSION", "pgkeel's version"},
+    {"SHOW HELP", "this list"},
+    {"PAUSE [listener]", "admin: hold new transactions (all listeners, or one); running ones finish"},
+    {"RESUME [listener]", "admin: release what PAUSE holds"},
+    {"FAILOVER [TO node] [FORCE]", "admin: promote a standby now; FORCE skips the lag check"},
+    {"SWITCHOVER [TO node]", "admin: planned, clean change of primary; the old one rejoins as a standby"},
+    {"FENCE node / UNFENCE node", "admin: no traffic at all to the node / allow it again (standbys only)"},
+    {"DISABLE node / ENABLE node", "admin: maintenance: no traffic, never promoted / back in service"},
+    {"KILL client", "admin: end a client session (id from SHOW CLIENTS)"},
+    {"RELOAD", "admin: re-read the configuration and users file"},
+    {"SHUTDOWN", "admin: graceful shutdown (as SIGTERM)"},
+};
+
+std::string help_line() {
+  std::string out;
+  for (const auto& h : kHelp) out += (out.empty() ? "" : ", ") + std::string(h[0]);
+  return out;
+}
 
 std::vector<std::string> words(std::string_view sql) {
   std::vector<std::string> out;
@@ -41,18 +69,6 @@ std::string upper(std::string s) {
   return s;
 }
 
-std::string iso(std::chrono::system_clock::time_point t) {
-  const std::time_t tt = std::chrono::system_clock::to_time_t(t);
-  std::tm tm{};
-  gmtime_r(&tt, &tm);
-  char buf[40];
-  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count() % 1000;
-  char out[48];
-  std::snprintf(out, sizeof out, "%s.%03d+00", buf, static_cast<int>(ms));
-  return out;
-}
-
 ConsoleReply error(std::string sqlstate, std::string message) {
   ConsoleReply r;
   r.error_sqlstate = std::move(sqlstate);
@@ -60,100 +76,186 @@ ConsoleReply error(std::string sqlstate, std::string message) {
   return r;
 }
 
-std::optional<std::string> opt(const std::string& s) {
-  if (s.empty()) return std::nullopt;
-  return s;
+ConsoleReply done_reply(std::string tag, std::string notice) {
+  ConsoleReply r;
+  r.command_tag = std::move(tag);
+  r.notice = std::move(notice);
+  return r;
+}
+
+ConsoleReply outcome_reply(const std::string& tag, const health::Outcome& o) {
+  if (!o.ok) return error("55000", o.text);
+  return done_reply(tag, o.text);
+}
+
+using TableFn = ConsoleTable (*)(const StatusSnapshot&);
+
+struct ShowVerb {
+  const char* word;
+  TableFn table;
+  bool connections;  // needs every worker's report
+};
+
+constexpr ShowVerb kShows[] = {
+    {"NODES", &nodes_table, false},       {"ROUTES", &routes_table, false},
+    {"LISTENERS", &listeners_table, true}, {"CLIENTS", &clients_table, true},
+    {"SERVERS", &servers_table, true},    {"POOLS", &pools_table, true},
+    {"STATS", &stats_table, false},       {"EVENTS", &events_table, false},
+    {"CONFIG", &config_table, false},
+};
+
+// Listener index by name, or -1.
+int listener_index(const Shared& sh, const std::string& name) {
+  for (std::size_t i = 0; i < sh.config->listeners.size(); ++i) {
+    if (sh.config->listeners[i].name == name) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+int running_through(Worker& w, int listener) {
+  WorkerReport r;
+  w.report(r);
+  int n = 0;
+  for (const ClientRow& c : r.clients) {
+    if (listener >= 0 && c.listener != w.config().listeners[static_cast<std::size_t>(listener)].name) continue;
+    if (c.state == "active" || c.state == "idle in transaction") ++n;
+  }
+  return n;
+}
+
+void note(Shared& sh, const std::string& node, const std::string& text) {
+  if (sh.keeper != nullptr) sh.keeper->note_event("console", node, text);
 }
 
 }  // namespace
 
-ConsoleReply run_console_command(Shared& sh, std::string_view sql, bool admin, const std::string& who) {
-  std::vector<std::string> w = words(sql);
+void run_console_command(Shared& sh, std::string_view sql, bool admin, const std::string& who, ConsoleReplyFn reply) {
+  const std::vector<std::string> orig = words(sql);
+  std::vector<std::string> w = orig;
   for (auto& x : w) x = upper(x);
-  ConsoleReply r;
   health::Keeper* k = sh.keeper;
-  if (w.empty()) {
-    r.command_tag = "EMPTY";
-    return r;
-  }
-  if (w[0] == "SHOW" && w.size() >= 2) {
-    r.command_tag = "SHOW";
-    ConsoleTable t;
-    if (w[1] == "NODES" && k != nullptr) {
-      t.columns = {"name", "address", "role", "health", "fenced", "enabled", "system_identifier", "timeline",
-                   "lsn", "lag_bytes", "lag_seconds", "sync_state", "last_probe", "probe_ms", "last_error"};
-      for (const health::NodeStatus& n : k->nodes()) {
-        char ms[32];
-        std::snprintf(ms, sizeof ms, "%.1f", n.probe_ms);
-        std::optional<std::string> lag_s;
-        if (n.lag_seconds) {
-          char b[32];
-          std::snprintf(b, sizeof b, "%.3f", *n.lag_seconds);
-          lag_s = b;
-        }
-        t.rows.push_back({n.name, n.address, n.role, n.health, n.fenced ? "yes" : "no", n.enabled ? "yes" : "no",
-                          opt(n.system_identifier), n.timeline ? std::optional<std::string>(std::to_string(n.timeline)) : std::nullopt,
-                          opt(n.lsn), n.lag_bytes ? std::optional<std::string>(std::to_string(*n.lag_bytes)) : std::nullopt,
-                          lag_s, opt(n.sync_state), opt(n.last_probe), std::string(ms), opt(n.last_error)});
-      }
-    } else if (w[1] == "EVENTS" && k != nullptr) {
-      t.columns = {"id", "time", "epoch", "kind", "node", "detail"};
-      for (const health::Event& e : k->events()) {
-        t.rows.push_back({std::to_string(e.id), iso(e.at), std::to_string(e.epoch), e.kind, opt(e.node), e.text});
-      }
-    } else if (w[1] == "FAILOVER" && w.size() >= 3 && w[2] == "PLAN" && k != nullptr) {
-      const health::Plan p = k->plan();
-      t.columns = {"node", "eligible", "lsn", "verdict"};
-      for (const health::Verdict& v : p.candidates) {
-        t.rows.push_back({v.name, v.eligible ? "yes" : "no", health::format_lsn(v.lsn),
-                          p.chosen && *p.chosen == v.id ? "would be promoted: " + v.why : v.why});
-      }
-      r.notice = "if the primary failed now: " + p.summary;
-    } else if (w[1] == "ROUTES") {
-      auto snap = sh.table.current();
-      t.columns = {"listener", "address", "intent", "node", "epoch", "why"};
-      for (const conf::ListenerConfig& l : sh.config->listeners) {
-        std::optional<std::string> node;
-        if (l.intent == routing::Intent::kReadWrite && snap->writer) node = snap->nodes[*snap->writer].name;
-        t.rows.push_back({l.name, l.host + ":" + std::to_string(l.port), std::string(routing::to_string(l.intent)), node,
-                          std::to_string(snap->epoch), snap->why});
-      }
-    } else if (w[1] == "VERSION") {
-      t.columns = {"version"};
-      t.rows.push_back({std::string("pgkeel ") + PGKEEL_VERSION});
-    } else if (w[1] == "HELP") {
-      t.columns = {"command"};
-      t.rows.push_back({std::string(kHelp)});
-    } else {
-      return error("42601", "unknown console command; the commands are: " + std::string(kHelp));
+  if (w.empty()) return reply(done_reply("EMPTY", ""));
+  const std::string& verb = w[0];
+  if (verb == "SHOW") {
+    if (w.size() == 2 && w[1] == "VERSION") {
+      ConsoleReply r = done_reply("SHOW", "");
+      r.table = ConsoleTable{{"version"}, {{std::string("pgkeel ") + PGKEEL_VERSION}}};
+      return reply(std::move(r));
     }
-    r.table = std::move(t);
-    return r;
+    if (w.size() == 2 && w[1] == "HELP") {
+      ConsoleReply r = done_reply("SHOW", "");
+      r.table = ConsoleTable{{"command", "what it does"}, {}};
+      for (const auto& h : kHelp) r.table->rows.push_back({std::string(h[0]), std::string(h[1])});
+      return reply(std::move(r));
+    }
+    if (w.size() == 3 && w[1] == "FAILOVER" && w[2] == "PLAN") {
+      gather_status(sh, false, [reply](std::shared_ptr<const StatusSnapshot> s) {
+        ConsoleReply r = done_reply("SHOW", "if the primary failed now: " + s->plan.summary);
+        r.table = plan_table(*s);
+        reply(std::move(r));
+      });
+      return;
+    }
+    for (const ShowVerb& v : kShows) {
+      if (w.size() == 2 && w[1] == v.word) {
+        const TableFn fn = v.table;
+        gather_status(sh, v.connections, [reply, fn](std::shared_ptr<const StatusSnapshot> s) {
+          ConsoleReply r = done_reply("SHOW", "");
+          r.table = fn(*s);
+          reply(std::move(r));
+        });
+        return;
+      }
+    }
+    return reply(error("42601", "unknown SHOW command; the commands are: " + help_line()));
   }
-  if (w[0] == "FAILOVER") {
-    if (!admin) return error("42501", "permission denied: FAILOVER needs a console admin user");
-    if (k == nullptr) return error("55000", "failover is not available");
+
+  static const char* const kActs[] = {"PAUSE", "RESUME", "FAILOVER", "SWITCHOVER", "FENCE", "UNFENCE",
+                                      "DISABLE", "ENABLE", "KILL", "RELOAD", "SHUTDOWN"};
+  if (std::find(std::begin(kActs), std::end(kActs), verb) == std::end(kActs)) {
+    return reply(error("42601", "not a console command: \"" + std::string(sql.substr(0, 60)) +
+                                    "\"; the console takes: " + help_line()));
+  }
+  if (!admin) return reply(error("42501", "permission denied: " + verb + " needs a console admin user (monitor users may only SHOW)"));
+
+  if (verb == "PAUSE" || verb == "RESUME") {
+    if (w.size() > 2) return reply(error("42601", "syntax: " + verb + " [listener]"));
+    int li = -1;
+    if (w.size() == 2) {
+      li = listener_index(sh, orig[1]);
+      if (li < 0) return reply(error("42704", "no listener named \"" + orig[1] + "\"; see SHOW LISTENERS"));
+    }
+    const bool pause = verb == "PAUSE";
+    const std::string what = li < 0 ? "all listeners" : "listener " + orig[1];
+    for (std::size_t i = 0; i < sh.config->listeners.size() && i < kMaxListeners; ++i) {
+      if (li < 0 || static_cast<std::size_t>(li) == i) sh.listener_paused[i].store(pause);
+    }
+    note(sh, "", verb + " " + what + " by " + who);
+    if (!pause) {
+      resume_workers(sh);
+      return reply(done_reply("RESUME", "resumed " + what));
+    }
+    // Answer once the transactions running through those listeners have finished (or after the
+    // switchover drain timeout, saying how many still run).
+    drain(sh, [li](Worker& wk) { return running_through(wk, li); }, sh.config->failover.switchover_drain_timeout,
+          [reply, what](int still) {
+            reply(done_reply("PAUSE", "paused " + what + (still == 0 ? "; no transaction is running"
+                                                                     : "; " + std::to_string(still) + " transactions still running")));
+          });
+    return;
+  }
+  if (verb == "FAILOVER" || verb == "SWITCHOVER") {
+    if (k == nullptr) return reply(error("55000", "the keeper is not running"));
     std::optional<std::string> target;
     bool force = false;
     for (std::size_t i = 1; i < w.size(); ++i) {
-      if (w[i] == "TO" && i + 1 < w.size()) {
-        // Node names are case-sensitive: take the original spelling.
-        std::vector<std::string> orig = words(sql);
-        target = orig[i + 1];
-        ++i;
-      } else if (w[i] == "FORCE") {
+      if (w[i] == "TO" && i + 1 < w.size() && !target) {
+        target = orig[++i];  // node names are case-sensitive
+      } else if (w[i] == "FORCE" && verb == "FAILOVER") {
         force = true;
       } else {
-        return error("42601", "syntax: FAILOVER [TO node] [FORCE]");
+        return reply(error("42601", verb == "FAILOVER" ? "syntax: FAILOVER [TO node] [FORCE]" : "syntax: SWITCHOVER [TO node]"));
       }
     }
-    r.command_tag = "FAILOVER";
-    health::Outcome outcome;
-    k->failover(target, force, who, [&outcome](health::Outcome o) { outcome = std::move(o); });
-    r.notice = outcome.text;
-    return r;
+    auto on_done = [reply, verb](health::Outcome o) { reply(outcome_reply(verb, o)); };
+    if (verb == "FAILOVER") {
+      k->failover(target, force, who, on_done);
+    } else {
+      k->switchover(target, who, on_done);
+    }
+    return;
   }
-  return error("42601", "unknown console command; the commands are: " + std::string(kHelp));
+  if (verb == "FENCE" || verb == "UNFENCE" || verb == "DISABLE" || verb == "ENABLE") {
+    if (w.size() != 2) return reply(error("42601", "syntax: " + verb + " node"));
+    if (k == nullptr) return reply(error("55000", "the keeper is not running"));
+    health::Outcome o;
+    if (verb == "FENCE") o = k->fence(orig[1], who);
+    if (verb == "UNFENCE") o = k->unfence(orig[1], who);
+    if (verb == "DISABLE") o = k->disable(orig[1], who);
+    if (verb == "ENABLE") o = k->enable(orig[1], who);
+    return reply(outcome_reply(verb, o));
+  }
+  if (verb == "KILL") {
+    if (w.size() != 2) return reply(error("42601", "syntax: KILL client (the id from SHOW CLIENTS)"));
+    const std::string id = orig[1];
+    kill_client(sh, id, who, [&sh, reply, id, who](bool found) {
+      if (!found) return reply(error("42704", "no client " + id + "; see SHOW CLIENTS"));
+      note(sh, "", "KILL " + id + " by " + who);
+      reply(done_reply("KILL", "terminated client " + id));
+    });
+    return;
+  }
+  if (verb == "RELOAD") {
+    if (w.size() != 1 || !sh.reload) return reply(error("42601", "syntax: RELOAD"));
+    bool ok = false;
+    const std::string text = sh.reload(who, ok);
+    return reply(ok ? done_reply("RELOAD", text) : error("F0000", text));
+  }
+  // SHUTDOWN
+  if (w.size() != 1 || !sh.shutdown) return reply(error("42601", "syntax: SHUTDOWN"));
+  note(sh, "", "SHUTDOWN by " + who);
+  reply(done_reply("SHUTDOWN", "pgkeel is shutting down gracefully"));
+  sh.post_main([&sh] { sh.shutdown(true); });
 }
 
 std::string encode_console_reply(const ConsoleReply& reply) {
@@ -250,7 +352,14 @@ class ConsoleConn {
       return;
     }
     rx_.append(buf, static_cast<std::size_t>(n));
-    while (!closed_ && !closing_) {
+    if (rx_.size() > (1u << 20) + 5) return fatal("08P01", "console input too large");
+    process();
+  }
+
+  // Handles whole messages in rx_, one command at a time: while a command's reply is pending,
+  // what follows waits.
+  void process() {
+    while (!closed_ && !closing_ && !busy_) {
       if (!started_) {
         protocol::StartupParse p = protocol::parse_startup(rx_);
         if (p.status == protocol::StartupParse::Status::kNeedMore) return;
@@ -339,9 +448,19 @@ class ConsoleConn {
     }
     const std::string sql = body.substr(0, body.find('\0'));
     log::info("console").kv("event", "command").kv("user", user_).kv("sql", sql).emit();
-    std::string out = encode_console_reply(run_console_command(owner_.shared(), sql, admin_, user_));
-    protocol::append_ready_for_query(out, 'I');
-    send(out);
+    busy_ = true;
+    std::weak_ptr<bool> alive = alive_;
+    run_console_command(owner_.shared(), sql, admin_, user_, [this, alive](ConsoleReply reply) {
+      if (alive.expired()) return;  // the session ended while the command ran
+      std::string out = encode_console_reply(reply);
+      protocol::append_ready_for_query(out, 'I');
+      send(out);
+      busy_ = false;
+      // Continue with what the client pipelined, from the loop (not inside this callback).
+      owner_.shared().post_main([this, alive] {
+        if (!alive.expired()) process();
+      });
+    });
   }
 
   Console& owner_;
@@ -352,6 +471,8 @@ class ConsoleConn {
   bool admin_ = false;
   bool closing_ = false;
   bool closed_ = false;
+  bool busy_ = false;  // a command's reply is pending
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   std::string user_;
   std::optional<AuthSession> auth_;
 };

@@ -6,6 +6,7 @@
 #include <event2/listener.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -29,8 +30,12 @@ struct ConsoleReply {
   std::string error_message;
 };
 
-// Parses and runs one command. `admin`: may act (FAILOVER); otherwise SHOW only.
-ConsoleReply run_console_command(Shared& shared, std::string_view sql, bool admin, const std::string& who);
+using ConsoleReplyFn = std::function<void(ConsoleReply)>;
+
+// Parses and runs one command; `reply` is called on the main thread when it is done (at once
+// for most, later for SHOW CLIENTS, PAUSE, FAILOVER, SWITCHOVER, KILL). `admin`: may act;
+// monitor users may only SHOW.
+void run_console_command(Shared& shared, std::string_view sql, bool admin, const std::string& who, ConsoleReplyFn reply);
 
 // Encodes a reply as RowDescription / DataRow / CommandComplete (or ErrorResponse).
 std::string encode_console_reply(const ConsoleReply& reply);

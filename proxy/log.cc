@@ -10,6 +10,7 @@ namespace pgkeel::log {
 namespace {
 
 std::atomic<int> g_level{static_cast<int>(Level::kInfo)};
+std::atomic<bool> g_json{false};
 
 std::string_view level_name(Level level) {
   switch (level) {
@@ -31,6 +32,7 @@ bool needs_quotes(std::string_view v) {
 
 }  // namespace
 
+void set_format(Format format) { g_json.store(format == Format::kJson, std::memory_order_relaxed); }
 void set_level(Level level) { g_level.store(static_cast<int>(level), std::memory_order_relaxed); }
 bool enabled(Level level) { return static_cast<int>(level) >= g_level.load(std::memory_order_relaxed); }
 
@@ -44,6 +46,16 @@ Line::Line(Level level, std::string_view component) : on_(enabled(level)) {
   char ts[48];
   std::snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", t.tm_year + 1900, t.tm_mon + 1,
                 t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, static_cast<int>(tv.tv_usec / 1000));
+  json_ = g_json.load(std::memory_order_relaxed);
+  if (json_) {
+    buf_ += "{\"ts\":\"";
+    buf_ += ts;
+    buf_ += "\",\"level\":\"";
+    buf_ += level_name(level);
+    buf_ += "\",\"component\":";
+    append_json_string(component);
+    return;
+  }
   buf_ += ts;
   buf_ += " level=";
   buf_ += level_name(level);
@@ -51,8 +63,36 @@ Line::Line(Level level, std::string_view component) : on_(enabled(level)) {
   buf_ += component;
 }
 
+void Line::append_json_string(std::string_view v) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  buf_ += '"';
+  for (char c : v) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') {
+      buf_ += '\\';
+      buf_ += c;
+    } else if (c == '\n') {
+      buf_ += "\\n";
+    } else if (u < 0x20) {
+      buf_ += "\\u00";
+      buf_ += kHex[u >> 4];
+      buf_ += kHex[u & 15];
+    } else {
+      buf_ += c;  // UTF-8 passes through
+    }
+  }
+  buf_ += '"';
+}
+
 Line& Line::kv(std::string_view key, std::string_view value) {
   if (!on_) return *this;
+  if (json_) {
+    buf_ += ',';
+    append_json_string(key);
+    buf_ += ':';
+    append_json_string(value);
+    return *this;
+  }
   buf_ += ' ';
   buf_ += key;
   buf_ += '=';
@@ -77,25 +117,35 @@ Line& Line::kv(std::string_view key, std::string_view value) {
   return *this;
 }
 
+Line& Line::raw(std::string_view key, std::string_view number) {
+  if (!json_) return kv(key, number);
+  buf_ += ',';
+  append_json_string(key);
+  buf_ += ':';
+  buf_ += number;
+  return *this;
+}
+
 Line& Line::kv(std::string_view key, std::int64_t value) {
   if (!on_) return *this;
-  return kv(key, std::string_view(std::to_string(value)));
+  return raw(key, std::to_string(value));
 }
 
 Line& Line::kv(std::string_view key, std::uint64_t value) {
   if (!on_) return *this;
-  return kv(key, std::string_view(std::to_string(value)));
+  return raw(key, std::to_string(value));
 }
 
 Line& Line::kv(std::string_view key, double value) {
   if (!on_) return *this;
   char tmp[32];
   std::snprintf(tmp, sizeof tmp, "%.3f", value);
-  return kv(key, std::string_view(tmp));
+  return raw(key, tmp);
 }
 
 void Line::emit() {
   if (!on_) return;
+  if (json_) buf_ += '}';
   buf_ += '\n';
   const char* p = buf_.data();
   std::size_t left = buf_.size();

@@ -1,4 +1,4 @@
-// proxy/log.h — one line per event, `key=value`, with a level and a component. Thread-safe:
+// proxy/log.h — one line per event, `key=value` (or JSON), with a level and a component. Thread-safe:
 // each line is formatted in a local buffer and written with a single write(2).
 #pragma once
 
@@ -13,7 +13,11 @@ namespace pgkeel::log {
 
 using Level = conf::LogLevel;
 
+enum class Format : std::uint8_t { kText, kJson };
+
 void set_level(Level level);
+// kText: `ts level=… component=… key=value …`; kJson: one JSON object per line with the same keys.
+void set_format(Format format);
 bool enabled(Level level);
 
 // Builds one log line. Usage:
@@ -32,8 +36,11 @@ class Line {
   void emit();
 
  private:
+  void append_json_string(std::string_view v);
+  Line& raw(std::string_view key, std::string_view number);  // unquoted in JSON
   std::string buf_;
   bool on_;
+  bool json_ = false;
 };
 
 inline Line debug(std::string_view component) { return Line(Level::kDebug, component); }

@@ -174,7 +174,7 @@ void server_login_failed(Worker& w, Server& s, const std::string& error_response
     p.waiters.pop_front();
     leave_slot_queue(w, *c);
     c->waiting_pool = nullptr;
-    if (transport && to_writer && w.shared().hold_timeout.count() > 0) {
+    if (transport && to_writer && w.config().failover.hold_timeout.count() > 0) {
       log::info("client").kv("event", "held").kv("conn", c->name()).kv("reason", "the primary did not answer; checking it").emit();
       w.hold(c);
     } else {

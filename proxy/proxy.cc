@@ -23,6 +23,8 @@
 #include "health/keeper.h"
 #include "proxy/auth/md5.h"
 #include "proxy/console.h"
+#include "proxy/control.h"
+#include "conf/load.h"
 #include "proxy/handles.h"
 #include "proxy/log.h"
 #include "proxy/shared.h"
@@ -94,7 +96,7 @@ int bind_unix(const std::string& path, std::string& err) {
   return fd;
 }
 
-bool build_users(const conf::Config& cfg, Shared& sh) {
+bool build_users(const conf::Config& cfg, UserMap& users) {
   bool ok = true;
   for (const conf::UserEntry& u : cfg.users) {
     UserAuth a;
@@ -124,7 +126,7 @@ bool build_users(const conf::Config& cfg, Shared& sh) {
       a.verifier = std::move(*v);
       a.md5_hash = std::move(*h);
     }
-    sh.users.emplace(a.name, std::move(a));
+    users.emplace(a.name, std::move(a));
   }
   return ok;
 }
@@ -198,12 +200,17 @@ class ProxyEffects final : public health::Effects {
     }
   }
 
-  void pause_writes(routing::NodeId, health::Millis, std::function<void(int)> done) override {
+  void pause_writes(routing::NodeId node, health::Millis drain_timeout, std::function<void(int)> done) override {
     sh_.writes_paused.store(true);
-    mailbox_.post([done = std::move(done)] { done(0); });
+    log::info("routing").kv("event", "writes_paused").kv("node", sh_.config->nodes[node].name).emit();
+    drain(sh_, [node](Worker& w) { return w.running_on(node); }, drain_timeout, std::move(done));
   }
 
-  void resume_writes() override { sh_.writes_paused.store(false); }
+  void resume_writes() override {
+    sh_.writes_paused.store(false);
+    log::info("routing").kv("event", "writes_resumed").emit();
+    resume_workers(sh_);
+  }
 
  private:
   Shared& sh_;
@@ -217,10 +224,97 @@ struct MainLoop {
   int terms = 0;
 };
 
+// What a reload cannot change in a running process; each entry names the key. Empty: the new
+// configuration can be applied live.
+std::vector<std::string> restart_only_changes(const conf::Config& a, const conf::Config& b) {
+  std::vector<std::string> out;
+  auto check = [&](bool same, const char* key) {
+    if (!same) out.emplace_back(key);
+  };
+  check(a.general.workers == b.general.workers, "general.workers");
+  check(a.general.state_file == b.general.state_file, "general.state_file");
+  check(a.cluster.initial_primary == b.cluster.initial_primary, "cluster.initial_primary");
+  check(a.console.host == b.console.host && a.console.port == b.console.port, "console.host/port");
+  check(a.status.host == b.status.host && a.status.port == b.status.port, "status.host/port");
+  bool listeners_same = a.listeners.size() == b.listeners.size();
+  for (std::size_t i = 0; listeners_same && i < a.listeners.size(); ++i) {
+    const conf::ListenerConfig& x = a.listeners[i];
+    const conf::ListenerConfig& y = b.listeners[i];
+    listeners_same = x.name == y.name && x.host == y.host && x.port == y.port && x.unix_socket_dir == y.unix_socket_dir &&
+                     x.intent == y.intent && x.pool_mode == y.pool_mode;
+  }
+  check(listeners_same, "[[listener]] (added, removed or changed)");
+  bool nodes_same = a.nodes.size() == b.nodes.size();
+  for (std::size_t i = 0; nodes_same && i < a.nodes.size(); ++i) {
+    nodes_same = a.nodes[i].name == b.nodes[i].name && a.nodes[i].host == b.nodes[i].host &&
+                 a.nodes[i].port == b.nodes[i].port && a.nodes[i].priority == b.nodes[i].priority;
+  }
+  check(nodes_same, "[[node]] (added, removed or changed)");
+  const conf::HealthConfig& h = a.health;
+  const conf::HealthConfig& g = b.health;
+  check(h.probe_interval == g.probe_interval && h.probe_timeout == g.probe_timeout && h.timeouts_to_down == g.timeouts_to_down &&
+            h.oks_to_up == g.oks_to_up && h.user == g.user && h.password == g.password && h.dbname == g.dbname &&
+            h.witness_receipt_age == g.witness_receipt_age,
+        "[health]");
+  conf::FailoverConfig f = a.failover;
+  f.hold_timeout = b.failover.hold_timeout;  // the one [failover] key a reload applies
+  const conf::FailoverConfig& e = b.failover;
+  check(f.automatic == e.automatic && f.synchronous_mode == e.synchronous_mode && f.max_lag_on_failover == e.max_lag_on_failover &&
+            f.promote_timeout == e.promote_timeout && f.fence_command == e.fence_command && f.fence_required == e.fence_required &&
+            f.on_promote == e.on_promote && f.on_degraded == e.on_degraded && f.replication_user == e.replication_user &&
+            f.replication_password == e.replication_password && f.stop_command == e.stop_command &&
+            f.rejoin_command == e.rejoin_command && f.switchover_drain_timeout == e.switchover_drain_timeout &&
+            f.switchover_timeout == e.switchover_timeout,
+        "[failover] (other than hold_timeout)");
+  return out;
+}
+
+// RELOAD and SIGHUP: the whole file is read and validated again; if anything is wrong, or
+// something changed that only a restart can apply, nothing is applied and every reason is said.
+std::string reload_config(Shared& sh, const std::string& who, bool& ok) {
+  ok = false;
+  const std::string path = sh.config->source_file;
+  conf::LoadResult res = conf::load_config(path);
+  std::string why;
+  if (res.errors.empty()) {
+    const std::vector<std::string> fixed = restart_only_changes(*sh.config, *res.config);
+    for (const std::string& k : fixed) {
+      res.errors.push_back({path, 0, k, "changed, and this takes a restart to apply"});
+    }
+  }
+  auto users = std::make_shared<UserMap>();
+  if (res.errors.empty() && !build_users(*res.config, *users)) {
+    res.errors.push_back({res.config->general.users_file, 0, "users", "a secret in the users file is malformed (see the log)"});
+  }
+  if (!res.errors.empty()) {
+    for (const conf::ConfigError& e : res.errors) {
+      log::error("config").kv("event", "reload_rejected").kv("error", e.to_string()).emit();
+      why += (why.empty() ? "" : "; ") + e.to_string();
+    }
+    sh.reload_failures.fetch_add(1);
+    const std::string text = "reload rejected, the running configuration is kept: " + why;
+    if (sh.keeper != nullptr) sh.keeper->note_event("reload", "", text + " (by " + who + ")");
+    return text;
+  }
+  auto next = std::make_shared<const conf::Config>(std::move(*res.config));
+  sh.config = next;
+  sh.set_users(std::move(users));
+  log::set_level(next->general.log_level);
+  log::set_format(next->general.log_format == conf::LogFormat::kJson ? log::Format::kJson : log::Format::kText);
+  for (Worker* w : sh.workers) w->post([next](Worker& wk) { wk.set_config(next); });
+  sh.reloads.fetch_add(1);
+  ok = true;
+  const std::string text = "configuration reloaded from " + path + " (" + std::to_string(next->users.size()) + " users)";
+  log::info("config").kv("event", "reloaded").kv("by", who).kv("file", path).emit();
+  if (sh.keeper != nullptr) sh.keeper->note_event("reload", "", text + " by " + who);
+  return text;
+}
+
 void on_signal(evutil_socket_t sig, short, void* arg) {
   auto* m = static_cast<MainLoop*>(arg);
   if (sig == SIGHUP) {
-    log::warning("main").kv("event", "sighup").kv("detail", "configuration reload is not implemented yet; restart to apply changes").emit();
+    bool ok = false;
+    reload_config(*m->shared, "SIGHUP", ok);
     return;
   }
   const bool graceful = sig == SIGTERM && m->terms == 0;
@@ -228,6 +322,14 @@ void on_signal(evutil_socket_t sig, short, void* arg) {
   log::info("main").kv("event", graceful ? "shutdown_graceful" : "shutdown_fast").kv("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT").emit();
   m->shared->draining.store(true);
   for (auto& w : *m->workers) w->post([graceful](Worker& wk) { wk.begin_shutdown(graceful); });
+}
+
+// Every few seconds: a sample of the summed worker counters, for "over the last minute".
+void on_sample(evutil_socket_t, short, void* arg) {
+  auto* m = static_cast<MainLoop*>(arg);
+  std::vector<const WorkerStats*> ws;
+  for (const auto& w : *m->workers) ws.push_back(&w->stats());
+  m->shared->history.add(sum_stats(ws, m->shared->config->listeners.size(), m->shared->config->nodes.size()));
 }
 
 void on_watch(evutil_socket_t, short, void* arg) {
@@ -239,11 +341,16 @@ void on_watch(evutil_socket_t, short, void* arg) {
 
 int run(const conf::Config& config) {
   log::set_level(config.general.log_level);
+  log::set_format(config.general.log_format == conf::LogFormat::kJson ? log::Format::kJson : log::Format::kText);
   signal(SIGPIPE, SIG_IGN);
 
   Shared sh;
   sh.config = std::make_shared<const conf::Config>(config);
-  if (!build_users(config, sh)) return 2;
+  {
+    auto users = std::make_shared<UserMap>();
+    if (!build_users(config, *users)) return 2;
+    sh.set_users(std::move(users));
+  }
   {
     // The mock exchange's salts must be stable across restarts (or a restart would reveal which
     // users exist) and unknowable without the users file: derive them from its secrets.
@@ -280,7 +387,6 @@ int run(const conf::Config& config) {
   snap.hold = true;
   snap.why = "waiting for the first probes of every node";
   sh.table.publish(std::move(snap));
-  sh.hold_timeout = config.failover.hold_timeout;
   sh.server_conns = std::make_unique<std::atomic<int>[]>(config.nodes.size());
   sh.node_waiters = std::make_unique<std::atomic<int>[]>(config.nodes.size());
 
@@ -343,6 +449,18 @@ int run(const conf::Config& config) {
   event_add(sigint.get(), nullptr);
   event_add(sighup.get(), nullptr);
   pthread_sigmask(SIG_UNBLOCK, &block, nullptr);
+  sh.main_base = base.get();
+  sh.reload = [&sh](const std::string& who, bool& ok) { return reload_config(sh, who, ok); };
+  sh.shutdown = [&m](bool graceful) {
+    m.shared->draining.store(true);
+    log::info("main").kv("event", graceful ? "shutdown_graceful" : "shutdown_fast").kv("signal", "console").emit();
+    ++m.terms;
+    for (auto& w : *m.workers) w->post([graceful](Worker& wk) { wk.begin_shutdown(graceful); });
+  };
+  EventPtr sampler(event_new(base.get(), -1, EV_PERSIST, &on_sample, &m));
+  const timeval sample_tv{5, 0};
+  event_add(sampler.get(), &sample_tv);
+  on_sample(-1, 0, &m);
   EventPtr watch(event_new(base.get(), -1, EV_PERSIST, &on_watch, &m));
   const timeval tv{0, 100 * 1000};
   event_add(watch.get(), &tv);
@@ -371,6 +489,10 @@ int run(const conf::Config& config) {
   kc.replication_password = config.failover.replication_password;
   kc.promote_timeout = config.failover.promote_timeout;
   kc.state_file = config.general.state_file;
+  kc.stop_command = config.failover.stop_command;
+  kc.rejoin_command = config.failover.rejoin_command;
+  kc.switchover_drain_timeout = config.failover.switchover_drain_timeout;
+  kc.switchover_timeout = config.failover.switchover_timeout;
   kc.initial_primary = config.nodes[primary].name;
   std::vector<health::NodeTarget> targets;
   for (std::size_t i = 0; i < config.nodes.size(); ++i) {

@@ -54,6 +54,7 @@ void Server::on_read_cb(evutil_socket_t, short, void* arg) { static_cast<Server*
 void Server::on_write_cb(evutil_socket_t, short, void* arg) { static_cast<Server*>(arg)->on_write(); }
 
 void Server::start() {
+  w_.stats().server_connects.add(1);
   created_ = last_used_ = Clock::now();
   deadline_ = created_ + w_.config().pool.connect_timeout;
   const NodeAddress& na = w_.shared().node_addrs[node_];
@@ -309,6 +310,7 @@ void Server::handle_login_message(char type, std::string_view body) {
 
 void Server::login_failed(std::string error_response, std::string_view reason, bool transport) {
   if (state_ == State::kClosed) return;
+  w_.stats().server_connect_failures.add(1);
   log::warning("server").kv("event", "login_failed").kv("server", name_).kv("node", w_.snapshot().nodes[node_].name).kv("reason", reason).emit();
   state_ = State::kClosed;
   ep_.close();
@@ -405,12 +407,35 @@ void Server::relay_to_client() {
     return;
   }
   IoBuffer* b = ep_.in;
+  WorkerStats& st = w_.stats();
+  Traffic& by_listener = st.by_listener[c->listener_index()];
+  Traffic& by_node = st.by_node[node_];
+  by_listener.bytes_out.add(b->end - from);
+  by_node.bytes_out.add(b->end - from);
   const protocol::ScanResult res =
       scanner_.scan(b->data + from, b->end - from, [&](const protocol::ScannedMessage& m) {
         protocol::Reader r(m.body);
         if (m.type == be::kReadyForQuery) {
           tx_status_ = static_cast<char>(r.i8());
           if (pending_syncs_ > 0) --pending_syncs_;
+          const Clock::time_point now = Clock::now();
+          const auto us = [&](Clock::time_point since) {
+            return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(now - since).count());
+          };
+          const std::uint64_t q = us(cycle_started);
+          by_listener.queries.add(1);
+          by_node.queries.add(1);
+          by_listener.query_latency.add(q);
+          by_node.query_latency.add(q);
+          if (pending_syncs_ > 0) cycle_started = now;  // pipelined: the next cycle is timed from here
+          if (tx_status_ == 'I') {
+            const std::uint64_t x = us(xact_started);
+            by_listener.transactions.add(1);
+            by_node.transactions.add(1);
+            by_listener.xact_latency.add(x);
+            by_node.xact_latency.add(x);
+            xact_started = now;
+          }
         } else if (!m.truncated) {
           note_parameter(r);
         }

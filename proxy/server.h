@@ -59,11 +59,24 @@ class Server {
   std::int32_t backend_key() const { return backend_key_; }
   const std::vector<std::pair<std::string, std::string>>& parameters() const { return params_status_; }
   Pool& pool() { return pool_; }
+  const std::string& user() const { return user_; }
+  const std::string& database() const { return database_; }
+  const Client* client() const { return client_; }
+  // Statistics of the query cycle and transaction in progress (pgkeel's clock).
+  Clock::time_point cycle_started;
+  Clock::time_point xact_started;
   Clock::time_point created() const { return created_; }
   Clock::time_point last_used() const { return last_used_; }
   const std::string& name() const { return name_; }
   // Outstanding query cycles: a Query or Sync sent and its ReadyForQuery not yet back.
   void note_frontend_sync() { ++pending_syncs_; }
+  // A Query, FunctionCall or extended message is about to be forwarded: note when the cycle
+  // (and, at 'I', the transaction) began.
+  void note_cycle_start() {
+    if (pending_syncs_ > 0 || unsynced_) return;
+    cycle_started = Clock::now();
+    if (tx_status_ == 'I') xact_started = cycle_started;
+  }
   bool query_running() const { return pending_syncs_ > 0 || unsynced_; }
   void note_unsynced(bool v) { unsynced_ = v; }
 

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <functional>
 #include <cstdint>
+#include <event2/event.h>
 #include <memory>
 #include <optional>
 #include <string>
@@ -57,10 +58,15 @@ struct NodeAddress {
   std::string text;  // "host:port" for logs and errors
 };
 
+using UserMap = std::unordered_map<std::string, UserAuth>;
+
 struct Shared {
+  // Main thread only (workers keep their own copy: Worker::config()).
   std::shared_ptr<const conf::Config> config;
   routing::Table table{routing::Snapshot{}};
-  std::unordered_map<std::string, UserAuth> users;
+  // Client-facing users; replaced whole by a reload, read by any thread.
+  std::shared_ptr<const UserMap> users() const { return std::atomic_load(&users_); }
+  void set_users(std::shared_ptr<const UserMap> u) { std::atomic_store(&users_, std::move(u)); }
   std::vector<NodeAddress> node_addrs;  // by NodeId
 
   std::atomic<int> clients{0};  // all workers; checked against max_client_conn
@@ -74,10 +80,13 @@ struct Shared {
   std::function<void(routing::NodeId)> report_transport_failure;  // lives on the main thread; the console reaches it there
   std::atomic<int> workers_running{0};
   std::atomic<bool> draining{false};
-  std::chrono::milliseconds hold_timeout{30000};  // how long a client waits for a writer
 
   // Runs `fn` on the main thread (the console, the keeper and the status port live there).
   std::function<void(std::function<void()>)> post_main;
+  event_base* main_base = nullptr;
+  // Set by run(): RELOAD / SIGHUP (returns what happened, in one line) and SHUTDOWN.
+  std::function<std::string(const std::string& who, bool& ok)> reload;
+  std::function<void(bool graceful)> shutdown;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   // PAUSE [listener] from the console, and a switchover's pause: new transactions wait.
   std::array<std::atomic<bool>, kMaxListeners> listener_paused{};
@@ -86,6 +95,9 @@ struct Shared {
   StatsHistory history;
   std::atomic<std::uint64_t> reloads{0};
   std::atomic<std::uint64_t> reload_failures{0};
+
+ private:
+  std::shared_ptr<const UserMap> users_ = std::make_shared<const UserMap>();
 };
 
 }  // namespace pgkeel::proxy

@@ -14,6 +14,7 @@
 #include "proxy/pool.h"
 #include "proxy/protocol/message.h"
 #include "proxy/server.h"
+#include "proxy/status.h"
 
 namespace pgkeel::proxy {
 
@@ -53,7 +54,8 @@ void on_cancel_writable(evutil_socket_t fd, short, void* arg) {
 }  // namespace
 
 Worker::Worker(Shared& shared, unsigned index, std::vector<ListenSocket> sockets)
-    : shared_(shared), index_(index), sockets_(std::move(sockets)) {
+    : shared_(shared), index_(index), sockets_(std::move(sockets)), config_(shared.config),
+      stats_(std::make_unique<WorkerStats>()) {
   event_config* cfg = event_config_new();
   event_config_set_flag(cfg, EVENT_BASE_FLAG_NOLOCK);  // one thread per base
   base_.reset(event_base_new_with_config(cfg));
@@ -156,6 +158,7 @@ void Worker::accept_client(int fd, std::size_t listener_index, const sockaddr* a
     ::close(fd);
     return;
   }
+  stats_->clients_accepted.add(1);
   auto c = std::make_unique<Client>(*this, id, fd, listener_index, addr);
   Client* raw = c.get();
   clients_.emplace(id, std::move(c));
@@ -265,7 +268,7 @@ void Worker::tick() {
   for (Server* s : to_close) s->close("idle timeout or routing change");
 
   for (Client* c : std::vector<Client*>(held_)) {
-    if (now_ - c->held_since > shared_.hold_timeout) {
+    if (now_ - c->held_since > cfg.failover.hold_timeout) {
       unhold(c);
       c->hold_expired(snapshot().why);
     }
@@ -280,6 +283,8 @@ void Worker::tick() {
       request_server(*this, *c);
     }
   }
+
+  if (!parked_.empty()) resume_parked();
 
   std::erase_if(cancels_, [&](const std::unique_ptr<CancelConn>& cc) { return cc->done || now_ > cc->deadline; });
 
@@ -349,6 +354,133 @@ void Worker::close_node(routing::NodeId node, std::string_view reason) {
   for (Server* s : doomed) s->close(reason);
   log::info("worker").kv("event", "closed_node").kv("worker", index_).kv("node", snapshot().nodes[node].name)
       .kv("servers", static_cast<std::uint64_t>(doomed.size())).kv("reason", reason).emit();
+}
+
+bool Worker::paused_for(std::size_t listener) const {
+  if (listener < kMaxListeners && shared_.listener_paused[listener].load(std::memory_order_relaxed)) return true;
+  return shared_.writes_paused.load(std::memory_order_relaxed) && listener < config_->listeners.size() &&
+         config_->listeners[listener].intent == routing::Intent::kReadWrite;
+}
+
+void Worker::park(Client* c) {
+  if (c->parked) return;
+  c->parked = true;
+  c->parked_since = Clock::now();
+  parked_.push_back(c);
+}
+
+void Worker::unpark(Client* c) {
+  if (!c->parked) return;
+  c->parked = false;
+  std::erase(parked_, c);
+  stats_->held_clients.add(1);
+  stats_->held_us.add(static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - c->parked_since).count()));
+}
+
+void Worker::resume_parked() {
+  std::vector<Client*> ready;
+  for (Client* c : parked_) {
+    if (!paused_for(c->listener_index())) ready.push_back(c);
+  }
+  for (Client* c : ready) {
+    unpark(c);
+    c->unparked();
+  }
+}
+
+int Worker::running_on(routing::NodeId node) const {
+  int n = 0;
+  for (const auto& [id, s] : servers_) {
+    if (s->node() != node || s->state() != Server::State::kLinked) continue;
+    if (s->tx_status() != 'I' || s->query_running() || !s->at_boundary()) ++n;
+  }
+  return n;
+}
+
+bool Worker::kill_client(std::uint32_t id, const std::string& who) {
+  Client* c = find_client(id);
+  if (c == nullptr || c->state() == Client::State::kClosed) return false;
+  log::info("client").kv("event", "killed").kv("conn", c->name()).kv("by", who).emit();
+  // Mid-message, terminate() closes without an ErrorResponse (it could not be placed).
+  c->terminate("57P01", "terminating connection due to administrator command (KILL by " + who + ")");
+  return true;
+}
+
+void Worker::report(WorkerReport& out) const {
+  out.worker = index_;
+  const auto now = Clock::now();
+  auto secs = [&](Clock::time_point t) { return std::chrono::duration<double>(now - t).count(); };
+  const routing::Snapshot& snap = *snapshot_;
+  auto node_name = [&](routing::NodeId n) { return n < snap.nodes.size() ? snap.nodes[n].name : std::to_string(n); };
+  for (const auto& [id, c] : clients_) {
+    ClientRow r;
+    r.id = c->name();
+    r.address = c->peer();
+    r.listener = c->listener_index() < config_->listeners.size() ? config_->listeners[c->listener_index()].name : "";
+    r.user = c->user();
+    r.database = c->database();
+    for (const auto& [k, v] : c->startup_params()) {
+      if (k == "application_name") r.application_name = v;
+    }
+    r.state = std::string(c->state_name());
+    r.connected_s = secs(c->connected_at());
+    if (c->parked) {
+      r.state_s = secs(c->parked_since);
+    } else if (c->held) {
+      r.state_s = secs(c->held_since);
+    } else if (c->state() == Client::State::kWaiting) {
+      r.state_s = secs(c->wait_started());
+    }
+    if (const Server* s = c->server()) {
+      r.server = s->name();
+      r.backend_pid = s->backend_pid();
+      r.node = node_name(s->node());
+    }
+    out.clients.push_back(std::move(r));
+  }
+  for (const auto& [id, s] : servers_) {
+    ServerRow r;
+    r.id = s->name();
+    r.node = node_name(s->node());
+    r.address = s->node() < shared_.node_addrs.size() ? shared_.node_addrs[s->node()].text : "";
+    r.user = s->user();
+    r.database = s->database();
+    switch (s->state()) {
+      case Server::State::kConnecting: r.state = "connecting"; break;
+      case Server::State::kLogin: r.state = "login"; break;
+      case Server::State::kIdle: r.state = "idle"; break;
+      case Server::State::kLinked:
+        r.state = s->query_running() ? "active" : s->tx_status() == 'I' ? "linked idle" : "idle in transaction";
+        break;
+      case Server::State::kResetting: r.state = "resetting"; break;
+      case Server::State::kClosed: r.state = "closed"; break;
+    }
+    if (const Client* c = s->client()) r.client = c->name();
+    r.backend_pid = s->backend_pid();
+    r.epoch = s->epoch();
+    r.age_s = secs(s->created());
+    r.idle_s = s->state() == Server::State::kIdle ? secs(s->last_used()) : 0;
+    out.servers.push_back(std::move(r));
+  }
+  for (const auto& [key, p] : pools_) {
+    PoolRow r;
+    r.worker = index_;
+    r.node = node_name(p->node);
+    // The key starts "node\0user\0database\0..." (make_pool_key); show user and database.
+    std::size_t a = key.find('\0');
+    std::size_t b = a == std::string::npos ? a : key.find('\0', a + 1);
+    std::size_t e = b == std::string::npos ? b : key.find('\0', b + 1);
+    if (b != std::string::npos) {
+      r.user = key.substr(a + 1, b - a - 1);
+      r.database = key.substr(b + 1, e == std::string::npos ? std::string::npos : e - b - 1);
+    }
+    r.idle = static_cast<int>(p->idle.size());
+    r.connecting = p->connecting;
+    r.active = p->total - r.idle - p->connecting;
+    r.waiting_clients = static_cast<int>(p->waiters.size());
+    out.pools.push_back(std::move(r));
+  }
 }
 
 void Worker::close_listeners() { listeners_.clear(); }

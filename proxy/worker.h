@@ -17,6 +17,7 @@
 #include "proxy/buffer.h"
 #include "proxy/handles.h"
 #include "proxy/shared.h"
+#include "proxy/stats.h"
 #include "routing/snapshot.h"
 
 namespace pgkeel::proxy {
@@ -24,6 +25,7 @@ namespace pgkeel::proxy {
 class Client;
 class Server;
 struct Pool;
+struct WorkerReport;
 
 using Clock = std::chrono::steady_clock;
 
@@ -52,7 +54,11 @@ class Worker {
   event_base* base() const { return base_.get(); }
   unsigned index() const { return index_; }
   Shared& shared() { return shared_; }
-  const conf::Config& config() const { return *shared_.config; }
+  // This worker's view of the configuration; a reload hands it a new one through the mailbox.
+  const conf::Config& config() const { return *config_; }
+  void set_config(std::shared_ptr<const conf::Config> c) { config_ = std::move(c); }
+  WorkerStats& stats() { return *stats_; }
+  const WorkerStats& stats() const { return *stats_; }
   BufferPool& buffers() { return buffers_; }
   const routing::Snapshot& snapshot();  // refreshed when the table's epoch moved
   Clock::time_point now() const { return now_; }
@@ -76,6 +82,19 @@ class Worker {
   // Closes every server connection to `node` (idle ones quietly; sessions on them get an
   // error). The failover sequence posts this to every worker and waits for all of them.
   void close_node(routing::NodeId node, std::string_view reason);
+
+  // PAUSE: whether new transactions through `listener` must wait now; clients parked at a
+  // transaction boundary, released by resume_parked() (from tick, and at once on RESUME).
+  bool paused_for(std::size_t listener) const;
+  void park(Client* c);
+  void unpark(Client* c);
+  void resume_parked();
+  // Transactions (or queries) running now on `node`, for a switchover's drain.
+  int running_on(routing::NodeId node) const;
+  // Clients, servers and pools as rows, for SHOW CLIENTS / SERVERS / POOLS.
+  void report(WorkerReport& out) const;
+  // KILL: ends the client's session with 57P01; false if this worker has no such client.
+  bool kill_client(std::uint32_t id, const std::string& who);
 
   // Shutdown: graceful (idle sessions closed with 57P01, others when idle) or immediate.
   void begin_shutdown(bool graceful);
@@ -126,6 +145,9 @@ class Worker {
   std::vector<std::unique_ptr<Server>> dead_servers_;
   std::vector<std::unique_ptr<struct CancelConn>> cancels_;
   std::vector<Client*> held_;
+  std::vector<Client*> parked_;
+  std::shared_ptr<const conf::Config> config_;
+  std::unique_ptr<WorkerStats> stats_;
   std::shared_ptr<const routing::Snapshot> applied_;  // the snapshot apply_epoch() last saw
 };
 

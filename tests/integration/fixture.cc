@@ -1031,14 +1031,20 @@ void Pgkeel::start() {
   ::close(log_fd);
   pid_ = pid;
 
-  for (const auto& l : options_.listeners) {
+  // Every listener, and the console and status ports when configured (they open last).
+  std::vector<std::pair<std::string, int>> ports;
+  for (const auto& l : options_.listeners) ports.emplace_back("listener " + l.name, l.port);
+  if (options_.console) ports.emplace_back("console", options_.console_port);
+  if (options_.status) ports.emplace_back("status", options_.status_port);
+  for (const auto& [what, port] : ports) {
+    const int p = port;
     const bool up = eventually(
-        options_.start_timeout, [&] { return !running() || tcp_accepts(l.port, options_.listen_host); }, 10ms);
+        options_.start_timeout, [&] { return !running() || tcp_accepts(p, options_.listen_host); }, 10ms);
     if (!running() || !up) {
       const std::string why = exit_status_
                                   ? "exited with " + exit_description(*exit_status_)
-                                  : "did not accept connections on listener " + l.name + " (port " +
-                                        std::to_string(l.port) + ") within " +
+                                  : "did not accept connections on " + what + " (port " +
+                                        std::to_string(port) + ") within " +
                                         std::to_string(options_.start_timeout.count()) + " ms";
       stop();
       throw std::runtime_error("pgkeel " + why + "; last lines of " + log_path_.string() + ":\n" +

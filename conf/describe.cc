@@ -1,0 +1,107 @@
+#include "conf/describe.h"
+
+namespace pgkeel::conf {
+namespace {
+
+std::string ms(Millis d) {
+  const auto v = d.count();
+  if (v != 0 && v % 1000 == 0) return std::to_string(v / 1000) + "s";
+  return std::to_string(v) + "ms";
+}
+
+std::string list(const std::vector<std::string>& v) {
+  std::string out;
+  for (const std::string& s : v) out += (out.empty() ? "" : ", ") + s;
+  return out;
+}
+
+std::string secret(const std::string& s) { return s.empty() ? "" : "(set)"; }
+
+const char* level(LogLevel l) {
+  switch (l) {
+    case LogLevel::kDebug: return "debug";
+    case LogLevel::kInfo: return "info";
+    case LogLevel::kWarning: return "warning";
+    case LogLevel::kError: return "error";
+  }
+  return "info";
+}
+
+const char* sync(SyncMode m) {
+  switch (m) {
+    case SyncMode::kOff: return "off";
+    case SyncMode::kOn: return "on";
+    case SyncMode::kStrict: return "strict";
+  }
+  return "on";
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, std::string>> describe(const Config& c) {
+  std::vector<std::pair<std::string, std::string>> out;
+  auto add = [&](std::string k, std::string v) { out.emplace_back(std::move(k), std::move(v)); };
+  add("config_file", c.source_file);
+  add("general.workers", std::to_string(c.general.workers));
+  add("general.max_client_conn", std::to_string(c.general.max_client_conn));
+  add("general.log_level", level(c.general.log_level));
+  add("general.log_format", c.general.log_format == LogFormat::kJson ? "json" : "text");
+  add("general.users_file", c.general.users_file);
+  add("general.state_file", c.general.state_file);
+  add("general.shutdown_timeout", ms(c.general.shutdown_timeout));
+  add("general.login_timeout", ms(c.general.login_timeout));
+  add("cluster.initial_primary", c.cluster.initial_primary);
+  add("pool.pool_size", std::to_string(c.pool.pool_size));
+  add("pool.max_server_conn_per_node", std::to_string(c.pool.max_server_conn_per_node));
+  add("pool.server_idle_timeout", ms(c.pool.server_idle_timeout));
+  add("pool.server_lifetime", ms(c.pool.server_lifetime));
+  add("pool.connect_timeout", ms(c.pool.connect_timeout));
+  add("pool.wait_timeout", ms(c.pool.wait_timeout));
+  add("pool.reset_query", c.pool.reset_query);
+  add("health.probe_interval", ms(c.health.probe_interval));
+  add("health.probe_timeout", ms(c.health.probe_timeout));
+  add("health.timeouts_to_down", std::to_string(c.health.timeouts_to_down));
+  add("health.oks_to_up", std::to_string(c.health.oks_to_up));
+  add("health.user", c.health.user);
+  add("health.password", secret(c.health.password));
+  add("health.dbname", c.health.dbname);
+  add("health.witness_receipt_age", ms(c.health.witness_receipt_age));
+  add("failover.mode", c.failover.automatic ? "automatic" : "manual");
+  add("failover.synchronous_mode", sync(c.failover.synchronous_mode));
+  add("failover.max_lag_on_failover", std::to_string(c.failover.max_lag_on_failover));
+  add("failover.hold_timeout", ms(c.failover.hold_timeout));
+  add("failover.promote_timeout", ms(c.failover.promote_timeout));
+  add("failover.fence_command", c.failover.fence_command);
+  add("failover.fence_required", c.failover.fence_required ? "true" : "false");
+  add("failover.on_promote", c.failover.on_promote);
+  add("failover.on_degraded", c.failover.on_degraded);
+  add("failover.replication_user", c.failover.replication_user);
+  add("failover.replication_password", secret(c.failover.replication_password));
+  add("failover.stop_command", c.failover.stop_command);
+  add("failover.rejoin_command", c.failover.rejoin_command);
+  add("failover.switchover_drain_timeout", ms(c.failover.switchover_drain_timeout));
+  add("failover.switchover_timeout", ms(c.failover.switchover_timeout));
+  add("console.host", c.console.host);
+  add("console.port", std::to_string(c.console.port));
+  add("console.admin_users", list(c.console.admin_users));
+  add("console.monitor_users", list(c.console.monitor_users));
+  add("status.host", c.status.host);
+  add("status.port", std::to_string(c.status.port));
+  for (const ListenerConfig& l : c.listeners) {
+    const std::string p = "listener." + l.name + ".";
+    add(p + "address", l.host + ":" + std::to_string(l.port));
+    add(p + "unix_socket_dir", l.unix_socket_dir);
+    add(p + "intent", l.intent == routing::Intent::kReadWrite ? "read-write" : "read-only");
+    add(p + "pool_mode", l.pool_mode == PoolMode::kTransaction ? "transaction" : "session");
+  }
+  for (const NodeConfig& n : c.nodes) {
+    const std::string p = "node." + n.name + ".";
+    add(p + "address", n.host + ":" + std::to_string(n.port));
+    add(p + "priority", std::to_string(n.priority));
+  }
+  for (const DatabaseConfig& d : c.databases) add("databases." + d.name, d.dbname.empty() ? "(same name)" : d.dbname);
+  add("users", std::to_string(c.users.size()) + " in the users file");
+  return out;
+}
+
+}  // namespace pgkeel::conf
