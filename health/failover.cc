@@ -122,7 +122,8 @@ std::string desired_sync_names(SyncMode mode, const std::vector<std::string>& he
 
 std::string PrimaryRecord::serialize() const {
   return "epoch=" + std::to_string(epoch) + " node=" + node + " system_identifier=" + system_identifier +
-         " timeline=" + std::to_string(timeline) + " lsn=" + format_lsn(lsn);
+         " timeline=" + std::to_string(timeline) + " lsn=" + format_lsn(lsn) +
+         (how.empty() ? "" : " how=" + how);
 }
 
 std::optional<PrimaryRecord> PrimaryRecord::parse(std::string_view text) {
@@ -150,6 +151,8 @@ std::optional<PrimaryRecord> PrimaryRecord::parse(std::string_view text) {
       r.timeline = static_cast<std::uint32_t>(std::strtoul(v.c_str(), nullptr, 10));
     } else if (k == "lsn") {
       r.lsn = parse_lsn(v).value_or(0);
+    } else if (k == "how") {
+      r.how = v;
     }
   }
   if (!have_epoch || !have_node) return std::nullopt;
@@ -190,7 +193,8 @@ WriterChoice choose_writer(const PrimaryRecord& record, const std::vector<NodeOb
     return c;
   }
   c.writer = rec->id;
-  c.why = "recorded primary since epoch " + std::to_string(record.epoch);
+  c.why = "primary since epoch " + std::to_string(record.epoch) + ": recorded" +
+          (record.how.empty() ? "" : " (" + record.how + ")");
   for (const NodeObservation& n : nodes) {
     if (n.id != rec->id && n.health == NodeHealth::kUp && n.facts && !n.facts->in_recovery) {
       c.why += "; " + n.name + " also claims to be primary and gets no writes";

@@ -81,6 +81,7 @@ struct PrimaryRecord {
   std::string system_identifier;
   std::uint32_t timeline = 0;
   Lsn lsn = 0;  // promotion LSN (0 for the bootstrap record)
+  std::string how;  // bootstrap, failover or switchover; empty in records of older versions
 
   std::string serialize() const;  // one line, key=value
   static std::optional<PrimaryRecord> parse(std::string_view text);

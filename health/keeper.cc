@@ -6,6 +6,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -74,6 +76,8 @@ struct Keeper::Node {
   std::optional<ProbeFacts> facts;
   bool probing = false;
   int probes_done = 0;
+  std::uint64_t probe_failures = 0;
+  int failed_in_row = 0;  // consecutive probes that did not answer as expected
   double probe_ms = 0;
   std::string last_error;
   std::chrono::system_clock::time_point last_probe_wall;
@@ -176,6 +180,12 @@ void Keeper::on_probe(Node& n, const PgResult& r, SteadyClock::time_point starte
     n.last_error = std::string(to_string(outcome)) + ": " + r.error;
   }
   ++n.probes_done;
+  if (outcome == ProbeOutcome::kOk) {
+    n.failed_in_row = 0;
+  } else {
+    ++n.probe_failures;
+    ++n.failed_in_row;
+  }
   if (auto t = n.detector.observe(outcome, now)) {
     add_event(t->to == NodeHealth::kDown ? "detection" : "node_up", n.target.name,
               "node " + std::string(to_string(t->to)) + ": " + std::string(t->why) +
@@ -185,6 +195,7 @@ void Keeper::on_probe(Node& n, const PgResult& r, SteadyClock::time_point starte
   // hung postmaster still serves connections it already forked).
   n.probe_conn->close();
   decide();
+  if (started_ && step_ == Step::kIdle) refresh_routes();
 }
 
 std::vector<NodeObservation> Keeper::observations() const {
@@ -233,9 +244,11 @@ void Keeper::decide() {
     Node& p = *nodes_[*writer_];
     if (p.detector.health() == NodeHealth::kDown) {
       if (config_.automatic) {
-        begin_failover("primary " + p.target.name + " failed: " + p.last_error, std::nullopt, false);
+        begin_failover("primary " + p.target.name + " failed: " + p.last_error, std::nullopt, false, false);
       } else if (SteadyClock::now() - last_refusal_log_ > std::chrono::seconds(10)) {
         last_refusal_log_ = SteadyClock::now();
+        if (!refusal_counted_) ++counters_.failovers_refused;
+        refusal_counted_ = true;
         add_event("failover_refused", p.target.name, "primary is down; failover mode is manual: run FAILOVER on the console");
         publish(std::nullopt, "primary " + p.target.name + " is down; waiting for a manual FAILOVER", false);
         writer_.reset();
@@ -249,6 +262,7 @@ void Keeper::decide() {
         publish(std::nullopt, "the recorded primary " + p.target.name + " is in recovery", false);
         return;
       }
+      refusal_counted_ = false;
       primary_last_lsn_ = p.facts->current_lsn;
       degraded_ = p.facts->synchronous_standby_names.empty();
       known_sync_.clear();
@@ -271,7 +285,7 @@ void Keeper::decide() {
   Node* rec = node_by_name(record_->node);
   if (config_.automatic && rec != nullptr && rec->detector.health() == NodeHealth::kDown &&
       SteadyClock::now() >= next_attempt_) {
-    begin_failover("recorded primary " + rec->target.name + " is down: " + rec->last_error, std::nullopt, false);
+    begin_failover("recorded primary " + rec->target.name + " is down: " + rec->last_error, std::nullopt, false, false);
   }
 }
 
@@ -284,7 +298,7 @@ void Keeper::decide_writer_at_start() {
     for (const auto& n : nodes_) {
       if (n->facts && n->facts->record && (!record_ || n->facts->record->epoch > record_->epoch)) {
         const RecordFields& f = *n->facts->record;
-        record_ = PrimaryRecord{f.epoch, f.node, f.system_identifier, f.timeline, f.lsn};
+        record_ = PrimaryRecord{f.epoch, f.node, f.system_identifier, f.timeline, f.lsn, {}};
         source = "cluster record on " + n->target.name;
       }
     }
@@ -312,6 +326,7 @@ void Keeper::decide_writer_at_start() {
     rec.node = p->target.name;
     rec.system_identifier = p->facts->system_identifier;
     rec.timeline = p->facts->timeline;
+    rec.how = "bootstrap";
     record_ = rec;
     source = "bootstrap from initial_primary";
     std::string err;
@@ -359,6 +374,7 @@ void Keeper::manage_sync() {
         return;
       }
       if (degrading) {
+        ++counters_.degradations;
         add_event("degraded", p.target.name, "no healthy synchronous standby: commits no longer wait (was " + was + ")");
         run_hook(config_.on_degraded, "degraded", &p);
       } else {
@@ -368,13 +384,22 @@ void Keeper::manage_sync() {
   });
 }
 
-void Keeper::begin_failover(const std::string& reason, std::optional<routing::NodeId> target, bool force) {
-  std::optional<routing::NodeId> failed = writer_;
-  if (!failed && record_) {
-    if (Node* r = node_by_name(record_->node)) failed = r->id;
+// The node a failover would replace: the writer, or else the recorded primary.
+std::optional<routing::NodeId> Keeper::failover_subject() const {
+  if (writer_) return writer_;
+  if (record_) {
+    for (const auto& n : nodes_) {
+      if (n->target.name == record_->node) return n->id;
+    }
   }
+  return std::nullopt;
+}
+
+void Keeper::begin_failover(const std::string& reason, std::optional<routing::NodeId> target, bool force,
+                            bool skip_witness) {
+  std::optional<routing::NodeId> failed = failover_subject();
   if (!failed) return;
-  if (!force) {
+  if (!skip_witness) {
     // The witness must speak from after the failure: a probe answered before the primary was
     // seen failing still shows a receiver that was streaming then.
     const auto since = nodes_[*failed]->detector.failing_since();
@@ -390,6 +415,8 @@ void Keeper::begin_failover(const std::string& reason, std::optional<routing::No
     if (!w.confirmed) {
       if (SteadyClock::now() - last_refusal_log_ > std::chrono::seconds(10)) {
         last_refusal_log_ = SteadyClock::now();
+        if (!refusal_counted_) ++counters_.failovers_refused;
+        refusal_counted_ = true;
         add_event("failover_refused", nodes_[*failed]->target.name, w.why);
         run_hook(config_.on_degraded, "failover_refused", nodes_[*failed].get());
       }
@@ -404,6 +431,15 @@ void Keeper::begin_failover(const std::string& reason, std::optional<routing::No
   target_ = target;
   force_ = force;
   reason_ = reason;
+  sequence_ = Sequence::kFailover;
+  ++sequence_id_;
+  refusal_counted_ = false;
+  {
+    const Node& f = *nodes_[*failed];
+    const int n = std::max(1, f.failed_in_row);
+    cause_ = skip_witness ? reason
+                          : "promoted after " + f.target.name + " failed " + std::to_string(n) + (n == 1 ? " probe" : " probes");
+  }
   candidate_.reset();
   failover_started_ = SteadyClock::now();
   old_timeline_ = 0;
@@ -416,7 +452,8 @@ void Keeper::begin_failover(const std::string& reason, std::optional<routing::No
   publish(std::nullopt, "failover in progress: " + reason, true);
 }
 
-void Keeper::publish(std::optional<routing::NodeId> writer, const std::string& why, bool hold) {
+void Keeper::publish(std::optional<routing::NodeId> writer, const std::string& why, bool hold,
+                     std::function<void(std::uint64_t)> then) {
   routing::Snapshot snap = *table_.current();
   if (snap.nodes.size() != nodes_.size()) snap.nodes.resize(nodes_.size());
   for (const auto& n : nodes_) {
@@ -427,7 +464,7 @@ void Keeper::publish(std::optional<routing::NodeId> writer, const std::string& w
     v.port = n->target.port;
     v.fenced = n->fenced;
     v.enabled = n->enabled;
-    v.role = !n->facts ? routing::Role::kUnknown : n->facts->in_recovery ? routing::Role::kStandby : routing::Role::kPrimary;
+    v.role = role_of(*n);
     if (writer && *writer == n->id) v.role = routing::Role::kPrimary;
   }
   snap.writer = writer;
@@ -435,16 +472,17 @@ void Keeper::publish(std::optional<routing::NodeId> writer, const std::string& w
   snap.hold = hold;
   const bool in_barrier = step_ == Step::kBarrier;
   const bool in_publish = step_ == Step::kPublish;
-  effects_.publish(std::move(snap), [this, in_barrier, in_publish](std::uint64_t epoch) {
-    if (in_barrier && step_ == Step::kBarrier) {
+  const std::uint64_t seq = sequence_id_;
+  effects_.publish(std::move(snap), [this, in_barrier, in_publish, seq, then = std::move(then)](std::uint64_t epoch) {
+    if (then) {
+      then(epoch);
+    } else if (seq != sequence_id_) {
+      // an acknowledgement for a sequence that has been aborted since
+    } else if (in_barrier && step_ == Step::kBarrier) {
       add_event("writes_stopped", failed_ ? nodes_[*failed_]->target.name : "", "every worker closed its connections; epoch " + std::to_string(epoch));
       step_detach();
     } else if (in_publish && step_ == Step::kPublish) {
-      step_ = Step::kIdle;
-      const auto ms = std::chrono::duration_cast<Millis>(SteadyClock::now() - failover_started_).count();
-      add_event("promotion", nodes_[*candidate_]->target.name,
-                "writes go to " + nodes_[*candidate_]->target.name + " under epoch " + std::to_string(epoch) + ", " +
-                    std::to_string(ms) + " ms after the failover started");
+      finish_sequence(epoch);
     }
   });
 }
@@ -613,6 +651,7 @@ void Keeper::step_record() {
   rec.system_identifier = c.facts->system_identifier;
   rec.timeline = c.facts->timeline;
   rec.lsn = c.facts->current_lsn;
+  rec.how = sequence_ == Sequence::kSwitchover ? "switchover" : "failover";
   std::string err;
   if (!config_.state_file.empty() && !write_state_file(rec, err)) {
     add_event("record_failed", rec.node, "state file: " + err);
@@ -622,7 +661,10 @@ void Keeper::step_record() {
   // asynchronous; manage_sync() makes it synchronous once a standby follows it.
   admin(c, "ALTER SYSTEM SET synchronous_standby_names = ''", [](const PgResult&) {});
   admin(c, "SELECT pg_reload_conf()", [](const PgResult&) {});
-  record_in_cluster(c, rec, [this](bool) { step_publish(); });
+  const std::uint64_t seq = sequence_id_;
+  record_in_cluster(c, rec, [this, seq](bool) {
+    if (seq == sequence_id_ && step_ == Step::kRecord) step_publish();
+  });
 }
 
 // The record also lives in the cluster, so it replicates with the data and a pgkeel that lost
@@ -633,9 +675,11 @@ void Keeper::record_in_cluster(Node& n, const PrimaryRecord& rec, std::function<
       "CREATE SCHEMA IF NOT EXISTS pgkeel; "
       "CREATE TABLE IF NOT EXISTS pgkeel.primary_history (epoch bigint NOT NULL, node text NOT NULL, "
       "system_identifier text NOT NULL, timeline int NOT NULL, lsn pg_lsn, recorded_at timestamptz NOT NULL DEFAULT now()); "
-      "INSERT INTO pgkeel.primary_history (epoch, node, system_identifier, timeline, lsn) VALUES (" +
+      "ALTER TABLE pgkeel.primary_history ADD COLUMN IF NOT EXISTS how text; "
+      "INSERT INTO pgkeel.primary_history (epoch, node, system_identifier, timeline, lsn, how) VALUES (" +
       std::to_string(rec.epoch) + ", " + quote_literal(rec.node) + ", " + quote_literal(rec.system_identifier) + ", " +
-      std::to_string(rec.timeline) + ", " + quote_literal(format_lsn(rec.lsn)) + "); COMMIT";
+      std::to_string(rec.timeline) + ", " + quote_literal(format_lsn(rec.lsn)) + ", " +
+      (rec.how.empty() ? std::string("NULL") : quote_literal(rec.how)) + "); COMMIT";
   admin(n, sql, [this, &n, done](const PgResult& r) {
     if (!r.ok) add_event("record_failed", n.target.name, "cluster record: " + r.error);
     done(r.ok);
@@ -648,7 +692,10 @@ void Keeper::step_publish() {
   writer_ = candidate_;
   known_sync_.clear();
   degraded_ = true;
-  publish(candidate_, "primary since the failover: " + reason_ + "; " + nodes_[*failed_]->target.name + " fenced by epoch", false);
+  const Node& old = *nodes_[*failed_];
+  std::string why = "primary since epoch " + std::to_string(record_ ? record_->epoch : table_.epoch() + 1) + ": " + cause_;
+  if (sequence_ == Sequence::kFailover) why += "; " + old.target.name + (old.fenced ? " fenced" : " fenced by epoch");
+  publish(candidate_, why, false);
   // The other standbys follow the new primary.
   for (auto& n : nodes_) {
     if (n->id == c.id || n->id == *failed_ || n->detector.health() != NodeHealth::kUp || !n->facts || !n->facts->in_recovery) continue;
@@ -669,6 +716,12 @@ void Keeper::step_publish() {
 }
 
 void Keeper::abort_failover(const std::string& why) {
+  if (sequence_ == Sequence::kSwitchover) {
+    abort_switchover(why);
+    return;
+  }
+  ++counters_.failovers_refused;
+  ++sequence_id_;
   add_event("failover_refused", failed_ ? nodes_[*failed_]->target.name : "", why);
   run_hook(config_.on_degraded, "failover_refused", failed_ ? nodes_[*failed_].get() : nullptr);
   const bool detached = step_ != Step::kBarrier;
@@ -687,33 +740,410 @@ void Keeper::abort_failover(const std::string& why) {
   // Keep holding: the primary may come back, or a standby may become eligible; clients get
   // this reason when their hold_timeout runs out.
   publish(std::nullopt, "no writable primary: " + why, true);
+  if (auto done = std::move(done_)) {
+    done_ = nullptr;
+    done({false, "failover aborted: " + why});
+  }
+}
+
+std::string Keeper::busy_text() const {
+  if (step_ == Step::kIdle) return {};
+  return sequence_ == Sequence::kSwitchover ? "a switchover" : "a failover";
+}
+
+// Called once every worker applied the snapshot naming the new writer.
+void Keeper::finish_sequence(std::uint64_t epoch) {
+  step_ = Step::kIdle;
+  const Node& c = *nodes_[*candidate_];
+  const Node& old = *nodes_[*failed_];
+  const auto ms = std::chrono::duration_cast<Millis>(SteadyClock::now() - failover_started_).count();
+  Outcome outcome{true, ""};
+  if (sequence_ == Sequence::kFailover) {
+    ++counters_.failovers;
+    add_event("promotion", c.target.name,
+              "writes go to " + c.target.name + " under epoch " + std::to_string(epoch) + ", " + std::to_string(ms) +
+                  " ms after the failover started");
+    outcome.text = c.target.name + " promoted, epoch " + std::to_string(epoch);
+  } else {
+    ++counters_.switchovers;
+    long paused_ms = 0;
+    if (writes_paused_) {
+      paused_ms = static_cast<long>(std::chrono::duration_cast<Millis>(SteadyClock::now() - writes_paused_at_).count());
+      writes_paused_ = false;
+      effects_.resume_writes();
+    }
+    add_event("promotion", c.target.name, "writes go to " + c.target.name + " under epoch " + std::to_string(epoch));
+    add_event("switchover", c.target.name,
+              "done: " + c.target.name + " is the primary under epoch " + std::to_string(epoch) + ", " +
+                  std::to_string(ms) + " ms after the switchover started; writes were paused for " +
+                  std::to_string(paused_ms) + " ms");
+    outcome.text = "switched over to " + c.target.name + ", epoch " + std::to_string(epoch) + "; writes paused " +
+                   std::to_string(paused_ms) + " ms; " + old.target.name +
+                   (config_.rejoin_command.empty() ? " stays stopped (no rejoin_command)" : " rejoins as a standby");
+  }
+  if (auto done = std::move(done_)) {
+    done_ = nullptr;
+    done(outcome);
+  }
+  if (sequence_ == Sequence::kSwitchover) rejoin_old_primary();
 }
 
 void Keeper::failover(std::optional<std::string> target, bool force, const std::string& who, OutcomeFn done) {
-  if (step_ != Step::kIdle) return done({false, "a failover is already running"});
+  auto refuse = [&](const std::string& why) {
+    ++counters_.failovers_refused;
+    add_event("failover_refused", target.value_or(""), why);
+    done({false, "FAILOVER refused: " + why});
+  };
+  if (step_ != Step::kIdle) return refuse(busy_text() + " is running");
   std::optional<routing::NodeId> t;
   if (target) {
     Node* n = node_by_name(*target);
-    if (n == nullptr) return done({false, "no node named " + *target});
+    if (n == nullptr) return refuse("no node named " + *target);
     t = n->id;
   }
+  const std::optional<routing::NodeId> failed = failover_subject();
+  if (!failed) return refuse("no primary is known (no record yet): there is nothing to fail over from");
+  if (t && *t == *failed) return refuse(*target + " is the primary already");
   const std::string reason = "FAILOVER" + std::string(target ? " TO " + *target : "") + (force ? " FORCE" : "") + " by " + who;
-  add_event("console", "", reason);
-  begin_failover(reason, t, true);
-  done(step_ == Step::kIdle ? Outcome{false, "failover refused: see SHOW EVENTS"} : Outcome{true, "failover started"});
+  // The same plan the sequence makes after detaching the standbys: refuse now, before anything
+  // moves, when it would refuse then.
+  PlanInput in = plan_input(*failed);
+  in.force = force;
+  in.target = t;
+  const Plan plan = plan_failover(in);
+  if (!plan.chosen) return refuse(plan.summary);
+  add_event("console", nodes_[*failed]->target.name, reason);
+  done_ = std::move(done);
+  begin_failover(reason, t, force, true);
+  if (step_ == Step::kIdle && done_) {
+    auto d = std::move(done_);
+    done_ = nullptr;
+    ++counters_.failovers_refused;
+    d({false, "FAILOVER refused: see SHOW EVENTS"});
+  }
 }
 
-void Keeper::switchover(std::optional<std::string>, const std::string&, OutcomeFn done) {
-  done({false, "SWITCHOVER is not implemented yet"});
+// ---- planned switchover ------------------------------------------------------------------------
+
+void Keeper::switchover(std::optional<std::string> target, const std::string& who, OutcomeFn done) {
+  SwitchoverInput in;
+  in.nodes = observations();
+  in.writer = writer_;
+  in.system_identifier = system_identifier_;
+  in.target = target;
+  in.stop_command_configured = !config_.stop_command.empty();
+  in.busy = busy_text();
+  const SwitchoverChoice choice = choose_switchover_target(in);
+  if (!choice.target) {
+    add_event("switchover_refused", target.value_or(""), choice.why + " (by " + who + ")");
+    done({false, "SWITCHOVER refused: " + choice.why});
+    return;
+  }
+  Node& old = *nodes_[*writer_];
+  Node& c = *nodes_[*choice.target];
+  sequence_ = Sequence::kSwitchover;
+  ++sequence_id_;
+  failed_ = old.id;
+  candidate_ = c.id;
+  target_ = c.id;
+  force_ = false;
+  reason_ = "SWITCHOVER TO " + c.target.name + " by " + who;
+  cause_ = reason_;
+  done_ = std::move(done);
+  failover_started_ = SteadyClock::now();
+  switch_deadline_ = failover_started_ + config_.switchover_timeout;
+  writes_paused_ = false;
+  old_stopped_ = false;
+  lsn_before_stop_ = 0;
+  checkpoint_lsn_.reset();
+  catchup_last_ = 0;
+  catchup_unchanged_ = 0;
+  old_timeline_ = 0;
+  for (const auto& n : nodes_) {
+    if (n->facts) old_timeline_ = std::max(old_timeline_, n->facts->timeline);
+  }
+  add_event("switchover", old.target.name, "started: " + reason_ + " (" + choice.why + ")");
+  const std::uint64_t seq = sequence_id_;
+  after(config_.switchover_timeout, [this, seq] {
+    if (seq == sequence_id_) on_switch_deadline();
+  });
+  step_switch_checkpoint();
 }
 
-Outcome Keeper::fence(const std::string&, const std::string&) { return {false, "FENCE is not implemented yet"}; }
-Outcome Keeper::unfence(const std::string&, const std::string&) { return {false, "UNFENCE is not implemented yet"}; }
-Outcome Keeper::disable(const std::string&, const std::string&) { return {false, "DISABLE is not implemented yet"}; }
-Outcome Keeper::enable(const std::string&, const std::string&) { return {false, "ENABLE is not implemented yet"}; }
+// A checkpoint while writes still flow, so the shutdown checkpoint (taken while they are paused)
+// has little to write.
+void Keeper::step_switch_checkpoint() {
+  step_ = Step::kSwitchCheckpoint;
+  Node& old = *nodes_[*failed_];
+  const auto started = SteadyClock::now();
+  const std::uint64_t seq = sequence_id_;
+  admin(old, "CHECKPOINT", [this, seq, &old, started](const PgResult& r) {
+    if (seq != sequence_id_ || step_ != Step::kSwitchCheckpoint) return;
+    if (!r.ok) {
+      abort_switchover("CHECKPOINT on " + old.target.name + " failed: " + r.error);
+      return;
+    }
+    const auto ms = std::chrono::duration_cast<Millis>(SteadyClock::now() - started).count();
+    add_event("switchover", old.target.name, "CHECKPOINT done in " + std::to_string(ms) + " ms");
+    step_switch_drain();
+  });
+}
+
+// New transactions wait in the proxy; running ones get switchover_drain_timeout to finish.
+void Keeper::step_switch_drain() {
+  step_ = Step::kSwitchDrain;
+  Node& old = *nodes_[*failed_];
+  writes_paused_ = true;
+  writes_paused_at_ = SteadyClock::now();
+  const std::uint64_t seq = sequence_id_;
+  effects_.pause_writes(old.id, config_.switchover_drain_timeout, [this, seq, &old](int still_running) {
+    if (seq != sequence_id_ || step_ != Step::kSwitchDrain) return;
+    const auto ms = std::chrono::duration_cast<Millis>(SteadyClock::now() - writes_paused_at_).count();
+    add_event("switchover", old.target.name,
+              still_running > 0 ? "writes paused; " + std::to_string(still_running) +
+                                      " transactions still running after " + std::to_string(ms) +
+                                      " ms: their sessions will be cut"
+                                : "writes paused; no transaction running (drained in " + std::to_string(ms) + " ms)");
+    step_switch_barrier();
+  });
+}
+
+// No writer: every worker closes its server connections to the old primary and acknowledges.
+void Keeper::step_switch_barrier() {
+  step_ = Step::kSwitchBarrier;
+  writer_.reset();
+  const std::uint64_t seq = sequence_id_;
+  publish(std::nullopt, "switchover in progress: " + reason_, true, [this, seq](std::uint64_t epoch) {
+    if (seq != sequence_id_ || step_ != Step::kSwitchBarrier) return;
+    add_event("switchover", nodes_[*failed_]->target.name,
+              "writes stopped: every worker closed its connections to it; epoch " + std::to_string(epoch));
+    step_switch_note_lsn();
+  });
+}
+
+void Keeper::step_switch_note_lsn() {
+  step_ = Step::kSwitchNoteLsn;
+  Node& old = *nodes_[*failed_];
+  const std::uint64_t seq = sequence_id_;
+  admin(old, "SELECT pg_current_wal_lsn()::text", [this, seq, &old](const PgResult& r) {
+    if (seq != sequence_id_ || step_ != Step::kSwitchNoteLsn) return;
+    std::optional<Lsn> lsn;
+    if (r.ok && !r.rows.empty() && !r.rows[0].empty() && r.rows[0][0]) lsn = parse_lsn(*r.rows[0][0]);
+    if (!lsn) {
+      abort_switchover("could not read pg_current_wal_lsn() on " + old.target.name + ": " +
+                       (r.ok ? "unexpected answer" : r.error));
+      return;
+    }
+    lsn_before_stop_ = *lsn;
+    add_event("switchover", old.target.name, "at " + format_lsn(*lsn) + " before the stop");
+    step_switch_stop();
+  });
+}
+
+void Keeper::step_switch_stop() {
+  step_ = Step::kSwitchStop;
+  Node& old = *nodes_[*failed_];
+  const auto left = std::chrono::duration_cast<Millis>(switch_deadline_ - SteadyClock::now());
+  if (left <= Millis(0)) {
+    abort_switchover("switchover_timeout ran out before the stop");
+    return;
+  }
+  add_event("switchover", old.target.name, "running stop_command");
+  // From here on the old primary may be stopping: an abort cannot simply give it its writes back.
+  old_stopped_ = true;
+  const std::uint64_t seq = sequence_id_;
+  run_child(config_.stop_command,
+            {{"PGKEEL_EVENT", "stop"}, {"PGKEEL_NODE", old.target.name}, {"PGKEEL_HOST", old.target.host},
+             {"PGKEEL_PORT", std::to_string(old.target.port)}, {"PGKEEL_NODE_NAME", old.target.name},
+             {"PGKEEL_NODE_HOST", old.target.host}, {"PGKEEL_NODE_PORT", std::to_string(old.target.port)}},
+            left, [this, seq, &old](int status, std::string output) {
+              if (seq != sequence_id_ || step_ != Step::kSwitchStop) return;
+              if (status != 0) {
+                // Did it stop? If the old primary still answers as a primary, it did not, and it
+                // can take its writes back.
+                admin(old, "SELECT pg_is_in_recovery()", [this, seq, &old, status](const PgResult& r) {
+                  if (seq != sequence_id_ || step_ != Step::kSwitchStop) return;
+                  if (r.ok && !r.rows.empty() && r.rows[0][0] && *r.rows[0][0] == "f") old_stopped_ = false;
+                  abort_switchover("stop_command failed (" +
+                                   (status < 0 ? std::string("killed at switchover_timeout")
+                                               : "status " + std::to_string(status)) +
+                                   ")" + (old_stopped_ ? "" : "; " + old.target.name + " still runs"));
+                });
+                return;
+              }
+              checkpoint_lsn_ = parse_checkpoint_lsn(output);
+              add_event("switchover", old.target.name,
+                        "stopped cleanly" + (checkpoint_lsn_ ? ", shutdown checkpoint at " + format_lsn(*checkpoint_lsn_)
+                                                             : std::string(", no checkpoint_lsn printed")));
+              step_switch_catchup();
+            });
+}
+
+// The target must hold every byte the old primary wrote (its shutdown checkpoint included), so
+// promoting it loses nothing and the old primary can follow it without a rewind.
+void Keeper::step_switch_catchup() {
+  step_ = Step::kSwitchCatchup;
+  Node& c = *nodes_[*candidate_];
+  const std::uint64_t seq = sequence_id_;
+  admin(c, "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text", [this, seq, &c](const PgResult& r) {
+    if (seq != sequence_id_ || step_ != Step::kSwitchCatchup) return;
+    Lsn received = 0;
+    if (r.ok && !r.rows.empty()) {
+      for (const auto& v : r.rows[0]) {
+        if (v) received = std::max(received, parse_lsn(*v).value_or(0));
+      }
+    }
+    catchup_unchanged_ = received == catchup_last_ ? catchup_unchanged_ + 1 : 0;
+    catchup_last_ = received;
+    CatchupInput in;
+    in.checkpoint_lsn = checkpoint_lsn_;
+    in.lsn_before_stop = lsn_before_stop_;
+    in.received = received;
+    in.unchanged_checks = catchup_unchanged_;
+    in.past_deadline = SteadyClock::now() >= switch_deadline_;
+    const CatchupVerdict v = check_catchup(in);
+    switch (v.state) {
+      case CatchupState::kWait:
+        after(Millis(50), [this, seq] {
+          if (seq == sequence_id_ && step_ == Step::kSwitchCatchup) step_switch_catchup();
+        });
+        return;
+      case CatchupState::kFailed:
+        abort_switchover(c.target.name + ": " + v.why + (r.ok ? "" : " (" + r.error + ")"));
+        return;
+      case CatchupState::kCaughtUp:
+        add_event("switchover", c.target.name, "caught up: " + v.why);
+        step_promote();
+        return;
+    }
+  });
+}
+
+void Keeper::on_switch_deadline() {
+  switch (step_) {
+    case Step::kSwitchCheckpoint:
+    case Step::kSwitchDrain:
+    case Step::kSwitchBarrier:
+    case Step::kSwitchNoteLsn:
+      abort_switchover("switchover_timeout (" + std::to_string(config_.switchover_timeout.count()) + " ms) ran out");
+      return;
+    default:
+      // The stop command and the catch-up check watch the deadline themselves; a promotion that
+      // started is not undone (promote_timeout bounds it).
+      return;
+  }
+}
+
+void Keeper::abort_switchover(const std::string& why) {
+  const Step at = step_;
+  static constexpr const char* kStepNames[] = {"idle",       "barrier",    "detach",     "settle",
+                                               "fence",      "promote",    "confirm",    "record",
+                                               "publish",    "checkpoint", "drain",      "barrier",
+                                               "note_lsn",   "stop",       "catchup"};
+  const std::string where = kStepNames[static_cast<int>(at)];
+  ++counters_.switchovers_aborted;
+  ++sequence_id_;
+  step_ = Step::kIdle;
+  next_attempt_ = SteadyClock::now() + std::chrono::seconds(5);
+  Node& old = *nodes_[*failed_];
+  std::string text = "aborted at " + where + ": " + why;
+  const bool promoted = at == Step::kPromote || at == Step::kConfirm || at == Step::kRecord || at == Step::kPublish;
+  if (!old_stopped_ && !promoted) {
+    writer_ = old.id;
+    text += "; writes resume on " + old.target.name;
+    publish(old.id, "primary since epoch " + std::to_string(record_ ? record_->epoch : 0) + ": switchover aborted (" + why + ")",
+            false);
+  } else {
+    text += "; " + old.target.name + (promoted ? " was stopped and " + nodes_[*candidate_]->target.name +
+                                                     " may be promoted: see SHOW NODES; no writer until it is settled"
+                                               : " was stopped and is still the recorded primary: start it again, or "
+                                                 "FAILOVER to a standby; clients are held");
+    publish(std::nullopt, "no writable primary: switchover aborted at " + where + ": " + why, true);
+  }
+  if (writes_paused_) {
+    writes_paused_ = false;
+    effects_.resume_writes();
+  }
+  add_event("switchover_aborted", old.target.name, text);
+  run_hook(config_.on_degraded, "switchover_aborted", &old);
+  if (auto done = std::move(done_)) {
+    done_ = nullptr;
+    done({false, "SWITCHOVER " + text});
+  }
+}
+
+// The old primary follows the new one. Not waited for by the console; its exit is an event.
+void Keeper::rejoin_old_primary() {
+  const Node& old = *nodes_[*failed_];
+  const Node& primary = *nodes_[*candidate_];
+  if (config_.rejoin_command.empty()) {
+    add_event("rejoin", old.target.name, "no rejoin_command configured: it stays stopped until it is made a standby of " +
+                                             primary.target.name);
+    return;
+  }
+  add_event("rejoin", old.target.name, "running rejoin_command (standby of " + primary.target.name + ")");
+  const std::string name = old.target.name;
+  const auto started = SteadyClock::now();
+  run_child(config_.rejoin_command,
+            {{"PGKEEL_EVENT", "rejoin"}, {"PGKEEL_NODE", old.target.name}, {"PGKEEL_HOST", old.target.host},
+             {"PGKEEL_PORT", std::to_string(old.target.port)}, {"PGKEEL_NODE_NAME", old.target.name},
+             {"PGKEEL_NODE_HOST", old.target.host}, {"PGKEEL_NODE_PORT", std::to_string(old.target.port)},
+             {"PGKEEL_PRIMARY_NAME", primary.target.name}, {"PGKEEL_PRIMARY_HOST", primary.target.host},
+             {"PGKEEL_PRIMARY_PORT", std::to_string(primary.target.port)}},
+            std::chrono::hours(1), [this, name, started](int status, std::string output) {
+              while (!output.empty() && output.back() == '\n') output.pop_back();
+              const std::size_t nl = output.rfind('\n');
+              const std::string last = nl == std::string::npos ? output : output.substr(nl + 1);
+              const auto ms = std::chrono::duration_cast<Millis>(SteadyClock::now() - started).count();
+              add_event(status == 0 ? "rejoin" : "rejoin_failed", name,
+                        (status == 0 ? "rejoin_command succeeded" : "rejoin_command failed (status " + std::to_string(status) + ")") +
+                            std::string(" in ") + std::to_string(ms) + " ms" + (last.empty() ? "" : ": " + last));
+            });
+}
+
+// ---- maintenance verbs -------------------------------------------------------------------------
+
+Outcome Keeper::node_verb(NodeVerb verb, const std::string& node, const std::string& who) {
+  Node* n = node_by_name(node);
+  if (n == nullptr) return {false, std::string(to_string(verb)) + " refused: no node named " + node};
+  NodeVerbInput in;
+  in.verb = verb;
+  for (NodeObservation& o : observations()) {
+    if (o.id == n->id) in.node = std::move(o);
+  }
+  in.node.facts = n->facts;  // the last successful probe's, even if the node is down now
+  in.writer = writer_;
+  if (record_) in.recorded_primary = record_->node;
+  in.busy = busy_text();
+  const NodeVerbDecision d = decide_node_verb(in);
+  if (!d.ok || !d.changes) return {d.ok, d.text};
+  switch (verb) {
+    case NodeVerb::kFence: n->fenced = true; break;
+    case NodeVerb::kUnfence: n->fenced = false; break;
+    case NodeVerb::kDisable: n->enabled = false; break;
+    case NodeVerb::kEnable: n->enabled = true; break;
+  }
+  std::string kind(to_string(verb));
+  std::transform(kind.begin(), kind.end(), kind.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  add_event(kind, n->target.name, std::string(to_string(verb)) + " by " + who + ": " + d.text);
+  const auto snap = table_.current();
+  if (d.drops_writer) {
+    writer_.reset();
+    publish(std::nullopt, "no writer: " + n->target.name + " (the primary) fenced by " + who, true);
+  } else {
+    publish(snap->writer, snap->why, snap->hold);
+  }
+  // An unfenced recorded primary, or a restored standby, is picked up by the next decide().
+  return {true, d.text};
+}
+
+Outcome Keeper::fence(const std::string& node, const std::string& who) { return node_verb(NodeVerb::kFence, node, who); }
+Outcome Keeper::unfence(const std::string& node, const std::string& who) { return node_verb(NodeVerb::kUnfence, node, who); }
+Outcome Keeper::disable(const std::string& node, const std::string& who) { return node_verb(NodeVerb::kDisable, node, who); }
+Outcome Keeper::enable(const std::string& node, const std::string& who) { return node_verb(NodeVerb::kEnable, node, who); }
 
 KeeperCounters Keeper::counters() const {
-  KeeperCounters c;
+  KeeperCounters c = counters_;
   c.degraded = degraded_;
   c.sync_mode = config_.sync_mode;
   return c;
@@ -733,7 +1163,122 @@ PlanInput Keeper::plan_input(routing::NodeId failed) const {
   return in;
 }
 
-Plan Keeper::plan() const { return plan_failover(plan_input(writer_.value_or(0))); }
+// The dry run: the node the next automatic failover would replace (the writer, or else the
+// recorded primary), with the same inputs step_settle() gives the planner (no target, no FORCE).
+Plan Keeper::plan() const {
+  const std::optional<routing::NodeId> failed = failover_subject();
+  if (!failed) {
+    Plan p;
+    p.summary = "no primary is known yet: nothing to fail over from";
+    return p;
+  }
+  return plan_failover(plan_input(*failed));
+}
+
+// The role a snapshot gives a node that is not the writer: a standby only while it is reachable
+// and in recovery; a node that is down or never answered is unknown and gets no reads.
+routing::Role Keeper::role_of(const Node& n) const {
+  if (!n.facts || n.detector.health() == NodeHealth::kDown) return routing::Role::kUnknown;
+  return n.facts->in_recovery ? routing::Role::kStandby : routing::Role::kPrimary;
+}
+
+// Republishes (same writer, same why) when a node's role as the snapshot shows it is out of date,
+// e.g. an old primary that came back as a streaming standby after a switchover now serves reads.
+void Keeper::refresh_routes() {
+  const auto snap = table_.current();
+  bool stale = snap->nodes.size() != nodes_.size();
+  for (const auto& n : nodes_) {
+    if (stale) break;
+    const routing::NodeView& v = snap->nodes[n->id];
+    routing::Role want = role_of(*n);
+    if (snap->writer && *snap->writer == n->id) want = routing::Role::kPrimary;
+    if (v.role != want || v.fenced != n->fenced || v.enabled != n->enabled) stale = true;
+  }
+  if (stale) publish(snap->writer, snap->why, snap->hold);
+}
+
+void Keeper::after(Millis delay, std::function<void()> fn) {
+  auto* f = new std::function<void()>(std::move(fn));
+  const timeval tv{static_cast<time_t>(delay.count() / 1000), static_cast<suseconds_t>((delay.count() % 1000) * 1000)};
+  event_base_once(base_, -1, EV_TIMEOUT, [](evutil_socket_t, short, void* a) {
+    auto* fp = static_cast<std::function<void()>*>(a);
+    (*fp)();
+    delete fp;
+  }, f, &tv);
+}
+
+void Keeper::run_child(const std::string& command, const std::vector<std::pair<std::string, std::string>>& env,
+                       Millis timeout, ChildDone done) {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) {
+    done(-1, std::string("pipe: ") + std::strerror(errno));
+    return;
+  }
+  const pid_t pid = fork();
+  if (pid == 0) {
+    setpgid(0, 0);
+    dup2(fds[1], STDOUT_FILENO);  // dup2 clears FD_CLOEXEC on the copy
+    for (const auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
+    const int devnull = open("/dev/null", O_RDONLY);
+    if (devnull >= 0) dup2(devnull, STDIN_FILENO);
+    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  ::close(fds[1]);
+  if (pid < 0) {
+    ::close(fds[0]);
+    done(-1, std::string("fork: ") + std::strerror(errno));
+    return;
+  }
+  fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK);
+  struct Watch {
+    Keeper* k;
+    pid_t pid;
+    int fd;
+    SteadyClock::time_point deadline;
+    std::string output;
+    ChildDone done;
+  };
+  auto* w = new Watch{this, pid, fds[0], SteadyClock::now() + timeout, {}, std::move(done)};
+  static void (*poll)(evutil_socket_t, short, void*) = [](evutil_socket_t, short, void* a) {
+    auto* wait = static_cast<Watch*>(a);
+    char buf[4096];
+    for (;;) {
+      const ssize_t got = ::read(wait->fd, buf, sizeof buf);
+      if (got <= 0) break;
+      wait->output.append(buf, static_cast<std::size_t>(got));
+      if (wait->output.size() > 65536) wait->output.erase(0, wait->output.size() - 65536);
+    }
+    int status = 0;
+    const pid_t r = waitpid(wait->pid, &status, WNOHANG);
+    if (r == 0 && SteadyClock::now() < wait->deadline) {
+      const timeval tv{0, 50 * 1000};
+      event_base_once(wait->k->base_, -1, EV_TIMEOUT, poll, wait, &tv);
+      return;
+    }
+    int code = -1;
+    if (r == 0) {
+      kill(-wait->pid, SIGKILL);
+      waitpid(wait->pid, &status, 0);
+    } else if (r == wait->pid && WIFEXITED(status)) {
+      code = WEXITSTATUS(status);
+    } else if (r == wait->pid && WIFSIGNALED(status)) {
+      code = 128 + WTERMSIG(status);
+    }
+    for (;;) {  // what it wrote just before exiting
+      const ssize_t got = ::read(wait->fd, buf, sizeof buf);
+      if (got <= 0) break;
+      wait->output.append(buf, static_cast<std::size_t>(got));
+    }
+    ::close(wait->fd);
+    ChildDone cb = std::move(wait->done);
+    std::string out = std::move(wait->output);
+    delete wait;
+    cb(code, std::move(out));
+  };
+  const timeval tv{0, 20 * 1000};
+  event_base_once(base_, -1, EV_TIMEOUT, poll, w, &tv);
+}
 
 std::vector<NodeStatus> Keeper::nodes() const {
   std::vector<NodeStatus> out;
@@ -746,6 +1291,8 @@ std::vector<NodeStatus> Keeper::nodes() const {
     s.fenced = n->fenced;
     s.enabled = n->enabled;
     s.probe_ms = n->probe_ms;
+    s.probes = static_cast<std::uint64_t>(n->probes_done);
+    s.probe_failures = n->probe_failures;
     s.last_error = n->last_error;
     if (n->probes_done > 0) s.last_probe = iso_time(n->last_probe_wall);
     if (n->facts) {

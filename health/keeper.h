@@ -19,6 +19,7 @@
 #include "health/facts.h"
 #include "health/failover.h"
 #include "health/pg_async.h"
+#include "health/switchover.h"
 #include "routing/snapshot.h"
 
 namespace pgkeel::health {
@@ -161,7 +162,13 @@ class Keeper {
 
  private:
   struct Node;
-  enum class Step : std::uint8_t { kIdle, kBarrier, kDetach, kSettle, kFence, kPromote, kConfirm, kRecord, kPublish };
+  // Failover: kBarrier .. kPublish. Switchover: kSwitch* first, then kPromote .. kPublish.
+  enum class Step : std::uint8_t {
+    kIdle, kBarrier, kDetach, kSettle, kFence, kPromote, kConfirm, kRecord, kPublish,
+    kSwitchCheckpoint, kSwitchDrain, kSwitchBarrier, kSwitchNoteLsn, kSwitchStop, kSwitchCatchup,
+  };
+  enum class Sequence : std::uint8_t { kFailover, kSwitchover };
+  using ChildDone = std::function<void(int status, std::string output)>;
 
   static void on_tick(evutil_socket_t, short, void* arg);
   void tick();
@@ -170,7 +177,8 @@ class Keeper {
   void decide();
   void decide_writer_at_start();
   void manage_sync();
-  void begin_failover(const std::string& reason, std::optional<routing::NodeId> target, bool force);
+  // `skip_witness`: a console FAILOVER; `force`: FAILOVER ... FORCE (skip the lag check).
+  void begin_failover(const std::string& reason, std::optional<routing::NodeId> target, bool force, bool skip_witness);
   void step_detach();
   void step_settle(int rounds_left);
   void step_fence();
@@ -180,7 +188,29 @@ class Keeper {
   void step_publish();
   void record_in_cluster(Node& n, const PrimaryRecord& rec, std::function<void(bool)> done);
   void abort_failover(const std::string& why);
-  void publish(std::optional<routing::NodeId> writer, const std::string& why, bool hold);
+  void finish_sequence(std::uint64_t epoch);
+  void step_switch_checkpoint();
+  void step_switch_drain();
+  void step_switch_barrier();
+  void step_switch_note_lsn();
+  void step_switch_stop();
+  void step_switch_catchup();
+  void on_switch_deadline();
+  void abort_switchover(const std::string& why);
+  void rejoin_old_primary();
+  // Runs `command` with /bin/sh in its own process group, stdout captured; `done(status, output)`
+  // runs on the loop when it exits (status: exit code, 128+signal, -1 when killed at `timeout`).
+  void run_child(const std::string& command, const std::vector<std::pair<std::string, std::string>>& env,
+                 Millis timeout, ChildDone done);
+  void after(Millis delay, std::function<void()> fn);
+  std::string busy_text() const;
+  std::optional<routing::NodeId> failover_subject() const;
+  routing::Role role_of(const Node& n) const;
+  void refresh_routes();
+  Outcome node_verb(NodeVerb verb, const std::string& node, const std::string& who);
+  // `then(epoch)` runs once every worker applied the snapshot.
+  void publish(std::optional<routing::NodeId> writer, const std::string& why, bool hold,
+               std::function<void(std::uint64_t)> then = {});
   void admin(Node& n, const std::string& sql, std::function<void(const PgResult&)> cb);
   void admin_next(Node& n);
   void run_hook(const std::string& command, const std::string& event, const Node* node);
@@ -222,6 +252,23 @@ class Keeper {
   std::chrono::steady_clock::time_point failover_started_;
   std::chrono::steady_clock::time_point last_refusal_log_;  // rate-limits repeated refusals
   std::chrono::steady_clock::time_point next_attempt_;       // after an aborted failover
+  Sequence sequence_ = Sequence::kFailover;
+  std::uint64_t sequence_id_ = 0;  // callbacks of an earlier sequence see a newer id and stop
+  std::string cause_;              // for the snapshot's why: "promoted after db1 failed 3 probes"
+  OutcomeFn done_;                 // the console waiting for this sequence, if any
+  bool refusal_counted_ = false;   // one refused failover per episode of a failed primary
+
+  // The switchover in progress.
+  std::chrono::steady_clock::time_point switch_deadline_;
+  std::chrono::steady_clock::time_point writes_paused_at_;
+  bool writes_paused_ = false;
+  bool old_stopped_ = false;       // the stop command ran: the old primary may no longer serve
+  Lsn lsn_before_stop_ = 0;
+  std::optional<Lsn> checkpoint_lsn_;
+  Lsn catchup_last_ = 0;
+  int catchup_unchanged_ = 0;
+
+  KeeperCounters counters_;
 };
 
 }  // namespace pgkeel::health

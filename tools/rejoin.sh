@@ -6,6 +6,14 @@
 # pg_basebackup instead.
 #
 #   tools/rejoin.sh DIR NODE NEW_PRIMARY     e.g. after promoting db2: tools/rejoin.sh DIR db1 db2
+#   tools/rejoin.sh --no-rewind DIR NODE NEW_PRIMARY
+#
+# --no-rewind is for after a clean switchover (pgkeel's rejoin_command): the old primary was shut
+# down cleanly and the new one received all of its WAL before its promotion, so it can follow
+# the new timeline as it is. This mode checks that (`pg_rewind --dry-run` must say "no rewind
+# required"), never rewinds and never takes a fresh copy: it fails instead, leaving the node
+# stopped and untouched. NODE and NEW_PRIMARY default to $PGKEEL_NODE_NAME and
+# $PGKEEL_PRIMARY_NAME, which pgkeel sets for rejoin_command.
 #
 # Standby settings, as cluster.sh writes them: standby.signal; in postgresql.auto.conf
 # primary_conninfo (TCP, replicator/replicator-pass, application_name=NODE) and
@@ -33,10 +41,17 @@ usage() {
   exit 2
 }
 
-(($# == 3)) || usage
+kNoRewind=0
+if [[ "${1:-}" == --no-rewind ]]; then
+  kNoRewind=1
+  shift
+fi
+readonly kNoRewind
+(($# == 3 || ($# == 1 && kNoRewind))) || usage
 DIR=$1
-NODE=$2
-NEW=$3
+NODE=${2:-${PGKEEL_NODE_NAME:-}}
+NEW=${3:-${PGKEEL_PRIMARY_NAME:-}}
+[[ -n "$NODE" && -n "$NEW" ]] || { warn "error: NODE and NEW_PRIMARY needed (or PGKEEL_NODE_NAME, PGKEEL_PRIMARY_NAME)"; exit 2; }
 [[ "$DIR" == /* ]] || DIR="$PWD/$DIR"
 [[ -f "$DIR/cluster.env" ]] || { warn "error: $DIR/cluster.env not found"; exit 2; }
 # shellcheck disable=SC1091
@@ -206,6 +221,23 @@ rewind() {
   say "pg_rewind: ${what:-done}"
 }
 
+# After a clean switchover: is the node's WAL a prefix of the new primary's history? A checkpoint
+# on the new primary first, so its control file names its new timeline (pg_rewind reads it).
+check_no_rewind() {
+  psql_at "$NEW_PORT" -Atq -c "CHECKPOINT" >>"$REJOIN_LOG" 2>&1 || fail "CHECKPOINT on $NEW failed"
+  local state
+  state=$(LC_ALL=C as_pg "$PG_BINDIR/pg_controldata" "$DATA" | sed -n 's/^Database cluster state:[[:space:]]*//p')
+  [[ "$state" == "shut down" ]] || fail "$NODE is '$state', not cleanly shut down: it may need a rewind (run without --no-rewind)"
+  local out
+  out=$(as_pg "$PG_BINDIR/pg_rewind" --dry-run --target-pgdata="$DATA" \
+    --source-server="host=$SOCKDIR port=$NEW_PORT user=postgres dbname=postgres connect_timeout=5" 2>&1) ||
+    { printf '%s\n' "$out" >>"$REJOIN_LOG"; fail "pg_rewind --dry-run failed"; }
+  printf '%s\n' "$out" >>"$REJOIN_LOG"
+  grep -q 'no rewind required' <<<"$out" ||
+    fail "$NODE has WAL that $NEW lacks: a rewind would be needed (run without --no-rewind): $(grep -m 1 'diverged' <<<"$out" || true)"
+  say "pg_rewind --dry-run: no rewind required"
+}
+
 basebackup() {
   say "fresh copy: pg_basebackup from $NEW into $DATA (the old one moves to $ASIDE)"
   stop_node immediate
@@ -245,6 +277,14 @@ fi
 say "replication slot $NODE on $NEW: $slot"
 
 how=""
+if ((kNoRewind)); then
+  check_no_rewind
+  configure_standby
+  start_and_await || fail "$NODE does not stream from $NEW (no rewind was attempted)"
+  rm -rf "$SAVED"
+  say "$NODE is a standby of $NEW, streaming (no rewind needed, in $(elapsed)); log: $REJOIN_LOG"
+  exit 0
+fi
 if rewind; then
   configure_standby
   if start_and_await; then
