@@ -456,12 +456,14 @@ std::string render_metrics(const StatusSnapshot& s, const Readiness& r) {
   for (const auto& n : s.nodes) e.sample("pgkeel_node_up", {{"node", n.name}}, n.health == "up");
   e.family("pgkeel_node_role", "gauge", "1 for the role the node reported at its last probe.");
   for (const auto& n : s.nodes) {
+    // The keeper says "primary (writer)" for the writer; the writer is pgkeel_node_writer here.
+    const std::string role = n.role.substr(0, n.role.find(' '));
     bool known = false;
-    for (std::string_view role : kRoles) {
-      known = known || n.role == role;
-      e.sample("pgkeel_node_role", {{"node", n.name}, {"role", std::string(role)}}, n.role == role);
+    for (std::string_view r : kRoles) {
+      known = known || role == r;
+      e.sample("pgkeel_node_role", {{"node", n.name}, {"role", std::string(r)}}, role == r);
     }
-    if (!known && !n.role.empty()) e.sample("pgkeel_node_role", {{"node", n.name}, {"role", n.role}}, true);
+    if (!known && !role.empty()) e.sample("pgkeel_node_role", {{"node", n.name}, {"role", role}}, true);
   }
   e.family("pgkeel_node_writer", "gauge", "1 for the node that takes writes under the current epoch.");
   for (const auto& n : s.nodes) e.sample("pgkeel_node_writer", {{"node", n.name}}, !writer.empty() && n.name == writer);
@@ -747,14 +749,18 @@ struct StatusServer::Impl {
     });
   }
 
-  // Answers with `body` (libevent leaves the body out for HEAD and keeps Content-Length). A
-  // request whose client already left is freed by evhttp_send_reply itself.
+  // Answers with `body`; for HEAD, only its length. A request whose client already left is freed
+  // by evhttp_send_reply itself.
   static void reply(evhttp_request* req, int code, std::string_view type, std::string_view body) {
     evkeyvalq* h = evhttp_request_get_output_headers(req);
     evhttp_add_header(h, "Content-Type", std::string(type).c_str());
     evhttp_add_header(h, "Cache-Control", "no-store");
     evhttp_add_header(h, "X-Content-Type-Options", "nosniff");
-    evbuffer_add(evhttp_request_get_output_buffer(req), body.data(), body.size());
+    if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
+      evhttp_add_header(h, "Content-Length", std::to_string(body.size()).c_str());
+    } else {
+      evbuffer_add(evhttp_request_get_output_buffer(req), body.data(), body.size());
+    }
     evhttp_send_reply(req, code, reason(code), nullptr);
   }
 
