@@ -18,6 +18,7 @@ else
     postgresql-15 postgresql-client-15 pgbouncer
     openjdk-17-jdk-headless libpostgresql-jdbc-java
     strace iproute2 clang libclang-rt-14-dev procps python3
+    chromium fonts-dejavu-core  # the status page test renders the page in headless Chromium
   )
 fi
 readonly kPackages
