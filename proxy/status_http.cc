@@ -459,9 +459,9 @@ std::string render_metrics(const StatusSnapshot& s, const Readiness& r) {
     // The keeper says "primary (writer)" for the writer; the writer is pgkeel_node_writer here.
     const std::string role = n.role.substr(0, n.role.find(' '));
     bool known = false;
-    for (std::string_view r : kRoles) {
-      known = known || role == r;
-      e.sample("pgkeel_node_role", {{"node", n.name}, {"role", std::string(r)}}, role == r);
+    for (std::string_view known_role : kRoles) {
+      known = known || role == known_role;
+      e.sample("pgkeel_node_role", {{"node", n.name}, {"role", std::string(known_role)}}, role == known_role);
     }
     if (!known && !role.empty()) e.sample("pgkeel_node_role", {{"node", n.name}, {"role", role}}, true);
   }
