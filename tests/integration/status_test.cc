@@ -785,13 +785,19 @@ TEST_CASE("during a failover /health turns 503 and back to 200 while /live stays
   CHECK(went_down);
   REQUIRE(came_back);
   int live_bad = 0, ready_bad = 0, unhealthy = 0;
+  std::optional<Clock::time_point> first_503, back_200;
   for (const Probe& p : probes) {
     live_bad += p.live != 200;
     ready_bad += p.ready != 200;
     unhealthy += p.health == 503;
+    if (p.at > killed_at && p.health == 503 && !first_503) first_503 = p.at;
+    if (first_503 && p.health == 200 && !back_200) back_200 = p.at;
   }
-  std::printf("status: %zu probes across the failover: /health 503 in %d, /live non-200 in %d, /ready non-200 in %d\n",
-              probes.size(), unhealthy, live_bad, ready_bad);
+  const auto ms = [](Clock::duration d) { return static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()); };
+  std::printf("status: %zu probes across the failover: /health 503 in %d (first %lld ms after the kill, 200 again %lld ms "
+              "after the kill), /live non-200 in %d, /ready non-200 in %d\n",
+              probes.size(), unhealthy, first_503 ? ms(*first_503 - killed_at) : -1LL,
+              back_200 ? ms(*back_200 - killed_at) : -1LL, live_bad, ready_bad);
   CHECK(live_bad == 0);
   CHECK(ready_bad == 0);  // clients arriving during a failover are held, not refused
   CHECK(contains(get(pk, "/health").body, "writer db2"));
