@@ -26,6 +26,43 @@ struct GeneralConfig {
   std::string state_file;          // where pgkeel records the primary's identity (failover issue)
   Millis shutdown_timeout{30000};  // SIGTERM: how long running transactions may finish
   Millis login_timeout{10000};     // client must finish authentication within this
+  // Both sides (clients and servers): a peer that vanished is noticed in seconds, not hours.
+  Millis tcp_keepalive_idle{30000};      // idle time before the first probe
+  Millis tcp_keepalive_interval{10000};  // between probes
+  int tcp_keepalive_count = 3;           // unanswered probes before the connection is dead
+  Millis tcp_user_timeout{30000};        // unacknowledged data this long: dead (0: kernel default)
+  bool application_name_add_host = false;  // append " - ip:port" of the client to application_name
+};
+
+// TLS toward clients (SSLRequest answered 'S' when cert_file and key_file are set).
+struct TlsConfig {
+  std::string cert_file;
+  std::string key_file;
+  std::string min_version = "TLSv1.2";  // "TLSv1.2" | "TLSv1.3"
+  bool enabled() const { return !cert_file.empty() && !key_file.empty(); }
+};
+
+// TLS toward PostgreSQL nodes, as libpq's sslmode.
+enum class SslMode : std::uint8_t { kDisable, kPrefer, kRequire, kVerifyCa, kVerifyFull };
+
+struct ServerTlsConfig {
+  SslMode sslmode = SslMode::kPrefer;
+  std::string ca_file;    // verify-ca / verify-full: trusted roots (PEM)
+  std::string cert_file;  // optional client certificate for the servers
+  std::string key_file;
+};
+
+// One host-based authentication rule, as a line of pg_hba.conf reads; the first match wins.
+enum class HbaType : std::uint8_t { kHost, kHostSsl, kHostNoSsl, kLocal };
+enum class HbaMethod : std::uint8_t { kScram, kMd5, kPassword, kTrust, kReject };
+
+struct HbaRule {
+  HbaType type = HbaType::kHost;
+  std::vector<std::string> databases;  // "all" matches any
+  std::vector<std::string> users;      // "all" matches any
+  std::string address = "all";         // "all", or an IPv4/IPv6 CIDR (host types only)
+  HbaMethod method = HbaMethod::kScram;
+  int line = 0;                        // in the config file, for logs
 };
 
 struct ListenerConfig {
@@ -42,6 +79,8 @@ struct NodeConfig {
   std::string host;               // numeric address or a name resolved once at start
   std::uint16_t port = 5432;
   int priority = 100;             // higher wins ties among failover candidates
+  bool sslmode_set = false;       // sslmode below overrides [server_tls] sslmode
+  SslMode sslmode = SslMode::kPrefer;
 };
 
 // A client-facing database name and where it lives on the cluster.
@@ -130,6 +169,9 @@ struct Config {
   FailoverConfig failover;
   ConsoleConfig console;
   StatusConfig status;
+  TlsConfig tls;
+  ServerTlsConfig server_tls;
+  std::vector<HbaRule> hba;  // empty: every user authenticates by the kind of secret stored
   std::vector<ListenerConfig> listeners;
   std::vector<NodeConfig> nodes;
   std::vector<DatabaseConfig> databases;

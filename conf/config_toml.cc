@@ -305,7 +305,9 @@ const char* type_name(const toml::value& v) {
 
 constexpr std::initializer_list<const char*> kGeneralKeys = {
     "workers",    "max_client_conn",  "log_level",    "users_file",
-    "state_file", "shutdown_timeout", "login_timeout", "log_format"};
+    "state_file", "shutdown_timeout", "login_timeout", "log_format",
+    "tcp_keepalive_idle", "tcp_keepalive_interval", "tcp_keepalive_count", "tcp_user_timeout",
+    "application_name_add_host"};
 constexpr std::initializer_list<const char*> kClusterKeys = {"initial_primary"};
 constexpr std::initializer_list<const char*> kPoolKeys = {
     "pool_size",       "max_server_conn_per_node", "server_idle_timeout",
@@ -313,7 +315,10 @@ constexpr std::initializer_list<const char*> kPoolKeys = {
     "reset_query"};
 constexpr std::initializer_list<const char*> kListenerKeys = {
     "name", "host", "port", "unix_socket_dir", "intent", "pool_mode"};
-constexpr std::initializer_list<const char*> kNodeKeys = {"name", "host", "port", "priority"};
+constexpr std::initializer_list<const char*> kNodeKeys = {"name", "host", "port", "priority", "sslmode"};
+constexpr std::initializer_list<const char*> kTlsKeys = {"cert_file", "key_file", "min_version"};
+constexpr std::initializer_list<const char*> kServerTlsKeys = {"sslmode", "ca_file", "cert_file", "key_file"};
+constexpr std::initializer_list<const char*> kHbaKeys = {"type", "database", "user", "address", "method"};
 constexpr std::initializer_list<const char*> kDatabaseKeys = {"dbname"};
 constexpr std::initializer_list<const char*> kHealthKeys = {
     "probe_interval", "probe_timeout", "timeouts_to_down", "oks_to_up",
@@ -337,7 +342,8 @@ constexpr std::initializer_list<const char*> kConsoleKeys = {"host", "port", "ad
                                                              "monitor_users"};
 constexpr std::initializer_list<const char*> kStatusKeys = {"host", "port"};
 constexpr std::initializer_list<const char*> kSections = {
-    "general", "cluster", "pool", "health", "failover", "console", "status", "listener", "node", "databases"};
+    "general", "cluster", "pool", "health", "failover", "console", "status", "tls", "server_tls",
+    "listener", "node", "hba", "databases"};
 
 std::size_t edit_distance(std::string_view a, std::string_view b) {
   std::vector<std::size_t> row(b.size() + 1);
@@ -401,7 +407,8 @@ class Mapper {
     for (const auto& [name, v] : doc.as_table()) {
       const std::string k = key_path("", name);
       if (name == "general" || name == "cluster" || name == "pool" || name == "databases" ||
-          name == "health" || name == "failover" || name == "console" || name == "status") {
+          name == "health" || name == "failover" || name == "console" || name == "status" ||
+          name == "tls" || name == "server_tls") {
         if (!section(v, k)) {
           continue;
         }
@@ -420,10 +427,14 @@ class Mapper {
           console(v);
         } else if (name == "status") {
           status(v);
+        } else if (name == "tls") {
+          tls(v);
+        } else if (name == "server_tls") {
+          server_tls(v);
         } else {
           databases(v);
         }
-      } else if (name == "listener" || name == "node") {
+      } else if (name == "listener" || name == "node" || name == "hba") {
         if (!array_of_tables(v, k)) {
           continue;
         }
@@ -435,6 +446,10 @@ class Mapper {
           if (name == "listener") {
             config_.listeners.emplace_back();
             listener(entries[i], ik, config_.listeners.back());
+          } else if (name == "hba") {
+            config_.hba.emplace_back();
+            config_.hba.back().line = line(entries[i]);
+            hba(entries[i], ik, config_.hba.back());
           } else {
             config_.nodes.emplace_back();
             node(entries[i], ik, config_.nodes.back());
@@ -627,6 +642,16 @@ class Mapper {
         read_duration(v, k, /*zero_ok=*/true, g.shutdown_timeout);  // 0: close sessions at once
       } else if (name == "login_timeout") {
         read_duration(v, k, false, g.login_timeout);
+      } else if (name == "tcp_keepalive_idle") {
+        read_duration(v, k, false, g.tcp_keepalive_idle);
+      } else if (name == "tcp_keepalive_interval") {
+        read_duration(v, k, false, g.tcp_keepalive_interval);
+      } else if (name == "tcp_keepalive_count") {
+        read_int(v, k, 1, 100, g.tcp_keepalive_count);
+      } else if (name == "tcp_user_timeout") {
+        read_duration(v, k, true, g.tcp_user_timeout);
+      } else if (name == "application_name_add_host") {
+        read_bool(v, k, g.application_name_add_host);
       } else if (name == "log_format") {
         read_choice(v, k, {{"text", LogFormat::kText}, {"json", LogFormat::kJson}}, g.log_format);
       } else {
@@ -784,6 +809,95 @@ class Mapper {
     }
   }
 
+  void read_sslmode(const toml::value& v, const std::string& k, SslMode& out) {
+    read_choice(v, k,
+                {{"disable", SslMode::kDisable},
+                 {"prefer", SslMode::kPrefer},
+                 {"require", SslMode::kRequire},
+                 {"verify-ca", SslMode::kVerifyCa},
+                 {"verify-full", SslMode::kVerifyFull}},
+                out);
+  }
+
+  void tls(const toml::value& t) {
+    TlsConfig& c = config_.tls;
+    for (const auto& [name, v] : t.as_table()) {
+      const std::string k = key_path("tls", name);
+      if (name == "cert_file") {
+        read_string(v, k, c.cert_file);
+      } else if (name == "key_file") {
+        read_string(v, k, c.key_file);
+      } else if (name == "min_version") {
+        read_choice(v, k, {{"TLSv1.2", std::string("TLSv1.2")}, {"TLSv1.3", std::string("TLSv1.3")}}, c.min_version);
+      } else {
+        unknown(v, "tls", name, "[tls]", kTlsKeys);
+        continue;
+      }
+      note(k, v);
+    }
+  }
+
+  void server_tls(const toml::value& t) {
+    ServerTlsConfig& c = config_.server_tls;
+    for (const auto& [name, v] : t.as_table()) {
+      const std::string k = key_path("server_tls", name);
+      if (name == "sslmode") {
+        read_sslmode(v, k, c.sslmode);
+      } else if (name == "ca_file") {
+        read_string(v, k, c.ca_file);
+      } else if (name == "cert_file") {
+        read_string(v, k, c.cert_file);
+      } else if (name == "key_file") {
+        read_string(v, k, c.key_file);
+      } else {
+        unknown(v, "server_tls", name, "[server_tls]", kServerTlsKeys);
+        continue;
+      }
+      note(k, v);
+    }
+  }
+
+  // A string or an array of strings.
+  void read_names(const toml::value& v, const std::string& k, std::vector<std::string>& out) {
+    if (v.is_string()) {
+      out = {v.as_string().str};
+      return;
+    }
+    read_string_list(v, k, out);
+  }
+
+  void hba(const toml::value& t, const std::string& prefix, HbaRule& r) {
+    for (const auto& [name, v] : t.as_table()) {
+      const std::string k = key_path(prefix, name);
+      if (name == "type") {
+        read_choice(v, k,
+                    {{"host", HbaType::kHost},
+                     {"hostssl", HbaType::kHostSsl},
+                     {"hostnossl", HbaType::kHostNoSsl},
+                     {"local", HbaType::kLocal}},
+                    r.type);
+      } else if (name == "database") {
+        read_names(v, k, r.databases);
+      } else if (name == "user") {
+        read_names(v, k, r.users);
+      } else if (name == "address") {
+        read_string(v, k, r.address);
+      } else if (name == "method") {
+        read_choice(v, k,
+                    {{"scram-sha-256", HbaMethod::kScram},
+                     {"md5", HbaMethod::kMd5},
+                     {"password", HbaMethod::kPassword},
+                     {"trust", HbaMethod::kTrust},
+                     {"reject", HbaMethod::kReject}},
+                    r.method);
+      } else {
+        unknown(v, prefix, name, "[[hba]]", kHbaKeys);
+        continue;
+      }
+      note(k, v);
+    }
+  }
+
   void status(const toml::value& t) {
     StatusConfig& c = config_.status;
     for (const auto& [name, v] : t.as_table()) {
@@ -839,6 +953,9 @@ class Mapper {
         read_int(v, k, 1, 65535, n.port);
       } else if (name == "priority") {
         read_int(v, k, kIntMin, kIntMax, n.priority);
+      } else if (name == "sslmode") {
+        read_sslmode(v, k, n.sslmode);
+        n.sslmode_set = true;
       } else {
         unknown(v, prefix, name, "[[node]]", kNodeKeys);
         continue;

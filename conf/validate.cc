@@ -13,6 +13,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "conf/cidr.h"
 #include "conf/internal.h"
 #include "conf/load.h"
 
@@ -89,6 +90,8 @@ class Checker {
     listeners();
     service_ports();
     nodes();
+    tls();
+    hba();
     initial_primary();
     pool();
   }
@@ -198,6 +201,9 @@ class Checker {
   }
 
   void listeners() {
+    if (config_.listeners.size() > 32) {
+      add("listener", "at most 32 [[listener]] entries");
+    }
     if (config_.listeners.empty()) {
       errors_.push_back({config_.source_file, 0, "listener",
                          "at least one [[listener]] is required; clients have nowhere to connect"});
@@ -283,6 +289,9 @@ class Checker {
   }
 
   void nodes() {
+    if (config_.nodes.size() > 32) {
+      add("node", "at most 32 [[node]] entries");
+    }
     if (config_.nodes.empty()) {
       errors_.push_back({config_.source_file, 0, "node",
                          "at least one [[node]] is required: the PostgreSQL servers to route to"});
@@ -304,6 +313,72 @@ class Checker {
                                entry("[[node]]", j) + " (" + o.name + "); list each server once");
           break;
         }
+      }
+    }
+  }
+
+  // A file pgkeel must read (certificates, keys): resolved and readable now.
+  void readable_file(const std::string& key, std::string& path) {
+    if (path.empty() || failed(key)) {
+      return;
+    }
+    path = resolve(path);
+    std::error_code ec;
+    if (!fs::is_regular_file(path, ec)) {
+      add(key, "\"" + path + "\" is not a readable file");
+    }
+  }
+
+  void tls() {
+    TlsConfig& t = config_.tls;
+    if (t.cert_file.empty() != t.key_file.empty()) {
+      add(t.cert_file.empty() ? "tls.cert_file" : "tls.key_file",
+          "[tls] needs both cert_file and key_file (or neither, for no TLS toward clients)");
+    }
+    readable_file("tls.cert_file", t.cert_file);
+    readable_file("tls.key_file", t.key_file);
+    ServerTlsConfig& s = config_.server_tls;
+    readable_file("server_tls.ca_file", s.ca_file);
+    readable_file("server_tls.cert_file", s.cert_file);
+    readable_file("server_tls.key_file", s.key_file);
+    if (s.cert_file.empty() != s.key_file.empty()) {
+      add("server_tls.cert_file", "[server_tls] needs both cert_file and key_file for a client certificate, or neither");
+    }
+    auto needs_ca = [&](SslMode m) { return m == SslMode::kVerifyCa || m == SslMode::kVerifyFull; };
+    if (s.ca_file.empty()) {
+      if (needs_ca(s.sslmode)) {
+        add("server_tls.sslmode", "verify-ca and verify-full need server_tls.ca_file (the roots to trust)");
+      }
+      for (std::size_t i = 0; i < config_.nodes.size(); ++i) {
+        if (config_.nodes[i].sslmode_set && needs_ca(config_.nodes[i].sslmode)) {
+          add(entry("[[node]]", i) + ".sslmode", "verify-ca and verify-full need server_tls.ca_file (the roots to trust)");
+        }
+      }
+    }
+  }
+
+  void hba() {
+    for (std::size_t i = 0; i < config_.hba.size(); ++i) {
+      HbaRule& r = config_.hba[i];
+      const std::string k = entry("[[hba]]", i);
+      if (r.databases.empty()) {
+        missing(k + ".database", "the databases this rule covers, or \"all\"");
+      }
+      if (r.users.empty()) {
+        missing(k + ".user", "the users this rule covers, or \"all\"");
+      }
+      if (!present(k + ".method")) {
+        missing(k + ".method", "scram-sha-256, md5, password, trust or reject");
+      }
+      if (r.type == HbaType::kLocal) {
+        if (present(k + ".address")) {
+          add(k + ".address", "a \"local\" rule (Unix socket) takes no address");
+        }
+      } else if (r.address != "all" && !parse_cidr(r.address)) {
+        add(k + ".address", "\"" + r.address + "\" is not \"all\" or an address in CIDR form (e.g. 10.0.0.0/8, ::1/128)");
+      }
+      if (r.type == HbaType::kHostSsl && !config_.tls.enabled()) {
+        add(k + ".type", "hostssl needs TLS toward clients: set [tls] cert_file and key_file");
       }
     }
   }

@@ -4,12 +4,14 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
 #include "proxy/log.h"
 #include "proxy/pool.h"
 #include "proxy/server.h"
+#include "proxy/tls.h"
 
 namespace pgkeel::proxy {
 namespace {
@@ -77,7 +79,7 @@ std::int32_t Client::cancel_pid() const {
 
 void Client::start() {
   started_ = Clock::now();
-  set_socket_options(ep_.fd, tcp_);
+  set_socket_options(ep_.fd, tcp_, w_.config().general);
   ep_.rd.reset(event_new(w_.base(), ep_.fd, EV_READ | EV_PERSIST, &Client::on_read_cb, this));
   ep_.wr.reset(event_new(w_.base(), ep_.fd, EV_WRITE | EV_PERSIST, &Client::on_write_cb, this));
   ep_.set_reading(true);
@@ -110,9 +112,13 @@ void Client::on_read() {
 
 // Startup, authentication and waiting: small messages, parsed from rx_.
 void Client::read_startup() {
+  if (tls_handshake_) {
+    continue_tls();
+    return;
+  }
   char buf[8192];
-  const ssize_t n = ::recv(ep_.fd, buf, sizeof buf, 0);
-  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+  const long n = ep_.read(buf, sizeof buf);
+  if (n == -1) return;
   if (n <= 0) {
     log::debug("client").kv("event", "disconnected").kv("conn", name_).kv("phase", state_ == State::kWaiting ? "waiting" : "login").emit();
     close_now();
@@ -165,15 +171,35 @@ void Client::handle_startup(const protocol::StartupPacket& pkt) {
   using Kind = protocol::StartupPacket::Kind;
   switch (pkt.kind) {
     case Kind::kSSLRequest:
-    case Kind::kGSSENCRequest:
-      // Not supported yet: answer 'N' and the client continues in plaintext (§55.2.10).
+    case Kind::kGSSENCRequest: {
       if (!rx_.empty()) {
         // Bytes after the request, before our answer: never trust them (CVE-2021-23214 class).
         fail("FATAL", "08P01", "received unencrypted data after SSL request");
         return;
       }
-      ep_.send("N");
+      if (ep_.ssl != nullptr) {
+        fail("FATAL", "08P01", "SSL request received inside an encrypted connection");
+        return;
+      }
+      std::shared_ptr<SSL_CTX> ctx = pkt.kind == Kind::kSSLRequest ? w_.shared().client_tls() : nullptr;
+      if (!ctx) {
+        // No TLS toward clients (or GSSAPI): 'N', and the client continues in plaintext (§55.2.10).
+        ep_.send("N");
+        return;
+      }
+      if (ep_.send("S") != IoStatus::kDone) {
+        close_now();  // one byte into an empty socket buffer; anything else is a dead peer
+        return;
+      }
+      ep_.ssl = tls::new_server_session(ctx.get(), ep_.fd);
+      if (ep_.ssl == nullptr) {
+        close_now();
+        return;
+      }
+      tls_handshake_ = true;
+      continue_tls();
       return;
+    }
     case Kind::kCancel: {
       const auto pid = static_cast<std::uint32_t>(pkt.cancel_pid);
       const unsigned worker = pid >> kClientIdBits;
@@ -262,6 +288,20 @@ void Client::handle_startup(const protocol::StartupPacket& pkt) {
     server_database_ = match->dbname.empty() ? database_ : match->dbname;
   }
   params_ = normalize_params(pkt.params);
+  if (cfg.general.application_name_add_host && tcp_) {
+    // pg_stat_activity shows who is really connected: "app - 10.1.2.3". The address without the
+    // port, so warm connections stay shareable between one host's sessions.
+    const std::string host = peer_.substr(0, peer_.rfind(':'));
+    auto it = std::find_if(params_.begin(), params_.end(), [](const auto& p) { return p.first == "application_name"; });
+    if (it == params_.end()) {
+      params_.emplace_back("application_name", host);
+      std::sort(params_.begin(), params_.end());
+    } else {
+      // PostgreSQL truncates application_name to NAMEDATALEN - 1 bytes: keep the address visible.
+      std::string name = it->second.substr(0, 40);
+      it->second = name + " - " + host;
+    }
+  }
   begin_auth();
 }
 
@@ -443,7 +483,7 @@ void Client::forward_to_server(IoBuffer* b, std::size_t new_from) {
     if (!s->ep().out_empty()) {
       ep_.set_reading(false);  // the server has bytes of ours queued; ours go after them
     } else {
-      switch (send_buffer(s->ep().fd, b)) {
+      switch (send_buffer(s->ep(), b)) {
         case IoStatus::kDone:
           break;
         case IoStatus::kBlocked:
@@ -487,7 +527,30 @@ bool Client::streams_at_rest() const {
          server_->ep().out_empty();
 }
 
+void Client::continue_tls() {
+  std::string error;
+  switch (ep_.handshake(error)) {
+    case IoStatus::kBlocked:
+      return;
+    case IoStatus::kError:
+      log::info("client").kv("event", "tls_failed").kv("conn", name_).kv("peer", peer_).kv("reason", error).emit();
+      w_.stats().clients_refused.add(1);
+      close_now();  // no ErrorResponse can be sent: there is no channel
+      return;
+    case IoStatus::kDone:
+      break;
+  }
+  tls_handshake_ = false;
+  log::debug("client").kv("event", "tls").kv("conn", name_).kv("tls", tls::describe(ep_.ssl)).emit();
+  // The startup packet follows inside TLS; it may already be decrypted and waiting.
+  read_startup();
+}
+
 void Client::on_write() {
+  if (tls_handshake_) {
+    continue_tls();
+    return;
+  }
   switch (ep_.flush_out()) {
     case IoStatus::kBlocked: return;
     case IoStatus::kError: close_now(); return;
@@ -500,7 +563,7 @@ void Client::on_write() {
   if (server_ != nullptr) {
     IoBuffer* in = server_->ep().in;
     if (in != nullptr) {
-      switch (send_buffer(ep_.fd, in)) {
+      switch (send_buffer(ep_, in)) {
         case IoStatus::kBlocked: return;
         case IoStatus::kError: close_now(); return;
         case IoStatus::kDone:

@@ -88,6 +88,8 @@ class Client {
   // Linked, with no transaction or query running and nothing in flight either way.
   bool at_transaction_boundary() const;
   const std::string& peer() const { return peer_; }
+  bool tls() const { return ep_.ssl != nullptr; }
+  bool local() const { return !tcp_; }
   Clock::time_point connected_at() const { return started_; }
   std::string_view state_name() const;
   void hold_expired(std::string_view why);
@@ -100,6 +102,7 @@ class Client {
   void read_startup();
   void handle_startup(const protocol::StartupPacket& pkt);
   void begin_auth();
+  void continue_tls();
   void handle_auth_message(char type, std::string_view body);
   void apply_auth_step(const AuthSession::Step& step);
   void relay_to_server();
@@ -136,6 +139,7 @@ class Client {
   Clock::time_point wait_started_;
   bool counted_ = false;  // holds a slot in shared.clients
   bool ever_linked_ = false;
+  bool tls_handshake_ = false;  // SSLRequest answered 'S'; the handshake is running
 };
 
 }  // namespace pgkeel::proxy

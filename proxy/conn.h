@@ -7,8 +7,11 @@
 #include <string>
 #include <string_view>
 
+#include "conf/config.h"
 #include "proxy/buffer.h"
 #include "proxy/handles.h"
+
+typedef struct ssl_st SSL;
 
 namespace pgkeel::proxy {
 
@@ -16,6 +19,7 @@ enum class IoStatus { kDone, kBlocked, kError };
 
 struct Endpoint {
   int fd = -1;
+  SSL* ssl = nullptr;      // set once a TLS handshake started; every read and write goes through it
   EventPtr rd;
   EventPtr wr;
   IoBuffer* in = nullptr;  // read from this fd, not yet fully sent to the peer
@@ -35,14 +39,23 @@ struct Endpoint {
   // Appends to `out` and tries to send at once; arms the write event if it could not.
   IoStatus send(std::string_view bytes);
   bool out_empty() const { return out_sent == out.size(); }
-  void close();  // removes events, closes the fd; buffers are returned by the owner
+  void close();  // removes events, frees the TLS state, closes the fd; buffers are returned by the owner
+
+  // One read: bytes read, 0 on EOF, -1 when nothing is there now, -2 on error. Over TLS,
+  // decrypted bytes left inside OpenSSL re-arm the read event by themselves.
+  long read(char* p, std::size_t n);
+  // One write: bytes written (> 0), -1 when the socket is full, -2 on error.
+  long write(const char* p, std::size_t n);
+  // Drives a TLS handshake started by the owner; arms the read or write event it waits for.
+  // kDone when finished; kError with `error` set.
+  IoStatus handshake(std::string& error);
 };
 
-// Sends in->[begin, end) to `fd`, advancing in->begin. kDone when all went.
-IoStatus send_buffer(int fd, IoBuffer* in);
+// Sends in->[begin, end) to `ep`, advancing in->begin. kDone when all went.
+IoStatus send_buffer(Endpoint& ep, IoBuffer* in);
 
-// recv() into the free tail of `buf`. Returns bytes read, 0 on EOF, -1 on EAGAIN, -2 on error.
-long recv_into(int fd, IoBuffer* buf);
+// Reads into the free tail of `buf`. Returns bytes read, 0 on EOF, -1 on EAGAIN, -2 on error.
+long recv_into(Endpoint& ep, IoBuffer* buf);
 
 // The relay's read: takes ep.in from `pool` if the endpoint holds none, receives into it and sets
 // `from` to where the new bytes start. Returns as recv_into(); on -1 an empty buffer goes back.
@@ -51,6 +64,7 @@ long receive(Endpoint& ep, BufferPool& pool, std::size_t& from);
 // Gives ep.in back to `pool` once everything in it was sent.
 void release_if_drained(Endpoint& ep, BufferPool& pool);
 
-void set_socket_options(int fd, bool tcp);
+// TCP_NODELAY, keepalive (idle, interval, count) and TCP_USER_TIMEOUT from [general].
+void set_socket_options(int fd, bool tcp, const conf::GeneralConfig& general);
 
 }  // namespace pgkeel::proxy

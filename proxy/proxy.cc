@@ -29,6 +29,7 @@
 #include "proxy/log.h"
 #include "proxy/shared.h"
 #include "proxy/status_http.h"
+#include "proxy/tls.h"
 #include "proxy/worker.h"
 
 namespace pgkeel::proxy {
@@ -129,6 +130,17 @@ bool build_users(const conf::Config& cfg, UserMap& users) {
     users.emplace(a.name, std::move(a));
   }
   return ok;
+}
+
+// TLS contexts for both directions, from [tls] and [server_tls]; false with `error` when a
+// certificate or key cannot be used.
+bool build_tls(const conf::Config& cfg, Shared& sh, std::string& error) {
+  tls::Context toward_clients = tls::make_server_context(cfg.tls, error);
+  if (!error.empty()) return false;
+  tls::Context toward_servers = tls::make_client_context(cfg.server_tls, error);
+  if (!error.empty()) return false;
+  sh.set_tls(std::move(toward_clients), std::move(toward_servers));
+  return true;
 }
 
 // The main thread's mailbox: workers post completions (barrier acknowledgements) here.
@@ -286,6 +298,15 @@ std::string reload_config(Shared& sh, const std::string& who, bool& ok) {
   if (res.errors.empty() && !build_users(*res.config, *users)) {
     res.errors.push_back({res.config->general.users_file, 0, "users", "a secret in the users file is malformed (see the log)"});
   }
+  tls::Context toward_clients;
+  tls::Context toward_servers;
+  if (res.errors.empty()) {
+    // New certificates are loaded now; connections made from here on use them.
+    std::string error;
+    toward_clients = tls::make_server_context(res.config->tls, error);
+    if (error.empty()) toward_servers = tls::make_client_context(res.config->server_tls, error);
+    if (!error.empty()) res.errors.push_back({path, 0, "tls", error});
+  }
   if (!res.errors.empty()) {
     for (const conf::ConfigError& e : res.errors) {
       log::error("config").kv("event", "reload_rejected").kv("error", e.to_string()).emit();
@@ -299,6 +320,7 @@ std::string reload_config(Shared& sh, const std::string& who, bool& ok) {
   auto next = std::make_shared<const conf::Config>(std::move(*res.config));
   sh.config = next;
   sh.set_users(std::move(users));
+  sh.set_tls(std::move(toward_clients), std::move(toward_servers));
   log::set_level(next->general.log_level);
   log::set_format(next->general.log_format == conf::LogFormat::kJson ? log::Format::kJson : log::Format::kText);
   for (Worker* w : sh.workers) w->post([next](Worker& wk) { wk.set_config(next); });
@@ -350,6 +372,11 @@ int run(const conf::Config& config) {
     auto users = std::make_shared<UserMap>();
     if (!build_users(config, *users)) return 2;
     sh.set_users(std::move(users));
+    std::string error;
+    if (!build_tls(config, sh, error)) {
+      log::error("main").kv("event", "tls_failed").kv("reason", error).emit();
+      return 2;
+    }
   }
   {
     // The mock exchange's salts must be stable across restarts (or a restart would reveal which

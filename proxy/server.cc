@@ -10,6 +10,7 @@
 #include "proxy/client.h"
 #include "proxy/log.h"
 #include "proxy/pool.h"
+#include "proxy/tls.h"
 
 namespace pgkeel::proxy {
 namespace {
@@ -66,7 +67,7 @@ void Server::start() {
     return;
   }
   ep_.fd = fd;
-  set_socket_options(fd, na.addr.ss_family != AF_UNIX);
+  set_socket_options(fd, na.addr.ss_family != AF_UNIX, w_.config().general);
   ep_.rd.reset(event_new(w_.base(), fd, EV_READ | EV_PERSIST, &Server::on_read_cb, this));
   ep_.wr.reset(event_new(w_.base(), fd, EV_WRITE | EV_PERSIST, &Server::on_write_cb, this));
   log::debug("server").kv("event", "connecting").kv("server", name_).kv("node", w_.snapshot().nodes[node_].name).kv("addr", na.text).emit();
@@ -95,6 +96,21 @@ void Server::on_connected() {
   state_ = State::kLogin;
   ep_.set_writing(false);
   ep_.set_reading(true);
+  const conf::Config& cfg = w_.config();
+  const conf::NodeConfig& nc = cfg.nodes[node_];
+  ssl_mode_ = nc.sslmode_set ? nc.sslmode : cfg.server_tls.sslmode;
+  if (ssl_mode_ != conf::SslMode::kDisable && w_.shared().node_addrs[node_].addr.ss_family != AF_UNIX) {
+    // SSLRequest (§55.2.10); the answer is one byte, read alone.
+    std::string out;
+    protocol::Writer(out).begin_untyped().i32(protocol::kSSLRequestCode).end();
+    tls_phase_ = TlsPhase::kAnswer;
+    if (ep_.send(out) == IoStatus::kError) login_failed(error_message("08006", "could not send SSL request to server"), "send", true);
+    return;
+  }
+  send_startup();
+}
+
+void Server::send_startup() {
   std::string out;
   protocol::Writer wr(out);
   wr.begin_untyped().i32(protocol::kProtocolVersion3);
@@ -105,9 +121,71 @@ void Server::on_connected() {
   if (ep_.send(out) == IoStatus::kError) login_failed(error_message("08006", "could not send startup packet to server"), "send", true);
 }
 
+// The server's answer to our SSLRequest, then the handshake.
+void Server::continue_tls() {
+  const std::string& node = w_.snapshot().nodes[node_].name;
+  if (tls_phase_ == TlsPhase::kAnswer) {
+    char answer = 0;
+    const long n = ep_.read(&answer, 1);  // exactly one byte: nothing unencrypted after it is read
+    if (n == -1) return;
+    if (n <= 0) {
+      login_failed(error_message("08006", "server closed the connection after the SSL request"), "eof", true);
+      return;
+    }
+    if (answer == 'N') {
+      if (ssl_mode_ == conf::SslMode::kPrefer) {
+        tls_phase_ = TlsPhase::kNone;
+        send_startup();
+        return;
+      }
+      login_failed(error_message("08006", "node " + node + " does not support TLS, but sslmode requires it"), "server refused TLS");
+      return;
+    }
+    if (answer != 'S') {
+      login_failed(error_message("08P01", "node " + node + " answered the SSL request with an invalid byte"), "bad SSL answer");
+      return;
+    }
+    std::shared_ptr<SSL_CTX> ctx = w_.shared().server_tls();
+    if (!ctx) {
+      login_failed(error_message("08006", "TLS toward the nodes is not available (see the log at start)"), "no TLS context");
+      return;
+    }
+    const std::string host = w_.config().nodes[node_].host;
+    ep_.ssl = tls::new_client_session(ctx.get(), ep_.fd, ssl_mode_, host);
+    if (ep_.ssl == nullptr) {
+      login_failed(error_message("08006", "could not start TLS toward node " + node), "SSL_new");
+      return;
+    }
+    tls_phase_ = TlsPhase::kHandshake;
+  }
+  std::string error;
+  switch (ep_.handshake(error)) {
+    case IoStatus::kBlocked:
+      return;
+    case IoStatus::kError:
+      login_failed(error_message("08006", "TLS handshake with node " + node + " failed: " + error), "tls: " + error, false);
+      return;
+    case IoStatus::kDone:
+      break;
+  }
+  tls_phase_ = TlsPhase::kNone;
+  log::debug("server").kv("event", "tls").kv("server", name_).kv("tls", tls::describe(ep_.ssl)).emit();
+  send_startup();
+}
+
 void Server::on_write() {
   if (state_ == State::kConnecting) {
     on_connected();
+    return;
+  }
+  if (tls_phase_ != TlsPhase::kNone) {
+    if (tls_phase_ == TlsPhase::kHandshake) {
+      continue_tls();
+      return;
+    }
+    // The SSL request itself is going out.
+    if (ep_.flush_out() == IoStatus::kError) login_failed(error_message("08006", "could not send SSL request to server"), "send", true);
+    if (ep_.out_empty()) ep_.set_writing(false);
     return;
   }
   switch (ep_.flush_out()) {
@@ -118,7 +196,7 @@ void Server::on_write() {
   if (state_ == State::kLinked && client_ != nullptr) {
     IoBuffer* in = client_->ep().in;
     if (in != nullptr) {
-      switch (send_buffer(ep_.fd, in)) {
+      switch (send_buffer(ep_, in)) {
         case IoStatus::kBlocked: return;
         case IoStatus::kError: close("send to server failed"); return;
         case IoStatus::kDone:
@@ -145,9 +223,13 @@ void Server::on_read() {
     case State::kClosed:
       return;
   }
+  if (tls_phase_ != TlsPhase::kNone) {
+    continue_tls();
+    return;
+  }
   char buf[16384];
-  const ssize_t n = ::recv(ep_.fd, buf, sizeof buf, 0);
-  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+  const long n = ep_.read(buf, sizeof buf);
+  if (n == -1) return;
   if (n <= 0) {
     if (state_ == State::kLogin) {
       login_failed(error_message("08006", "server closed the connection during login"), "eof during login", true);
@@ -448,7 +530,7 @@ void Server::relay_to_client() {
     if (!c->ep().out_empty()) {
       ep_.set_reading(false);  // our own bytes for the client go first
     } else {
-      switch (send_buffer(c->ep().fd, b)) {
+      switch (send_buffer(c->ep(), b)) {
         case IoStatus::kDone:
           break;
         case IoStatus::kBlocked:

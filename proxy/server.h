@@ -91,6 +91,8 @@ class Server {
   void on_read();
   void on_write();
   void on_connected();
+  void send_startup();
+  void continue_tls();
   void handle_login_message(char type, std::string_view body);
   // `transport`: the node could not be reached (refused, reset, timeout), as opposed to a
   // PostgreSQL ErrorResponse; only the former is a passive health signal.
@@ -127,6 +129,9 @@ class Server {
   Clock::time_point last_used_;
   Clock::time_point deadline_;  // connect + login must finish by then
   int connect_errno_ = 0;       // connect() failed at once; reported from the loop
+  enum class TlsPhase : std::uint8_t { kNone, kAnswer, kHandshake };
+  TlsPhase tls_phase_ = TlsPhase::kNone;
+  conf::SslMode ssl_mode_ = conf::SslMode::kDisable;
 };
 
 }  // namespace pgkeel::proxy

@@ -23,6 +23,8 @@
 #include "proxy/stats.h"
 #include "routing/snapshot.h"
 
+typedef struct ssl_ctx_st SSL_CTX;
+
 namespace pgkeel::proxy {
 
 class Worker;
@@ -64,6 +66,13 @@ struct Shared {
   // Main thread only (workers keep their own copy: Worker::config()).
   std::shared_ptr<const conf::Config> config;
   routing::Table table{routing::Snapshot{}};
+  // TLS contexts (nullptr: no TLS that way); replaced whole by a reload, read by any thread.
+  std::shared_ptr<SSL_CTX> client_tls() const { return std::atomic_load(&client_tls_); }
+  std::shared_ptr<SSL_CTX> server_tls() const { return std::atomic_load(&server_tls_); }
+  void set_tls(std::shared_ptr<SSL_CTX> toward_clients, std::shared_ptr<SSL_CTX> toward_servers) {
+    std::atomic_store(&client_tls_, std::move(toward_clients));
+    std::atomic_store(&server_tls_, std::move(toward_servers));
+  }
   // Client-facing users; replaced whole by a reload, read by any thread.
   std::shared_ptr<const UserMap> users() const { return std::atomic_load(&users_); }
   void set_users(std::shared_ptr<const UserMap> u) { std::atomic_store(&users_, std::move(u)); }
@@ -98,6 +107,8 @@ struct Shared {
 
  private:
   std::shared_ptr<const UserMap> users_ = std::make_shared<const UserMap>();
+  std::shared_ptr<SSL_CTX> client_tls_;
+  std::shared_ptr<SSL_CTX> server_tls_;
 };
 
 }  // namespace pgkeel::proxy

@@ -425,6 +425,7 @@ void Worker::report(WorkerReport& out) const {
     }
     r.state = std::string(c->state_name());
     r.connected_s = secs(c->connected_at());
+    r.tls = c->tls();
     if (c->parked) {
       r.state_s = secs(c->parked_since);
     } else if (c->held) {
