@@ -639,6 +639,7 @@ void Keeper::step_promote() {
             return;
           }
           step_ = Step::kConfirm;  // decide() waits for a probe that shows it out of recovery
+          if (!c.probing) probe(c);  // now, rather than at the next tick
         });
 }
 
