@@ -7,8 +7,8 @@
 
 namespace pgkeel::proxy {
 
-AuthSession::AuthSession(const Shared& shared, std::string user)
-    : shared_(shared), user_(std::move(user)), users_(shared.users()) {
+AuthSession::AuthSession(const Shared& shared, std::string user, Method method)
+    : shared_(shared), user_(std::move(user)), users_(shared.users()), method_(method) {
   auto it = users_->find(user_);
   if (it != users_->end()) user_auth_ = &it->second;
 }
@@ -24,25 +24,95 @@ AuthSession::Step AuthSession::fail(std::string sqlstate, std::string message, s
 
 AuthSession::Step AuthSession::begin() {
   Step s;
-  if (user_auth_ == nullptr) {
-    // Unknown user: a full-looking SCRAM exchange that fails like a wrong password, so probing
-    // cannot tell the two apart (as PostgreSQL does).
-    scram_.emplace(auth::ScramServer::mock(user_, shared_.mock_secret));
-  } else if (user_auth_->kind == UserAuth::Kind::kMd5Hash) {
-    unsigned char salt[4];
-    if (!auth::random_bytes(salt)) return fail("XX000", "could not generate an md5 salt", "random_bytes failed");
-    md5_salt_.assign(reinterpret_cast<const char*>(salt), 4);
-    protocol::append_auth(s.out, protocol::AuthCode::kMD5Password, md5_salt_);
-    expect_ = Expect::kMd5;
-    return s;
-  } else {
-    scram_.emplace(user_auth_->verifier);
+  const UserAuth::Kind kind = user_auth_ != nullptr ? user_auth_->kind : UserAuth::Kind::kScramVerifier;
+  switch (method_) {
+    case Method::kTrust: {
+      // No password from the client; servers are logged in to with what the users file holds.
+      cred_.user = user_;
+      if (user_auth_ != nullptr) {
+        cred_.password = user_auth_->password;
+        cred_.md5_hash = user_auth_->md5_hash;
+        if (kind == UserAuth::Kind::kPassword) cred_.scram = auth::ScramSecret{user_auth_->password, std::nullopt};
+      }
+      protocol::append_auth(s.out, protocol::AuthCode::kOk);
+      s.done = true;
+      return s;
+    }
+    case Method::kPassword:
+      protocol::append_auth(s.out, protocol::AuthCode::kCleartextPassword);
+      expect_ = Expect::kCleartext;
+      return s;
+    case Method::kMd5:
+      // As PostgreSQL: md5 with a SCRAM secret stored means SCRAM.
+      if (user_auth_ != nullptr && kind != UserAuth::Kind::kScramVerifier) return begin_md5(std::move(s));
+      return begin_scram(std::move(s));
+    case Method::kScram:
+      if (kind == UserAuth::Kind::kMd5Hash) {
+        // PostgreSQL cannot do SCRAM from an md5 hash either; fail after a mock exchange.
+        scram_.emplace(auth::ScramServer::mock(user_, shared_.mock_secret));
+        user_auth_ = nullptr;
+        mismatch_ = true;
+      }
+      return begin_scram(std::move(s));
+    case Method::kAuto:
+      break;
+  }
+  if (user_auth_ != nullptr && kind == UserAuth::Kind::kMd5Hash) return begin_md5(std::move(s));
+  return begin_scram(std::move(s));
+}
+
+AuthSession::Step AuthSession::begin_md5(Step s) {
+  unsigned char salt[4];
+  if (!auth::random_bytes(salt)) return fail("XX000", "could not generate an md5 salt", "random_bytes failed");
+  md5_salt_.assign(reinterpret_cast<const char*>(salt), 4);
+  protocol::append_auth(s.out, protocol::AuthCode::kMD5Password, md5_salt_);
+  expect_ = Expect::kMd5;
+  return s;
+}
+
+AuthSession::Step AuthSession::begin_scram(Step s) {
+  if (!scram_) {
+    if (user_auth_ == nullptr) {
+      // Unknown user: a full-looking SCRAM exchange that fails like a wrong password, so probing
+      // cannot tell the two apart (as PostgreSQL does).
+      scram_.emplace(auth::ScramServer::mock(user_, shared_.mock_secret));
+    } else {
+      scram_.emplace(user_auth_->verifier);
+    }
   }
   std::string mechs(auth::kScramSha256);
   mechs.append(2, '\0');
   protocol::append_auth(s.out, protocol::AuthCode::kSASL, mechs);
   expect_ = Expect::kSaslInitial;
   return s;
+}
+
+// hba method "password": the client sent its password in the clear (over TLS, one hopes).
+AuthSession::Step AuthSession::check_cleartext(std::string_view password) {
+  const std::string failed_msg = "password authentication failed for user \"" + user_ + "\"";
+  if (user_auth_ == nullptr) return fail("28P01", failed_msg, "unknown user");
+  bool ok = false;
+  switch (user_auth_->kind) {
+    case UserAuth::Kind::kPassword:
+      ok = auth::equal_constant_time(password, user_auth_->password);
+      break;
+    case UserAuth::Kind::kMd5Hash: {
+      const auto h = auth::md5_password_hash(user_, password);
+      ok = h && auth::equal_constant_time(*h, user_auth_->md5_hash);
+      break;
+    }
+    case UserAuth::Kind::kScramVerifier:
+      ok = auth::check_scram_password(user_auth_->verifier, password).has_value();
+      break;
+  }
+  if (!ok) return fail("28P01", failed_msg, "cleartext password did not match");
+  // The password itself is now known: servers can be logged in to by any method.
+  cred_.user = user_;
+  cred_.password = std::string(password);
+  const auto h = auth::md5_password_hash(user_, password);
+  if (h) cred_.md5_hash = *h;
+  cred_.scram = auth::ScramSecret{std::string(password), std::nullopt};
+  return {};
 }
 
 AuthSession::Step AuthSession::handle(char type, std::string_view body) {
@@ -52,6 +122,14 @@ AuthSession::Step AuthSession::handle(char type, std::string_view body) {
   const std::string failed_msg = "password authentication failed for user \"" + user_ + "\"";
   Step s;
   switch (expect_) {
+    case Expect::kCleartext: {
+      protocol::Reader r(body);
+      std::string_view password = r.str();
+      if (r.failed()) return fail("08P01", "malformed password message", "malformed PasswordMessage");
+      Step checked = check_cleartext(password);
+      if (checked.failed) return checked;
+      break;
+    }
     case Expect::kSaslInitial: {
       protocol::Reader r(body);
       std::string_view mech = r.str();
@@ -76,7 +154,10 @@ AuthSession::Step AuthSession::handle(char type, std::string_view body) {
       auth::ScramStep step = scram_->handle_client_final(body);
       if (!step.ok() || user_auth_ == nullptr || !step.keys) {
         const bool proto = step.failure == auth::ScramFailure::kProtocol;
-        return fail(proto ? "08P01" : "28P01", proto ? step.error : failed_msg, step.ok() ? "unknown user" : step.error);
+        const std::string why = mismatch_ ? "scram-sha-256 rule, but the users file holds an md5 hash for this user"
+                                : step.ok() ? "unknown user"
+                                            : step.error;
+        return fail(proto ? "08P01" : "28P01", proto ? step.error : failed_msg, why);
       }
       protocol::append_auth(s.out, protocol::AuthCode::kSASLFinal, step.message);
       cred_.user = user_;

@@ -15,7 +15,11 @@ namespace pgkeel::proxy {
 
 class AuthSession {
  public:
-  AuthSession(const Shared& shared, std::string user);
+  // kAuto: no [[hba]] rules; the kind of secret stored decides (SCRAM verifier or plaintext:
+  // SCRAM; md5 hash: md5). Otherwise the matching rule's method, as PostgreSQL applies it.
+  enum class Method : std::uint8_t { kAuto, kScram, kMd5, kPassword, kTrust };
+
+  AuthSession(const Shared& shared, std::string user, Method method = Method::kAuto);
 
   struct Step {
     std::string out;           // messages to send to the client now
@@ -44,7 +48,12 @@ class AuthSession {
   const UserAuth* user_auth_ = nullptr;
   std::optional<auth::ScramServer> scram_;
   std::string md5_salt_;
-  enum class Expect : std::uint8_t { kNone, kSaslInitial, kSaslFinal, kMd5 } expect_ = Expect::kNone;
+  Step begin_scram(Step s);
+  Step begin_md5(Step s);
+  Step check_cleartext(std::string_view password);
+  Method method_;
+  bool mismatch_ = false;  // the rule's method cannot work with the stored secret
+  enum class Expect : std::uint8_t { kNone, kSaslInitial, kSaslFinal, kMd5, kCleartext } expect_ = Expect::kNone;
   ServerCredential cred_;
 };
 

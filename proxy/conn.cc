@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 
 namespace pgkeel::proxy {
 
@@ -180,6 +181,12 @@ void release_if_drained(Endpoint& ep, BufferPool& pool) {
     pool.release(ep.in);
     ep.in = nullptr;
   }
+}
+
+std::string connection_name(char kind, unsigned worker, std::uint32_t id) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%c%u-%u", kind, worker, static_cast<unsigned>(id));
+  return buf;
 }
 
 void set_socket_options(int fd, bool tcp, const conf::GeneralConfig& g) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -63,6 +64,9 @@ long receive(Endpoint& ep, BufferPool& pool, std::size_t& from);
 
 // Gives ep.in back to `pool` once everything in it was sent.
 void release_if_drained(Endpoint& ep, BufferPool& pool);
+
+// "c0-17" / "s1-4": a connection's name in logs and SHOW output (kind, worker, id).
+std::string connection_name(char kind, unsigned worker, std::uint32_t id);
 
 // TCP_NODELAY, keepalive (idle, interval, count) and TCP_USER_TIMEOUT from [general].
 void set_socket_options(int fd, bool tcp, const conf::GeneralConfig& general);

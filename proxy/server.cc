@@ -33,7 +33,7 @@ Server::Server(Worker& w, std::uint32_t id, Pool& pool, ServerCredential cred, s
                std::string database, std::vector<std::pair<std::string, std::string>> params)
     : w_(w),
       id_(id),
-      name_("s" + std::to_string(w.index()) + "-" + std::to_string(id)),
+      name_(connection_name('s', w.index(), id)),
       pool_(pool),
       node_(pool.node),
       epoch_(w.snapshot().epoch),
@@ -317,7 +317,9 @@ void Server::handle_login_message(char type, std::string_view body) {
           if (!scram_offered || !cred_.scram) {
             login_failed(error_message("28000", scram_offered ? "server asks for SCRAM for user \"" + user_ + "\", but pgkeel has no SCRAM secret for it"
                                                               : "server offers no SASL mechanism pgkeel supports",
-                                       "Put the user's SCRAM verifier (from pg_authid) or plaintext password in the users file."), "no scram secret");
+                                       "SCRAM pass-through needs the client to log in to pgkeel with SCRAM and the user's "
+                                       "verifier (from pg_authid) in the users file; after a trust rule pgkeel holds no keys, "
+                                       "so put the plaintext password in the users file."), "no scram secret");
             return;
           }
           scram_.emplace(user_, *cred_.scram);
