@@ -49,7 +49,11 @@ struct KeeperConfig {
   std::string state_file;      // empty: the record lives only in memory and in the cluster
   Millis promote_timeout{30000};
   std::string initial_primary;
-  // Planned switchover: stop the old primary cleanly, then let it rejoin as a standby.
+  // Planned switchover: stop the old primary cleanly, then let it rejoin as a standby. Both run
+  // with /bin/sh; env PGKEEL_NODE_NAME/_HOST/_PORT (the old primary; also PGKEEL_NODE/HOST/PORT as
+  // for fence_command). stop_command is waited for (bounded by switchover_timeout) and may print
+  // `checkpoint_lsn=X/Y`; rejoin_command also gets PGKEEL_PRIMARY_NAME/_HOST/_PORT (the new
+  // primary), is not waited for, and its exit becomes an event.
   std::string stop_command;
   std::string rejoin_command;
   Millis switchover_drain_timeout{10000};
@@ -100,7 +104,9 @@ struct Event {
   std::chrono::system_clock::time_point at;
   std::uint64_t id = 0;
   std::uint64_t epoch = 0;
-  std::string kind;  // detection, promotion, fencing, degraded, restored, failover_refused, ...
+  // detection, promotion, fencing, degraded, restored, failover_refused, switchover,
+  // switchover_refused, switchover_aborted, rejoin, rejoin_failed, fence, unfence, disable, enable, ...
+  std::string kind;
   std::string node;
   std::string text;
 };
