@@ -97,6 +97,23 @@ struct PoolConfig {
   Millis connect_timeout{5000};          // TCP connect + server login
   Millis wait_timeout{30000};            // how long a client may wait for a server connection
   std::string reset_query = "DISCARD ALL";
+  // Fairness: so the web shop cannot starve the ERP. 0: no limit. Client limits count
+  // connections to pgkeel; server limits count connections per node.
+  int max_user_client_conn = 0;          // per user, all databases and listeners
+  int max_db_client_conn = 0;            // per client-facing database
+  int max_user_server_conn = 0;          // per user, per node
+  int max_db_server_conn = 0;            // per server database, per node
+  int reserve_pool_size = 0;             // extra server connections past those limits ...
+  Millis reserve_pool_timeout{5000};     // ... for a client that has waited this long
+  Millis idle_transaction_timeout{0};    // idle inside a transaction this long: 25P03 (0: off)
+};
+
+// [[limit]]: the limits above, for one user or one database.
+struct LimitConfig {
+  std::string user;      // exactly one of user / database
+  std::string database;
+  int max_client_conn = -1;  // -1: the [pool] default
+  int max_server_conn = -1;
 };
 
 struct ClusterConfig {
@@ -172,6 +189,7 @@ struct Config {
   TlsConfig tls;
   ServerTlsConfig server_tls;
   std::vector<HbaRule> hba;  // empty: every user authenticates by the kind of secret stored
+  std::vector<LimitConfig> limits;
   std::vector<ListenerConfig> listeners;
   std::vector<NodeConfig> nodes;
   std::vector<DatabaseConfig> databases;

@@ -312,7 +312,9 @@ constexpr std::initializer_list<const char*> kClusterKeys = {"initial_primary"};
 constexpr std::initializer_list<const char*> kPoolKeys = {
     "pool_size",       "max_server_conn_per_node", "server_idle_timeout",
     "server_lifetime", "connect_timeout",          "wait_timeout",
-    "reset_query"};
+    "reset_query", "max_user_client_conn", "max_db_client_conn", "max_user_server_conn",
+    "max_db_server_conn", "reserve_pool_size", "reserve_pool_timeout", "idle_transaction_timeout"};
+constexpr std::initializer_list<const char*> kLimitKeys = {"user", "database", "max_client_conn", "max_server_conn"};
 constexpr std::initializer_list<const char*> kListenerKeys = {
     "name", "host", "port", "unix_socket_dir", "intent", "pool_mode"};
 constexpr std::initializer_list<const char*> kNodeKeys = {"name", "host", "port", "priority", "sslmode"};
@@ -343,7 +345,7 @@ constexpr std::initializer_list<const char*> kConsoleKeys = {"host", "port", "ad
 constexpr std::initializer_list<const char*> kStatusKeys = {"host", "port"};
 constexpr std::initializer_list<const char*> kSections = {
     "general", "cluster", "pool", "health", "failover", "console", "status", "tls", "server_tls",
-    "listener", "node", "hba", "databases"};
+    "listener", "node", "hba", "limit", "databases"};
 
 std::size_t edit_distance(std::string_view a, std::string_view b) {
   std::vector<std::size_t> row(b.size() + 1);
@@ -434,7 +436,7 @@ class Mapper {
         } else {
           databases(v);
         }
-      } else if (name == "listener" || name == "node" || name == "hba") {
+      } else if (name == "listener" || name == "node" || name == "hba" || name == "limit") {
         if (!array_of_tables(v, k)) {
           continue;
         }
@@ -446,6 +448,9 @@ class Mapper {
           if (name == "listener") {
             config_.listeners.emplace_back();
             listener(entries[i], ik, config_.listeners.back());
+          } else if (name == "limit") {
+            config_.limits.emplace_back();
+            limit(entries[i], ik, config_.limits.back());
           } else if (name == "hba") {
             config_.hba.emplace_back();
             config_.hba.back().line = line(entries[i]);
@@ -693,6 +698,20 @@ class Mapper {
         read_duration(v, k, false, p.wait_timeout);
       } else if (name == "reset_query") {
         read_string(v, k, p.reset_query);
+      } else if (name == "max_user_client_conn") {
+        read_int(v, k, 0, kIntMax, p.max_user_client_conn);
+      } else if (name == "max_db_client_conn") {
+        read_int(v, k, 0, kIntMax, p.max_db_client_conn);
+      } else if (name == "max_user_server_conn") {
+        read_int(v, k, 0, kIntMax, p.max_user_server_conn);
+      } else if (name == "max_db_server_conn") {
+        read_int(v, k, 0, kIntMax, p.max_db_server_conn);
+      } else if (name == "reserve_pool_size") {
+        read_int(v, k, 0, kIntMax, p.reserve_pool_size);
+      } else if (name == "reserve_pool_timeout") {
+        read_duration(v, k, true, p.reserve_pool_timeout);
+      } else if (name == "idle_transaction_timeout") {
+        read_duration(v, k, true, p.idle_transaction_timeout);
       } else {
         unknown(v, "pool", name, "[pool]", kPoolKeys);
         continue;
@@ -892,6 +911,25 @@ class Mapper {
                     r.method);
       } else {
         unknown(v, prefix, name, "[[hba]]", kHbaKeys);
+        continue;
+      }
+      note(k, v);
+    }
+  }
+
+  void limit(const toml::value& t, const std::string& prefix, LimitConfig& l) {
+    for (const auto& [name, v] : t.as_table()) {
+      const std::string k = key_path(prefix, name);
+      if (name == "user") {
+        read_string(v, k, l.user);
+      } else if (name == "database") {
+        read_string(v, k, l.database);
+      } else if (name == "max_client_conn") {
+        read_int(v, k, 0, kIntMax, l.max_client_conn);
+      } else if (name == "max_server_conn") {
+        read_int(v, k, 0, kIntMax, l.max_server_conn);
+      } else {
+        unknown(v, prefix, name, "[[limit]]", kLimitKeys);
         continue;
       }
       note(k, v);

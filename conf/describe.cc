@@ -36,6 +36,17 @@ const char* sync(SyncMode m) {
   return "on";
 }
 
+const char* sslmode(SslMode m) {
+  switch (m) {
+    case SslMode::kDisable: return "disable";
+    case SslMode::kPrefer: return "prefer";
+    case SslMode::kRequire: return "require";
+    case SslMode::kVerifyCa: return "verify-ca";
+    case SslMode::kVerifyFull: return "verify-full";
+  }
+  return "prefer";
+}
+
 }  // namespace
 
 std::vector<std::pair<std::string, std::string>> describe(const Config& c) {
@@ -50,6 +61,18 @@ std::vector<std::pair<std::string, std::string>> describe(const Config& c) {
   add("general.state_file", c.general.state_file);
   add("general.shutdown_timeout", ms(c.general.shutdown_timeout));
   add("general.login_timeout", ms(c.general.login_timeout));
+  add("general.tcp_keepalive_idle", ms(c.general.tcp_keepalive_idle));
+  add("general.tcp_keepalive_interval", ms(c.general.tcp_keepalive_interval));
+  add("general.tcp_keepalive_count", std::to_string(c.general.tcp_keepalive_count));
+  add("general.tcp_user_timeout", ms(c.general.tcp_user_timeout));
+  add("general.application_name_add_host", c.general.application_name_add_host ? "true" : "false");
+  add("tls.cert_file", c.tls.cert_file);
+  add("tls.key_file", c.tls.key_file);
+  add("tls.min_version", c.tls.min_version);
+  add("server_tls.sslmode", sslmode(c.server_tls.sslmode));
+  add("server_tls.ca_file", c.server_tls.ca_file);
+  add("server_tls.cert_file", c.server_tls.cert_file);
+  add("hba", std::to_string(c.hba.size()) + " rules");
   add("cluster.initial_primary", c.cluster.initial_primary);
   add("pool.pool_size", std::to_string(c.pool.pool_size));
   add("pool.max_server_conn_per_node", std::to_string(c.pool.max_server_conn_per_node));
@@ -58,6 +81,18 @@ std::vector<std::pair<std::string, std::string>> describe(const Config& c) {
   add("pool.connect_timeout", ms(c.pool.connect_timeout));
   add("pool.wait_timeout", ms(c.pool.wait_timeout));
   add("pool.reset_query", c.pool.reset_query);
+  add("pool.max_user_client_conn", std::to_string(c.pool.max_user_client_conn));
+  add("pool.max_db_client_conn", std::to_string(c.pool.max_db_client_conn));
+  add("pool.max_user_server_conn", std::to_string(c.pool.max_user_server_conn));
+  add("pool.max_db_server_conn", std::to_string(c.pool.max_db_server_conn));
+  add("pool.reserve_pool_size", std::to_string(c.pool.reserve_pool_size));
+  add("pool.reserve_pool_timeout", ms(c.pool.reserve_pool_timeout));
+  add("pool.idle_transaction_timeout", ms(c.pool.idle_transaction_timeout));
+  for (const LimitConfig& l : c.limits) {
+    const std::string p = l.user.empty() ? "limit.database." + l.database + "." : "limit.user." + l.user + ".";
+    if (l.max_client_conn >= 0) add(p + "max_client_conn", std::to_string(l.max_client_conn));
+    if (l.max_server_conn >= 0) add(p + "max_server_conn", std::to_string(l.max_server_conn));
+  }
   add("health.probe_interval", ms(c.health.probe_interval));
   add("health.probe_timeout", ms(c.health.probe_timeout));
   add("health.timeouts_to_down", std::to_string(c.health.timeouts_to_down));
@@ -98,6 +133,7 @@ std::vector<std::pair<std::string, std::string>> describe(const Config& c) {
     const std::string p = "node." + n.name + ".";
     add(p + "address", n.host + ":" + std::to_string(n.port));
     add(p + "priority", std::to_string(n.priority));
+    if (n.sslmode_set) add(p + "sslmode", sslmode(n.sslmode));
   }
   for (const DatabaseConfig& d : c.databases) add("databases." + d.name, d.dbname.empty() ? "(same name)" : d.dbname);
   add("users", std::to_string(c.users.size()) + " in the users file");

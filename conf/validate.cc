@@ -92,6 +92,7 @@ class Checker {
     nodes();
     tls();
     hba();
+    limits();
     initial_primary();
     pool();
   }
@@ -379,6 +380,25 @@ class Checker {
       }
       if (r.type == HbaType::kHostSsl && !config_.tls.enabled()) {
         add(k + ".type", "hostssl needs TLS toward clients: set [tls] cert_file and key_file");
+      }
+    }
+  }
+
+  void limits() {
+    std::unordered_set<std::string> seen;
+    for (std::size_t i = 0; i < config_.limits.size(); ++i) {
+      const LimitConfig& l = config_.limits[i];
+      const std::string k = entry("[[limit]]", i);
+      if (l.user.empty() == l.database.empty()) {
+        add(k, "a [[limit]] names exactly one of user or database");
+        continue;
+      }
+      if (l.max_client_conn < 0 && l.max_server_conn < 0) {
+        add(k, "a [[limit]] sets max_client_conn, max_server_conn or both");
+      }
+      const std::string id = l.user.empty() ? "database " + l.database : "user " + l.user;
+      if (!seen.insert(id).second) {
+        add(k, "a second [[limit]] for " + id);
       }
     }
   }

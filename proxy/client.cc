@@ -77,6 +77,7 @@ Client::~Client() {
   ep_.in = nullptr;
   ep_.close();
   if (counted_) w_.shared().clients.fetch_sub(1, std::memory_order_relaxed);
+  if (limits_counted_) w_.shared().limits.client_leave(user_, database_);
 }
 
 std::int32_t Client::cancel_pid() const {
@@ -274,6 +275,12 @@ void Client::handle_startup(const protocol::StartupPacket& pkt) {
     fail("FATAL", "57P03", "pgkeel is shutting down");
     return;
   }
+  if (std::string refused = sh.limits.client_enter(cfg, user_, database_); !refused.empty()) {
+    log::warning("client").kv("event", "refused").kv("conn", name_).kv("reason", refused).emit();
+    fail("FATAL", "53300", refused);
+    return;
+  }
+  limits_counted_ = true;
 
   // Client-facing database -> server database.
   if (cfg.databases.empty()) {
@@ -458,6 +465,7 @@ void Client::on_server_lost(std::string_view reason) {
 }
 
 void Client::relay_to_server() {
+  last_activity_ = w_.now();
   std::size_t from = 0;
   const long n = receive(ep_, w_.buffers(), from);
   if (n == -1) return;
@@ -686,6 +694,14 @@ void Client::cancel_running_query() {
 
 void Client::tick(Clock::time_point now) {
   const conf::Config& cfg = w_.config();
+  if (state_ == State::kLinked && cfg.pool.idle_transaction_timeout.count() > 0 && server_ != nullptr &&
+      server_->tx_status() != 'I' && !server_->query_running() && streams_at_rest() &&
+      now - last_activity_ > cfg.pool.idle_transaction_timeout) {
+    log::info("client").kv("event", "idle_transaction_timeout").kv("conn", name_).kv("user", user_).emit();
+    // The server connection is closed (not reset): PostgreSQL rolls the transaction back.
+    terminate("25P03", "terminating connection due to idle-in-transaction timeout");
+    return;
+  }
   if ((state_ == State::kStartup || state_ == State::kAuth) && !closing_ &&
       now - started_ > cfg.general.login_timeout) {
     log::info("client").kv("event", "login_timeout").kv("conn", name_).kv("peer", peer_).emit();
@@ -695,7 +711,7 @@ void Client::tick(Clock::time_point now) {
   if (state_ == State::kWaiting && waiting_pool != nullptr && now - wait_started_ > cfg.pool.wait_timeout) {
     log::warning("client").kv("event", "wait_timeout").kv("conn", name_).kv("user", user_).kv("db", database_).emit();
     fail("FATAL", "53300", "no server connection became available within wait_timeout",
-         "The pool for this user and database is at its limit (pool.max_server_conn_per_node).");
+         "The server connections are at a limit: " + (blocked_by.empty() ? std::string("max_server_conn_per_node") : blocked_by) + ".");
   }
 }
 

@@ -72,6 +72,10 @@ class Client {
   void cancel_running_query();
   std::size_t listener_index() const { return listener_index_; }
 
+  // Which limit kept this client waiting, for the wait-timeout error (pool.cc).
+  std::string blocked_by;
+  // The client or its server last did something (idle_transaction_timeout counts from here).
+  void note_activity(Clock::time_point now) { last_activity_ = now; }
   // Owned by the pool code (pool.cc): where this client waits, and whether it holds a place
   // in the node's queue for a connection slot.
   Pool* waiting_pool = nullptr;
@@ -139,6 +143,8 @@ class Client {
   Clock::time_point wait_started_;
   bool counted_ = false;  // holds a slot in shared.clients
   bool ever_linked_ = false;
+  bool limits_counted_ = false;  // holds a place in shared.limits
+  Clock::time_point last_activity_;
   bool tls_handshake_ = false;  // SSLRequest answered 'S'; the handshake is running
 };
 

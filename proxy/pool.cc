@@ -16,10 +16,31 @@ namespace {
 // connection logs in with `c`'s credential and goes to whichever waiter is first when ready.
 bool try_connect(Worker& w, Pool& p, Client& c) {
   Shared& sh = w.shared();
-  const int cap = w.config().pool.max_server_conn_per_node;
+  const conf::Config& cfg = w.config();
+  const int cap = cfg.pool.max_server_conn_per_node;
   if (sh.server_conns[p.node].fetch_add(1, std::memory_order_relaxed) >= cap) {
     sh.server_conns[p.node].fetch_sub(1, std::memory_order_relaxed);
+    c.blocked_by = "max_server_conn_per_node (" + std::to_string(cap) + ")";
     return false;
+  }
+  // Per user and per database: the reserve opens only to a client that has waited.
+  const bool reserve = cfg.pool.reserve_pool_size > 0 && w.now() - c.wait_started() >= cfg.pool.reserve_pool_timeout;
+  std::string full = sh.limits.server_enter(cfg, p.node, c.user(), c.server_database(), reserve);
+  if (!full.empty()) {
+    sh.server_conns[p.node].fetch_sub(1, std::memory_order_relaxed);
+    // A warm connection of another pool key may hold the slot: give it back.
+    if (w.close_idle_like(p.node, c.user(), c.server_database())) {
+      full = sh.limits.server_enter(cfg, p.node, c.user(), c.server_database(), reserve);
+      if (full.empty() && sh.server_conns[p.node].fetch_add(1, std::memory_order_relaxed) >= cap) {
+        sh.server_conns[p.node].fetch_sub(1, std::memory_order_relaxed);
+        sh.limits.server_leave(p.node, c.user(), c.server_database());
+        full = "max_server_conn_per_node (" + std::to_string(cap) + ")";
+      }
+    }
+    if (!full.empty()) {
+      c.blocked_by = std::move(full);
+      return false;
+    }
   }
   ++p.total;
   ++p.connecting;
@@ -194,6 +215,7 @@ void server_gone(Worker& w, Server& s) {
   if (it != p.idle.end()) p.idle.erase(it);
   --p.total;
   w.shared().server_conns[p.node].fetch_sub(1, std::memory_order_relaxed);
+  w.shared().limits.server_leave(p.node, s.user(), s.database());
   w.retire(&s);
   if (!p.waiters.empty()) feed_waiters(w, p);
 }

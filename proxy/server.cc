@@ -503,6 +503,7 @@ void Server::relay_to_client() {
           tx_status_ = static_cast<char>(r.i8());
           if (pending_syncs_ > 0) --pending_syncs_;
           const Clock::time_point now = Clock::now();
+          c->note_activity(now);
           const auto us = [&](Clock::time_point since) {
             return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(now - since).count());
           };

@@ -398,6 +398,19 @@ int Worker::running_on(routing::NodeId node) const {
   return n;
 }
 
+bool Worker::close_idle_like(routing::NodeId node, const std::string& user, const std::string& database) {
+  for (auto& [key, p] : pools_) {
+    if (p->node != node) continue;
+    for (Server* s : p->idle) {
+      if (s->user() == user || s->database() == database) {
+        s->close("a per-user or per-database limit needs the slot");
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
 bool Worker::kill_client(std::uint32_t id, const std::string& who) {
   Client* c = find_client(id);
   if (c == nullptr || c->state() == Client::State::kClosed) return false;

@@ -93,6 +93,9 @@ class Worker {
   int running_on(routing::NodeId node) const;
   // Clients, servers and pools as rows, for SHOW CLIENTS / SERVERS / POOLS.
   void report(WorkerReport& out) const;
+  // Closes one idle (warm) server connection to `node` for this user or database, so a client
+  // blocked by a per-user or per-database limit can use the slot. False when there was none.
+  bool close_idle_like(routing::NodeId node, const std::string& user, const std::string& database);
   // KILL: ends the client's session with 57P01; false if this worker has no such client.
   bool kill_client(std::uint32_t id, const std::string& who);
 
