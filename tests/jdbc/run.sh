@@ -4,6 +4,10 @@
 #
 #   tests/jdbc/run.sh <jdbc-url> <user> <password>
 #   e.g. tests/jdbc/run.sh jdbc:postgresql://127.0.0.1:6432/app app app-pass
+#   over TLS (pgkeel with [tls] cert_file/key_file), as tests/integration/jdbc_tls_test.cc runs it:
+#        tests/jdbc/run.sh "jdbc:postgresql://127.0.0.1:6432/app?ssl=true&sslmode=require" app app-pass
+#        ("...&sslmode=verify-full&sslrootcert=ca.crt" checks the certificate too; with
+#        sslmode=require pgJDBC verifies against ~/.postgresql/root.crt only if that file exists)
 #
 # PGJDBC_JAR overrides the driver jar (default: Debian's libpostgresql-jdbc-java).
 set -euo pipefail
