@@ -108,6 +108,26 @@ struct PoolConfig {
   Millis idle_transaction_timeout{0};    // idle inside a transaction this long: 25P03 (0: off)
 };
 
+// [auth]: secrets of users not in the users file, looked up on the cluster, and the slowing
+// down of clients that keep failing to authenticate.
+struct AuthConfig {
+  // Empty: off. $1 is the user name (as a quoted literal); the last column of the first row is
+  // the secret as pg_authid stores it (SCRAM verifier or md5 hash); no row or NULL: no such user.
+  std::string query;
+  std::string user;       // who runs the query (default: [health] user)
+  std::string password;   // (default: [health] password)
+  std::string dbname;     // (default: [health] dbname)
+  Millis query_timeout{2000};
+  // A looked-up secret is used again, without a query, only when no node answers (a failover):
+  // for at most this long after it was fetched.
+  Millis cache_lifetime{300000};
+  // Throttle: after max_failures failed logins from one address within failure_window, each
+  // further failure is answered failure_delay later (doubling, at most 10 s). 0: off.
+  int max_failures = 5;
+  Millis failure_window{60000};
+  Millis failure_delay{500};
+};
+
 // [[limit]]: the limits above, for one user or one database.
 struct LimitConfig {
   std::string user;      // exactly one of user / database
@@ -190,6 +210,7 @@ struct Config {
   ServerTlsConfig server_tls;
   std::vector<HbaRule> hba;  // empty: every user authenticates by the kind of secret stored
   std::vector<LimitConfig> limits;
+  AuthConfig auth;
   std::vector<ListenerConfig> listeners;
   std::vector<NodeConfig> nodes;
   std::vector<DatabaseConfig> databases;

@@ -314,6 +314,9 @@ constexpr std::initializer_list<const char*> kPoolKeys = {
     "server_lifetime", "connect_timeout",          "wait_timeout",
     "reset_query", "max_user_client_conn", "max_db_client_conn", "max_user_server_conn",
     "max_db_server_conn", "reserve_pool_size", "reserve_pool_timeout", "idle_transaction_timeout"};
+constexpr std::initializer_list<const char*> kAuthKeys = {
+    "query", "user", "password", "dbname", "query_timeout", "cache_lifetime", "max_failures",
+    "failure_window", "failure_delay"};
 constexpr std::initializer_list<const char*> kLimitKeys = {"user", "database", "max_client_conn", "max_server_conn"};
 constexpr std::initializer_list<const char*> kListenerKeys = {
     "name", "host", "port", "unix_socket_dir", "intent", "pool_mode"};
@@ -344,7 +347,7 @@ constexpr std::initializer_list<const char*> kConsoleKeys = {"host", "port", "ad
                                                              "monitor_users"};
 constexpr std::initializer_list<const char*> kStatusKeys = {"host", "port"};
 constexpr std::initializer_list<const char*> kSections = {
-    "general", "cluster", "pool", "health", "failover", "console", "status", "tls", "server_tls",
+    "general", "cluster", "pool", "health", "failover", "console", "status", "tls", "server_tls", "auth",
     "listener", "node", "hba", "limit", "databases"};
 
 std::size_t edit_distance(std::string_view a, std::string_view b) {
@@ -410,7 +413,7 @@ class Mapper {
       const std::string k = key_path("", name);
       if (name == "general" || name == "cluster" || name == "pool" || name == "databases" ||
           name == "health" || name == "failover" || name == "console" || name == "status" ||
-          name == "tls" || name == "server_tls") {
+          name == "tls" || name == "server_tls" || name == "auth") {
         if (!section(v, k)) {
           continue;
         }
@@ -433,6 +436,8 @@ class Mapper {
           tls(v);
         } else if (name == "server_tls") {
           server_tls(v);
+        } else if (name == "auth") {
+          auth(v);
         } else {
           databases(v);
         }
@@ -911,6 +916,36 @@ class Mapper {
                     r.method);
       } else {
         unknown(v, prefix, name, "[[hba]]", kHbaKeys);
+        continue;
+      }
+      note(k, v);
+    }
+  }
+
+  void auth(const toml::value& t) {
+    AuthConfig& a = config_.auth;
+    for (const auto& [name, v] : t.as_table()) {
+      const std::string k = key_path("auth", name);
+      if (name == "query") {
+        read_string(v, k, a.query);
+      } else if (name == "user") {
+        read_string(v, k, a.user);
+      } else if (name == "password") {
+        read_string(v, k, a.password);
+      } else if (name == "dbname") {
+        read_string(v, k, a.dbname);
+      } else if (name == "query_timeout") {
+        read_duration(v, k, false, a.query_timeout);
+      } else if (name == "cache_lifetime") {
+        read_duration(v, k, true, a.cache_lifetime);
+      } else if (name == "max_failures") {
+        read_int(v, k, 0, kIntMax, a.max_failures);
+      } else if (name == "failure_window") {
+        read_duration(v, k, false, a.failure_window);
+      } else if (name == "failure_delay") {
+        read_duration(v, k, true, a.failure_delay);
+      } else {
+        unknown(v, "auth", name, "[auth]", kAuthKeys);
         continue;
       }
       note(k, v);

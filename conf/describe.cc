@@ -73,6 +73,15 @@ std::vector<std::pair<std::string, std::string>> describe(const Config& c) {
   add("server_tls.ca_file", c.server_tls.ca_file);
   add("server_tls.cert_file", c.server_tls.cert_file);
   add("hba", std::to_string(c.hba.size()) + " rules");
+  add("auth.query", c.auth.query);
+  add("auth.user", c.auth.user);
+  add("auth.password", secret(c.auth.password));
+  add("auth.dbname", c.auth.dbname);
+  add("auth.query_timeout", ms(c.auth.query_timeout));
+  add("auth.cache_lifetime", ms(c.auth.cache_lifetime));
+  add("auth.max_failures", std::to_string(c.auth.max_failures));
+  add("auth.failure_window", ms(c.auth.failure_window));
+  add("auth.failure_delay", ms(c.auth.failure_delay));
   add("cluster.initial_primary", c.cluster.initial_primary);
   add("pool.pool_size", std::to_string(c.pool.pool_size));
   add("pool.max_server_conn_per_node", std::to_string(c.pool.max_server_conn_per_node));

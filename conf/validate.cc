@@ -93,6 +93,7 @@ class Checker {
     tls();
     hba();
     limits();
+    auth();
     initial_primary();
     pool();
   }
@@ -381,6 +382,16 @@ class Checker {
       if (r.type == HbaType::kHostSsl && !config_.tls.enabled()) {
         add(k + ".type", "hostssl needs TLS toward clients: set [tls] cert_file and key_file");
       }
+    }
+  }
+
+  void auth() {
+    AuthConfig& a = config_.auth;
+    if (a.user.empty()) a.user = config_.health.user;
+    if (a.password.empty()) a.password = config_.health.password;
+    if (a.dbname.empty()) a.dbname = config_.health.dbname;
+    if (!a.query.empty() && a.query.find("$1") == std::string::npos) {
+      add("auth.query", "must use $1 for the user name, e.g. SELECT usename, passwd FROM pg_shadow WHERE usename = $1");
     }
   }
 

@@ -3,14 +3,48 @@
 #include <cstring>
 
 #include "proxy/auth/md5.h"
+#include "proxy/auth/scram.h"
 #include "proxy/protocol/message.h"
 
 namespace pgkeel::proxy {
 
-AuthSession::AuthSession(const Shared& shared, std::string user, Method method)
-    : shared_(shared), user_(std::move(user)), users_(shared.users()), method_(method) {
+std::optional<UserAuth> make_user_auth(const std::string& name, const std::string& secret, std::string& error) {
+  UserAuth a;
+  a.name = name;
+  if (secret.rfind("SCRAM-SHA-256$", 0) == 0) {
+    auto v = auth::parse_scram_verifier(secret);
+    if (!v) {
+      error = "malformed SCRAM verifier";
+      return std::nullopt;
+    }
+    a.kind = UserAuth::Kind::kScramVerifier;
+    a.verifier = std::move(*v);
+  } else if (auth::is_md5_hash(secret)) {
+    a.kind = UserAuth::Kind::kMd5Hash;
+    a.md5_hash = secret;
+  } else {
+    a.kind = UserAuth::Kind::kPassword;
+    a.password = secret;
+    auto v = auth::make_scram_verifier(secret);
+    auto h = auth::md5_password_hash(name, secret);
+    if (!v || !h) {
+      error = "could not derive keys";
+      return std::nullopt;
+    }
+    a.verifier = std::move(*v);
+    a.md5_hash = std::move(*h);
+  }
+  return a;
+}
+
+AuthSession::AuthSession(const Shared& shared, std::string user, Method method, std::shared_ptr<const UserAuth> looked_up)
+    : shared_(shared), user_(std::move(user)), users_(shared.users()), looked_up_(std::move(looked_up)), method_(method) {
   auto it = users_->find(user_);
-  if (it != users_->end()) user_auth_ = &it->second;
+  if (it != users_->end()) {
+    user_auth_ = &it->second;
+  } else if (looked_up_) {
+    user_auth_ = looked_up_.get();
+  }
 }
 
 AuthSession::Step AuthSession::fail(std::string sqlstate, std::string message, std::string log_reason) {

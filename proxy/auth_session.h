@@ -13,13 +13,19 @@
 
 namespace pgkeel::proxy {
 
+// A user's secret as pg_authid stores it (SCRAM verifier, md5 hash) or a plaintext password,
+// ready for logins; nullopt with `error` when it is malformed.
+std::optional<UserAuth> make_user_auth(const std::string& name, const std::string& secret, std::string& error);
+
 class AuthSession {
  public:
   // kAuto: no [[hba]] rules; the kind of secret stored decides (SCRAM verifier or plaintext:
   // SCRAM; md5 hash: md5). Otherwise the matching rule's method, as PostgreSQL applies it.
   enum class Method : std::uint8_t { kAuto, kScram, kMd5, kPassword, kTrust };
 
-  AuthSession(const Shared& shared, std::string user, Method method = Method::kAuto);
+  // `looked_up`: the user's secret from [auth] query, used when the users file has none.
+  AuthSession(const Shared& shared, std::string user, Method method = Method::kAuto,
+              std::shared_ptr<const UserAuth> looked_up = nullptr);
 
   struct Step {
     std::string out;           // messages to send to the client now
@@ -45,6 +51,7 @@ class AuthSession {
   const Shared& shared_;
   std::string user_;
   std::shared_ptr<const UserMap> users_;  // keeps user_auth_ alive across a reload
+  std::shared_ptr<const UserAuth> looked_up_;
   const UserAuth* user_auth_ = nullptr;
   std::optional<auth::ScramServer> scram_;
   std::string md5_salt_;

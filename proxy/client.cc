@@ -154,7 +154,8 @@ void Client::read_startup() {
       if (state_ == State::kClosed || closing_) return;
       continue;
     }
-    // kAuth: typed messages.
+    // kAuth: typed messages; none is read while the secret is being looked up (or delayed).
+    if (!auth_) break;
     if (rx_.size() < 5) break;
     const auto* h = reinterpret_cast<const unsigned char*>(rx_.data());
     const std::uint32_t len = protocol::read_u32(h + 1);
@@ -343,7 +344,46 @@ void Client::begin_auth() {
       case conf::HbaMethod::kReject: break;
     }
   }
-  auth_.emplace(w_.shared(), user_, method);
+  const conf::Config& cfg = w_.config();
+  if (!cfg.auth.query.empty() && w_.shared().users()->count(user_) == 0) {
+    // Not in the users file: ask the cluster. The answer comes back on this worker's loop;
+    // by then this client may be gone (looked up again by id, with a token).
+    std::uint64_t token = 0;
+    while (token == 0) token = (static_cast<std::uint64_t>(arc4random()) << 32) | arc4random();
+    lookup_token_ = token;
+    ep_.set_reading(false);
+    Worker& w = w_;
+    const std::uint32_t id = id_;
+    w_.secret_lookup().fetch(user_, [&w, id, token, method](SecretLookup::Result r) {
+      Client* c = w.find_client(id);
+      if (c == nullptr || c->lookup_token_ != token) return;
+      c->lookup_done(method, std::move(r));
+    });
+    return;
+  }
+  start_auth(method, nullptr);
+}
+
+std::string Client::peer_host() const { return peer_.substr(0, peer_.rfind(':')); }
+
+void Client::lookup_done(AuthSession::Method method, SecretLookup::Result r) {
+  lookup_token_ = 0;
+  if (state_ != State::kAuth || closing_) return;
+  ep_.set_reading(true);
+  if (r.status == SecretLookup::Result::Status::kFailed) {
+    log::warning("client").kv("event", "auth_query_unavailable").kv("conn", name_).kv("user", user_).kv("reason", r.error).emit();
+    fail("FATAL", "57P03", "cannot authenticate user \"" + user_ + "\" now: no node answered the auth query",
+         "pgkeel looks up this user's secret on the cluster; " + r.error);
+    return;
+  }
+  if (r.from_cache) {
+    log::info("client").kv("event", "auth_query_cached").kv("conn", name_).kv("user", user_).kv("reason", r.error).emit();
+  }
+  start_auth(method, r.auth);  // nullptr (no such user): the mock exchange, failing as PostgreSQL does
+}
+
+void Client::start_auth(AuthSession::Method method, std::shared_ptr<const UserAuth> looked_up) {
+  auth_.emplace(w_.shared(), user_, method, std::move(looked_up));
   AuthSession::Step step = auth_->begin();
   apply_auth_step(step);
 }
@@ -354,6 +394,23 @@ void Client::apply_auth_step(const AuthSession::Step& step) {
   if (step.failed) {
     w_.stats().auth_failures.add(1);
     log::info("client").kv("event", "auth_failed").kv("conn", name_).kv("user", user_).kv("peer", peer_).kv("reason", step.log_reason).emit();
+    // An address that keeps failing waits for its answer; nobody else does (the worker never blocks).
+    const auto delay = tcp_ ? w_.shared().auth_throttle.failed(peer_host(), w_.config().auth, Clock::now()) : std::chrono::milliseconds(0);
+    if (delay.count() > 0) {
+      log::info("client").kv("event", "auth_throttled").kv("conn", name_).kv("peer", peer_).kv("delay_ms", static_cast<std::int64_t>(delay.count())).emit();
+      auth_.reset();
+      ep_.set_reading(false);
+      delayed_ = std::make_unique<DelayedError>(DelayedError{step.sqlstate, step.message, nullptr});
+      delayed_->timer.reset(event_new(w_.base(), -1, 0, [](evutil_socket_t, short, void* arg) {
+        auto* c = static_cast<Client*>(arg);
+        if (c->state_ == State::kClosed || !c->delayed_) return;
+        const DelayedError e{c->delayed_->sqlstate, c->delayed_->message, nullptr};
+        c->fail("FATAL", e.sqlstate, e.message);
+      }, this));
+      const timeval tv{static_cast<time_t>(delay.count() / 1000), static_cast<suseconds_t>((delay.count() % 1000) * 1000)};
+      event_add(delayed_->timer.get(), &tv);
+      return;
+    }
     fail("FATAL", step.sqlstate, step.message);
     return;
   }
@@ -362,6 +419,7 @@ void Client::apply_auth_step(const AuthSession::Step& step) {
     return;
   }
   if (!step.done) return;
+  if (tcp_) w_.shared().auth_throttle.succeeded(peer_host());
   cred_ = auth_->credential();
   auth_.reset();
   std::uint32_t key = 0;

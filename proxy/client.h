@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -107,6 +108,9 @@ class Client {
   void handle_startup(const protocol::StartupPacket& pkt);
   void begin_auth();
   void continue_tls();
+  std::string peer_host() const;  // the address without the port
+  void lookup_done(AuthSession::Method method, SecretLookup::Result r);
+  void start_auth(AuthSession::Method method, std::shared_ptr<const UserAuth> looked_up);
   void handle_auth_message(char type, std::string_view body);
   void apply_auth_step(const AuthSession::Step& step);
   void relay_to_server();
@@ -145,7 +149,15 @@ class Client {
   bool ever_linked_ = false;
   bool limits_counted_ = false;  // holds a place in shared.limits
   Clock::time_point last_activity_;
-  bool tls_handshake_ = false;  // SSLRequest answered 'S'; the handshake is running
+  bool tls_handshake_ = false;
+  std::uint64_t lookup_token_ = 0;  // an [auth] query for this client is in flight
+  // A failed login answered later (the address keeps failing): allocated only then.
+  struct DelayedError {
+    std::string sqlstate;
+    std::string message;
+    EventPtr timer;
+  };
+  std::unique_ptr<DelayedError> delayed_;  // SSLRequest answered 'S'; the handshake is running
 };
 
 }  // namespace pgkeel::proxy

@@ -100,34 +100,14 @@ int bind_unix(const std::string& path, std::string& err) {
 bool build_users(const conf::Config& cfg, UserMap& users) {
   bool ok = true;
   for (const conf::UserEntry& u : cfg.users) {
-    UserAuth a;
-    a.name = u.name;
-    if (u.secret.rfind("SCRAM-SHA-256$", 0) == 0) {
-      auto v = auth::parse_scram_verifier(u.secret);
-      if (!v) {
-        log::error("config").kv("event", "bad_secret").kv("user", u.name).kv("line", u.line).kv("reason", "malformed SCRAM verifier").emit();
-        ok = false;
-        continue;
-      }
-      a.kind = UserAuth::Kind::kScramVerifier;
-      a.verifier = std::move(*v);
-    } else if (auth::is_md5_hash(u.secret)) {
-      a.kind = UserAuth::Kind::kMd5Hash;
-      a.md5_hash = u.secret;
-    } else {
-      a.kind = UserAuth::Kind::kPassword;
-      a.password = u.secret;
-      auto v = auth::make_scram_verifier(u.secret);
-      auto h = auth::md5_password_hash(u.name, u.secret);
-      if (!v || !h) {
-        log::error("config").kv("event", "bad_secret").kv("user", u.name).kv("reason", "could not derive keys").emit();
-        ok = false;
-        continue;
-      }
-      a.verifier = std::move(*v);
-      a.md5_hash = std::move(*h);
+    std::string error;
+    std::optional<UserAuth> a = make_user_auth(u.name, u.secret, error);
+    if (!a) {
+      log::error("config").kv("event", "bad_secret").kv("user", u.name).kv("line", u.line).kv("reason", error).emit();
+      ok = false;
+      continue;
     }
-    users.emplace(a.name, std::move(a));
+    users.emplace(u.name, std::move(*a));
   }
   return ok;
 }

@@ -20,6 +20,7 @@
 
 #include "conf/config.h"
 #include "proxy/auth/scram.h"
+#include "proxy/auth_query.h"
 #include "proxy/limits.h"
 #include "proxy/stats.h"
 #include "routing/snapshot.h"
@@ -81,6 +82,8 @@ struct Shared {
 
   std::atomic<int> clients{0};  // all workers; checked against max_client_conn
   Limits limits;                // per user and per database
+  SecretCache secrets;          // [auth] query answers
+  AuthThrottle auth_throttle;   // failed logins per address
   std::unique_ptr<std::atomic<int>[]> server_conns;  // by NodeId; per-node cap
   std::unique_ptr<std::atomic<int>[]> node_waiters;  // by NodeId; clients waiting for a slot
 

@@ -78,6 +78,7 @@ Worker::Worker(Shared& shared, unsigned index, std::vector<ListenSocket> sockets
 }
 
 Worker::~Worker() {
+  secret_lookup_.reset();
   dead_clients_.clear();
   dead_servers_.clear();
   clients_.clear();
@@ -95,6 +96,7 @@ void Worker::start() {
     now_ = Clock::now();
     event_base_dispatch(base_.get());
     // Whatever is left goes now, on this thread.
+    secret_lookup_.reset();
     clients_.clear();
     servers_.clear();
     dead_clients_.clear();
@@ -396,6 +398,11 @@ int Worker::running_on(routing::NodeId node) const {
     if (s->tx_status() != 'I' || s->query_running() || !s->at_boundary()) ++n;
   }
   return n;
+}
+
+SecretLookup& Worker::secret_lookup() {
+  if (!secret_lookup_) secret_lookup_ = std::make_unique<SecretLookup>(*this);
+  return *secret_lookup_;
 }
 
 bool Worker::close_idle_like(routing::NodeId node, const std::string& user, const std::string& database) {

@@ -26,6 +26,7 @@ class Client;
 class Server;
 struct Pool;
 struct WorkerReport;
+class SecretLookup;
 
 using Clock = std::chrono::steady_clock;
 
@@ -96,6 +97,8 @@ class Worker {
   // Closes one idle (warm) server connection to `node` for this user or database, so a client
   // blocked by a per-user or per-database limit can use the slot. False when there was none.
   bool close_idle_like(routing::NodeId node, const std::string& user, const std::string& database);
+  // [auth] query, on this worker's loop (created on first use).
+  SecretLookup& secret_lookup();
   // KILL: ends the client's session with 57P01; false if this worker has no such client.
   bool kill_client(std::uint32_t id, const std::string& who);
 
@@ -151,6 +154,7 @@ class Worker {
   std::vector<Client*> parked_;
   std::shared_ptr<const conf::Config> config_;
   std::unique_ptr<WorkerStats> stats_;
+  std::unique_ptr<SecretLookup> secret_lookup_;
   std::shared_ptr<const routing::Snapshot> applied_;  // the snapshot apply_epoch() last saw
 };
 
