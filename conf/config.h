@@ -122,7 +122,7 @@ struct AuthConfig {
   // for at most this long after it was fetched.
   Millis cache_lifetime{300000};
   // Throttle: after max_failures failed logins from one address within failure_window, each
-  // further failure is answered failure_delay later (doubling, at most 10 s). 0: off.
+  // further failure is answered failure_delay later (doubling, at most 5 s). 0: off.
   int max_failures = 5;
   Millis failure_window{60000};
   Millis failure_delay{500};

@@ -179,7 +179,7 @@ std::chrono::milliseconds AuthThrottle::failed(const std::string& address, const
   const int over = r.failures - cfg.max_failures;
   if (over <= 0) return std::chrono::milliseconds(0);
   const auto delay = cfg.failure_delay * (1LL << std::min(over - 1, 10));
-  return std::min<std::chrono::milliseconds>(delay, std::chrono::seconds(10));
+  return std::min<std::chrono::milliseconds>(delay, std::chrono::seconds(5));
 }
 
 void AuthThrottle::succeeded(const std::string& address) {

@@ -17,7 +17,8 @@ else
     libevent-dev libpq-dev libssl-dev libtoml11-dev catch2
     postgresql-15 postgresql-client-15 pgbouncer
     openjdk-17-jdk-headless libpostgresql-jdbc-java
-    strace iproute2 clang libclang-rt-14-dev procps python3
+    strace iproute2 clang libclang-rt-14-dev procps python3 openssl
+    python3-asyncpg             # a cancel request sent over TLS, as asyncpg sends it
     chromium fonts-dejavu-core  # the status page test renders the page in headless Chromium
   )
 fi
