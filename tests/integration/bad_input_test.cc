@@ -781,7 +781,7 @@ TEST_CASE("a flood beyond max_client_conn gets 53300, and the slots come back at
   PgkeelOptions o;
   o.max_client_conn = 300;
   o.log_level = "info";
-  o.general_extra = "login_timeout = \"2s\"";
+  o.general_extra = "login_timeout = \"5s\"";  // longer than the flood takes to arrive
   Pgkeel pk(cluster, o);
   REQUIRE(pq_exec(pk.conninfo(), "SELECT 1").ok);
   const long fds0 = open_fds(pk.pid());
@@ -790,6 +790,7 @@ TEST_CASE("a flood beyond max_client_conn gets 53300, and the slots come back at
   REQUIRE(before.connected());
 
   // 1,000 startup packets (the flood helper sends one on every other connection: 2,000 sockets).
+  const auto flood_start = Clock::now();
   Flood f = open_flood(pk.port(), 2000);
   REQUIRE(f.conns.size() == 2000);
   // Those over the limit are told at once: read until every startup sender has an answer.
@@ -810,6 +811,8 @@ TEST_CASE("a flood beyond max_client_conn gets 53300, and the slots come back at
     if (!st.types.empty() && st.types[0] == 'R') ++challenged;
   }
   const double told = seconds_since(t0);
+  // The counts mean something only if no flood connection timed out before the last arrived.
+  REQUIRE(seconds_since(flood_start) < 4.5);
   WARN("max_client_conn 300, 1000 startup packets: " << challenged << " challenged, " << refused
                                                       << " refused 53300 within " << told << " s");
   CHECK(challenged + refused == 1000);
@@ -1061,6 +1064,8 @@ class SabotageRelay {
   void relay_one(int down, int up) {
     std::string pending;  // node bytes not yet forwarded: a partial message at most
     std::size_t forwarded = 0;
+    bool framed = false;  // past the one-byte SSL/GSS answers
+    bool raw = false;     // TLS inside: bytes we cannot frame
     bool done = false;
     char buf[65536];
     std::mt19937 rng(99);
@@ -1076,6 +1081,22 @@ class SabotageRelay {
         if (n <= 0) break;
         pending.append(buf, static_cast<std::size_t>(n));
         std::size_t pos = 0;
+        if (!framed) {
+          // The one-byte answer to SSLRequest/GSSENCRequest ('N'; a client asking for TLS toward
+          // this plaintext node gets nothing else) comes before the first message.
+          if (pending[0] == 'N' || pending[0] == 'G') {
+            if (::send(down, pending.data(), 1, MSG_NOSIGNAL) != 1) break;
+            pending.erase(0, 1);
+            if (pending.empty()) continue;
+          }
+          framed = true;  // AuthenticationRequest or ErrorResponse from here on
+          raw = pending[0] == 'S';  // TLS (a node with ssl = on): relayed untouched, never sabotaged
+        }
+        if (raw) {
+          if (::send(down, pending.data(), pending.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(pending.size())) break;
+          pending.clear();
+          continue;
+        }
         while (pending.size() - pos >= 5) {
           const std::size_t len = read_be32(pending, pos + 1);
           if (pending.size() - pos < 1 + len) break;
@@ -1225,32 +1246,55 @@ TEST_CASE("a server that vanishes or sends garbage mid-row: the client gets an e
 
 TEST_CASE("a backend terminated while its result streams: the client is told at once, others are fine",
           "[bad-input][server]") {
+  // pg_terminate_backend from another session while the client reads as fast as it can. A backend
+  // that is between rows sends FATAL 57P01 and exits; one blocked writing to pgkeel at that moment
+  // exits without a word (PostgreSQL's ProcessClientWriteInterrupt), possibly leaving half a row
+  // in flight. pgkeel must pass on the first and, for the second, close without adding anything.
   auto& cluster = Cluster::shared();
   PgkeelOptions o;
   o.log_level = "info";
   Pgkeel pk(cluster, o);
   Bystander by(pk);
   REQUIRE(by.served());
-  PqSession s(pk.conninfo());
-  REQUIRE(s.connected());
-  const std::string pid = s.exec("SELECT pg_backend_pid()").scalar();
-  REQUIRE(!pid.empty());
-  bool terminated = false;
-  const StreamOutcome r = stream_big_result(s, [&](std::size_t rows) {
-    if (!terminated && rows > 20000) {
-      terminated = true;
-      cluster.psql_as_postgres("db1", "SELECT pg_terminate_backend(" + pid + ")");
+  std::map<std::string, int> outcomes;
+  for (int round = 0; round < 3; ++round) {
+    INFO("round " << round);
+    PqSession s(pk.conninfo());
+    REQUIRE(s.connected());
+    const std::string pid = s.exec("SELECT pg_backend_pid()").scalar();
+    REQUIRE(!pid.empty());
+    std::atomic<bool> started{false};
+    std::thread killer;
+    const StreamOutcome r = stream_big_result(s, [&](std::size_t rows) {
+      if (!started && rows > 20000) {
+        started = true;  // from another thread: this one keeps reading meanwhile
+        killer = std::thread([&] { cluster.psql_as_postgres("db1", "SELECT pg_terminate_backend(" + pid + ")"); });
+      }
+    });
+    if (killer.joinable()) killer.join();
+    const std::string key = r.st.sqlstate.empty() ? (r.st.rest.empty() ? "closed at a boundary" : "closed mid-row")
+                                                  : r.st.sqlstate;
+    ++outcomes[key];
+    INFO(r.st.rows << " rows then " << key << " (" << r.st.error_message << "), closed=" << r.closed << " in "
+                   << r.seconds << " s, " << r.st.rest.size() << " bytes of a partial message");
+    REQUIRE(started);
+    CHECK_FALSE(r.st.ready);
+    CHECK(r.closed);
+    CHECK(r.seconds < 10.0);
+    CHECK_FALSE(r.st.malformed);
+    if (!r.st.sqlstate.empty()) {
+      CHECK((r.st.sqlstate == "57P01" || r.st.sqlstate == "08006"));
+      CHECK(r.st.rest.empty());
+    } else {
+      // Closed without an error: only right when pgkeel could not say it at a message boundary.
+      CHECK_FALSE(r.st.rest.empty());
+      CHECK((!r.st.rest.empty() && r.st.rest[0] == 'D'));
     }
-  });
-  WARN("terminated backend: client saw " << r.st.rows << " rows then "
-                                         << (r.st.sqlstate.empty() ? "no error" : r.st.sqlstate) << " ("
-                                         << r.st.error_message << "), closed=" << r.closed << " in " << r.seconds << " s");
-  REQUIRE(terminated);
-  CHECK_FALSE(r.st.ready);
-  CHECK((r.st.sqlstate == "57P01" || r.st.sqlstate == "08006"));
-  CHECK(r.closed);
-  CHECK(r.st.rest.empty());
-  CHECK(r.seconds < 10.0);
+    CHECK(eventually(5s, [&] { return backend_state(cluster, pid).empty(); }));
+  }
+  std::ostringstream s;
+  for (const auto& [k, n] : outcomes) s << k << "=" << n << " ";
+  WARN("terminated backends, 3 rounds: " << s.str());
   check_bystander(pk, by);
 }
 
