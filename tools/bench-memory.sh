@@ -22,7 +22,8 @@
 # answers SELECT 1, lets it settle, takes the "before" figures, starts the clients, waits until
 # every one is held or has failed, waits 2 s, takes the "after" figures, stops the clients and the
 # proxy. pgkeel runs with workers = nproc; PgBouncer is one thread. Both get RLIMIT_NOFILE
-# 2N + 1024 (prlimit), since in case (a) each client also has a server socket.
+# (prlimit) 2N + 1024 in case (a), where each client also has a server socket, else N + 1024;
+# that must fit under the hard limit unless we may raise it (root outside a container).
 #
 # Needs: tools/cluster.sh, $BUILD_DIR/pgkeel and $BUILD_DIR/pgkeel-hold-clients (BUILD_DIR
 # defaults to <repo>/build; a Release build is what the README's figures use), pgbouncer, prlimit.
@@ -86,10 +87,13 @@ done
 max_n=$session_n
 for n in "${idle_ns[@]}"; do ((n > max_n)) && max_n=$n; done
 ((max_n > 0)) || die "nothing to measure"
-# The client side holds max_n sockets, each proxy up to 2 * max_n.
-need_fds=$((2 * max_n + 1024))
-if (($(ulimit -Hn) < need_fds)) && ((EUID != 0)); then
-  die "the hard limit on open files ($(ulimit -Hn)) is below $need_fds and we are not root"
+fds_for() {  # CASE N: the open-file limit a proxy gets
+  if [[ "$1" == session ]]; then echo $((2 * $2 + 1024)); else echo $(($2 + 1024)); fi
+}
+need_fds=$(fds_for session "$session_n")
+for n in "${idle_ns[@]}"; do (($(fds_for idle "$n") > need_fds)) && need_fds=$(fds_for idle "$n"); done
+if (($(ulimit -Hn) < need_fds)) && ! prlimit --nofile="$need_fds:$need_fds" true 2>/dev/null; then
+  die "the hard limit on open files ($(ulimit -Hn)) is below $need_fds and cannot be raised here"
 fi
 ports_needed=$((2 * max_n + 1000))
 read -r lo hi </proc/sys/net/ipv4/ip_local_port_range
@@ -269,7 +273,8 @@ EOF
 }
 
 start_proxy() {  # PROXY CASE N: sets proxy_pid and proxy_port
-  local fds=$((2 * $3 + 1024)) cmd
+  local fds cmd
+  fds=$(fds_for "$2" "$3")
   case "$1" in
     pgkeel)
       write_pgkeel_conf "$2" "$3"

@@ -73,8 +73,8 @@ enum class Phase : std::uint8_t { kNotStarted, kConnecting, kQuerying, kHeld, kF
 struct Conn {
   PgConnPtr pg;
   Phase phase = Phase::kNotStarted;
-  int fd = -1;                  // registered in epoll, or -1
-  std::uint32_t events = 0;     // what it is registered for
+  int fd = -1;               // registered in epoll, or -1
+  std::uint32_t events = 0;  // what it is registered for
   PostgresPollingStatusType poll = PGRES_POLLING_WRITING;
   Clock::time_point started{};
   bool got_row = false;
@@ -106,21 +106,34 @@ Options parse_args(int argc, char** argv) {
     if (a == "-h" || a == "--help") usage("help");
     if (i + 1 >= argc) usage(("missing value for " + std::string(a)).c_str());
     const char* v = argv[++i];
-    if (a == "--host") o.host = v;
-    else if (a == "--port") o.port = v;
-    else if (a == "--user") o.user = v;
-    else if (a == "--password") o.password = v;
-    else if (a == "--dbname") o.dbname = v;
-    else if (a == "--clients") o.clients = to_int(a, v, 1);
-    else if (a == "--concurrency") o.concurrency = to_int(a, v, 1);
-    else if (a == "--connect-timeout") o.connect_timeout_s = to_int(a, v, 1);
-    else if (a == "--hold-seconds") o.hold_seconds = to_int(a, v, 0);
-    else if (a == "--ready-file") o.ready_file = v;
+    if (a == "--host")
+      o.host = v;
+    else if (a == "--port")
+      o.port = v;
+    else if (a == "--user")
+      o.user = v;
+    else if (a == "--password")
+      o.password = v;
+    else if (a == "--dbname")
+      o.dbname = v;
+    else if (a == "--clients")
+      o.clients = to_int(a, v, 1);
+    else if (a == "--concurrency")
+      o.concurrency = to_int(a, v, 1);
+    else if (a == "--connect-timeout")
+      o.connect_timeout_s = to_int(a, v, 1);
+    else if (a == "--hold-seconds")
+      o.hold_seconds = to_int(a, v, 0);
+    else if (a == "--ready-file")
+      o.ready_file = v;
     else if (a == "--mode") {
       const std::string_view m = v;
-      if (m == "query") o.mode = Mode::kQuery;
-      else if (m == "auth") o.mode = Mode::kAuth;
-      else usage("--mode is query or auth");
+      if (m == "query")
+        o.mode = Mode::kQuery;
+      else if (m == "auth")
+        o.mode = Mode::kAuth;
+      else
+        usage("--mode is query or auth");
     } else {
       usage(("unknown argument " + std::string(a)).c_str());
     }
@@ -171,7 +184,9 @@ class Holder {
     while (!g_stop && settled_ < o_.clients) {
       while (in_flight_ < o_.concurrency && next_ < o_.clients) start(next_++);
       const int n = epoll_wait(ep_, ready.data(), static_cast<int>(ready.size()), 200);
-      for (int i = 0; i < n; ++i) step(ready[static_cast<std::size_t>(i)].data.u32, ready[static_cast<std::size_t>(i)].events);
+      for (int i = 0; i < n; ++i)
+        step(ready[static_cast<std::size_t>(i)].data.u32,
+             ready[static_cast<std::size_t>(i)].events);
       const auto now = Clock::now();
       expire(now);
       if (now - last_progress >= std::chrono::seconds(2)) {
@@ -186,18 +201,22 @@ class Holder {
     const auto hold_until = Clock::now() + std::chrono::seconds(o_.hold_seconds);
     while (!g_stop && (o_.hold_seconds == 0 || Clock::now() < hold_until)) {
       const int n = epoll_wait(ep_, ready.data(), static_cast<int>(ready.size()), 500);
-      for (int i = 0; i < n; ++i) step(ready[static_cast<std::size_t>(i)].data.u32, ready[static_cast<std::size_t>(i)].events);
+      for (int i = 0; i < n; ++i)
+        step(ready[static_cast<std::size_t>(i)].data.u32,
+             ready[static_cast<std::size_t>(i)].events);
     }
     held_at_end_ = count(Phase::kHeld);
   }
 
   void report() const {
     const long ms = std::chrono::duration_cast<std::chrono::milliseconds>(connect_time_).count();
-    std::printf("hold-clients: target=%s:%s mode=%s clients=%d held=%d failed=%d lost_while_held=%d "
-                "connect_ms=%ld\n",
-                o_.host.c_str(), o_.port.c_str(), o_.mode == Mode::kQuery ? "query" : "auth",
-                o_.clients, held_at_end_, failed_, lost_, ms);
-    for (const auto& [msg, n] : errors_) std::printf("hold-clients: error x%d: %s\n", n, msg.c_str());
+    std::printf(
+        "hold-clients: target=%s:%s mode=%s clients=%d held=%d failed=%d lost_while_held=%d "
+        "connect_ms=%ld\n",
+        o_.host.c_str(), o_.port.c_str(), o_.mode == Mode::kQuery ? "query" : "auth", o_.clients,
+        held_at_end_, failed_, lost_, ms);
+    for (const auto& [msg, n] : errors_)
+      std::printf("hold-clients: error x%d: %s\n", n, msg.c_str());
     std::fflush(stdout);
   }
 
@@ -207,12 +226,21 @@ class Holder {
   void start(int i) {
     Conn& c = conns_[static_cast<std::size_t>(i)];
     const std::string timeout = std::to_string(o_.connect_timeout_s);
-    const char* keys[] = {"hostaddr", "host", "port", "user", "password", "dbname",
-                          "sslmode", "gssencmode", "connect_timeout", "application_name",
+    const char* keys[] = {"hostaddr",
+                          "host",
+                          "port",
+                          "user",
+                          "password",
+                          "dbname",
+                          "sslmode",
+                          "gssencmode",
+                          "connect_timeout",
+                          "application_name",
                           nullptr};
-    const char* values[] = {o_.host.c_str(), o_.host.c_str(), o_.port.c_str(), o_.user.c_str(),
-                            o_.password.c_str(), o_.dbname.c_str(), "disable", "disable",
-                            timeout.c_str(), "pgkeel-hold-clients", nullptr};
+    const char* values[] = {
+        o_.host.c_str(),     o_.host.c_str(),       o_.port.c_str(), o_.user.c_str(),
+        o_.password.c_str(), o_.dbname.c_str(),     "disable",       "disable",
+        timeout.c_str(),     "pgkeel-hold-clients", nullptr};
     c.pg.reset(PQconnectStartParams(keys, values, 0));
     c.started = Clock::now();
     c.phase = Phase::kConnecting;
@@ -260,8 +288,12 @@ class Holder {
     const int i = static_cast<int>(index);
     Conn& c = conns_[index];
     switch (c.phase) {
-      case Phase::kConnecting: connect_step(i); break;
-      case Phase::kQuerying: query_step(i); break;
+      case Phase::kConnecting:
+        connect_step(i);
+        break;
+      case Phase::kQuerying:
+        query_step(i);
+        break;
       case Phase::kHeld:
         if ((events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0) {
           ++lost_;
@@ -276,7 +308,8 @@ class Holder {
           c.pg.reset();
         }
         break;
-      default: break;
+      default:
+        break;
     }
   }
 
@@ -371,9 +404,10 @@ class Holder {
     const auto limit = std::chrono::seconds(o_.connect_timeout_s);
     for (int i = first_unsettled_; i < next_; ++i) {
       const Conn& c = conns_[static_cast<std::size_t>(i)];
-      if ((c.phase == Phase::kConnecting || c.phase == Phase::kQuerying) && now - c.started > limit) {
+      if ((c.phase == Phase::kConnecting || c.phase == Phase::kQuerying) &&
+          now - c.started > limit) {
         fail(i, c.phase == Phase::kConnecting ? "timeout while connecting"
-                                               : "timeout waiting for SELECT 1");
+                                              : "timeout waiting for SELECT 1");
       }
     }
     while (first_unsettled_ < next_ &&
@@ -424,7 +458,7 @@ class Holder {
 int main(int argc, char** argv) {
   const Options o = parse_args(argc, argv);
   if (!raise_fd_limit(o.clients)) return 1;
-  struct sigaction sa{};
+  struct sigaction sa {};
   sa.sa_handler = on_signal;
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
