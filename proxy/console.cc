@@ -12,6 +12,7 @@
 
 #include "health/keeper.h"
 #include "proxy/control.h"
+#include "proxy/tls.h"
 #include "proxy/worker.h"
 #include "proxy/log.h"
 #include "proxy/protocol/message.h"
@@ -309,6 +310,21 @@ class ConsoleConn {
     ep_.rd.reset(event_new(owner.base(), fd, EV_READ | EV_PERSIST, &ConsoleConn::on_read_cb, this));
     ep_.wr.reset(event_new(owner.base(), fd, EV_WRITE | EV_PERSIST, &ConsoleConn::on_write_cb, this));
     ep_.set_reading(true);
+    // Authentication (TLS handshake included) must finish within login_timeout.
+    login_timer_.reset(event_new(owner.base(), -1, 0, [](evutil_socket_t, short, void* arg) {
+      auto* c = static_cast<ConsoleConn*>(arg);
+      if (!c->authed_ && !c->closed_) {
+        log::info("console").kv("event", "login_timeout").emit();
+        if (c->tls_handshake_) {
+          c->close();
+        } else {
+          c->fatal("57014", "canceling authentication due to timeout");
+        }
+      }
+    }, this));
+    const auto ms = owner.shared().config->general.login_timeout.count();
+    const timeval tv{static_cast<time_t>(ms / 1000), static_cast<suseconds_t>((ms % 1000) * 1000)};
+    event_add(login_timer_.get(), &tv);
   }
   ~ConsoleConn() { ep_.close(); }
   ConsoleConn(const ConsoleConn&) = delete;
@@ -318,6 +334,10 @@ class ConsoleConn {
   static void on_read_cb(evutil_socket_t, short, void* arg) { static_cast<ConsoleConn*>(arg)->on_read(); }
   static void on_write_cb(evutil_socket_t, short, void* arg) {
     auto* c = static_cast<ConsoleConn*>(arg);
+    if (c->tls_handshake_) {
+      c->continue_tls();
+      return;
+    }
     const IoStatus st = c->ep_.flush_out();
     if (st == IoStatus::kBlocked) return;
     c->ep_.set_writing(false);
@@ -343,10 +363,30 @@ class ConsoleConn {
     owner_.forget(this);
   }
 
+  void continue_tls() {
+    std::string error;
+    switch (ep_.handshake(error)) {
+      case IoStatus::kBlocked:
+        return;
+      case IoStatus::kError:
+        log::info("console").kv("event", "tls_failed").kv("reason", error).emit();
+        close();
+        return;
+      case IoStatus::kDone:
+        break;
+    }
+    tls_handshake_ = false;
+    on_read();  // the startup packet may already be decrypted and waiting
+  }
+
   void on_read() {
+    if (tls_handshake_) {
+      continue_tls();
+      return;
+    }
     char buf[8192];
-    const ssize_t n = ::recv(ep_.fd, buf, sizeof buf, 0);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    const long n = ep_.read(buf, sizeof buf);
+    if (n == -1) return;
     if (n <= 0) {
       close();
       return;
@@ -382,7 +422,20 @@ class ConsoleConn {
   void handle_startup(const protocol::StartupPacket& pkt) {
     using Kind = protocol::StartupPacket::Kind;
     if (pkt.kind == Kind::kSSLRequest || pkt.kind == Kind::kGSSENCRequest) {
-      send("N");
+      // The same [tls] certificate as the data listeners; bytes after the request are refused.
+      std::shared_ptr<SSL_CTX> ctx = pkt.kind == Kind::kSSLRequest ? owner_.shared().client_tls() : nullptr;
+      if (!rx_.empty() || ep_.ssl != nullptr) return fatal("08P01", "received unencrypted data after SSL request");
+      if (!ctx) {
+        send("N");
+        return;
+      }
+      if (ep_.send("S") != IoStatus::kDone || (ep_.ssl = tls::new_server_session(ctx.get(), ep_.fd)) == nullptr) {
+        close();
+        return;
+      }
+      started_ = false;
+      tls_handshake_ = true;
+      continue_tls();
       return;
     }
     if (pkt.kind == Kind::kCancel) {
@@ -472,6 +525,8 @@ class ConsoleConn {
   bool closing_ = false;
   bool closed_ = false;
   bool busy_ = false;  // a command's reply is pending
+  bool tls_handshake_ = false;
+  EventPtr login_timer_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   std::string user_;
   std::optional<AuthSession> auth_;

@@ -131,6 +131,14 @@ TEST_CASE("psql reaches pgkeel over TLS with sslmode=verify-full against the tes
     CHECK(seen);
   }
 
+  SECTION("the console speaks TLS with the same certificate") {
+    const RunResult r = run({"psql", "-X", "-A", "-t", "-c", "SHOW VERSION",
+                             pk.console_conninfo() + " sslmode=verify-full sslrootcert=" + pki.ca.string()});
+    INFO(r.output);
+    REQUIRE(r.ok());
+    CHECK(contains(r.output, "pgkeel"));
+  }
+
   SECTION("another CA: the client refuses the certificate") {
     const PqResult r = pq_exec(base + " sslmode=verify-full sslrootcert=" + pki.other_ca.string(), "SELECT 1");
     CHECK_FALSE(r.ok);
@@ -175,7 +183,11 @@ TEST_CASE("a cancel request sent over TLS cancels the query (asyncpg)", "[tls][a
       "    assert took < 5, took\n"
       "    await c.close()\n"
       "asyncio.run(main())\n";
-  const RunResult r = run({"python3", "-c", script, std::to_string(pk.port()), pki.ca.string()}, {}, 60s);
+  // `command -p`: the system's python3 (with Debian's python3-asyncpg), found on the POSIX default
+  // PATH, whatever python3 comes first on ours.
+  const RunResult r = run({"sh", "-c", "command -p python3 \"$@\"", "sh", "-c", script, std::to_string(pk.port()),
+                           pki.ca.string()},
+                          {}, 60s);
   INFO(r.output);
   REQUIRE(r.ok());
   CHECK(contains(r.output, "cancelled after"));
