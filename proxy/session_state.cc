@@ -1,0 +1,452 @@
+#include "proxy/session_state.h"
+
+#include <algorithm>
+#include <cctype>
+
+namespace pgkeel::proxy {
+namespace {
+
+constexpr std::size_t kWordsKept = 6;
+
+bool ident_char(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '$' || static_cast<unsigned char>(c) >= 0x80; }
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
+  return s;
+}
+
+// Skips a quoted or commented run starting at i; returns the index after it, or i if none starts.
+std::size_t skip_special(std::string_view sql, std::size_t i) {
+  const std::size_t n = sql.size();
+  const char c = sql[i];
+  if (c == '-' && i + 1 < n && sql[i + 1] == '-') {
+    while (i < n && sql[i] != '\n') ++i;
+    return i;
+  }
+  if (c == '/' && i + 1 < n && sql[i + 1] == '*') {
+    int depth = 0;  // block comments nest in PostgreSQL
+    while (i < n) {
+      if (sql[i] == '/' && i + 1 < n && sql[i + 1] == '*') {
+        ++depth;
+        i += 2;
+      } else if (sql[i] == '*' && i + 1 < n && sql[i + 1] == '/') {
+        i += 2;
+        if (--depth == 0) return i;
+      } else {
+        ++i;
+      }
+    }
+    return n;
+  }
+  if (c == '\'' ) {
+    // E'...' allows backslash escapes; with standard_conforming_strings a plain '...' does not.
+    const bool escapes = i > 0 && (sql[i - 1] == 'E' || sql[i - 1] == 'e') && (i < 2 || !ident_char(sql[i - 2]));
+    ++i;
+    while (i < n) {
+      if (escapes && sql[i] == '\\') {
+        i += 2;
+        continue;
+      }
+      if (sql[i] == '\'') {
+        if (i + 1 < n && sql[i + 1] == '\'') {
+          i += 2;
+          continue;
+        }
+        return i + 1;
+      }
+      ++i;
+    }
+    return n;
+  }
+  if (c == '"') {
+    ++i;
+    while (i < n) {
+      if (sql[i] == '"') {
+        if (i + 1 < n && sql[i + 1] == '"') {
+          i += 2;
+          continue;
+        }
+        return i + 1;
+      }
+      ++i;
+    }
+    return n;
+  }
+  if (c == '$' && (i == 0 || !ident_char(sql[i - 1]))) {
+    // $tag$ ... $tag$
+    std::size_t j = i + 1;
+    while (j < n && (std::isalnum(static_cast<unsigned char>(sql[j])) || sql[j] == '_')) ++j;
+    if (j < n && sql[j] == '$' && !(j > i + 1 && std::isdigit(static_cast<unsigned char>(sql[i + 1])))) {
+      const std::string_view tag = sql.substr(i, j - i + 1);
+      const std::size_t end = sql.find(tag, j + 1);
+      return end == std::string_view::npos ? n : end + tag.size();
+    }
+  }
+  return i;
+}
+
+// The value of SET name {TO|=} value, as written (several comma-separated items kept whole).
+std::string set_value(std::string_view text) {
+  // After the name: find TO or '=' at top level.
+  std::size_t i = 0;
+  const std::size_t n = text.size();
+  // Skip "set", optional "session", the name.
+  int words = 0;
+  while (i < n && words < 4) {
+    while (i < n && std::isspace(static_cast<unsigned char>(text[i]))) ++i;
+    if (i < n && text[i] == '=') return std::string(trim(text.substr(i + 1)));
+    std::size_t start = i;
+    if (i < n && text[i] == '"') {
+      i = skip_special(text, i);
+    } else {
+      while (i < n && (ident_char(text[i]) || text[i] == '.')) ++i;
+    }
+    if (i == start) break;
+    const std::string w = lower(text.substr(start, i - start));
+    if (w == "to") return std::string(trim(text.substr(i)));
+    ++words;
+  }
+  return std::string(trim(text.substr(std::min(i, n))));
+}
+
+// The parameter name after the first `skip` words of `text` (SET [SESSION] name, RESET name), as
+// written and lower-cased unless quoted; qualified names ("myapp.tenant") kept whole.
+std::string param_name(std::string_view text, int skip) {
+  std::size_t i = 0;
+  const std::size_t n = text.size();
+  for (int w = 0; w < skip; ++w) {
+    while (i < n && std::isspace(static_cast<unsigned char>(text[i]))) ++i;
+    while (i < n && ident_char(text[i])) ++i;
+  }
+  while (i < n && std::isspace(static_cast<unsigned char>(text[i]))) ++i;
+  std::string name;
+  while (i < n) {
+    if (text[i] == '"') {
+      const std::size_t end = skip_special(text, i);
+      name += std::string(text.substr(i, end - i));
+      i = end;
+    } else if (ident_char(text[i]) || text[i] == '.') {
+      name += static_cast<char>(std::tolower(static_cast<unsigned char>(text[i])));
+      ++i;
+    } else {
+      break;
+    }
+  }
+  return name;
+}
+
+}  // namespace
+
+std::vector<SqlStatement> split_sql(std::string_view sql) {
+  std::vector<SqlStatement> out;
+  std::size_t start = 0;
+  int parens = 0;
+  SqlStatement cur;
+  auto finish = [&](std::size_t end) {
+    cur.text = trim(sql.substr(start, end - start));
+    if (!cur.text.empty()) out.push_back(std::move(cur));
+    cur = SqlStatement{};
+  };
+  std::size_t i = 0;
+  while (i < sql.size()) {
+    const std::size_t after = skip_special(sql, i);
+    if (after != i) {
+      i = after;
+      continue;
+    }
+    const char c = sql[i];
+    if (c == '(') {
+      ++parens;
+    } else if (c == ')') {
+      if (parens > 0) --parens;
+    } else if (c == ';' && parens == 0) {
+      finish(i);
+      start = i + 1;
+    } else if (ident_char(c) && cur.words.size() < kWordsKept && (i == 0 || !ident_char(sql[i - 1]))) {
+      std::size_t j = i;
+      while (j < sql.size() && ident_char(sql[j])) ++j;
+      cur.words.push_back(lower(sql.substr(i, j - i)));
+      i = j;
+      continue;
+    }
+    ++i;
+  }
+  finish(sql.size());
+  return out;
+}
+
+void SessionState::not_replayable(std::string why) {
+  if (why_not_.empty()) why_not_ = std::move(why);
+}
+
+void SessionState::on_query(std::string_view sql) {
+  const std::string lowered = lower(sql);
+  if (lowered.find("set_config") != std::string::npos) not_replayable("set_config() was called");
+  if (lowered.find("pg_advisory_lock") != std::string::npos || lowered.find("pg_try_advisory_lock") != std::string::npos) {
+    not_replayable("a session advisory lock was taken");
+  }
+  for (const SqlStatement& s : split_sql(sql)) statement(s);
+}
+
+void SessionState::statement(const SqlStatement& s) {
+  const std::vector<std::string>& w = s.words;
+  if (w.empty()) return;
+  const std::string& verb = w[0];
+  auto word = [&](std::size_t i) -> std::string { return i < w.size() ? w[i] : std::string(); };
+  if (verb == "set") {
+    std::size_t k = 1;
+    if (word(1) == "local") return;  // ends with the transaction
+    if (word(1) == "session") {
+      k = 2;
+      if (word(2) == "authorization" || word(2) == "characteristics") {
+        not_replayable("SET SESSION " + word(2));
+        return;
+      }
+    }
+    if (word(k) == "transaction" || word(k) == "constraints") return;  // this transaction only
+    if (word(k) == "role") {
+      not_replayable("SET ROLE");
+      return;
+    }
+    if (word(k).empty()) return;
+    // The name as written, lower-cased (it may be qualified: "myapp.tenant").
+    const std::string name = param_name(s.text, static_cast<int>(k));
+    const std::string value = set_value(s.text);
+    if (lower(value) == "default") {
+      cycle_.push_back({Change::Kind::kReset, name, {}});
+    } else {
+      cycle_.push_back({Change::Kind::kSet, name, value});
+    }
+    return;
+  }
+  if (verb == "reset") {
+    if (word(1) == "all") {
+      cycle_.push_back({Change::Kind::kResetAll, {}, {}});
+    } else if (word(1) == "session" && word(2) == "authorization") {
+      return;
+    } else if (!word(1).empty()) {
+      cycle_.push_back({Change::Kind::kReset, param_name(s.text, 1), {}});
+    }
+    return;
+  }
+  if (verb == "discard") {
+    if (word(1) == "all") {
+      cycle_.push_back({Change::Kind::kDiscardAll, {}, {}});
+    } else if (word(1) == "temp" || word(1) == "temporary") {
+      return;  // temp tables were already non-replayable
+    }
+    return;
+  }
+  if (verb == "prepare") {
+    if (word(1) == "transaction") {
+      not_replayable("PREPARE TRANSACTION");
+      return;
+    }
+    cycle_.push_back({Change::Kind::kPrepare, word(1), std::string(s.text)});
+    return;
+  }
+  if (verb == "deallocate") {
+    const std::string target = word(1) == "prepare" ? word(2) : word(1);
+    cycle_.push_back({target == "all" ? Change::Kind::kDeallocateAll : Change::Kind::kDeallocate, target, {}});
+    return;
+  }
+  if (verb == "listen") {
+    not_replayable("LISTEN");
+    return;
+  }
+  if (verb == "create" && (word(1) == "temp" || word(1) == "temporary" ||
+                           (word(1) == "local" && (word(2) == "temp" || word(2) == "temporary")) ||
+                           (word(1) == "global" && (word(2) == "temp" || word(2) == "temporary")))) {
+    not_replayable("a temporary table");
+    return;
+  }
+  if (verb == "declare") {
+    for (std::size_t i = 1; i + 1 < w.size(); ++i) {
+      if (w[i] == "with" && w[i + 1] == "hold") not_replayable("a WITH HOLD cursor");
+    }
+    return;
+  }
+  if (verb == "savepoint") {
+    cycle_.push_back({Change::Kind::kSavepoint, word(1), {}});
+    return;
+  }
+  if ((verb == "rollback" || verb == "abort") && word(1) == "to") {
+    cycle_.push_back({Change::Kind::kRollbackTo, word(2) == "savepoint" ? word(3) : word(2), {}});
+    return;
+  }
+  if (verb == "release") return;  // the savepoint's changes stay in the transaction
+  if (verb == "commit" || verb == "end") {
+    if (word(1) == "prepared") return;
+    cycle_.push_back({Change::Kind::kCommit, {}, {}});
+    return;
+  }
+  if (verb == "rollback" || verb == "abort") {
+    if (word(1) == "prepared") return;
+    cycle_.push_back({Change::Kind::kRollback, {}, {}});
+    return;
+  }
+}
+
+void SessionState::on_parse(std::string_view name, std::string_view query) {
+  parses_.emplace_back(std::string(name), std::string(query));
+}
+
+void SessionState::on_bind(std::string_view portal, std::string_view statement) {
+  std::string text;
+  if (statement.empty()) {
+    text = unnamed_;
+  } else if (auto it = prepared_.find(std::string(statement)); it != prepared_.end()) {
+    text = it->second;
+  } else {
+    for (const auto& [n, q] : parses_) {
+      if (n == statement) text = q;
+    }
+  }
+  portals_[std::string(portal)] = std::move(text);
+}
+
+void SessionState::on_execute(std::string_view portal) {
+  auto it = portals_.find(std::string(portal));
+  if (it == portals_.end() || it->second.empty()) return;
+  on_query(it->second);
+}
+
+void SessionState::on_close_statement(std::string_view name) { closes_.emplace_back(name); }
+
+void SessionState::on_parse_complete() {
+  if (parses_.empty()) return;
+  auto [name, query] = std::move(parses_.front());
+  parses_.erase(parses_.begin());
+  if (name.empty()) {
+    unnamed_ = std::move(query);
+  } else {
+    prepared_[name] = std::move(query);  // prepared statements are not transactional
+  }
+}
+
+void SessionState::on_close_complete() {
+  if (closes_.empty()) return;
+  prepared_.erase(closes_.front());
+  closes_.erase(closes_.begin());
+}
+
+void SessionState::apply(const Change& c) {
+  switch (c.kind) {
+    case Change::Kind::kSet:
+      settings_[c.name] = c.value;
+      break;
+    case Change::Kind::kReset:
+      settings_.erase(c.name);
+      break;
+    case Change::Kind::kResetAll:
+      settings_.clear();
+      break;
+    case Change::Kind::kDiscardAll:
+      settings_.clear();
+      prepared_.clear();
+      break;
+    case Change::Kind::kDeallocate:
+      prepared_.erase(c.name);
+      break;
+    case Change::Kind::kDeallocateAll:
+      prepared_.clear();
+      break;
+    case Change::Kind::kPrepare:
+      prepared_[c.name] = c.value;
+      break;
+    case Change::Kind::kSavepoint:
+    case Change::Kind::kRollbackTo:
+    case Change::Kind::kCommit:
+    case Change::Kind::kRollback:
+      break;
+  }
+}
+
+void SessionState::on_ready(char tx_status) {
+  parses_.clear();  // not confirmed by now: they failed
+  closes_.clear();
+  portals_.clear();
+  if (cycle_failed_) {
+    // An error stops a query string where it happens, and which of its statements ran before it
+    // is not known here. Changes that could have taken effect anyway (a COMMIT or a prepared
+    // statement before the error) make the outcome unknown; the rest rolled back with the error.
+    for (const Change& c : cycle_) {
+      switch (c.kind) {
+        case Change::Kind::kCommit:
+        case Change::Kind::kPrepare:
+        case Change::Kind::kDeallocate:
+        case Change::Kind::kDeallocateAll:
+          not_replayable("a query string that failed may have committed settings or changed prepared statements");
+          break;
+        default:
+          break;
+      }
+    }
+    cycle_.clear();
+    failed_transaction_ = true;  // the transaction it ran in (explicit or implicit) is aborted
+  }
+  for (const Change& c : cycle_) {
+    switch (c.kind) {
+      case Change::Kind::kPrepare:
+      case Change::Kind::kDeallocate:
+      case Change::Kind::kDeallocateAll:
+        apply(c);  // prepared statements are not transactional
+        break;
+      case Change::Kind::kSavepoint:
+        pending_.push_back(c);
+        break;
+      case Change::Kind::kRollbackTo:
+        for (std::size_t i = pending_.size(); i-- > 0;) {
+          if (pending_[i].kind == Change::Kind::kSavepoint && pending_[i].name == c.name) {
+            pending_.resize(i + 1);  // later changes undone; the savepoint stays
+            failed_transaction_ = false;
+            break;
+          }
+        }
+        break;
+      case Change::Kind::kCommit:
+        if (!failed_transaction_) {
+          for (const Change& p : pending_) apply(p);
+        }
+        pending_.clear();
+        failed_transaction_ = false;
+        break;
+      case Change::Kind::kRollback:
+        pending_.clear();
+        failed_transaction_ = false;
+        break;
+      default:
+        pending_.push_back(c);
+        break;
+    }
+  }
+  cycle_.clear();
+  if (tx_status == 'E') failed_transaction_ = true;
+  if (tx_status == 'I') {
+    // Autocommit, or an implicit transaction of several statements: committed unless it failed.
+    if (!failed_transaction_) {
+      for (const Change& p : pending_) apply(p);
+    }
+    pending_.clear();
+    failed_transaction_ = false;
+  }
+  in_transaction_ = tx_status != 'I';
+  cycle_failed_ = false;
+}
+
+std::string SessionState::replay_sql() const {
+  std::string out;
+  for (const auto& [name, value] : settings_) {
+    out += "SET " + name + " = " + value + ";";
+  }
+  return out;
+}
+
+}  // namespace pgkeel::proxy

@@ -1,0 +1,93 @@
+// proxy/session_state.h — a client's session state as pgkeel can replay it on another server
+// connection, tracked from what the client sends (PostgreSQL does not report search_path or
+// statement_timeout in ParameterStatus). Pure: text and protocol events in, state out.
+//
+// The rules, as PostgreSQL applies them:
+// - SET / SET SESSION / RESET / SET x TO DEFAULT change the session, but only once the transaction
+//   that ran them commits; a transaction that rolls back (or an implicit one that fails) leaves
+//   the session as it was. SET LOCAL lasts until the end of the transaction: nothing to replay.
+// - DISCARD ALL forgets settings and prepared statements; DISCARD PLANS / SEQUENCES / TEMP keep
+//   the settings.
+// - Named prepared statements: Parse / Close in the extended protocol, PREPARE / DEALLOCATE in SQL.
+// - What cannot be replayed on another server marks the session non-replayable, for good:
+//   set_config(), LISTEN, temporary tables, session advisory locks, WITH HOLD cursors, PREPARE
+//   TRANSACTION.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace pgkeel::proxy {
+
+// One top-level statement of a simple Query string, comments and literals understood.
+struct SqlStatement {
+  std::string_view text;            // trimmed, without the terminating ';'
+  std::vector<std::string> words;   // the first few keywords / identifiers, lower-cased
+};
+
+// Splits at top-level semicolons: not inside quotes, dollar quotes, comments or parentheses.
+std::vector<SqlStatement> split_sql(std::string_view sql);
+
+class SessionState {
+ public:
+  // A Query message was sent with this text.
+  void on_query(std::string_view sql);
+  // Extended protocol, client side: Parse (named or unnamed), Bind (portal <- statement), Execute
+  // (runs the portal's statement: a SET sent this way counts), Close of a statement.
+  void on_parse(std::string_view name, std::string_view query);
+  void on_bind(std::string_view portal, std::string_view statement);
+  void on_execute(std::string_view portal);
+  void on_close_statement(std::string_view name);
+  // Server side: ParseComplete / CloseComplete confirm the oldest Parse / Close in flight.
+  void on_parse_complete();
+  void on_close_complete();
+  // An ErrorResponse came back in the current query cycle.
+  void on_error() { cycle_failed_ = true; }
+  // ReadyForQuery with the transaction status ('I', 'T', 'E'): pending changes are kept or
+  // dropped as PostgreSQL keeps or drops them.
+  void on_ready(char tx_status);
+
+  // The settings to restore, name -> value as written (e.g. search_path -> "shop, public").
+  const std::map<std::string, std::string>& settings() const { return settings_; }
+  // Named prepared statements: name -> query text.
+  const std::map<std::string, std::string>& prepared() const { return prepared_; }
+  bool replayable() const { return why_not_.empty(); }
+  const std::string& why_not_replayable() const { return why_not_; }
+  // SQL that puts a fresh server session into this state ("SET a = ...; SET b = ...").
+  std::string replay_sql() const;
+
+ private:
+  struct Change {
+    enum class Kind : std::uint8_t {
+      kSet, kReset, kResetAll, kDiscardAll,          // transactional
+      kPrepare, kDeallocate, kDeallocateAll,         // not transactional
+      kSavepoint, kRollbackTo, kCommit, kRollback,   // transaction control
+    };
+    Kind kind;
+    std::string name;
+    std::string value;
+  };
+  void statement(const SqlStatement& s);
+  void apply(const Change& c);
+  void not_replayable(std::string why);
+
+  std::map<std::string, std::string> settings_;
+  std::map<std::string, std::string> prepared_;
+  std::vector<Change> cycle_;     // what the current query cycle's statements would do, in order
+  std::vector<Change> pending_;   // this transaction's changes, applied at commit
+  std::vector<std::pair<std::string, std::string>> parses_;  // Parse sent, ParseComplete not yet
+  std::vector<std::string> closes_;                         // Close sent, CloseComplete not yet
+  std::map<std::string, std::string> portals_;               // portal -> query text
+  std::string unnamed_;                                      // the unnamed statement's text
+  bool in_transaction_ = false;   // as of the last ReadyForQuery
+  bool failed_transaction_ = false;  // a ReadyForQuery said 'E' in this transaction
+  bool cycle_failed_ = false;
+  std::string why_not_;
+};
+
+}  // namespace pgkeel::proxy

@@ -1,0 +1,149 @@
+// Unit tests for session-state tracking: the SQL splitter, and SET / RESET / DISCARD / prepared
+// statements kept or dropped as PostgreSQL keeps or drops them.
+#include <catch2/catch.hpp>
+
+#include "proxy/session_state.h"
+
+namespace pgkeel {
+
+using proxy::SessionState;
+using proxy::split_sql;
+
+namespace {
+
+// One simple-protocol cycle: the Query, an optional error, then ReadyForQuery.
+void cycle(SessionState& s, std::string_view sql, char status, bool error = false) {
+  s.on_query(sql);
+  if (error) s.on_error();
+  s.on_ready(status);
+}
+
+}  // namespace
+
+TEST_CASE("the splitter cuts at top-level semicolons only", "[unit][session]") {
+  const auto st = split_sql(
+      "SET search_path = 'a;b'; SELECT $$;$$, \"x;y\", E'\\';' /* ; /* nested ; */ */ ; "
+      "-- a comment; still a comment\n  CREATE FUNCTION f() RETURNS int AS $body$ SELECT 1; $body$ LANGUAGE sql;"
+      "SELECT (1;2)");
+  REQUIRE(st.size() == 4);
+  CHECK(st[0].text == "SET search_path = 'a;b'");
+  CHECK(st[0].words == std::vector<std::string>{"set", "search_path"});
+  CHECK(st[1].words.front() == "select");
+  CHECK(st[2].words.front() == "create");
+  CHECK(st[3].text == "SELECT (1;2)");
+  CHECK(split_sql("  ;; ").empty());
+}
+
+TEST_CASE("SET in autocommit sticks; SET LOCAL and SET TRANSACTION do not", "[unit][session]") {
+  SessionState s;
+  cycle(s, "SET search_path TO shop, public", 'I');
+  cycle(s, "set SESSION statement_timeout = '5s'", 'I');
+  cycle(s, "SET LOCAL work_mem = '64MB'", 'I');
+  cycle(s, "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", 'I');
+  CHECK(s.settings().size() == 2);
+  CHECK(s.settings().at("search_path") == "shop, public");
+  CHECK(s.settings().at("statement_timeout") == "'5s'");
+  CHECK(s.replay_sql() == "SET search_path = shop, public;SET statement_timeout = '5s';");
+  cycle(s, "RESET statement_timeout", 'I');
+  cycle(s, "SET search_path TO DEFAULT", 'I');
+  CHECK(s.settings().empty());
+  CHECK(s.replayable());
+}
+
+TEST_CASE("a SET inside a transaction counts only if the transaction commits", "[unit][session]") {
+  SessionState s;
+  cycle(s, "BEGIN", 'T');
+  cycle(s, "SET search_path = a", 'T');
+  CHECK(s.settings().empty());  // not yet
+  cycle(s, "COMMIT", 'I');
+  CHECK(s.settings().at("search_path") == "a");
+
+  cycle(s, "BEGIN", 'T');
+  cycle(s, "SET search_path = b", 'T');
+  cycle(s, "ROLLBACK", 'I');
+  CHECK(s.settings().at("search_path") == "a");
+
+  cycle(s, "BEGIN", 'T');
+  cycle(s, "SET search_path = c", 'T');
+  cycle(s, "SELECT 1/0", 'E', true);
+  cycle(s, "COMMIT", 'I');  // COMMIT of a failed transaction rolls back
+  CHECK(s.settings().at("search_path") == "a");
+}
+
+TEST_CASE("savepoints undo the SETs after them", "[unit][session]") {
+  SessionState s;
+  cycle(s, "BEGIN; SET a.x = 1; SAVEPOINT sp; SET a.y = 2", 'T');
+  cycle(s, "SELECT 1/0", 'E', true);
+  cycle(s, "ROLLBACK TO SAVEPOINT sp", 'T');
+  cycle(s, "SET a.z = 3; COMMIT", 'I');
+  CHECK(s.settings().count("a.x") == 1);
+  CHECK(s.settings().count("a.y") == 0);
+  CHECK(s.settings().count("a.z") == 1);
+}
+
+TEST_CASE("a multi-statement string is one implicit transaction", "[unit][session]") {
+  SessionState s;
+  cycle(s, "SET a.x = 1; SELECT 1/0", 'I', true);
+  CHECK(s.settings().empty());
+  cycle(s, "SET a.x = 1; SELECT 1", 'I');
+  CHECK(s.settings().at("a.x") == "1");
+  cycle(s, "BEGIN; SET a.y = 2; COMMIT; SELECT 1/0", 'I', true);  // did the COMMIT run? unknown
+  CHECK_FALSE(s.replayable());
+}
+
+TEST_CASE("DISCARD ALL forgets settings and prepared statements", "[unit][session]") {
+  SessionState s;
+  cycle(s, "SET a.x = 1; PREPARE q AS SELECT 1", 'I');
+  CHECK(s.prepared().count("q") == 1);
+  cycle(s, "DISCARD ALL", 'I');
+  CHECK(s.settings().empty());
+  CHECK(s.prepared().empty());
+}
+
+TEST_CASE("prepared statements follow Parse/ParseComplete and Close/CloseComplete, not transactions", "[unit][session]") {
+  SessionState s;
+  s.on_parse("S_1", "SELECT $1");
+  s.on_parse("S_2", "SELEC oops");
+  s.on_parse_complete();  // S_1 confirmed; S_2 failed: no ParseComplete before ReadyForQuery
+  s.on_error();
+  s.on_ready('I');
+  CHECK(s.prepared().count("S_1") == 1);
+  CHECK(s.prepared().count("S_2") == 0);
+  cycle(s, "BEGIN; PREPARE p AS SELECT 2", 'T');
+  cycle(s, "ROLLBACK", 'I');
+  CHECK(s.prepared().count("p") == 1);  // PREPARE is not undone by ROLLBACK
+  s.on_close_statement("S_1");
+  s.on_close_complete();
+  s.on_ready('I');
+  CHECK(s.prepared().count("S_1") == 0);
+  cycle(s, "DEALLOCATE ALL", 'I');
+  CHECK(s.prepared().empty());
+}
+
+TEST_CASE("a SET sent through the extended protocol counts when executed", "[unit][session]") {
+  SessionState s;
+  s.on_parse("", "SET search_path = shop");
+  s.on_parse_complete();
+  s.on_bind("", "");
+  s.on_execute("");
+  s.on_ready('I');
+  CHECK(s.settings().at("search_path") == "shop");
+}
+
+TEST_CASE("what cannot be replayed elsewhere marks the session for good", "[unit][session]") {
+  for (const char* sql : {"SELECT set_config('search_path', 'x', false)", "LISTEN orders",
+                          "CREATE TEMP TABLE t (x int)", "create local temporary table t (x int)",
+                          "SELECT pg_advisory_lock(42)", "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+                          "PREPARE TRANSACTION 'x'", "SET ROLE web", "SET SESSION AUTHORIZATION web"}) {
+    SessionState s;
+    cycle(s, sql, 'I');
+    INFO(sql);
+    CHECK_FALSE(s.replayable());
+    CHECK_FALSE(s.why_not_replayable().empty());
+  }
+  SessionState fine;
+  cycle(fine, "SELECT pg_advisory_xact_lock(1); SELECT 'LISTEN is just text'", 'I');
+  CHECK(fine.replayable());
+}
+
+}  // namespace pgkeel
