@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include <atomic>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -87,19 +88,30 @@ TEST_CASE("pgJDBC with sslmode=require runs the whole suite over TLS through pgk
     // While it runs, the console reports how each of its connections arrived.
     int tls_seen = 0;
     int plain_seen = 0;
+    std::string console_error;
+    std::set<std::string> apps;  // listener/state/application_name/tls, for the failure message
     while (!finished) {
       const PqResult clients = pq_exec(pk.console_conninfo(), "SHOW CLIENTS", 5s);
+      if (!clients.ok) console_error = clients.error;
       for (std::size_t i = 0; i < clients.rows.size(); ++i) {
-        if (clients.value(i, 5).rfind("jdbcsuite", 0) != 0) continue;
+        apps.insert(clients.value(i, 2) + "/" + clients.value(i, 6) + "/" + clients.value(i, 5) + "/tls=" + clients.value(i, 12));
+        // Only the suite uses the rw listener now. pgJDBC sets application_name with SET after
+        // login, so the console (startup parameters) shows none: tell suite rows by listener.
+        // A client still in startup may not have sent its SSLRequest yet.
+        if (clients.value(i, 2) != "rw" || clients.value(i, 6) == "startup") continue;
         (clients.value(i, 12) == "yes" ? tls_seen : plain_seen) += 1;
       }
       eventually(200ms, [&] { return finished.load(); });  // poll pace; returns early at the end
     }
     suite.join();
     INFO(r.output);
+    INFO("console: " << console_error);
+    std::string shown;
+    for (const auto& a : apps) shown += a + "; ";
+    INFO("the console showed (listener/state/application_name/tls): " << shown);
     WARN("JdbcSuite over TLS: " << r.output.substr(r.output.rfind('\n', r.output.size() - 2) + 1)
                                 << "console saw " << tls_seen << " TLS and " << plain_seen
-                                << " plaintext suite connections");
+                                << " plaintext suite connections past startup (polls)");
     CHECK(r.ok());
     CHECK(contains(r.output, " 0 failed"));
     CHECK(contains(r.output, "ok prepared"));
