@@ -1,0 +1,74 @@
+// tools/drill/actions.h — what the drill does to the world besides the load: asks pgkeel's console
+// (SHOW ROUTES, SHOW EVENTS, SHOW NODES, SWITCHOVER, FAILOVER) and injects faults into the
+// rehearsal cluster (signals to a node's processes, replay pause, a pgkeel restart command).
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "tools/drill/plan.h"
+#include "tools/drill/report.h"
+
+namespace pgkeel::drill {
+
+// KEY=VALUE lines (shell-sourceable files such as cluster.env); quotes around values dropped,
+// comments and other lines ignored.
+std::map<std::string, std::string> read_env_file(const std::string& path, std::string& error);
+
+struct NodeRef {
+  std::string name;  // db1, db2, ...
+  int port = 0;
+  std::string data_dir;
+};
+
+// The nodes of a tools/cluster.sh cluster.env.
+std::vector<NodeRef> nodes_from_env(const std::map<std::string, std::string>& env);
+
+struct ConsoleTable {
+  std::vector<std::string> columns;
+  std::vector<std::vector<std::string>> rows;
+  std::string error;  // non-empty: the query failed
+  std::string cell(std::size_t row, const std::string& column) const;
+};
+
+// One console statement on a fresh connection, bounded by timeout_s.
+ConsoleTable console_query(const std::string& conninfo, const std::string& sql, int timeout_s = 3);
+
+struct RouteNow {
+  std::string primary;  // the read-write listener's node; empty: no writer now
+  std::int64_t epoch = -1;
+  bool ok = false;
+};
+RouteNow current_route(const std::string& console_conninfo);
+
+// SHOW EVENTS mapped onto the drill's timeline (t = event unix ms - started_at_unix_ms).
+std::vector<ConsoleEvent> console_events(const std::string& console_conninfo, std::int64_t started_at_unix_ms,
+                                         std::string& error);
+
+struct World {
+  std::string console_conninfo;
+  std::string node_conninfo;  // without host/port... appended: "user=pgkeel password=... dbname=postgres"
+  std::string node_host = "127.0.0.1";
+  std::vector<NodeRef> nodes;
+  std::string restart_command;  // for restart-proxy, run with /bin/sh -c
+};
+
+// What injecting a fault did; `undo` is set for faults that are undone later (hang, lag).
+struct Injection {
+  bool ok = false;
+  std::string target;
+  std::string detail;
+  std::optional<std::int64_t> undo_after_ms;
+  std::vector<pid_t> stopped;  // hang: the processes to SIGCONT
+};
+
+Injection inject(const World& world, const Fault& fault);
+// Undoes a hang (SIGCONT) or a lag (pg_wal_replay_resume); returns what it did.
+std::string undo(const World& world, const Fault& fault, const Injection& injection);
+
+}  // namespace pgkeel::drill

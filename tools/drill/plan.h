@@ -1,0 +1,173 @@
+// tools/drill/plan.h — what a drill is asked to do: the load, and the faults at their moments.
+// Parsing of durations and of `--fault KIND@TIME[:key=value,...]` lives here, pure and
+// header-only (unit-tested); the TOML scenario file is read by scenario.cc alone.
+#pragma once
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace pgkeel::drill {
+
+enum class FaultKind : std::uint8_t {
+  kKill,          // kill -9 of the primary's postmaster (mode=all: every process of it)
+  kHang,          // SIGSTOP of the primary's postmaster and children; SIGCONT after `for`
+  kSwitchover,    // SWITCHOVER [TO node] on pgkeel's console
+  kFailover,      // FAILOVER [TO node] on pgkeel's console
+  kRestartProxy,  // SIGTERM pgkeel, start it again with the same config
+  kLag,           // pg_wal_replay_pause() on a standby; resumed after `for` when given
+  kSyncLoss,      // kill -9 of the synchronous standby's postmaster
+  kPartition,     // not implemented yet: refused when the plan is checked
+};
+
+inline constexpr std::string_view kFaultNames[] = {"kill",          "hang", "switchover", "failover",
+                                                   "restart-proxy", "lag",  "sync-loss",  "partition"};
+
+inline constexpr std::string_view to_string(FaultKind k) {
+  return kFaultNames[static_cast<std::size_t>(k)];
+}
+
+inline std::optional<FaultKind> parse_fault_kind(std::string_view s) {
+  for (std::size_t i = 0; i < std::size(kFaultNames); ++i) {
+    if (kFaultNames[i] == s) {
+      return static_cast<FaultKind>(i);
+    }
+  }
+  return std::nullopt;
+}
+
+struct Fault {
+  FaultKind kind = FaultKind::kKill;
+  std::int64_t at_ms = 0;                  // since the load started
+  std::optional<std::int64_t> for_ms;      // hang, lag: how long before it is undone
+  std::string node;                        // target node; empty: the current primary (lag: a standby)
+  bool all_processes = false;              // kill: mode=all
+  friend bool operator==(const Fault&, const Fault&) = default;
+};
+
+// "5s", "500ms", "2min", "1.5s", "1h"; a bare number is seconds. nullopt when malformed.
+inline std::optional<std::int64_t> parse_duration_ms(std::string_view s) {
+  std::size_t unit_at = 0;
+  while (unit_at < s.size() && (std::isdigit(static_cast<unsigned char>(s[unit_at])) != 0 || s[unit_at] == '.')) {
+    ++unit_at;
+  }
+  if (unit_at == 0) {
+    return std::nullopt;
+  }
+  double value = 0;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + unit_at, value);
+  if (ec != std::errc() || end != s.data() + unit_at || value < 0) {
+    return std::nullopt;
+  }
+  const std::string_view unit = s.substr(unit_at);
+  double scale = 0;
+  if (unit.empty() || unit == "s") {
+    scale = 1000;
+  } else if (unit == "ms") {
+    scale = 1;
+  } else if (unit == "min" || unit == "m") {
+    scale = 60'000;
+  } else if (unit == "h") {
+    scale = 3'600'000;
+  } else {
+    return std::nullopt;
+  }
+  return static_cast<std::int64_t>(value * scale + 0.5);
+}
+
+// KIND@TIME[:key=value,...], keys: for=DURATION, node=NAME, mode=postmaster|all.
+// e.g. "kill@5s", "kill@5s:mode=all", "hang@5s:for=3s", "lag@4s:node=db2,for=5s".
+inline std::optional<Fault> parse_fault(std::string_view spec, std::string& error) {
+  const auto at = spec.find('@');
+  if (at == std::string_view::npos) {
+    error = "fault '" + std::string(spec) + "': want KIND@TIME, e.g. kill@5s";
+    return std::nullopt;
+  }
+  Fault f;
+  const auto kind = parse_fault_kind(spec.substr(0, at));
+  if (!kind) {
+    error = "fault '" + std::string(spec) +
+            "': unknown kind (kill, hang, switchover, failover, restart-proxy, lag, sync-loss)";
+    return std::nullopt;
+  }
+  f.kind = *kind;
+  std::string_view rest = spec.substr(at + 1);
+  const auto colon = rest.find(':');
+  const auto when = parse_duration_ms(rest.substr(0, colon));
+  if (!when) {
+    error = "fault '" + std::string(spec) + "': bad time '" + std::string(rest.substr(0, colon)) + "'";
+    return std::nullopt;
+  }
+  f.at_ms = *when;
+  std::string_view options = colon == std::string_view::npos ? std::string_view{} : rest.substr(colon + 1);
+  while (!options.empty()) {
+    const auto comma = options.find(',');
+    const std::string_view kv = options.substr(0, comma);
+    options = comma == std::string_view::npos ? std::string_view{} : options.substr(comma + 1);
+    const auto eq = kv.find('=');
+    const std::string_view key = kv.substr(0, eq);
+    const std::string_view value = eq == std::string_view::npos ? std::string_view{} : kv.substr(eq + 1);
+    if (key == "for") {
+      f.for_ms = parse_duration_ms(value);
+      if (!f.for_ms) {
+        error = "fault '" + std::string(spec) + "': bad duration for=" + std::string(value);
+        return std::nullopt;
+      }
+    } else if (key == "node" && !value.empty()) {
+      f.node = std::string(value);
+    } else if (key == "mode" && (value == "postmaster" || value == "all")) {
+      f.all_processes = value == "all";
+    } else {
+      error = "fault '" + std::string(spec) + "': unknown option '" + std::string(kv) +
+              "' (for=DURATION, node=NAME, mode=postmaster|all)";
+      return std::nullopt;
+    }
+  }
+  return f;
+}
+
+// Faults sorted by time; the kinds this build cannot inject are reported, not skipped.
+inline std::vector<std::string> check_faults(std::vector<Fault>& faults, std::int64_t duration_ms) {
+  std::vector<std::string> errors;
+  std::stable_sort(faults.begin(), faults.end(), [](const Fault& a, const Fault& b) { return a.at_ms < b.at_ms; });
+  for (const auto& f : faults) {
+    if (f.kind == FaultKind::kPartition) {
+      errors.push_back("fault 'partition' is not implemented yet (it needs a network namespace per node)");
+    }
+    if (f.at_ms >= duration_ms) {
+      errors.push_back("fault '" + std::string(to_string(f.kind)) + "' at " + std::to_string(f.at_ms) +
+                       " ms is not before the end of the drill (" + std::to_string(duration_ms) + " ms)");
+    }
+  }
+  return errors;
+}
+
+}  // namespace pgkeel::drill
+
+namespace pgkeel::drill {
+
+// A scenario file's settings; each overrides the command line's default and is overridden by a
+// flag given explicitly. Read by load_scenario (scenario.cc, the only file that includes toml11).
+struct Scenario {
+  std::optional<std::int64_t> duration_ms;
+  std::optional<int> clients;
+  std::optional<double> rate;
+  std::optional<double> write_ratio;
+  std::optional<bool> tx;
+  std::optional<bool> prepared;
+  std::optional<bool> sync;
+  std::optional<std::int64_t> max_downtime_ms;
+  std::optional<std::int64_t> max_lost;
+  std::optional<std::int64_t> max_errors;
+  std::vector<Fault> faults;
+};
+
+// Every error names the file, the line when known, and the key; empty on success.
+std::vector<std::string> load_scenario(const std::string& path, Scenario& out);
+
+}  // namespace pgkeel::drill

@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# tools/rehearsal.sh — the rehearsal cluster with one command each way: a primary and N streaming
+# standbys (tools/cluster.sh) with pgkeel in front (a read-write listener, the console and the
+# status port), ready for pgkeel-drill.
+#
+#   tools/rehearsal.sh up DIR [--standbys N] [--sync|--async]   start everything (default: 1, --sync)
+#   tools/rehearsal.sh down DIR [--keep]                          stop everything; remove DIR unless --keep
+#   tools/rehearsal.sh restart-proxy DIR                          SIGTERM pgkeel, start it again (same config)
+#   tools/rehearsal.sh status DIR                                 SHOW ROUTES and SHOW NODES on the console
+#
+# `up` writes DIR/rehearsal.env (shell-sourceable; `pgkeel-drill --env DIR/rehearsal.env` reads it):
+#   PGKEEL_CONNINFO          libpq conninfo through pgkeel (user app, database app)
+#   PGKEEL_CONSOLE_CONNINFO  the console (user pgkeel)
+#   PGKEEL_PORT, PGKEEL_CONSOLE_PORT, PGKEEL_STATUS_PORT
+#   PGKEEL_CONFIG, PGKEEL_LOG, PGKEEL_PID_FILE
+#   PGKEEL_CLUSTER_ENV       the cluster's cluster.env (node ports, data folders, postmaster pids)
+#   PGKEEL_NODE_CONNINFO     how the drill logs in to a node directly (host and port added)
+#   PGKEEL_RESTART_COMMAND   what the drill's restart-proxy fault runs
+#   PGKEEL_SYNC              1 for a synchronous standby, 0 otherwise
+#
+# Environment: PGKEEL_BIN (default <repo>/build/pgkeel), PGKEEL_PROBE_INTERVAL (default 250ms).
+set -euo pipefail
+
+usage() {
+  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+kRoot=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+readonly kRoot
+say() { printf 'rehearsal.sh: %s\n' "$*"; }
+die() {
+  printf 'rehearsal.sh: error: %s\n' "$*" >&2
+  exit 1
+}
+
+abs_dir() { mkdir -p "$1" && (cd "$1" && pwd); }
+
+# GET /live on the status port: true when pgkeel answers 200.
+live() {
+  local port=$1 line
+  exec 3<>"/dev/tcp/127.0.0.1/$port" 2>/dev/null || return 1
+  printf 'GET /live HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+  IFS= read -r -t 2 line <&3 || true
+  exec 3<&- 3>&-
+  [[ "$line" == *" 200 "* ]]
+}
+
+start_proxy() {  # DIR: starts pgkeel from DIR/pgkeel.toml and waits for /live
+  local dir=$1 bin=${PGKEEL_BIN:-$kRoot/build/pgkeel} pid
+  # shellcheck disable=SC1091
+  source "$dir/rehearsal.env"
+  [[ -x "$bin" ]] || die "no pgkeel binary at $bin (build it, or set PGKEEL_BIN)"
+  setsid "$bin" -c "$dir/pgkeel.toml" >>"$dir/pgkeel.log" 2>&1 </dev/null &
+  pid=$!
+  echo "$pid" >"$dir/pgkeel.pid"
+  for _ in $(seq 1 100); do
+    live "$PGKEEL_STATUS_PORT" && { say "pgkeel $pid is live on 127.0.0.1:$PGKEEL_PORT"; return 0; }
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  tail -n 20 "$dir/pgkeel.log" >&2 || true
+  die "pgkeel did not come up (log: $dir/pgkeel.log)"
+}
+
+stop_proxy() {  # DIR: SIGTERM, then SIGKILL after 10 s; only the pid we started
+  local dir=$1 pid
+  [[ -f "$dir/pgkeel.pid" ]] || return 0
+  pid=$(cat "$dir/pgkeel.pid")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$dir/pgkeel.pid"
+}
+
+write_config() {  # DIR SYNC PORT CONSOLE_PORT STATUS_PORT; nodes from the cluster's env
+  local dir=$1 sync=$2 port=$3 console_port=$4 status_port=$5 n u
+  # shellcheck disable=SC1091
+  source "$dir/cluster/cluster.env"
+  {
+    cat <<TOML
+# written by tools/rehearsal.sh
+[general]
+workers = 0
+log_level = "info"
+users_file = "$dir/cluster/users.txt"
+state_file = "$dir/pgkeel.state"
+shutdown_timeout = "5s"
+
+[health]
+user = "pgkeel"
+password = "pgkeel-pass"
+probe_interval = "${PGKEEL_PROBE_INTERVAL:-250ms}"
+probe_timeout = "500ms"
+
+[failover]
+synchronous_mode = "$( ((sync)) && echo on || echo off)"
+replication_password = "replicator-pass"
+hold_timeout = "15s"
+switchover_drain_timeout = "2s"
+stop_command = "$kRoot/tools/stop-node.sh $dir/cluster"
+rejoin_command = "$kRoot/tools/rejoin.sh --no-rewind $dir/cluster"
+
+[console]
+port = $console_port
+admin_users = ["pgkeel"]
+
+[status]
+port = $status_port
+
+[cluster]
+initial_primary = "db1"
+
+[[listener]]
+name = "rw"
+host = "127.0.0.1"
+port = $port
+intent = "read-write"
+
+[databases]
+"*" = {}
+TOML
+    for n in $NODES; do
+      u=$(printf '%s' "$n" | tr '[:lower:]' '[:upper:]')
+      u=${u}_PORT
+      printf '\n[[node]]\nname = "%s"\nhost = "127.0.0.1"\nport = %s\n' "$n" "${!u}"
+    done
+  } >"$dir/pgkeel.toml"
+}
+
+cmd=${1:-}
+[[ -n "$cmd" && -n "${2:-}" ]] || usage
+dir=$(abs_dir "$2")
+shift 2
+
+case "$cmd" in
+  up)
+    standbys=1
+    sync=1
+    while (($#)); do
+      case "$1" in
+        --standbys) standbys=${2:?--standbys needs a number}; shift 2 ;;
+        --sync) sync=1; shift ;;
+        --async) sync=0; shift ;;
+        *) usage ;;
+      esac
+    done
+    [[ "$standbys" =~ ^[1-9]$ ]] || die "--standbys wants 1..9"
+    [[ -f "$dir/rehearsal.env" ]] && die "$dir already holds a rehearsal: tools/rehearsal.sh down $dir first"
+    "$kRoot/tools/cluster.sh" up "$dir/cluster" --standbys "$standbys" "$( ((sync)) && echo --sync || echo --async)"
+    read -r port console_port status_port < <("$kRoot/tools/free-ports.sh" 3)
+    write_config "$dir" "$sync" "$port" "$console_port" "$status_port"
+    cat >"$dir/rehearsal.env" <<ENV
+# written by tools/rehearsal.sh up; shell-sourceable, and read by pgkeel-drill --env
+PGKEEL_CONNINFO="host=127.0.0.1 port=$port user=app password=app-pass dbname=app"
+PGKEEL_CONSOLE_CONNINFO="host=127.0.0.1 port=$console_port user=pgkeel password=pgkeel-pass dbname=pgkeel"
+PGKEEL_PORT=$port
+PGKEEL_CONSOLE_PORT=$console_port
+PGKEEL_STATUS_PORT=$status_port
+PGKEEL_CONFIG=$dir/pgkeel.toml
+PGKEEL_LOG=$dir/pgkeel.log
+PGKEEL_PID_FILE=$dir/pgkeel.pid
+PGKEEL_CLUSTER_ENV=$dir/cluster/cluster.env
+PGKEEL_NODE_CONNINFO="user=pgkeel password=pgkeel-pass dbname=postgres"
+PGKEEL_RESTART_COMMAND="$kRoot/tools/rehearsal.sh restart-proxy $dir"
+PGKEEL_SYNC=$sync
+ENV
+    "${PGKEEL_BIN:-$kRoot/build/pgkeel}" --check-config -c "$dir/pgkeel.toml"
+    start_proxy "$dir"
+    say "up: $standbys standby(s), $( ((sync)) && echo synchronous || echo asynchronous); env: $dir/rehearsal.env"
+    say "drill: build/pgkeel-drill --env $dir/rehearsal.env --fault kill@5s --out $dir"
+    ;;
+  down)
+    keep=0
+    [[ "${1:-}" == "--keep" ]] && keep=1
+    stop_proxy "$dir"
+    if [[ -f "$dir/cluster/cluster.env" ]]; then
+      if ((keep)); then "$kRoot/tools/cluster.sh" down "$dir/cluster"; else "$kRoot/tools/cluster.sh" down "$dir/cluster" --rm; fi
+    fi
+    if ((!keep)); then
+      rm -f "$dir/rehearsal.env" "$dir/pgkeel.toml" "$dir/pgkeel.state" "$dir/pgkeel.log"
+      rmdir "$dir" 2>/dev/null || true
+    fi
+    say "down"
+    ;;
+  restart-proxy)
+    [[ -f "$dir/rehearsal.env" ]] || die "no rehearsal in $dir"
+    stop_proxy "$dir"
+    start_proxy "$dir"
+    ;;
+  status)
+    # shellcheck disable=SC1091
+    source "$dir/rehearsal.env"
+    for q in "SHOW ROUTES" "SHOW NODES"; do
+      PGPASSWORD=pgkeel-pass psql -X -h 127.0.0.1 -p "$PGKEEL_CONSOLE_PORT" -U pgkeel pgkeel -c "$q"
+    done
+    ;;
+  *) usage ;;
+esac
