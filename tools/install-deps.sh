@@ -20,6 +20,7 @@ else
     strace iproute2 clang libclang-rt-14-dev procps python3 openssl
     python3-asyncpg             # a cancel request sent over TLS, as asyncpg sends it
     chromium fonts-dejavu-core  # the status page test renders the page in headless Chromium
+    docker-compose              # tools/check-docker.sh validates docker/compose.yaml (no engine needed)
   )
 fi
 readonly kPackages

@@ -101,7 +101,36 @@ const NodeRef* find_node(const World& w, const std::string& name) {
 }
 
 std::string node_conninfo(const World& w, const NodeRef& n) {
-  return "host=" + w.node_host + " port=" + std::to_string(n.port) + " " + w.node_conninfo;
+  return "host=" + (n.host.empty() ? w.node_host : n.host) + " port=" + std::to_string(n.port) + " " + w.node_conninfo;
+}
+
+// A node on another machine (or container): its postmaster is killed by itself, through a
+// superuser's COPY TO PROGRAM (the program runs as the server's OS user). Only SIGKILL this way:
+// a SIGSTOPped server could not be told to continue.
+Injection sql_kill(const World& w, const NodeRef& n) {
+  Injection in;
+  in.target = n.name;
+  PgConnPtr conn = open(node_conninfo(w, n), 3);
+  if (!conn || PQstatus(conn.get()) != CONNECTION_OK) {
+    in.detail = "connect to " + n.name + ": " + trim_error(conn ? PQerrorMessage(conn.get()) : "out of memory");
+    return in;
+  }
+  PgResultPtr res(PQexec(conn.get(), "SELECT split_part(pg_read_file('postmaster.pid'), E'\\n', 1)"));
+  if (!res || PQresultStatus(res.get()) != PGRES_TUPLES_OK || PQntuples(res.get()) != 1) {
+    in.detail = "reading postmaster.pid on " + n.name + ": " +
+                trim_error(res ? PQresultErrorMessage(res.get()) : PQerrorMessage(conn.get()));
+    return in;
+  }
+  const std::string pid = PQgetvalue(res.get(), 0, 0);
+  if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) {
+    in.detail = "unexpected postmaster pid '" + pid + "' on " + n.name;
+    return in;
+  }
+  PgResultPtr kill(PQexec(conn.get(), ("COPY (SELECT 1) TO PROGRAM 'kill -9 " + pid + "'").c_str()));
+  // The answer may never come: the server is gone. Success is the postmaster not answering.
+  in.ok = true;
+  in.detail = "kill -9 of the postmaster of " + n.name + " (pid " + pid + ") through COPY TO PROGRAM";
+  return in;
 }
 
 // The node a fault aims at: the one named, else the current writer.
@@ -123,6 +152,13 @@ Injection signal_node(const World& w, const std::string& name, int sig, bool all
   const NodeRef* n = find_node(w, name);
   if (n == nullptr) {
     in.detail = "no node '" + name + "' in the cluster env";
+    return in;
+  }
+  if (n->data_dir.empty()) {
+    if (sig == SIGKILL) {
+      return sql_kill(w, *n);
+    }
+    in.detail = std::string(verb) + " " + name + " needs the node on this machine (--cluster-env)";
     return in;
   }
   const auto pid = postmaster_pid(n->data_dir);
@@ -205,6 +241,22 @@ std::map<std::string, std::string> read_env_file(const std::string& path, std::s
     env[key] = value;
   }
   return env;
+}
+
+std::optional<NodeRef> parse_node(const std::string& spec) {
+  const auto eq = spec.find('=');
+  const auto colon = spec.rfind(':');
+  if (eq == std::string::npos || colon == std::string::npos || colon < eq || eq == 0) {
+    return std::nullopt;
+  }
+  NodeRef n;
+  n.name = spec.substr(0, eq);
+  n.host = spec.substr(eq + 1, colon - eq - 1);
+  n.port = std::atoi(spec.c_str() + colon + 1);
+  if (n.host.empty() || n.port <= 0 || n.port > 65535) {
+    return std::nullopt;
+  }
+  return n;
 }
 
 std::vector<NodeRef> nodes_from_env(const std::map<std::string, std::string>& env) {

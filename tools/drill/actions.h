@@ -23,8 +23,12 @@ std::map<std::string, std::string> read_env_file(const std::string& path, std::s
 struct NodeRef {
   std::string name;  // db1, db2, ...
   int port = 0;
-  std::string data_dir;
+  std::string data_dir;  // empty: not on this machine; kill goes through SQL (COPY TO PROGRAM)
+  std::string host;      // empty: World::node_host
 };
+
+// "NAME=HOST:PORT" (--node), for nodes the drill reaches only over the network (Docker).
+std::optional<NodeRef> parse_node(const std::string& spec);
 
 // The nodes of a tools/cluster.sh cluster.env.
 std::vector<NodeRef> nodes_from_env(const std::map<std::string, std::string>& env);

@@ -29,7 +29,8 @@ using std::chrono::milliseconds;
 
 constexpr const char* kUsage =
     "usage: pgkeel-drill [--env FILE] [--conninfo C] [--console C] [--cluster-env FILE]\n"
-    "         [--node-conninfo C] [--restart-command CMD] [--scenario FILE.toml]\n"
+    "         [--node NAME=HOST:PORT]... [--node-conninfo C] [--restart-command CMD]\n"
+    "         [--scenario FILE.toml]\n"
     "         [--duration D] [--clients N] [--rate R] [--write-ratio F] [--tx] [--prepared]\n"
     "         [--sync | --async] [--fault KIND@TIME[:key=value,...]]...\n"
     "         [--max-downtime D] [--max-lost N] [--max-errors N]\n"
@@ -40,7 +41,8 @@ constexpr const char* kUsage =
     "kill@5s:mode=all, hang@5s:for=3s, lag@4s:node=db2,for=5s, switchover@5s:node=db2), then\n"
     "verifies every write on the surviving primary and writes a JSON summary and an HTML report.\n"
     "--env reads a tools/rehearsal.sh env file (PGKEEL_CONNINFO, PGKEEL_CONSOLE_CONNINFO,\n"
-    "PGKEEL_CLUSTER_ENV, PGKEEL_NODE_CONNINFO, PGKEEL_RESTART_COMMAND, PGKEEL_SYNC).\n"
+    "PGKEEL_CLUSTER_ENV, PGKEEL_NODE_CONNINFO, PGKEEL_RESTART_COMMAND, PGKEEL_SYNC). --node names\n"
+    "a node on another host (Docker): kill then goes through SQL (COPY TO PROGRAM).\n"
     "Durations: 5s, 500ms, 2min. Defaults: 20s, 4 clients, max rate, write ratio 0.8, sync.\n"
     "Exit 1 when, in synchronous mode, an acknowledged commit was lost or duplicated, a failed\n"
     "write is present, or a --max-* gate is exceeded; 2 on usage or setup errors.\n";
@@ -60,6 +62,7 @@ struct Args {
   std::optional<double> rate, write_ratio;
   std::optional<bool> tx, prepared, sync;
   std::vector<Fault> faults;
+  std::vector<NodeRef> nodes;
   std::optional<std::int64_t> max_downtime_ms, max_lost, max_errors;
   std::string out_dir, json, html;
 };
@@ -134,6 +137,12 @@ Args parse_args(int argc, char** argv) {
         usage_error(error);
       }
       a.faults.push_back(*f);
+    } else if (flag == "--node") {
+      auto n = parse_node(value());
+      if (!n) {
+        usage_error("--node wants NAME=HOST:PORT");
+      }
+      a.nodes.push_back(*n);
     } else if (flag == "--max-downtime") {
       a.max_downtime_ms = duration(flag, value());
     } else if (flag == "--max-lost") {
@@ -211,6 +220,9 @@ int main(int argc, char** argv) {
       usage_error(error);
     }
   }
+  for (const auto& n : a.nodes) {
+    world.nodes.push_back(n);  // nodes on other hosts: kill through SQL
+  }
   std::optional<bool> env_sync;
   if (auto s = from_env("PGKEEL_SYNC")) {
     env_sync = *s == "1" || *s == "on" || *s == "true";
@@ -249,7 +261,7 @@ int main(int argc, char** argv) {
       usage_error(std::string("fault ") + std::string(to_string(f.kind)) + " needs --console");
     }
     if (needs_nodes && world.nodes.empty()) {
-      usage_error(std::string("fault ") + std::string(to_string(f.kind)) + " needs --cluster-env");
+      usage_error(std::string("fault ") + std::string(to_string(f.kind)) + " needs --cluster-env or --node");
     }
   }
   std::string json_path = a.json, html_path = a.html;
