@@ -62,7 +62,7 @@ step "TSan build"
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPGKEEL_TSAN=ON -DPGKEEL_TESTS=ON >/dev/null
 cmake --build build-tsan -j "$jobs"
 
-step "unit tests and threaded integration tests ([proxy], [console]) under TSan"
+step "unit tests and threaded integration tests ([proxy], [console], [status]) under TSan"
 # Reports from every instrumented process (the tests and each pgkeel they start) go to files, so
 # a race inside a pgkeel child is caught even when the test around it passes.
 tsan_logs=$root/build-tsan/tsan-logs
@@ -75,7 +75,7 @@ export TSAN_OPTIONS="halt_on_error=0:second_deadlock_stack=1:history_size=4:log_
 # memory mapping" at start-up). Then every instrumented process runs without ASLR: setarch -R
 # (personality ADDR_NO_RANDOMIZE is inherited by the pgkeel children the tests start).
 tsan_run=()
-if ! build-tsan/tests/pgkeel_unit_tests --list-test-names-only >/dev/null 2>"$tsan_logs/probe.err"; then
+if ! build-tsan/tests/pgkeel_unit_tests --help >/dev/null 2>"$tsan_logs/probe.err"; then
   if grep -q 'unexpected memory mapping' "$tsan_logs/probe.err" "$tsan_logs"/tsan.* 2>/dev/null; then
     echo "tsan: this kernel's mmap layout needs setarch -R"
     tsan_run=(setarch "$(uname -m)" -R)
@@ -89,7 +89,7 @@ fi
 rm -f "$tsan_logs/probe.err"
 tsan_failed=0
 "${tsan_run[@]}" build-tsan/tests/pgkeel_unit_tests || tsan_failed=1
-"${tsan_run[@]}" build-tsan/tests/pgkeel_integration_tests '[proxy],[console]' || tsan_failed=1
+"${tsan_run[@]}" build-tsan/tests/pgkeel_integration_tests '[proxy],[console],[status]' || tsan_failed=1
 unset TSAN_OPTIONS
 if compgen -G "$tsan_logs/tsan.*" >/dev/null; then
   for f in "$tsan_logs"/tsan.*; do
