@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <cstdint>
 #include <cstring>
 #include <fstream>
@@ -29,8 +30,6 @@
 #include <thread>
 #include <vector>
 
-#include <catch2/catch.hpp>
-
 #include "tests/integration/fixture.h"
 
 namespace pgkeel::test {
@@ -42,7 +41,9 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-bool contains(const std::string& hay, std::string_view needle) { return hay.find(needle) != std::string::npos; }
+bool contains(const std::string& hay, std::string_view needle) {
+  return hay.find(needle) != std::string::npos;
+}
 
 // ---- bytes -------------------------------------------------------------------------------------
 
@@ -64,7 +65,8 @@ std::uint32_t read_be32(const std::string& s, std::size_t at) {
 
 constexpr std::uint32_t kProtocol30 = 196608;
 
-std::string startup_packet(std::uint32_t version, const std::vector<std::pair<std::string, std::string>>& params) {
+std::string startup_packet(std::uint32_t version,
+                           const std::vector<std::pair<std::string, std::string>>& params) {
   std::string body = be32(version);
   for (const auto& [k, v] : params) {
     body += k;
@@ -76,14 +78,18 @@ std::string startup_packet(std::uint32_t version, const std::vector<std::pair<st
   return be32(static_cast<std::uint32_t>(body.size() + 4)) + body;
 }
 
-std::string app_startup() { return startup_packet(kProtocol30, {{"user", "app"}, {"database", "app"}}); }
+std::string app_startup() {
+  return startup_packet(kProtocol30, {{"user", "app"}, {"database", "app"}});
+}
 
 // A typed frontend message (§55.7): type byte, Int32 length including itself, body.
 std::string message(char type, const std::string& body) {
   return std::string(1, type) + be32(static_cast<std::uint32_t>(body.size() + 4)) + body;
 }
 
-std::string query_message(const std::string& sql) { return message('Q', sql + std::string(1, '\0')); }
+std::string query_message(const std::string& sql) {
+  return message('Q', sql + std::string(1, '\0'));
+}
 
 std::string random_bytes(std::mt19937& rng, std::size_t n) {
   std::string s(n, '\0');
@@ -110,12 +116,12 @@ std::map<char, std::string> error_fields(const std::string& body) {
 // answer to SSLRequest ('N'/'S') is not a message and must be stripped by the caller.
 struct BackendStream {
   std::string rest;
-  std::size_t rows = 0;          // DataRow count
-  std::string types;             // every message type seen, in order (DataRows not included)
-  std::string sqlstate;          // of the first ErrorResponse
-  std::string error_message;     // its M field
-  bool ready = false;            // ReadyForQuery seen
-  bool malformed = false;        // a length below 4 from the other side
+  std::size_t rows = 0;       // DataRow count
+  std::string types;          // every message type seen, in order (DataRows not included)
+  std::string sqlstate;       // of the first ErrorResponse
+  std::string error_message;  // its M field
+  bool ready = false;         // ReadyForQuery seen
+  bool malformed = false;     // a length below 4 from the other side
 
   void feed(const char* data, std::size_t n) {
     rest.append(data, n);
@@ -167,7 +173,9 @@ class RawConn {
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);  // libpq leaves it non-blocking
     return c;
   }
-  RawConn(RawConn&& o) noexcept : fd_(o.fd_), connected_(o.connected_), owned_(o.owned_) { o.fd_ = -1; }
+  RawConn(RawConn&& o) noexcept : fd_(o.fd_), connected_(o.connected_), owned_(o.owned_) {
+    o.fd_ = -1;
+  }
   RawConn& operator=(RawConn&&) = delete;
   RawConn(const RawConn&) = delete;
   ~RawConn() {
@@ -187,11 +195,13 @@ class RawConn {
   }
   // Hands each chunk that arrives to `sink` until EOF, an error, `sink` returns true, or `timeout`
   // (counted from the call). eof() tells whether the peer closed.
-  void consume(std::chrono::milliseconds timeout, const std::function<bool(const char*, std::size_t)>& sink) {
+  void consume(std::chrono::milliseconds timeout,
+               const std::function<bool(const char*, std::size_t)>& sink) {
     const auto deadline = Clock::now() + timeout;
     char buf[65536];
     while (true) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
       if (left <= 0) break;
       pollfd p{fd_, POLLIN, 0};
       if (::poll(&p, 1, static_cast<int>(left)) <= 0) break;
@@ -205,7 +215,8 @@ class RawConn {
     }
   }
   // Everything that arrives until EOF, `stop(received so far)`, or `timeout`.
-  std::string read(std::chrono::milliseconds timeout, const std::function<bool(const std::string&)>& stop = {}) {
+  std::string read(std::chrono::milliseconds timeout,
+                   const std::function<bool(const std::string&)>& stop = {}) {
     std::string out;
     consume(timeout, [&](const char* d, std::size_t n) {
       out.append(d, n);
@@ -262,7 +273,9 @@ long rss_kib(pid_t pid) {
 long open_fds(pid_t pid) {
   std::error_code ec;
   long n = 0;
-  for (fs::directory_iterator it("/proc/" + std::to_string(pid) + "/fd", ec), end; !ec && it != end; it.increment(ec)) ++n;
+  for (fs::directory_iterator it("/proc/" + std::to_string(pid) + "/fd", ec), end; !ec && it != end;
+       it.increment(ec))
+    ++n;
   return n;
 }
 
@@ -313,9 +326,11 @@ class Bystander {
         err = "connect: " + session->error();
         session.reset();
       } else {
-        const PqResult r = session->exec("SELECT " + std::to_string(i) + ", count(*) FROM generate_series(1, 1000)", 10s);
+        const PqResult r = session->exec(
+            "SELECT " + std::to_string(i) + ", count(*) FROM generate_series(1, 1000)", 10s);
         if (!r.ok || r.value(0, 0) != std::to_string(i) || r.value(0, 1) != "1000") {
-          err = "kept session: " + (r.ok ? "wrong answer " + r.value(0, 0) + "/" + r.value(0, 1) : r.error);
+          err = "kept session: " +
+                (r.ok ? "wrong answer " + r.value(0, 0) + "/" + r.value(0, 1) : r.error);
           session.reset();
         }
       }
@@ -371,15 +386,17 @@ void raise_nofile(rlim_t want) {
 // pg_stat_activity's "state/wait_event" for a backend pid, "" when the backend is gone.
 std::string backend_state(const Cluster& cluster, const std::string& pid) {
   return cluster.psql_as_postgres(
-      "db1", "SELECT state || '/' || coalesce(wait_event, '') FROM pg_stat_activity WHERE pid = " + pid);
+      "db1",
+      "SELECT state || '/' || coalesce(wait_event, '') FROM pg_stat_activity WHERE pid = " + pid);
 }
 
 }  // namespace
 
 // ---- 1. malformed input ------------------------------------------------------------------------
 
-TEST_CASE("malformed, truncated and absurd startup packets get 08P01 or 0A000, and others are served",
-          "[bad-input][startup]") {
+TEST_CASE(
+    "malformed, truncated and absurd startup packets get 08P01 or 0A000, and others are served",
+    "[bad-input][startup]") {
   auto& cluster = Cluster::shared();
   Pgkeel pk(cluster);
   Bystander by(pk);
@@ -393,8 +410,8 @@ TEST_CASE("malformed, truncated and absurd startup packets get 08P01 or 0A000, a
   };
   const std::string ten_k_params = [] {
     // A well-formed packet of 10001 bytes: one byte over the 10000 PostgreSQL accepts.
-    std::string body = be32(kProtocol30) + "user" + std::string(1, '\0') + "app" + std::string(1, '\0') + "x" +
-                       std::string(1, '\0');
+    std::string body = be32(kProtocol30) + "user" + std::string(1, '\0') + "app" +
+                       std::string(1, '\0') + "x" + std::string(1, '\0');
     const std::size_t value_len = 10001 - 4 - body.size() - 2;
     body += std::string(value_len, 'v') + std::string(1, '\0') + std::string(1, '\0');
     return be32(static_cast<std::uint32_t>(body.size() + 4)) + body;
@@ -411,15 +428,19 @@ TEST_CASE("malformed, truncated and absurd startup packets get 08P01 or 0A000, a
       {"protocol 4.0", startup_packet(4u << 16, {{"user", "app"}}), "0A000"},
       {"protocol 0.0", startup_packet(0, {{"user", "app"}}), "0A000"},
       {"protocol 65535.65535", startup_packet(0xFFFFFFFFu, {{"user", "app"}}), "0A000"},
-      {"an unknown 1234.x request code", startup_packet((1234u << 16) | 5681, {{"user", "app"}}), "0A000"},
+      {"an unknown 1234.x request code", startup_packet((1234u << 16) | 5681, {{"user", "app"}}),
+       "0A000"},
       {"no user name", startup_packet(kProtocol30, {{"database", "app"}}), "28000"},
-      {"a parameter name without a value", be32(4 + 4 + 5 + 1) + be32(kProtocol30) + std::string("user\0\0", 6), "08P01"},
-      {"SSLRequest, 'N', then a packet of length 2", std::string("\0\0\0\x08\x04\xd2\x16\x2f", 8) + be32(2), "08P01"},
+      {"a parameter name without a value",
+       be32(4 + 4 + 5 + 1) + be32(kProtocol30) + std::string("user\0\0", 6), "08P01"},
+      {"SSLRequest, 'N', then a packet of length 2",
+       std::string("\0\0\0\x08\x04\xd2\x16\x2f", 8) + be32(2), "08P01"},
   };
   for (const Case& c : cases) {
     INFO("case: " << c.name);
     Answer a = raw_exchange(pk.port(), c.bytes);
-    INFO("answered in " << a.seconds << " s, types '" << a.stream.types << "', " << a.stream.error_message);
+    INFO("answered in " << a.seconds << " s, types '" << a.stream.types << "', "
+                        << a.stream.error_message);
     CHECK(a.stream.sqlstate == c.sqlstate);
     CHECK(a.closed);
     CHECK(a.seconds < 3.0);
@@ -439,7 +460,8 @@ TEST_CASE("malformed, truncated and absurd startup packets get 08P01 or 0A000, a
     Answer a = raw_exchange(pk.port(), be32(12) + be32(80877102) + be32(1));
     CHECK(a.closed);
     CHECK(a.stream.types.find('R') == std::string::npos);
-    Answer b = raw_exchange(pk.port(), be32(16) + be32(80877102) + be32(0x12345678) + be32(0x9abcdef0));
+    Answer b =
+        raw_exchange(pk.port(), be32(16) + be32(80877102) + be32(0x12345678) + be32(0x9abcdef0));
     CHECK(b.closed);
     CHECK(b.bytes.empty());
   }
@@ -462,9 +484,11 @@ TEST_CASE("malformed, truncated and absurd startup packets get 08P01 or 0A000, a
           break;
       }
       Answer a = raw_exchange(pk.port(), bytes, 3s);
-      INFO("round " << round << ": types '" << a.stream.types << "' sqlstate " << a.stream.sqlstate << " closed "
-                    << a.closed << " after " << a.seconds << " s: " << a.stream.error_message);
-      const std::string key = a.stream.sqlstate.empty() ? (a.closed ? "closed" : "waiting") : a.stream.sqlstate;
+      INFO("round " << round << ": types '" << a.stream.types << "' sqlstate " << a.stream.sqlstate
+                    << " closed " << a.closed << " after " << a.seconds
+                    << " s: " << a.stream.error_message);
+      const std::string key =
+          a.stream.sqlstate.empty() ? (a.closed ? "closed" : "waiting") : a.stream.sqlstate;
       ++outcomes[key];
       // Either a protocol/authorization error, or pgkeel is waiting for the rest of a packet whose
       // length says more is coming (it is cut by login_timeout, case 2).
@@ -511,26 +535,31 @@ TEST_CASE("after login, unknown message types and bad lengths end only that sess
       {"Query with length 0", std::string("Q") + be32(0)},
       {"Query with length 3", std::string("Q") + be32(3)},
       {"Query with length 0xFFFFFFFF", std::string("Q") + be32(0xFFFFFFFFu)},
-      {"a whole Query, then a Sync with length 0x80000000", query_message("SELECT 1") + "S" + be32(0x80000000u)},
+      {"a whole Query, then a Sync with length 0x80000000",
+       query_message("SELECT 1") + "S" + be32(0x80000000u)},
       {"a startup packet in the middle of a session", app_startup()},
   };
   for (const Case& c : cases) {
     INFO("case: " << c.name);
     Answer a = after_login(c.bytes);
-    INFO("answered in " << a.seconds << " s, types '" << a.stream.types << "', " << a.stream.error_message);
+    INFO("answered in " << a.seconds << " s, types '" << a.stream.types << "', "
+                        << a.stream.error_message);
     CHECK(a.stream.sqlstate == "08P01");
     CHECK(a.closed);
     CHECK(a.seconds < 3.0);
   }
 
-  SECTION("random bytes after login (seeded, 24 sessions) end in an error or a close, never a crash") {
+  SECTION(
+      "random bytes after login (seeded, 24 sessions) end in an error or a close, never a crash") {
     std::mt19937 rng(4);
     std::map<std::string, int> outcomes;
     for (int round = 0; round < 24; ++round) {
       Answer a = after_login(random_bytes(rng, 1 + rng() % 600), 2s);
-      const std::string key = a.stream.sqlstate.empty() ? (a.closed ? "closed" : "waiting") : a.stream.sqlstate;
+      const std::string key =
+          a.stream.sqlstate.empty() ? (a.closed ? "closed" : "waiting") : a.stream.sqlstate;
       ++outcomes[key];
-      INFO("round " << round << ": types '" << a.stream.types << "' " << key << ": " << a.stream.error_message);
+      INFO("round " << round << ": types '" << a.stream.types << "' " << key << ": "
+                    << a.stream.error_message);
       // 08P01 from pgkeel or the server; a syntax error when the bytes happened to make a Query; or
       // the session waits for the rest of a message whose length says more is coming.
       CHECK((key == "08P01" || key == "waiting" || key.rfind("42", 0) == 0 || key == "22021"));
@@ -544,7 +573,8 @@ TEST_CASE("after login, unknown message types and bad lengths end only that sess
 
 // ---- 2. slowloris ------------------------------------------------------------------------------
 
-TEST_CASE("a client that stalls during login is cut at login_timeout with 57014", "[bad-input][slowloris]") {
+TEST_CASE("a client that stalls during login is cut at login_timeout with 57014",
+          "[bad-input][slowloris]") {
   auto& cluster = Cluster::shared();
   PgkeelOptions o;
   o.general_extra = "login_timeout = \"1s\"";
@@ -558,8 +588,10 @@ TEST_CASE("a client that stalls during login is cut at login_timeout with 57014"
     const double took = seconds_since(connected_at);
     BackendStream st;
     st.feed(got.data(), got.size());
-    INFO(what << ": cut " << took << " s after connecting, types '" << st.types << "', " << st.error_message);
-    WARN(what << ": cut " << took << " s after connecting, with " << (st.sqlstate.empty() ? "no error" : st.sqlstate));
+    INFO(what << ": cut " << took << " s after connecting, types '" << st.types << "', "
+              << st.error_message);
+    WARN(what << ": cut " << took << " s after connecting, with "
+              << (st.sqlstate.empty() ? "no error" : st.sqlstate));
     CHECK(st.sqlstate == "57014");
     CHECK(c.eof());
     CHECK(took >= 0.9);  // not before login_timeout
@@ -584,7 +616,8 @@ TEST_CASE("a client that stalls during login is cut at login_timeout with 57014"
     REQUIRE(r.size() >= 9);
     CHECK(r[0] == 'R');
   }
-  const std::string sasl = message('p', std::string("SCRAM-SHA-256\0", 14) + be32(32) + "n,,n=,r=abcdefghijklmnopqrstuvwx");
+  const std::string sasl = message(
+      'p', std::string("SCRAM-SHA-256\0", 14) + be32(32) + "n,,n=,r=abcdefghijklmnopqrstuvwx");
   half_sasl.send(sasl.substr(0, sasl.size() / 2));
 
   expect_cut(half_startup, "half a startup packet");
@@ -594,7 +627,8 @@ TEST_CASE("a client that stalls during login is cut at login_timeout with 57014"
   check_bystander(pk, by);
 }
 
-TEST_CASE("a logged-in client that stalls mid-message holds only its own session", "[bad-input][slowloris]") {
+TEST_CASE("a logged-in client that stalls mid-message holds only its own session",
+          "[bad-input][slowloris]") {
   // login_timeout ends at login by definition (README: "a client must finish authenticating
   // within this"); a logged-in session that stops mid-message is PostgreSQL's own behaviour (the
   // backend waits in ClientRead). What must hold: nobody else notices, and the message, finished
@@ -673,7 +707,8 @@ std::size_t drain_flood(Flood& f, std::chrono::milliseconds deadline) {
       pfds.push_back({f.conns[i]->fd(), POLLIN, 0});
       idx.push_back(i);
     }
-    const int left = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now()).count());
+    const int left = static_cast<int>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now()).count());
     if (left <= 0 || ::poll(pfds.data(), pfds.size(), left) <= 0) break;
     for (std::size_t k = 0; k < pfds.size(); ++k) {
       if (pfds[k].revents == 0) continue;
@@ -717,8 +752,9 @@ std::string describe(const std::map<std::string, int>& m) {
 
 }  // namespace
 
-TEST_CASE("2,000 connections that never authenticate: others are served, all are freed at login_timeout",
-          "[bad-input][flood]") {
+TEST_CASE(
+    "2,000 connections that never authenticate: others are served, all are freed at login_timeout",
+    "[bad-input][flood]") {
   raise_nofile(8192);
   auto& cluster = Cluster::shared();
   PgkeelOptions o;
@@ -763,9 +799,10 @@ TEST_CASE("2,000 connections that never authenticate: others are served, all are
     const long rss_after = rss_kib(pk.pid());
     after_rounds.push_back(rss_after);
     WARN("flood round " << round << ": opened 2000 in " << opened << " s; normal client " << normal
-                        << " s; all closed " << freed << " s after the first; outcomes " << describe(outcomes)
-                        << "; RSS baseline " << rss0 << " KiB, peak " << rss_peak << " KiB, after " << rss_after
-                        << " KiB; fds " << fds0 << " -> " << open_fds(pk.pid()));
+                        << " s; all closed " << freed << " s after the first; outcomes "
+                        << describe(outcomes) << "; RSS baseline " << rss0 << " KiB, peak "
+                        << rss_peak << " KiB, after " << rss_after << " KiB; fds " << fds0 << " -> "
+                        << open_fds(pk.pid()));
     CHECK(rss_peak - rss0 < 64 * 1024);  // 2,000 unauthenticated clients: well under 32 KiB each
     CHECK(rss_after - rss0 < 16 * 1024);
   }
@@ -814,7 +851,7 @@ TEST_CASE("a flood beyond max_client_conn gets 53300, and the slots come back at
   // The counts mean something only if no flood connection timed out before the last arrived.
   REQUIRE(seconds_since(flood_start) < 4.5);
   WARN("max_client_conn 300, 1000 startup packets: " << challenged << " challenged, " << refused
-                                                      << " refused 53300 within " << told << " s");
+                                                     << " refused 53300 within " << told << " s");
   CHECK(challenged + refused == 1000);
   CHECK(challenged <= 300 - 1);  // the session opened before holds one slot
   CHECK(challenged >= 250);
@@ -839,7 +876,8 @@ TEST_CASE("a flood beyond max_client_conn gets 53300, and the slots come back at
   again.answers.resize(again.conns.size());
   REQUIRE(eventually(10s, [&] {
     drain_flood(again, 50ms);
-    return std::none_of(again.answers.begin(), again.answers.end(), [](const std::string& a) { return a.empty(); });
+    return std::none_of(again.answers.begin(), again.answers.end(),
+                        [](const std::string& a) { return a.empty(); });
   }));
   int slots = 0;
   for (const std::string& a : again.answers) slots += (!a.empty() && a[0] == 'R') ? 1 : 0;
@@ -847,7 +885,8 @@ TEST_CASE("a flood beyond max_client_conn gets 53300, and the slots come back at
   CHECK(pk.running());
 }
 
-// ---- 4. wrong passwords --------------------------------------------------------------------------
+// ---- 4. wrong passwords
+// --------------------------------------------------------------------------
 
 TEST_CASE("200 wrong passwords from parallel threads all get 28P01 while a correct login works",
           "[bad-input][auth]") {
@@ -871,7 +910,8 @@ TEST_CASE("200 wrong passwords from parallel threads all get 28P01 while a corre
         const auto a0 = Clock::now();
         PqSession s(wrong, 15s);
         took[k] = seconds_since(a0);
-        states[k] = s.connected() ? "connected!" : (s.sqlstate().empty() ? s.error() : s.sqlstate());
+        states[k] =
+            s.connected() ? "connected!" : (s.sqlstate().empty() ? s.error() : s.sqlstate());
         ++done;
       }
     });
@@ -897,9 +937,10 @@ TEST_CASE("200 wrong passwords from parallel threads all get 28P01 while a corre
   std::sort(sorted.begin(), sorted.end());
   std::vector<double> good_sorted = good;
   std::sort(good_sorted.begin(), good_sorted.end());
-  WARN("wrong passwords: " << describe(outcome) << "in " << total << " s; per attempt min " << sorted.front()
-                           << " s, median " << sorted[sorted.size() / 2] << " s, p95 " << sorted[sorted.size() * 95 / 100]
-                           << " s, max " << sorted.back() << " s; correct logins meanwhile: " << good.size()
+  WARN("wrong passwords: " << describe(outcome) << "in " << total << " s; per attempt min "
+                           << sorted.front() << " s, median " << sorted[sorted.size() / 2]
+                           << " s, p95 " << sorted[sorted.size() * 95 / 100] << " s, max "
+                           << sorted.back() << " s; correct logins meanwhile: " << good.size()
                            << ", failed " << good_failed << ", slowest "
                            << (good_sorted.empty() ? 0.0 : good_sorted.back()) << " s");
   CHECK(outcome["28P01"] == kThreads * kPerThread);
@@ -912,8 +953,9 @@ TEST_CASE("200 wrong passwords from parallel threads all get 28P01 while a corre
 
 // ---- 5. a client that never reads ---------------------------------------------------------------
 
-TEST_CASE("a client that stops reading a huge result: bounded memory, then a clean or closed server",
-          "[bad-input][backpressure]") {
+TEST_CASE(
+    "a client that stops reading a huge result: bounded memory, then a clean or closed server",
+    "[bad-input][backpressure]") {
   auto& cluster = Cluster::shared();
   PgkeelOptions o;
   o.log_level = "info";
@@ -942,8 +984,8 @@ TEST_CASE("a client that stops reading a huge result: bounded memory, then a cle
     rss_max = std::max(rss_max, rss_kib(pk.pid()));
     std::this_thread::sleep_for(100ms);  // sampling a level over time, not waiting for an event
   }
-  WARN("stalled reader: pgkeel RSS " << rss0 << " KiB before, at most " << rss_max << " KiB while 1 GB waits; backend "
-                                     << state);
+  WARN("stalled reader: pgkeel RSS " << rss0 << " KiB before, at most " << rss_max
+                                     << " KiB while 1 GB waits; backend " << state);
   CHECK(rss_max - rss0 < 32 * 1024);
   CHECK(by.served());
 
@@ -954,7 +996,8 @@ TEST_CASE("a client that stops reading a huge result: bounded memory, then a cle
       st.feed(d, n);
       return st.ready;
     });
-    WARN("drained 1000000 rows in " << seconds_since(t0) << " s; RSS now " << rss_kib(pk.pid()) << " KiB");
+    WARN("drained 1000000 rows in " << seconds_since(t0) << " s; RSS now " << rss_kib(pk.pid())
+                                    << " KiB");
     CHECK(st.rows == 1000000);
     CHECK(st.sqlstate.empty());
     CHECK(st.ready);
@@ -965,7 +1008,8 @@ TEST_CASE("a client that stops reading a huge result: bounded memory, then a cle
     for (int i = 0; i < 5; ++i) {
       PqSession n(pk.conninfo());
       REQUIRE(n.connected());
-      CHECK(n.exec("SELECT 'next " + std::to_string(i) + "'").scalar() == "next " + std::to_string(i));
+      CHECK(n.exec("SELECT 'next " + std::to_string(i) + "'").scalar() ==
+            "next " + std::to_string(i));
     }
   }
   SECTION("then it disconnects mid-result: the server connection is closed, never handed on") {
@@ -979,7 +1023,8 @@ TEST_CASE("a client that stops reading a huge result: bounded memory, then a cle
       PqSession n(pk.conninfo());
       if (!n.connected()) return false;
       const PqResult r = n.exec("SELECT pg_backend_pid(), 'fresh'");
-      if (r.value(0, 1) != "fresh" && wrong.empty()) wrong = r.ok ? "answer " + r.value(0, 1) : r.error;
+      if (r.value(0, 1) != "fresh" && wrong.empty())
+        wrong = r.ok ? "answer " + r.value(0, 1) : r.error;
       if (r.value(0, 0) == pid && wrong.empty()) wrong = "got the abandoned backend " + pid;
       last_state = backend_state(cluster, pid);
       return last_state.empty();
@@ -994,7 +1039,8 @@ TEST_CASE("a client that stops reading a huge result: bounded memory, then a cle
   check_bystander(pk, by);
 }
 
-// ---- 6. a server that vanishes or sends garbage mid-row --------------------------------------------
+// ---- 6. a server that vanishes or sends garbage mid-row
+// --------------------------------------------
 
 namespace {
 
@@ -1090,10 +1136,13 @@ class SabotageRelay {
             if (pending.empty()) continue;
           }
           framed = true;  // AuthenticationRequest or ErrorResponse from here on
-          raw = pending[0] == 'S';  // TLS (a node with ssl = on): relayed untouched, never sabotaged
+          raw =
+              pending[0] == 'S';  // TLS (a node with ssl = on): relayed untouched, never sabotaged
         }
         if (raw) {
-          if (::send(down, pending.data(), pending.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(pending.size())) break;
+          if (::send(down, pending.data(), pending.size(), MSG_NOSIGNAL) !=
+              static_cast<ssize_t>(pending.size()))
+            break;
           pending.clear();
           continue;
         }
@@ -1101,7 +1150,8 @@ class SabotageRelay {
           const std::size_t len = read_be32(pending, pos + 1);
           if (pending.size() - pos < 1 + len) break;
           const Mode m = mode_;
-          if (m != Mode::kPass && forwarded > (1u << 20) && pending[pos] == 'D' && len > 16 && !fired_.exchange(true)) {
+          if (m != Mode::kPass && forwarded > (1u << 20) && pending[pos] == 'D' && len > 16 &&
+              !fired_.exchange(true)) {
             std::string out = pending.substr(0, pos);
             if (m == Mode::kCutMidRow) {
               partial_sent_ = 5 + (len - 4) / 2;  // the header and half the row
@@ -1157,7 +1207,8 @@ struct StreamOutcome {
   double seconds = 0;
 };
 
-StreamOutcome stream_big_result(PqSession& s, const std::function<void(std::size_t rows)>& on_progress,
+StreamOutcome stream_big_result(PqSession& s,
+                                const std::function<void(std::size_t rows)>& on_progress,
                                 std::chrono::milliseconds timeout = 15s) {
   StreamOutcome out;
   RawConn c = RawConn::adopt(PQsocket(s.get()));
@@ -1208,12 +1259,14 @@ TEST_CASE("a server that vanishes or sends garbage mid-row: the client gets an e
     relay.arm(mode);
     const StreamOutcome r = stream_big_result(s, {});
     relay.arm(SabotageRelay::Mode::kPass);
-    INFO(what << ": " << r.st.rows << " rows, then '" << r.st.sqlstate << "' " << r.st.error_message << ", closed "
-              << r.closed << " after " << r.seconds << " s, partial message left " << r.st.rest.size()
-              << " bytes (the node sent " << relay.partial_sent() << " of the cut row)");
-    WARN(what << ": client saw " << r.st.rows << " rows then " << (r.st.sqlstate.empty() ? "no error" : r.st.sqlstate)
-              << " (" << r.st.error_message << "), closed=" << r.closed << " in " << r.seconds << " s, "
-              << r.st.rest.size() << " bytes of a partial message");
+    INFO(what << ": " << r.st.rows << " rows, then '" << r.st.sqlstate << "' " << r.st.error_message
+              << ", closed " << r.closed << " after " << r.seconds << " s, partial message left "
+              << r.st.rest.size() << " bytes (the node sent " << relay.partial_sent()
+              << " of the cut row)");
+    WARN(what << ": client saw " << r.st.rows << " rows then "
+              << (r.st.sqlstate.empty() ? "no error" : r.st.sqlstate) << " (" << r.st.error_message
+              << "), closed=" << r.closed << " in " << r.seconds << " s, " << r.st.rest.size()
+              << " bytes of a partial message");
     REQUIRE(relay.fired());
     CHECK(r.st.rows > 1000);
     CHECK_FALSE(r.st.ready);  // the result never "completes"
@@ -1244,8 +1297,9 @@ TEST_CASE("a server that vanishes or sends garbage mid-row: the client gets an e
   check_bystander(pk, by);
 }
 
-TEST_CASE("a backend terminated while its result streams: the client is told at once, others are fine",
-          "[bad-input][server]") {
+TEST_CASE(
+    "a backend terminated while its result streams: the client is told at once, others are fine",
+    "[bad-input][server]") {
   // pg_terminate_backend from another session while the client reads as fast as it can. A backend
   // that is between rows sends FATAL 57P01 and exits; one blocked writing to pgkeel at that moment
   // exits without a word (PostgreSQL's ProcessClientWriteInterrupt), possibly leaving half a row
@@ -1268,15 +1322,18 @@ TEST_CASE("a backend terminated while its result streams: the client is told at 
     const StreamOutcome r = stream_big_result(s, [&](std::size_t rows) {
       if (!started && rows > 20000) {
         started = true;  // from another thread: this one keeps reading meanwhile
-        killer = std::thread([&] { cluster.psql_as_postgres("db1", "SELECT pg_terminate_backend(" + pid + ")"); });
+        killer = std::thread(
+            [&] { cluster.psql_as_postgres("db1", "SELECT pg_terminate_backend(" + pid + ")"); });
       }
     });
     if (killer.joinable()) killer.join();
-    const std::string key = r.st.sqlstate.empty() ? (r.st.rest.empty() ? "closed at a boundary" : "closed mid-row")
-                                                  : r.st.sqlstate;
+    const std::string key = r.st.sqlstate.empty()
+                                ? (r.st.rest.empty() ? "closed at a boundary" : "closed mid-row")
+                                : r.st.sqlstate;
     ++outcomes[key];
-    INFO(r.st.rows << " rows then " << key << " (" << r.st.error_message << "), closed=" << r.closed << " in "
-                   << r.seconds << " s, " << r.st.rest.size() << " bytes of a partial message");
+    INFO(r.st.rows << " rows then " << key << " (" << r.st.error_message << "), closed=" << r.closed
+                   << " in " << r.seconds << " s, " << r.st.rest.size()
+                   << " bytes of a partial message");
     REQUIRE(started);
     CHECK_FALSE(r.st.ready);
     CHECK(r.closed);

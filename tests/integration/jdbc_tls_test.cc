@@ -5,18 +5,19 @@
 #include <stdlib.h>
 
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <set>
 #include <string>
 #include <thread>
-
-#include <catch2/catch.hpp>
 
 #include "tests/integration/fixture.h"
 
 namespace pgkeel::test {
 namespace {
 
-bool contains(const std::string& hay, std::string_view needle) { return hay.find(needle) != std::string::npos; }
+bool contains(const std::string& hay, std::string_view needle) {
+  return hay.find(needle) != std::string::npos;
+}
 
 // A CA and a certificate for 127.0.0.1 signed by it, in a temporary folder.
 struct JdbcTestPki {
@@ -30,12 +31,15 @@ struct JdbcTestPki {
     REQUIRE(::mkdtemp(pattern.data()) != nullptr);
     dir = pattern;
     const RunResult r = run_shell(
-        "set -e; cd '" + dir.string() + "'\n"
+        "set -e; cd '" + dir.string() +
+        "'\n"
         "ec='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'\n"
-        "openssl req -x509 $ec -keyout ca.key -out ca.crt -days 2 -subj '/CN=pgkeel jdbc test CA' 2>/dev/null\n"
+        "openssl req -x509 $ec -keyout ca.key -out ca.crt -days 2 -subj '/CN=pgkeel jdbc test CA' "
+        "2>/dev/null\n"
         "openssl req $ec -keyout server.key -out server.csr -subj '/CN=127.0.0.1' 2>/dev/null\n"
         "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > ext.cnf\n"
-        "openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 "
+        "openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt "
+        "-days 2 "
         "-extfile ext.cnf 2>/dev/null\n"
         "chmod 600 server.key; chmod 644 *.crt\n");
     INFO(r.output);
@@ -54,9 +58,10 @@ struct JdbcTestPki {
 std::string compile_suite(const fs::path& classes) {
   const std::string jar = "/usr/share/java/postgresql.jar";
   fs::create_directories(classes);
-  const RunResult c = run({"javac", "-cp", jar, "-d", classes.string(),
-                           (fs::path(PGKEEL_SOURCE_DIR) / "tests" / "jdbc" / "JdbcSuite.java").string()},
-                          {}, 180s);
+  const RunResult c =
+      run({"javac", "-cp", jar, "-d", classes.string(),
+           (fs::path(PGKEEL_SOURCE_DIR) / "tests" / "jdbc" / "JdbcSuite.java").string()},
+          {}, 180s);
   INFO(c.output);
   REQUIRE(c.ok());
   return classes.string() + ":" + jar;
@@ -64,12 +69,14 @@ std::string compile_suite(const fs::path& classes) {
 
 }  // namespace
 
-TEST_CASE("pgJDBC with sslmode=require runs the whole suite over TLS through pgkeel", "[tls][jdbc]") {
+TEST_CASE("pgJDBC with sslmode=require runs the whole suite over TLS through pgkeel",
+          "[tls][jdbc]") {
   JdbcTestPki pki;
   auto& cluster = Cluster::shared();
   PgkeelOptions o;
   o.console = true;
-  o.extra_toml = "[tls]\ncert_file = \"" + pki.cert.string() + "\"\nkey_file = \"" + pki.key.string() + "\"\n";
+  o.extra_toml =
+      "[tls]\ncert_file = \"" + pki.cert.string() + "\"\nkey_file = \"" + pki.key.string() + "\"\n";
   Pgkeel pk(cluster, o);
   const std::string classpath = compile_suite(pk.dir() / "classes");
   const std::string base = "jdbc:postgresql://127.0.0.1:" + std::to_string(pk.port()) + "/app";
@@ -80,9 +87,10 @@ TEST_CASE("pgJDBC with sslmode=require runs the whole suite over TLS through pgk
     RunResult r;
     std::atomic<bool> finished{false};
     std::thread suite([&] {
-      r = run({"java", "-Duser.home=" + pki.dir.string(), "-cp", classpath, "JdbcSuite", base + "?ssl=true&sslmode=require",
-               std::string(kAppUser), std::string(kAppPassword)},
-              {{"HOME", pki.dir.string()}}, 300s);
+      r = run(
+          {"java", "-Duser.home=" + pki.dir.string(), "-cp", classpath, "JdbcSuite",
+           base + "?ssl=true&sslmode=require", std::string(kAppUser), std::string(kAppPassword)},
+          {{"HOME", pki.dir.string()}}, 300s);
       finished = true;
     });
     // While it runs, the console reports how each of its connections arrived.
@@ -94,7 +102,8 @@ TEST_CASE("pgJDBC with sslmode=require runs the whole suite over TLS through pgk
       const PqResult clients = pq_exec(pk.console_conninfo(), "SHOW CLIENTS", 5s);
       if (!clients.ok) console_error = clients.error;
       for (std::size_t i = 0; i < clients.rows.size(); ++i) {
-        apps.insert(clients.value(i, 2) + "/" + clients.value(i, 6) + "/" + clients.value(i, 5) + "/tls=" + clients.value(i, 12));
+        apps.insert(clients.value(i, 2) + "/" + clients.value(i, 6) + "/" + clients.value(i, 5) +
+                    "/tls=" + clients.value(i, 12));
         // Only the suite uses the rw listener now. pgJDBC sets application_name with SET after
         // login, so the console (startup parameters) shows none: tell suite rows by listener.
         // A client still in startup may not have sent its SSLRequest yet.
@@ -119,18 +128,19 @@ TEST_CASE("pgJDBC with sslmode=require runs the whole suite over TLS through pgk
     CHECK(plain_seen == 0);
   }
   SECTION("sslmode=verify-full against the test CA: the certificate pgkeel serves checks out") {
-    const RunResult r = run({"java", "-Duser.home=" + pki.dir.string(), "-Djdbcsuite.watchdog=120", "-cp", classpath,
-                             "JdbcSuite",
-                             base + "?ssl=true&sslmode=verify-full&sslrootcert=" + pki.ca.string(),
-                             std::string(kAppUser), std::string(kAppPassword)},
-                            {{"HOME", pki.dir.string()}}, 300s);
+    const RunResult r = run(
+        {"java", "-Duser.home=" + pki.dir.string(), "-Djdbcsuite.watchdog=120", "-cp", classpath,
+         "JdbcSuite", base + "?ssl=true&sslmode=verify-full&sslrootcert=" + pki.ca.string(),
+         std::string(kAppUser), std::string(kAppPassword)},
+        {{"HOME", pki.dir.string()}}, 300s);
     INFO(r.output);
     CHECK(r.ok());
     CHECK(contains(r.output, " 0 failed"));
   }
 }
 
-TEST_CASE("pgJDBC with sslmode=require is refused cleanly by a pgkeel without [tls]", "[tls][jdbc]") {
+TEST_CASE("pgJDBC with sslmode=require is refused cleanly by a pgkeel without [tls]",
+          "[tls][jdbc]") {
   auto& cluster = Cluster::shared();
   Pgkeel pk(cluster);
   const fs::path home = pk.dir() / "home";
@@ -138,8 +148,8 @@ TEST_CASE("pgJDBC with sslmode=require is refused cleanly by a pgkeel without [t
   const std::string classpath = compile_suite(pk.dir() / "classes");
   const std::string url =
       "jdbc:postgresql://127.0.0.1:" + std::to_string(pk.port()) + "/app?ssl=true&sslmode=require";
-  const RunResult r = run({"java", "-Duser.home=" + home.string(), "-cp", classpath, "JdbcSuite", url,
-                           std::string(kAppUser), std::string(kAppPassword)},
+  const RunResult r = run({"java", "-Duser.home=" + home.string(), "-cp", classpath, "JdbcSuite",
+                           url, std::string(kAppUser), std::string(kAppPassword)},
                           {{"HOME", home.string()}}, 120s);
   INFO(r.output);
   CHECK_FALSE(r.ok());
