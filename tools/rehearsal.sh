@@ -38,12 +38,13 @@ abs_dir() { mkdir -p "$1" && (cd "$1" && pwd); }
 
 # GET /live on the status port: true when pgkeel answers 200.
 live() {
-  local port=$1 line
-  exec 3<>"/dev/tcp/127.0.0.1/$port" 2>/dev/null || return 1
-  printf 'GET /live HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
-  IFS= read -r -t 2 line <&3 || true
-  exec 3<&- 3>&-
-  [[ "$line" == *" 200 "* ]]
+  local port=$1
+  (
+    exec 3<>"/dev/tcp/127.0.0.1/$port" || exit 1
+    printf 'GET /live HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+    IFS= read -r -t 2 line <&3 || exit 1
+    [[ "$line" == *" 200 "* ]]
+  ) 2>/dev/null
 }
 
 start_proxy() {  # DIR: starts pgkeel from DIR/pgkeel.toml and waits for /live

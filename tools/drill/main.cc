@@ -451,7 +451,7 @@ int main(int argc, char** argv) {
               static_cast<long long>(s.reads_failed));
   std::printf("client errors: %lld", static_cast<long long>(s.errors_total));
   for (const auto& e : rec.errors) {
-    std::printf("%s %s %s x%lld", &e == &rec.errors.front() ? " (" : ",", e.sqlstate.c_str(), e.phase.c_str(),
+    std::printf("%s%s %s x%lld", &e == &rec.errors.front() ? " (" : ", ", e.sqlstate.c_str(), e.phase.c_str(),
                 static_cast<long long>(e.count));
   }
   std::printf("%s\n", rec.errors.empty() ? "" : ")");
