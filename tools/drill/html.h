@@ -109,7 +109,7 @@ inline std::string chart(std::string_view title, std::string_view unit, const st
   }
   double lx = kW - kRight - 150;
   for (const auto& l : lines) {
-    o += "<text x=\"" + fmt(lx) + "\" y=\"18\" class=\"axis\" fill=\"" + l.color + "\">■ " + esc(l.name) + "</text>\n";
+    o += "<text x=\"" + fmt(lx) + "\" y=\"18\" class=\"legend\" fill=\"" + l.color + "\">■ " + esc(l.name) + "</text>\n";
     lx += 75;
   }
   o += "</svg>\n";
@@ -150,7 +150,7 @@ inline std::string to_html(const Recording& r, const Summary& s) {
        "table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;"
        "text-align:left}th{background:#f4f4f4}\n.pass{color:#1e8449;font-weight:bold}.fail{color:#c0392b;"
        "font-weight:bold}\nsvg{display:block;margin:0.5em 0}.title{font:bold 13px sans-serif}"
-       ".axis{font:11px sans-serif;fill:#555}.marker{font:11px sans-serif}.plot{fill:#fafafa;stroke:#ccc}\n"
+       ".axis{font:11px sans-serif;fill:#555}.marker,.legend{font:11px sans-serif}.plot{fill:#fafafa;stroke:#ccc}\n"
        "</style>\n</head>\n<body>\n";
   o += "<h1>pgkeel drill report</h1>\n";
   o += std::string("<p class=\"") + (s.passed() ? "pass\">PASSED" : "fail\">FAILED") + "</p>\n";
