@@ -86,6 +86,19 @@ std::int32_t Client::cancel_pid() const {
 
 void Client::start() {
   started_ = Clock::now();
+  // Every accepted socket counts against max_client_conn, logged in or not, so a flood of silent
+  // sockets cannot exhaust descriptors. Over the limit, a client is still read, so its startup
+  // packet gets a proper 53300 (and a CancelRequest still works); far over it, it is closed now.
+  counted_ = true;
+  const int max = w_.config().general.max_client_conn;
+  const int n = w_.shared().clients.fetch_add(1, std::memory_order_relaxed);
+  over_limit_ = n >= max;
+  if (n >= 2 * max + 64) {
+    w_.stats().clients_refused.add(1);
+    log::warning("client").kv("event", "refused").kv("conn", name_).kv("peer", peer_).kv("reason", "far beyond max_client_conn").emit();
+    close_now();
+    return;
+  }
   set_socket_options(ep_.fd, tcp_, w_.config().general);
   ep_.rd.reset(event_new(w_.base(), ep_.fd, EV_READ | EV_PERSIST, &Client::on_read_cb, this));
   ep_.wr.reset(event_new(w_.base(), ep_.fd, EV_WRITE | EV_PERSIST, &Client::on_write_cb, this));
@@ -266,8 +279,7 @@ void Client::handle_startup(const protocol::StartupPacket& pkt) {
 
   Shared& sh = w_.shared();
   const conf::Config& cfg = w_.config();
-  counted_ = true;
-  if (sh.clients.fetch_add(1, std::memory_order_relaxed) >= cfg.general.max_client_conn) {
+  if (over_limit_) {
     log::warning("client").kv("event", "refused").kv("conn", name_).kv("reason", "max_client_conn").kv("limit", cfg.general.max_client_conn).emit();
     fail("FATAL", "53300", "sorry, too many clients already");
     return;

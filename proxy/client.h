@@ -145,7 +145,8 @@ class Client {
   std::int32_t cancel_key_ = 0;
   Clock::time_point started_;
   Clock::time_point wait_started_;
-  bool counted_ = false;  // holds a slot in shared.clients
+  bool counted_ = false;     // holds a slot in shared.clients (from accept)
+  bool over_limit_ = false;  // accepted beyond max_client_conn: a login gets 53300
   bool ever_linked_ = false;
   bool limits_counted_ = false;  // holds a place in shared.limits
   Clock::time_point last_activity_;

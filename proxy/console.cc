@@ -550,7 +550,7 @@ bool Console::listen(const std::string& host, std::uint16_t port) {
     log::error("console").kv("event", "listen_failed").kv("addr", host).kv("reason", "console host must be an IPv4 address").emit();
     return false;
   }
-  listener_.reset(evconnlistener_new_bind(base_, &Console::on_accept, this, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 64,
+  listener_.reset(evconnlistener_new_bind(base_, &Console::on_accept, this, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 64,
                                           reinterpret_cast<sockaddr*>(&sin), sizeof sin));
   if (!listener_) {
     log::error("console").kv("event", "listen_failed").kv("addr", host + ":" + std::to_string(port)).kv("reason", std::strerror(errno)).emit();
@@ -565,6 +565,7 @@ void Console::close_listener() { listener_.reset(); }
 void Console::on_accept(evconnlistener*, evutil_socket_t fd, sockaddr*, int, void* arg) {
   auto* self = static_cast<Console*>(arg);
   evutil_make_socket_nonblocking(fd);
+  evutil_make_socket_closeonexec(fd);  // hooks and stop/rejoin commands must not inherit it
   auto c = std::make_unique<ConsoleConn>(*self, fd);
   ConsoleConn* raw = c.get();
   self->conns_.emplace(raw, std::move(c));

@@ -71,7 +71,7 @@ Worker::Worker(Shared& shared, unsigned index, std::vector<ListenSocket> sockets
 
   for (const ListenSocket& s : sockets_) {
     auto* l = evconnlistener_new(base_.get(), &Worker::on_accept, this,
-                                 LEV_OPT_REUSEABLE | (s.shared ? 0 : LEV_OPT_CLOSE_ON_FREE), -1, s.fd);
+                                 LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC | (s.shared ? 0 : LEV_OPT_CLOSE_ON_FREE), -1, s.fd);
     listeners_.emplace_back(l);
     listener_index_of_.push_back(s.listener_index);
   }

@@ -328,3 +328,45 @@ TEST_CASE("log_format = json writes one JSON object per line", "[console][logs]"
 }
 
 }  // namespace pgkeel::test
+
+namespace pgkeel::test {
+
+TEST_CASE("no descriptor of pgkeel leaks into the commands it runs (all close-on-exec)", "[console][cloexec]") {
+  auto& cluster = Cluster::shared();
+  PgkeelOptions o = console_options();
+  o.status = true;
+  Pgkeel pk(cluster, o);
+  PqSession s(pk.conninfo());
+  REQUIRE(s.exec("SELECT 1").ok);
+  REQUIRE(pq_exec(pk.console_conninfo(), "SHOW NODES").ok);
+  // Hooks, fence, stop and rejoin commands are exec'd from pgkeel: a listening socket inherited by
+  // a restarted PostgreSQL would keep pgkeel's port after pgkeel exits.
+  const fs::path fd_dir = "/proc/" + std::to_string(pk.pid()) + "/fd";
+  int checked = 0;
+  for (const auto& e : fs::directory_iterator(fd_dir)) {
+    const int fd = std::stoi(e.path().filename().string());
+    if (fd <= 2) continue;
+    std::ifstream info("/proc/" + std::to_string(pk.pid()) + "/fdinfo/" + std::to_string(fd));
+    std::string key;
+    std::string flags;
+    while (info >> key) {
+      if (key == "flags:") {
+        info >> flags;
+        break;
+      }
+    }
+    if (flags.empty()) continue;  // closed meanwhile
+    std::error_code ec;
+    const std::string target = fs::read_symlink(e.path(), ec).string();
+    // pgkeel's own: sockets, eventfds and epoll. (/dev/null and pipes can come from whoever
+    // started this test; they are not pgkeel's to close.)
+    if (target.rfind("socket:", 0) != 0 && target.rfind("anon_inode:", 0) != 0) continue;
+    const unsigned long bits = std::stoul(flags, nullptr, 8);
+    INFO("fd " << fd << " -> " << target << " flags " << flags);
+    CHECK((bits & 02000000) != 0);  // O_CLOEXEC
+    ++checked;
+  }
+  CHECK(checked >= 6);  // listeners, console, status port, eventfds, epoll, a client and a server
+}
+
+}  // namespace pgkeel::test
