@@ -395,7 +395,7 @@ void Client::lookup_done(AuthSession::Method method, SecretLookup::Result r) {
 }
 
 void Client::start_auth(AuthSession::Method method, std::shared_ptr<const UserAuth> looked_up) {
-  auth_.emplace(w_.shared(), user_, method, std::move(looked_up));
+  auth_ = std::make_unique<AuthSession>(w_.shared(), user_, method, std::move(looked_up));
   AuthSession::Step step = auth_->begin();
   apply_auth_step(step);
 }

@@ -140,7 +140,7 @@ class Client {
   std::vector<std::pair<std::string, std::string>> params_;  // normalized startup parameters
   ServerCredential cred_;
 
-  std::optional<AuthSession> auth_;  // while authenticating
+  std::unique_ptr<AuthSession> auth_;  // while authenticating only: an idle session does not carry it
 
   std::int32_t cancel_key_ = 0;
   Clock::time_point started_;

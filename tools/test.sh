@@ -36,6 +36,9 @@ print_timings() {
 step "dependencies"
 tools/install-deps.sh
 
+step "docker files (compose config and Dockerfile checks; no engine)"
+tools/check-docker.sh
+
 step "release build"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPGKEEL_TESTS=ON >/dev/null
 cmake --build build -j "$jobs"
