@@ -53,7 +53,8 @@ DrillRun run_drill(const Cluster& cluster, const Pgkeel& pk, const std::string& 
                   "--write-ratio", "0.8", "--fault", fault, "--out", out.string()},
                  {}, 150s);
   std::printf("pgkeel-drill (%s):\n%s\n", fault.c_str(), d.result.output.c_str());
-  json::Reader reader(slurp(out / "drill.json"));
+  const std::string text = slurp(out / "drill.json");  // the reader keeps a view of it
+  json::Reader reader(text);
   d.summary = reader.parse();
   d.html = slurp(out / "drill.html");
   return d;
