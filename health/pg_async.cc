@@ -3,6 +3,16 @@
 #include <utility>
 
 namespace pgkeel::health {
+
+std::string conninfo_value(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) {
+    if (c == '\'' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "'";
+}
+
 namespace {
 
 std::string one_line(const char* msg) {

@@ -34,6 +34,9 @@ struct PgResult {
   std::vector<std::vector<std::optional<std::string>>> rows;  // of the last statement
 };
 
+// A value for a libpq conninfo string: single-quoted, with ' and \ escaped.
+std::string conninfo_value(const std::string& s);
+
 class PgAsync {
  public:
   using Callback = std::function<void(const PgResult&)>;

@@ -12,14 +12,7 @@
 namespace pgkeel::proxy {
 namespace {
 
-std::string conninfo_value(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) {
-    if (c == '\'' || c == '\\') out += '\\';
-    out += c;
-  }
-  return out + "'";
-}
+using health::conninfo_value;
 
 std::string numeric_host(const NodeAddress& a) {
   char host[INET6_ADDRSTRLEN] = {0};

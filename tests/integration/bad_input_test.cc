@@ -35,6 +35,21 @@
 namespace pgkeel::test {
 namespace {
 
+// Memory bounds hold for a normal build. Under a sanitizer pgkeel's RSS measures the sanitizer
+// (ASan keeps freed memory in quarantine), so those checks are skipped there; the rest run.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kMemoryBounds = false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+constexpr bool kMemoryBounds = false;
+#else
+constexpr bool kMemoryBounds = true;
+#endif
+#else
+constexpr bool kMemoryBounds = true;
+#endif
+
+
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) {
@@ -499,7 +514,7 @@ TEST_CASE(
     for (const auto& [k, n] : outcomes) s << k << "=" << n << " ";
     WARN("random startup outcomes: " << s.str());
   }
-  CHECK(rss_kib(pk.pid()) - rss0 < 16 * 1024);
+  if (kMemoryBounds) CHECK(rss_kib(pk.pid()) - rss0 < 16 * 1024);
   check_bystander(pk, by);
 }
 
@@ -806,11 +821,11 @@ TEST_CASE(
                         << describe(outcomes) << "; RSS baseline " << rss0 << " KiB, peak "
                         << rss_peak << " KiB, after " << rss_after << " KiB; fds " << fds0 << " -> "
                         << open_fds(pk.pid()));
-    CHECK(rss_peak - rss0 < 64 * 1024);  // 2,000 unauthenticated clients: well under 32 KiB each
-    CHECK(rss_after - rss0 < 16 * 1024);
+    if (kMemoryBounds) CHECK(rss_peak - rss0 < 64 * 1024);  // 2,000 unauthenticated clients: well under 32 KiB each
+    if (kMemoryBounds) CHECK(rss_after - rss0 < 16 * 1024);
   }
   // No growth from one flood to the next: what a flood takes, it gives back.
-  CHECK(after_rounds[1] - after_rounds[0] < 4 * 1024);
+  if (kMemoryBounds) CHECK(after_rounds[1] - after_rounds[0] < 4 * 1024);
   check_bystander(pk, by);
 }
 
@@ -999,7 +1014,7 @@ TEST_CASE(
   }
   WARN("stalled reader: pgkeel RSS " << rss0 << " KiB before, at most " << rss_max
                                      << " KiB while 1 GB waits; backend " << state);
-  CHECK(rss_max - rss0 < 32 * 1024);
+  if (kMemoryBounds) CHECK(rss_max - rss0 < 32 * 1024);
   CHECK(by.served());
 
   SECTION("then it reads everything: every row arrives and its session goes on cleanly") {
@@ -1048,7 +1063,7 @@ TEST_CASE(
     // mid-transaction or mid-message, the server connection is closed, never reused").
     CHECK(gone);
   }
-  CHECK(rss_kib(pk.pid()) - rss0 < 32 * 1024);
+  if (kMemoryBounds) CHECK(rss_kib(pk.pid()) - rss0 < 32 * 1024);
   check_bystander(pk, by);
 }
 

@@ -21,33 +21,12 @@ using ledger::EventKind;
 using ledger::Phase;
 using ledger::PgConnPtr;
 using ledger::PgResultPtr;
+using ledger::ignore_notice;
+using ledger::kMaxRun;
+using ledger::one_line;
 
-constexpr std::int64_t kMaxRun = 9'000'000;
 constexpr const char* kInsertSql = "INSERT INTO pgkeel_ledger (id, client, payload) VALUES ($1::bigint, $2::int, $3)";
 constexpr const char* kReadSql = "SELECT count(*) FROM pgkeel_ledger WHERE id = $1::bigint";
-
-void ignore_notice(void* /*arg*/, const PGresult* /*res*/) {}
-
-std::string one_line(std::string_view message) {
-  std::string out;
-  bool space = false;
-  for (const char c : message) {
-    if (c == '\n' || c == '\t' || c == '\r' || c == ' ') {
-      space = !out.empty();
-      continue;
-    }
-    if (space) {
-      out.push_back(' ');
-      space = false;
-    }
-    out.push_back(c);
-    if (out.size() >= 240) {
-      out += "...";
-      break;
-    }
-  }
-  return out;
-}
 
 // Waits for the statement already sent; returns the first error result, else the last result.
 // Null with timed_out when `give_up` passed first (the connection must then be dropped).

@@ -18,12 +18,10 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-constexpr std::int64_t kMaxRun = 9'000'000;  // run * kRunStride must fit an int64
+}  // namespace
 
 void ignore_notice(void* /*arg*/, const PGresult* /*res*/) {}
 
-// libpq's messages span lines ("connection to server ... failed: ...\n\tIs the server ...");
-// one line, bounded, is what a report wants.
 std::string one_line(std::string_view message) {
   std::string out;
   bool space = false;
@@ -44,6 +42,8 @@ std::string one_line(std::string_view message) {
   }
   return out;
 }
+
+namespace {
 
 std::string_view result_sqlstate(const PGresult* res) {
   const char* code = res != nullptr ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : nullptr;

@@ -53,6 +53,16 @@
 
 namespace pgkeel::ledger {
 
+// The highest run number: run * kRunStride must fit an int64.
+inline constexpr std::int64_t kMaxRun = 9'000'000;
+
+// libpq's messages span lines ("connection to server ... failed: ...\n\tIs the server ...");
+// one line, bounded, is what a report wants.
+std::string one_line(std::string_view message);
+
+// A notice receiver that drops notices (the load must not print).
+void ignore_notice(void* arg, const PGresult* res);
+
 struct PgConnDeleter {
   void operator()(PGconn* conn) const { PQfinish(conn); }
 };
