@@ -23,47 +23,11 @@ using ledger::PgConnPtr;
 using ledger::PgResultPtr;
 using ledger::ignore_notice;
 using ledger::kMaxRun;
+using ledger::collect_until;
 using ledger::one_line;
 
 constexpr const char* kInsertSql = "INSERT INTO pgkeel_ledger (id, client, payload) VALUES ($1::bigint, $2::int, $3)";
 constexpr const char* kReadSql = "SELECT count(*) FROM pgkeel_ledger WHERE id = $1::bigint";
-
-// Waits for the statement already sent; returns the first error result, else the last result.
-// Null with timed_out when `give_up` passed first (the connection must then be dropped).
-PgResultPtr collect(PGconn* conn, Clock::time_point give_up, bool& timed_out) {
-  timed_out = false;
-  PgResultPtr kept;
-  while (true) {
-    while (PQisBusy(conn) != 0) {
-      const auto now = Clock::now();
-      if (now >= give_up) {
-        timed_out = true;
-        return nullptr;
-      }
-      const auto wait = std::min<Clock::duration>(give_up - now, milliseconds(100));
-      pollfd p{PQsocket(conn), POLLIN, 0};
-      if (p.fd < 0 ||
-          (poll(&p, 1, static_cast<int>(std::chrono::ceil<milliseconds>(wait).count())) < 0 && errno != EINTR)) {
-        break;
-      }
-      if (PQconsumeInput(conn) == 0) {
-        break;
-      }
-    }
-    PgResultPtr res(PQgetResult(conn));
-    if (!res) {
-      return kept;
-    }
-    const bool kept_error = kept && (PQresultStatus(kept.get()) == PGRES_FATAL_ERROR ||
-                                     PQresultStatus(kept.get()) == PGRES_BAD_RESPONSE);
-    if (!kept_error) {
-      kept = std::move(res);
-    }
-    if (PQstatus(conn) == CONNECTION_BAD) {
-      return kept;
-    }
-  }
-}
 
 struct Step {
   bool ok = false;
@@ -97,7 +61,7 @@ Step run_step(PGconn* conn, const char* sql, const char* prepared_name, const st
     return s;
   }
   const auto give_up = timeout.count() > 0 ? Clock::now() + timeout : Clock::time_point::max();
-  s.result = collect(conn, give_up, s.timed_out);
+  s.result = collect_until(conn, give_up, s.timed_out);
   if (s.timed_out) {
     s.lost = true;
     s.message = "no answer within " + std::to_string(timeout.count()) + " ms: connection abandoned";
@@ -165,7 +129,7 @@ ledger::Status Load::start(milliseconds start_timeout) {
     if (conn && PQstatus(conn.get()) == CONNECTION_OK) {
       bool timed_out = false;
       if (PQsendQuery(conn.get(), "SELECT nextval('pgkeel_ledger_run'), txid_current()") != 0) {
-        PgResultPtr res = collect(conn.get(), deadline, timed_out);
+        PgResultPtr res = collect_until(conn.get(), deadline, timed_out);
         if (res && PQresultStatus(res.get()) == PGRES_TUPLES_OK && PQntuples(res.get()) == 1) {
           const std::string_view v = PQgetvalue(res.get(), 0, 0);
           auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), run_);

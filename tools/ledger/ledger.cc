@@ -43,28 +43,8 @@ std::string one_line(std::string_view message) {
   return out;
 }
 
-namespace {
-
-std::string_view result_sqlstate(const PGresult* res) {
-  const char* code = res != nullptr ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : nullptr;
-  return code != nullptr ? code : "";
-}
-
-bool connected_ok(PGconn* conn) { return conn != nullptr && PQstatus(conn) == CONNECTION_OK; }
-
-std::string conn_error(PGconn* conn) {
-  return conn == nullptr ? std::string("out of memory") : one_line(PQerrorMessage(conn));
-}
-
-// Sends sql and collects its results, giving up at `give_up` (a server that never answers, such
-// as a commit waiting for a synchronous standby that is gone, must not hang the writer). Returns
-// the first error result, else the last result; null and timed_out when it gave up, after which
-// the connection must be dropped. A connection that breaks yields libpq's error result.
-PgResultPtr exec_until(PGconn* conn, const char* sql, Clock::time_point give_up, bool& timed_out) {
+PgResultPtr collect_until(PGconn* conn, Clock::time_point give_up, bool& timed_out) {
   timed_out = false;
-  if (PQsendQuery(conn, sql) == 0) {
-    return nullptr;
-  }
   PgResultPtr kept;
   while (true) {
     while (PQisBusy(conn) != 0) {
@@ -97,6 +77,31 @@ PgResultPtr exec_until(PGconn* conn, const char* sql, Clock::time_point give_up,
       return kept;
     }
   }
+}
+
+namespace {
+
+std::string_view result_sqlstate(const PGresult* res) {
+  const char* code = res != nullptr ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : nullptr;
+  return code != nullptr ? code : "";
+}
+
+bool connected_ok(PGconn* conn) { return conn != nullptr && PQstatus(conn) == CONNECTION_OK; }
+
+std::string conn_error(PGconn* conn) {
+  return conn == nullptr ? std::string("out of memory") : one_line(PQerrorMessage(conn));
+}
+
+// Sends sql and collects its results, giving up at `give_up` (a server that never answers, such
+// as a commit waiting for a synchronous standby that is gone, must not hang the writer). Returns
+// the first error result, else the last result; null and timed_out when it gave up, after which
+// the connection must be dropped. A connection that breaks yields libpq's error result.
+PgResultPtr exec_until(PGconn* conn, const char* sql, Clock::time_point give_up, bool& timed_out) {
+  timed_out = false;
+  if (PQsendQuery(conn, sql) == 0) {
+    return nullptr;
+  }
+  return collect_until(conn, give_up, timed_out);
 }
 
 // One statement's result. sqlstate is the server's, or empty when it sent none.

@@ -72,6 +72,11 @@ struct PgResultDeleter {
 using PgConnPtr = std::unique_ptr<PGconn, PgConnDeleter>;
 using PgResultPtr = std::unique_ptr<PGresult, PgResultDeleter>;
 
+// Waits for the results of what was already sent on `conn`, giving up at `give_up` (a server that
+// never answers must not hang a client). Returns the first error result, else the last result;
+// null and timed_out when it gave up, after which the connection must be dropped.
+PgResultPtr collect_until(PGconn* conn, std::chrono::steady_clock::time_point give_up, bool& timed_out);
+
 struct [[nodiscard]] Status {
   std::string error;  // empty on success
   bool ok() const { return error.empty(); }
