@@ -72,6 +72,9 @@ struct ListenerConfig {
   std::string unix_socket_dir;    // empty: no Unix socket; else .s.PGSQL.<port> in this folder
   routing::Intent intent = routing::Intent::kReadWrite;
   PoolMode pool_mode = PoolMode::kSession;
+  // Set only in the running configuration: the listener was removed by a reload, but its index
+  // stays taken while clients that came through it remain (see conf/reload.h).
+  bool retired = false;
 };
 
 struct NodeConfig {
@@ -81,6 +84,9 @@ struct NodeConfig {
   int priority = 100;             // higher wins ties among failover candidates
   bool sslmode_set = false;       // sslmode below overrides [server_tls] sslmode
   SslMode sslmode = SslMode::kPrefer;
+  // Set only in the running configuration: removed (or moved to a new address) by a reload; its
+  // index is never reused while the process runs (see conf/reload.h).
+  bool retired = false;
 };
 
 // A client-facing database name and where it lives on the cluster.
@@ -216,10 +222,17 @@ struct Config {
   std::vector<DatabaseConfig> databases;
   std::vector<UserEntry> users;
 
-  // Index into `nodes` of the named node, or -1.
+  // Index into `nodes` of the named node, or -1 (a retired node is not found by its name).
   int node_index(const std::string& name) const {
     for (std::size_t i = 0; i < nodes.size(); ++i) {
-      if (nodes[i].name == name) return static_cast<int>(i);
+      if (nodes[i].name == name && !nodes[i].retired) return static_cast<int>(i);
+    }
+    return -1;
+  }
+  // Same for listeners.
+  int listener_index(const std::string& name) const {
+    for (std::size_t i = 0; i < listeners.size(); ++i) {
+      if (listeners[i].name == name && !listeners[i].retired) return static_cast<int>(i);
     }
     return -1;
   }

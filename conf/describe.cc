@@ -132,6 +132,7 @@ std::vector<std::pair<std::string, std::string>> describe(const Config& c) {
   add("status.host", c.status.host);
   add("status.port", std::to_string(c.status.port));
   for (const ListenerConfig& l : c.listeners) {
+    if (l.retired) continue;  // removed by a reload
     const std::string p = "listener." + l.name + ".";
     add(p + "address", l.host + ":" + std::to_string(l.port));
     add(p + "unix_socket_dir", l.unix_socket_dir);
@@ -139,6 +140,7 @@ std::vector<std::pair<std::string, std::string>> describe(const Config& c) {
     add(p + "pool_mode", l.pool_mode == PoolMode::kTransaction ? "transaction" : "session");
   }
   for (const NodeConfig& n : c.nodes) {
+    if (n.retired) continue;
     const std::string p = "node." + n.name + ".";
     add(p + "address", n.host + ":" + std::to_string(n.port));
     add(p + "priority", std::to_string(n.priority));

@@ -78,6 +78,7 @@ struct Keeper::Node {
   std::optional<Lsn> settle_lsn;
   bool admin_running = false;
   SteadyClock::time_point facts_at{};  // when `facts` were observed
+  bool retired = false;                // removed by a reload: kept only so its index stays valid
 };
 
 Keeper::Keeper(event_base* base, KeeperConfig config, std::vector<NodeTarget> nodes, routing::Table& table,
@@ -97,6 +98,60 @@ Keeper::Keeper(event_base* base, KeeperConfig config, std::vector<NodeTarget> no
 }
 
 Keeper::~Keeper() = default;
+
+std::string Keeper::check_nodes(const std::vector<NodeTarget>& nodes) const {
+  if (nodes.size() < nodes_.size()) return "[[node]]: the node list lost indices (a bug: conf/reload.h keeps them)";
+  bool changes = nodes.size() != nodes_.size();
+  for (const auto& n : nodes_) {
+    const NodeTarget& t = nodes[n->id];
+    if (t.name != n->target.name || t.host != n->target.host || t.port != n->target.port) {
+      return "[[node]]: index " + std::to_string(n->id) + " changed identity (a bug: conf/reload.h keeps them)";
+    }
+    if (t.retired == n->retired) continue;
+    changes = true;
+    if (!t.retired) return "[[node]]: " + t.name + " cannot come back at its old index";
+    if (writer_ && *writer_ == n->id) {
+      return "[[node]] " + n->target.name + " is the primary: it cannot be removed or moved by a reload (SWITCHOVER first)";
+    }
+    if (record_ && record_->node == n->target.name && !writer_) {
+      return "[[node]] " + n->target.name + " is the recorded primary: it cannot be removed or moved while no primary serves";
+    }
+  }
+  if (changes && step_ != Step::kIdle) return "[[node]]: nodes cannot change while " + busy_text();
+  return {};
+}
+
+void Keeper::set_nodes(const std::vector<NodeTarget>& nodes, const std::string& who) {
+  for (std::size_t i = 0; i < nodes.size(); ++i) {
+    const NodeTarget& t = nodes[i];
+    if (i < nodes_.size()) {
+      Node& n = *nodes_[i];
+      n.target.priority = t.priority;
+      if (!t.retired || n.retired) continue;
+      // What pgkeel knew of it says nothing from now on: a retired node is never probed again.
+      n.retired = true;
+      n.facts.reset();
+      n.detector = Detector({config_.timeouts_to_down, config_.oks_to_up});
+      add_event("node_removed", n.target.name, "removed by " + who + " (" + n.target.host + ":" + std::to_string(n.target.port) + ")");
+      continue;
+    }
+    auto n = std::make_unique<Node>();
+    n->id = static_cast<routing::NodeId>(i);
+    n->target = t;
+    n->retired = t.retired;
+    n->detector = Detector({config_.timeouts_to_down, config_.oks_to_up});
+    n->probe_conn = std::make_unique<PgAsync>(base_, conninfo(*n));
+    n->admin_conn = std::make_unique<PgAsync>(base_, conninfo(*n));
+    nodes_.push_back(std::move(n));
+    if (!t.retired) add_event("node_added", t.name, "added by " + who + " (" + t.host + ":" + std::to_string(t.port) + "); probed from now on");
+  }
+  // New nodes enter the snapshot at once (as unknown, so nothing routes there before a probe
+  // says what they are); removed ones leave it, and workers close their connections to them.
+  publish(writer_, table_.current()->why, table_.current()->hold);
+  for (auto& n : nodes_) {
+    if (!n->retired && n->probes_done == 0 && !n->probing) probe(*n);
+  }
+}
 
 // primary_conninfo for `standby` to stream from `upstream`.
 std::string Keeper::follow_conninfo(const Node& upstream, const Node& standby) const {
@@ -128,7 +183,7 @@ void Keeper::on_tick(evutil_socket_t, short, void* arg) { static_cast<Keeper*>(a
 
 void Keeper::tick() {
   for (auto& n : nodes_) {
-    if (!n->probing) probe(*n);
+    if (!n->probing && !n->retired) probe(*n);
   }
   decide();
 }
@@ -136,7 +191,7 @@ void Keeper::tick() {
 void Keeper::suspect(routing::NodeId node) {
   if (node >= nodes_.size()) return;
   Node& n = *nodes_[node];
-  if (!n.probing) probe(n);
+  if (!n.probing && !n.retired) probe(n);
 }
 
 void Keeper::probe(Node& n) {
@@ -148,6 +203,10 @@ void Keeper::probe(Node& n) {
 
 void Keeper::on_probe(Node& n, const PgResult& r, SteadyClock::time_point started) {
   n.probing = false;
+  if (n.retired) {
+    n.probe_conn->close();
+    return;
+  }
   const auto now = SteadyClock::now();
   n.probe_ms = std::chrono::duration<double, std::milli>(now - started).count();
   n.last_probe_wall = std::chrono::system_clock::now();
@@ -192,6 +251,7 @@ void Keeper::on_probe(Node& n, const PgResult& r, SteadyClock::time_point starte
 std::vector<NodeObservation> Keeper::observations() const {
   std::vector<NodeObservation> out;
   for (const auto& n : nodes_) {
+    if (n->retired) continue;
     NodeObservation o;
     o.id = n->id;
     o.name = n->target.name;
@@ -207,7 +267,7 @@ std::vector<NodeObservation> Keeper::observations() const {
 
 Keeper::Node* Keeper::node_by_name(const std::string& name) {
   for (auto& n : nodes_) {
-    if (n->target.name == name) return n.get();
+    if (n->target.name == name && !n->retired) return n.get();
   }
   return nullptr;
 }
@@ -215,7 +275,7 @@ Keeper::Node* Keeper::node_by_name(const std::string& name) {
 void Keeper::decide() {
   if (!started_) {
     for (const auto& n : nodes_) {
-      if (n->probes_done == 0) return;
+      if (n->probes_done == 0 && !n->retired) return;
     }
     decide_writer_at_start();
     return;
@@ -342,7 +402,7 @@ void Keeper::manage_sync() {
   std::vector<std::string> healthy;
   std::vector<std::string> all;
   for (const auto& n : nodes_) {
-    if (n->id == p.id) continue;
+    if (n->id == p.id || n->retired) continue;
     all.push_back(n->target.name);
     if (n->detector.health() != NodeHealth::kUp || n->fenced || !n->enabled) continue;
     for (const ReplicaInfo& ri : p.facts->replicas) {
@@ -380,7 +440,7 @@ std::optional<routing::NodeId> Keeper::failover_subject() const {
   if (writer_) return writer_;
   if (record_) {
     for (const auto& n : nodes_) {
-      if (n->target.name == record_->node) return n->id;
+      if (n->target.name == record_->node && !n->retired) return n->id;
     }
   }
   return std::nullopt;
@@ -454,7 +514,8 @@ void Keeper::publish(std::optional<routing::NodeId> writer, const std::string& w
     v.host = n->target.host;
     v.port = n->target.port;
     v.fenced = n->fenced;
-    v.enabled = n->enabled;
+    v.enabled = n->enabled && !n->retired;
+    v.retired = n->retired;
     v.role = role_of(*n);
     if (writer && *writer == n->id) v.role = routing::Role::kPrimary;
   }
@@ -1184,7 +1245,9 @@ void Keeper::refresh_routes() {
     const routing::NodeView& v = snap->nodes[n->id];
     routing::Role want = role_of(*n);
     if (snap->writer && *snap->writer == n->id) want = routing::Role::kPrimary;
-    if (v.role != want || v.fenced != n->fenced || v.enabled != n->enabled) stale = true;
+    if (v.role != want || v.fenced != n->fenced || v.enabled != (n->enabled && !n->retired) || v.retired != n->retired) {
+      stale = true;
+    }
   }
   if (stale) publish(snap->writer, snap->why, snap->hold);
 }
@@ -1276,6 +1339,7 @@ std::vector<NodeStatus> Keeper::nodes() const {
   std::vector<NodeStatus> out;
   const ProbeFacts* primary = writer_ && nodes_[*writer_]->facts ? &*nodes_[*writer_]->facts : nullptr;
   for (const auto& n : nodes_) {
+    if (n->retired) continue;
     NodeStatus s;
     s.name = n->target.name;
     s.address = n->target.host + ":" + std::to_string(n->target.port);

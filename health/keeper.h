@@ -65,6 +65,9 @@ struct NodeTarget {
   std::string host;  // numeric address
   std::uint16_t port = 0;
   int priority = 100;
+  // Removed by a reload (its index stays taken for the life of the process; conf/reload.h): no
+  // probes, no traffic, not a candidate, not shown.
+  bool retired = false;
 };
 
 // What the keeper asks of the proxy.
@@ -153,6 +156,13 @@ class Keeper {
   Outcome unfence(const std::string& node, const std::string& who);   // refused unless in recovery
   Outcome disable(const std::string& node, const std::string& who);   // maintenance: no traffic, no promotion
   Outcome enable(const std::string& node, const std::string& who);
+  // A reload changed [[node]]: `nodes` is the whole list by index, as conf/reload.h lines it up
+  // (existing indices kept, new ones appended, removed ones retired). check_nodes() says why it
+  // cannot be applied now (empty: it can): the primary cannot be removed or moved (switch over
+  // first), and nodes do not change while a failover or switchover runs. set_nodes() applies it:
+  // new nodes are probed from now on and join routing once their probes say what they are.
+  std::string check_nodes(const std::vector<NodeTarget>& nodes) const;
+  void set_nodes(const std::vector<NodeTarget>& nodes, const std::string& who);
   // Records a console action or a reload in the event list (kind "console" / "reload").
   void note_event(std::string kind, const std::string& node, std::string text) { add_event(std::move(kind), node, std::move(text)); }
   KeeperCounters counters() const;

@@ -106,12 +106,7 @@ constexpr ShowVerb kShows[] = {
 };
 
 // Listener index by name, or -1.
-int listener_index(const Shared& sh, const std::string& name) {
-  for (std::size_t i = 0; i < sh.config->listeners.size(); ++i) {
-    if (sh.config->listeners[i].name == name) return static_cast<int>(i);
-  }
-  return -1;
-}
+int listener_index(const Shared& sh, const std::string& name) { return sh.config->listener_index(name); }
 
 int running_through(Worker& w, int listener) {
   WorkerReport r;

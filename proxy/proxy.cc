@@ -25,6 +25,7 @@
 #include "proxy/console.h"
 #include "proxy/control.h"
 #include "conf/load.h"
+#include "conf/reload.h"
 #include "proxy/handles.h"
 #include "proxy/log.h"
 #include "proxy/shared.h"
@@ -123,6 +124,89 @@ bool build_tls(const conf::Config& cfg, Shared& sh, std::string& error) {
   return true;
 }
 
+// Listening sockets by listener index, kept by the main thread. TCP: one socket per worker
+// (SO_REUSEPORT), owned and closed by that worker. Unix: one socket shared by every worker, closed
+// and unlinked here once no worker accepts on it any more.
+struct ListenerSockets {
+  struct Unix {
+    int fd = -1;
+    std::string path;
+  };
+  unsigned workers = 0;
+  std::vector<Unix> unix_by_listener;
+
+  Unix& at(std::size_t li) {
+    if (unix_by_listener.size() <= li) unix_by_listener.resize(li + 1);
+    return unix_by_listener[li];
+  }
+  void close_unix(std::size_t li) {
+    Unix& u = at(li);
+    if (u.fd < 0) return;
+    ::close(u.fd);
+    // Another listener may have taken over the path since (bind_unix replaces a stale socket).
+    bool taken = false;
+    for (std::size_t i = 0; i < unix_by_listener.size(); ++i) taken |= i != li && unix_by_listener[i].path == u.path;
+    if (!taken) ::unlink(u.path.c_str());
+    u = Unix{};
+  }
+};
+
+std::string unix_path_of(const conf::ListenerConfig& l) {
+  return l.unix_socket_dir.empty() ? std::string() : l.unix_socket_dir + "/.s.PGSQL." + std::to_string(l.port);
+}
+
+// One listener's new sockets: a TCP socket per worker, and its Unix socket when asked for.
+struct BoundListener {
+  std::vector<int> tcp;  // by worker
+  ListenerSockets::Unix unix_socket;
+};
+
+// On failure nothing stays open and `err` names the address.
+bool bind_listener(const conf::ListenerConfig& l, unsigned workers, bool with_unix, BoundListener& out, std::string& err) {
+  auto fail = [&](const std::string& addr, const std::string& why) {
+    for (int fd : out.tcp) ::close(fd);
+    out.tcp.clear();
+    err = "listener " + l.name + ": cannot listen on " + addr + ": " + why;
+    return false;
+  };
+  for (unsigned w = 0; w < workers; ++w) {
+    std::string why;
+    const int fd = bind_tcp(l.host, l.port, why);
+    if (fd < 0) return fail(l.host + ":" + std::to_string(l.port), why);
+    out.tcp.push_back(fd);
+  }
+  const std::string path = unix_path_of(l);
+  if (with_unix && !path.empty()) {
+    std::string why;
+    out.unix_socket.fd = bind_unix(path, why);
+    if (out.unix_socket.fd < 0) return fail(path, why);
+    out.unix_socket.path = path;
+  }
+  log::info("main").kv("event", "listening").kv("listener", l.name).kv("addr", l.host + ":" + std::to_string(l.port))
+      .kv("unix", path).kv("intent", routing::to_string(l.intent)).emit();
+  return true;
+}
+
+// Hands listener `li`'s sockets to the workers: its own TCP socket to each, the shared Unix one
+// (`unix_fd`, -1: none) to all.
+void hand_out(std::size_t li, const BoundListener& b, int unix_fd, std::vector<std::vector<ListenSocket>>& per_worker) {
+  for (std::size_t w = 0; w < per_worker.size(); ++w) {
+    per_worker[w].push_back({b.tcp[w], li, false});
+    if (unix_fd >= 0) per_worker[w].push_back({unix_fd, li, true});
+  }
+}
+
+// What the keeper needs of a node: its numeric address (resolved once, on the main thread).
+health::NodeTarget node_target(const conf::NodeConfig& n, const NodeAddress& a) {
+  char host[INET6_ADDRSTRLEN] = {0};
+  if (a.addr.ss_family == AF_INET) {
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&a.addr)->sin_addr, host, sizeof host);
+  } else {
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&a.addr)->sin6_addr, host, sizeof host);
+  }
+  return {n.name, host, n.port, n.priority, n.retired};
+}
+
 // The main thread's mailbox: workers post completions (barrier acknowledgements) here.
 class MainMailbox {
  public:
@@ -214,6 +298,7 @@ struct MainLoop {
   std::vector<std::unique_ptr<Worker>>* workers = nullptr;
   event_base* base = nullptr;
   int terms = 0;
+  ListenerSockets* sockets = nullptr;
 };
 
 // What a reload cannot change in a running process; each entry names the key. Empty: the new
@@ -225,23 +310,8 @@ std::vector<std::string> restart_only_changes(const conf::Config& a, const conf:
   };
   check(a.general.workers == b.general.workers, "general.workers");
   check(a.general.state_file == b.general.state_file, "general.state_file");
-  check(a.cluster.initial_primary == b.cluster.initial_primary, "cluster.initial_primary");
   check(a.console.host == b.console.host && a.console.port == b.console.port, "console.host/port");
   check(a.status.host == b.status.host && a.status.port == b.status.port, "status.host/port");
-  bool listeners_same = a.listeners.size() == b.listeners.size();
-  for (std::size_t i = 0; listeners_same && i < a.listeners.size(); ++i) {
-    const conf::ListenerConfig& x = a.listeners[i];
-    const conf::ListenerConfig& y = b.listeners[i];
-    listeners_same = x.name == y.name && x.host == y.host && x.port == y.port && x.unix_socket_dir == y.unix_socket_dir &&
-                     x.intent == y.intent && x.pool_mode == y.pool_mode;
-  }
-  check(listeners_same, "[[listener]] (added, removed or changed)");
-  bool nodes_same = a.nodes.size() == b.nodes.size();
-  for (std::size_t i = 0; nodes_same && i < a.nodes.size(); ++i) {
-    nodes_same = a.nodes[i].name == b.nodes[i].name && a.nodes[i].host == b.nodes[i].host &&
-                 a.nodes[i].port == b.nodes[i].port && a.nodes[i].priority == b.nodes[i].priority;
-  }
-  check(nodes_same, "[[node]] (added, removed or changed)");
   const conf::HealthConfig& h = a.health;
   const conf::HealthConfig& g = b.health;
   check(h.probe_interval == g.probe_interval && h.probe_timeout == g.probe_timeout && h.timeouts_to_down == g.timeouts_to_down &&
@@ -263,15 +333,23 @@ std::vector<std::string> restart_only_changes(const conf::Config& a, const conf:
 
 // RELOAD and SIGHUP: the whole file is read and validated again; if anything is wrong, or
 // something changed that only a restart can apply, nothing is applied and every reason is said.
-std::string reload_config(Shared& sh, const std::string& who, bool& ok) {
+// Listeners and nodes change live: new sockets are bound and new node names resolved before
+// anything is applied (a failure rejects the reload whole), then workers take the new
+// configuration and sockets, and only once all of them have, the keeper probes new nodes and
+// routing drops removed ones.
+std::string reload_config(Shared& sh, ListenerSockets& ls, const std::string& who, bool& ok) {
   ok = false;
   const std::string path = sh.config->source_file;
   conf::LoadResult res = conf::load_config(path);
   std::string why;
+  conf::SlotPlan plan;
   if (res.errors.empty()) {
     const std::vector<std::string> fixed = restart_only_changes(*sh.config, *res.config);
     for (const std::string& k : fixed) {
       res.errors.push_back({path, 0, k, "changed, and this takes a restart to apply"});
+    }
+    for (conf::ConfigError& e : conf::align_slots(*sh.config, *res.config, kMaxListeners, kMaxNodes, plan)) {
+      res.errors.push_back(std::move(e));
     }
   }
   auto users = std::make_shared<UserMap>();
@@ -287,6 +365,66 @@ std::string reload_config(Shared& sh, const std::string& who, bool& ok) {
     if (error.empty()) toward_servers = tls::make_client_context(res.config->server_tls, error);
     if (!error.empty()) res.errors.push_back({path, 0, "tls", error});
   }
+  // New nodes: resolved now, on this thread; then the keeper says whether the change is safe.
+  std::vector<NodeAddress> added_addrs;
+  std::vector<health::NodeTarget> targets;
+  if (res.errors.empty()) {
+    for (std::size_t i : plan.nodes_added) {
+      const conf::NodeConfig& n = res.config->nodes[i];
+      NodeAddress a;
+      std::string err;
+      if (!resolve(n.host, n.port, a, err)) res.errors.push_back({path, 0, "node " + n.name + ".host", "cannot resolve " + n.host + ": " + err});
+      added_addrs.push_back(std::move(a));
+    }
+  }
+  if (res.errors.empty()) {
+    std::size_t next_added = 0;
+    for (std::size_t i = 0; i < res.config->nodes.size(); ++i) {
+      const bool is_new = next_added < plan.nodes_added.size() && plan.nodes_added[next_added] == i;
+      targets.push_back(node_target(res.config->nodes[i], is_new ? added_addrs[next_added++] : sh.node_addrs[i]));
+    }
+    if (sh.keeper != nullptr) {
+      if (std::string no = sh.keeper->check_nodes(targets); !no.empty()) res.errors.push_back({path, 0, "node", no});
+    }
+  }
+  // New and moved listeners: bound now, so that an address in use rejects the reload whole. A
+  // moved listener keeps its Unix socket when the path did not change.
+  std::vector<std::vector<ListenSocket>> per_worker(ls.workers);
+  std::vector<std::size_t> stop_accepting = plan.listeners_removed;
+  std::vector<std::size_t> unix_to_close = plan.listeners_removed;
+  std::vector<std::pair<std::size_t, ListenerSockets::Unix>> new_unix;  // installed once workers took them
+  if (res.errors.empty()) {
+    std::vector<std::size_t> to_bind = plan.listeners_moved;
+    to_bind.insert(to_bind.end(), plan.listeners_added.begin(), plan.listeners_added.end());
+    for (std::size_t li : to_bind) {
+      const conf::ListenerConfig& l = res.config->listeners[li];
+      const bool moved = li < sh.config->listeners.size();
+      const bool keep_unix = moved && unix_path_of(l) == unix_path_of(sh.config->listeners[li]);
+      BoundListener b;
+      std::string err;
+      if (!bind_listener(l, ls.workers, !keep_unix, b, err)) {
+        res.errors.push_back({path, 0, "listener " + l.name, err});
+        break;
+      }
+      if (moved) {
+        stop_accepting.push_back(li);
+        if (!keep_unix) unix_to_close.push_back(li);
+      }
+      hand_out(li, b, keep_unix ? ls.at(li).fd : b.unix_socket.fd, per_worker);
+      if (b.unix_socket.fd >= 0) new_unix.emplace_back(li, b.unix_socket);
+    }
+    if (!res.errors.empty()) {
+      for (auto& v : per_worker) {
+        for (const ListenSocket& s : v) {
+          if (!s.shared) ::close(s.fd);
+        }
+      }
+      for (auto& [li, u] : new_unix) {
+        ::close(u.fd);
+        ::unlink(u.path.c_str());
+      }
+    }
+  }
   if (!res.errors.empty()) {
     for (const conf::ConfigError& e : res.errors) {
       log::error("config").kv("event", "reload_rejected").kv("error", e.to_string()).emit();
@@ -297,17 +435,43 @@ std::string reload_config(Shared& sh, const std::string& who, bool& ok) {
     if (sh.keeper != nullptr) sh.keeper->note_event("reload", "", text + " (by " + who + ")");
     return text;
   }
+  for (std::size_t k = 0; k < plan.nodes_added.size(); ++k) sh.node_addrs[plan.nodes_added[k]] = added_addrs[k];
   auto next = std::make_shared<const conf::Config>(std::move(*res.config));
   sh.config = next;
   sh.set_users(std::move(users));
   sh.set_tls(std::move(toward_clients), std::move(toward_servers));
   log::set_level(next->general.log_level);
   log::set_format(next->general.log_format == conf::LogFormat::kJson ? log::Format::kJson : log::Format::kText);
-  for (Worker* w : sh.workers) w->post([next](Worker& wk) { wk.set_config(next); });
+  auto sockets = std::make_shared<std::vector<std::vector<ListenSocket>>>(std::move(per_worker));
+  count_on_workers(
+      sh,
+      [next, sockets, stop_accepting](Worker& wk) {
+        wk.set_config(next);
+        if (!stop_accepting.empty() || !(*sockets)[wk.index()].empty()) wk.change_listeners((*sockets)[wk.index()], stop_accepting);
+        return 0;
+      },
+      [&sh, &ls, unix_to_close, new_unix, targets, who, nodes_changed = plan.nodes_changed()](int) {
+        // No worker accepts on the old Unix sockets now.
+        for (std::size_t li : unix_to_close) ls.close_unix(li);
+        for (const auto& [li, u] : new_unix) ls.at(li) = u;
+        if (nodes_changed && sh.keeper != nullptr) sh.keeper->set_nodes(targets, who);
+      });
   sh.reloads.fetch_add(1);
   ok = true;
-  const std::string text = "configuration reloaded from " + path + " (" + std::to_string(next->users.size()) + " users)";
-  log::info("config").kv("event", "reloaded").kv("by", who).kv("file", path).emit();
+  std::string changes;
+  auto say = [&changes, &next](const char* what, const std::vector<std::size_t>& idx, bool node) {
+    if (idx.empty()) return;
+    changes += std::string(changes.empty() ? "" : "; ") + what;
+    for (std::size_t i : idx) changes += " " + (node ? next->nodes[i].name : next->listeners[i].name);
+  };
+  say("listeners added:", plan.listeners_added, false);
+  say("listeners moved:", plan.listeners_moved, false);
+  say("listeners removed:", plan.listeners_removed, false);
+  say("nodes added:", plan.nodes_added, true);
+  say("nodes removed or moved:", plan.nodes_removed, true);
+  const std::string text = "configuration reloaded from " + path + " (" + std::to_string(next->users.size()) + " users" +
+                           (changes.empty() ? "" : "; " + changes) + ")";
+  log::info("config").kv("event", "reloaded").kv("by", who).kv("file", path).kv("changes", changes).emit();
   if (sh.keeper != nullptr) sh.keeper->note_event("reload", "", text + " by " + who);
   return text;
 }
@@ -316,7 +480,7 @@ void on_signal(evutil_socket_t sig, short, void* arg) {
   auto* m = static_cast<MainLoop*>(arg);
   if (sig == SIGHUP) {
     bool ok = false;
-    reload_config(*m->shared, "SIGHUP", ok);
+    reload_config(*m->shared, *m->sockets, "SIGHUP", ok);
     return;
   }
   const bool graceful = sig == SIGTERM && m->terms == 0;
@@ -381,7 +545,7 @@ int run(const conf::Config& config) {
       log::error("main").kv("event", "resolve_failed").kv("node", n.name).kv("host", n.host).kv("reason", err).emit();
       return 2;
     }
-    sh.node_addrs.push_back(a);
+    sh.node_addrs[i] = a;
     routing::NodeView v;
     v.id = static_cast<routing::NodeId>(i);
     v.name = n.name;
@@ -394,42 +558,24 @@ int run(const conf::Config& config) {
   snap.hold = true;
   snap.why = "waiting for the first probes of every node";
   sh.table.publish(std::move(snap));
-  sh.server_conns = std::make_unique<std::atomic<int>[]>(config.nodes.size());
-  sh.node_waiters = std::make_unique<std::atomic<int>[]>(config.nodes.size());
 
   unsigned nworkers = config.general.workers > 0 ? static_cast<unsigned>(config.general.workers)
                                                  : std::max(1u, std::thread::hardware_concurrency());
   nworkers = std::min(nworkers, 255u);
 
   // Listening sockets: TCP one per worker (SO_REUSEPORT); Unix sockets shared.
+  ListenerSockets sockets;
+  sockets.workers = nworkers;
   std::vector<std::vector<ListenSocket>> per_worker(nworkers);
-  std::vector<int> shared_fds;
-  std::vector<std::string> unix_paths;
   for (std::size_t li = 0; li < config.listeners.size(); ++li) {
-    const conf::ListenerConfig& l = config.listeners[li];
-    for (unsigned w = 0; w < nworkers; ++w) {
-      std::string err;
-      const int fd = bind_tcp(l.host, l.port, err);
-      if (fd < 0) {
-        log::error("main").kv("event", "listen_failed").kv("listener", l.name).kv("addr", l.host + ":" + std::to_string(l.port)).kv("reason", err).emit();
-        return 2;
-      }
-      per_worker[w].push_back({fd, li, false});
+    BoundListener b;
+    std::string err;
+    if (!bind_listener(config.listeners[li], nworkers, true, b, err)) {
+      log::error("main").kv("event", "listen_failed").kv("reason", err).emit();
+      return 2;
     }
-    if (!l.unix_socket_dir.empty()) {
-      const std::string path = l.unix_socket_dir + "/.s.PGSQL." + std::to_string(l.port);
-      std::string err;
-      const int fd = bind_unix(path, err);
-      if (fd < 0) {
-        log::error("main").kv("event", "listen_failed").kv("listener", l.name).kv("addr", path).kv("reason", err).emit();
-        return 2;
-      }
-      shared_fds.push_back(fd);
-      unix_paths.push_back(path);
-      for (unsigned w = 0; w < nworkers; ++w) per_worker[w].push_back({fd, li, true});
-    }
-    log::info("main").kv("event", "listening").kv("listener", l.name).kv("addr", l.host + ":" + std::to_string(l.port))
-        .kv("intent", routing::to_string(l.intent)).emit();
+    sockets.at(li) = b.unix_socket;
+    hand_out(li, b, b.unix_socket.fd, per_worker);
   }
 
   // Workers get no signals: main handles them.
@@ -441,14 +587,14 @@ int run(const conf::Config& config) {
   pthread_sigmask(SIG_BLOCK, &block, nullptr);
   std::vector<std::unique_ptr<Worker>> workers;
   for (unsigned w = 0; w < nworkers; ++w) {
-    workers.push_back(std::make_unique<Worker>(sh, w, std::move(per_worker[w])));
+    workers.push_back(std::make_unique<Worker>(sh, w, per_worker[w]));
     sh.workers.push_back(workers.back().get());
   }
   sh.workers_running.store(static_cast<int>(nworkers));
   for (auto& w : workers) w->start();
 
   EventBasePtr base(event_base_new());
-  MainLoop m{&sh, &workers, base.get(), 0};
+  MainLoop m{&sh, &workers, base.get(), 0, &sockets};
   EventPtr sigterm(evsignal_new(base.get(), SIGTERM, &on_signal, &m));
   EventPtr sigint(evsignal_new(base.get(), SIGINT, &on_signal, &m));
   EventPtr sighup(evsignal_new(base.get(), SIGHUP, &on_signal, &m));
@@ -457,7 +603,7 @@ int run(const conf::Config& config) {
   event_add(sighup.get(), nullptr);
   pthread_sigmask(SIG_UNBLOCK, &block, nullptr);
   sh.main_base = base.get();
-  sh.reload = [&sh](const std::string& who, bool& ok) { return reload_config(sh, who, ok); };
+  sh.reload = [&sh, &sockets](const std::string& who, bool& ok) { return reload_config(sh, sockets, who, ok); };
   sh.shutdown = [&m](bool graceful) {
     m.shared->draining.store(true);
     log::info("main").kv("event", graceful ? "shutdown_graceful" : "shutdown_fast").kv("signal", "console").emit();
@@ -502,17 +648,7 @@ int run(const conf::Config& config) {
   kc.switchover_timeout = config.failover.switchover_timeout;
   kc.initial_primary = config.nodes[primary].name;
   std::vector<health::NodeTarget> targets;
-  for (std::size_t i = 0; i < config.nodes.size(); ++i) {
-    const conf::NodeConfig& n = config.nodes[i];
-    char host[INET6_ADDRSTRLEN] = {0};
-    const sockaddr_storage& ss = sh.node_addrs[i].addr;
-    if (ss.ss_family == AF_INET) {
-      inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&ss)->sin_addr, host, sizeof host);
-    } else {
-      inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr, host, sizeof host);
-    }
-    targets.push_back({n.name, host, n.port, n.priority});
-  }
+  for (std::size_t i = 0; i < config.nodes.size(); ++i) targets.push_back(node_target(config.nodes[i], sh.node_addrs[i]));
   health::Keeper keeper(base.get(), kc, targets, sh.table, effects);
   keeper.on_event = [](const health::Event& e) {
     log::info("health").kv("event", e.kind).kv("id", e.id).kv("epoch", e.epoch).kv("node", e.node).kv("detail", e.text).emit();
@@ -549,8 +685,7 @@ int run(const conf::Config& config) {
 
   for (auto& w : workers) w->join();
   workers.clear();
-  for (int fd : shared_fds) ::close(fd);
-  for (const std::string& p : unix_paths) ::unlink(p.c_str());
+  for (std::size_t li = 0; li < sockets.unix_by_listener.size(); ++li) sockets.close_unix(li);
   log::info("main").kv("event", "exited").emit();
   return 0;
 }

@@ -78,14 +78,16 @@ struct Shared {
   // Client-facing users; replaced whole by a reload, read by any thread.
   std::shared_ptr<const UserMap> users() const { return std::atomic_load(&users_); }
   void set_users(std::shared_ptr<const UserMap> u) { std::atomic_store(&users_, std::move(u)); }
-  std::vector<NodeAddress> node_addrs;  // by NodeId
+  // By NodeId. An entry is written once, by the main thread, before any snapshot names its node
+  // (a reload adds nodes at new indices and never rewrites one), so workers read it unlocked.
+  std::array<NodeAddress, kMaxNodes> node_addrs;
 
   std::atomic<int> clients{0};  // all workers; checked against max_client_conn
   Limits limits;                // per user and per database
   SecretCache secrets;          // [auth] query answers
   AuthThrottle auth_throttle;   // failed logins per address
-  std::unique_ptr<std::atomic<int>[]> server_conns;  // by NodeId; per-node cap
-  std::unique_ptr<std::atomic<int>[]> node_waiters;  // by NodeId; clients waiting for a slot
+  std::array<std::atomic<int>, kMaxNodes> server_conns{};  // by NodeId; per-node cap
+  std::array<std::atomic<int>, kMaxNodes> node_waiters{};  // by NodeId; clients waiting for a slot
 
   std::string mock_secret;  // salts the fake SCRAM exchange for unknown users
   std::vector<Worker*> workers;

@@ -38,6 +38,7 @@ void fill_listeners(const Shared& sh, StatusSnapshot& s) {
   const routing::Snapshot& snap = *s.routes;
   for (std::size_t i = 0; i < s.config->listeners.size(); ++i) {
     const conf::ListenerConfig& l = s.config->listeners[i];
+    if (l.retired) continue;
     ListenerRow r;
     r.name = l.name;
     r.address = l.host + ":" + std::to_string(l.port);
@@ -242,10 +243,10 @@ ConsoleTable stats_table(const StatusSnapshot& s) {
                       fixed(TrafficTotals::quantile_ms(m.xact_buckets, 0.99), 3)});
   };
   for (std::size_t i = 0; i < s.total.by_listener.size() && i < s.config->listeners.size(); ++i) {
-    row("listener", s.config->listeners[i].name, s.total.by_listener[i], s.last_minute.by_listener[i]);
+    if (!s.config->listeners[i].retired) row("listener", s.config->listeners[i].name, s.total.by_listener[i], s.last_minute.by_listener[i]);
   }
   for (std::size_t i = 0; i < s.total.by_node.size() && i < s.config->nodes.size(); ++i) {
-    row("node", s.config->nodes[i].name, s.total.by_node[i], s.last_minute.by_node[i]);
+    if (!s.config->nodes[i].retired) row("node", s.config->nodes[i].name, s.total.by_node[i], s.last_minute.by_node[i]);
   }
   return t;
 }

@@ -159,21 +159,36 @@ class Exposition {
   std::string out_;
 };
 
+// A listener or node removed by a reload keeps its counters until a restart, under a name of its
+// own (a node moved to a new address has a new entry under its old name).
+std::string removed_name(const std::string& name, std::size_t i) {
+  return name + " (removed, index " + std::to_string(i) + ")";
+}
+
 std::string listener_name(const StatusSnapshot& s, std::size_t i) {
-  if (s.config && i < s.config->listeners.size()) return s.config->listeners[i].name;
+  if (s.config && i < s.config->listeners.size()) {
+    const conf::ListenerConfig& l = s.config->listeners[i];
+    return l.retired ? removed_name(l.name, i) : l.name;
+  }
   return "listener" + std::to_string(i);
 }
 
 std::string node_name(const StatusSnapshot& s, std::size_t i) {
-  if (s.routes && i < s.routes->nodes.size()) return s.routes->nodes[i].name;
-  if (s.config && i < s.config->nodes.size()) return s.config->nodes[i].name;
+  if (s.routes && i < s.routes->nodes.size()) {
+    const routing::NodeView& n = s.routes->nodes[i];
+    return n.retired ? removed_name(n.name, i) : n.name;
+  }
+  if (s.config && i < s.config->nodes.size()) {
+    const conf::NodeConfig& n = s.config->nodes[i];
+    return n.retired ? removed_name(n.name, i) : n.name;
+  }
   return "node" + std::to_string(i);
 }
 
 const routing::NodeView* route_node(const StatusSnapshot& s, const std::string& name) {
   if (!s.routes) return nullptr;
   for (const routing::NodeView& n : s.routes->nodes) {
-    if (n.name == name) return &n;
+    if (n.name == name && !n.retired) return &n;
   }
   return nullptr;
 }

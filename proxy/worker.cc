@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -53,8 +54,8 @@ void on_cancel_writable(evutil_socket_t fd, short, void* arg) {
 
 }  // namespace
 
-Worker::Worker(Shared& shared, unsigned index, std::vector<ListenSocket> sockets)
-    : shared_(shared), index_(index), sockets_(std::move(sockets)), config_(shared.config),
+Worker::Worker(Shared& shared, unsigned index, const std::vector<ListenSocket>& sockets)
+    : shared_(shared), index_(index), config_(shared.config),
       stats_(std::make_unique<WorkerStats>()) {
   event_config* cfg = event_config_new();
   event_config_set_flag(cfg, EVENT_BASE_FLAG_NOLOCK);  // one thread per base
@@ -69,11 +70,30 @@ Worker::Worker(Shared& shared, unsigned index, std::vector<ListenSocket> sockets
   event_add(tick_event_.get(), &kTickInterval);
   reap_event_.reset(event_new(base_.get(), -1, 0, &Worker::on_reap, this));
 
-  for (const ListenSocket& s : sockets_) {
-    auto* l = evconnlistener_new(base_.get(), &Worker::on_accept, this,
-                                 LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC | (s.shared ? 0 : LEV_OPT_CLOSE_ON_FREE), -1, s.fd);
-    listeners_.emplace_back(l);
-    listener_index_of_.push_back(s.listener_index);
+  for (const ListenSocket& s : sockets) accept_on(s);
+}
+
+void Worker::accept_on(const ListenSocket& s) {
+  auto* l = evconnlistener_new(base_.get(), &Worker::on_accept, this,
+                               LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC | (s.shared ? 0 : LEV_OPT_CLOSE_ON_FREE), -1, s.fd);
+  if (l == nullptr) {
+    log::error("worker").kv("event", "accept_failed").kv("worker", index_).kv("listener", s.listener_index).emit();
+    if (!s.shared) ::close(s.fd);
+    return;
+  }
+  listeners_.push_back({ListenerPtr(l), s.listener_index});
+}
+
+void Worker::change_listeners(const std::vector<ListenSocket>& add, const std::vector<std::size_t>& close) {
+  std::erase_if(listeners_, [&close](const Accepting& a) {
+    return std::find(close.begin(), close.end(), a.listener_index) != close.end();
+  });
+  for (const ListenSocket& s : add) {
+    if (shutting_down()) {
+      if (!s.shared) ::close(s.fd);
+    } else {
+      accept_on(s);
+    }
   }
 }
 
@@ -134,8 +154,8 @@ void Worker::on_mailbox(evutil_socket_t fd, short, void* arg) {
 void Worker::on_accept(evconnlistener* l, evutil_socket_t fd, sockaddr* addr, int, void* arg) {
   auto* w = static_cast<Worker*>(arg);
   std::size_t listener_index = 0;
-  for (std::size_t i = 0; i < w->listeners_.size(); ++i) {
-    if (w->listeners_[i].get() == l) listener_index = w->listener_index_of_[i];
+  for (const Accepting& a : w->listeners_) {
+    if (a.listener.get() == l) listener_index = a.listener_index;
   }
   w->accept_client(fd, listener_index, addr);
 }

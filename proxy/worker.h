@@ -40,7 +40,7 @@ struct ListenSocket {
 
 class Worker {
  public:
-  Worker(Shared& shared, unsigned index, std::vector<ListenSocket> sockets);
+  Worker(Shared& shared, unsigned index, const std::vector<ListenSocket>& sockets);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -102,6 +102,10 @@ class Worker {
   // KILL: ends the client's session with 57P01; false if this worker has no such client.
   bool kill_client(std::uint32_t id, const std::string& who);
 
+  // A reload changed [[listener]]: stop accepting on the listener indices in `close` (clients that
+  // came through them stay), then accept on `add`. Call after set_config() with the new config.
+  void change_listeners(const std::vector<ListenSocket>& add, const std::vector<std::size_t>& close);
+
   // Shutdown: graceful (idle sessions closed with 57P01, others when idle) or immediate.
   void begin_shutdown(bool graceful);
   bool shutting_down() const { return shutdown_ != Shutdown::kNone; }
@@ -119,15 +123,18 @@ class Worker {
   void tick();
   void reap();
   void close_listeners();
+  void accept_on(const ListenSocket& s);
   void maybe_exit();
   std::uint32_t next_client_id();
 
   Shared& shared_;
   const unsigned index_;
-  std::vector<ListenSocket> sockets_;
   EventBasePtr base_;
-  std::vector<ListenerPtr> listeners_;
-  std::vector<std::size_t> listener_index_of_;  // parallel to listeners_
+  struct Accepting {
+    ListenerPtr listener;
+    std::size_t listener_index = 0;
+  };
+  std::vector<Accepting> listeners_;
   EventPtr mailbox_event_;
   EventPtr tick_event_;
   EventPtr reap_event_;

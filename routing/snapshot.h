@@ -21,7 +21,8 @@ struct NodeView {
   std::uint16_t port = 0;
   Role role = Role::kUnknown;
   bool fenced = false;   // must receive no traffic at all
-  bool enabled = true;   // false while a DBA has it in maintenance
+  bool enabled = true;   // false while a DBA has it in maintenance (and for a retired node)
+  bool retired = false;  // removed by a reload; the index stays taken, nothing routes there
 };
 
 // One version of the routing table. Never mutated after publication.

@@ -292,6 +292,86 @@ TEST_CASE("RELOAD and SIGHUP apply a good configuration and keep serving through
   }
 }
 
+TEST_CASE("RELOAD adds, moves and removes listeners and nodes without dropping connections", "[console][reload]") {
+  auto& cluster = Cluster::shared();
+  PgkeelOptions o = console_options();
+  o.nodes = {"db1"};  // db2 joins by a reload
+  Pgkeel pk(cluster, o);
+  REQUIRE(eventually(10s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+  PqSession session(pk.conninfo());
+  REQUIRE(session.connected());
+  REQUIRE(session.exec("SELECT 1").ok);
+  auto reload = [&] {
+    pk.write_config();
+    const PqResult r = pq_exec(pk.console_conninfo(), "RELOAD");
+    INFO(r.error);
+    REQUIRE(r.ok);
+  };
+  auto node_state = [&](const std::string& name) { return cell(pq_exec(pk.console_conninfo(), "SHOW NODES"), "name", name, "state"); };
+  auto listed = [&](const std::string& what, const std::string& col, const std::string& name) {
+    const PqResult r = pq_exec(pk.console_conninfo(), what);
+    for (std::size_t i = 0; i < r.rows.size(); ++i) {
+      for (std::size_t c = 0; c < r.columns.size(); ++c) {
+        if (r.columns[c] == col && r.value(i, c) == name) return true;
+      }
+    }
+    return false;
+  };
+
+  // A node and a read-only listener are added.
+  pk.options().nodes = {"db1", "db2"};
+  pk.options().listeners.push_back(ListenerSpec{"ro", "read-only", free_port(), "", ""});
+  reload();
+  CHECK(eventually(10s, [&] { return node_state("db2") == "up"; }));
+  CHECK(eventually(10s, [&] { return pq_exec(pk.conninfo(kAppUser, kAppPassword, kAppDatabase, "ro"), "SELECT pg_is_in_recovery()").value(0, 0) == "t"; }));
+  CHECK(listed("SHOW LISTENERS", "name", "ro"));
+  CHECK(session.exec("SELECT 1").ok);
+  const PqResult events = pq_exec(pk.console_conninfo(), "SHOW EVENTS");
+  bool added_event = false;
+  for (std::size_t i = 0; i < events.rows.size(); ++i) added_event |= events.value(i, 3) == "node_added" && events.value(i, 4) == "db2";
+  CHECK(added_event);
+
+  // The read-write listener moves to another port: its sessions stay, the old port closes.
+  const std::string old_rw = pk.conninfo();
+  pk.options().listeners[0].port = free_port();
+  reload();
+  CHECK(session.exec("SELECT 1").ok);
+  CHECK(pq_exec(pk.conninfo(), "SELECT 1").ok);
+  CHECK_FALSE(pq_exec(old_rw, "SELECT 1").ok);
+
+  // The read-only listener goes: a session through it stays, new ones are refused.
+  PqSession reader(pk.conninfo(kAppUser, kAppPassword, kAppDatabase, "ro"));
+  REQUIRE(reader.connected());
+  REQUIRE(reader.exec("SELECT 1").ok);
+  const std::string ro = pk.conninfo(kAppUser, kAppPassword, kAppDatabase, "ro");
+  pk.options().listeners.pop_back();
+  reload();
+  CHECK(reader.exec("SELECT pg_is_in_recovery()").value(0, 0) == "t");
+  CHECK_FALSE(pq_exec(ro, "SELECT 1").ok);
+  CHECK_FALSE(listed("SHOW LISTENERS", "name", "ro"));
+
+  // The primary cannot be removed by a reload; a standby can.
+  pk.options().nodes = {"db2"};
+  pk.options().initial_primary = "db2";  // else the file itself is invalid
+  pk.write_config();
+  const PqResult refused = pq_exec(pk.console_conninfo(), "RELOAD");
+  CHECK_FALSE(refused.ok);
+  CHECK(contains(refused.error, "SWITCHOVER first"));
+  CHECK(session.exec("SELECT 1").ok);
+  pk.options().nodes = {"db1"};
+  pk.options().initial_primary = "db1";
+  reload();
+  CHECK_FALSE(listed("SHOW NODES", "name", "db2"));
+  CHECK_FALSE(listed("SHOW CONFIG", "key", "node.db2.address"));
+  CHECK(session.exec("SELECT 1").ok);
+
+  // A node that comes back gets a new index and is probed again.
+  pk.options().nodes = {"db1", "db2"};
+  reload();
+  CHECK(eventually(10s, [&] { return node_state("db2") == "up"; }));
+  CHECK(session.exec("SELECT 1").ok);
+}
+
 TEST_CASE("SHUTDOWN from the console drains and exits cleanly", "[console]") {
   auto& cluster = Cluster::shared();
   Pgkeel pk(cluster, console_options());
