@@ -72,6 +72,11 @@ struct ListenerConfig {
   std::string unix_socket_dir;    // empty: no Unix socket; else .s.PGSQL.<port> in this folder
   routing::Intent intent = routing::Intent::kReadWrite;
   PoolMode pool_mode = PoolMode::kSession;
+  // Read-only listeners: a standby serves only while it is this close to the primary (0: no
+  // limit), least busy first; with none fit, the primary serves (or the client is refused).
+  std::uint64_t max_replica_lag_bytes = 16 * 1024 * 1024;
+  Millis max_replica_lag{10000};
+  bool read_fallback_primary = true;  // read_fallback = "primary" | "refuse"
   // Set only in the running configuration: the listener was removed by a reload, but its index
   // stays taken while clients that came through it remain (see conf/reload.h).
   bool retired = false;

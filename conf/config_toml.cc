@@ -319,7 +319,8 @@ constexpr std::initializer_list<const char*> kAuthKeys = {
     "failure_window", "failure_delay"};
 constexpr std::initializer_list<const char*> kLimitKeys = {"user", "database", "max_client_conn", "max_server_conn"};
 constexpr std::initializer_list<const char*> kListenerKeys = {
-    "name", "host", "port", "unix_socket_dir", "intent", "pool_mode"};
+    "name", "host", "port", "unix_socket_dir", "intent", "pool_mode", "max_replica_lag_bytes", "max_replica_lag",
+    "read_fallback"};
 constexpr std::initializer_list<const char*> kNodeKeys = {"name", "host", "port", "priority", "sslmode"};
 constexpr std::initializer_list<const char*> kTlsKeys = {"cert_file", "key_file", "min_version"};
 constexpr std::initializer_list<const char*> kServerTlsKeys = {"sslmode", "ca_file", "cert_file", "key_file"};
@@ -1007,6 +1008,12 @@ class Mapper {
         read_choice(v, k,
                     {{"session", PoolMode::kSession}, {"transaction", PoolMode::kTransaction}},
                     l.pool_mode);
+      } else if (name == "max_replica_lag_bytes") {
+        read_int(v, k, 0, kIntMax, l.max_replica_lag_bytes);
+      } else if (name == "max_replica_lag") {
+        read_duration(v, k, /*zero_ok=*/true, l.max_replica_lag);
+      } else if (name == "read_fallback") {
+        read_choice(v, k, {{"primary", true}, {"refuse", false}}, l.read_fallback_primary);
       } else {
         unknown(v, prefix, name, "[[listener]]", kListenerKeys);
         continue;

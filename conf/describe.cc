@@ -138,6 +138,11 @@ std::vector<std::pair<std::string, std::string>> describe(const Config& c) {
     add(p + "unix_socket_dir", l.unix_socket_dir);
     add(p + "intent", l.intent == routing::Intent::kReadWrite ? "read-write" : "read-only");
     add(p + "pool_mode", l.pool_mode == PoolMode::kTransaction ? "transaction" : "session");
+    if (l.intent == routing::Intent::kReadOnly) {
+      add(p + "max_replica_lag_bytes", std::to_string(l.max_replica_lag_bytes));
+      add(p + "max_replica_lag", std::to_string(l.max_replica_lag.count()) + "ms");
+      add(p + "read_fallback", l.read_fallback_primary ? "primary" : "refuse");
+    }
   }
   for (const NodeConfig& n : c.nodes) {
     if (n.retired) continue;

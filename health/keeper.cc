@@ -244,8 +244,31 @@ void Keeper::on_probe(Node& n, const PgResult& r, SteadyClock::time_point starte
   // Every probe opens a new connection: "a new client can get in" is part of being alive (a
   // hung postmaster still serves connections it already forked).
   n.probe_conn->close();
+  post_positions();
   decide();
   if (started_ && step_ == Step::kIdle) refresh_routes();
+}
+
+// Every node's position relative to the writer's last observed WAL position, for read routing.
+// Lag in seconds counts only while a standby has not replayed what it received: an idle primary
+// writes nothing new, and its standbys' last replay timestamps age without them being behind.
+void Keeper::post_positions() {
+  if (board_ == nullptr) return;
+  const ProbeFacts* primary = writer_ && nodes_[*writer_]->facts ? &*nodes_[*writer_]->facts : nullptr;
+  for (const auto& n : nodes_) {
+    routing::NodeLoad l;
+    l.up = !n->retired && n->detector.health() == NodeHealth::kUp && n->facts.has_value();
+    if (l.up) {
+      const ProbeFacts& f = *n->facts;
+      l.replay_lsn = f.in_recovery ? f.replay_lsn : f.current_lsn;
+      if (f.in_recovery) {
+        const Lsn head = std::max(f.receive_lsn, primary != nullptr ? primary->current_lsn : Lsn{0});
+        l.lag_bytes = head > f.replay_lsn ? head - f.replay_lsn : 0;
+        l.lag_seconds = l.lag_bytes > 0 && f.replay_age_s ? *f.replay_age_s : 0.0;
+      }
+    }
+    board_->set(n->id, l);
+  }
 }
 
 std::vector<NodeObservation> Keeper::observations() const {

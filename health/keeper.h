@@ -20,6 +20,7 @@
 #include "health/failover.h"
 #include "health/pg_async.h"
 #include "health/switchover.h"
+#include "routing/replicas.h"
 #include "routing/snapshot.h"
 
 namespace pgkeel::health {
@@ -173,6 +174,9 @@ class Keeper {
   bool failover_running() const { return step_ != Step::kIdle; }
   std::optional<routing::NodeId> writer() const { return writer_; }
 
+  // Where each node's position goes after every probe (read routing); may stay unset.
+  void set_replica_board(routing::ReplicaBoard* board) { board_ = board; }
+
   // Called for every event as it happens (the proxy logs them).
   std::function<void(const Event&)> on_event;
 
@@ -238,11 +242,13 @@ class Keeper {
   std::string follow_conninfo(const Node& upstream, const Node& standby) const;
   PlanInput plan_input(routing::NodeId failed) const;
   Node* node_by_name(const std::string& name);
+  void post_positions();
 
   event_base* base_;
   KeeperConfig config_;
   routing::Table& table_;
   Effects& effects_;
+  routing::ReplicaBoard* board_ = nullptr;
   std::vector<std::unique_ptr<Node>> nodes_;
   PgEventHandle tick_;
   std::deque<Event> events_;

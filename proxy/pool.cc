@@ -5,6 +5,7 @@
 #include "proxy/client.h"
 #include "proxy/log.h"
 #include "proxy/protocol/message.h"
+#include "proxy/route.h"
 #include "proxy/server.h"
 #include "proxy/worker.h"
 #include "routing/router.h"
@@ -93,7 +94,7 @@ std::string make_pool_key(routing::NodeId node, const std::string& user, const s
 void request_server(Worker& w, Client& c) {
   const routing::Snapshot& snap = w.snapshot();
   const conf::ListenerConfig& listener = w.config().listeners[c.listener_index()];
-  const routing::Decision d = routing::choose_node(snap, {listener.intent});
+  const routing::Decision d = route_for(w.shared(), snap, listener, c.id());
   if (const auto* no = std::get_if<routing::NoRoute>(&d)) {
     if (snap.hold) {
       // A writer is expected (a failover is running, or pgkeel is starting): wait for it.

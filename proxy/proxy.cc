@@ -653,6 +653,7 @@ int run(const conf::Config& config) {
   keeper.on_event = [](const health::Event& e) {
     log::info("health").kv("event", e.kind).kv("id", e.id).kv("epoch", e.epoch).kv("node", e.node).kv("detail", e.text).emit();
   };
+  keeper.set_replica_board(&sh.replicas);
   sh.keeper = &keeper;
   sh.report_transport_failure = [&mailbox, &keeper](routing::NodeId node) {
     mailbox.post([&keeper, node] { keeper.suspect(node); });

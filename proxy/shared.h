@@ -23,6 +23,7 @@
 #include "proxy/auth_query.h"
 #include "proxy/limits.h"
 #include "proxy/stats.h"
+#include "routing/replicas.h"
 #include "routing/snapshot.h"
 
 typedef struct ssl_ctx_st SSL_CTX;
@@ -86,6 +87,9 @@ struct Shared {
   Limits limits;                // per user and per database
   SecretCache secrets;          // [auth] query answers
   AuthThrottle auth_throttle;   // failed logins per address
+  static_assert(kMaxNodes <= routing::kMaxNodeIndices);
+  // Each node's position after the keeper's last probe (read routing).
+  routing::ReplicaBoard replicas;
   std::array<std::atomic<int>, kMaxNodes> server_conns{};  // by NodeId; per-node cap
   std::array<std::atomic<int>, kMaxNodes> node_waiters{};  // by NodeId; clients waiting for a slot
 

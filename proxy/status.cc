@@ -6,6 +6,7 @@
 #include <variant>
 
 #include "conf/describe.h"
+#include "proxy/route.h"
 #include "proxy/shared.h"
 #include "proxy/worker.h"
 #include "routing/router.h"
@@ -47,7 +48,7 @@ void fill_listeners(const Shared& sh, StatusSnapshot& s) {
     r.pool_mode = l.pool_mode == conf::PoolMode::kTransaction ? "transaction" : "session";
     r.paused = i < kMaxListeners && sh.listener_paused[i].load(std::memory_order_relaxed);
     if (l.intent == routing::Intent::kReadWrite && sh.writes_paused.load(std::memory_order_relaxed)) r.paused = true;
-    const routing::Decision d = routing::choose_node(snap, routing::RouteRequest{l.intent});
+    const routing::Decision d = route_for(sh, snap, l);
     if (const auto* route = std::get_if<routing::Route>(&d)) {
       r.routes_to = snap.nodes[route->node].name;
       r.why = l.intent == routing::Intent::kReadWrite ? snap.why : std::string(route->why);

@@ -1,0 +1,101 @@
+// tests/integration/read_routing_test.cc — a read-only listener over two real standbys: reads
+// spread over them, a standby whose replay is paused leaves the pool once it falls behind and
+// comes back when it has caught up, and the fallback setting decides what happens with none fit.
+#include <catch2/catch.hpp>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "tests/integration/fixture.h"
+
+namespace pgkeel::test {
+namespace {
+
+PgkeelOptions read_options(const std::string& listener_extra) {
+  PgkeelOptions o;
+  o.console = true;
+  o.health_extra = "probe_interval = \"200ms\"\nprobe_timeout = \"500ms\"";
+  o.listeners.push_back(ListenerSpec{"ro", "read-only", 0, "", listener_extra});
+  return o;
+}
+
+// Opens `n` sessions through the read-only listener at once (each keeps its server in session
+// mode, so the least-busy choice spreads them) and counts them by the node's port.
+std::map<int, int> spread(const Pgkeel& pk, int n) {
+  std::vector<std::unique_ptr<PqSession>> sessions;
+  std::map<int, int> by_port;
+  for (int i = 0; i < n; ++i) {
+    sessions.push_back(std::make_unique<PqSession>(pk.conninfo(kAppUser, kAppPassword, kAppDatabase, "ro")));
+    const PqResult r = sessions.back()->exec("SELECT inet_server_port()");
+    if (r.ok) ++by_port[std::stoi(r.scalar())];
+  }
+  return by_port;
+}
+
+// Resumes replay on the node however the test ends (the cluster is shared).
+struct ReplayPause {
+  const Cluster& cluster;
+  std::string node;
+  ReplayPause(const Cluster& c, std::string n) : cluster(c), node(std::move(n)) {
+    cluster.psql_as_postgres(node, "SELECT pg_wal_replay_pause()");
+  }
+  ~ReplayPause() { resume(); }
+  void resume() { cluster.psql_as_postgres(node, "SELECT pg_wal_replay_resume()"); }
+};
+
+}  // namespace
+
+TEST_CASE("a read-only listener spreads reads over fit standbys; a lagging one leaves and rejoins", "[reads]") {
+  auto& cluster = Cluster::shared({.standbys = 2, .sync = true});
+  Pgkeel pk(cluster, read_options("max_replica_lag_bytes = 65536\nmax_replica_lag = \"0s\""));
+  const int db2 = cluster.port("db2");
+  const int db3 = cluster.port("db3");
+  REQUIRE(eventually(15s, [&] { return spread(pk, 1).size() == 1 && spread(pk, 1).count(cluster.port("db1")) == 0; }));
+
+  std::map<int, int> both = spread(pk, 8);
+  INFO("db2 " << both[db2] << ", db3 " << both[db3]);
+  CHECK(both[db2] + both[db3] == 8);
+  CHECK(both[db2] >= 2);
+  CHECK(both[db3] >= 2);
+
+  ReplayPause pause(cluster, "db2");
+  // About 1 MB of WAL that db2 receives and does not replay.
+  REQUIRE(pq_exec(cluster.conninfo("db1"),
+                  "CREATE TABLE IF NOT EXISTS read_routing_filler (i int, pad text);"
+                  "INSERT INTO read_routing_filler SELECT g, repeat('x', 100) FROM generate_series(1, 8000) g")
+              .ok);
+  CHECK(eventually(10s, [&] {
+    const std::map<int, int> s = spread(pk, 6);
+    return s.count(db2) == 0 && s.count(db3) == 1 && s.at(db3) == 6;
+  }));
+  const PqResult routes = pq_exec(pk.console_conninfo(), "SHOW ROUTES");
+  CHECK(routes.ok);
+
+  pause.resume();
+  CHECK(eventually(10s, [&] { return spread(pk, 8).count(db2) == 1; }));
+  pq_exec(cluster.conninfo("db1"), "DROP TABLE IF EXISTS read_routing_filler");
+}
+
+TEST_CASE("with no standby fit, a read-only listener falls back to the primary or refuses, by its setting", "[reads]") {
+  auto& cluster = Cluster::shared({.standbys = 2, .sync = true});
+  const int db1 = cluster.port("db1");
+
+  SECTION("read_fallback = primary (the default)") {
+    PgkeelOptions o = read_options("");
+    o.nodes = {"db1"};  // no standby at all
+    Pgkeel pk(cluster, o);
+    CHECK(eventually(15s, [&] { return spread(pk, 1).count(db1) == 1; }));
+  }
+  SECTION("read_fallback = refuse") {
+    PgkeelOptions o = read_options("read_fallback = \"refuse\"");
+    o.nodes = {"db1"};
+    Pgkeel pk(cluster, o);
+    REQUIRE(eventually(15s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+    const PqResult r = pq_exec(pk.conninfo(kAppUser, kAppPassword, kAppDatabase, "ro"), "SELECT 1");
+    CHECK_FALSE(r.ok);
+    CHECK(r.sqlstate == "57P03");
+    CHECK(r.error.find("read_fallback = refuse") != std::string::npos);
+  }
+}
+
+}  // namespace pgkeel::test
