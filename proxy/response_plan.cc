@@ -1,0 +1,143 @@
+#include "proxy/response_plan.h"
+
+#include "proxy/protocol/message.h"
+
+namespace pgkeel::proxy {
+namespace {
+
+namespace be = protocol::be;
+constexpr char kParseComplete = '1';
+constexpr char kBindComplete = '2';
+constexpr char kCloseComplete = '3';
+constexpr char kParameterDescription = 't';
+constexpr char kRowDescription = 'T';
+constexpr char kNoData = 'n';
+constexpr char kEmptyQuery = 'I';
+constexpr char kPortalSuspended = 's';
+constexpr char kFunctionCallResponse = 'V';
+constexpr char kCopyData = 'd';
+constexpr char kCopyDone = 'c';
+
+// A message with an empty body: type and length 4.
+void append_empty(std::string& out, char type) {
+  out += type;
+  out.append("\0\0\0\4", 4);
+}
+
+}  // namespace
+
+void ResponsePlan::add(Request r, Origin o, std::string statement) {
+  if (skipping_) {
+    // After an error the server ignores everything up to the next Sync, so would PostgreSQL.
+    if (r != Request::kSync) {
+      if (!statement.empty()) dropped_.push_back(std::move(statement));
+      return;
+    }
+    skipping_ = false;
+  }
+  q_.push_back({r, o, false, std::move(statement)});
+}
+
+void ResponsePlan::drop(Entry& e) {
+  if (e.request == Request::kParse && !e.statement.empty()) dropped_.push_back(std::move(e.statement));
+}
+
+void ResponsePlan::answer_front(std::string& out) {
+  while (!q_.empty() && q_.front().origin == Origin::kAnswered) {
+    append_empty(out, q_.front().request == Request::kParse ? kParseComplete : kCloseComplete);
+    q_.pop_front();
+  }
+}
+
+std::string ResponsePlan::take_due() {
+  std::string out;
+  answer_front(out);
+  return out;
+}
+
+// The front request failed: the server answers nothing more until the next Sync.
+void ResponsePlan::error_skip() {
+  const bool extended = q_.front().request != Request::kQuery && q_.front().request != Request::kFunctionCall;
+  if (!extended) return;  // a Query ends at its ReadyForQuery; the caller keeps the entry
+  drop(q_.front());
+  q_.pop_front();
+  while (!q_.empty() && q_.front().request != Request::kSync) {
+    drop(q_.front());
+    q_.pop_front();
+  }
+  if (q_.empty()) skipping_ = true;
+}
+
+ResponsePlan::Verdict ResponsePlan::on_server_message(char type) {
+  Verdict v;
+  if (type == be::kNoticeResponse || type == be::kParameterStatus || type == be::kNotificationResponse) {
+    return v;  // may come at any time; the client gets them
+  }
+  answer_front(v.before);
+  if (q_.empty() || lost_) {
+    lost_ = lost_ || type != be::kErrorResponse;  // a FATAL at the end is expected; anything else is not
+    return v;
+  }
+  Entry& e = q_.front();
+  v.forward = e.origin == Origin::kClient;
+  if (type == be::kErrorResponse) {
+    if (e.origin == Origin::kInjected) injected_failed_ = true;
+    v.forward = true;  // the client's next requests fail because of it: it must see why
+    if (e.request == Request::kQuery || e.request == Request::kFunctionCall) return v;  // 'Z' ends it
+    error_skip();
+    answer_front(v.after);
+    return v;
+  }
+  bool expected = true;
+  switch (e.request) {
+    case Request::kParse:
+      expected = type == kParseComplete;
+      if (expected) q_.pop_front();
+      break;
+    case Request::kBind:
+      expected = type == kBindComplete;
+      if (expected) q_.pop_front();
+      break;
+    case Request::kClose:
+      expected = type == kCloseComplete;
+      if (expected) q_.pop_front();
+      break;
+    case Request::kDescribeStatement:
+      if (!e.described) {
+        expected = type == kParameterDescription;
+        e.described = expected;
+      } else {
+        expected = type == kRowDescription || type == kNoData;
+        if (expected) q_.pop_front();
+      }
+      break;
+    case Request::kDescribePortal:
+      expected = type == kRowDescription || type == kNoData;
+      if (expected) q_.pop_front();
+      break;
+    case Request::kExecute:
+      if (type == be::kCommandComplete || type == kEmptyQuery || type == kPortalSuspended) {
+        q_.pop_front();
+      } else {
+        expected = type == be::kDataRow || type == be::kCopyInResponse || type == be::kCopyOutResponse ||
+                   type == be::kCopyBothResponse || type == kCopyData || type == kCopyDone;
+      }
+      break;
+    case Request::kSync:
+      expected = type == be::kReadyForQuery;
+      if (expected) q_.pop_front();
+      break;
+    case Request::kQuery:
+    case Request::kFunctionCall:
+      if (type == be::kReadyForQuery) q_.pop_front();
+      break;
+  }
+  if (!expected) {
+    lost_ = true;
+    v.forward = true;
+  }
+  answer_front(v.after);
+  return v;
+}
+
+}  // namespace pgkeel::proxy

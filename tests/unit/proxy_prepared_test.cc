@@ -1,0 +1,228 @@
+// Tests for proxy/response_plan.h and proxy/prepared.h: statement names mapped per client onto
+// shared server statements, prepared on demand, and the server's answers to an edited request
+// stream sorted into what the client gets, in PostgreSQL's order.
+
+#include <catch2/catch.hpp>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "proxy/prepared.h"
+#include "proxy/protocol/message.h"
+#include "proxy/response_plan.h"
+
+namespace {
+
+using pgkeel::proxy::ClientStatements;
+using pgkeel::proxy::ResponsePlan;
+using pgkeel::proxy::ServerStatements;
+using Request = ResponsePlan::Request;
+using Origin = ResponsePlan::Origin;
+namespace protocol = pgkeel::protocol;
+
+struct Msg {
+  char type;
+  std::string body;
+};
+
+// Splits a stream of whole messages.
+std::vector<Msg> split(const std::string& s) {
+  std::vector<Msg> out;
+  std::size_t i = 0;
+  while (i + 5 <= s.size()) {
+    const std::uint32_t len = protocol::read_u32(reinterpret_cast<const unsigned char*>(s.data() + i + 1));
+    out.push_back({s[i], s.substr(i + 5, len - 4)});
+    i += 1 + len;
+  }
+  REQUIRE(i == s.size());
+  return out;
+}
+
+std::string types(const std::vector<Msg>& ms) {
+  std::string t;
+  for (const Msg& m : ms) t += m.type;
+  return t;
+}
+
+std::string parse_body(std::string_view name, std::string_view query) {
+  std::string b;
+  b += name;
+  b += '\0';
+  b += query;
+  b += '\0';
+  b += std::string("\0\0", 2);  // no parameter types
+  return b;
+}
+
+std::string bind_body(std::string_view statement) {
+  std::string b;
+  b += '\0';  // unnamed portal
+  b += statement;
+  b += '\0';
+  b += std::string("\0\0\0\0\0\0", 6);  // no formats, no parameters, no result formats
+  return b;
+}
+
+std::string first_string(const std::string& body) { return body.substr(0, body.find('\0')); }
+
+// Feeds server messages (by type) through the plan; returns what the client receives.
+std::string client_sees(ResponsePlan& plan, std::string_view server_types) {
+  std::string seen;
+  for (char t : server_types) {
+    const ResponsePlan::Verdict v = plan.on_server_message(t);
+    for (const Msg& m : split(v.before)) seen += m.type;
+    if (v.forward) seen += t;
+    for (const Msg& m : split(v.after)) seen += m.type;
+  }
+  return seen;
+}
+
+}  // namespace
+
+TEST_CASE("two clients' S_1 map to different server statements; the same text to the same one", "[proxy][prepared]") {
+  ClientStatements a;
+  ClientStatements b;
+  const auto& a1 = a.define("S_1", parse_body("", "SELECT 1").substr(1));
+  const auto& b1 = b.define("S_1", parse_body("", "SELECT 2").substr(1));
+  const auto& b2 = b.define("S_2", parse_body("", "SELECT 1").substr(1));
+  CHECK(a1.server_name != b1.server_name);
+  CHECK(a1.server_name == b2.server_name);
+  CHECK(a1.server_name.rfind("pgk_", 0) == 0);
+  CHECK(a1.server_name.size() == 36);
+}
+
+TEST_CASE("a statement is prepared on a server connection once, on demand, under its shared name", "[proxy][prepared]") {
+  ClientStatements client;
+  ServerStatements server;
+  ResponsePlan plan;
+  std::string out;
+  REQUIRE(rewrite_for_shared('P', parse_body("S_1", "SELECT $1"), client, server, plan, out));
+  REQUIRE(rewrite_for_shared('B', bind_body("S_1"), client, server, plan, out));
+  REQUIRE(rewrite_for_shared('E', std::string("\0\0\0\0\0", 5), client, server, plan, out));
+  REQUIRE(rewrite_for_shared('S', "", client, server, plan, out));
+  const std::vector<Msg> sent = split(out);
+  const std::string name = client.find("S_1")->server_name;
+  CHECK(types(sent) == "CPBES");  // a Close first, so the Parse cannot collide
+  CHECK(first_string(sent[1].body) == name);
+  CHECK(sent[2].body.substr(1, name.size()) == name);
+  CHECK(server.has(name));
+  // Close answered (swallowed), Parse, Bind, Execute's rows and completion, Sync.
+  CHECK(client_sees(plan, "312DCZ") == "12DCZ");
+  CHECK(plan.idle());
+
+  SECTION("the next transaction on the same connection sends no Parse again") {
+    std::string again;
+    REQUIRE(rewrite_for_shared('B', bind_body("S_1"), client, server, plan, again));
+    REQUIRE(rewrite_for_shared('S', "", client, server, plan, again));
+    CHECK(types(split(again)) == "BS");
+  }
+  SECTION("on another connection, a Bind alone brings its Parse, answered by nobody") {
+    ServerStatements other;
+    ResponsePlan plan2;
+    std::string there;
+    REQUIRE(rewrite_for_shared('B', bind_body("S_1"), client, other, plan2, there));
+    REQUIRE(rewrite_for_shared('S', "", client, other, plan2, there));
+    CHECK(types(split(there)) == "CPBS");
+    CHECK(client_sees(plan2, "312Z") == "2Z");
+  }
+  SECTION("a second Parse of a statement the connection has is answered by pgkeel, in its place") {
+    ClientStatements other_client;
+    ResponsePlan plan2;
+    std::string there;
+    REQUIRE(rewrite_for_shared('B', bind_body("S_1"), client, server, plan2, there));  // goes first
+    REQUIRE(rewrite_for_shared('P', parse_body("S_9", "SELECT $1"), other_client, server, plan2, there));
+    REQUIRE(rewrite_for_shared('S', "", other_client, server, plan2, there));
+    CHECK(types(split(there)) == "BS");
+    CHECK(client_sees(plan2, "2Z") == "21Z");  // ParseComplete right after BindComplete
+  }
+  SECTION("a client's Close keeps the shared statement on the server") {
+    ResponsePlan plan2;
+    std::string there;
+    REQUIRE(rewrite_for_shared('C', std::string("S") + "S_1" + '\0', client, server, plan2, there));
+    CHECK(there.empty());
+    CHECK(plan2.take_due() == std::string("3\0\0\0\4", 5));
+    CHECK(client.find("S_1") == nullptr);
+    CHECK(server.has(name));
+  }
+}
+
+TEST_CASE("after an error nothing is answered until Sync, pgkeel's own answers included", "[proxy][prepared]") {
+  ResponsePlan plan;
+  plan.add(Request::kBind, Origin::kClient);
+  plan.add(Request::kParse, Origin::kAnswered);
+  plan.add(Request::kParse, Origin::kInjected, "pgk_x");
+  plan.add(Request::kExecute, Origin::kClient);
+  plan.add(Request::kSync, Origin::kClient);
+  CHECK(client_sees(plan, "EZ") == "EZ");
+  CHECK(plan.idle());
+  CHECK(plan.take_dropped() == std::vector<std::string>{"pgk_x"});
+
+  SECTION("when the Sync has not come yet, requests until it are not expected to answer") {
+    ResponsePlan p;
+    p.add(Request::kBind, Origin::kClient);
+    CHECK(client_sees(p, "E") == "E");
+    CHECK(p.skipping());
+    p.add(Request::kParse, Origin::kClient, "pgk_y");
+    p.add(Request::kSync, Origin::kClient);
+    CHECK_FALSE(p.skipping());
+    CHECK(client_sees(p, "Z") == "Z");
+    CHECK(p.take_dropped() == std::vector<std::string>{"pgk_y"});
+  }
+}
+
+TEST_CASE("pgkeel's own requests are swallowed whole; their failure is passed on and noted", "[proxy][prepared]") {
+  ResponsePlan plan;
+  plan.add(Request::kQuery, Origin::kInjected);  // e.g. restoring SETs
+  plan.add(Request::kQuery, Origin::kClient);
+  CHECK(client_sees(plan, "CCSZ") == "S");  // ParameterStatus always reaches the client
+  CHECK(client_sees(plan, "TDCZ") == "TDCZ");
+  CHECK_FALSE(plan.injected_failed());
+  ResponsePlan failing;
+  failing.add(Request::kQuery, Origin::kInjected);
+  CHECK(client_sees(failing, "EZ") == "E");
+  CHECK(failing.injected_failed());
+}
+
+TEST_CASE("Describe of a statement answers twice; COPY inside an Execute is followed through", "[proxy][prepared]") {
+  ResponsePlan plan;
+  plan.add(Request::kDescribeStatement, Origin::kClient);
+  plan.add(Request::kExecute, Origin::kClient);
+  plan.add(Request::kSync, Origin::kClient);
+  CHECK(client_sees(plan, "tTHddcCZ") == "tTHddcCZ");
+  CHECK(plan.idle());
+  CHECK_FALSE(plan.lost());
+  ResponsePlan odd;
+  odd.add(Request::kParse, Origin::kClient);
+  CHECK(client_sees(odd, "2") == "2");
+  CHECK(odd.lost());
+}
+
+TEST_CASE("a server connection keeps at most its cap of statements, closing the least recently used", "[proxy][prepared]") {
+  ServerStatements s(2);
+  CHECK(s.add("a").empty());
+  CHECK(s.add("b").empty());
+  s.touch("a");
+  CHECK(s.add("c") == std::vector<std::string>{"b"});
+  CHECK(s.has("a"));
+  CHECK(s.has("c"));
+  CHECK_FALSE(s.has("b"));
+  ClientStatements client;
+  ResponsePlan plan;
+  std::string out;
+  ServerStatements one(1);
+  REQUIRE(rewrite_for_shared('P', parse_body("S_1", "SELECT 1"), client, one, plan, out));
+  REQUIRE(rewrite_for_shared('P', parse_body("S_2", "SELECT 2"), client, one, plan, out));
+  CHECK(types(split(out)) == "CPCCP");  // the second Parse closes the first statement first
+}
+
+TEST_CASE("malformed Parse, Bind, Describe and Close are refused, nothing sent", "[proxy][prepared]") {
+  ClientStatements client;
+  ServerStatements server;
+  ResponsePlan plan;
+  std::string out;
+  CHECK_FALSE(rewrite_for_shared('P', "no terminator", client, server, plan, out));
+  CHECK_FALSE(rewrite_for_shared('B', std::string("\0x", 2), client, server, plan, out));
+  CHECK_FALSE(rewrite_for_shared('D', "X", client, server, plan, out));
+  CHECK_FALSE(rewrite_for_shared('C', std::string("Q\0", 2), client, server, plan, out));
+  CHECK(out.empty());
+}
