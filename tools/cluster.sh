@@ -269,9 +269,10 @@ netns_allocate() {  # NODE...
   local lockfd used k
   exec {lockfd}>"${TMPDIR:-/tmp}/pgkeel-netns.lock"
   flock -w "$kTimeout" "$lockfd" || die "timed out waiting for the namespace lock"
-  used="$(ip -o -4 addr show) $(ip netns list)"
+  used="$(ip -o -4 addr show) $(ip -o link show) $(ip netns list)"
   for ((k = 1; k <= 254; k++)); do
-    [[ "$used" == *"pgkeel-c$k-"* || "$used" == *"inet $kNetnsNet.$k."* ]] && continue
+    [[ "$used" == *"pgkeel-c$k-"* || "$used" == *"inet $kNetnsNet.$k."* || "$used" == *" pkc$k-"* ||
+      "$used" == *" pkc${k}br"* ]] && continue
     NETNS_TAG=c$k
     NETNS_K=$k
     break
@@ -312,11 +313,16 @@ netns_create() {  # NODE...
   done
 }
 
-# Deletes every namespace of this cluster (their veths go with them) and the bridge. Safe to run
-# twice; a namespace still holding a process lives on, unnamed, until that process exits.
+# Deletes every veth, namespace and the bridge of this cluster. Safe to run twice. A namespace
+# still holding a process (a postmaster not stopped yet) lives on, unnamed and without a link,
+# until that process exits.
 netns_teardown() {
   [[ -n "$NETNS_TAG" ]] || return 0
-  local ns
+  local ns link
+  for link in $(ip -o link show 2>/dev/null | awk -F': ' '{ print $2 }'); do
+    link=${link%@*}
+    [[ "$link" == "pk$NETNS_TAG-"* ]] && ip link del "$link" 2>/dev/null
+  done
   for ns in $(ip netns list 2>/dev/null | awk '{ print $1 }'); do
     [[ "$ns" == "pgkeel-$NETNS_TAG-"* ]] && ip netns del "$ns" 2>/dev/null
   done

@@ -194,12 +194,20 @@ std::optional<std::string> primary_or(const World& w, const Fault& f, std::strin
   return r.primary;
 }
 
-Injection signal_node(const World& w, const std::string& name, int sig, bool all, const char* verb) {
-  Injection in;
+// The named node, with `in` aimed at it; nullptr, and why in in.detail, when the env lacks it.
+const NodeRef* aim(const World& w, const std::string& name, Injection& in) {
   in.target = name;
   const NodeRef* n = find_node(w, name);
   if (n == nullptr) {
     in.detail = "no node '" + name + "' in the cluster env";
+  }
+  return n;
+}
+
+Injection signal_node(const World& w, const std::string& name, int sig, bool all, const char* verb) {
+  Injection in;
+  const NodeRef* n = aim(w, name, in);
+  if (n == nullptr) {
     return in;
   }
   if (n->data_dir.empty()) {
@@ -241,10 +249,8 @@ Injection signal_node(const World& w, const std::string& name, int sig, bool all
 // lose it too, as in a real network split.
 Injection set_link(const World& w, const std::string& name, const std::string& state) {
   Injection in;
-  in.target = name;
-  const NodeRef* n = find_node(w, name);
+  const NodeRef* n = aim(w, name, in);
   if (n == nullptr) {
-    in.detail = "no node '" + name + "' in the cluster env";
     return in;
   }
   if (n->link.empty()) {
