@@ -3,13 +3,25 @@
 # integration tests, the demo and the benchmarks: primary db1, standbys db2, db3, ... in one
 # folder, each on a port the OS picked. Servers run as the `postgres` OS user when we are root.
 #
-#   tools/cluster.sh up DIR [--standbys N] [--sync|--async] [--max-connections N]
+#   tools/cluster.sh up DIR [--standbys N] [--sync|--async] [--max-connections N] [--netns]
 #   tools/cluster.sh down DIR [--rm]
 #   tools/cluster.sh status DIR
 #   tools/cluster.sh psql DIR NODE [psql args...]
 #   tools/cluster.sh start DIR NODE            start a stopped node again (same port, same log)
 #   tools/cluster.sh stop DIR NODE [MODE]      pg_ctl stop; MODE fast (default), immediate, smart
 #   tools/cluster.sh promote DIR NODE          pg_ctl promote, waits until it accepts writes
+#   tools/cluster.sh partition DIR NODE        (--netns) cut NODE off the network: its link down
+#   tools/cluster.sh heal DIR NODE             (--netns) its link up again
+#
+# --netns runs each node's postmaster in a network namespace of its own, pgkeel-cK-NODE, plugged
+# by a veth pair into a bridge pkcKbr in this namespace. The cluster takes one /24 of
+# ${PGKEEL_NETNS_NET:-10.231}.0.0/16, the first K (1..254) that no other namespace or address on
+# this machine uses: the bridge is .1 (how nodes see this namespace), node dbN is .(10+N), and
+# every node listens and replicates on that address alone, as hosts on a LAN would. Neighbour
+# entries are static, so a cut node is silent: connections to it time out rather than fail
+# (no ARP failure turns into "no route to host"). `partition` sets the node's bridge port down
+# (both directions drop, replication to and from it included); `heal` sets it up. `down`, and a
+# failed `up`, delete the namespaces and the bridge. Needs root (ip netns, from iproute2).
 #
 # `up` copies a prepared, cleanly stopped data directory (roles and databases already created)
 # from ${PGKEEL_CACHE:-<repo>/.cache}/pg<major>-template instead of running initdb each time; the
@@ -19,10 +31,13 @@
 # start streaming from the template's shutdown checkpoint, faster than pg_basebackup.
 #
 # Writes DIR/cluster.env (shell-sourceable: PGKEEL_CLUSTER_DIR, PG_BINDIR, SOCKDIR, NODES and
-# DB<n>_PORT/_DATA/_PID/_LOG) and DIR/users.txt (pgkeel's users file, secrets from pg_authid).
+# DB<n>_PORT/_DATA/_PID/_LOG/_HOST; with --netns also NETNS_BRIDGE, NETNS_GATEWAY and
+# DB<n>_NETNS/_LINK, the node's namespace and its bridge port) and DIR/users.txt (pgkeel's users
+# file, secrets from pg_authid).
 #
 # Environment: PGKEEL_CACHE (template cache folder), PG_BINDIR (default: pg_config --bindir),
-# PGKEEL_CLUSTER_TIMEOUT (seconds for each wait, default 60).
+# PGKEEL_CLUSTER_TIMEOUT (seconds for each wait, default 60), PGKEEL_NETNS_NET (--netns: the
+# first two octets of the /16 to take a /24 from, default 10.231).
 #
 # Roles: postgres (superuser, trust on the Unix socket only), pgkeel/pgkeel-pass (superuser over
 # TCP: pgkeel's probes, promotion and ALTER SYSTEM), replicator/replicator-pass
@@ -135,6 +150,17 @@ host    all          all         127.0.0.1/32   scram-sha-256
 EOF
 }
 
+# Under --netns the nodes meet each other and pgkeel on the cluster's /24, not on 127.0.0.1.
+allow_subnet() {  # DATA
+  local net="$kNetnsNet.$NETNS_K.0/24"
+  cat >>"$1/pg_hba.conf" <<EOF
+host    replication  replicator  $net  scram-sha-256
+host    all          md5user     $net  md5
+host    all          clearuser   $net  password
+host    all          all         $net  scram-sha-256
+EOF
+}
+
 readonly kTemplateSql="
 SET password_encryption = 'scram-sha-256';
 CREATE ROLE replicator WITH LOGIN REPLICATION PASSWORD 'replicator-pass';
@@ -219,6 +245,101 @@ copy_template() {  # DEST...
   ((rc == 0)) || die "copying the template failed"
 }
 
+# --- network namespaces (--netns) -------------------------------------------------------------
+
+readonly kNetnsNet=${PGKEEL_NETNS_NET:-10.231}
+NETNS_TAG=""  # cK when the cluster's nodes run in namespaces; set by netns_allocate or cluster.env
+NETNS_K=0
+declare -A HOST=()
+
+netns_name() { printf 'pgkeel-%s-%s' "$NETNS_TAG" "$1"; }
+netns_link() { printf 'pk%s-%s' "$NETNS_TAG" "$1"; }  # the node's bridge port, in our namespace
+netns_bridge() { printf 'pk%sbr' "$NETNS_TAG"; }
+netns_gateway() { printf '%s.%s.1' "$kNetnsNet" "$NETNS_K"; }
+netns_host() { printf '%s.%s.%s' "$kNetnsNet" "$NETNS_K" $((10 + ${1#db})); }  # db3 -> .13
+netns_mac() { printf '02:70:6b:%02x:%02x:02' "$NETNS_K" "${1#db}"; }
+netns_bridge_mac() { printf '02:70:6b:%02x:00:01' "$NETNS_K"; }
+
+# Picks the first /24 that no namespace or address of this machine uses, and builds the bridge
+# and one namespace per node while holding a lock, so concurrent `up --netns` never share one.
+netns_allocate() {  # NODE...
+  ((EUID == 0)) || die "--netns needs root (ip netns)"
+  command -v ip >/dev/null 2>&1 || die "--netns needs ip (iproute2)"
+  [[ "$kNetnsNet" =~ ^[0-9]{1,3}\.[0-9]{1,3}$ ]] || die "PGKEEL_NETNS_NET wants two octets, e.g. 10.231"
+  local lockfd used k
+  exec {lockfd}>"${TMPDIR:-/tmp}/pgkeel-netns.lock"
+  flock -w "$kTimeout" "$lockfd" || die "timed out waiting for the namespace lock"
+  used="$(ip -o -4 addr show) $(ip -o link show) $(ip netns list)"
+  for ((k = 1; k <= 254; k++)); do
+    [[ "$used" == *"pgkeel-c$k-"* || "$used" == *"inet $kNetnsNet.$k."* || "$used" == *" pkc$k-"* ||
+      "$used" == *" pkc${k}br"* ]] && continue
+    NETNS_TAG=c$k
+    NETNS_K=$k
+    break
+  done
+  [[ -n "$NETNS_TAG" ]] || die "no free /24 left in $kNetnsNet.0.0/16"
+  trap 'netns_teardown' EXIT
+  netns_create "$@"
+  exec {lockfd}>&-
+}
+
+netns_create() {  # NODE...
+  local br n m ns link
+  br=$(netns_bridge)
+  ip link add "$br" address "$(netns_bridge_mac)" type bridge
+  ip addr add "$(netns_gateway)/24" dev "$br"
+  ip link set "$br" up
+  for n in "$@"; do
+    ns=$(netns_name "$n")
+    link=$(netns_link "$n")
+    ip netns add "$ns"
+    ip link add "$link" type veth peer name "${link}p"
+    ip link set "${link}p" netns "$ns"
+    ip -n "$ns" link set "${link}p" name eth0 address "$(netns_mac "$n")"
+    ip -n "$ns" addr add "$(netns_host "$n")/24" dev eth0
+    ip -n "$ns" link set lo up
+    ip -n "$ns" link set eth0 up
+    ip link set "$link" master "$br" up
+  done
+  # Static neighbours: a cut-off node must not turn into an ARP failure ("no route to host").
+  for n in "$@"; do
+    ns=$(netns_name "$n")
+    ip neigh replace "$(netns_host "$n")" lladdr "$(netns_mac "$n")" dev "$br" nud permanent
+    ip -n "$ns" neigh replace "$(netns_gateway)" lladdr "$(netns_bridge_mac)" dev eth0 nud permanent
+    for m in "$@"; do
+      [[ "$m" == "$n" ]] ||
+        ip -n "$ns" neigh replace "$(netns_host "$m")" lladdr "$(netns_mac "$m")" dev eth0 nud permanent
+    done
+  done
+}
+
+# Deletes every veth, namespace and the bridge of this cluster. Safe to run twice. A namespace
+# still holding a process (a postmaster not stopped yet) lives on, unnamed and without a link,
+# until that process exits.
+netns_teardown() {
+  [[ -n "$NETNS_TAG" ]] || return 0
+  local ns link
+  for link in $(ip -o link show 2>/dev/null | awk -F': ' '{ print $2 }'); do
+    link=${link%@*}
+    [[ "$link" == "pk$NETNS_TAG-"* ]] && ip link del "$link" 2>/dev/null
+  done
+  for ns in $(ip netns list 2>/dev/null | awk '{ print $1 }'); do
+    [[ "$ns" == "pgkeel-$NETNS_TAG-"* ]] && ip netns del "$ns" 2>/dev/null
+  done
+  ip link del "$(netns_bridge)" 2>/dev/null || true
+}
+
+# A command as the postgres user, inside the node's namespace under --netns.
+as_pg_in() {  # NODE COMMAND...
+  local n=$1
+  shift
+  if [[ -n "$NETNS_TAG" ]]; then
+    ip netns exec "$(netns_name "$n")" runuser -u postgres -- "$@"
+  else
+    as_pg "$@"
+  fi
+}
+
 # --- cluster.env ------------------------------------------------------------------------------
 
 upper() { printf '%s' "$1" | tr '[:lower:]' '[:upper:]'; }
@@ -250,12 +371,23 @@ write_env() {  # DIR; reads SOCKDIR, NODES, PORT_/PID_ associative arrays
     echo "PG_BINDIR=$PG_BINDIR"
     echo "SOCKDIR=$SOCKDIR"
     echo "NODES=\"${NODE_LIST[*]}\""
+    if [[ -n "$NETNS_TAG" ]]; then
+      echo "NETNS_TAG=$NETNS_TAG"
+      echo "NETNS_K=$NETNS_K"
+      echo "NETNS_BRIDGE=$(netns_bridge)"
+      echo "NETNS_GATEWAY=$(netns_gateway)"
+    fi
     for n in "${NODE_LIST[@]}"; do
       u=$(upper "$n")
       echo "${u}_PORT=${PORT[$n]}"
       echo "${u}_DATA=$dir/$n"
       echo "${u}_PID=${PID[$n]:-0}"
       echo "${u}_LOG=$dir/$n.log"
+      echo "${u}_HOST=${HOST[$n]:-127.0.0.1}"
+      if [[ -n "$NETNS_TAG" ]]; then
+        echo "${u}_NETNS=$(netns_name "$n")"
+        echo "${u}_LINK=$(netns_link "$n")"
+      fi
     done
   } >"$dir/cluster.env.tmp"
   mv "$dir/cluster.env.tmp" "$dir/cluster.env"
@@ -302,6 +434,7 @@ write_node_conf() {  # DIR NODE [extra lines]
     echo "unix_socket_directories = '$SOCKDIR'"
     echo "cluster_name = '$n'"
     echo "max_connections = $MAX_CONNECTIONS"
+    [[ -z "$NETNS_TAG" ]] || echo "listen_addresses = '${HOST[$n]}'"
     local line
     for line in "$@"; do echo "$line"; done
   } >"$dir/$n/pgkeel-node.conf"
@@ -313,7 +446,7 @@ write_node_conf() {  # DIR NODE [extra lines]
 # its 100 ms to learn sooner that the node is ready.
 declare -A STARTER=()
 launch_node() {  # DIR NODE
-  as_pg "$PG_BINDIR/pg_ctl" -D "$1/$2" -l "$1/$2.log" -w -t "$kTimeout" start >/dev/null 2>&1 &
+  as_pg_in "$2" "$PG_BINDIR/pg_ctl" -D "$1/$2" -l "$1/$2.log" -w -t "$kTimeout" start >/dev/null 2>&1 &
   STARTER[$2]=$!
 }
 
@@ -365,12 +498,12 @@ rewrite_port() {  # DIR NODE
 }
 
 standby_conninfo() {  # NODE
-  printf "host=127.0.0.1 port=%s user=replicator password=replicator-pass application_name=%s" \
-    "${PORT[db1]}" "$1"
+  printf "host=%s port=%s user=replicator password=replicator-pass application_name=%s" \
+    "${HOST[db1]}" "${PORT[db1]}" "$1"
 }
 
 cmd_up() {
-  local dir="" standbys=1 sync=0
+  local dir="" standbys=1 sync=0 netns=0
   MAX_CONNECTIONS=100
   while (($#)); do
     case "$1" in
@@ -378,6 +511,7 @@ cmd_up() {
       --standbys=*) standbys=${1#*=}; shift ;;
       --sync) sync=1; shift ;;
       --async) sync=0; shift ;;
+      --netns) netns=1; shift ;;
       --max-connections) MAX_CONNECTIONS=${2:?--max-connections needs a number}; shift 2 ;;
       --max-connections=*) MAX_CONNECTIONS=${1#*=}; shift ;;
       -*) die "up: unknown option $1" ;;
@@ -419,11 +553,20 @@ cmd_up() {
   local ports
   read -r -a ports <<<"$(pick_ports "${#NODE_LIST[@]}")"
   for i in "${!NODE_LIST[@]}"; do PORT[${NODE_LIST[$i]}]=${ports[$i]}; done
+  local n
+  if ((netns)); then
+    trap 'exit 130' INT TERM HUP  # so that the EXIT trap tears the namespaces down
+    netns_allocate "${NODE_LIST[@]}"
+    for n in "${NODE_LIST[@]}"; do HOST[$n]=$(netns_host "$n"); done
+  else
+    for n in "${NODE_LIST[@]}"; do HOST[$n]=127.0.0.1; done
+  fi
   write_env "$dir"
 
-  local dests=() n
+  local dests=()
   for n in "${NODE_LIST[@]}"; do dests+=("$dir/$n"); done
   copy_template "${dests[@]}"
+  ((netns)) && for n in "${NODE_LIST[@]}"; do allow_subnet "$dir/$n"; done
 
   # Primary.
   local sync_line=()
@@ -464,12 +607,13 @@ cmd_up() {
 
   write_users "$dir"
   write_env "$dir"
+  trap - EXIT INT TERM HUP
   say "up in $(elapsed_since "$t0")s: $dir ($(describe_nodes)); source $dir/cluster.env"
 }
 
 describe_nodes() {
   local n out=()
-  for n in "${NODE_LIST[@]}"; do out+=("$n:${PORT[$n]}"); done
+  for n in "${NODE_LIST[@]}"; do out+=("$n:${HOST[$n]}:${PORT[$n]}"); done
   printf '%s' "${out[*]}"
 }
 
@@ -551,6 +695,8 @@ cmd_down() {
   [[ -f "$dir/.pgkeel-cluster" ]] || die "$dir was not made by '$0 up'; refusing to touch it"
   if [[ -f "$dir/cluster.env" ]]; then
     stop_nodes "$dir" immediate || true
+    load_env "$dir"
+    netns_teardown
   fi
   if ((rm)); then
     local sock=""
@@ -597,7 +743,7 @@ cmd_start() {
   node_known "$n"
   data=$(node_var "$n" DATA)
   log=$(node_var "$n" LOG)
-  as_pg "$PG_BINDIR/pg_ctl" -D "$data" -l "$log" -w -t "$kTimeout" start >/dev/null ||
+  as_pg_in "$n" "$PG_BINDIR/pg_ctl" -D "$data" -l "$log" -w -t "$kTimeout" start >/dev/null ||
     { tail -n 30 "$log" >&2; die "$n did not start"; }
   set_env_value "$dir" "$(upper "$n")_PID" "$(postmaster_pid "$data")"
 }
@@ -617,6 +763,18 @@ cmd_promote() {
   as_pg "$PG_BINDIR/pg_ctl" -D "$(node_var "$n" DATA)" -w -t "$kTimeout" promote >/dev/null
 }
 
+# partition / heal: the node's bridge port down or up. Down, nothing crosses it either way and
+# nothing answers: no RST, no ICMP, no ARP failure (the neighbour entries are static).
+cmd_link() {  # down|up DIR NODE
+  local state=$1 dir=${2:?partition and heal need DIR} n=${3:?partition and heal need NODE} link
+  load_env "$dir"
+  node_known "$n"
+  link=$(node_var "$n" LINK)
+  [[ -n "$link" ]] || die "$n is not in a network namespace (the cluster was not made with up --netns)"
+  ip link set dev "$link" "$state"
+  say "$n: link $link $state"
+}
+
 main() {
   (($#)) || usage
   local cmd=$1
@@ -629,8 +787,10 @@ main() {
     start) cmd_start "$@" ;;
     stop) cmd_stop "$@" ;;
     promote) cmd_promote "$@" ;;
+    partition) cmd_link down "$@" ;;
+    heal) cmd_link up "$@" ;;
     -h | --help | help) usage ;;
-    *) die "unknown command '$cmd' (up, down, status, psql, start, stop, promote)" ;;
+    *) die "unknown command '$cmd' (up, down, status, psql, start, stop, promote, partition, heal)" ;;
   esac
 }
 

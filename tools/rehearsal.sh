@@ -3,7 +3,8 @@
 # standbys (tools/cluster.sh) with pgkeel in front (a read-write listener, the console and the
 # status port), ready for pgkeel-drill.
 #
-#   tools/rehearsal.sh up DIR [--standbys N] [--sync|--async]   start everything (default: 1, --sync)
+#   tools/rehearsal.sh up DIR [--standbys N] [--sync|--async] [--netns]
+#                                                                 start everything (default: 1, --sync)
 #   tools/rehearsal.sh down DIR [--keep]                          stop everything; remove DIR unless --keep
 #   tools/rehearsal.sh restart-proxy DIR                          SIGTERM pgkeel, start it again (same config)
 #   tools/rehearsal.sh status DIR                                 SHOW ROUTES and SHOW NODES on the console
@@ -17,6 +18,10 @@
 #   PGKEEL_NODE_CONNINFO     how the drill logs in to a node directly (host and port added)
 #   PGKEEL_RESTART_COMMAND   what the drill's restart-proxy fault runs
 #   PGKEEL_SYNC              1 for a synchronous standby, 0 otherwise
+#
+# --netns puts every node in a network namespace of its own (tools/cluster.sh up --netns), so that
+# the drill's `partition` fault can cut the primary off: pgkeel, the drill and the other nodes
+# reach the nodes at their namespace addresses (DB<n>_HOST in the cluster's cluster.env).
 #
 # Environment: PGKEEL_BIN (default <repo>/build/pgkeel), PGKEEL_PROBE_INTERVAL (default 250ms).
 set -euo pipefail
@@ -77,7 +82,7 @@ stop_proxy() {  # DIR: SIGTERM, then SIGKILL after 10 s; only the pid we started
 }
 
 write_config() {  # DIR SYNC PORT CONSOLE_PORT STATUS_PORT; nodes from the cluster's env
-  local dir=$1 sync=$2 port=$3 console_port=$4 status_port=$5 n u
+  local dir=$1 sync=$2 port=$3 console_port=$4 status_port=$5 n u h
   # shellcheck disable=SC1091
   source "$dir/cluster/cluster.env"
   {
@@ -125,8 +130,9 @@ intent = "read-write"
 TOML
     for n in $NODES; do
       u=$(printf '%s' "$n" | tr '[:lower:]' '[:upper:]')
+      h=${u}_HOST
       u=${u}_PORT
-      printf '\n[[node]]\nname = "%s"\nhost = "127.0.0.1"\nport = %s\n' "$n" "${!u}"
+      printf '\n[[node]]\nname = "%s"\nhost = "%s"\nport = %s\n' "$n" "${!h:-127.0.0.1}" "${!u}"
     done
   } >"$dir/pgkeel.toml"
 }
@@ -140,17 +146,20 @@ case "$cmd" in
   up)
     standbys=1
     sync=1
+    netns=()
     while (($#)); do
       case "$1" in
         --standbys) standbys=${2:?--standbys needs a number}; shift 2 ;;
         --sync) sync=1; shift ;;
         --async) sync=0; shift ;;
+        --netns) netns=(--netns); shift ;;
         *) usage ;;
       esac
     done
     [[ "$standbys" =~ ^[1-9]$ ]] || die "--standbys wants 1..9"
     [[ -f "$dir/rehearsal.env" ]] && die "$dir already holds a rehearsal: tools/rehearsal.sh down $dir first"
-    "$kRoot/tools/cluster.sh" up "$dir/cluster" --standbys "$standbys" "$( ((sync)) && echo --sync || echo --async)"
+    "$kRoot/tools/cluster.sh" up "$dir/cluster" --standbys "$standbys" "$( ((sync)) && echo --sync || echo --async)" \
+      "${netns[@]+"${netns[@]}"}"
     read -r port console_port status_port < <("$kRoot/tools/free-ports.sh" 3)
     write_config "$dir" "$sync" "$port" "$console_port" "$status_port"
     cat >"$dir/rehearsal.env" <<ENV

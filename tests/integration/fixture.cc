@@ -675,6 +675,9 @@ Cluster::Cluster(ClusterOptions options) : options_(options) {
                                  options_.sync ? "--sync" : "--async",
                                  "--max-connections",
                                  std::to_string(options_.max_connections)};
+  if (options_.netns) {
+    up.emplace_back("--netns");
+  }
   RunResult res = run(up, {}, 300s);
   if (!res.ok()) {
     down();
@@ -771,6 +774,9 @@ void Cluster::refresh() {
     n.pid = static_cast<pid_t>(std::stol(env[key + "_PID"]));
     n.data_dir = env[key + "_DATA"];
     n.log_file = env[key + "_LOG"];
+    if (!env[key + "_HOST"].empty()) {
+      n.host = env[key + "_HOST"];
+    }
     nodes.push_back(std::move(n));
   }
   if (nodes.empty()) {
@@ -790,7 +796,7 @@ const NodeInfo& Cluster::node(std::string_view name) const {
 
 std::string Cluster::conninfo(std::string_view node_name, std::string_view user,
                               std::string_view password, std::string_view dbname) const {
-  return "host=127.0.0.1 port=" + std::to_string(port(node_name)) +
+  return "host=" + node(node_name).host + " port=" + std::to_string(port(node_name)) +
          " user=" + conninfo_value(user) + " password=" + conninfo_value(password) +
          " dbname=" + conninfo_value(dbname) + " connect_timeout=5";
 }
@@ -960,7 +966,7 @@ std::string Pgkeel::render_config() const {
     const auto host = options_.node_hosts.find(n.name);
     out << "[[node]]\n"
         << "name = " << toml_string(n.name) << "\n"
-        << "host = " << toml_string(host == options_.node_hosts.end() ? std::string("127.0.0.1") : host->second) << "\n"
+        << "host = " << toml_string(host == options_.node_hosts.end() ? n.host : host->second) << "\n"
         << "port = " << n.port << "\n\n";
   }
   out << "[databases]\n" << options_.databases << "\n\n" << options_.extra_toml << "\n";

@@ -120,6 +120,7 @@ struct ClusterOptions {
   int standbys = 1;   // db2, db3, ...
   bool sync = false;  // synchronous_standby_names = 'ANY 1 (db2, ...)' on the primary
   int max_connections = 100;
+  bool netns = false;  // each node in a network namespace of its own (tools/cluster.sh up --netns)
 
   auto operator<=>(const ClusterOptions&) const = default;
 };
@@ -127,6 +128,7 @@ struct ClusterOptions {
 struct NodeInfo {
   std::string name;  // "db1" (the initial primary), "db2", ...
   int port = 0;
+  std::string host = "127.0.0.1";  // its namespace address when the cluster runs with netns
   pid_t pid = 0;  // postmaster pid as of the last refresh(); 0 when stopped
   fs::path data_dir;
   fs::path log_file;

@@ -94,9 +94,16 @@ TEST_CASE("a fault is parsed from KIND@TIME with options", "[drill]") {
     CHECK_FALSE(parse_fault("kill@5s:colour=red", error));
     CHECK(error.find("colour") != std::string::npos);
   }
-  SECTION("a partition is refused for now, and so is a fault after the end") {
-    std::vector<Fault> faults{*parse_fault("partition@2s", error), *parse_fault("kill@30s", error)};
-    CHECK(check_faults(faults, 20'000).size() == 2);
+  SECTION("a partition with its duration; a fault after the end is refused") {
+    auto p = parse_fault("partition@2s:for=8s", error);
+    REQUIRE(p);
+    CHECK(p->kind == FaultKind::kPartition);
+    CHECK(p->for_ms == 8000);
+    std::vector<Fault> faults{*parse_fault("kill@30s", error), *p};
+    const auto errors = check_faults(faults, 20'000);
+    REQUIRE(errors.size() == 1);
+    CHECK(errors[0].find("'kill' at 30000 ms") != std::string::npos);
+    CHECK(faults[0].kind == FaultKind::kPartition);  // sorted by time
   }
 }
 

@@ -1,11 +1,13 @@
 // tools/drill/actions.cc — console queries through libpq, and fault injection by signals, SQL on a
-// node, and the rehearsal's restart command. Nothing here throws; failures become text in the
+// node, `ip link` on a node's bridge port, and the rehearsal's restart command. Nothing here throws; failures become text in the
 // report.
 #include "tools/drill/actions.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <libpq-fe.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -91,6 +93,52 @@ std::vector<pid_t> children_of(pid_t parent) {
   return out;
 }
 
+// argv run without a shell and waited for: "" when it exited 0, else the command and its output.
+std::string run_argv(const std::vector<std::string>& args) {
+  std::string command;
+  for (const auto& a : args) {
+    command += (command.empty() ? "" : " ") + a;
+  }
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) {
+    return command + ": pipe: " + std::strerror(errno);
+  }
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], STDERR_FILENO);
+  std::vector<char*> argv;
+  for (const auto& a : args) {
+    argv.push_back(const_cast<char*>(a.c_str()));
+  }
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  const int rc = posix_spawnp(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(fds[1]);
+  std::string output;
+  char buf[512];
+  for (ssize_t n = 0; (n = ::read(fds[0], buf, sizeof buf)) != 0;) {
+    if (n > 0) {
+      output.append(buf, static_cast<std::size_t>(n));
+    } else if (errno != EINTR) {
+      break;
+    }
+  }
+  ::close(fds[0]);
+  if (rc != 0) {
+    return command + ": " + std::strerror(rc);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+    return "";
+  }
+  return command + ": " + (output.empty() ? "failed" : trim_error(output.c_str())) + " (status " +
+         std::to_string(status) + ")";
+}
+
 const NodeRef* find_node(const World& w, const std::string& name) {
   for (const auto& n : w.nodes) {
     if (n.name == name) {
@@ -146,12 +194,20 @@ std::optional<std::string> primary_or(const World& w, const Fault& f, std::strin
   return r.primary;
 }
 
-Injection signal_node(const World& w, const std::string& name, int sig, bool all, const char* verb) {
-  Injection in;
+// The named node, with `in` aimed at it; nullptr, and why in in.detail, when the env lacks it.
+const NodeRef* aim(const World& w, const std::string& name, Injection& in) {
   in.target = name;
   const NodeRef* n = find_node(w, name);
   if (n == nullptr) {
     in.detail = "no node '" + name + "' in the cluster env";
+  }
+  return n;
+}
+
+Injection signal_node(const World& w, const std::string& name, int sig, bool all, const char* verb) {
+  Injection in;
+  const NodeRef* n = aim(w, name, in);
+  if (n == nullptr) {
     return in;
   }
   if (n->data_dir.empty()) {
@@ -185,6 +241,25 @@ Injection signal_node(const World& w, const std::string& name, int sig, bool all
   in.ok = done > 0;
   in.detail = std::string(verb) + " " + std::to_string(done) + " process(es) of " + name + " (postmaster " +
               std::to_string(*pid) + ")" + (failures.empty() ? "" : "; failed:" + failures);
+  return in;
+}
+
+// The node's bridge port down or up: with static neighbour entries (cluster.sh up --netns) a
+// node whose port is down is silent both ways, so connections to it time out and its standbys
+// lose it too, as in a real network split.
+Injection set_link(const World& w, const std::string& name, const std::string& state) {
+  Injection in;
+  const NodeRef* n = aim(w, name, in);
+  if (n == nullptr) {
+    return in;
+  }
+  if (n->link.empty()) {
+    in.detail = name + " is not in a network namespace (tools/cluster.sh up --netns, tools/rehearsal.sh up --netns)";
+    return in;
+  }
+  const std::string error = run_argv({"ip", "link", "set", "dev", n->link, state});
+  in.ok = error.empty();
+  in.detail = in.ok ? "link " + n->link + " of " + name + " " + state : error;
   return in;
 }
 
@@ -279,6 +354,12 @@ std::vector<NodeRef> nodes_from_env(const std::map<std::string, std::string>& en
     }
     if (auto d = env.find(upper + "_DATA"); d != env.end()) {
       n.data_dir = d->second;
+    }
+    if (auto h = env.find(upper + "_HOST"); h != env.end()) {
+      n.host = h->second;
+    }
+    if (auto l = env.find(upper + "_LINK"); l != env.end()) {
+      n.link = l->second;
     }
     nodes.push_back(n);
   }
@@ -381,9 +462,11 @@ Injection inject(const World& w, const Fault& f) {
     }
     case FaultKind::kSwitchover:
     case FaultKind::kFailover: {
+      // The target is the primary being replaced, read before the command changes it.
       const std::string verb = f.kind == FaultKind::kSwitchover ? "SWITCHOVER" : "FAILOVER";
+      const std::string before = current_route(w.console_conninfo).primary;
       Injection in = console_command(w, f.node.empty() ? verb : verb + " TO " + f.node, 90);
-      in.target = f.node.empty() ? current_route(w.console_conninfo).primary : f.node;
+      in.target = before;
       return in;
     }
     case FaultKind::kRestartProxy: {
@@ -436,10 +519,17 @@ Injection inject(const World& w, const Fault& f) {
       }
       return signal_node(w, node, SIGKILL, false, "kill -9 of");
     }
-    case FaultKind::kPartition:
-      break;
+    case FaultKind::kPartition: {
+      auto node = primary_or(w, f, why);
+      if (!node) {
+        return {false, "", why, std::nullopt, {}};
+      }
+      Injection in = set_link(w, *node, "down");
+      in.undo_after_ms = f.for_ms.value_or(10'000);
+      return in;
+    }
   }
-  return {false, "", "not implemented", std::nullopt, {}};
+  return {false, "", "unknown fault", std::nullopt, {}};
 }
 
 std::string undo(const World& w, const Fault& f, const Injection& in) {
@@ -453,6 +543,9 @@ std::string undo(const World& w, const Fault& f, const Injection& in) {
   if (f.kind == FaultKind::kLag) {
     const std::string err = node_sql(w, in.target, "SELECT pg_wal_replay_resume()");
     return err.empty() ? "pg_wal_replay_resume() on " + in.target : err;
+  }
+  if (f.kind == FaultKind::kPartition) {
+    return set_link(w, in.target, "up").detail;
   }
   return "";
 }

@@ -1,6 +1,7 @@
 // tools/drill/actions.h — what the drill does to the world besides the load: asks pgkeel's console
 // (SHOW ROUTES, SHOW EVENTS, SHOW NODES, SWITCHOVER, FAILOVER) and injects faults into the
-// rehearsal cluster (signals to a node's processes, replay pause, a pgkeel restart command).
+// rehearsal cluster (signals to a node's processes, replay pause, a node's link down, a pgkeel
+// restart command).
 #pragma once
 
 #include <sys/types.h>
@@ -25,12 +26,13 @@ struct NodeRef {
   int port = 0;
   std::string data_dir;  // empty: not on this machine; kill goes through SQL (COPY TO PROGRAM)
   std::string host;      // empty: World::node_host
+  std::string link;      // its bridge port when it runs in a network namespace (cluster.sh --netns)
 };
 
 // "NAME=HOST:PORT" (--node), for nodes the drill reaches only over the network (Docker).
 std::optional<NodeRef> parse_node(const std::string& spec);
 
-// The nodes of a tools/cluster.sh cluster.env.
+// The nodes of a tools/cluster.sh cluster.env (DB<n>_PORT, _DATA, _HOST, _LINK).
 std::vector<NodeRef> nodes_from_env(const std::map<std::string, std::string>& env);
 
 struct ConsoleTable {
@@ -62,7 +64,7 @@ struct World {
   std::string restart_command;  // for restart-proxy, run with /bin/sh -c
 };
 
-// What injecting a fault did; `undo` is set for faults that are undone later (hang, lag).
+// What injecting a fault did; `undo` is set for faults that are undone later (hang, lag, partition).
 struct Injection {
   bool ok = false;
   std::string target;
@@ -72,7 +74,8 @@ struct Injection {
 };
 
 Injection inject(const World& world, const Fault& fault);
-// Undoes a hang (SIGCONT) or a lag (pg_wal_replay_resume); returns what it did.
+// Undoes a hang (SIGCONT), a lag (pg_wal_replay_resume) or a partition (link up); returns what
+// it did.
 std::string undo(const World& world, const Fault& fault, const Injection& injection);
 
 }  // namespace pgkeel::drill

@@ -37,8 +37,9 @@ constexpr const char* kUsage =
     "         [--out DIR | --json FILE --html FILE] [--statement-timeout D]\n"
     "\n"
     "Drives N clients through pgkeel (--conninfo), a mix of ledger writes and reads, injects the\n"
-    "faults (kill, hang, switchover, failover, restart-proxy, lag, sync-loss; e.g. kill@5s,\n"
-    "kill@5s:mode=all, hang@5s:for=3s, lag@4s:node=db2,for=5s, switchover@5s:node=db2), then\n"
+    "faults (kill, hang, switchover, failover, restart-proxy, lag, sync-loss, partition; e.g.\n"
+    "kill@5s, kill@5s:mode=all, hang@5s:for=3s, lag@4s:node=db2,for=5s, switchover@5s:node=db2,\n"
+    "partition@5s:for=8s, which needs nodes in network namespaces: tools/rehearsal.sh up --netns), then\n"
     "verifies every write on the surviving primary and writes a JSON summary and an HTML report.\n"
     "--env reads a tools/rehearsal.sh env file (PGKEEL_CONNINFO, PGKEEL_CONSOLE_CONNINFO,\n"
     "PGKEEL_CLUSTER_ENV, PGKEEL_NODE_CONNINFO, PGKEEL_RESTART_COMMAND, PGKEEL_SYNC). --node names\n"
@@ -255,8 +256,8 @@ int main(int argc, char** argv) {
   for (const auto& f : faults) {
     const bool needs_console = f.kind == FaultKind::kSwitchover || f.kind == FaultKind::kFailover ||
                                f.kind == FaultKind::kLag || f.kind == FaultKind::kSyncLoss || f.node.empty();
-    const bool needs_nodes = f.kind == FaultKind::kKill || f.kind == FaultKind::kHang ||
-                             f.kind == FaultKind::kLag || f.kind == FaultKind::kSyncLoss;
+    const bool needs_nodes = f.kind == FaultKind::kKill || f.kind == FaultKind::kHang || f.kind == FaultKind::kLag ||
+                             f.kind == FaultKind::kSyncLoss || f.kind == FaultKind::kPartition;
     if (needs_console && f.kind != FaultKind::kRestartProxy && world.console_conninfo.empty()) {
       usage_error(std::string("fault ") + std::string(to_string(f.kind)) + " needs --console");
     }

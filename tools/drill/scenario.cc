@@ -5,11 +5,11 @@
 //   tx = false            prepared = true    sync = true
 //   max_downtime = "5s"   max_lost = 0       max_errors = 100
 //   [[fault]]
-//   kind = "kill"         # kill, hang, switchover, failover, restart-proxy, lag, sync-loss
+//   kind = "kill"         # kill, hang, switchover, failover, restart-proxy, lag, sync-loss, partition
 //   at = "5s"             # since the load started
 //   node = "db1"          # optional: default the current primary (lag: a standby; sync-loss: the sync one)
 //   mode = "all"          # kill: postmaster (default) or all of the node's processes
-//   for = "3s"            # hang, lag: undone after this long
+//   for = "3s"            # hang, lag, partition: undone after this long
 #include <toml.hpp>
 
 #include "tools/drill/plan.h"
