@@ -228,14 +228,14 @@ TEST_CASE("drill: every process of the primary is killed under load; writes foll
 TEST_CASE("drill: the primary hangs (SIGSTOP) under load and wakes up later; writes follow the promoted standby and "
           "not the woken primary; no acknowledged commit is lost",
           "[drill][faults]") {
-  const DrillRun d = fault_drill({.standbys = 1, .sync = true}, "hang@5s:for=5s", "18s", "hang");
+  const DrillRun d = fault_drill({.standbys = 1, .sync = true}, "hang@4s:for=9s", "19s", "hang");
   CHECK(d.summary->find("faults")->items[0].find("detail")->string.find("SIGCONT") != std::string::npos);
 }
 
 TEST_CASE("drill: the primary is cut off the network (its namespace's link down) under load and returns later; "
           "writes follow the promoted standby and not the returned primary; no acknowledged commit is lost",
           "[drill][faults][partition]") {
-  const DrillRun d = fault_drill({.standbys = 1, .sync = true, .netns = true}, "partition@5s:for=5s", "18s", "partition");
+  const DrillRun d = fault_drill({.standbys = 1, .sync = true, .netns = true}, "partition@4s:for=9s", "19s", "partition");
   const std::string detail = d.summary->find("faults")->items[0].find("detail")->string;
   CHECK(detail.find(" down") != std::string::npos);
   CHECK(detail.find(" up") != std::string::npos);
