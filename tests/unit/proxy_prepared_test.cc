@@ -9,6 +9,7 @@
 
 #include "proxy/prepared.h"
 #include "proxy/protocol/message.h"
+#include "proxy/replay.h"
 #include "proxy/response_plan.h"
 
 namespace {
@@ -225,4 +226,48 @@ TEST_CASE("malformed Parse, Bind, Describe and Close are refused, nothing sent",
   CHECK_FALSE(rewrite_for_shared('D', "X", client, server, plan, out));
   CHECK_FALSE(rewrite_for_shared('C', std::string("Q\0", 2), client, server, plan, out));
   CHECK(out.empty());
+}
+
+TEST_CASE("a resumed session gets its settings and statements back; pgkeel's answers stay with pgkeel", "[proxy][prepared][replay]") {
+  pgkeel::proxy::SessionState state;
+  state.on_query("SET search_path = shop, public");
+  state.on_ready('I');
+  ClientStatements statements;
+  statements.define("S_1", parse_body("", "SELECT 1").substr(1));
+  statements.define("S_2", parse_body("", "SELECT 2").substr(1));
+  ResponsePlan plan;
+  std::string out;
+  pgkeel::proxy::append_session_replay(state, statements, plan, out);
+  const std::vector<Msg> sent = split(out);
+  CHECK(types(sent) == "QPPS");
+  CHECK(sent[0].body.find("search_path") != std::string::npos);
+  CHECK((first_string(sent[1].body) == "S_1" || first_string(sent[1].body) == "S_2"));
+  plan.add(Request::kQuery, Origin::kClient);  // the client's own next query
+  CHECK(client_sees(plan, "CZ11ZTDCZ") == "TDCZ");
+  CHECK_FALSE(plan.injected_failed());
+
+  SECTION("nothing to restore, nothing sent") {
+    ResponsePlan p;
+    std::string none;
+    pgkeel::proxy::append_session_replay(pgkeel::proxy::SessionState{}, ClientStatements{}, p, none);
+    CHECK(none.empty());
+    CHECK(p.idle());
+  }
+}
+
+TEST_CASE("transaction pooling resets a connection's settings only when the next client's differ", "[proxy][prepared][replay]") {
+  pgkeel::proxy::SessionState a;
+  a.on_query("SET statement_timeout = '5s'");
+  a.on_ready('I');
+  pgkeel::proxy::SessionState b;
+  ResponsePlan plan;
+  std::string out;
+  const std::string after_a = pgkeel::proxy::append_settings_restore(a, "", plan, out);
+  CHECK(types(split(out)) == "Q");
+  CHECK(split(out)[0].body.rfind("RESET ALL;SET statement_timeout", 0) == 0);
+  out.clear();
+  CHECK(pgkeel::proxy::append_settings_restore(a, after_a, plan, out) == after_a);
+  CHECK(out.empty());
+  CHECK(pgkeel::proxy::append_settings_restore(b, after_a, plan, out).empty());
+  CHECK(split(out)[0].body == std::string("RESET ALL;\0", 11));
 }

@@ -1,0 +1,36 @@
+#include "proxy/replay.h"
+
+#include "proxy/protocol/message.h"
+
+namespace pgkeel::proxy {
+
+namespace fe = protocol::fe;
+using Request = ResponsePlan::Request;
+using Origin = ResponsePlan::Origin;
+
+std::string append_settings_restore(const SessionState& client, const std::string& server_settings, ResponsePlan& plan,
+                                    std::string& out) {
+  std::string want = client.replay_sql();
+  if (want == server_settings) return want;
+  protocol::Writer(out).begin(fe::kQuery).str("RESET ALL;" + want).end();
+  plan.add(Request::kQuery, Origin::kInjected);
+  return want;
+}
+
+void append_session_replay(const SessionState& client, const ClientStatements& statements, ResponsePlan& plan,
+                           std::string& out) {
+  const std::string sets = client.replay_sql();
+  if (!sets.empty()) {
+    protocol::Writer(out).begin(fe::kQuery).str(sets).end();
+    plan.add(Request::kQuery, Origin::kInjected);
+  }
+  if (statements.size() == 0) return;
+  for (const auto& [name, st] : statements.all()) {
+    protocol::Writer(out).begin(fe::kParse).str(name).bytes(st.tail).end();
+    plan.add(Request::kParse, Origin::kInjected);
+  }
+  protocol::Writer(out).begin(fe::kSync).end();
+  plan.add(Request::kSync, Origin::kInjected);
+}
+
+}  // namespace pgkeel::proxy
