@@ -1,5 +1,9 @@
 #include "proxy/response_plan.h"
 
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
 #include "proxy/protocol/message.h"
 
 namespace pgkeel::proxy {
@@ -138,6 +142,75 @@ ResponsePlan::Verdict ResponsePlan::on_server_message(char type) {
   }
   answer_front(v.after);
   return v;
+}
+
+ResponseFilter::Result ResponseFilter::filter(const unsigned char* chunk, std::size_t n, ResponsePlan& plan,
+                                              std::string& out) {
+  // Kept ranges of the chunk and inserted bytes, in order; materialized only if anything changed.
+  struct Piece {
+    std::size_t offset;
+    std::size_t length;
+    std::string insert;
+  };
+  std::vector<Piece> pieces;
+  bool changed = false;
+  auto keep = [&](std::size_t off, std::size_t len) {
+    if (len == 0) return;
+    if (!pieces.empty() && pieces.back().insert.empty() && pieces.back().offset + pieces.back().length == off) {
+      pieces.back().length += len;
+    } else {
+      pieces.push_back({off, len, {}});
+    }
+  };
+  auto insert = [&](std::string&& bytes) {
+    if (bytes.empty()) return;
+    changed = true;
+    pieces.push_back({0, 0, std::move(bytes)});
+  };
+  auto take = [&](std::size_t off, std::size_t len) {
+    if (forward_) {
+      keep(off, len);
+    } else if (len > 0) {
+      changed = true;
+    }
+  };
+  std::size_t pos = 0;
+  while (pos < n) {
+    if (remaining_ > 0) {
+      const std::size_t len = std::min<std::size_t>(remaining_, n - pos);
+      take(pos, len);
+      pos += len;
+      remaining_ -= static_cast<std::uint32_t>(len);
+      if (remaining_ == 0) insert(std::exchange(after_, {}));
+      continue;
+    }
+    if (header_have_ == 0) {
+      ResponsePlan::Verdict v = plan.on_server_message(static_cast<char>(chunk[pos]));
+      insert(std::move(v.before));
+      forward_ = v.forward;
+      after_ = std::move(v.after);
+    }
+    const std::size_t len = std::min<std::size_t>(5 - header_have_, n - pos);
+    std::memcpy(header_ + header_have_, chunk + pos, len);
+    take(pos, len);
+    pos += len;
+    header_have_ = static_cast<std::uint8_t>(header_have_ + len);
+    if (header_have_ < 5) break;
+    header_have_ = 0;
+    const std::uint32_t length = protocol::read_u32(header_ + 1);
+    if (length < 4) return Result::kMalformed;
+    remaining_ = length - 4;
+    if (remaining_ == 0) insert(std::exchange(after_, {}));
+  }
+  if (!changed) return Result::kUnchanged;
+  for (const Piece& p : pieces) {
+    if (p.insert.empty()) {
+      out.append(reinterpret_cast<const char*>(chunk + p.offset), p.length);
+    } else {
+      out += p.insert;
+    }
+  }
+  return Result::kChanged;
 }
 
 }  // namespace pgkeel::proxy

@@ -77,4 +77,24 @@ class ResponsePlan {
   std::vector<std::string> dropped_;
 };
 
+// Applies a ResponsePlan to a server's byte stream as it arrives, chunk by chunk: frames the
+// messages (a header may straddle chunks), asks the plan about each at its type byte, and drops
+// or keeps its bytes, with pgkeel's own answers inserted in place.
+class ResponseFilter {
+ public:
+  enum class Result { kUnchanged, kChanged, kMalformed };
+  // kUnchanged: the chunk goes to the client as it is (`out` untouched). kChanged: send `out`
+  // (appended) instead. kMalformed: a length field below 4; the stream cannot be followed.
+  Result filter(const unsigned char* chunk, std::size_t n, ResponsePlan& plan, std::string& out);
+  // Between messages (nothing of a message still to come).
+  bool at_boundary() const { return header_have_ == 0 && remaining_ == 0; }
+
+ private:
+  std::uint32_t remaining_ = 0;  // body bytes of the current message still to come
+  unsigned char header_[5] = {};
+  std::uint8_t header_have_ = 0;
+  bool forward_ = true;          // the current message's verdict
+  std::string after_;            // inserted once the current message ends
+};
+
 }  // namespace pgkeel::proxy

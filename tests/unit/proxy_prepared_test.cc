@@ -271,3 +271,67 @@ TEST_CASE("transaction pooling resets a connection's settings only when the next
   CHECK(pgkeel::proxy::append_settings_restore(b, after_a, plan, out).empty());
   CHECK(split(out)[0].body == std::string("RESET ALL;\0", 11));
 }
+
+namespace {
+std::string msg(char type, std::string_view body) {
+  std::string out;
+  pgkeel::proxy::append_message(out, type, body);
+  return out;
+}
+
+ResponsePlan sample_plan() {
+  ResponsePlan plan;
+  plan.add(Request::kClose, Origin::kInjected);
+  plan.add(Request::kParse, Origin::kClient);
+  plan.add(Request::kParse, Origin::kAnswered);
+  plan.add(Request::kBind, Origin::kClient);
+  plan.add(Request::kExecute, Origin::kClient);
+  plan.add(Request::kSync, Origin::kClient);
+  return plan;
+}
+}  // namespace
+
+TEST_CASE("the response filter gives the same bytes however the server's stream is cut", "[proxy][prepared][filter]") {
+  const std::string row = msg('D', std::string("\0\1\0\0\0\4abcd", 10));
+  const std::string server = msg('3', "") + msg('1', "") + msg('2', "") + row + row + msg('C', std::string("SELECT 2\0", 9)) +
+                             msg('Z', "I");
+  const std::string expected = msg('1', "") + msg('1', "") + msg('2', "") + row + row + msg('C', std::string("SELECT 2\0", 9)) +
+                               msg('Z', "I");
+  const auto* bytes = reinterpret_cast<const unsigned char*>(server.data());
+  for (std::size_t a = 0; a <= server.size(); ++a) {
+    for (std::size_t b = a; b <= server.size(); b += 3) {
+      ResponsePlan plan = sample_plan();
+      pgkeel::proxy::ResponseFilter filter;
+      std::string seen;
+      for (auto [from, to] : {std::pair{std::size_t{0}, a}, std::pair{a, b}, std::pair{b, server.size()}}) {
+        std::string out;
+        const auto r = filter.filter(bytes + from, to - from, plan, out);
+        REQUIRE(r != pgkeel::proxy::ResponseFilter::Result::kMalformed);
+        if (r == pgkeel::proxy::ResponseFilter::Result::kUnchanged) {
+          seen.append(server, from, to - from);
+        } else {
+          seen += out;
+        }
+      }
+      INFO("cut at " << a << " and " << b);
+      REQUIRE(seen == expected);
+      CHECK(plan.idle());
+      CHECK(filter.at_boundary());
+    }
+  }
+}
+
+TEST_CASE("the response filter leaves a chunk alone when the plan changes nothing in it", "[proxy][prepared][filter]") {
+  ResponsePlan plan;
+  plan.add(Request::kQuery, Origin::kClient);
+  const std::string server = msg('C', std::string("BEGIN\0", 6)) + msg('Z', "T");
+  pgkeel::proxy::ResponseFilter filter;
+  std::string out;
+  CHECK(filter.filter(reinterpret_cast<const unsigned char*>(server.data()), server.size(), plan, out) ==
+        pgkeel::proxy::ResponseFilter::Result::kUnchanged);
+  CHECK(out.empty());
+  const std::string bad = std::string("C\0\0\0\2", 5);
+  plan.add(Request::kQuery, Origin::kClient);
+  CHECK(filter.filter(reinterpret_cast<const unsigned char*>(bad.data()), bad.size(), plan, out) ==
+        pgkeel::proxy::ResponseFilter::Result::kMalformed);
+}
