@@ -1,0 +1,154 @@
+#include "proxy/lost_transaction.h"
+
+#include "proxy/protocol/message.h"
+#include "proxy/session_state.h"
+
+namespace pgkeel::proxy {
+namespace {
+
+namespace fe = protocol::fe;
+
+void append_empty(std::string& out, char type) { protocol::Writer(out).begin(type).end(); }
+
+void append_rollback_done(std::string& out) { protocol::Writer(out).begin('C').str("ROLLBACK").end(); }
+
+std::string first_words(std::string_view sql, std::size_t n) {
+  const std::vector<SqlStatement> st = split_sql(sql);
+  std::string out;
+  if (st.empty()) return out;
+  for (std::size_t i = 0; i < st[0].words.size() && i < n; ++i) out += (i ? " " : "") + st[0].words[i];
+  return out;
+}
+
+bool one_statement(std::string_view sql) { return split_sql(sql).size() == 1; }
+
+}  // namespace
+
+bool ends_transaction(std::string_view sql) {
+  const std::string w = first_words(sql, 2);
+  const std::string first = w.substr(0, w.find(' '));
+  if (first == "end" || first == "abort") return true;
+  if (first == "commit") return w != "commit prepared";
+  if (first == "rollback") return w != "rollback to" && w != "rollback prepared";
+  return false;
+}
+
+bool may_commit(std::string_view sql) {
+  const std::string w = first_words(sql, 2);
+  const std::string first = w.substr(0, w.find(' '));
+  return first == "commit" || first == "end" || w == "prepare transaction";
+}
+
+void LostTransaction::fail(std::string& out) {
+  if (!first_sent_) {
+    protocol::append_error(out, {"ERROR", first_sqlstate_,
+                                 "the transaction was lost with its server (the primary failed); it was rolled back",
+                                 "The session continues: end this transaction (ROLLBACK) and retry it.", {}});
+    first_sent_ = true;
+    return;
+  }
+  protocol::append_error(out, {"ERROR", "25P02", "current transaction is aborted, commands ignored until end of transaction block",
+                               {}, {}});
+}
+
+bool LostTransaction::begin(int cycles_in_flight, bool unsynced, bool in_transaction, bool may_have_committed,
+                            std::string& out) {
+  in_transaction_ = in_transaction && !may_have_committed;
+  const bool owed = cycles_in_flight > 0 || unsynced;
+  if (owed) {
+    if (may_have_committed || !in_transaction) {
+      protocol::append_error(out, {"ERROR", "08007",
+                                   "transaction resolution unknown: the server connection was lost while this was running",
+                                   "It may or may not have committed; pgkeel does not retry it. The session continues.", {}});
+      first_sent_ = true;
+    } else {
+      fail(out);
+    }
+    for (int i = 0; i < cycles_in_flight; ++i) protocol::append_ready_for_query(out, in_transaction_ ? 'E' : 'I');
+    skipping_ = unsynced;
+  }
+  return !in_transaction_ && !skipping_;
+}
+
+bool LostTransaction::on_client_message(char type, std::string_view body, const StatementText& text, std::string& out) {
+  protocol::Reader r(body);
+  // After an error in the extended protocol everything up to the Sync is ignored, as PostgreSQL does.
+  if (skipping_ && type != fe::kSync) return false;
+  switch (type) {
+    case fe::kQuery: {
+      const std::string_view sql = r.str();
+      if (!in_transaction_) {
+        // Only an unsynced cycle was owed; a Query ends it too.
+        protocol::append_ready_for_query(out, 'I');
+        return true;
+      }
+      if (ends_transaction(sql) && one_statement(sql)) {
+        append_rollback_done(out);
+        protocol::append_ready_for_query(out, 'I');
+        return true;
+      }
+      fail(out);
+      protocol::append_ready_for_query(out, 'E');
+      return false;
+    }
+    case fe::kSync:
+      protocol::append_ready_for_query(out, in_transaction_ && !ending_ ? 'E' : 'I');
+      skipping_ = false;
+      if (!in_transaction_ || ending_) return true;
+      return false;
+    case fe::kFlush:
+    case fe::kCopyData:
+    case fe::kCopyDone:
+    case fe::kCopyFail:
+      return false;
+    default:
+      break;
+  }
+  if (!in_transaction_) return false;
+  switch (type) {
+    case fe::kParse: {
+      const std::string_view name = r.str();
+      const std::string_view sql = r.str();
+      if (!r.failed() && ends_transaction(sql)) {
+        if (name.empty()) unnamed_ = std::string(sql);
+        append_empty(out, '1');
+        return false;
+      }
+      break;
+    }
+    case fe::kBind: {
+      r.str();  // portal
+      const std::string_view name = r.str();
+      const std::string sql = name.empty() ? unnamed_ : text(name);
+      if (!r.failed() && ends_transaction(sql)) {
+        ending_ = true;
+        append_empty(out, '2');
+        return false;
+      }
+      break;
+    }
+    case fe::kDescribe:
+      if (ending_) {
+        if (r.i8() == 'S') protocol::Writer(out).begin('t').i16(0).end();
+        append_empty(out, 'n');
+        return false;
+      }
+      break;
+    case fe::kExecute:
+      if (ending_) {
+        append_rollback_done(out);
+        return false;
+      }
+      break;
+    case fe::kClose:
+      append_empty(out, '3');
+      return false;
+    default:
+      break;
+  }
+  fail(out);
+  skipping_ = true;
+  return false;
+}
+
+}  // namespace pgkeel::proxy
