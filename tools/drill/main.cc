@@ -8,6 +8,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <optional>
@@ -267,6 +268,10 @@ int main(int argc, char** argv) {
   }
   std::string json_path = a.json, html_path = a.html;
   if (!a.out_dir.empty()) {
+    // Made now, so a run never ends without its report for want of a folder.
+    std::error_code ec;
+    std::filesystem::create_directories(a.out_dir, ec);
+    if (ec) usage_error("--out " + a.out_dir + ": " + ec.message());
     json_path = json_path.empty() ? a.out_dir + "/drill.json" : json_path;
     html_path = html_path.empty() ? a.out_dir + "/drill.html" : html_path;
   }
