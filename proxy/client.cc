@@ -10,6 +10,10 @@
 #include <cstring>
 
 #include "proxy/hba.h"
+#include "proxy/lost_transaction.h"
+#include "proxy/prepared.h"
+#include "proxy/replay.h"
+#include "proxy/session_state.h"
 #include "proxy/log.h"
 #include "proxy/pool.h"
 #include "proxy/server.h"
@@ -22,6 +26,21 @@ namespace fe = protocol::fe;
 
 constexpr std::uint32_t kClientIdBits = 22;  // BackendKeyData pid = worker << 22 | client id
 constexpr std::size_t kMaxWaitingBytes = IoBuffer::kSize;
+// Transaction pooling edits whole messages, so one is held in memory until complete: bounded.
+constexpr std::uint32_t kMaxEditedMessage = 16u << 20;
+
+// Whether a statement may change what a session carries (settings, statements, things that
+// cannot move): only those are parsed. A false positive costs a parse, nothing more.
+bool session_relevant(std::string_view sql) {
+  static constexpr std::string_view kWords[] = {"set", "discard", "prepare", "deallocate", "listen",
+                                                "temp", "advisory", "hold"};
+  std::string lower(sql.substr(0, 8192));
+  for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  for (std::string_view w : kWords) {
+    if (lower.find(w) != std::string::npos) return true;
+  }
+  return false;
+}
 
 std::string describe_peer(const sockaddr* addr) {
   if (addr == nullptr) return "unknown";
@@ -55,6 +74,132 @@ std::string error_message(std::string_view severity, std::string_view sqlstate,
 }
 
 }  // namespace
+
+// What a session carries beyond its startup parameters, kept so that it can continue on another
+// server connection: its settings (SessionState), its named statements, and, after its server
+// died mid-transaction, the lost transaction's answers.
+struct Client::Session {
+  SessionState state;
+  ClientStatements statements;
+  std::unique_ptr<LostTransaction> lost;
+  std::string unreplayable;      // why the session cannot move, when it cannot
+  std::string application_name;  // as the server reported it
+};
+
+Client::Session& Client::session() {
+  if (!sess_) {
+    sess_ = std::make_unique<Session>();
+    if (server_ != nullptr) sess_->state.on_ready(server_->tx_status());
+  }
+  return *sess_;
+}
+
+bool Client::transaction_mode() const {
+  return w_.config().listeners[listener_index_].pool_mode == conf::PoolMode::kTransaction;
+}
+
+std::string_view Client::application_name() const {
+  if (sess_ && !sess_->application_name.empty()) return sess_->application_name;
+  for (const auto& [k, v] : params_) {
+    if (k == "application_name") return v;
+  }
+  return {};
+}
+
+void Client::note_application_name(std::string_view name) {
+  if (sess_ || application_name() != name) session().application_name = std::string(name);
+}
+
+void Client::note_server_ready(char tx_status) {
+  if (sess_) sess_->state.on_ready(tx_status);
+}
+
+void Client::note_server_error() {
+  if (sess_) sess_->state.on_error();
+}
+
+// A request cycle begins when nothing runs on the server: autocommit unless it opens a block.
+void Client::start_cycle() {
+  if (server_ == nullptr || server_->query_running()) return;
+  cycle_in_transaction_ = server_->tx_status() != 'I';
+  cycle_may_commit_ = !cycle_in_transaction_;
+}
+
+void Client::note_effect(const TransactionEffect& e) {
+  if (e.begins && !cycle_in_transaction_) {
+    cycle_in_transaction_ = true;
+    cycle_may_commit_ = false;
+  }
+  if (e.may_commit) cycle_may_commit_ = true;
+}
+
+// Keeps what a later server would need to carry this session, from what the client sends.
+void Client::track(char type, std::string_view body, bool truncated) {
+  protocol::Reader r(body);
+  switch (type) {
+    case fe::kQuery: {
+      std::string_view sql = r.str();
+      if (r.failed()) sql = body;  // truncated: what we have
+      note_effect(transaction_effect(sql));
+      if (!sess_ && !session_relevant(sql)) return;
+      Session& s = session();
+      s.state.on_query(sql);
+      for (const SqlStatement& st : split_sql(sql)) {
+        const auto& w = st.words;
+        if (w.empty()) continue;
+        if ((w[0] == "discard" && w.size() > 1 && w[1] == "all") || (w[0] == "deallocate" && w.size() > 1 && w.back() == "all")) {
+          s.statements.clear();
+        } else if (w[0] == "deallocate" && w.size() > 1) {
+          s.statements.forget(w.back());
+        } else if (w[0] == "prepare" && !(w.size() > 1 && w[1] == "transaction") && s.unreplayable.empty()) {
+          // SQL-level PREPARE lives on one server connection; pgkeel does not rewrite EXECUTE.
+          if (transaction_mode()) s.unreplayable = "PREPARE (SQL)";
+        }
+      }
+      if (!s.state.replayable() && s.unreplayable.empty()) s.unreplayable = s.state.why_not_replayable();
+      return;
+    }
+    case fe::kParse: {
+      const std::string_view name = r.str();
+      const std::string_view sql = r.str();
+      if (r.failed()) {
+        if (truncated) session().unreplayable = "a prepared statement longer than pgkeel keeps (8 KB)";
+        return;
+      }
+      if (name.empty()) unnamed_effect_ = transaction_effect(sql);
+      if (!name.empty() && !transaction_mode()) session().statements.define(name, body.substr(name.size() + 1));
+      if (sess_ || session_relevant(sql)) session().state.on_parse(name, sql);
+      return;
+    }
+    case fe::kBind: {
+      const std::string_view portal = r.str();
+      const std::string_view name = r.str();
+      if (r.failed()) return;
+      if (name.empty()) {
+        note_effect(unnamed_effect_);
+      } else if (sess_) {
+        if (const ClientStatements::Statement* st = sess_->statements.find(name)) {
+          note_effect(transaction_effect(std::string_view(st->tail).substr(0, st->tail.find('\0'))));
+        }
+      }
+      if (sess_) sess_->state.on_bind(portal, name);
+      return;
+    }
+    case fe::kExecute:
+      if (sess_) sess_->state.on_execute(r.str());
+      return;
+    case fe::kClose: {
+      const char kind = static_cast<char>(r.i8());
+      const std::string_view name = r.str();
+      if (r.failed() || kind != 'S' || !sess_) return;
+      if (!transaction_mode()) sess_->statements.forget(name);
+      sess_->state.on_close_statement(name);
+      return;
+    }
+    default:
+      return;
+  }
+}
 
 Client::Client(Worker& w, std::uint32_t id, int fd, std::size_t listener_index, const sockaddr* addr)
     : w_(w),
@@ -119,6 +264,9 @@ void Client::on_read() {
         return;
       }
       relay_to_server();
+      return;
+    case State::kDetached:
+      read_detached();
       return;
     case State::kStartup:
     case State::kAuth:
@@ -448,14 +596,16 @@ void Client::apply_auth_step(const AuthSession::Step& step) {
 }
 
 void Client::unparked() {
-  if (state_ == State::kLinked) {
+  if (state_ == State::kLinked || state_ == State::kDetached) {
     ep_.set_reading(true);  // level-triggered: what the client sent meanwhile is read now
+    if (state_ == State::kDetached && !rx_.empty()) forward_messages();
   } else if (state_ == State::kWaiting && server_ == nullptr && waiting_pool == nullptr && !held && !closing_) {
     request_server(w_, *this);
   }
 }
 
 bool Client::at_transaction_boundary() const {
+  if (state_ == State::kDetached) return !(sess_ && sess_->lost) && waiting_pool == nullptr && !held;
   return state_ == State::kLinked && server_ != nullptr && server_->tx_status() == 'I' && !server_->query_running() &&
          streams_at_rest();
 }
@@ -467,6 +617,7 @@ std::string_view Client::state_name() const {
     case State::kStartup: return "startup";
     case State::kAuth: return "auth";
     case State::kWaiting: return "waiting";
+    case State::kDetached: return waiting_pool != nullptr ? "waiting" : (sess_ && sess_->lost ? "idle in transaction" : "idle");
     case State::kLinked:
       if (server_ == nullptr) return "waiting";
       if (server_->query_running()) return "active";
@@ -477,6 +628,10 @@ std::string_view Client::state_name() const {
 }
 
 void Client::on_server_ready(Server* s) {
+  if (state_ == State::kDetached) {
+    attach(s);
+    return;
+  }
   if (state_ != State::kWaiting) return;
   state_ = State::kLinked;
   ever_linked_ = true;
@@ -494,18 +649,11 @@ void Client::on_server_ready(Server* s) {
   }
   log::debug("client").kv("event", "linked").kv("conn", name_).kv("server", s->name()).kv("backend_pid", s->backend_pid()).emit();
   ep_.set_reading(true);
-  if (!rx_.empty()) {
-    // Bytes the client pipelined while it waited go first.
-    IoBuffer* b = w_.buffers().acquire();
-    const std::size_t n = std::min(rx_.size(), IoBuffer::kSize);
-    std::memcpy(b->data, rx_.data(), n);
-    b->end = n;
-    std::string().swap(rx_);
-    ep_.in = b;
-    forward_to_server(b, 0);
-  } else {
-    std::string().swap(rx_);
-  }
+  // Bytes the client pipelined while it waited go first.
+  if (!rx_.empty()) forward_messages();
+  if (rx_.empty()) std::string().swap(rx_);
+  // Transaction pooling: the server was needed for the session's opening only.
+  on_cycle_done();
 }
 
 void Client::on_server_failed(const std::string& error_response) {
@@ -516,26 +664,255 @@ void Client::on_server_failed(const std::string& error_response) {
   if (ep_.send(error_response) != IoStatus::kBlocked) close_now();
 }
 
+// The server died under the session (the primary failed, or was stopped for a switchover). The
+// session goes on: on the next request it takes a server again, which gets its settings and
+// statements back. What was in flight, or the transaction that was open, gets the answers
+// PostgreSQL's rules call for (proxy/lost_transaction.h). Only a session that cannot move (LISTEN,
+// temporary tables, ...) ends, with an error saying why.
 void Client::on_server_lost(std::string_view reason) {
   if (state_ != State::kLinked) return;
   Server* s = server_;
   server_ = nullptr;
-  const bool boundary = s == nullptr || (s->at_boundary() && (s->ep().in == nullptr || s->ep().in->pending() == 0));
+  // Whether what reached the client ends at a message boundary: only then can pgkeel speak.
+  const bool boundary = s == nullptr || (s->at_boundary() && (s->ep().in == nullptr || s->ep().in->pending() == 0) &&
+                                         (s->edits_if() == nullptr || s->edits_if()->filter.at_boundary()));
+  const int cycles = s != nullptr ? s->pending_syncs() : 0;
+  const bool unsynced = s != nullptr && s->unsynced();
+  const bool in_transaction = cycle_in_transaction_ || (s != nullptr && s->tx_status() != 'I');
   if (s != nullptr && s->ep().in != nullptr) {
     w_.buffers().release(s->ep().in);
     s->ep().in = nullptr;
   }
   state_ = State::kWaiting;  // no server; terminate() below closes
   log::info("client").kv("event", "server_lost").kv("conn", name_).kv("reason", reason).emit();
-  if (boundary) {
-    terminate("08006", std::string("server connection lost: ") + std::string(reason));
-  } else {
+  if (!boundary || (!transaction_mode() && !scanner_.at_boundary()) || (s != nullptr && s->fatal_relayed())) {
+    // An answer, or a request, was cut in the middle: nothing can be said cleanly. Or the
+    // server ended the session with a FATAL the client has read: the connection ends too.
     close_now();
+    return;
   }
+  if (sess_ && !sess_->unreplayable.empty()) {
+    terminate("08006", "server connection lost (" + std::string(reason) + "); this session cannot move to another server: it used " +
+                           sess_->unreplayable);
+    return;
+  }
+  state_ = State::kDetached;
+  replay_needed_ = !transaction_mode();
+  auto lost = std::make_unique<LostTransaction>();
+  std::string out;
+  const bool at_rest = lost->begin(cycles, unsynced, in_transaction, cycle_may_commit_, out);
+  if (!at_rest) session().lost = std::move(lost);
+  log::info("client").kv("event", "session_kept").kv("conn", name_).kv("in_flight", cycles + (unsynced ? 1 : 0))
+      .kv("transaction_lost", !at_rest).emit();
+  if (!out.empty() && ep_.send(out) == IoStatus::kError) {
+    close_now();
+    return;
+  }
+  if (!transaction_mode() && ep_.in != nullptr) {
+    // Requests read and not yet forwarded: they belong to the session, whole or partial.
+    rx_.append(reinterpret_cast<const char*>(ep_.in->data + ep_.in->begin), ep_.in->pending());
+    w_.buffers().release(ep_.in);
+    ep_.in = nullptr;
+  }
+  ep_.set_reading(true);
+  if (!rx_.empty()) forward_messages();
+}
+
+// kDetached (and transaction pooling while linked): requests are read whole into rx_.
+void Client::read_detached() {
+  char buf[16384];
+  const long n = ep_.read(buf, sizeof buf);
+  if (n == -1) return;
+  if (n <= 0) {
+    log::debug("client").kv("event", "disconnected").kv("conn", name_).emit();
+    close_now();
+    return;
+  }
+  last_activity_ = w_.now();
+  rx_.append(buf, static_cast<std::size_t>(n));
+  forward_messages();
+}
+
+void Client::forward_messages() {
+  std::string to_server;
+  std::string to_client;
+  std::size_t off = 0;
+  bool close_after = false;
+  while (rx_.size() - off >= 5 && state_ != State::kClosed) {
+    const auto* h = reinterpret_cast<const unsigned char*>(rx_.data() + off);
+    const std::uint32_t len = protocol::read_u32(h + 1);
+    if (len < 4) {
+      fail("FATAL", "08P01", "invalid message length");
+      return;
+    }
+    if (len > kMaxEditedMessage) {
+      fail("FATAL", "54000", "message too large for transaction pooling (" + std::to_string(len) + " bytes; at most " +
+                                 std::to_string(kMaxEditedMessage) + ")");
+      return;
+    }
+    if (rx_.size() - off < 1 + std::size_t{len}) {
+      rx_.reserve(1 + std::size_t{len});
+      break;
+    }
+    const char type = rx_[off];
+    const std::string_view body(rx_.data() + off + 5, len - 4);
+    if (type == fe::kTerminate) {
+      close_after = true;
+      off = rx_.size();
+      break;
+    }
+    if (state_ == State::kDetached && sess_ && sess_->lost) {
+      const LostTransaction::StatementText text = [this](std::string_view name) {
+        const ClientStatements::Statement* st = sess_->statements.find(name);
+        return st == nullptr ? std::string() : st->tail.substr(0, st->tail.find('\0'));
+      };
+      if (sess_->lost->on_client_message(type, body, text, to_client)) sess_->lost.reset();
+      off += 1 + len;
+      continue;
+    }
+    if (state_ != State::kLinked || server_ == nullptr) break;  // a server first
+    start_cycle();
+    track(type, body, false);
+    switch (type) {
+      case fe::kQuery:
+      case fe::kFunctionCall:
+        server_->note_cycle_start();
+        server_->note_frontend_sync();
+        break;
+      case fe::kSync:
+        server_->note_cycle_start();
+        server_->note_frontend_sync();
+        server_->note_unsynced(false);
+        break;
+      default:
+        server_->note_cycle_start();
+        server_->note_unsynced(true);
+        break;
+    }
+    const std::uint64_t bytes = 1 + std::uint64_t{len};
+    w_.stats().by_listener[listener_index_].bytes_in.add(bytes);
+    w_.stats().by_node[server_->node()].bytes_in.add(bytes);
+    if (transaction_mode()) {
+      Server::Edits& e = server_->edits();
+      if (!rewrite_for_shared(type, body, session().statements, e.statements, e.plan, to_server)) {
+        fail("FATAL", "08P01", "malformed message");
+        return;
+      }
+    } else {
+      append_message(to_server, type, body);
+    }
+    off += 1 + len;
+  }
+  rx_.erase(0, off);
+  if (state_ == State::kLinked && server_ != nullptr && !transaction_mode() && !rx_.empty() && !close_after) {
+    // Session mode relays raw from here on: the start of a message goes now, and the scanner
+    // follows it, so the rest of it passes by as relayed bytes do.
+    const protocol::ScanResult res = scanner_.scan(reinterpret_cast<const unsigned char*>(rx_.data()), rx_.size(),
+                                                   [](const protocol::ScannedMessage&) { return protocol::ScanAction::kContinue; });
+    if (res.status == protocol::ScanResult::Status::kMalformed) {
+      fail("FATAL", "08P01", "invalid message length");
+      return;
+    }
+    to_server += rx_;
+    rx_.clear();
+  }
+  if (!to_client.empty() && ep_.send(to_client) == IoStatus::kError) {
+    close_now();
+    return;
+  }
+  if (close_after) {
+    log::debug("client").kv("event", "terminate").kv("conn", name_).emit();
+    close_now();
+    return;
+  }
+  if (state_ == State::kLinked && server_ != nullptr) {
+    if (!to_server.empty()) {
+      Server* s = server_;
+      if (s->ep().send(to_server) == IoStatus::kError) {
+        s->close("send to server failed");
+        return;
+      }
+      if (!s->ep().out_empty()) ep_.set_reading(false);  // Server::on_write resumes us
+    }
+    send_due_answers();
+    return;
+  }
+  if (state_ == State::kDetached && !rx_.empty() && !(sess_ && sess_->lost) && waiting_pool == nullptr && !held && !parked) {
+    // A new transaction: it needs a server (PAUSE holds it here first).
+    if (w_.paused_for(listener_index_)) {
+      ep_.set_reading(false);
+      w_.park(this);
+      return;
+    }
+    if (rx_.size() >= kMaxWaitingBytes) ep_.set_reading(false);
+    wait_started_ = Clock::now();
+    request_server(w_, *this);
+  } else if (rx_.size() >= kMaxWaitingBytes) {
+    ep_.set_reading(false);
+  }
+}
+
+// kDetached -> kLinked: the server gets the session first (settings; after a failover in session
+// mode also the statements), then the requests that waited.
+void Client::attach(Server* s) {
+  state_ = State::kLinked;
+  server_ = s;
+  s->link(this);
+  log::debug("client").kv("event", "attached").kv("conn", name_).kv("server", s->name()).kv("backend_pid", s->backend_pid()).emit();
+  static const SessionState kFresh;
+  const SessionState& state = sess_ ? sess_->state : kFresh;
+  std::string out;
+  Server::Edits& e = s->edits();
+  if (replay_needed_) {
+    append_session_replay(state, sess_ ? sess_->statements : ClientStatements(), e.plan, out);
+    e.settings = state.replay_sql();
+    replay_needed_ = false;
+  } else if (transaction_mode()) {
+    e.settings = append_settings_restore(state, e.settings, e.plan, out);
+  }
+  if (!out.empty()) {
+    // pgkeel's own cycles: counted like the client's, so idleness stays exact.
+    for (std::size_t at = 0; at + 5 <= out.size();) {
+      const char t = out[at];
+      if (t == fe::kQuery || t == fe::kSync) s->note_frontend_sync();
+      at += 1 + protocol::read_u32(reinterpret_cast<const unsigned char*>(out.data() + at + 1));
+    }
+    if (s->ep().send(out) == IoStatus::kError) {
+      s->close("send to server failed");
+      return;
+    }
+  }
+  ep_.set_reading(true);
+  forward_messages();
+}
+
+// pgkeel's own answers (a Parse of a statement the connection has) that nothing is in front of.
+void Client::send_due_answers() {
+  if (server_ == nullptr || server_->edits_if() == nullptr) return;
+  if (server_->ep().in != nullptr && server_->ep().in->pending() > 0) return;  // relayed bytes go first
+  const std::string due = server_->edits_if()->plan.take_due();
+  if (!due.empty() && ep_.send(due) == IoStatus::kError) close_now();
+}
+
+// Transaction pooling: the transaction is over and every answer reached the client.
+void Client::on_cycle_done() {
+  if (state_ != State::kLinked || server_ == nullptr || !transaction_mode() || closing_) return;
+  if (sess_ && !sess_->unreplayable.empty()) return;  // pinned to this connection
+  if (server_->tx_status() != 'I' || !server_->answers_done() || !server_->ep().out_empty() || !ep_.out_empty()) return;
+  Server* s = server_;
+  server_ = nullptr;
+  state_ = State::kDetached;
+  s->edits().settings = sess_ ? sess_->state.replay_sql() : std::string();
+  s->release();
+  if (!rx_.empty()) forward_messages();  // the next transaction already began arriving
 }
 
 void Client::relay_to_server() {
   last_activity_ = w_.now();
+  if (transaction_mode()) {
+    read_detached();  // whole messages, edited: see forward_messages()
+    return;
+  }
   std::size_t from = 0;
   const long n = receive(ep_, w_.buffers(), from);
   if (n == -1) return;
@@ -558,6 +935,10 @@ void Client::forward_to_server(IoBuffer* b, std::size_t new_from) {
   bool terminate_clean = true;
   const protocol::ScanResult res =
       scanner_.scan(b->data + new_from, b->end - new_from, [&](const protocol::ScannedMessage& m) {
+        if (m.type != fe::kTerminate) {
+          start_cycle();
+          track(m.type, m.body, m.truncated);
+        }
         switch (m.type) {
           case fe::kTerminate:
             terminate_seen = true;
@@ -680,6 +1061,8 @@ void Client::on_write() {
       }
     }
     server_->resume_reading();
+    send_due_answers();
+    if (server_ != nullptr && server_->answers_done()) on_cycle_done();
   }
   ep_.set_writing(false);
 }
@@ -693,6 +1076,8 @@ bool Client::idle_for_shutdown() const {
     case State::kLinked:
       return server_ != nullptr && server_->tx_status() == 'I' && !server_->query_running() &&
              streams_at_rest();
+    case State::kDetached:
+      return rx_.empty() && !(sess_ && sess_->lost) && waiting_pool == nullptr;
     case State::kClosed:
       return false;
   }
@@ -778,7 +1163,8 @@ void Client::tick(Clock::time_point now) {
     fail("FATAL", "57014", "canceling authentication due to timeout");
     return;
   }
-  if (state_ == State::kWaiting && waiting_pool != nullptr && now - wait_started_ > cfg.pool.wait_timeout) {
+  if ((state_ == State::kWaiting || state_ == State::kDetached) && waiting_pool != nullptr &&
+      now - wait_started_ > cfg.pool.wait_timeout) {
     log::warning("client").kv("event", "wait_timeout").kv("conn", name_).kv("user", user_).kv("db", database_).emit();
     fail("FATAL", "53300", "no server connection became available within wait_timeout",
          "The server connections are at a limit: " + (blocked_by.empty() ? std::string("max_server_conn_per_node") : blocked_by) + ".");

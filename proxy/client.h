@@ -4,8 +4,8 @@
 //
 // States: kStartup (reading SSLRequest/StartupMessage) -> kAuth (SCRAM or md5 exchange) ->
 // kWaiting (authenticated; no server yet: queued, or a server is logging in) -> kLinked
-// (relaying) -> kClosed. A client can exist without a server: while waiting now, and between
-// transactions or during a failover in later modes.
+// (relaying) <-> kDetached (the session is open, no server: between transactions in transaction
+// pooling, or after its server died; the next request takes a server again) -> kClosed.
 #pragma once
 
 #include <netinet/in.h>
@@ -20,6 +20,7 @@
 
 #include "proxy/auth_session.h"
 #include "proxy/conn.h"
+#include "proxy/lost_transaction.h"
 #include "proxy/protocol/message.h"
 #include "proxy/protocol/scanner.h"
 #include "proxy/shared.h"
@@ -32,7 +33,7 @@ struct Pool;
 
 class Client {
  public:
-  enum class State : std::uint8_t { kStartup, kAuth, kWaiting, kLinked, kClosed };
+  enum class State : std::uint8_t { kStartup, kAuth, kWaiting, kLinked, kDetached, kClosed };
 
   Client(Worker& w, std::uint32_t id, int fd, std::size_t listener_index, const sockaddr* addr);
   ~Client();
@@ -72,6 +73,19 @@ class Client {
   // Handles a CancelRequest aimed at this client (secret already checked by the worker).
   void cancel_running_query();
   std::size_t listener_index() const { return listener_index_; }
+
+  // The listener pools by transaction: the server goes back to the pool after each one.
+  bool transaction_mode() const;
+  // The linked server has relayed every answer owed (a ReadyForQuery ended the last cycle): in
+  // transaction pooling, at a transaction's end, the client lets its server go.
+  void on_cycle_done();
+  // What the server said, for the session's state: ReadyForQuery, an ErrorResponse, and the
+  // application_name it reports (pgJDBC sets it after login).
+  void note_server_ready(char tx_status);
+  void note_server_error();
+  void note_application_name(std::string_view name);
+  // As the server last reported it, else as the startup packet said.
+  std::string_view application_name() const;
 
   // Which limit kept this client waiting, for the wait-timeout error (pool.cc).
   std::string blocked_by;
@@ -119,6 +133,19 @@ class Client {
   void fail(std::string_view severity, std::string_view sqlstate, std::string_view message,
             std::string_view detail = {});
   void close_now();
+  // Session state kept for another server (transaction pooling, a failover): created on need.
+  struct Session;
+  Session& session();
+  // A client message on its way to the server (body complete unless truncated).
+  void track(char type, std::string_view body, bool truncated);
+  void start_cycle();
+  void note_effect(const TransactionEffect& e);
+  void read_detached();
+  // Whole messages from rx_ to the server (transaction pooling, and the first requests after a
+  // detach), or to the lost transaction's answers.
+  void forward_messages();
+  void attach(Server* s);
+  void send_due_answers();
 
   Worker& w_;
   const std::uint32_t id_;
@@ -141,6 +168,12 @@ class Client {
   ServerCredential cred_;
 
   std::unique_ptr<AuthSession> auth_;  // while authenticating only: an idle session does not carry it
+  std::unique_ptr<Session> sess_;
+  bool pinned_ = false;            // transaction pooling: the session cannot move (LISTEN, ...)
+  bool replay_needed_ = false;     // the next server is fresh: restore settings and statements
+  bool cycle_may_commit_ = false;     // what runs now may commit (autocommit, COMMIT)
+  bool cycle_in_transaction_ = false;  // what runs now runs inside a transaction block
+  TransactionEffect unnamed_effect_;   // of the unnamed statement last parsed
 
   std::int32_t cancel_key_ = 0;
   Clock::time_point started_;

@@ -39,6 +39,20 @@ bool may_commit(std::string_view sql) {
   return first == "commit" || first == "end" || w == "prepare transaction";
 }
 
+TransactionEffect transaction_effect(std::string_view sql) {
+  TransactionEffect e;
+  const std::vector<SqlStatement> st = split_sql(sql);
+  for (std::size_t i = 0; i < st.size(); ++i) {
+    const auto& w = st[i].words;
+    if (w.empty()) continue;
+    if (i == 0 && (w[0] == "begin" || (w[0] == "start" && w.size() > 1 && w[1] == "transaction"))) e.begins = true;
+    if (w[0] == "commit" || w[0] == "end" || (w[0] == "prepare" && w.size() > 1 && w[1] == "transaction")) {
+      e.may_commit = true;  // COMMIT PREPARED commits too
+    }
+  }
+  return e;
+}
+
 void LostTransaction::fail(std::string& out) {
   if (!first_sent_) {
     protocol::append_error(out, {"ERROR", first_sqlstate_,

@@ -24,6 +24,14 @@ bool ends_transaction(std::string_view sql);
 // PREPARED too), as opposed to ROLLBACK or ABORT.
 bool may_commit(std::string_view sql);
 
+// What a query string does to the transaction around it: opens one (BEGIN or START TRANSACTION
+// first), and whether any statement may commit.
+struct TransactionEffect {
+  bool begins = false;
+  bool may_commit = false;
+};
+TransactionEffect transaction_effect(std::string_view sql);
+
 class LostTransaction {
  public:
   // The query text of a named prepared statement ("" when unknown).

@@ -43,6 +43,12 @@ Server::Server(Worker& w, std::uint32_t id, Pool& pool, ServerCredential cred, s
       startup_params_(std::move(params)) {
   scanner_.watch(be::kReadyForQuery);
   scanner_.watch(be::kParameterStatus);
+  scanner_.watch(be::kErrorResponse);
+}
+
+Server::Edits& Server::edits() {
+  if (!edits_) edits_ = std::make_unique<Edits>();
+  return *edits_;
 }
 
 Server::~Server() {
@@ -434,7 +440,7 @@ void Server::unlink(bool clean) {
     w_.buffers().release(ep_.in);
     ep_.in = nullptr;
   }
-  if (!clean || pending || !ep_.out_empty() || tx_status_ != 'I') {
+  if (!clean || pending || !ep_.out_empty() || tx_status_ != 'I' || (edits_ && (edits_->dirty || !edits_->plan.idle()))) {
     close("client left mid-session");
     return;
   }
@@ -456,6 +462,28 @@ void Server::unlink(bool clean) {
   if (ep_.send(out) == IoStatus::kError) close("send to server failed");
 }
 
+void Server::release() {
+  client_ = nullptr;
+  if (state_ != State::kLinked) return;
+  const bool reusable = answers_done() && ep_.out_empty() && tx_status_ == 'I' && !(edits_ && edits_->dirty);
+  if (ep_.in != nullptr) {
+    w_.buffers().release(ep_.in);
+    ep_.in = nullptr;
+  }
+  if (!reusable) {
+    close(edits_ && edits_->dirty ? "its state is unknown" : "released mid-transaction");
+    return;
+  }
+  const Clock::time_point now = Clock::now();
+  last_used_ = now;
+  if (w_.shutting_down() || now - created_ > w_.config().pool.server_lifetime) {
+    close(w_.shutting_down() ? "shutting down" : "server_lifetime reached");
+    return;
+  }
+  state_ = State::kIdle;
+  server_available(w_, *this);
+}
+
 void Server::after_reset_message(char type, std::string_view body) {
   protocol::Reader r(body);
   switch (type) {
@@ -473,6 +501,11 @@ void Server::after_reset_message(char type, std::string_view body) {
       }
       state_ = State::kIdle;
       last_used_ = Clock::now();
+      if (edits_) {
+        // The reset query (DISCARD ALL, by default) dropped the statements and the settings.
+        edits_->statements.clear();
+        edits_->settings.clear();
+      }
       server_available(w_, *this);
       return;
     default:
@@ -496,11 +529,27 @@ void Server::relay_to_client() {
   Traffic& by_node = st.by_node[node_];
   by_listener.bytes_out.add(b->end - from);
   by_node.bytes_out.add(b->end - from);
+  std::string ended;  // an ErrorResponse FATAL while nothing ran: the server ends the session
   const protocol::ScanResult res =
       scanner_.scan(b->data + from, b->end - from, [&](const protocol::ScannedMessage& m) {
         protocol::Reader r(m.body);
+        if (m.type == be::kErrorResponse) {
+          const protocol::ParsedError f = protocol::parse_error(m.body);
+          if (f.severity == "FATAL" || f.severity == "PANIC") {
+            // The server is shutting down (57P0x) while the session was idle: the session moves
+            // on (Client::on_server_lost) without hearing it. Any other FATAL is the session's end.
+            if (pending_syncs_ == 0 && !unsynced_ && f.sqlstate.rfind("57P0", 0) == 0) {
+              ended = std::string(f.sqlstate) + " " + std::string(f.message);
+            } else {
+              fatal_relayed_ = true;
+            }
+          }
+          c->note_server_error();
+          return protocol::ScanAction::kContinue;
+        }
         if (m.type == be::kReadyForQuery) {
           tx_status_ = static_cast<char>(r.i8());
+          c->note_server_ready(tx_status_);
           if (pending_syncs_ > 0) --pending_syncs_;
           const Clock::time_point now = Clock::now();
           c->note_activity(now);
@@ -523,11 +572,48 @@ void Server::relay_to_client() {
           }
         } else if (!m.truncated) {
           note_parameter(r);
+          protocol::Reader p(m.body);
+          if (p.str() == "application_name") c->note_application_name(p.str());
         }
         return protocol::ScanAction::kContinue;
       });
+  if (!ended.empty()) {
+    // E.g. 57P01 from a primary shutting down: the client's session does not end with it; it
+    // goes on elsewhere (Client::on_server_lost), so the notice is not passed on.
+    b->end = from;
+    release_if_drained(ep_, w_.buffers());
+    close("the server ended the session: " + ended);
+    return;
+  }
   if (res.status == protocol::ScanResult::Status::kMalformed) {
     b->end = from + res.consumed;
+  } else if (edits_ && (!edits_->plan.idle() || !edits_->filter.at_boundary() || c->transaction_mode())) {
+    // The request stream was edited: the plan says which answers the client gets.
+    std::string out;
+    const ResponseFilter::Result fr = edits_->filter.filter(b->data + from, b->end - from, edits_->plan, out);
+    for (const std::string& name : edits_->plan.take_dropped()) edits_->statements.remove(name);
+    if (edits_->plan.lost() || edits_->plan.injected_failed()) edits_->dirty = true;
+    if (fr == ResponseFilter::Result::kMalformed) {
+      b->end = from;
+      release_if_drained(ep_, w_.buffers());
+      log::warning("server").kv("event", "protocol_violation").kv("server", name_).emit();
+      close("server sent an invalid message");
+      return;
+    }
+    if (fr == ResponseFilter::Result::kChanged) {
+      // What is still unsent from earlier reads goes first, then the edited answers.
+      std::string all(reinterpret_cast<const char*>(b->data + b->begin), from - b->begin);
+      all += out;
+      b->begin = b->end;
+      release_if_drained(ep_, w_.buffers());
+      if (c->ep().send(all) == IoStatus::kError) {
+        close("client vanished");
+        return;
+      }
+      if (!c->ep().out_empty()) ep_.set_reading(false);  // resumed once the client drained
+      if (answers_done()) c->on_cycle_done();
+      return;
+    }
   }
   if (b->pending() > 0) {
     if (!c->ep().out_empty()) {
@@ -554,7 +640,9 @@ void Server::relay_to_client() {
   if (res.status == protocol::ScanResult::Status::kMalformed) {
     log::warning("server").kv("event", "protocol_violation").kv("server", name_).kv("length", static_cast<std::uint64_t>(res.bad_length)).emit();
     close("server sent an invalid message");
+    return;
   }
+  if (answers_done()) c->on_cycle_done();
 }
 
 void Server::close(std::string_view reason) {

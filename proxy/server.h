@@ -15,6 +15,8 @@
 
 #include "proxy/auth/scram.h"
 #include "proxy/conn.h"
+#include "proxy/prepared.h"
+#include "proxy/response_plan.h"
 #include "proxy/protocol/scanner.h"
 #include "proxy/shared.h"
 #include "proxy/worker.h"
@@ -41,6 +43,32 @@ class Server {
   // The client left. `clean`: at a message boundary with the session idle, so the connection
   // can be reset and reused; otherwise it is closed.
   void unlink(bool clean);
+  // Transaction pooling: the client's transaction is over and the connection goes back to its
+  // pool as it is (no reset: its settings and statements are known, see Edits).
+  void release();
+
+  // What pgkeel changed in this connection's request stream and what that means for the answers:
+  // transaction pooling (statements and settings shared between clients), or a session resumed
+  // here after its server died. Created on first use.
+  struct Edits {
+    ResponsePlan plan;
+    ResponseFilter filter;
+    ServerStatements statements;  // pgkeel's shared statements prepared here
+    std::string settings;         // the settings a client left here (SessionState::replay_sql())
+    bool dirty = false;           // the plan lost track or a restore failed: not to be reused
+  };
+  Edits& edits();
+  Edits* edits_if() { return edits_.get(); }
+  // True when the answers of everything sent so far have reached the client (or pgkeel's own
+  // answers were swallowed): the client may detach.
+  bool answers_done() const {
+    return pending_syncs_ == 0 && !unsynced_ && scanner_.at_boundary() && (ep_.in == nullptr || ep_.in->pending() == 0) &&
+           (!edits_ || (edits_->plan.idle() && edits_->filter.at_boundary()));
+  }
+  int pending_syncs() const { return pending_syncs_; }
+  // The client was sent a FATAL error: its session ends with this connection.
+  bool fatal_relayed() const { return fatal_relayed_; }
+  bool unsynced() const { return unsynced_; }
   // Relay entry points used by the client side.
   Endpoint& ep() { return ep_; }
   // The client drained what we sent it: resume reading from the server.
@@ -119,11 +147,13 @@ class Server {
   protocol::Scanner scanner_;  // backend messages while linked
   Client* client_ = nullptr;
   std::vector<std::pair<std::string, std::string>> params_status_;
+  std::unique_ptr<Edits> edits_;
   std::int32_t backend_pid_ = 0;
   std::int32_t backend_key_ = 0;
   char tx_status_ = 'I';
   int pending_syncs_ = 0;
   bool unsynced_ = false;
+  bool fatal_relayed_ = false;
   int reset_pending_ = 0;
   Clock::time_point created_;
   Clock::time_point last_used_;

@@ -460,9 +460,7 @@ void Worker::report(WorkerReport& out) const {
     r.listener = c->listener_index() < config_->listeners.size() ? config_->listeners[c->listener_index()].name : "";
     r.user = c->user();
     r.database = c->database();
-    for (const auto& [k, v] : c->startup_params()) {
-      if (k == "application_name") r.application_name = v;
-    }
+    r.application_name = std::string(c->application_name());
     r.state = std::string(c->state_name());
     r.connected_s = secs(c->connected_at());
     r.tls = c->tls();

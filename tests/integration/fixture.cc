@@ -692,6 +692,12 @@ Cluster::Cluster(ClusterOptions options) : options_(options) {
   }
 }
 
+std::string switchover_commands(const Cluster& cluster) {
+  const fs::path tools = cluster_script().parent_path();
+  return "stop_command = \"" + (tools / "stop-node.sh").string() + " " + cluster.dir().string() + "\"\n" +
+         "rejoin_command = \"" + (tools / "rejoin.sh").string() + " --no-rewind " + cluster.dir().string() + "\"";
+}
+
 Cluster::~Cluster() { down(); }
 
 void Cluster::down() noexcept {

@@ -191,6 +191,10 @@ class Cluster {
 // The repository's tools/cluster.sh.
 fs::path cluster_script();
 
+// [failover] lines for a planned switchover on `cluster`: stop_command and rejoin_command (the
+// tools/ scripts, rejoin without a rewind).
+std::string switchover_commands(const Cluster& cluster);
+
 // ---- a pgkeel process --------------------------------------------------------------------------
 
 struct ListenerSpec {

@@ -51,7 +51,6 @@ std::string read_file(const fs::path& p) {
   return ss.str();
 }
 
-fs::path tools_dir() { return cluster_script().parent_path(); }
 
 PgkeelOptions verb_options(const Cluster& cluster, bool with_stop = true) {
   PgkeelOptions o;
@@ -59,11 +58,7 @@ PgkeelOptions verb_options(const Cluster& cluster, bool with_stop = true) {
   o.listeners = {ListenerSpec{}, ListenerSpec{.name = "ro", .intent = "read-only"}};
   o.health_extra = "probe_interval = \"250ms\"\nprobe_timeout = \"500ms\"";
   o.failover_extra = "hold_timeout = \"15s\"\nswitchover_timeout = \"30s\"\nswitchover_drain_timeout = \"2s\"";
-  if (with_stop) {
-    o.failover_extra += "\nstop_command = \"" + (tools_dir() / "stop-node.sh").string() + " " + cluster.dir().string() + "\"";
-    o.failover_extra += "\nrejoin_command = \"" + (tools_dir() / "rejoin.sh").string() + " --no-rewind " +
-                        cluster.dir().string() + "\"";
-  }
+  if (with_stop) o.failover_extra += "\n" + switchover_commands(cluster);
   return o;
 }
 
