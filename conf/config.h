@@ -77,6 +77,9 @@ struct ListenerConfig {
   std::uint64_t max_replica_lag_bytes = 16 * 1024 * 1024;
   Millis max_replica_lag{10000};
   bool read_fallback_primary = true;  // read_fallback = "primary" | "refuse"
+  // Transaction pooling: a session that does what cannot move between server connections
+  // (LISTEN, temporary tables, ...) keeps its connection ("pin"), or the statement fails ("refuse").
+  bool refuse_pinning = false;  // pinning = "pin" | "refuse"
   // Set only in the running configuration: the listener was removed by a reload, but its index
   // stays taken while clients that came through it remain (see conf/reload.h).
   bool retired = false;

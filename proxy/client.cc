@@ -73,6 +73,32 @@ std::string error_message(std::string_view severity, std::string_view sqlstate,
   return out;
 }
 
+// Why running `sql` would tie the session to its server connection ("" if it would not), given the
+// session's state so far (`current`: nullptr for a fresh session).
+std::string pin_reason(const SessionState* current, std::string_view sql) {
+  if (!session_relevant(sql)) return {};
+  SessionState probe = current != nullptr ? *current : SessionState{};
+  probe.on_query(sql);
+  if (!probe.replayable()) return probe.why_not_replayable();
+  for (const SqlStatement& st : split_sql(sql)) {
+    if (!st.words.empty() && st.words[0] == "prepare" && !(st.words.size() > 1 && st.words[1] == "transaction")) {
+      return "PREPARE (SQL)";
+    }
+  }
+  return {};
+}
+
+// A statement that fails as `why` says, in place of one pgkeel refuses to run: the server raises
+// the error, so the transaction around it fails exactly as PostgreSQL would fail it.
+std::string refusal_sql(const std::string& why, const std::string& listener) {
+  const std::string text = "not allowed in transaction pooling on listener " + listener + " (pinning = \"refuse\"): " + why +
+                           " ties a session to one server connection";
+  std::string tag = "pgkeel";
+  while (text.find("$" + tag + "$") != std::string::npos) tag += "x";
+  return "DO $" + tag + "$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = $m" + tag + "$" + text + "$m" + tag +
+         "$; END$" + tag + "$";
+}
+
 }  // namespace
 
 // What a session carries beyond its startup parameters, kept so that it can continue on another
@@ -674,12 +700,15 @@ void Client::on_server_lost(std::string_view reason) {
   Server* s = server_;
   server_ = nullptr;
   // Whether what reached the client ends at a message boundary: only then can pgkeel speak.
-  const bool boundary = s == nullptr || (s->at_boundary() && (s->ep().in == nullptr || s->ep().in->pending() == 0) &&
-                                         (s->edits_if() == nullptr || s->edits_if()->filter.at_boundary()));
+  const bool boundary = s == nullptr || (s->at_boundary() && (s->edits_if() == nullptr || s->edits_if()->filter.at_boundary()));
   const int cycles = s != nullptr ? s->pending_syncs() : 0;
   const bool unsynced = s != nullptr && s->unsynced();
   const bool in_transaction = cycle_in_transaction_ || (s != nullptr && s->tx_status() != 'I');
+  // Answers read and not yet sent on: whole messages when the stream is at a boundary, so they
+  // still go, before anything pgkeel says.
+  std::string out;
   if (s != nullptr && s->ep().in != nullptr) {
+    if (boundary) out.assign(reinterpret_cast<const char*>(s->ep().in->data + s->ep().in->begin), s->ep().in->pending());
     w_.buffers().release(s->ep().in);
     s->ep().in = nullptr;
   }
@@ -699,7 +728,6 @@ void Client::on_server_lost(std::string_view reason) {
   state_ = State::kDetached;
   replay_needed_ = !transaction_mode();
   auto lost = std::make_unique<LostTransaction>();
-  std::string out;
   const bool at_rest = lost->begin(cycles, unsynced, in_transaction, cycle_may_commit_, out);
   if (!at_rest) session().lost = std::move(lost);
   log::info("client").kv("event", "session_kept").kv("conn", name_).kv("in_flight", cycles + (unsynced ? 1 : 0))
@@ -771,8 +799,25 @@ void Client::forward_messages() {
       continue;
     }
     if (state_ != State::kLinked || server_ == nullptr) break;  // a server first
+    std::string refused;  // the message pgkeel sends instead of one it refuses
+    const conf::ListenerConfig& listener = w_.config().listeners[listener_index_];
+    if (transaction_mode() && listener.refuse_pinning && (type == fe::kQuery || type == fe::kParse)) {
+      protocol::Reader r(body);
+      const std::string_view name = type == fe::kParse ? r.str() : std::string_view();
+      const std::string_view sql = r.str();
+      const std::string why = r.failed() ? std::string() : pin_reason(sess_ ? &sess_->state : nullptr, sql);
+      if (!why.empty()) {
+        log::info("client").kv("event", "pinning_refused").kv("conn", name_).kv("why", why).emit();
+        if (type == fe::kQuery) {
+          protocol::Writer(refused).str(refusal_sql(why, listener.name));
+        } else {
+          protocol::Writer(refused).str(name).str(refusal_sql(why, listener.name)).i16(0);
+        }
+      }
+    }
+    const std::string_view message = refused.empty() ? body : std::string_view(refused);
     start_cycle();
-    track(type, body, false);
+    track(type, message, false);
     switch (type) {
       case fe::kQuery:
       case fe::kFunctionCall:
@@ -794,7 +839,7 @@ void Client::forward_messages() {
     w_.stats().by_node[server_->node()].bytes_in.add(bytes);
     if (transaction_mode()) {
       Server::Edits& e = server_->edits();
-      if (!rewrite_for_shared(type, body, session().statements, e.statements, e.plan, to_server)) {
+      if (!rewrite_for_shared(type, message, session().statements, e.statements, e.plan, to_server)) {
         fail("FATAL", "08P01", "malformed message");
         return;
       }

@@ -529,20 +529,23 @@ void Server::relay_to_client() {
   Traffic& by_node = st.by_node[node_];
   by_listener.bytes_out.add(b->end - from);
   by_node.bytes_out.add(b->end - from);
-  std::string ended;  // an ErrorResponse FATAL while nothing ran: the server ends the session
+  std::string ended;  // a 57P0x FATAL: the server goes away (shutdown, postmaster gone, terminated)
+  std::size_t ended_at = 0;
   const protocol::ScanResult res =
       scanner_.scan(b->data + from, b->end - from, [&](const protocol::ScannedMessage& m) {
         protocol::Reader r(m.body);
         if (m.type == be::kErrorResponse) {
           const protocol::ParsedError f = protocol::parse_error(m.body);
           if (f.severity == "FATAL" || f.severity == "PANIC") {
-            // The server is shutting down (57P0x) while the session was idle: the session moves
-            // on (Client::on_server_lost) without hearing it. Any other FATAL is the session's end.
-            if (pending_syncs_ == 0 && !unsynced_ && f.sqlstate.rfind("57P0", 0) == 0) {
+            // The server goes away (57P0x: shutting down, its postmaster gone, terminated by an
+            // administrator): the session moves on (Client::on_server_lost), told what became of
+            // what was in flight, without this message. Any other FATAL is the session's end.
+            if (f.sqlstate.rfind("57P0", 0) == 0 && m.started_in_chunk && !m.truncated) {
               ended = std::string(f.sqlstate) + " " + std::string(f.message);
-            } else {
-              fatal_relayed_ = true;
+              ended_at = from + m.start;
+              return protocol::ScanAction::kStop;
             }
+            fatal_relayed_ = true;
           }
           c->note_server_error();
           return protocol::ScanAction::kContinue;
@@ -578,10 +581,18 @@ void Server::relay_to_client() {
         return protocol::ScanAction::kContinue;
       });
   if (!ended.empty()) {
-    // E.g. 57P01 from a primary shutting down: the client's session does not end with it; it
-    // goes on elsewhere (Client::on_server_lost), so the notice is not passed on.
-    b->end = from;
-    release_if_drained(ep_, w_.buffers());
+    // What came before it still goes to the client (Client::on_server_lost sends it on).
+    b->end = ended_at;
+    scanner_.reset();
+    if (edits_ && b->end > from) {
+      std::string out;
+      if (edits_->filter.filter(b->data + from, b->end - from, edits_->plan, out) == ResponseFilter::Result::kChanged) {
+        std::string all(reinterpret_cast<const char*>(b->data + b->begin), from - b->begin);
+        all += out;
+        b->begin = b->end;
+        (void)c->ep().send(all);  // a failure shows when the client is next written to
+      }
+    }
     close("the server ended the session: " + ended);
     return;
   }

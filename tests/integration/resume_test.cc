@@ -148,6 +148,31 @@ TEST_CASE("transaction pooling keeps a session that used LISTEN on its server co
   PQfreemem(n);
 }
 
+TEST_CASE("transaction pooling with pinning = refuse fails what would tie a session to its connection", "[resume][transaction]") {
+  auto& cluster = Cluster::shared();
+  PgkeelOptions o;
+  o.listeners = {ListenerSpec{.name = "rw", .pool_mode = "transaction", .extra = "pinning = \"refuse\""}};
+  Pgkeel pk(cluster, o);
+  REQUIRE(eventually(15s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+  PqSession s(pk.conninfo());
+  for (const char* sql : {"LISTEN resume_refused", "CREATE TEMP TABLE resume_refused (i int)", "SELECT pg_advisory_lock(99)",
+                          "PREPARE resume_q AS SELECT 1"}) {
+    const PqResult r = s.exec(sql);
+    INFO(sql << ": " << r.error);
+    CHECK_FALSE(r.ok);
+    CHECK(r.sqlstate == "0A000");
+    CHECK(r.error.find("pinning = \"refuse\"") != std::string::npos);
+    CHECK(s.exec("SELECT 1").ok);  // the session goes on
+  }
+  // Inside a transaction the refusal fails the transaction, as any error would.
+  REQUIRE(s.exec("BEGIN").ok);
+  CHECK(s.exec("LISTEN resume_refused").sqlstate == "0A000");
+  CHECK(s.exec("SELECT 1").sqlstate == "25P02");
+  CHECK(s.exec("ROLLBACK").ok);
+  CHECK(s.exec("SET statement_timeout = '3s'").ok);  // settings still follow the client
+  CHECK(s.exec("SHOW statement_timeout").scalar() == "3s");
+}
+
 TEST_CASE("SWITCHOVER under pgbench -M prepared with transaction pooling: no failed transaction", "[resume][switchover]") {
   Cluster cluster(ClusterOptions{.standbys = 1, .sync = true});
   Pgkeel pk(cluster, resume_options(cluster, "transaction"));
