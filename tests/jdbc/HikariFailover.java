@@ -86,6 +86,7 @@ public final class HikariFailover {
     private final Set<Long> unknownOutcome = ConcurrentHashMap.newKeySet();
     private final Map<String, Integer> errorsBySqlState = new TreeMap<>();
     private final Map<String, Integer> errorsByPhase = new TreeMap<>();
+    private final Map<String, Integer> errorsByPhaseAndSqlState = new TreeMap<>();  // "commit 08007"
     private int errorsBeforeKill = 0;
     private int failedInFlight = 0;        // the transaction started before the kill was seen
     private int failedStartedAfterKill = 0; // started on a connection taken after the kill was seen
@@ -360,6 +361,7 @@ public final class HikariFailover {
         String state = e.getSQLState() == null ? "none" : e.getSQLState();
         errorsBySqlState.merge(state, 1, Integer::sum);
         errorsByPhase.merge(phase, 1, Integer::sum);
+        errorsByPhaseAndSqlState.merge(phase + " " + state, 1, Integer::sum);
         if (killSeenNanos == 0) {
             errorsBeforeKill++;
         } else if (startedAfterKill) {
@@ -495,6 +497,7 @@ public final class HikariFailover {
         out.put("errors_by_class", byClass);
         out.put("errors_by_sqlstate", errorsBySqlState);
         out.put("errors_by_phase", errorsByPhase);
+        out.put("errors_by_phase_and_sqlstate", errorsByPhaseAndSqlState);
         out.put("unknown_outcome", unknownOutcome.size());
         out.put("failed_before_commit", failedBeforeCommit.size());
         out.put("missing_commits", missingCommits);
