@@ -132,6 +132,17 @@ bool streams_to(const Cluster& cluster, std::string_view standby, std::string_vi
              .scalar() == "1";
 }
 
+// Whether the keeper sees the node as a standby that is up (so a FAILOVER TO may pick it).
+bool node_is_up_standby(const Pgkeel& pk, const Cluster& cluster, std::string_view node) {
+  const std::string row = std::string(node) + "|127.0.0.1:" + std::to_string(cluster.port(node)) + "|standby|up|";
+  for (const auto& r : pq_exec(pk.console_conninfo(), "SHOW NODES").rows) {
+    std::string line;
+    for (const auto& v : r) line += (v ? *v : std::string("NULL")) + "|";
+    if (line.rfind(row, 0) == 0) return true;
+  }
+  return false;
+}
+
 // Clients that write through one listener until stopped, reconnecting after any error as an
 // application server does, and keep every error a client saw, by SQLSTATE.
 class ErrorTally {
@@ -291,6 +302,7 @@ TEST_CASE("no 25006 through pgkeel: writers in both pool modes across a SWITCHOV
   REQUIRE(answer.empty());
   CHECK(writes_flow());
   REQUIRE(eventually(60s, [&] { return streams_to(cluster, "db1", "db2"); }));
+  REQUIRE(eventually(10s, [&] { return node_is_up_standby(pk, cluster, "db1"); }));
   CHECK(writes_flow());
   // An unplanned one named by the operator: db1, a standby again, takes the writes back.
   answer = console_act(pk, "FAILOVER TO db1");
