@@ -185,14 +185,24 @@ class ErrorTally {
       }
       const std::string sql = "INSERT INTO reroute_writes (client, seq) VALUES (" + std::to_string(client) + ", " +
                               std::to_string(seq) + ")";
-      PgResultPtr res(PQexec(conn.get(), sql.c_str()));
-      if (PQresultStatus(res.get()) == PGRES_COMMAND_OK) {
+      // Not PQexec: when a FATAL is followed by the connection's end, it keeps only libpq's own
+      // "server closed the connection" result, without the FATAL's SQLSTATE.
+      bool ok = PQsendQuery(conn.get(), sql.c_str()) == 1;
+      std::string state;
+      std::string message = ok ? "" : PQerrorMessage(conn.get());
+      for (PgResultPtr res(PQgetResult(conn.get())); res; res.reset(PQgetResult(conn.get()))) {
+        if (PQresultStatus(res.get()) == PGRES_COMMAND_OK) continue;
+        ok = false;
+        const char* s = PQresultErrorField(res.get(), PG_DIAG_SQLSTATE);
+        if (state.empty() && s) state = s;
+        if (message.empty()) message = PQresultErrorMessage(res.get());
+      }
+      if (ok) {
         ++writes_;
         continue;
       }
-      const char* state = PQresultErrorField(res.get(), PG_DIAG_SQLSTATE);
-      note(state ? state : "lost", PQerrorMessage(conn.get()));
-      if (state && std::string_view(state) == "25006") conn.reset();  // a wrong node: never keep it
+      note(state.empty() ? "none" : state, message);
+      if (state == "25006") conn.reset();  // a wrong node: never keep it
     }
   }
 
