@@ -25,9 +25,7 @@
 namespace pgkeel::test {
 namespace {
 
-bool contains(const std::string& hay, std::string_view needle) {
-  return hay.find(needle) != std::string::npos;
-}
+bool contains(const std::string& hay, std::string_view needle) { return hay.find(needle) != std::string::npos; }
 
 // A read-write listener "rw" in transaction pooling mode.
 PgkeelOptions transaction_mode(PgkeelOptions o = {}) {
@@ -45,18 +43,15 @@ PgkeelOptions both_modes() {
 
 const std::string kPgjdbcJar = "/usr/share/java/postgresql.jar";
 const std::string kHikariClasspath =
-    "/usr/share/java/HikariCP.jar:/usr/share/java/slf4j-api.jar:/usr/share/java/slf4j-nop.jar:" +
-    kPgjdbcJar;
+    "/usr/share/java/HikariCP.jar:/usr/share/java/slf4j-api.jar:/usr/share/java/slf4j-nop.jar:" + kPgjdbcJar;
 
 // Compiles tests/jdbc/<program>.java into dir/classes; returns the class path to run it with.
-std::string compile_java(const fs::path& dir, const std::string& program,
-                         const std::string& classpath) {
+std::string compile_java(const fs::path& dir, const std::string& program, const std::string& classpath) {
   const fs::path classes = dir / "classes";
   fs::create_directories(classes);
-  const RunResult c =
-      run({"javac", "-cp", classpath, "-d", classes.string(),
-           (fs::path(PGKEEL_SOURCE_DIR) / "tests" / "jdbc" / (program + ".java")).string()},
-          {}, 180s);
+  const RunResult c = run({"javac", "-cp", classpath, "-d", classes.string(),
+                           (fs::path(PGKEEL_SOURCE_DIR) / "tests" / "jdbc" / (program + ".java")).string()},
+                          {}, 180s);
   INFO(c.output);
   REQUIRE(c.ok());
   return classes.string() + ":" + classpath;
@@ -90,10 +85,14 @@ void run_in_both_modes(const Pgkeel& pk, const std::string& summary,
 std::string summary_value(const std::string& json, const std::string& key) {
   const std::string needle = "\"" + key + "\": ";
   const std::size_t at = json.find(needle);
-  if (at == std::string::npos) return "";
+  if (at == std::string::npos) {
+    return "";
+  }
   const std::size_t from = at + needle.size();
   std::string v = json.substr(from, json.find('\n', from) - from);
-  if (!v.empty() && v.back() == ',') v.pop_back();
+  if (!v.empty() && v.back() == ',') {
+    v.pop_back();
+  }
   return v;
 }
 
@@ -110,18 +109,19 @@ std::map<std::string, long> summary_counts(const std::string& json, const std::s
   while ((pos = v.find('"', pos)) != std::string::npos) {
     const std::size_t end = v.find('"', pos + 1);
     const std::size_t colon = v.find(':', end);
-    if (end == std::string::npos || colon == std::string::npos) break;
+    if (end == std::string::npos || colon == std::string::npos) {
+      break;
+    }
     counts[v.substr(pos + 1, end - pos - 1)] = std::stol(v.substr(colon + 1));
     pos = v.find_first_of(",}", colon);
   }
   return counts;
 }
 
-// ---- switchovers and failovers under writes -----------------------------------------------------
+// ---- switchovers and failovers under writes ------------------------------------------------------
 
 std::string served_port(const Pgkeel& pk, std::string_view listener = "rw") {
-  return pq_exec(pk.conninfo(kAppUser, kAppPassword, kAppDatabase, listener),
-                 "SELECT current_setting('port')", 5s)
+  return pq_exec(pk.conninfo(kAppUser, kAppPassword, kAppDatabase, listener), "SELECT current_setting('port')", 5s)
       .scalar();
 }
 
@@ -133,19 +133,22 @@ std::string console_act(const Pgkeel& pk, const std::string& sql) {
 
 bool streams_to(const Cluster& cluster, std::string_view standby, std::string_view primary) {
   return pq_exec(cluster.conninfo(primary, kPgkeelUser, kPgkeelPassword, "postgres"),
-                 "SELECT count(*) FROM pg_stat_replication WHERE application_name = '" +
-                     std::string(standby) + "' AND state = 'streaming'")
+                 "SELECT count(*) FROM pg_stat_replication WHERE application_name = '" + std::string(standby) +
+                     "' AND state = 'streaming'")
              .scalar() == "1";
 }
 
 // Whether the keeper sees the node as a standby that is up (so a FAILOVER TO may pick it).
 bool node_is_up_standby(const Pgkeel& pk, const Cluster& cluster, std::string_view node) {
-  const std::string row =
-      std::string(node) + "|127.0.0.1:" + std::to_string(cluster.port(node)) + "|standby|up|";
+  const std::string row = std::string(node) + "|127.0.0.1:" + std::to_string(cluster.port(node)) + "|standby|up|";
   for (const auto& r : pq_exec(pk.console_conninfo(), "SHOW NODES").rows) {
     std::string line;
-    for (const auto& v : r) line += (v ? *v : std::string("NULL")) + "|";
-    if (line.rfind(row, 0) == 0) return true;
+    for (const auto& v : r) {
+      line += (v ? *v : std::string("NULL")) + "|";
+    }
+    if (line.rfind(row, 0) == 0) {
+      return true;
+    }
   }
   return false;
 }
@@ -155,7 +158,9 @@ bool node_is_up_standby(const Pgkeel& pk, const Cluster& cluster, std::string_vi
 class ErrorTally {
  public:
   ErrorTally(std::string conninfo, int clients) : conninfo_(std::move(conninfo)) {
-    for (int i = 0; i < clients; ++i) threads_.emplace_back([this, i] { write(i); });
+    for (int i = 0; i < clients; ++i) {
+      threads_.emplace_back([this, i] { write(i); });
+    }
   }
   ~ErrorTally() { stop(); }
   ErrorTally(const ErrorTally&) = delete;
@@ -164,7 +169,9 @@ class ErrorTally {
   void stop() {
     stop_ = true;
     for (auto& t : threads_) {
-      if (t.joinable()) t.join();
+      if (t.joinable()) {
+        t.join();
+      }
     }
   }
   long writes() const { return writes_; }
@@ -190,33 +197,43 @@ class ErrorTally {
           continue;
         }
       }
-      const std::string sql = "INSERT INTO reroute_writes (client, seq) VALUES (" +
-                              std::to_string(client) + ", " + std::to_string(seq) + ")";
+      const std::string sql = "INSERT INTO reroute_writes (client, seq) VALUES (" + std::to_string(client) + ", " +
+                              std::to_string(seq) + ")";
       // Not PQexec: when a FATAL is followed by the connection's end, it keeps only libpq's own
       // "server closed the connection" result, without the FATAL's SQLSTATE.
       bool ok = PQsendQuery(conn.get(), sql.c_str()) == 1;
       std::string state;
       std::string message = ok ? "" : PQerrorMessage(conn.get());
       for (PgResultPtr res(PQgetResult(conn.get())); res; res.reset(PQgetResult(conn.get()))) {
-        if (PQresultStatus(res.get()) == PGRES_COMMAND_OK) continue;
+        if (PQresultStatus(res.get()) == PGRES_COMMAND_OK) {
+          continue;
+        }
         ok = false;
         const char* s = PQresultErrorField(res.get(), PG_DIAG_SQLSTATE);
-        if (state.empty() && s) state = s;
-        if (message.empty()) message = PQresultErrorMessage(res.get());
+        if (state.empty() && s) {
+          state = s;
+        }
+        if (message.empty()) {
+          message = PQresultErrorMessage(res.get());
+        }
       }
       if (ok) {
         ++writes_;
         continue;
       }
       note(state.empty() ? "none" : state, message);
-      if (state == "25006") conn.reset();  // a wrong node: never keep it
+      if (state == "25006") {
+        conn.reset();  // a wrong node: never keep it
+      }
     }
   }
 
   void note(const std::string& state, const std::string& message) {
     std::lock_guard l(mu_);
     ++by_sqlstate_[state];
-    if (samples_.size() < 10) samples_.push_back(state + " " + message);
+    if (samples_.size() < 10) {
+      samples_.push_back(state + " " + message);
+    }
   }
 
   std::string conninfo_;
@@ -230,13 +247,11 @@ class ErrorTally {
 
 }  // namespace
 
-TEST_CASE(
-    "pgbench -M prepared and -M extended through a transaction-mode listener: no failed "
-    "transaction",
-    "[reroute][prepared]") {
+TEST_CASE("pgbench -M prepared and -M extended through a transaction-mode listener: no failed transaction",
+          "[reroute][prepared]") {
   auto& cluster = Cluster::shared();
-  auto init = run({"pgbench", "-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p",
-                   std::to_string(cluster.port("db1")), "-U", "app", "app"},
+  auto init = run({"pgbench", "-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p", std::to_string(cluster.port("db1")),
+                   "-U", "app", "app"},
                   {{"PGPASSWORD", "app-pass"}});
   INFO(init.output);
   REQUIRE(init.ok());
@@ -246,104 +261,64 @@ TEST_CASE(
       // -C: a new connection per transaction as well, so statements are prepared again and again.
       for (const bool reconnect : {false, true}) {
         const std::string per_client = reconnect ? "25" : "100";
-        std::vector<std::string> argv = {"pgbench",
-                                         "-M",
-                                         mode,
-                                         "-c",
-                                         "8",
-                                         "-j",
-                                         "2",
-                                         "-t",
-                                         per_client,
-                                         "-h",
-                                         "127.0.0.1",
-                                         "-p",
-                                         std::to_string(pk.port()),
-                                         "-U",
-                                         "app",
-                                         "app"};
-        if (reconnect) argv.insert(argv.begin() + 1, "-C");
+        std::vector<std::string> argv = {"pgbench", "-M", mode, "-c", "8", "-j", "2", "-t", per_client,
+                                         "-h", "127.0.0.1", "-p", std::to_string(pk.port()), "-U", "app", "app"};
+        if (reconnect) {
+          argv.insert(argv.begin() + 1, "-C");
+        }
         const RunResult r = run(argv, {{"PGPASSWORD", "app-pass"}}, 120s);
         INFO((reconnect ? "with -C\n" : "") << r.output);
         REQUIRE(r.ok());
-        const std::string total = std::to_string(8 * std::stoi(per_client));
-        CHECK(contains(r.output,
-                       "number of transactions actually processed: " + total + "/" + total));
+        const int total = 8 * std::stoi(per_client);
+        CHECK(contains(r.output, "number of transactions actually processed: " + std::to_string(total) + "/" +
+                                     std::to_string(total)));
         CHECK(contains(r.output, "number of failed transactions: 0"));
         check_no_statement_mixup(r.output);
         const auto tps = r.output.find("tps = ");
         std::printf("reroute: pgbench -M %s%s, 8 clients, transaction mode: %s\n", mode.c_str(),
                     reconnect ? " -C" : "",
-                    tps == std::string::npos
-                        ? "?"
-                        : r.output.substr(tps, r.output.find('\n', tps) - tps).c_str());
+                    tps == std::string::npos ? "?" : r.output.substr(tps, r.output.find('\n', tps) - tps).c_str());
       }
     }
   }
 }
 
-TEST_CASE(
-    "pgJDBC with server-prepared statements from 16 connections: every result right, in both pool "
-    "modes",
-    "[reroute][prepared][jdbc]") {
+TEST_CASE("pgJDBC with server-prepared statements from 16 connections: every result right, in both pool modes",
+          "[reroute][prepared][jdbc]") {
   Pgkeel pk(Cluster::shared(), both_modes());
   const std::string classpath = compile_java(pk.dir(), "PreparedMany", kPgjdbcJar);
   run_in_both_modes(pk, "PreparedMany: ", [&](int port) {
-    return std::vector<std::string>{"java",
-                                    "-cp",
-                                    classpath,
-                                    "PreparedMany",
-                                    "jdbc:postgresql://127.0.0.1:" + std::to_string(port) + "/app",
-                                    "app",
-                                    "app-pass",
-                                    "16",
-                                    "30"};
+    return std::vector<std::string>{"java", "-cp", classpath, "PreparedMany",
+                                    "jdbc:postgresql://127.0.0.1:" + std::to_string(port) + "/app", "app", "app-pass",
+                                    "16", "30"};
   });
 }
 
-TEST_CASE(
-    "asyncpg with its statement cache on, from 4 processes x 4 connections: every result right, in "
-    "both pool modes",
-    "[reroute][prepared][asyncpg]") {
+TEST_CASE("asyncpg with its statement cache on, from 4 processes x 4 connections: every result right, in both pool modes",
+          "[reroute][prepared][asyncpg]") {
   Pgkeel pk(Cluster::shared(), both_modes());
-  const std::string script =
-      (fs::path(PGKEEL_SOURCE_DIR) / "tests" / "python" / "prepared_asyncpg.py").string();
+  const std::string script = (fs::path(PGKEEL_SOURCE_DIR) / "tests" / "python" / "prepared_asyncpg.py").string();
   run_in_both_modes(pk, "prepared_asyncpg: ", [&](int port) {
     // `command -p`: the system's python3 (with Debian's python3-asyncpg), found on the POSIX
     // default PATH, whatever python3 comes first on ours.
-    return std::vector<std::string>{
-        "sh",
-        "-c",
-        "command -p python3 \"$@\"",
-        "sh",
-        script,
-        "postgresql://app:app-pass@127.0.0.1:" + std::to_string(port) + "/app",
-        "--processes",
-        "4",
-        "--connections",
-        "4",
-        "--rounds",
-        "20"};
+    return std::vector<std::string>{"sh", "-c", "command -p python3 \"$@\"", "sh", script,
+                                    "postgresql://app:app-pass@127.0.0.1:" + std::to_string(port) + "/app",
+                                    "--processes", "4", "--connections", "4", "--rounds", "20"};
   });
 }
 
-TEST_CASE(
-    "no 25006 through pgkeel: writers in both pool modes across a SWITCHOVER and a FAILOVER TO",
-    "[reroute][no-25006]") {
+TEST_CASE("no 25006 through pgkeel: writers in both pool modes across a SWITCHOVER and a FAILOVER TO",
+          "[reroute][no-25006]") {
   Cluster cluster(ClusterOptions{.standbys = 1, .sync = true});
-  cluster.psql_as_postgres(
-      "db1",
-      "CREATE TABLE reroute_writes (client int, seq bigint); GRANT ALL ON reroute_writes TO app",
-      "app");
+  cluster.psql_as_postgres("db1", "CREATE TABLE reroute_writes (client int, seq bigint); GRANT ALL ON reroute_writes TO app",
+                           "app");
   const fs::path tools = cluster_script().parent_path();
   PgkeelOptions o;
   o.console = true;
   o.listeners = {ListenerSpec{}, ListenerSpec{.name = "tx", .pool_mode = "transaction"}};
   o.health_extra = "probe_interval = \"250ms\"\nprobe_timeout = \"500ms\"";
-  o.failover_extra =
-      "hold_timeout = \"15s\"\nswitchover_timeout = \"30s\"\nswitchover_drain_timeout = \"2s\"";
-  o.failover_extra += "\nstop_command = \"" + (tools / "stop-node.sh").string() + " " +
-                      cluster.dir().string() + "\"";
+  o.failover_extra = "hold_timeout = \"15s\"\nswitchover_timeout = \"30s\"\nswitchover_drain_timeout = \"2s\"";
+  o.failover_extra += "\nstop_command = \"" + (tools / "stop-node.sh").string() + " " + cluster.dir().string() + "\"";
   o.failover_extra += "\nrejoin_command = \"" + (tools / "rejoin.sh").string() + " --no-rewind " +
                       cluster.dir().string() + "\"";
   Pgkeel pk(cluster, o);
@@ -353,8 +328,7 @@ TEST_CASE(
   ErrorTally transaction(pk.conninfo(kAppUser, kAppPassword, kAppDatabase, "tx"), 2);
   auto writes_flow = [&] {
     const long s = session.writes(), t = transaction.writes();
-    return eventually(15s,
-                      [&] { return session.writes() > s + 20 && transaction.writes() > t + 20; });
+    return eventually(15s, [&] { return session.writes() > s + 20 && transaction.writes() > t + 20; });
   };
   REQUIRE(writes_flow());
 
@@ -379,11 +353,16 @@ TEST_CASE(
   for (const ErrorTally* tally : {&session, &transaction}) {
     const char* listener = tally == &session ? "session" : "transaction";
     std::string seen;
-    for (const auto& [state, n] : tally->by_sqlstate())
-      seen += " " + state + "=" + std::to_string(n);
-    std::printf("reroute: no-25006 (%s mode): %ld writes; errors by SQLSTATE:%s\n", listener,
-                tally->writes(), seen.empty() ? " none" : seen.c_str());
-    for (const std::string& s : tally->samples()) std::printf("reroute:   %s", s.c_str());
+    for (const auto& [state, n] : tally->by_sqlstate()) {
+      seen += " ";
+      seen += state;
+      seen += "=" + std::to_string(n);
+    }
+    std::printf("reroute: no-25006 (%s mode): %ld writes; errors by SQLSTATE:%s\n", listener, tally->writes(),
+                seen.empty() ? " none" : seen.c_str());
+    for (const std::string& s : tally->samples()) {
+      std::printf("reroute:   %s", s.c_str());
+    }
     INFO(listener << " errors:" << seen);
     CHECK(tally->by_sqlstate().count("25006") == 0);
   }
@@ -392,9 +371,8 @@ TEST_CASE(
 // Waits for session resume (issue 6, "Sessions survive an unplanned failover"): until then an
 // idle pooled connection gets 08006 at its next statement and HikariCP evicts it. Run by hand:
 //   build/tests/pgkeel_integration_tests '[hikari]'
-TEST_CASE(
-    "a HikariCP pool lives through a kill -9 of the primary: only transactions in flight fail",
-    "[.][reroute][hikari]") {
+TEST_CASE("a HikariCP pool lives through a kill -9 of the primary: only transactions in flight fail",
+          "[.][reroute][hikari]") {
   Cluster cluster(ClusterOptions{.standbys = 1, .sync = true});
   PgkeelOptions o = transaction_mode();
   o.console = true;
@@ -409,28 +387,17 @@ TEST_CASE(
 
   RunResult r;
   std::thread program([&] {
-    r = run({"java",         "-cp",
-             classpath,      "HikariFailover",
-             "--url",        url,
-             "--user",       "app",
-             "--password",   "app-pass",
-             "--threads",    "6",
-             "--pool",       "8",
-             "--duration",   "12",
-             "--after-kill", "8",
-             "--ready-file", ready.string(),
-             "--kill-file",  killed.string()},
+    r = run({"java", "-cp", classpath, "HikariFailover", "--url", url, "--user", "app", "--password", "app-pass",
+             "--threads", "6", "--pool", "8", "--duration", "12", "--after-kill", "8", "--ready-file", ready.string(),
+             "--kill-file", killed.string()},
             {}, 180s);
   });
-  const bool warm = eventually(
-      60s, [&] { return fs::exists(ready); }, 50ms);
+  const bool warm = eventually(60s, [&] { return fs::exists(ready); }, 50ms);
   if (warm) {
     ::kill(cluster.pid("db1"), SIGKILL);
   }
   std::ofstream(killed) << "killed\n";  // also when it never got warm: the program ends sooner
-  const bool promoted = warm && eventually(20s, [&] {
-                          return served_port(pk) == std::to_string(cluster.port("db2"));
-                        });
+  const bool promoted = warm && eventually(20s, [&] { return served_port(pk) == std::to_string(cluster.port("db2")); });
   program.join();
   INFO(r.output);
   REQUIRE(warm);
@@ -463,18 +430,18 @@ TEST_CASE(
   long must_evict = 0;
   for (const auto& [what, n] : summary_counts(json, "errors_by_phase_and_sqlstate")) {
     INFO(what << ": " << n);
-    const bool documented =
-        what == "transaction 40001" || what == "transaction 25P02" || what == "commit 08007";
+    const bool documented = what == "transaction 40001" || what == "transaction 25P02" || what == "commit 08007";
     CHECK(documented);
-    if (what == "commit 08007") must_evict += n;  // HikariCP evicts on every 08xxx
+    if (what == "commit 08007") {
+      must_evict += n;  // HikariCP evicts on every 08xxx
+    }
   }
   // Idle pooled connections keep their schema and prepared statements: HikariCP evicts only
   // what a documented error made it evict, and every other connection made before the kill is
   // still in the pool.
   CHECK(summary_number(json, "failed_validations") == 0);
   CHECK(summary_number(json, "evictions") <= must_evict);
-  CHECK(summary_number(json, "connections_created_after_kill") ==
-        summary_number(json, "evictions"));
+  CHECK(summary_number(json, "connections_created_after_kill") == summary_number(json, "evictions"));
   CHECK(summary_number(json, "final_survivors") >= 8 - summary_number(json, "evictions"));
 }
 
