@@ -194,7 +194,11 @@ void Client::track(char type, std::string_view body, bool truncated) {
       }
       if (name.empty()) unnamed_effect_ = transaction_effect(sql);
       if (!name.empty() && !transaction_mode()) session().statements.define(name, body.substr(name.size() + 1));
-      if (sess_ || session_relevant(sql)) session().state.on_parse(name, sql);
+      if (sess_ || session_relevant(sql)) {
+        // Taken as parsed now: a Parse that fails fails its cycle, and the cycle's changes go.
+        session().state.on_parse(name, sql);
+        sess_->state.on_parse_complete();
+      }
       return;
     }
     case fe::kBind: {
@@ -220,6 +224,7 @@ void Client::track(char type, std::string_view body, bool truncated) {
       if (r.failed() || kind != 'S' || !sess_) return;
       if (!transaction_mode()) sess_->statements.forget(name);
       sess_->state.on_close_statement(name);
+      sess_->state.on_close_complete();
       return;
     }
     default:
@@ -703,7 +708,10 @@ void Client::on_server_lost(std::string_view reason) {
   const bool boundary = s == nullptr || (s->at_boundary() && (s->edits_if() == nullptr || s->edits_if()->filter.at_boundary()));
   const int cycles = s != nullptr ? s->pending_syncs() : 0;
   const bool unsynced = s != nullptr && s->unsynced();
-  const bool in_transaction = cycle_in_transaction_ || (s != nullptr && s->tx_status() != 'I');
+  // The last cycle's flags speak only for a cycle still in flight; otherwise the server's last
+  // ReadyForQuery says where the session stands.
+  const bool in_flight = cycles > 0 || unsynced;
+  const bool in_transaction = (s != nullptr && s->tx_status() != 'I') || (in_flight && cycle_in_transaction_);
   // Answers read and not yet sent on: whole messages when the stream is at a boundary, so they
   // still go, before anything pgkeel says.
   std::string out;
@@ -728,7 +736,11 @@ void Client::on_server_lost(std::string_view reason) {
   state_ = State::kDetached;
   replay_needed_ = !transaction_mode();
   auto lost = std::make_unique<LostTransaction>();
-  const bool at_rest = lost->begin(cycles, unsynced, in_transaction, cycle_may_commit_, out);
+  const bool at_rest = lost->begin(cycles, unsynced, in_transaction, in_flight && cycle_may_commit_, out);
+  if (sess_ && in_transaction && !(in_flight && cycle_may_commit_)) {
+    sess_->state.on_error();  // the open transaction is gone: its pending SETs with it
+    sess_->state.on_ready('E');
+  }
   if (!at_rest) session().lost = std::move(lost);
   log::info("client").kv("event", "session_kept").kv("conn", name_).kv("in_flight", cycles + (unsynced ? 1 : 0))
       .kv("transaction_lost", !at_rest).emit();
@@ -794,7 +806,16 @@ void Client::forward_messages() {
         const ClientStatements::Statement* st = sess_->statements.find(name);
         return st == nullptr ? std::string() : st->tail.substr(0, st->tail.find('\0'));
       };
-      if (sess_->lost->on_client_message(type, body, text, to_client)) sess_->lost.reset();
+      if (type == fe::kParse) {
+        // Kept for later: pgkeel answered it, no server has it yet.
+        protocol::Reader r(body);
+        const std::string_view name = r.str();
+        if (!r.failed() && !name.empty() && ends_transaction(r.str())) sess_->statements.define(name, body.substr(name.size() + 1));
+      }
+      if (sess_->lost->on_client_message(type, body, text, to_client)) {
+        sess_->lost.reset();
+        sess_->state.on_ready('I');  // ended (rolled back): nothing of it stays
+      }
       off += 1 + len;
       continue;
     }

@@ -96,8 +96,18 @@ bool LostTransaction::on_client_message(char type, std::string_view body, const 
         protocol::append_ready_for_query(out, 'I');
         return true;
       }
+      if (split_sql(sql).empty()) {
+        // An empty query is answered in a failed transaction too (drivers' validity checks).
+        append_empty(out, 'I');
+        protocol::append_ready_for_query(out, 'E');
+        return false;
+      }
       if (ends_transaction(sql) && one_statement(sql)) {
-        append_rollback_done(out);
+        if (may_commit(sql) && !first_sent_) {
+          fail(out);
+        } else {
+          append_rollback_done(out);
+        }
         protocol::append_ready_for_query(out, 'I');
         return true;
       }
@@ -124,7 +134,11 @@ bool LostTransaction::on_client_message(char type, std::string_view body, const 
       const std::string_view name = r.str();
       const std::string_view sql = r.str();
       if (!r.failed() && ends_transaction(sql)) {
-        if (name.empty()) unnamed_ = std::string(sql);
+        if (name.empty()) {
+          unnamed_ = std::string(sql);
+        } else {
+          named_[std::string(name)] = std::string(sql);
+        }
         append_empty(out, '1');
         return false;
       }
@@ -133,9 +147,11 @@ bool LostTransaction::on_client_message(char type, std::string_view body, const 
     case fe::kBind: {
       r.str();  // portal
       const std::string_view name = r.str();
-      const std::string sql = name.empty() ? unnamed_ : text(name);
+      const auto here = named_.find(name);
+      const std::string sql = name.empty() ? unnamed_ : here != named_.end() ? here->second : text(name);
       if (!r.failed() && ends_transaction(sql)) {
         ending_ = true;
+        ending_commit_ = may_commit(sql) && !first_sent_;
         append_empty(out, '2');
         return false;
       }
@@ -149,6 +165,11 @@ bool LostTransaction::on_client_message(char type, std::string_view body, const 
       }
       break;
     case fe::kExecute:
+      if (ending_commit_) {
+        fail(out);  // the transaction ends all the same: ReadyForQuery 'I' at the Sync
+        skipping_ = true;
+        return false;
+      }
       if (ending_) {
         append_rollback_done(out);
         return false;

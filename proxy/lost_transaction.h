@@ -6,12 +6,16 @@
 //   transaction resolution unknown: pgkeel never retries what it cannot know the outcome of;
 // - a transaction that was open is gone: its next request gets 40001, then every request gets
 //   25P02 ("commands ignored until end of transaction block") until the client ends it; COMMIT,
-//   END, ROLLBACK and ABORT then answer ROLLBACK, as PostgreSQL does for a failed transaction.
+//   END, ROLLBACK and ABORT then answer ROLLBACK, as PostgreSQL does for a failed transaction. A
+//   COMMIT that comes first, before the client heard of the failure, gets 40001 instead (a silent
+//   ROLLBACK tag would read as success to drivers that do not check it, pgJDBC among them), and
+//   ends the transaction.
 //
 // After that, the session goes on, on a new server connection. Pure: messages in, answers out.
 #pragma once
 
 #include <functional>
+#include <map>
 #include <string>
 #include <string_view>
 
@@ -55,7 +59,9 @@ class LostTransaction {
   bool first_sent_ = false;  // 40001 said; from now on 25P02
   bool skipping_ = false;    // an error was answered in this extended-protocol cycle
   bool ending_ = false;      // this cycle ends the transaction
+  bool ending_commit_ = false;  // ... with a COMMIT the client cannot know failed: it must hear so
   std::string unnamed_;      // the unnamed statement's text, parsed in this state
+  std::map<std::string, std::string, std::less<>> named_;  // statements parsed in this state
   std::string first_sqlstate_ = "40001";
 };
 

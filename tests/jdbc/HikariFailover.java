@@ -195,6 +195,12 @@ public final class HikariFailover {
         config.setDataSource(countingDataSource());
         config.setSchema(schema);
         config.setAutoCommit(false);
+        // With autocommit off, HikariCP's setSchema() runs inside the connection's first
+        // transaction, and a rollback of that transaction undoes it (PostgreSQL's rule for SET).
+        // Isolated internal queries make HikariCP commit its set-up (after connectionInitSql), so
+        // the schema holds however the application's first transaction ends.
+        config.setIsolateInternalQueries(true);
+        config.setConnectionInitSql("SELECT 1");
         config.setMaximumPoolSize(poolSize);
         config.setMinimumIdle(poolSize);        // a fixed pool: every new connection is a replacement
         config.setConnectionTimeout(10_000);

@@ -104,7 +104,7 @@ TEST_CASE("a lost idle transaction: 40001 once, 25P02 after, ROLLBACK or COMMIT 
   CHECK_FALSE(lost.on_client_message('Q', query("SELECT 1"), kNoStatements, out));
   CHECK(sqlstate(out) == "25P02");
   out.clear();
-  SECTION("COMMIT answers ROLLBACK") {
+  SECTION("COMMIT, once the client heard of the failure, answers ROLLBACK") {
     CHECK(lost.on_client_message('Q', query("COMMIT"), kNoStatements, out));
     CHECK(types(out) == "CZ");
     CHECK(answers(out)[0].body == std::string("ROLLBACK\0", 9));
@@ -154,4 +154,44 @@ TEST_CASE("an unsynced cycle in flight gets its error now and its ReadyForQuery 
   CHECK(lost.on_client_message('S', "", kNoStatements, out));
   CHECK(types(out) == "Z");
   CHECK(answers(out)[0].body == "I");
+}
+
+TEST_CASE("a ROLLBACK parsed as a named statement while the transaction is lost ends it", "[proxy][lost]") {
+  LostTransaction lost;
+  std::string out;
+  CHECK_FALSE(lost.begin(0, false, true, false, out));
+  lost.on_client_message('P', parse("S_7", "ROLLBACK"), kNoStatements, out);
+  lost.on_client_message('B', bind("S_7"), kNoStatements, out);
+  lost.on_client_message('E', kExecute, kNoStatements, out);
+  CHECK(lost.on_client_message('S', "", kNoStatements, out));
+  CHECK(types(out) == "12CZ");
+}
+
+TEST_CASE("a COMMIT that comes first after the loss gets 40001, not a silent ROLLBACK", "[proxy][lost]") {
+  LostTransaction lost;
+  std::string out;
+  CHECK_FALSE(lost.begin(0, false, true, false, out));
+  CHECK(lost.on_client_message('Q', query("COMMIT"), kNoStatements, out));
+  CHECK(types(out) == "EZ");
+  CHECK(sqlstate(out) == "40001");
+  CHECK(answers(out).back().body == "I");
+  SECTION("the same through the extended protocol") {
+    LostTransaction ext;
+    std::string o;
+    CHECK_FALSE(ext.begin(0, false, true, false, o));
+    ext.on_client_message('P', parse("", "COMMIT"), kNoStatements, o);
+    ext.on_client_message('B', bind(""), kNoStatements, o);
+    ext.on_client_message('E', kExecute, kNoStatements, o);
+    CHECK(ext.on_client_message('S', "", kNoStatements, o));
+    CHECK(types(o) == "12EZ");
+    CHECK(sqlstate(o) == "40001");
+    CHECK(answers(o).back().body == "I");
+  }
+  SECTION("an empty query (a validity check) is answered without an error") {
+    LostTransaction v;
+    std::string o;
+    CHECK_FALSE(v.begin(0, false, true, false, o));
+    CHECK_FALSE(v.on_client_message('Q', query(""), kNoStatements, o));
+    CHECK(types(o) == "IZ");
+  }
 }
