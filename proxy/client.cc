@@ -22,26 +22,9 @@ namespace fe = protocol::fe;
 
 constexpr std::uint32_t kClientIdBits = 22;  // BackendKeyData pid = worker << 22 | client id
 constexpr std::size_t kMaxWaitingBytes = IoBuffer::kSize;
+static_assert(kMaxListeners <= 256, "Client keeps its listener index in a byte");
 
-std::string describe_peer(const sockaddr* addr) {
-  if (addr == nullptr) return "unknown";
-  // snprintf rather than string concatenation: GCC 12 at -O3 warns falsely (-Wrestrict) on the latter.
-  char host[INET6_ADDRSTRLEN] = {0};
-  char out[INET6_ADDRSTRLEN + 16];
-  if (addr->sa_family == AF_INET) {
-    const auto* in = reinterpret_cast<const sockaddr_in*>(addr);
-    inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-    std::snprintf(out, sizeof out, "%s:%u", host, static_cast<unsigned>(ntohs(in->sin_port)));
-    return out;
-  }
-  if (addr->sa_family == AF_INET6) {
-    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(addr);
-    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
-    std::snprintf(out, sizeof out, "[%s]:%u", host, static_cast<unsigned>(ntohs(in6->sin6_port)));
-    return out;
-  }
-  return "unix";
-}
+const SessionKey kNoSession;  // before the startup packet
 
 bool is_false(std::string_view v) {
   return v == "false" || v == "0" || v == "off" || v == "no" || v == "f" || v == "n";
@@ -59,9 +42,8 @@ std::string error_message(std::string_view severity, std::string_view sqlstate,
 Client::Client(Worker& w, std::uint32_t id, int fd, std::size_t listener_index, const sockaddr* addr)
     : w_(w),
       id_(id),
-      name_(connection_name('c', w.index(), id)),
-      listener_index_(listener_index),
-      peer_(describe_peer(addr)),
+      peer_(PeerAddress::from(addr)),
+      listener_index_(static_cast<std::uint8_t>(listener_index)),
       tcp_(addr == nullptr || addr->sa_family != AF_UNIX) {
   ep_.fd = fd;
   // Frontend messages pgkeel must see while relaying: the end of the session, and what
@@ -77,8 +59,10 @@ Client::~Client() {
   ep_.in = nullptr;
   ep_.close();
   if (counted_) w_.shared().clients.fetch_sub(1, std::memory_order_relaxed);
-  if (limits_counted_) w_.shared().limits.client_leave(user_, database_);
+  if (limits_counted_) w_.shared().limits.client_leave(user(), database());
 }
+
+const SessionKey& Client::key() const { return session_ ? *session_ : kNoSession; }
 
 std::int32_t Client::cancel_pid() const {
   return static_cast<std::int32_t>((w_.index() << kClientIdBits) | (id_ & ((1u << kClientIdBits) - 1)));
@@ -95,15 +79,14 @@ void Client::start() {
   over_limit_ = n >= max;
   if (n >= 2 * max + 64) {
     w_.stats().clients_refused.add(1);
-    log::warning("client").kv("event", "refused").kv("conn", name_).kv("peer", peer_).kv("reason", "far beyond max_client_conn").emit();
+    log::warning("client").kv("event", "refused").kv("conn", name()).kv("peer", peer()).kv("reason", "far beyond max_client_conn").emit();
     close_now();
     return;
   }
   set_socket_options(ep_.fd, tcp_, w_.config().general);
-  ep_.rd.reset(event_new(w_.base(), ep_.fd, EV_READ | EV_PERSIST, &Client::on_read_cb, this));
-  ep_.wr.reset(event_new(w_.base(), ep_.fd, EV_WRITE | EV_PERSIST, &Client::on_write_cb, this));
+  ep_.open_events(w_.base(), &Client::on_read_cb, &Client::on_write_cb, this);
   ep_.set_reading(true);
-  log::debug("client").kv("event", "accepted").kv("conn", name_).kv("peer", peer_).emit();
+  log::debug("client").kv("event", "accepted").kv("conn", name()).kv("peer", peer()).emit();
 }
 
 void Client::on_read_cb(evutil_socket_t, short, void* arg) { static_cast<Client*>(arg)->on_read(); }
@@ -140,7 +123,7 @@ void Client::read_startup() {
   const long n = ep_.read(buf, sizeof buf);
   if (n == -1) return;
   if (n <= 0) {
-    log::debug("client").kv("event", "disconnected").kv("conn", name_).kv("phase", state_ == State::kWaiting ? "waiting" : "login").emit();
+    log::debug("client").kv("event", "disconnected").kv("conn", name()).kv("phase", state_ == State::kWaiting ? "waiting" : "login").emit();
     close_now();
     return;
   }
@@ -158,7 +141,7 @@ void Client::read_startup() {
       protocol::StartupParse p = protocol::parse_startup(rx_);
       if (p.status == protocol::StartupParse::Status::kNeedMore) break;
       if (p.status == protocol::StartupParse::Status::kMalformed) {
-        log::info("client").kv("event", "bad_startup").kv("conn", name_).kv("peer", peer_).kv("reason", p.error).emit();
+        log::info("client").kv("event", "bad_startup").kv("conn", name()).kv("peer", peer()).kv("reason", p.error).emit();
         fail("FATAL", "08P01", p.error);
         return;
       }
@@ -185,7 +168,9 @@ void Client::read_startup() {
   }
   if (state_ != State::kLinked && rx_.size() > protocol::kMaxStartupLength + 16) {
     fail("FATAL", "08P01", "startup packet too long");
+    return;
   }
+  if (rx_.empty()) std::string().swap(rx_);  // a logged-in client waiting for a server keeps no buffer
 }
 
 void Client::handle_startup(const protocol::StartupPacket& pkt) {
@@ -268,9 +253,10 @@ void Client::handle_startup(const protocol::StartupPacket& pkt) {
     fail("FATAL", "28000", "no PostgreSQL user name specified in startup packet");
     return;
   }
-  user_ = *user;
+  SessionKey key;
+  key.user = *user;
   const std::string* db = pkt.param("database");
-  database_ = (db != nullptr && !db->empty()) ? *db : user_;
+  key.database = (db != nullptr && !db->empty()) ? *db : key.user;
   if (const std::string* repl = pkt.param("replication"); repl != nullptr && !is_false(*repl)) {
     fail("FATAL", "0A000", "pgkeel does not proxy replication connections",
          "Connect replication clients to the PostgreSQL node directly.");
@@ -280,7 +266,7 @@ void Client::handle_startup(const protocol::StartupPacket& pkt) {
   Shared& sh = w_.shared();
   const conf::Config& cfg = w_.config();
   if (over_limit_) {
-    log::warning("client").kv("event", "refused").kv("conn", name_).kv("reason", "max_client_conn").kv("limit", cfg.general.max_client_conn).emit();
+    log::warning("client").kv("event", "refused").kv("conn", name()).kv("reason", "max_client_conn").kv("limit", cfg.general.max_client_conn).emit();
     fail("FATAL", "53300", "sorry, too many clients already");
     return;
   }
@@ -288,46 +274,49 @@ void Client::handle_startup(const protocol::StartupPacket& pkt) {
     fail("FATAL", "57P03", "pgkeel is shutting down");
     return;
   }
-  if (std::string refused = sh.limits.client_enter(cfg, user_, database_); !refused.empty()) {
-    log::warning("client").kv("event", "refused").kv("conn", name_).kv("reason", refused).emit();
+  if (std::string refused = sh.limits.client_enter(cfg, key.user, key.database); !refused.empty()) {
+    log::warning("client").kv("event", "refused").kv("conn", name()).kv("reason", refused).emit();
     fail("FATAL", "53300", refused);
     return;
   }
-  limits_counted_ = true;
 
   // Client-facing database -> server database.
   if (cfg.databases.empty()) {
-    server_database_ = database_;
+    key.server_database = key.database;
   } else {
     const conf::DatabaseConfig* match = nullptr;
     for (const auto& d : cfg.databases) {
-      if (d.name == database_) {
+      if (d.name == key.database) {
         match = &d;
         break;
       }
       if (d.name == "*" && match == nullptr) match = &d;
     }
     if (match == nullptr) {
-      fail("FATAL", "3D000", "database \"" + database_ + "\" does not exist");
+      sh.limits.client_leave(key.user, key.database);
+      fail("FATAL", "3D000", "database \"" + key.database + "\" does not exist");
       return;
     }
-    server_database_ = match->dbname.empty() ? database_ : match->dbname;
+    key.server_database = match->dbname.empty() ? key.database : match->dbname;
   }
-  params_ = normalize_params(pkt.params);
+  key.params = normalize_params(pkt.params);
   if (cfg.general.application_name_add_host && tcp_) {
     // pg_stat_activity shows who is really connected: "app - 10.1.2.3". The address without the
     // port, so warm connections stay shareable between one host's sessions.
-    const std::string host = peer_.substr(0, peer_.rfind(':'));
-    auto it = std::find_if(params_.begin(), params_.end(), [](const auto& p) { return p.first == "application_name"; });
-    if (it == params_.end()) {
-      params_.emplace_back("application_name", host);
-      std::sort(params_.begin(), params_.end());
+    const std::string host = peer_.host();
+    auto it = std::find_if(key.params.begin(), key.params.end(), [](const auto& p) { return p.first == "application_name"; });
+    if (it == key.params.end()) {
+      key.params.emplace_back("application_name", host);
+      std::sort(key.params.begin(), key.params.end());
     } else {
       // PostgreSQL truncates application_name to NAMEDATALEN - 1 bytes: keep the address visible.
       std::string name = it->second.substr(0, 40);
       it->second = name + " - " + host;
     }
   }
+  const std::string text = make_session_text(key);
+  session_ = w_.interned().sessions.intern(text, std::move(key));
+  limits_counted_ = true;
   begin_auth();
 }
 
@@ -339,11 +328,11 @@ void Client::begin_auth() {
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
     const bool have_addr = tcp_ && ::getpeername(ep_.fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0;
-    const HbaClient who{!tcp_, ep_.ssl != nullptr, have_addr ? reinterpret_cast<const sockaddr*>(&ss) : nullptr, database_, user_};
+    const HbaClient who{!tcp_, ep_.ssl != nullptr, have_addr ? reinterpret_cast<const sockaddr*>(&ss) : nullptr, database(), user()};
     const conf::HbaRule* rule = match_hba(rules, who);
     if (rule == nullptr || rule->method == conf::HbaMethod::kReject) {
       w_.stats().auth_failures.add(1);
-      log::info("client").kv("event", "hba_refused").kv("conn", name_).kv("user", user_).kv("db", database_).kv("peer", peer_)
+      log::info("client").kv("event", "hba_refused").kv("conn", name()).kv("user", user()).kv("db", database()).kv("peer", peer())
           .kv("rule_line", rule != nullptr ? rule->line : 0).emit();
       fail("FATAL", "28000", (rule == nullptr ? "no [[hba]] rule for " : "[[hba]] rejects connection for ") + describe_hba_client(who));
       return;
@@ -357,7 +346,7 @@ void Client::begin_auth() {
     }
   }
   const conf::Config& cfg = w_.config();
-  if (!cfg.auth.query.empty() && w_.shared().users()->count(user_) == 0) {
+  if (!cfg.auth.query.empty() && w_.shared().users()->count(user()) == 0) {
     // Not in the users file: ask the cluster. The answer comes back on this worker's loop;
     // by then this client may be gone (looked up again by id, with a token).
     std::uint64_t token = 0;
@@ -366,7 +355,7 @@ void Client::begin_auth() {
     ep_.set_reading(false);
     Worker& w = w_;
     const std::uint32_t id = id_;
-    w_.secret_lookup().fetch(user_, [&w, id, token, method](SecretLookup::Result r) {
+    w_.secret_lookup().fetch(user(), [&w, id, token, method](SecretLookup::Result r) {
       Client* c = w.find_client(id);
       if (c == nullptr || c->lookup_token_ != token) return;
       c->lookup_done(method, std::move(r));
@@ -376,26 +365,24 @@ void Client::begin_auth() {
   start_auth(method, nullptr);
 }
 
-std::string Client::peer_host() const { return peer_.substr(0, peer_.rfind(':')); }
-
 void Client::lookup_done(AuthSession::Method method, SecretLookup::Result r) {
   lookup_token_ = 0;
   if (state_ != State::kAuth || closing_) return;
   ep_.set_reading(true);
   if (r.status == SecretLookup::Result::Status::kFailed) {
-    log::warning("client").kv("event", "auth_query_unavailable").kv("conn", name_).kv("user", user_).kv("reason", r.error).emit();
-    fail("FATAL", "57P03", "cannot authenticate user \"" + user_ + "\" now: no node answered the auth query",
+    log::warning("client").kv("event", "auth_query_unavailable").kv("conn", name()).kv("user", user()).kv("reason", r.error).emit();
+    fail("FATAL", "57P03", "cannot authenticate user \"" + user() + "\" now: no node answered the auth query",
          "pgkeel looks up this user's secret on the cluster; " + r.error);
     return;
   }
   if (r.from_cache) {
-    log::info("client").kv("event", "auth_query_cached").kv("conn", name_).kv("user", user_).kv("reason", r.error).emit();
+    log::info("client").kv("event", "auth_query_cached").kv("conn", name()).kv("user", user()).kv("reason", r.error).emit();
   }
   start_auth(method, r.auth);  // nullptr (no such user): the mock exchange, failing as PostgreSQL does
 }
 
 void Client::start_auth(AuthSession::Method method, std::shared_ptr<const UserAuth> looked_up) {
-  auth_ = std::make_unique<AuthSession>(w_.shared(), user_, method, std::move(looked_up));
+  auth_ = std::make_unique<AuthSession>(w_.shared(), user(), method, std::move(looked_up));
   AuthSession::Step step = auth_->begin();
   apply_auth_step(step);
 }
@@ -405,11 +392,11 @@ void Client::handle_auth_message(char type, std::string_view body) { apply_auth_
 void Client::apply_auth_step(const AuthSession::Step& step) {
   if (step.failed) {
     w_.stats().auth_failures.add(1);
-    log::info("client").kv("event", "auth_failed").kv("conn", name_).kv("user", user_).kv("peer", peer_).kv("reason", step.log_reason).emit();
+    log::info("client").kv("event", "auth_failed").kv("conn", name()).kv("user", user()).kv("peer", peer()).kv("reason", step.log_reason).emit();
     // An address that keeps failing waits for its answer; nobody else does (the worker never blocks).
-    const auto delay = tcp_ ? w_.shared().auth_throttle.failed(peer_host(), w_.config().auth, Clock::now()) : std::chrono::milliseconds(0);
+    const auto delay = tcp_ ? w_.shared().auth_throttle.failed(peer_.host(), w_.config().auth, Clock::now()) : std::chrono::milliseconds(0);
     if (delay.count() > 0) {
-      log::info("client").kv("event", "auth_throttled").kv("conn", name_).kv("peer", peer_).kv("delay_ms", static_cast<std::int64_t>(delay.count())).emit();
+      log::info("client").kv("event", "auth_throttled").kv("conn", name()).kv("peer", peer()).kv("delay_ms", static_cast<std::int64_t>(delay.count())).emit();
       auth_.reset();
       ep_.set_reading(false);
       delayed_ = std::make_unique<DelayedError>(DelayedError{step.sqlstate, step.message, nullptr});
@@ -431,15 +418,15 @@ void Client::apply_auth_step(const AuthSession::Step& step) {
     return;
   }
   if (!step.done) return;
-  if (tcp_) w_.shared().auth_throttle.succeeded(peer_host());
-  cred_ = auth_->credential();
+  if (tcp_) w_.shared().auth_throttle.succeeded(peer_.host());
+  cred_ = w_.interned().credentials.intern(user(), ServerCredential(auth_->credential()));
   auth_.reset();
   std::uint32_t key = 0;
   while (key == 0) key = arc4random();
   cancel_key_ = static_cast<std::int32_t>(key);
   state_ = State::kWaiting;
   wait_started_ = Clock::now();
-  log::debug("client").kv("event", "login").kv("conn", name_).kv("user", user_).kv("db", database_).kv("peer", peer_).emit();
+  log::debug("client").kv("event", "login").kv("conn", name()).kv("user", user()).kv("db", database()).kv("peer", peer()).emit();
   if (w_.paused_for(listener_index_)) {
     w_.park(this);  // a new session waits for RESUME before it takes a server
     return;
@@ -484,15 +471,14 @@ void Client::on_server_ready(Server* s) {
   s->link(this);
   // The session's opening as the server would send it (§55.2.1): ParameterStatus for every
   // reported parameter, our own BackendKeyData, then ReadyForQuery.
-  std::string out;
-  for (const auto& [k, v] : s->parameters()) protocol::append_parameter_status(out, k, v);
+  std::string out = s->parameter_status();
   protocol::append_backend_key_data(out, cancel_pid(), cancel_key_);
   protocol::append_ready_for_query(out, 'I');
   if (ep_.send(out) == IoStatus::kError) {
     close_now();
     return;
   }
-  log::debug("client").kv("event", "linked").kv("conn", name_).kv("server", s->name()).kv("backend_pid", s->backend_pid()).emit();
+  log::debug("client").kv("event", "linked").kv("conn", name()).kv("server", s->name()).kv("backend_pid", s->backend_pid()).emit();
   ep_.set_reading(true);
   if (!rx_.empty()) {
     // Bytes the client pipelined while it waited go first.
@@ -526,7 +512,7 @@ void Client::on_server_lost(std::string_view reason) {
     s->ep().in = nullptr;
   }
   state_ = State::kWaiting;  // no server; terminate() below closes
-  log::info("client").kv("event", "server_lost").kv("conn", name_).kv("reason", reason).emit();
+  log::info("client").kv("event", "server_lost").kv("conn", name()).kv("reason", reason).emit();
   if (boundary) {
     terminate("08006", std::string("server connection lost: ") + std::string(reason));
   } else {
@@ -540,7 +526,7 @@ void Client::relay_to_server() {
   const long n = receive(ep_, w_.buffers(), from);
   if (n == -1) return;
   if (n <= 0) {
-    log::debug("client").kv("event", "disconnected").kv("conn", name_).emit();
+    log::debug("client").kv("event", "disconnected").kv("conn", name()).emit();
     close_now();
     return;
   }
@@ -584,7 +570,7 @@ void Client::forward_to_server(IoBuffer* b, std::size_t new_from) {
     b->end = new_from + res.consumed;  // drop Terminate and anything after it
   } else if (res.status == protocol::ScanResult::Status::kMalformed) {
     b->end = new_from + res.consumed;  // whole messages before the bad header still go
-    log::info("client").kv("event", "protocol_violation").kv("conn", name_).kv("length", static_cast<std::uint64_t>(res.bad_length)).emit();
+    log::info("client").kv("event", "protocol_violation").kv("conn", name()).kv("length", static_cast<std::uint64_t>(res.bad_length)).emit();
   }
   if (b->pending() > 0) {
     if (!s->ep().out_empty()) {
@@ -616,7 +602,7 @@ void Client::forward_to_server(IoBuffer* b, std::size_t new_from) {
     return;
   }
   if (terminate_seen) {
-    log::debug("client").kv("event", "terminate").kv("conn", name_).emit();
+    log::debug("client").kv("event", "terminate").kv("conn", name()).emit();
     if (!terminate_clean && server_ != nullptr) {
       Server* srv = server_;
       server_ = nullptr;
@@ -640,7 +626,7 @@ void Client::continue_tls() {
     case IoStatus::kBlocked:
       return;
     case IoStatus::kError:
-      log::info("client").kv("event", "tls_failed").kv("conn", name_).kv("peer", peer_).kv("reason", error).emit();
+      log::info("client").kv("event", "tls_failed").kv("conn", name()).kv("peer", peer()).kv("reason", error).emit();
       w_.stats().clients_refused.add(1);
       close_now();  // no ErrorResponse can be sent: there is no channel
       return;
@@ -648,7 +634,7 @@ void Client::continue_tls() {
       break;
   }
   tls_handshake_ = false;
-  log::debug("client").kv("event", "tls").kv("conn", name_).kv("tls", tls::describe(ep_.ssl)).emit();
+  log::debug("client").kv("event", "tls").kv("conn", name()).kv("tls", tls::describe(ep_.ssl)).emit();
   // The startup packet follows inside TLS; it may already be decrypted and waiting.
   read_startup();
 }
@@ -723,7 +709,7 @@ void Client::fail(std::string_view severity, std::string_view sqlstate, std::str
   w_.unpark(this);
   closing_ = true;
   ep_.set_reading(false);
-  log::debug("client").kv("event", "error").kv("conn", name_).kv("sqlstate", sqlstate).kv("message", message).emit();
+  log::debug("client").kv("event", "error").kv("conn", name()).kv("sqlstate", sqlstate).kv("message", message).emit();
   if (ep_.send(error_message(severity, sqlstate, message, detail)) != IoStatus::kBlocked) close_now();
 }
 
@@ -748,17 +734,17 @@ void Client::close_now() {
 }
 
 void Client::hold_expired(std::string_view why) {
-  log::warning("client").kv("event", "hold_timeout").kv("conn", name_).kv("reason", why).emit();
+  log::warning("client").kv("event", "hold_timeout").kv("conn", name()).kv("reason", why).emit();
   fail("FATAL", "57P03", "no node can serve this connection now: " + std::string(why),
        "pgkeel held the connection for hold_timeout waiting for a writable primary.");
 }
 
 void Client::cancel_running_query() {
   if (state_ != State::kLinked || server_ == nullptr || !server_->query_running()) {
-    log::debug("client").kv("event", "cancel_ignored").kv("conn", name_).emit();
+    log::debug("client").kv("event", "cancel_ignored").kv("conn", name()).emit();
     return;
   }
-  log::info("client").kv("event", "cancel").kv("conn", name_).kv("server", server_->name()).kv("backend_pid", server_->backend_pid()).emit();
+  log::info("client").kv("event", "cancel").kv("conn", name()).kv("server", server_->name()).kv("backend_pid", server_->backend_pid()).emit();
   w_.send_cancel(server_->node(), server_->backend_pid(), server_->backend_key());
 }
 
@@ -767,21 +753,21 @@ void Client::tick(Clock::time_point now) {
   if (state_ == State::kLinked && cfg.pool.idle_transaction_timeout.count() > 0 && server_ != nullptr &&
       server_->tx_status() != 'I' && !server_->query_running() && streams_at_rest() &&
       now - last_activity_ > cfg.pool.idle_transaction_timeout) {
-    log::info("client").kv("event", "idle_transaction_timeout").kv("conn", name_).kv("user", user_).emit();
+    log::info("client").kv("event", "idle_transaction_timeout").kv("conn", name()).kv("user", user()).emit();
     // The server connection is closed (not reset): PostgreSQL rolls the transaction back.
     terminate("25P03", "terminating connection due to idle-in-transaction timeout");
     return;
   }
   if ((state_ == State::kStartup || state_ == State::kAuth) && !closing_ &&
       now - started_ > cfg.general.login_timeout) {
-    log::info("client").kv("event", "login_timeout").kv("conn", name_).kv("peer", peer_).emit();
+    log::info("client").kv("event", "login_timeout").kv("conn", name()).kv("peer", peer()).emit();
     fail("FATAL", "57014", "canceling authentication due to timeout");
     return;
   }
   if (state_ == State::kWaiting && waiting_pool != nullptr && now - wait_started_ > cfg.pool.wait_timeout) {
-    log::warning("client").kv("event", "wait_timeout").kv("conn", name_).kv("user", user_).kv("db", database_).emit();
+    log::warning("client").kv("event", "wait_timeout").kv("conn", name()).kv("user", user()).kv("db", database()).emit();
     fail("FATAL", "53300", "no server connection became available within wait_timeout",
-         "The server connections are at a limit: " + (blocked_by.empty() ? std::string("max_server_conn_per_node") : blocked_by) + ".");
+         "The server connections are at a limit: " + (waiting_pool->blocked_by.empty() ? std::string("max_server_conn_per_node") : waiting_pool->blocked_by) + ".");
   }
 }
 
