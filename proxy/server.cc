@@ -20,8 +20,16 @@ namespace be = protocol::be;
 // Login and reset messages are small; anything larger from a server at that stage is broken.
 constexpr std::uint32_t kMaxLoginMessage = 1u << 20;
 
-// `messages` (ParameterStatus messages) with `name` set to `value`: replaced in place, or added.
-std::string with_parameter(std::string_view messages, std::string_view name, std::string_view value) {
+std::string error_message(std::string_view sqlstate, std::string_view message,
+                          std::string_view detail = {}) {
+  std::string out;
+  protocol::append_error(out, {"FATAL", sqlstate, message, detail, {}});
+  return out;
+}
+
+}  // namespace
+
+std::string with_parameter_status(std::string_view messages, std::string_view name, std::string_view value) {
   std::string out;
   out.reserve(messages.size() + name.size() + value.size() + 7);
   bool found = false;
@@ -41,15 +49,6 @@ std::string with_parameter(std::string_view messages, std::string_view name, std
   if (!found) protocol::append_parameter_status(out, name, value);
   return out;
 }
-
-std::string error_message(std::string_view sqlstate, std::string_view message,
-                          std::string_view detail = {}) {
-  std::string out;
-  protocol::append_error(out, {"FATAL", sqlstate, message, detail, {}});
-  return out;
-}
-
-}  // namespace
 
 Server::Server(Worker& w, std::uint32_t id, Pool& pool, std::shared_ptr<const SessionKey> session,
                std::shared_ptr<const ServerCredential> cred)
@@ -431,7 +430,7 @@ void Server::note_parameter(protocol::Reader& r) {
   std::string_view k = r.str();
   std::string_view v = r.str();
   if (r.failed()) return;
-  parameter_status_ = std::make_shared<const std::string>(with_parameter(parameter_status(), k, v));
+  parameter_status_ = std::make_shared<const std::string>(with_parameter_status(parameter_status(), k, v));
   if (state_ != State::kLogin) share_parameter_status();  // a login shares its set once, at the end
 }
 

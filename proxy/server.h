@@ -24,6 +24,10 @@ namespace pgkeel::proxy {
 
 class Client;
 
+// `messages` (ParameterStatus messages, §55.7) with `name` set to `value`: replaced in place, or
+// added at the end.
+std::string with_parameter_status(std::string_view messages, std::string_view name, std::string_view value);
+
 class Server {
  public:
   enum class State : std::uint8_t { kConnecting, kLogin, kIdle, kLinked, kResetting, kClosed };
