@@ -18,6 +18,22 @@ SessionKey session(std::string user, std::string database, std::string server_da
   return SessionKey{std::move(user), std::move(database), std::move(server_database), std::move(params)};
 }
 
+PeerAddress peer(int family, const char* ip, std::uint16_t port) {
+  sockaddr_storage ss{};
+  if (family == AF_INET) {
+    auto* in = reinterpret_cast<sockaddr_in*>(&ss);
+    in->sin_family = AF_INET;
+    in->sin_port = htons(port);
+    inet_pton(AF_INET, ip, &in->sin_addr);
+  } else {
+    auto* in6 = reinterpret_cast<sockaddr_in6*>(&ss);
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons(port);
+    inet_pton(AF_INET6, ip, &in6->sin6_addr);
+  }
+  return PeerAddress::from(reinterpret_cast<const sockaddr*>(&ss));
+}
+
 std::string status_messages(const StartupParams& params) {
   std::string out;
   for (const auto& [k, v] : params) protocol::append_parameter_status(out, k, v);
@@ -80,19 +96,10 @@ TEST_CASE("a client-facing database alias shares the pool but not the session ke
 TEST_CASE("a peer address is kept in 20 bytes and printed as before", "[proxy][intern]") {
   STATIC_REQUIRE(sizeof(PeerAddress) <= 20);
 
-  sockaddr_in in{};
-  in.sin_family = AF_INET;
-  in.sin_port = htons(5432);
-  inet_pton(AF_INET, "10.1.2.3", &in.sin_addr);
-  const PeerAddress v4 = PeerAddress::from(reinterpret_cast<const sockaddr*>(&in));
+  const PeerAddress v4 = peer(AF_INET, "10.1.2.3", 5432);
   CHECK(v4.text() == "10.1.2.3:5432");
   CHECK(v4.host() == "10.1.2.3");
-
-  sockaddr_in6 in6{};
-  in6.sin6_family = AF_INET6;
-  in6.sin6_port = htons(6432);
-  inet_pton(AF_INET6, "2001:db8::1", &in6.sin6_addr);
-  const PeerAddress v6 = PeerAddress::from(reinterpret_cast<const sockaddr*>(&in6));
+  const PeerAddress v6 = peer(AF_INET6, "2001:db8::1", 6432);
   CHECK(v6.text() == "[2001:db8::1]:6432");
   CHECK(v6.host() == "[2001:db8::1]");
 
