@@ -141,7 +141,7 @@ class Client {
   const std::uint8_t listener_index_;
   State state_ = State::kStartup;
   bool tcp_ = true;
-  bool closing_ = false;         // FATAL sent; close once `out` drains
+  bool closing_ = false;         // FATAL sent; close once the queued bytes drain
   bool counted_ = false;         // holds a slot in shared.clients (from accept)
   bool over_limit_ = false;      // accepted beyond max_client_conn: a login gets 53300
   bool ever_linked_ = false;
