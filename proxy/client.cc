@@ -41,26 +41,9 @@ bool session_relevant(std::string_view sql) {
   }
   return false;
 }
+static_assert(kMaxListeners <= 256, "Client keeps its listener index in a byte");
 
-std::string describe_peer(const sockaddr* addr) {
-  if (addr == nullptr) return "unknown";
-  // snprintf rather than string concatenation: GCC 12 at -O3 warns falsely (-Wrestrict) on the latter.
-  char host[INET6_ADDRSTRLEN] = {0};
-  char out[INET6_ADDRSTRLEN + 16];
-  if (addr->sa_family == AF_INET) {
-    const auto* in = reinterpret_cast<const sockaddr_in*>(addr);
-    inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-    std::snprintf(out, sizeof out, "%s:%u", host, static_cast<unsigned>(ntohs(in->sin_port)));
-    return out;
-  }
-  if (addr->sa_family == AF_INET6) {
-    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(addr);
-    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
-    std::snprintf(out, sizeof out, "[%s]:%u", host, static_cast<unsigned>(ntohs(in6->sin6_port)));
-    return out;
-  }
-  return "unix";
-}
+const SessionKey kNoSession;  // before the startup packet
 
 bool is_false(std::string_view v) {
   return v == "false" || v == "0" || v == "off" || v == "no" || v == "f" || v == "n";
@@ -104,7 +87,7 @@ std::string refusal_sql(const std::string& why, const std::string& listener) {
 // What a session carries beyond its startup parameters, kept so that it can continue on another
 // server connection: its settings (SessionState), its named statements, and, after its server
 // died mid-transaction, the lost transaction's answers.
-struct Client::Session {
+struct Client::Carried {
   SessionState state;
   ClientStatements statements;
   std::unique_ptr<LostTransaction> lost;
@@ -112,9 +95,9 @@ struct Client::Session {
   std::string application_name;  // as the server reported it
 };
 
-Client::Session& Client::session() {
+Client::Carried& Client::carried() {
   if (!sess_) {
-    sess_ = std::make_unique<Session>();
+    sess_ = std::make_unique<Carried>();
     if (server_ != nullptr) sess_->state.on_ready(server_->tx_status());
   }
   return *sess_;
@@ -126,14 +109,14 @@ bool Client::transaction_mode() const {
 
 std::string_view Client::application_name() const {
   if (sess_ && !sess_->application_name.empty()) return sess_->application_name;
-  for (const auto& [k, v] : params_) {
+  for (const auto& [k, v] : key().params) {
     if (k == "application_name") return v;
   }
   return {};
 }
 
 void Client::note_application_name(std::string_view name) {
-  if (sess_ || application_name() != name) session().application_name = std::string(name);
+  if (sess_ || application_name() != name) carried().application_name = std::string(name);
 }
 
 void Client::note_server_ready(char tx_status) {
@@ -168,7 +151,7 @@ void Client::track(char type, std::string_view body, bool truncated) {
       if (r.failed()) sql = body;  // truncated: what we have
       note_effect(transaction_effect(sql));
       if (!sess_ && !session_relevant(sql)) return;
-      Session& s = session();
+      Carried& s = carried();
       s.state.on_query(sql);
       for (const SqlStatement& st : split_sql(sql)) {
         const auto& w = st.words;
@@ -189,14 +172,14 @@ void Client::track(char type, std::string_view body, bool truncated) {
       const std::string_view name = r.str();
       const std::string_view sql = r.str();
       if (r.failed()) {
-        if (truncated) session().unreplayable = "a prepared statement longer than pgkeel keeps (8 KB)";
+        if (truncated) carried().unreplayable = "a prepared statement longer than pgkeel keeps (8 KB)";
         return;
       }
       if (name.empty()) unnamed_effect_ = transaction_effect(sql);
-      if (!name.empty() && !transaction_mode()) session().statements.define(name, body.substr(name.size() + 1));
+      if (!name.empty() && !transaction_mode()) carried().statements.define(name, body.substr(name.size() + 1));
       if (sess_ || session_relevant(sql)) {
         // Taken as parsed now: a Parse that fails fails its cycle, and the cycle's changes go.
-        session().state.on_parse(name, sql);
+        carried().state.on_parse(name, sql);
         sess_->state.on_parse_complete();
       }
       return;
@@ -235,9 +218,8 @@ void Client::track(char type, std::string_view body, bool truncated) {
 Client::Client(Worker& w, std::uint32_t id, int fd, std::size_t listener_index, const sockaddr* addr)
     : w_(w),
       id_(id),
-      name_(connection_name('c', w.index(), id)),
-      listener_index_(listener_index),
-      peer_(describe_peer(addr)),
+      peer_(PeerAddress::from(addr)),
+      listener_index_(static_cast<std::uint8_t>(listener_index)),
       tcp_(addr == nullptr || addr->sa_family != AF_UNIX) {
   ep_.fd = fd;
   // Frontend messages pgkeel must see while relaying: the end of the session, and what
@@ -253,8 +235,10 @@ Client::~Client() {
   ep_.in = nullptr;
   ep_.close();
   if (counted_) w_.shared().clients.fetch_sub(1, std::memory_order_relaxed);
-  if (limits_counted_) w_.shared().limits.client_leave(user_, database_);
+  if (limits_counted_) w_.shared().limits.client_leave(user(), database());
 }
+
+const SessionKey& Client::key() const { return session_ ? *session_ : kNoSession; }
 
 std::int32_t Client::cancel_pid() const {
   return static_cast<std::int32_t>((w_.index() << kClientIdBits) | (id_ & ((1u << kClientIdBits) - 1)));
@@ -271,15 +255,14 @@ void Client::start() {
   over_limit_ = n >= max;
   if (n >= 2 * max + 64) {
     w_.stats().clients_refused.add(1);
-    log::warning("client").kv("event", "refused").kv("conn", name_).kv("peer", peer_).kv("reason", "far beyond max_client_conn").emit();
+    log::warning("client").kv("event", "refused").kv("conn", name()).kv("peer", peer()).kv("reason", "far beyond max_client_conn").emit();
     close_now();
     return;
   }
   set_socket_options(ep_.fd, tcp_, w_.config().general);
-  ep_.rd.reset(event_new(w_.base(), ep_.fd, EV_READ | EV_PERSIST, &Client::on_read_cb, this));
-  ep_.wr.reset(event_new(w_.base(), ep_.fd, EV_WRITE | EV_PERSIST, &Client::on_write_cb, this));
+  ep_.open_events(w_.base(), &Client::on_read_cb, &Client::on_write_cb, this);
   ep_.set_reading(true);
-  log::debug("client").kv("event", "accepted").kv("conn", name_).kv("peer", peer_).emit();
+  log::debug("client").kv("event", "accepted").kv("conn", name()).kv("peer", peer()).emit();
 }
 
 void Client::on_read_cb(evutil_socket_t, short, void* arg) { static_cast<Client*>(arg)->on_read(); }
@@ -319,7 +302,7 @@ void Client::read_startup() {
   const long n = ep_.read(buf, sizeof buf);
   if (n == -1) return;
   if (n <= 0) {
-    log::debug("client").kv("event", "disconnected").kv("conn", name_).kv("phase", state_ == State::kWaiting ? "waiting" : "login").emit();
+    log::debug("client").kv("event", "disconnected").kv("conn", name()).kv("phase", state_ == State::kWaiting ? "waiting" : "login").emit();
     close_now();
     return;
   }
@@ -337,7 +320,7 @@ void Client::read_startup() {
       protocol::StartupParse p = protocol::parse_startup(rx_);
       if (p.status == protocol::StartupParse::Status::kNeedMore) break;
       if (p.status == protocol::StartupParse::Status::kMalformed) {
-        log::info("client").kv("event", "bad_startup").kv("conn", name_).kv("peer", peer_).kv("reason", p.error).emit();
+        log::info("client").kv("event", "bad_startup").kv("conn", name()).kv("peer", peer()).kv("reason", p.error).emit();
         fail("FATAL", "08P01", p.error);
         return;
       }
@@ -364,7 +347,9 @@ void Client::read_startup() {
   }
   if (state_ != State::kLinked && rx_.size() > protocol::kMaxStartupLength + 16) {
     fail("FATAL", "08P01", "startup packet too long");
+    return;
   }
+  if (rx_.empty()) std::string().swap(rx_);  // a logged-in client waiting for a server keeps no buffer
 }
 
 void Client::handle_startup(const protocol::StartupPacket& pkt) {
@@ -447,9 +432,10 @@ void Client::handle_startup(const protocol::StartupPacket& pkt) {
     fail("FATAL", "28000", "no PostgreSQL user name specified in startup packet");
     return;
   }
-  user_ = *user;
+  SessionKey key;
+  key.user = *user;
   const std::string* db = pkt.param("database");
-  database_ = (db != nullptr && !db->empty()) ? *db : user_;
+  key.database = (db != nullptr && !db->empty()) ? *db : key.user;
   if (const std::string* repl = pkt.param("replication"); repl != nullptr && !is_false(*repl)) {
     fail("FATAL", "0A000", "pgkeel does not proxy replication connections",
          "Connect replication clients to the PostgreSQL node directly.");
@@ -459,7 +445,7 @@ void Client::handle_startup(const protocol::StartupPacket& pkt) {
   Shared& sh = w_.shared();
   const conf::Config& cfg = w_.config();
   if (over_limit_) {
-    log::warning("client").kv("event", "refused").kv("conn", name_).kv("reason", "max_client_conn").kv("limit", cfg.general.max_client_conn).emit();
+    log::warning("client").kv("event", "refused").kv("conn", name()).kv("reason", "max_client_conn").kv("limit", cfg.general.max_client_conn).emit();
     fail("FATAL", "53300", "sorry, too many clients already");
     return;
   }
@@ -467,46 +453,49 @@ void Client::handle_startup(const protocol::StartupPacket& pkt) {
     fail("FATAL", "57P03", "pgkeel is shutting down");
     return;
   }
-  if (std::string refused = sh.limits.client_enter(cfg, user_, database_); !refused.empty()) {
-    log::warning("client").kv("event", "refused").kv("conn", name_).kv("reason", refused).emit();
+  if (std::string refused = sh.limits.client_enter(cfg, key.user, key.database); !refused.empty()) {
+    log::warning("client").kv("event", "refused").kv("conn", name()).kv("reason", refused).emit();
     fail("FATAL", "53300", refused);
     return;
   }
-  limits_counted_ = true;
 
   // Client-facing database -> server database.
   if (cfg.databases.empty()) {
-    server_database_ = database_;
+    key.server_database = key.database;
   } else {
     const conf::DatabaseConfig* match = nullptr;
     for (const auto& d : cfg.databases) {
-      if (d.name == database_) {
+      if (d.name == key.database) {
         match = &d;
         break;
       }
       if (d.name == "*" && match == nullptr) match = &d;
     }
     if (match == nullptr) {
-      fail("FATAL", "3D000", "database \"" + database_ + "\" does not exist");
+      sh.limits.client_leave(key.user, key.database);
+      fail("FATAL", "3D000", "database \"" + key.database + "\" does not exist");
       return;
     }
-    server_database_ = match->dbname.empty() ? database_ : match->dbname;
+    key.server_database = match->dbname.empty() ? key.database : match->dbname;
   }
-  params_ = normalize_params(pkt.params);
+  key.params = normalize_params(pkt.params);
   if (cfg.general.application_name_add_host && tcp_) {
     // pg_stat_activity shows who is really connected: "app - 10.1.2.3". The address without the
     // port, so warm connections stay shareable between one host's sessions.
-    const std::string host = peer_.substr(0, peer_.rfind(':'));
-    auto it = std::find_if(params_.begin(), params_.end(), [](const auto& p) { return p.first == "application_name"; });
-    if (it == params_.end()) {
-      params_.emplace_back("application_name", host);
-      std::sort(params_.begin(), params_.end());
+    const std::string host = peer_.host();
+    auto it = std::find_if(key.params.begin(), key.params.end(), [](const auto& p) { return p.first == "application_name"; });
+    if (it == key.params.end()) {
+      key.params.emplace_back("application_name", host);
+      std::sort(key.params.begin(), key.params.end());
     } else {
       // PostgreSQL truncates application_name to NAMEDATALEN - 1 bytes: keep the address visible.
       std::string name = it->second.substr(0, 40);
       it->second = name + " - " + host;
     }
   }
+  const std::string text = make_session_text(key);
+  session_ = w_.interned().sessions.intern(text, std::move(key));
+  limits_counted_ = true;
   begin_auth();
 }
 
@@ -518,11 +507,11 @@ void Client::begin_auth() {
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
     const bool have_addr = tcp_ && ::getpeername(ep_.fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0;
-    const HbaClient who{!tcp_, ep_.ssl != nullptr, have_addr ? reinterpret_cast<const sockaddr*>(&ss) : nullptr, database_, user_};
+    const HbaClient who{!tcp_, ep_.ssl != nullptr, have_addr ? reinterpret_cast<const sockaddr*>(&ss) : nullptr, database(), user()};
     const conf::HbaRule* rule = match_hba(rules, who);
     if (rule == nullptr || rule->method == conf::HbaMethod::kReject) {
       w_.stats().auth_failures.add(1);
-      log::info("client").kv("event", "hba_refused").kv("conn", name_).kv("user", user_).kv("db", database_).kv("peer", peer_)
+      log::info("client").kv("event", "hba_refused").kv("conn", name()).kv("user", user()).kv("db", database()).kv("peer", peer())
           .kv("rule_line", rule != nullptr ? rule->line : 0).emit();
       fail("FATAL", "28000", (rule == nullptr ? "no [[hba]] rule for " : "[[hba]] rejects connection for ") + describe_hba_client(who));
       return;
@@ -536,7 +525,7 @@ void Client::begin_auth() {
     }
   }
   const conf::Config& cfg = w_.config();
-  if (!cfg.auth.query.empty() && w_.shared().users()->count(user_) == 0) {
+  if (!cfg.auth.query.empty() && w_.shared().users()->count(user()) == 0) {
     // Not in the users file: ask the cluster. The answer comes back on this worker's loop;
     // by then this client may be gone (looked up again by id, with a token).
     std::uint64_t token = 0;
@@ -545,7 +534,7 @@ void Client::begin_auth() {
     ep_.set_reading(false);
     Worker& w = w_;
     const std::uint32_t id = id_;
-    w_.secret_lookup().fetch(user_, [&w, id, token, method](SecretLookup::Result r) {
+    w_.secret_lookup().fetch(user(), [&w, id, token, method](SecretLookup::Result r) {
       Client* c = w.find_client(id);
       if (c == nullptr || c->lookup_token_ != token) return;
       c->lookup_done(method, std::move(r));
@@ -555,26 +544,24 @@ void Client::begin_auth() {
   start_auth(method, nullptr);
 }
 
-std::string Client::peer_host() const { return peer_.substr(0, peer_.rfind(':')); }
-
 void Client::lookup_done(AuthSession::Method method, SecretLookup::Result r) {
   lookup_token_ = 0;
   if (state_ != State::kAuth || closing_) return;
   ep_.set_reading(true);
   if (r.status == SecretLookup::Result::Status::kFailed) {
-    log::warning("client").kv("event", "auth_query_unavailable").kv("conn", name_).kv("user", user_).kv("reason", r.error).emit();
-    fail("FATAL", "57P03", "cannot authenticate user \"" + user_ + "\" now: no node answered the auth query",
+    log::warning("client").kv("event", "auth_query_unavailable").kv("conn", name()).kv("user", user()).kv("reason", r.error).emit();
+    fail("FATAL", "57P03", "cannot authenticate user \"" + user() + "\" now: no node answered the auth query",
          "pgkeel looks up this user's secret on the cluster; " + r.error);
     return;
   }
   if (r.from_cache) {
-    log::info("client").kv("event", "auth_query_cached").kv("conn", name_).kv("user", user_).kv("reason", r.error).emit();
+    log::info("client").kv("event", "auth_query_cached").kv("conn", name()).kv("user", user()).kv("reason", r.error).emit();
   }
   start_auth(method, r.auth);  // nullptr (no such user): the mock exchange, failing as PostgreSQL does
 }
 
 void Client::start_auth(AuthSession::Method method, std::shared_ptr<const UserAuth> looked_up) {
-  auth_ = std::make_unique<AuthSession>(w_.shared(), user_, method, std::move(looked_up));
+  auth_ = std::make_unique<AuthSession>(w_.shared(), user(), method, std::move(looked_up));
   AuthSession::Step step = auth_->begin();
   apply_auth_step(step);
 }
@@ -584,11 +571,11 @@ void Client::handle_auth_message(char type, std::string_view body) { apply_auth_
 void Client::apply_auth_step(const AuthSession::Step& step) {
   if (step.failed) {
     w_.stats().auth_failures.add(1);
-    log::info("client").kv("event", "auth_failed").kv("conn", name_).kv("user", user_).kv("peer", peer_).kv("reason", step.log_reason).emit();
+    log::info("client").kv("event", "auth_failed").kv("conn", name()).kv("user", user()).kv("peer", peer()).kv("reason", step.log_reason).emit();
     // An address that keeps failing waits for its answer; nobody else does (the worker never blocks).
-    const auto delay = tcp_ ? w_.shared().auth_throttle.failed(peer_host(), w_.config().auth, Clock::now()) : std::chrono::milliseconds(0);
+    const auto delay = tcp_ ? w_.shared().auth_throttle.failed(peer_.host(), w_.config().auth, Clock::now()) : std::chrono::milliseconds(0);
     if (delay.count() > 0) {
-      log::info("client").kv("event", "auth_throttled").kv("conn", name_).kv("peer", peer_).kv("delay_ms", static_cast<std::int64_t>(delay.count())).emit();
+      log::info("client").kv("event", "auth_throttled").kv("conn", name()).kv("peer", peer()).kv("delay_ms", static_cast<std::int64_t>(delay.count())).emit();
       auth_.reset();
       ep_.set_reading(false);
       delayed_ = std::make_unique<DelayedError>(DelayedError{step.sqlstate, step.message, nullptr});
@@ -610,15 +597,15 @@ void Client::apply_auth_step(const AuthSession::Step& step) {
     return;
   }
   if (!step.done) return;
-  if (tcp_) w_.shared().auth_throttle.succeeded(peer_host());
-  cred_ = auth_->credential();
+  if (tcp_) w_.shared().auth_throttle.succeeded(peer_.host());
+  cred_ = w_.interned().credentials.intern(user(), ServerCredential(auth_->credential()));
   auth_.reset();
   std::uint32_t key = 0;
   while (key == 0) key = arc4random();
   cancel_key_ = static_cast<std::int32_t>(key);
   state_ = State::kWaiting;
   wait_started_ = Clock::now();
-  log::debug("client").kv("event", "login").kv("conn", name_).kv("user", user_).kv("db", database_).kv("peer", peer_).emit();
+  log::debug("client").kv("event", "login").kv("conn", name()).kv("user", user()).kv("db", database()).kv("peer", peer()).emit();
   if (w_.paused_for(listener_index_)) {
     w_.park(this);  // a new session waits for RESUME before it takes a server
     return;
@@ -670,15 +657,14 @@ void Client::on_server_ready(Server* s) {
   s->link(this);
   // The session's opening as the server would send it (§55.2.1): ParameterStatus for every
   // reported parameter, our own BackendKeyData, then ReadyForQuery.
-  std::string out;
-  for (const auto& [k, v] : s->parameters()) protocol::append_parameter_status(out, k, v);
+  std::string out = s->parameter_status();
   protocol::append_backend_key_data(out, cancel_pid(), cancel_key_);
   protocol::append_ready_for_query(out, 'I');
   if (ep_.send(out) == IoStatus::kError) {
     close_now();
     return;
   }
-  log::debug("client").kv("event", "linked").kv("conn", name_).kv("server", s->name()).kv("backend_pid", s->backend_pid()).emit();
+  log::debug("client").kv("event", "linked").kv("conn", name()).kv("server", s->name()).kv("backend_pid", s->backend_pid()).emit();
   ep_.set_reading(true);
   // Bytes the client pipelined while it waited go first.
   if (!rx_.empty()) forward_messages();
@@ -721,7 +707,7 @@ void Client::on_server_lost(std::string_view reason) {
     s->ep().in = nullptr;
   }
   state_ = State::kWaiting;  // no server; terminate() below closes
-  log::info("client").kv("event", "server_lost").kv("conn", name_).kv("reason", reason).emit();
+  log::info("client").kv("event", "server_lost").kv("conn", name()).kv("reason", reason).emit();
   if (!boundary || (!transaction_mode() && !scanner_.at_boundary()) || (s != nullptr && s->fatal_relayed())) {
     // An answer, or a request, was cut in the middle: nothing can be said cleanly. Or the
     // server ended the session with a FATAL the client has read: the connection ends too.
@@ -741,8 +727,8 @@ void Client::on_server_lost(std::string_view reason) {
     sess_->state.on_error();  // the open transaction is gone: its pending SETs with it
     sess_->state.on_ready('E');
   }
-  if (!at_rest) session().lost = std::move(lost);
-  log::info("client").kv("event", "session_kept").kv("conn", name_).kv("in_flight", cycles + (unsynced ? 1 : 0))
+  if (!at_rest) carried().lost = std::move(lost);
+  log::info("client").kv("event", "session_kept").kv("conn", name()).kv("in_flight", cycles + (unsynced ? 1 : 0))
       .kv("transaction_lost", !at_rest).emit();
   if (!out.empty() && ep_.send(out) == IoStatus::kError) {
     close_now();
@@ -764,7 +750,7 @@ void Client::read_detached() {
   const long n = ep_.read(buf, sizeof buf);
   if (n == -1) return;
   if (n <= 0) {
-    log::debug("client").kv("event", "disconnected").kv("conn", name_).emit();
+    log::debug("client").kv("event", "disconnected").kv("conn", name()).emit();
     close_now();
     return;
   }
@@ -824,15 +810,15 @@ void Client::forward_messages() {
     const conf::ListenerConfig& listener = w_.config().listeners[listener_index_];
     if (transaction_mode() && listener.refuse_pinning && (type == fe::kQuery || type == fe::kParse)) {
       protocol::Reader r(body);
-      const std::string_view name = type == fe::kParse ? r.str() : std::string_view();
+      const std::string_view statement = type == fe::kParse ? r.str() : std::string_view();
       const std::string_view sql = r.str();
       const std::string why = r.failed() ? std::string() : pin_reason(sess_ ? &sess_->state : nullptr, sql);
       if (!why.empty()) {
-        log::info("client").kv("event", "pinning_refused").kv("conn", name_).kv("why", why).emit();
+        log::info("client").kv("event", "pinning_refused").kv("conn", name()).kv("why", why).emit();
         if (type == fe::kQuery) {
           protocol::Writer(refused).str(refusal_sql(why, listener.name));
         } else {
-          protocol::Writer(refused).str(name).str(refusal_sql(why, listener.name)).i16(0);
+          protocol::Writer(refused).str(statement).str(refusal_sql(why, listener.name)).i16(0);
         }
       }
     }
@@ -860,7 +846,7 @@ void Client::forward_messages() {
     w_.stats().by_node[server_->node()].bytes_in.add(bytes);
     if (transaction_mode()) {
       Server::Edits& e = server_->edits();
-      if (!rewrite_for_shared(type, message, session().statements, e.statements, e.plan, to_server)) {
+      if (!rewrite_for_shared(type, message, carried().statements, e.statements, e.plan, to_server)) {
         fail("FATAL", "08P01", "malformed message");
         return;
       }
@@ -887,7 +873,7 @@ void Client::forward_messages() {
     return;
   }
   if (close_after) {
-    log::debug("client").kv("event", "terminate").kv("conn", name_).emit();
+    log::debug("client").kv("event", "terminate").kv("conn", name()).emit();
     close_now();
     return;
   }
@@ -924,7 +910,7 @@ void Client::attach(Server* s) {
   state_ = State::kLinked;
   server_ = s;
   s->link(this);
-  log::debug("client").kv("event", "attached").kv("conn", name_).kv("server", s->name()).kv("backend_pid", s->backend_pid()).emit();
+  log::debug("client").kv("event", "attached").kv("conn", name()).kv("server", s->name()).kv("backend_pid", s->backend_pid()).emit();
   static const SessionState kFresh;
   const SessionState& state = sess_ ? sess_->state : kFresh;
   std::string out;
@@ -983,7 +969,7 @@ void Client::relay_to_server() {
   const long n = receive(ep_, w_.buffers(), from);
   if (n == -1) return;
   if (n <= 0) {
-    log::debug("client").kv("event", "disconnected").kv("conn", name_).emit();
+    log::debug("client").kv("event", "disconnected").kv("conn", name()).emit();
     close_now();
     return;
   }
@@ -1031,7 +1017,7 @@ void Client::forward_to_server(IoBuffer* b, std::size_t new_from) {
     b->end = new_from + res.consumed;  // drop Terminate and anything after it
   } else if (res.status == protocol::ScanResult::Status::kMalformed) {
     b->end = new_from + res.consumed;  // whole messages before the bad header still go
-    log::info("client").kv("event", "protocol_violation").kv("conn", name_).kv("length", static_cast<std::uint64_t>(res.bad_length)).emit();
+    log::info("client").kv("event", "protocol_violation").kv("conn", name()).kv("length", static_cast<std::uint64_t>(res.bad_length)).emit();
   }
   if (b->pending() > 0) {
     if (!s->ep().out_empty()) {
@@ -1063,7 +1049,7 @@ void Client::forward_to_server(IoBuffer* b, std::size_t new_from) {
     return;
   }
   if (terminate_seen) {
-    log::debug("client").kv("event", "terminate").kv("conn", name_).emit();
+    log::debug("client").kv("event", "terminate").kv("conn", name()).emit();
     if (!terminate_clean && server_ != nullptr) {
       Server* srv = server_;
       server_ = nullptr;
@@ -1087,7 +1073,7 @@ void Client::continue_tls() {
     case IoStatus::kBlocked:
       return;
     case IoStatus::kError:
-      log::info("client").kv("event", "tls_failed").kv("conn", name_).kv("peer", peer_).kv("reason", error).emit();
+      log::info("client").kv("event", "tls_failed").kv("conn", name()).kv("peer", peer()).kv("reason", error).emit();
       w_.stats().clients_refused.add(1);
       close_now();  // no ErrorResponse can be sent: there is no channel
       return;
@@ -1095,7 +1081,7 @@ void Client::continue_tls() {
       break;
   }
   tls_handshake_ = false;
-  log::debug("client").kv("event", "tls").kv("conn", name_).kv("tls", tls::describe(ep_.ssl)).emit();
+  log::debug("client").kv("event", "tls").kv("conn", name()).kv("tls", tls::describe(ep_.ssl)).emit();
   // The startup packet follows inside TLS; it may already be decrypted and waiting.
   read_startup();
 }
@@ -1174,7 +1160,7 @@ void Client::fail(std::string_view severity, std::string_view sqlstate, std::str
   w_.unpark(this);
   closing_ = true;
   ep_.set_reading(false);
-  log::debug("client").kv("event", "error").kv("conn", name_).kv("sqlstate", sqlstate).kv("message", message).emit();
+  log::debug("client").kv("event", "error").kv("conn", name()).kv("sqlstate", sqlstate).kv("message", message).emit();
   if (ep_.send(error_message(severity, sqlstate, message, detail)) != IoStatus::kBlocked) close_now();
 }
 
@@ -1199,17 +1185,17 @@ void Client::close_now() {
 }
 
 void Client::hold_expired(std::string_view why) {
-  log::warning("client").kv("event", "hold_timeout").kv("conn", name_).kv("reason", why).emit();
+  log::warning("client").kv("event", "hold_timeout").kv("conn", name()).kv("reason", why).emit();
   fail("FATAL", "57P03", "no node can serve this connection now: " + std::string(why),
        "pgkeel held the connection for hold_timeout waiting for a writable primary.");
 }
 
 void Client::cancel_running_query() {
   if (state_ != State::kLinked || server_ == nullptr || !server_->query_running()) {
-    log::debug("client").kv("event", "cancel_ignored").kv("conn", name_).emit();
+    log::debug("client").kv("event", "cancel_ignored").kv("conn", name()).emit();
     return;
   }
-  log::info("client").kv("event", "cancel").kv("conn", name_).kv("server", server_->name()).kv("backend_pid", server_->backend_pid()).emit();
+  log::info("client").kv("event", "cancel").kv("conn", name()).kv("server", server_->name()).kv("backend_pid", server_->backend_pid()).emit();
   w_.send_cancel(server_->node(), server_->backend_pid(), server_->backend_key());
 }
 
@@ -1218,22 +1204,22 @@ void Client::tick(Clock::time_point now) {
   if (state_ == State::kLinked && cfg.pool.idle_transaction_timeout.count() > 0 && server_ != nullptr &&
       server_->tx_status() != 'I' && !server_->query_running() && streams_at_rest() &&
       now - last_activity_ > cfg.pool.idle_transaction_timeout) {
-    log::info("client").kv("event", "idle_transaction_timeout").kv("conn", name_).kv("user", user_).emit();
+    log::info("client").kv("event", "idle_transaction_timeout").kv("conn", name()).kv("user", user()).emit();
     // The server connection is closed (not reset): PostgreSQL rolls the transaction back.
     terminate("25P03", "terminating connection due to idle-in-transaction timeout");
     return;
   }
   if ((state_ == State::kStartup || state_ == State::kAuth) && !closing_ &&
       now - started_ > cfg.general.login_timeout) {
-    log::info("client").kv("event", "login_timeout").kv("conn", name_).kv("peer", peer_).emit();
+    log::info("client").kv("event", "login_timeout").kv("conn", name()).kv("peer", peer()).emit();
     fail("FATAL", "57014", "canceling authentication due to timeout");
     return;
   }
   if ((state_ == State::kWaiting || state_ == State::kDetached) && waiting_pool != nullptr &&
       now - wait_started_ > cfg.pool.wait_timeout) {
-    log::warning("client").kv("event", "wait_timeout").kv("conn", name_).kv("user", user_).kv("db", database_).emit();
+    log::warning("client").kv("event", "wait_timeout").kv("conn", name()).kv("user", user()).kv("db", database()).emit();
     fail("FATAL", "53300", "no server connection became available within wait_timeout",
-         "The server connections are at a limit: " + (blocked_by.empty() ? std::string("max_server_conn_per_node") : blocked_by) + ".");
+         "The server connections are at a limit: " + (waiting_pool->blocked_by.empty() ? std::string("max_server_conn_per_node") : waiting_pool->blocked_by) + ".");
   }
 }
 

@@ -21,6 +21,7 @@
 #include "proxy/auth_session.h"
 #include "proxy/conn.h"
 #include "proxy/lost_transaction.h"
+#include "proxy/pool.h"
 #include "proxy/protocol/message.h"
 #include "proxy/protocol/scanner.h"
 #include "proxy/shared.h"
@@ -29,7 +30,6 @@
 namespace pgkeel::proxy {
 
 class Server;
-struct Pool;
 
 class Client {
  public:
@@ -59,16 +59,20 @@ class Client {
   void tick(Clock::time_point now);
 
   std::uint32_t id() const { return id_; }
-  const std::string& name() const { return name_; }
+  std::string name() const { return connection_name('c', w_.index(), id_); }
   State state() const { return state_; }
   std::int32_t cancel_key() const { return cancel_key_; }
   std::int32_t cancel_pid() const;
   Server* server() const { return server_; }
-  const std::string& user() const { return user_; }
-  const std::string& database() const { return database_; }
-  const std::string& server_database() const { return server_database_; }
-  const std::vector<std::pair<std::string, std::string>>& startup_params() const { return params_; }
-  const ServerCredential& credential() const { return cred_; }
+  // Who the client is: shared with every client of the same identity; set from the startup
+  // packet on (before it, the accessors below give empty values).
+  const std::shared_ptr<const SessionKey>& session() const { return session_; }
+  const std::string& user() const { return key().user; }
+  const std::string& database() const { return key().database; }
+  const std::string& server_database() const { return key().server_database; }
+  const StartupParams& startup_params() const { return key().params; }
+  // What a server logs in with on this client's behalf (after authentication): one per user.
+  const std::shared_ptr<const ServerCredential>& credential() const { return cred_; }
   Clock::time_point wait_started() const { return wait_started_; }
   // Handles a CancelRequest aimed at this client (secret already checked by the worker).
   void cancel_running_query();
@@ -87,8 +91,6 @@ class Client {
   // As the server last reported it, else as the startup packet said.
   std::string_view application_name() const;
 
-  // Which limit kept this client waiting, for the wait-timeout error (pool.cc).
-  std::string blocked_by;
   // The client or its server last did something (idle_transaction_timeout counts from here).
   void note_activity(Clock::time_point now) { last_activity_ = now; }
   // Owned by the pool code (pool.cc): where this client waits, and whether it holds a place
@@ -98,15 +100,15 @@ class Client {
   // Owned by the worker: held while no node can serve (a failover in progress).
   bool held = false;
   bool ever_held = false;
-  Clock::time_point held_since;
   // Owned by the worker: parked at a transaction boundary while its listener is paused.
   bool parked = false;
+  Clock::time_point held_since;
   Clock::time_point parked_since;
   // Called by the worker when the pause ends: read on (linked) or ask for a server (new).
   void unparked();
   // Linked, with no transaction or query running and nothing in flight either way.
   bool at_transaction_boundary() const;
-  const std::string& peer() const { return peer_; }
+  std::string peer() const { return peer_.text(); }
   bool tls() const { return ep_.ssl != nullptr; }
   bool local() const { return !tcp_; }
   Clock::time_point connected_at() const { return started_; }
@@ -122,7 +124,6 @@ class Client {
   void handle_startup(const protocol::StartupPacket& pkt);
   void begin_auth();
   void continue_tls();
-  std::string peer_host() const;  // the address without the port
   void lookup_done(AuthSession::Method method, SecretLookup::Result r);
   void start_auth(AuthSession::Method method, std::shared_ptr<const UserAuth> looked_up);
   void handle_auth_message(char type, std::string_view body);
@@ -134,8 +135,8 @@ class Client {
             std::string_view detail = {});
   void close_now();
   // Session state kept for another server (transaction pooling, a failover): created on need.
-  struct Session;
-  Session& session();
+  struct Carried;
+  Carried& carried();
   // A client message on its way to the server (body complete unless truncated).
   void track(char type, std::string_view body, bool truncated);
   void start_cycle();
@@ -146,52 +147,45 @@ class Client {
   void forward_messages();
   void attach(Server* s);
   void send_due_answers();
+  const SessionKey& key() const;
 
+  // Ordered by size, so the object has no padding: an idle client is mostly this object.
   Worker& w_;
-  const std::uint32_t id_;
-  std::string name_;
-  const std::size_t listener_index_;
-  std::string peer_;
-  bool tcp_ = true;
-  State state_ = State::kStartup;
+  std::shared_ptr<const SessionKey> session_;
+  std::shared_ptr<const ServerCredential> cred_;
   Endpoint ep_;
-  std::string rx_;  // startup and auth phases: bytes not yet parsed
   protocol::Scanner scanner_;  // frontend messages while linked
-  Server* server_ = nullptr;
-  bool closing_ = false;       // FATAL sent; close once `out` drains
-
-  // Session identity, kept so a later issue can reopen the session elsewhere.
-  std::string user_;
-  std::string database_;         // as the client asked
-  std::string server_database_;  // on the server
-  std::vector<std::pair<std::string, std::string>> params_;  // normalized startup parameters
-  ServerCredential cred_;
-
+  std::string rx_;             // startup and auth phases: bytes not yet parsed (no capacity kept)
   std::unique_ptr<AuthSession> auth_;  // while authenticating only: an idle session does not carry it
-  std::unique_ptr<Session> sess_;
-  bool pinned_ = false;            // transaction pooling: the session cannot move (LISTEN, ...)
-  bool replay_needed_ = false;     // the next server is fresh: restore settings and statements
+  std::unique_ptr<Carried> sess_;  // created on need (Client::carried())
+  Server* server_ = nullptr;
+  std::uint64_t lookup_token_ = 0;  // an [auth] query for this client is in flight
+  Clock::time_point started_;
+  Clock::time_point wait_started_;
+  Clock::time_point last_activity_;
+  const std::uint32_t id_;
+  std::int32_t cancel_key_ = 0;
+  PeerAddress peer_;
+  const std::uint8_t listener_index_;
+  State state_ = State::kStartup;
+  bool tcp_ = true;
+  bool closing_ = false;         // FATAL sent; close once the queued bytes drain
+  bool counted_ = false;         // holds a slot in shared.clients (from accept)
+  bool over_limit_ = false;      // accepted beyond max_client_conn: a login gets 53300
+  bool ever_linked_ = false;
+  bool limits_counted_ = false;  // holds a place in shared.limits
+  bool tls_handshake_ = false;  // SSLRequest answered 'S'; the handshake is running
+  bool replay_needed_ = false;        // the next server is fresh: restore settings and statements
   bool cycle_may_commit_ = false;     // what runs now may commit (autocommit, COMMIT)
   bool cycle_in_transaction_ = false;  // what runs now runs inside a transaction block
   TransactionEffect unnamed_effect_;   // of the unnamed statement last parsed
-
-  std::int32_t cancel_key_ = 0;
-  Clock::time_point started_;
-  Clock::time_point wait_started_;
-  bool counted_ = false;     // holds a slot in shared.clients (from accept)
-  bool over_limit_ = false;  // accepted beyond max_client_conn: a login gets 53300
-  bool ever_linked_ = false;
-  bool limits_counted_ = false;  // holds a place in shared.limits
-  Clock::time_point last_activity_;
-  bool tls_handshake_ = false;
-  std::uint64_t lookup_token_ = 0;  // an [auth] query for this client is in flight
   // A failed login answered later (the address keeps failing): allocated only then.
   struct DelayedError {
     std::string sqlstate;
     std::string message;
     EventPtr timer;
   };
-  std::unique_ptr<DelayedError> delayed_;  // SSLRequest answered 'S'; the handshake is running
+  std::unique_ptr<DelayedError> delayed_;
 };
 
 }  // namespace pgkeel::proxy

@@ -1,5 +1,6 @@
 #include "proxy/conn.h"
 
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -11,17 +12,83 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 namespace pgkeel::proxy {
 
+PeerAddress PeerAddress::from(const sockaddr* sa) {
+  PeerAddress p;
+  if (sa == nullptr) return p;
+  if (sa->sa_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(sa);
+    std::memcpy(p.addr.data(), &in->sin_addr, sizeof in->sin_addr);
+    p.port = ntohs(in->sin_port);
+    p.family = AF_INET;
+  } else if (sa->sa_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
+    std::memcpy(p.addr.data(), &in6->sin6_addr, sizeof in6->sin6_addr);
+    p.port = ntohs(in6->sin6_port);
+    p.family = AF_INET6;
+  } else if (sa->sa_family == AF_UNIX) {
+    p.family = AF_UNIX;
+  }
+  return p;
+}
+
+std::string PeerAddress::host() const {
+  char host[INET6_ADDRSTRLEN] = {0};
+  switch (family) {
+    case AF_INET:
+      inet_ntop(AF_INET, addr.data(), host, sizeof host);
+      return host;
+    case AF_INET6: {
+      inet_ntop(AF_INET6, addr.data(), host, sizeof host);
+      // snprintf rather than string concatenation: GCC 12 at -O3 warns falsely (-Wrestrict) on the latter.
+      char out[INET6_ADDRSTRLEN + 2];
+      std::snprintf(out, sizeof out, "[%s]", host);
+      return out;
+    }
+    case AF_UNIX:
+      return "unix";
+    default:
+      return "unknown";
+  }
+}
+
+std::string PeerAddress::text() const {
+  std::string h = host();
+  if (family != AF_INET && family != AF_INET6) return h;
+  char out[INET6_ADDRSTRLEN + 16];
+  std::snprintf(out, sizeof out, "%s:%u", h.c_str(), static_cast<unsigned>(port));
+  return out;
+}
+
+bool Endpoint::open_events(event_base* base, event_callback_fn on_read, event_callback_fn on_write, void* arg) {
+  rd_.reset(event_new(base, fd, EV_READ | EV_PERSIST, on_read, arg));
+  on_writable_ = on_write;
+  return rd_ != nullptr;
+}
+
+bool Endpoint::make_write_event() {
+  if (!wr_ && rd_ && on_writable_ != nullptr) {
+    wr_.reset(event_new(event_get_base(rd_.get()), fd, EV_WRITE | EV_PERSIST, on_writable_,
+                        event_get_callback_arg(rd_.get())));
+  }
+  return wr_ != nullptr;
+}
+
+void Endpoint::activate_write() {
+  if (make_write_event()) event_active(wr_.get(), EV_WRITE, 0);
+}
+
 void Endpoint::set_reading(bool on) {
-  if (on == reading || !rd) return;
+  if (on == reading || !rd_) return;
   if (on) {
-    event_add(rd.get(), nullptr);
+    event_add(rd_.get(), nullptr);
     // Bytes OpenSSL already decrypted will not make the socket readable again.
-    if (ssl != nullptr && SSL_pending(ssl) > 0) event_active(rd.get(), EV_READ, 0);
+    if (ssl != nullptr && SSL_pending(ssl) > 0) event_active(rd_.get(), EV_READ, 0);
   } else {
-    event_del(rd.get());
+    event_del(rd_.get());
   }
   reading = on;
 }
@@ -38,7 +105,7 @@ long Endpoint::read(char* p, std::size_t n) {
   ERR_clear_error();
   const int r = SSL_read(ssl, p, static_cast<int>(std::min<std::size_t>(n, 1 << 30)));
   if (r > 0) {
-    if (SSL_pending(ssl) > 0 && reading && rd) event_active(rd.get(), EV_READ, 0);
+    if (SSL_pending(ssl) > 0 && reading && rd_) event_active(rd_.get(), EV_READ, 0);
     return r;
   }
   switch (SSL_get_error(ssl, r)) {
@@ -103,45 +170,58 @@ IoStatus Endpoint::handshake(std::string& error) {
 }
 
 void Endpoint::set_writing(bool on) {
-  if (on == writing || !wr) return;
+  if (on == writing || (on ? !make_write_event() : !wr_)) return;
   if (on) {
-    event_add(wr.get(), nullptr);
+    event_add(wr_.get(), nullptr);
   } else {
-    event_del(wr.get());
+    event_del(wr_.get());
   }
   writing = on;
 }
 
 IoStatus Endpoint::flush_out() {
-  while (out_sent < out.size()) {
-    const long n = write(out.data() + out_sent, out.size() - out_sent);
+  if (unsent_ == nullptr) return IoStatus::kDone;
+  std::string& b = unsent_->bytes;
+  while (unsent_->sent < b.size()) {
+    const long n = write(b.data() + unsent_->sent, b.size() - unsent_->sent);
     if (n > 0) {
-      out_sent += static_cast<std::size_t>(n);
+      unsent_->sent += static_cast<std::size_t>(n);
       continue;
     }
     return n == -1 ? IoStatus::kBlocked : IoStatus::kError;
   }
-  out.clear();
-  out_sent = 0;
-  if (out.capacity() > 4096) std::string().swap(out);  // idle connections hold no buffers
+  unsent_.reset();  // idle connections hold no output buffer
   return IoStatus::kDone;
 }
 
 IoStatus Endpoint::send(std::string_view bytes) {
-  const bool was_empty = out_empty();
-  out.append(bytes);
-  if (!was_empty) return IoStatus::kBlocked;  // already waiting for the socket
-  const IoStatus st = flush_out();
-  if (st == IoStatus::kBlocked) set_writing(true);
-  return st;
+  if (unsent_ != nullptr) {
+    unsent_->bytes.append(bytes);
+    return IoStatus::kBlocked;  // already waiting for the socket; ours go after what is queued
+  }
+  std::size_t sent = 0;
+  while (sent < bytes.size()) {
+    const long n = write(bytes.data() + sent, bytes.size() - sent);
+    if (n > 0) {
+      sent += static_cast<std::size_t>(n);
+      continue;
+    }
+    if (n != -1) return IoStatus::kError;
+    // Over TLS the retry repeats these bytes from the copy (SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER).
+    unsent_ = std::make_unique<Unsent>(Unsent{std::string(bytes.substr(sent)), 0});
+    set_writing(true);
+    return IoStatus::kBlocked;
+  }
+  return IoStatus::kDone;
 }
 
 void Endpoint::close() {
-  if (rd) event_del(rd.get());
-  if (wr) event_del(wr.get());
+  if (rd_) event_del(rd_.get());
+  if (wr_) event_del(wr_.get());
   reading = writing = false;
-  rd.reset();
-  wr.reset();
+  rd_.reset();
+  wr_.reset();
+  unsent_.reset();
   if (ssl != nullptr) {
     SSL_free(ssl);  // no close_notify: PostgreSQL does not wait for one either
     ssl = nullptr;

@@ -302,8 +302,7 @@ class ConsoleConn {
  public:
   ConsoleConn(Console& owner, int fd) : owner_(owner) {
     ep_.fd = fd;
-    ep_.rd.reset(event_new(owner.base(), fd, EV_READ | EV_PERSIST, &ConsoleConn::on_read_cb, this));
-    ep_.wr.reset(event_new(owner.base(), fd, EV_WRITE | EV_PERSIST, &ConsoleConn::on_write_cb, this));
+    ep_.open_events(owner.base(), &ConsoleConn::on_read_cb, &ConsoleConn::on_write_cb, this);
     ep_.set_reading(true);
     // Authentication (TLS handshake included) must finish within login_timeout.
     login_timer_.reset(event_new(owner.base(), -1, 0, [](evutil_socket_t, short, void* arg) {

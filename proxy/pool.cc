@@ -21,7 +21,7 @@ bool try_connect(Worker& w, Pool& p, Client& c) {
   const int cap = cfg.pool.max_server_conn_per_node;
   if (sh.server_conns[p.node].fetch_add(1, std::memory_order_relaxed) >= cap) {
     sh.server_conns[p.node].fetch_sub(1, std::memory_order_relaxed);
-    c.blocked_by = "max_server_conn_per_node (" + std::to_string(cap) + ")";
+    p.blocked_by = "max_server_conn_per_node (" + std::to_string(cap) + ")";
     return false;
   }
   // Per user and per database: the reserve opens only to a client that has waited.
@@ -39,13 +39,13 @@ bool try_connect(Worker& w, Pool& p, Client& c) {
       }
     }
     if (!full.empty()) {
-      c.blocked_by = std::move(full);
+      p.blocked_by = std::move(full);
       return false;
     }
   }
   ++p.total;
   ++p.connecting;
-  w.new_server(p, c.credential(), c.user(), c.server_database(), c.startup_params());
+  w.new_server(p, c.session(), c.credential());
   return true;
 }
 
@@ -57,9 +57,8 @@ void leave_slot_queue(Worker& w, Client& c) {
 
 }  // namespace
 
-std::vector<std::pair<std::string, std::string>> normalize_params(
-    const std::vector<std::pair<std::string, std::string>>& client_params) {
-  std::vector<std::pair<std::string, std::string>> out;
+StartupParams normalize_params(const StartupParams& client_params) {
+  StartupParams out;
   for (const auto& param : client_params) {
     const std::string& k = param.first;
     const std::string& v = param.second;
@@ -75,20 +74,34 @@ std::vector<std::pair<std::string, std::string>> normalize_params(
   return out;
 }
 
-std::string make_pool_key(routing::NodeId node, const std::string& user, const std::string& database,
-                          const std::vector<std::pair<std::string, std::string>>& params) {
-  std::string key = std::to_string(node);
+namespace {
+
+// user, server database and parameters, '\0'-separated after whatever `key` holds.
+void append_server_side(std::string& key, const SessionKey& session) {
   key += '\0';
-  key += user;
+  key += session.user;
   key += '\0';
-  key += database;
-  for (const auto& [k, v] : params) {
+  key += session.server_database;
+  for (const auto& [k, v] : session.params) {
     key += '\0';
     key += k;
     key += '=';
     key += v;
   }
+}
+
+}  // namespace
+
+std::string make_pool_key(routing::NodeId node, const SessionKey& session) {
+  std::string key = std::to_string(node);
+  append_server_side(key, session);
   return key;
+}
+
+std::string make_session_text(const SessionKey& session) {
+  std::string text = session.database;
+  append_server_side(text, session);
+  return text;
 }
 
 void request_server(Worker& w, Client& c) {
@@ -110,7 +123,7 @@ void request_server(Worker& w, Client& c) {
     return;
   }
   const routing::NodeId node = std::get<routing::Route>(d).node;
-  Pool& p = w.pool_for(make_pool_key(node, c.user(), c.server_database(), c.startup_params()), node);
+  Pool& p = w.pool_for(make_pool_key(node, *c.session()), node);
   while (!p.idle.empty()) {
     Server* s = p.idle.back();
     p.idle.pop_back();

@@ -3,9 +3,13 @@
 #pragma once
 
 #include <deque>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "proxy/intern.h"
+#include "proxy/shared.h"
 #include "routing/node.h"
 
 namespace pgkeel::proxy {
@@ -14,6 +18,26 @@ class Client;
 class Server;
 class Worker;
 
+using StartupParams = std::vector<std::pair<std::string, std::string>>;
+
+// Who a logged-in client is, and what its server connections log in as. Immutable and shared
+// (Interned::sessions): the clients of one application hold one copy.
+struct SessionKey {
+  std::string user;
+  std::string database;         // as the client asked
+  std::string server_database;  // on the server
+  StartupParams params;         // normalized startup parameters
+
+  bool operator==(const SessionKey&) const = default;
+};
+
+// Per worker: the shared copies its clients and servers point to.
+struct Interned {
+  Interner<SessionKey> sessions;             // by make_session_text()
+  Interner<ServerCredential> credentials;    // by user
+  Interner<std::string> parameter_statuses;  // by pool key: a server's ParameterStatus messages
+};
+
 struct Pool {
   std::string key;
   routing::NodeId node = 0;
@@ -21,17 +45,18 @@ struct Pool {
   std::deque<Client*> waiters;   // in arrival order
   int total = 0;                 // this worker's servers in this pool, any state
   int connecting = 0;            // of which still logging in
+  std::string blocked_by;        // which limit kept the last waiter from a new connection
 };
 
 // Pool key: server connections are interchangeable only when all of these match, so a warm
 // connection never carries one client's `options` or `application_name` to another.
-std::string make_pool_key(routing::NodeId node, const std::string& user, const std::string& database,
-                          const std::vector<std::pair<std::string, std::string>>& params);
+std::string make_pool_key(routing::NodeId node, const SessionKey& session);
+// Everything in `session`, as text: its slot in Interned::sessions.
+std::string make_session_text(const SessionKey& session);
 
 // Startup parameters forwarded to the server: the client's, minus those pgkeel owns (user,
 // database, replication), sorted by name so equal sets give equal keys.
-std::vector<std::pair<std::string, std::string>> normalize_params(
-    const std::vector<std::pair<std::string, std::string>>& client_params);
+StartupParams normalize_params(const StartupParams& client_params);
 
 // The client asks for a server: an idle one now, a new one if the caps allow, or a place in
 // the queue. The client is called back with on_server_ready() or on_server_failed().

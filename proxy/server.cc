@@ -29,18 +29,36 @@ std::string error_message(std::string_view sqlstate, std::string_view message,
 
 }  // namespace
 
-Server::Server(Worker& w, std::uint32_t id, Pool& pool, ServerCredential cred, std::string user,
-               std::string database, std::vector<std::pair<std::string, std::string>> params)
+std::string with_parameter_status(std::string_view messages, std::string_view name, std::string_view value) {
+  std::string out;
+  out.reserve(messages.size() + name.size() + value.size() + 7);
+  bool found = false;
+  std::size_t pos = 0;
+  while (messages.size() - pos >= 5) {
+    const std::size_t len = 1 + protocol::read_u32(reinterpret_cast<const unsigned char*>(messages.data() + pos + 1));
+    const std::string_view m = messages.substr(pos, len);
+    pos += m.size();
+    const std::string_view body = m.substr(std::min<std::size_t>(5, m.size()));
+    if (!found && body.substr(0, body.find('\0')) == name) {
+      protocol::append_parameter_status(out, name, value);
+      found = true;
+    } else {
+      out.append(m);
+    }
+  }
+  if (!found) protocol::append_parameter_status(out, name, value);
+  return out;
+}
+
+Server::Server(Worker& w, std::uint32_t id, Pool& pool, std::shared_ptr<const SessionKey> session,
+               std::shared_ptr<const ServerCredential> cred)
     : w_(w),
-      id_(id),
-      name_(connection_name('s', w.index(), id)),
       pool_(pool),
-      node_(pool.node),
-      epoch_(w.snapshot().epoch),
+      session_(std::move(session)),
       cred_(std::move(cred)),
-      user_(std::move(user)),
-      database_(std::move(database)),
-      startup_params_(std::move(params)) {
+      epoch_(w.snapshot().epoch),
+      id_(id),
+      node_(pool.node) {
   scanner_.watch(be::kReadyForQuery);
   scanner_.watch(be::kParameterStatus);
   scanner_.watch(be::kErrorResponse);
@@ -69,22 +87,21 @@ void Server::start() {
   if (fd < 0) {
     // No socket, so no event to defer through: let the next tick report it.
     deadline_ = created_;
-    log::error("server").kv("event", "socket_failed").kv("server", name_).kv("reason", std::strerror(errno)).emit();
+    log::error("server").kv("event", "socket_failed").kv("server", name()).kv("reason", std::strerror(errno)).emit();
     return;
   }
   ep_.fd = fd;
   set_socket_options(fd, na.addr.ss_family != AF_UNIX, w_.config().general);
-  ep_.rd.reset(event_new(w_.base(), fd, EV_READ | EV_PERSIST, &Server::on_read_cb, this));
-  ep_.wr.reset(event_new(w_.base(), fd, EV_WRITE | EV_PERSIST, &Server::on_write_cb, this));
-  log::debug("server").kv("event", "connecting").kv("server", name_).kv("node", w_.snapshot().nodes[node_].name).kv("addr", na.text).emit();
+  ep_.open_events(w_.base(), &Server::on_read_cb, &Server::on_write_cb, this);
+  log::debug("server").kv("event", "connecting").kv("server", name()).kv("node", w_.snapshot().nodes[node_].name).kv("addr", na.text).emit();
   if (::connect(fd, reinterpret_cast<const sockaddr*>(&na.addr), na.len) == 0) {
-    event_active(ep_.wr.get(), EV_WRITE, 0);  // continue from the loop, as for EINPROGRESS
+    ep_.activate_write();  // continue from the loop, as for EINPROGRESS
     return;
   }
   if (errno != EINPROGRESS) {
     // Reported from the event loop, never from inside the pool call that started us.
     connect_errno_ = errno;
-    event_active(ep_.wr.get(), EV_WRITE, 0);
+    ep_.activate_write();
     return;
   }
   ep_.set_writing(true);  // connect completes when writable
@@ -120,8 +137,8 @@ void Server::send_startup() {
   std::string out;
   protocol::Writer wr(out);
   wr.begin_untyped().i32(protocol::kProtocolVersion3);
-  wr.str("user").str(user_).str("database").str(database_);
-  for (const auto& [k, v] : startup_params_) wr.str(k).str(v);
+  wr.str("user").str(user()).str("database").str(database());
+  for (const auto& [k, v] : session_->params) wr.str(k).str(v);
   wr.i8(0);
   wr.end();
   if (ep_.send(out) == IoStatus::kError) login_failed(error_message("08006", "could not send startup packet to server"), "send", true);
@@ -175,7 +192,7 @@ void Server::continue_tls() {
       break;
   }
   tls_phase_ = TlsPhase::kNone;
-  log::debug("server").kv("event", "tls").kv("server", name_).kv("tls", tls::describe(ep_.ssl)).emit();
+  log::debug("server").kv("event", "tls").kv("server", name()).kv("tls", tls::describe(ep_.ssl)).emit();
   send_startup();
 }
 
@@ -281,6 +298,10 @@ void Server::handle_login_message(char type, std::string_view body) {
   protocol::Reader r(body);
   switch (type) {
     case be::kAuthentication: {
+      if (cred_ == nullptr) {
+        login_failed(error_message("08P01", "server asked for authentication without a login in progress"), "no credential");
+        return;
+      }
       const auto code = static_cast<protocol::AuthCode>(r.i32());
       std::string out;
       protocol::Writer wr(out);
@@ -291,22 +312,22 @@ void Server::handle_login_message(char type, std::string_view body) {
           }
           return;
         case protocol::AuthCode::kCleartextPassword:
-          if (cred_.password.empty()) {
-            login_failed(error_message("28000", "server asks for a cleartext password for user \"" + user_ + "\", but pgkeel has none",
+          if (cred_->password.empty()) {
+            login_failed(error_message("28000", "server asks for a cleartext password for user \"" + user() + "\", but pgkeel has none",
                                        "Put the plaintext password in the users file, or use SCRAM on the server."), "no cleartext password");
             return;
           }
-          wr.begin(protocol::fe::kPassword).str(cred_.password).end();
+          wr.begin(protocol::fe::kPassword).str(cred_->password).end();
           break;
         case protocol::AuthCode::kMD5Password: {
           std::string_view salt_bytes = r.bytes(4);
-          std::string hash = cred_.md5_hash;
-          if (hash.empty() && !cred_.password.empty()) hash = auth::md5_password_hash(user_, cred_.password).value_or("");
+          std::string hash = cred_->md5_hash;
+          if (hash.empty() && !cred_->password.empty()) hash = auth::md5_password_hash(user(), cred_->password).value_or("");
           auth::Md5Salt salt{};
           if (!r.failed()) std::memcpy(salt.data(), salt_bytes.data(), 4);
           std::optional<std::string> resp = r.failed() || hash.empty() ? std::nullopt : auth::md5_response(hash, salt);
           if (!resp) {
-            login_failed(error_message("28000", "server asks for md5 authentication for user \"" + user_ + "\", but pgkeel has no md5 hash or password for it",
+            login_failed(error_message("28000", "server asks for md5 authentication for user \"" + user() + "\", but pgkeel has no md5 hash or password for it",
                                        "A SCRAM verifier cannot answer md5: put the md5 hash or the plaintext password in the users file."), "no md5 secret");
             return;
           }
@@ -320,15 +341,15 @@ void Server::handle_login_message(char type, std::string_view body) {
             if (mech.empty()) break;
             if (mech == auth::kScramSha256) scram_offered = true;
           }
-          if (!scram_offered || !cred_.scram) {
-            login_failed(error_message("28000", scram_offered ? "server asks for SCRAM for user \"" + user_ + "\", but pgkeel has no SCRAM secret for it"
+          if (!scram_offered || !cred_->scram) {
+            login_failed(error_message("28000", scram_offered ? "server asks for SCRAM for user \"" + user() + "\", but pgkeel has no SCRAM secret for it"
                                                               : "server offers no SASL mechanism pgkeel supports",
                                        "SCRAM pass-through needs the client to log in to pgkeel with SCRAM and the user's "
                                        "verifier (from pg_authid) in the users file; after a trust rule pgkeel holds no keys, "
                                        "so put the plaintext password in the users file."), "no scram secret");
             return;
           }
-          scram_.emplace(user_, *cred_.scram);
+          scram_ = std::make_unique<auth::ScramClient>(user(), *cred_->scram);
           auth::ScramStep step = scram_->client_first_message();
           if (!step.ok()) {
             login_failed(error_message("XX000", step.error), step.error);
@@ -389,7 +410,9 @@ void Server::handle_login_message(char type, std::string_view body) {
       tx_status_ = static_cast<char>(r.i8());
       state_ = State::kIdle;
       last_used_ = Clock::now();
-      log::debug("server").kv("event", "login").kv("server", name_).kv("node", w_.snapshot().nodes[node_].name).kv("backend_pid", backend_pid_).emit();
+      cred_.reset();  // logged in: the user's credential is no longer needed here
+      share_parameter_status();
+      log::debug("server").kv("event", "login").kv("server", name()).kv("node", w_.snapshot().nodes[node_].name).kv("backend_pid", backend_pid_).emit();
       server_available(w_, *this);
       return;
     }
@@ -401,25 +424,29 @@ void Server::handle_login_message(char type, std::string_view body) {
 void Server::login_failed(std::string error_response, std::string_view reason, bool transport) {
   if (state_ == State::kClosed) return;
   w_.stats().server_connect_failures.add(1);
-  log::warning("server").kv("event", "login_failed").kv("server", name_).kv("node", w_.snapshot().nodes[node_].name).kv("reason", reason).emit();
+  log::warning("server").kv("event", "login_failed").kv("server", name()).kv("node", w_.snapshot().nodes[node_].name).kv("reason", reason).emit();
   state_ = State::kClosed;
   ep_.close();
   server_login_failed(w_, *this, error_response, transport);
 }
 
 // A ParameterStatus: the server's current value of a reported setting, replayed to the next
-// client that gets this connection.
+// client that gets this connection. Kept as the messages themselves, shared once logged in.
 void Server::note_parameter(protocol::Reader& r) {
   std::string_view k = r.str();
   std::string_view v = r.str();
   if (r.failed()) return;
-  for (auto& [pk, pv] : params_status_) {
-    if (pk == k) {
-      pv = v;
-      return;
-    }
-  }
-  params_status_.emplace_back(std::string(k), std::string(v));
+  parameter_status_ = std::make_shared<const std::string>(with_parameter_status(parameter_status(), k, v));
+  if (state_ != State::kLogin) share_parameter_status();  // a login shares its set once, at the end
+}
+
+void Server::share_parameter_status() {
+  if (parameter_status_) parameter_status_ = w_.interned().parameter_statuses.intern(pool_.key, std::string(*parameter_status_));
+}
+
+const std::string& Server::parameter_status() const {
+  static const std::string kNone;
+  return parameter_status_ ? *parameter_status_ : kNone;
 }
 
 void Server::link(Client* c) {
@@ -607,7 +634,7 @@ void Server::relay_to_client() {
     if (fr == ResponseFilter::Result::kMalformed) {
       b->end = from;
       release_if_drained(ep_, w_.buffers());
-      log::warning("server").kv("event", "protocol_violation").kv("server", name_).emit();
+      log::warning("server").kv("event", "protocol_violation").kv("server", name()).emit();
       close("server sent an invalid message");
       return;
     }
@@ -649,7 +676,7 @@ void Server::relay_to_client() {
   }
   if (ep_.in == b) release_if_drained(ep_, w_.buffers());
   if (res.status == protocol::ScanResult::Status::kMalformed) {
-    log::warning("server").kv("event", "protocol_violation").kv("server", name_).kv("length", static_cast<std::uint64_t>(res.bad_length)).emit();
+    log::warning("server").kv("event", "protocol_violation").kv("server", name()).kv("length", static_cast<std::uint64_t>(res.bad_length)).emit();
     close("server sent an invalid message");
     return;
   }
@@ -663,7 +690,7 @@ void Server::close(std::string_view reason) {
     login_failed(error_message("08006", "server connection failed during login: " + std::string(reason)), reason, true);
     return;
   }
-  log::debug("server").kv("event", "closed").kv("server", name_).kv("reason", reason).emit();
+  log::debug("server").kv("event", "closed").kv("server", name()).kv("reason", reason).emit();
   state_ = State::kClosed;
   ep_.close();
   Client* c = client_;

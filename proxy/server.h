@@ -8,7 +8,7 @@
 #pragma once
 
 #include <cstdint>
-#include <optional>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -17,6 +17,7 @@
 #include "proxy/conn.h"
 #include "proxy/prepared.h"
 #include "proxy/response_plan.h"
+#include "proxy/pool.h"
 #include "proxy/protocol/scanner.h"
 #include "proxy/shared.h"
 #include "proxy/worker.h"
@@ -24,14 +25,19 @@
 namespace pgkeel::proxy {
 
 class Client;
-struct Pool;
+
+// `messages` (ParameterStatus messages, §55.7) with `name` set to `value`: replaced in place, or
+// added at the end.
+std::string with_parameter_status(std::string_view messages, std::string_view name, std::string_view value);
 
 class Server {
  public:
   enum class State : std::uint8_t { kConnecting, kLogin, kIdle, kLinked, kResetting, kClosed };
 
-  Server(Worker& w, std::uint32_t id, Pool& pool, ServerCredential cred, std::string user,
-         std::string database, std::vector<std::pair<std::string, std::string>> params);
+  // `session`: user, server database and startup parameters (a client's, the same for the whole
+  // pool); `cred`: how to log in, kept until the login is done.
+  Server(Worker& w, std::uint32_t id, Pool& pool, std::shared_ptr<const SessionKey> session,
+         std::shared_ptr<const ServerCredential> cred);
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
@@ -85,17 +91,18 @@ class Server {
   bool at_boundary() const { return scanner_.at_boundary(); }
   std::int32_t backend_pid() const { return backend_pid_; }
   std::int32_t backend_key() const { return backend_key_; }
-  const std::vector<std::pair<std::string, std::string>>& parameters() const { return params_status_; }
+  // The server's reported settings as ParameterStatus messages, replayed to each client it gets.
+  const std::string& parameter_status() const;
   Pool& pool() { return pool_; }
-  const std::string& user() const { return user_; }
-  const std::string& database() const { return database_; }
+  const std::string& user() const { return session_->user; }
+  const std::string& database() const { return session_->server_database; }
   const Client* client() const { return client_; }
   // Statistics of the query cycle and transaction in progress (pgkeel's clock).
   Clock::time_point cycle_started;
   Clock::time_point xact_started;
   Clock::time_point created() const { return created_; }
   Clock::time_point last_used() const { return last_used_; }
-  const std::string& name() const { return name_; }
+  std::string name() const { return connection_name('s', w_.index(), id_); }
   // Outstanding query cycles: a Query or Sync sent and its ReadyForQuery not yet back.
   void note_frontend_sync() { ++pending_syncs_; }
   // A Query, FunctionCall or extended message is about to be forwarded: note when the cycle
@@ -128,37 +135,35 @@ class Server {
   void relay_to_client();
   void after_reset_message(char type, std::string_view body);
   void note_parameter(protocol::Reader& r);
+  void share_parameter_status();
   void finish_reset();
 
+  // Ordered by size, so the object has no padding.
   Worker& w_;
-  const std::uint32_t id_;
-  std::string name_;
   Pool& pool_;
-  routing::NodeId node_;
-  std::uint64_t epoch_;
-  ServerCredential cred_;
-  std::string user_;
-  std::string database_;
-  std::vector<std::pair<std::string, std::string>> startup_params_;
-  State state_ = State::kConnecting;
+  std::shared_ptr<const SessionKey> session_;
+  std::shared_ptr<const ServerCredential> cred_;  // until logged in
+  std::shared_ptr<const std::string> parameter_status_;  // shared with equal ones (Interned)
   Endpoint ep_;
-  std::string rx_;  // login and reset phases: bytes not yet parsed
-  std::optional<auth::ScramClient> scram_;
   protocol::Scanner scanner_;  // backend messages while linked
+  std::string rx_;  // login and reset phases: bytes not yet parsed
+  std::unique_ptr<auth::ScramClient> scram_;  // during a SCRAM login only
   Client* client_ = nullptr;
-  std::vector<std::pair<std::string, std::string>> params_status_;
   std::unique_ptr<Edits> edits_;
-  std::int32_t backend_pid_ = 0;
-  std::int32_t backend_key_ = 0;
-  char tx_status_ = 'I';
-  int pending_syncs_ = 0;
-  bool unsynced_ = false;
-  bool fatal_relayed_ = false;
-  int reset_pending_ = 0;
+  std::uint64_t epoch_;
   Clock::time_point created_;
   Clock::time_point last_used_;
   Clock::time_point deadline_;  // connect + login must finish by then
+  const std::uint32_t id_;
+  routing::NodeId node_;
+  std::int32_t backend_pid_ = 0;
+  std::int32_t backend_key_ = 0;
+  int pending_syncs_ = 0;
   int connect_errno_ = 0;       // connect() failed at once; reported from the loop
+  char tx_status_ = 'I';
+  bool unsynced_ = false;
+  bool fatal_relayed_ = false;
+  State state_ = State::kConnecting;
   enum class TlsPhase : std::uint8_t { kNone, kAnswer, kHandshake };
   TlsPhase tls_phase_ = TlsPhase::kNone;
   conf::SslMode ssl_mode_ = conf::SslMode::kDisable;

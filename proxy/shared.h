@@ -55,6 +55,8 @@ struct ServerCredential {
   std::optional<auth::ScramSecret> scram;  // password or pass-through keys
   std::string md5_hash;                    // answers AuthenticationMD5Password
   std::string password;                    // answers AuthenticationCleartextPassword
+
+  bool operator==(const ServerCredential&) const = default;  // clients of one user share one copy
 };
 
 struct NodeAddress {

@@ -203,11 +203,10 @@ Pool& Worker::pool_for(const std::string& key, routing::NodeId node) {
   return ref;
 }
 
-Server* Worker::new_server(Pool& pool, const ServerCredential& cred, const std::string& user,
-                           const std::string& database,
-                           const std::vector<std::pair<std::string, std::string>>& params) {
+Server* Worker::new_server(Pool& pool, std::shared_ptr<const SessionKey> session,
+                           std::shared_ptr<const ServerCredential> cred) {
   last_server_id_ = last_server_id_ == UINT32_MAX ? 1 : last_server_id_ + 1;
-  auto s = std::make_unique<Server>(*this, last_server_id_, pool, cred, user, database, params);
+  auto s = std::make_unique<Server>(*this, last_server_id_, pool, std::move(session), std::move(cred));
   Server* raw = s.get();
   servers_.emplace(last_server_id_, std::move(s));
   raw->start();

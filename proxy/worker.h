@@ -16,6 +16,7 @@
 
 #include "proxy/buffer.h"
 #include "proxy/handles.h"
+#include "proxy/pool.h"
 #include "proxy/shared.h"
 #include "proxy/stats.h"
 #include "routing/snapshot.h"
@@ -24,7 +25,6 @@ namespace pgkeel::proxy {
 
 class Client;
 class Server;
-struct Pool;
 struct WorkerReport;
 class SecretLookup;
 
@@ -65,9 +65,10 @@ class Worker {
   Clock::time_point now() const { return now_; }
 
   Pool& pool_for(const std::string& key, routing::NodeId node);
-  Server* new_server(Pool& pool, const ServerCredential& cred, const std::string& user,
-                     const std::string& database,
-                     const std::vector<std::pair<std::string, std::string>>& params);
+  Server* new_server(Pool& pool, std::shared_ptr<const SessionKey> session,
+                     std::shared_ptr<const ServerCredential> cred);
+  // Shared copies of what many of this worker's connections hold alike.
+  Interned& interned() { return interned_; }
   void retire(Client* c);  // destroyed after the current callback returns
   void retire(Server* s);
   void send_cancel(routing::NodeId node, std::int32_t pid, std::int32_t key);
@@ -144,6 +145,7 @@ class Worker {
   std::thread thread_;
 
   BufferPool buffers_;
+  Interned interned_;
   std::shared_ptr<const routing::Snapshot> snapshot_;
   Clock::time_point now_;
   Shutdown shutdown_ = Shutdown::kNone;

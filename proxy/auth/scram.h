@@ -51,6 +51,8 @@ struct ScramKeys {
   Key server_key{};
   std::string salt;  // raw bytes
   int iterations = 0;
+
+  bool operator==(const ScramKeys&) const = default;
 };
 
 // A client-side (pgkeel -> server) credential. With keys whose salt and iterations match the
@@ -58,6 +60,8 @@ struct ScramKeys {
 struct ScramSecret {
   std::optional<std::string> password;
   std::optional<ScramKeys> keys;
+
+  bool operator==(const ScramSecret&) const = default;
 };
 
 // Checks a plaintext password (e.g. from AuthenticationCleartextPassword) against a verifier,
