@@ -369,7 +369,7 @@ TEST_CASE("no 25006 through pgkeel: writers in both pool modes across a SWITCHOV
 }
 
 TEST_CASE("a HikariCP pool lives through a kill -9 of the primary: only transactions in flight fail",
-          "[reroute][hikari]") {
+          "[reroute][hikari][release-only]") {
   Cluster cluster(ClusterOptions{.standbys = 1, .sync = true});
   PgkeelOptions o = transaction_mode();
   o.console = true;
@@ -429,10 +429,12 @@ TEST_CASE("a HikariCP pool lives through a kill -9 of the primary: only transact
     INFO(what << ": " << n);
     // A COMMIT sent after the transaction was lost (it was open, idle, at the kill) is told
     // 40001: it did not commit, and the client must hear so (README: what a client sees).
-    const bool documented =
-        what == "transaction 40001" || what == "transaction 25P02" || what == "commit 08007" || what == "commit 40001";
+    // A statement outside a transaction block (a validation query, say) in flight at the kill
+    // may have run: 08007 too.
+    const bool documented = what == "transaction 40001" || what == "transaction 25P02" || what == "commit 08007" ||
+                            what == "commit 40001" || what == "transaction 08007";
     CHECK(documented);
-    if (what == "commit 08007") {
+    if (what.size() >= 5 && what.compare(what.size() - 5, 5, "08007") == 0) {
       must_evict += n;  // HikariCP evicts on every 08xxx
     }
   }
