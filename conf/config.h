@@ -80,6 +80,11 @@ struct ListenerConfig {
   // Transaction pooling: a session that does what cannot move between server connections
   // (LISTEN, temporary tables, ...) keeps its connection ("pin"), or the statement fails ("refuse").
   bool refuse_pinning = false;  // pinning = "pin" | "refuse"
+  // Transaction pooling on a read-write listener: transactions that declare themselves read-only
+  // (BEGIN READ ONLY, default_transaction_read_only) go to a fit standby, as a read-only listener
+  // picks one; with read_your_writes, only to one that has replayed the session's last write.
+  bool read_write_split = false;
+  bool read_your_writes = false;
   // Set only in the running configuration: the listener was removed by a reload, but its index
   // stays taken while clients that came through it remain (see conf/reload.h).
   bool retired = false;

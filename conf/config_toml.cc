@@ -320,7 +320,7 @@ constexpr std::initializer_list<const char*> kAuthKeys = {
 constexpr std::initializer_list<const char*> kLimitKeys = {"user", "database", "max_client_conn", "max_server_conn"};
 constexpr std::initializer_list<const char*> kListenerKeys = {
     "name", "host", "port", "unix_socket_dir", "intent", "pool_mode", "max_replica_lag_bytes", "max_replica_lag",
-    "read_fallback", "pinning"};
+    "read_fallback", "pinning", "read_write_split", "read_your_writes"};
 constexpr std::initializer_list<const char*> kNodeKeys = {"name", "host", "port", "priority", "sslmode"};
 constexpr std::initializer_list<const char*> kTlsKeys = {"cert_file", "key_file", "min_version"};
 constexpr std::initializer_list<const char*> kServerTlsKeys = {"sslmode", "ca_file", "cert_file", "key_file"};
@@ -1014,6 +1014,10 @@ class Mapper {
         read_duration(v, k, /*zero_ok=*/true, l.max_replica_lag);
       } else if (name == "read_fallback") {
         read_choice(v, k, {{"primary", true}, {"refuse", false}}, l.read_fallback_primary);
+      } else if (name == "read_write_split") {
+        read_bool(v, k, l.read_write_split);
+      } else if (name == "read_your_writes") {
+        read_bool(v, k, l.read_your_writes);
       } else if (name == "pinning") {
         read_choice(v, k, {{"pin", false}, {"refuse", true}}, l.refuse_pinning);
       } else {

@@ -138,7 +138,11 @@ std::vector<std::pair<std::string, std::string>> describe(const Config& c) {
     add(p + "unix_socket_dir", l.unix_socket_dir);
     add(p + "intent", l.intent == routing::Intent::kReadWrite ? "read-write" : "read-only");
     add(p + "pool_mode", l.pool_mode == PoolMode::kTransaction ? "transaction" : "session");
-    if (l.pool_mode == PoolMode::kTransaction) add(p + "pinning", l.refuse_pinning ? "refuse" : "pin");
+    if (l.pool_mode == PoolMode::kTransaction) {
+      add(p + "pinning", l.refuse_pinning ? "refuse" : "pin");
+      add(p + "read_write_split", l.read_write_split ? "true" : "false");
+      add(p + "read_your_writes", l.read_your_writes ? "true" : "false");
+    }
     if (l.intent == routing::Intent::kReadOnly) {
       add(p + "max_replica_lag_bytes", std::to_string(l.max_replica_lag_bytes));
       add(p + "max_replica_lag", std::to_string(l.max_replica_lag.count()) + "ms");

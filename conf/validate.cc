@@ -236,6 +236,13 @@ class Checker {
       if (!l.unix_socket_dir.empty()) {
         unix_socket(k, i);
       }
+      if (l.read_write_split && (l.pool_mode != PoolMode::kTransaction || l.intent != routing::Intent::kReadWrite)) {
+        add(k + ".read_write_split",
+            "needs pool_mode = \"transaction\" and intent = \"read-write\" (each transaction is routed on its own)");
+      }
+      if (l.read_your_writes && !l.read_write_split) {
+        add(k + ".read_your_writes", "needs read_write_split = true");
+      }
     }
   }
 

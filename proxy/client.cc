@@ -93,7 +93,20 @@ struct Client::Carried {
   std::unique_ptr<LostTransaction> lost;
   std::string unreplayable;      // why the session cannot move, when it cannot
   std::string application_name;  // as the server reported it
+  std::uint64_t write_lsn = 0;   // read_your_writes: the primary's WAL position after the last write
+  bool write_lsn_pending = false;  // ... being asked for: reads go to the primary meanwhile
 };
+
+std::uint64_t Client::min_replay_lsn() const {
+  if (!sess_ || !w_.config().listeners[listener_index_].read_your_writes) return 0;
+  return sess_->write_lsn_pending ? ~std::uint64_t{0} : sess_->write_lsn;
+}
+
+void Client::note_write_lsn(std::uint64_t lsn) {
+  Carried& c = carried();
+  c.write_lsn = std::max(c.write_lsn, lsn);
+  c.write_lsn_pending = false;
+}
 
 Client::Carried& Client::carried() {
   if (!sess_) {
@@ -135,6 +148,7 @@ void Client::start_cycle() {
 }
 
 void Client::note_effect(const TransactionEffect& e) {
+  if (e.writes) txn_wrote_ = true;
   if (e.begins && !cycle_in_transaction_) {
     cycle_in_transaction_ = true;
     cycle_may_commit_ = false;
@@ -898,6 +912,7 @@ void Client::forward_messages() {
     }
     if (rx_.size() >= kMaxWaitingBytes) ep_.set_reading(false);
     wait_started_ = Clock::now();
+    read_only_txn_ = transaction_mode() && w_.config().listeners[listener_index_].read_write_split && declares_read_only();
     request_server(w_, *this);
   } else if (rx_.size() >= kMaxWaitingBytes) {
     ep_.set_reading(false);
@@ -938,6 +953,27 @@ void Client::attach(Server* s) {
   forward_messages();
 }
 
+// read_write_split: the first request of the transaction about to start declares it read-only
+// (BEGIN READ ONLY, in a Query or a Parse), or the session reads only by default.
+bool Client::declares_read_only() const {
+  if (sess_) {
+    const auto& s = sess_->state.settings();
+    if (auto it = s.find("default_transaction_read_only"); it != s.end()) {
+      std::string v = it->second;
+      for (char& ch : v) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      if (v.find("on") != std::string::npos || v.find("true") != std::string::npos || v == "1" || v == "'1'") return true;
+    }
+  }
+  if (rx_.size() < 5) return false;
+  const std::uint32_t len = protocol::read_u32(reinterpret_cast<const unsigned char*>(rx_.data() + 1));
+  if (len < 4 || rx_.size() < 1 + std::size_t{len}) return false;
+  protocol::Reader r(std::string_view(rx_.data() + 5, len - 4));
+  if (rx_[0] == fe::kParse) r.str();
+  if (rx_[0] != fe::kQuery && rx_[0] != fe::kParse) return false;
+  const std::string_view sql = r.str();
+  return !r.failed() && transaction_effect(sql).read_only;
+}
+
 // pgkeel's own answers (a Parse of a statement the connection has) that nothing is in front of.
 void Client::send_due_answers() {
   if (server_ == nullptr || server_->edits_if() == nullptr) return;
@@ -955,7 +991,16 @@ void Client::on_cycle_done() {
   server_ = nullptr;
   state_ = State::kDetached;
   s->edits().settings = sess_ ? sess_->state.replay_sql() : std::string();
-  s->release();
+  const bool ask_lsn = txn_wrote_ && w_.config().listeners[listener_index_].read_your_writes && w_.snapshot().writer &&
+                       *w_.snapshot().writer == s->node();
+  txn_wrote_ = false;
+  read_only_txn_ = false;
+  if (ask_lsn) {
+    carried().write_lsn_pending = true;
+    s->release_asking_lsn(id_);
+  } else {
+    s->release();
+  }
   if (!rx_.empty()) forward_messages();  // the next transaction already began arriving
 }
 

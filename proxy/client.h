@@ -90,6 +90,12 @@ class Client {
   void note_application_name(std::string_view name);
   // As the server last reported it, else as the startup packet said.
   std::string_view application_name() const;
+  // read_write_split: where the transaction about to start goes (read-only: a fit standby), and,
+  // with read_your_writes, how far that standby must have replayed (the session's last write).
+  bool read_only_transaction() const { return read_only_txn_; }
+  std::uint64_t min_replay_lsn() const;
+  // read_your_writes: the primary's WAL position after the session's last write transaction.
+  void note_write_lsn(std::uint64_t lsn);
 
   // The client or its server last did something (idle_transaction_timeout counts from here).
   void note_activity(Clock::time_point now) { last_activity_ = now; }
@@ -147,6 +153,7 @@ class Client {
   void forward_messages();
   void attach(Server* s);
   void send_due_answers();
+  bool declares_read_only() const;
   const SessionKey& key() const;
 
   // Ordered by size, so the object has no padding: an idle client is mostly this object.
@@ -179,6 +186,8 @@ class Client {
   bool cycle_may_commit_ = false;     // what runs now may commit (autocommit, COMMIT)
   bool cycle_in_transaction_ = false;  // what runs now runs inside a transaction block
   TransactionEffect unnamed_effect_;   // of the unnamed statement last parsed
+  bool read_only_txn_ = false;         // read_write_split: this transaction goes to a standby
+  bool txn_wrote_ = false;             // read_your_writes: this transaction wrote
   // A failed login answered later (the address keeps failing): allocated only then.
   struct DelayedError {
     std::string sqlstate;

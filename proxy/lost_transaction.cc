@@ -1,5 +1,9 @@
 #include "proxy/lost_transaction.h"
 
+#include <algorithm>
+#include <cctype>
+#include <iterator>
+
 #include "proxy/protocol/message.h"
 #include "proxy/session_state.h"
 
@@ -45,7 +49,16 @@ TransactionEffect transaction_effect(std::string_view sql) {
   for (std::size_t i = 0; i < st.size(); ++i) {
     const auto& w = st[i].words;
     if (w.empty()) continue;
-    if (i == 0 && (w[0] == "begin" || (w[0] == "start" && w.size() > 1 && w[1] == "transaction"))) e.begins = true;
+    if (i == 0 && (w[0] == "begin" || (w[0] == "start" && w.size() > 1 && w[1] == "transaction"))) {
+      e.begins = true;
+      std::string text(st[i].text);
+      for (char& ch : text) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      e.read_only = text.find("read only") != std::string::npos && text.find("read write") == std::string::npos;
+    }
+    static constexpr std::string_view kReads[] = {"select", "show", "begin", "start", "commit", "end", "rollback", "abort",
+                                                  "savepoint", "release", "set", "reset", "fetch", "close", "explain",
+                                                  "values", "table", "listen", "unlisten"};
+    if (std::find(std::begin(kReads), std::end(kReads), w[0]) == std::end(kReads)) e.writes = true;
     if (w[0] == "commit" || w[0] == "end" || (w[0] == "prepare" && w.size() > 1 && w[1] == "transaction")) {
       e.may_commit = true;  // COMMIT PREPARED commits too
     }

@@ -33,6 +33,8 @@ bool may_commit(std::string_view sql);
 struct TransactionEffect {
   bool begins = false;
   bool may_commit = false;
+  bool read_only = false;  // it begins a transaction declared READ ONLY
+  bool writes = false;     // a statement other than a read (SELECT, SHOW, transaction control, SET, ...)
 };
 TransactionEffect transaction_effect(std::string_view sql);
 

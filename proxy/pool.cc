@@ -107,7 +107,18 @@ std::string make_session_text(const SessionKey& session) {
 void request_server(Worker& w, Client& c) {
   const routing::Snapshot& snap = w.snapshot();
   const conf::ListenerConfig& listener = w.config().listeners[c.listener_index()];
-  const routing::Decision d = route_for(w.shared(), snap, listener, c.id());
+  routing::Decision d;
+  if (c.read_only_transaction() && listener.intent == routing::Intent::kReadWrite) {
+    // read_write_split: a read-only transaction goes where a read-only listener would send it,
+    // with the primary as the fallback, and with read_your_writes no further behind than the
+    // session's last write.
+    conf::ListenerConfig reads = listener;
+    reads.intent = routing::Intent::kReadOnly;
+    reads.read_fallback_primary = true;
+    d = route_for(w.shared(), snap, reads, c.id(), c.min_replay_lsn());
+  } else {
+    d = route_for(w.shared(), snap, listener, c.id());
+  }
   if (const auto* no = std::get_if<routing::NoRoute>(&d)) {
     if (snap.hold) {
       // A writer is expected (a failover is running, or pgkeel is starting): wait for it.

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 #include "proxy/auth/md5.h"
@@ -240,6 +241,7 @@ void Server::on_read() {
       return;
     case State::kLogin:
     case State::kResetting:
+    case State::kAskingLsn:
     case State::kIdle:
       break;
     case State::kConnecting:
@@ -268,7 +270,7 @@ void Server::on_read() {
   }
   rx_.append(buf, static_cast<std::size_t>(n));
   std::size_t off = 0;
-  while (rx_.size() - off >= 5 && (state_ == State::kLogin || state_ == State::kResetting)) {
+  while (rx_.size() - off >= 5 && (state_ == State::kLogin || state_ == State::kResetting || state_ == State::kAskingLsn)) {
     const auto* h = reinterpret_cast<const unsigned char*>(rx_.data() + off);
     const std::uint32_t len = protocol::read_u32(h + 1);
     if (len < 4 || len > kMaxLoginMessage) {
@@ -285,6 +287,8 @@ void Server::on_read() {
     off += 1 + len;
     if (state_ == State::kLogin) {
       handle_login_message(type, body);
+    } else if (state_ == State::kAskingLsn) {
+      after_lsn_message(type, body);
     } else {
       after_reset_message(type, body);
     }
@@ -509,6 +513,60 @@ void Server::release() {
   }
   state_ = State::kIdle;
   server_available(w_, *this);
+}
+
+void Server::release_asking_lsn(std::uint32_t client_id) {
+  client_ = nullptr;
+  if (state_ != State::kLinked) return;
+  const bool reusable = answers_done() && ep_.out_empty() && tx_status_ == 'I' && !(edits_ && edits_->dirty);
+  if (ep_.in != nullptr) {
+    w_.buffers().release(ep_.in);
+    ep_.in = nullptr;
+  }
+  if (!reusable) {
+    close("released mid-transaction");
+    return;
+  }
+  state_ = State::kAskingLsn;
+  lsn_for_ = client_id;
+  std::string out;
+  protocol::Writer(out).begin(protocol::fe::kQuery).str("SELECT pg_catalog.pg_current_wal_lsn()::text").end();
+  if (ep_.send(out) == IoStatus::kError) close("send to server failed");
+}
+
+void Server::after_lsn_message(char type, std::string_view body) {
+  protocol::Reader r(body);
+  switch (type) {
+    case be::kErrorResponse:
+      close("asking for the WAL position failed: " + std::string(protocol::parse_error(body).message));
+      return;
+    case be::kDataRow: {
+      r.i16();
+      const std::int32_t n = r.i32();
+      const std::string_view text = n > 0 ? r.bytes(static_cast<std::size_t>(n)) : std::string_view();
+      const std::size_t slash = text.find('/');
+      std::uint64_t lsn = 0;
+      if (!r.failed() && slash != std::string_view::npos) {
+        lsn = (std::strtoull(std::string(text.substr(0, slash)).c_str(), nullptr, 16) << 32) |
+              std::strtoull(std::string(text.substr(slash + 1)).c_str(), nullptr, 16);
+      }
+      if (Client* c = w_.find_client(lsn_for_); c != nullptr && lsn > 0) c->note_write_lsn(lsn);
+      return;
+    }
+    case be::kReadyForQuery:
+      tx_status_ = static_cast<char>(r.i8());
+      lsn_for_ = 0;
+      if (tx_status_ != 'I') {
+        close("server not idle after asking for the WAL position");
+        return;
+      }
+      state_ = State::kIdle;
+      last_used_ = Clock::now();
+      server_available(w_, *this);
+      return;
+    default:
+      return;  // RowDescription, CommandComplete, notices
+  }
 }
 
 void Server::after_reset_message(char type, std::string_view body) {

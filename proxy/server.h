@@ -32,7 +32,7 @@ std::string with_parameter_status(std::string_view messages, std::string_view na
 
 class Server {
  public:
-  enum class State : std::uint8_t { kConnecting, kLogin, kIdle, kLinked, kResetting, kClosed };
+  enum class State : std::uint8_t { kConnecting, kLogin, kIdle, kLinked, kResetting, kAskingLsn, kClosed };
 
   // `session`: user, server database and startup parameters (a client's, the same for the whole
   // pool); `cred`: how to log in, kept until the login is done.
@@ -52,6 +52,9 @@ class Server {
   // Transaction pooling: the client's transaction is over and the connection goes back to its
   // pool as it is (no reset: its settings and statements are known, see Edits).
   void release();
+  // release(), after asking the primary for its WAL position (read_your_writes): the answer goes
+  // to client `client_id` (if it is still there), then the connection joins its pool.
+  void release_asking_lsn(std::uint32_t client_id);
 
   // What pgkeel changed in this connection's request stream and what that means for the answers:
   // transaction pooling (statements and settings shared between clients), or a session resumed
@@ -134,6 +137,7 @@ class Server {
   void login_failed(std::string error_response, std::string_view reason, bool transport = false);
   void relay_to_client();
   void after_reset_message(char type, std::string_view body);
+  void after_lsn_message(char type, std::string_view body);
   void note_parameter(protocol::Reader& r);
   void share_parameter_status();
   void finish_reset();
@@ -150,6 +154,7 @@ class Server {
   std::unique_ptr<auth::ScramClient> scram_;  // during a SCRAM login only
   Client* client_ = nullptr;
   std::unique_ptr<Edits> edits_;
+  std::uint32_t lsn_for_ = 0;  // kAskingLsn: the client that gets the answer
   std::uint64_t epoch_;
   Clock::time_point created_;
   Clock::time_point last_used_;

@@ -492,6 +492,7 @@ void Worker::report(WorkerReport& out) const {
         r.state = s->query_running() ? "active" : s->tx_status() == 'I' ? "linked idle" : "idle in transaction";
         break;
       case Server::State::kResetting: r.state = "resetting"; break;
+      case Server::State::kAskingLsn: r.state = "asking for the WAL position"; break;
       case Server::State::kClosed: r.state = "closed"; break;
     }
     if (const Client* c = s->client()) r.client = c->name();

@@ -3,6 +3,7 @@
 // comes back when it has caught up, and the fallback setting decides what happens with none fit.
 #include <catch2/catch.hpp>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -96,6 +97,55 @@ TEST_CASE("with no standby fit, a read-only listener falls back to the primary o
     CHECK(r.sqlstate == "57P03");
     CHECK(r.error.find("read_fallback = refuse") != std::string::npos);
   }
+}
+
+}  // namespace pgkeel::test
+
+namespace pgkeel::test {
+
+TEST_CASE("read_write_split sends read-only transactions to standbys; read_your_writes sees every write", "[reads][split]") {
+  auto& cluster = Cluster::shared({.standbys = 2, .sync = true});
+  PgkeelOptions o;
+  o.health_extra = "probe_interval = \"200ms\"\nprobe_timeout = \"500ms\"";
+  o.listeners = {ListenerSpec{.name = "rw", .pool_mode = "transaction", .extra = "read_write_split = true\nread_your_writes = true"}};
+  Pgkeel pk(cluster, o);
+  REQUIRE(eventually(15s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+  const std::string primary = std::to_string(cluster.port("db1"));
+  const std::set<std::string> standbys = {std::to_string(cluster.port("db2")), std::to_string(cluster.port("db3"))};
+  REQUIRE(pq_exec(cluster.conninfo("db1"), "CREATE TABLE IF NOT EXISTS ryw_rows (id int)").ok);
+  PqSession s(pk.conninfo());
+  REQUIRE(s.connected());
+  auto read_only_port = [&] {
+    if (!s.exec("BEGIN READ ONLY").ok) return std::string("BEGIN failed");
+    const std::string port = s.exec("SELECT current_setting('port')").scalar();
+    s.exec("COMMIT");
+    return port;
+  };
+
+  // Undeclared transactions stay on the primary; declared read-only ones go to a standby.
+  CHECK(s.exec("SELECT current_setting('port')").scalar() == primary);
+  CHECK(eventually(10s, [&] { return standbys.count(read_only_port()) == 1; }));
+  REQUIRE(s.exec("SET default_transaction_read_only = on").ok);
+  CHECK(eventually(10s, [&] { return standbys.count(s.exec("SELECT current_setting('port')").scalar()) == 1; }));
+  REQUIRE(s.exec("SET default_transaction_read_only = off").ok);
+  CHECK(s.exec("SELECT current_setting('port')").scalar() == primary);
+
+  // Read-your-writes: a read right after a write sees it, every time (a standby only when it has
+  // replayed the write, else the primary).
+  int on_standby = 0;
+  for (int i = 1; i <= 30; ++i) {
+    REQUIRE(s.exec("INSERT INTO ryw_rows VALUES (" + std::to_string(i) + ")").ok);
+    REQUIRE(s.exec("BEGIN READ ONLY").ok);
+    const PqResult seen = s.exec("SELECT count(*), current_setting('port') FROM ryw_rows WHERE id = " + std::to_string(i));
+    s.exec("COMMIT");
+    INFO("write " << i);
+    CHECK(seen.value(0, 0) == "1");
+    on_standby += standbys.count(seen.value(0, 1)) ? 1 : 0;
+  }
+  // Once the standbys' replay has been observed past the last write, reads go there again.
+  CHECK(eventually(10s, [&] { return standbys.count(read_only_port()) == 1; }));
+  std::printf("read_your_writes: %d of 30 reads right after a write were served by a standby\n", on_standby);
+  pq_exec(cluster.conninfo("db1"), "DROP TABLE IF EXISTS ryw_rows");
 }
 
 }  // namespace pgkeel::test

@@ -195,3 +195,19 @@ TEST_CASE("a COMMIT that comes first after the loss gets 40001, not a silent ROL
     CHECK(types(o) == "IZ");
   }
 }
+
+TEST_CASE("what a query says about reads and writes, for read_write_split and read_your_writes", "[proxy][lost][split]") {
+  using pgkeel::proxy::transaction_effect;
+  CHECK(transaction_effect("BEGIN READ ONLY").read_only);
+  CHECK(transaction_effect("start transaction isolation level repeatable read, read only").read_only);
+  CHECK(transaction_effect("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").read_only);
+  CHECK_FALSE(transaction_effect("BEGIN").read_only);
+  CHECK_FALSE(transaction_effect("BEGIN READ WRITE").read_only);
+  CHECK_FALSE(transaction_effect("SELECT 'read only'").read_only);  // not a BEGIN
+  CHECK(transaction_effect("INSERT INTO t VALUES (1)").writes);
+  CHECK(transaction_effect("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x").writes);
+  CHECK(transaction_effect("SELECT 1; UPDATE t SET a = 1").writes);
+  CHECK_FALSE(transaction_effect("SELECT * FROM t").writes);
+  CHECK_FALSE(transaction_effect("BEGIN; SELECT 1; COMMIT").writes);
+  CHECK_FALSE(transaction_effect("SET search_path = a").writes);
+}
