@@ -1,5 +1,7 @@
 #include "proxy/replay.h"
 
+#include <cctype>
+
 #include "proxy/protocol/message.h"
 
 namespace pgkeel::proxy {
@@ -19,7 +21,15 @@ std::string append_settings_restore(const SessionState& client, const std::strin
 
 void append_session_replay(const SessionState& client, const ClientStatements& statements, ResponsePlan& plan,
                            std::string& out) {
-  const std::string sets = client.replay_sql();
+  std::string sets = client.replay_sql();
+  // SQL-level PREPARE (the session state keeps the statement itself; protocol-level statements
+  // follow under their own names below).
+  for (const auto& [name, text] : client.prepared()) {
+    if (statements.find(name) != nullptr || text.size() < 8) continue;
+    std::string head = text.substr(0, 8);
+    for (char& ch : head) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    if (head == "prepare " || head == "prepare\t" || head == "prepare\n") sets += text + ";";
+  }
   if (!sets.empty()) {
     protocol::Writer(out).begin(fe::kQuery).str(sets).end();
     plan.add(Request::kQuery, Origin::kInjected);

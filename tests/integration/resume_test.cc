@@ -50,6 +50,8 @@ TEST_CASE("an idle session keeps its settings and prepared statements across a f
   REQUIRE(s.exec("SET statement_timeout = '7s'").ok);
   PgResultPtr prep(PQprepare(s.get(), "add_one", "SELECT $1::int + 1", 1, nullptr));
   REQUIRE(PQresultStatus(prep.get()) == PGRES_COMMAND_OK);
+  // SQL-level PREPARE too (in transaction pooling it pins the session, so only in session mode).
+  if (mode == "session") REQUIRE(s.exec("PREPARE forty_two AS SELECT 42").ok);
   const std::string before = port_now(s);
   CHECK(before == std::to_string(cluster.port("db1")));
 
@@ -68,6 +70,7 @@ TEST_CASE("an idle session keeps its settings and prepared statements across a f
   REQUIRE(PQresultStatus(run.get()) == PGRES_TUPLES_OK);
   CHECK(std::string(PQgetvalue(run.get(), 0, 0)) == "42");
   CHECK(s.exec("SELECT pg_is_in_recovery()").scalar() == "f");
+  if (mode == "session") CHECK(s.exec("EXECUTE forty_two").scalar() == "42");
 }
 
 TEST_CASE("a transaction open at a failover gets 40001, then 25P02 until it ends; the session goes on", "[resume]") {
