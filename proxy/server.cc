@@ -493,18 +493,21 @@ void Server::unlink(bool clean) {
   if (ep_.send(out) == IoStatus::kError) close("send to server failed");
 }
 
-void Server::release() {
+// The client let go of this connection: true when it may serve again (else it is closed).
+bool Server::let_go() {
   client_ = nullptr;
-  if (state_ != State::kLinked) return;
+  if (state_ != State::kLinked) return false;
   const bool reusable = answers_done() && ep_.out_empty() && tx_status_ == 'I' && !(edits_ && edits_->dirty);
   if (ep_.in != nullptr) {
     w_.buffers().release(ep_.in);
     ep_.in = nullptr;
   }
-  if (!reusable) {
-    close(edits_ && edits_->dirty ? "its state is unknown" : "released mid-transaction");
-    return;
-  }
+  if (!reusable) close(edits_ && edits_->dirty ? "its state is unknown" : "released mid-transaction");
+  return reusable;
+}
+
+void Server::release() {
+  if (!let_go()) return;
   const Clock::time_point now = Clock::now();
   last_used_ = now;
   if (w_.shutting_down() || now - created_ > w_.config().pool.server_lifetime) {
@@ -516,17 +519,7 @@ void Server::release() {
 }
 
 void Server::release_asking_lsn(std::uint32_t client_id) {
-  client_ = nullptr;
-  if (state_ != State::kLinked) return;
-  const bool reusable = answers_done() && ep_.out_empty() && tx_status_ == 'I' && !(edits_ && edits_->dirty);
-  if (ep_.in != nullptr) {
-    w_.buffers().release(ep_.in);
-    ep_.in = nullptr;
-  }
-  if (!reusable) {
-    close("released mid-transaction");
-    return;
-  }
+  if (!let_go()) return;
   state_ = State::kAskingLsn;
   lsn_for_ = client_id;
   std::string out;

@@ -138,6 +138,7 @@ class Server {
   void relay_to_client();
   void after_reset_message(char type, std::string_view body);
   void after_lsn_message(char type, std::string_view body);
+  bool let_go();
   void note_parameter(protocol::Reader& r);
   void share_parameter_status();
   void finish_reset();
