@@ -18,7 +18,6 @@ constexpr char kRowDescription = 'T';
 constexpr char kNoData = 'n';
 constexpr char kEmptyQuery = 'I';
 constexpr char kPortalSuspended = 's';
-constexpr char kFunctionCallResponse = 'V';
 constexpr char kCopyData = 'd';
 constexpr char kCopyDone = 'c';
 
