@@ -34,10 +34,16 @@ constexpr std::uint32_t kMaxEditedMessage = 16u << 20;
 bool session_relevant(std::string_view sql) {
   static constexpr std::string_view kWords[] = {"set", "discard", "prepare", "deallocate", "listen",
                                                 "temp", "advisory", "hold"};
-  std::string lower(sql.substr(0, 8192));
-  for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  for (std::string_view w : kWords) {
-    if (lower.find(w) != std::string::npos) return true;
+  // A case-insensitive search without a copy: this runs for every query a session sends.
+  sql = sql.substr(0, 8192);
+  for (std::size_t i = 0; i < sql.size(); ++i) {
+    const char c = static_cast<char>(std::tolower(static_cast<unsigned char>(sql[i])));
+    for (std::string_view w : kWords) {
+      if (c != w[0] || sql.size() - i < w.size()) continue;
+      std::size_t k = 1;
+      while (k < w.size() && std::tolower(static_cast<unsigned char>(sql[i + k])) == w[k]) ++k;
+      if (k == w.size()) return true;
+    }
   }
   return false;
 }

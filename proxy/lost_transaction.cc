@@ -43,8 +43,30 @@ bool may_commit(std::string_view sql) {
   return first == "commit" || first == "end" || w == "prepare transaction";
 }
 
+// The first keyword of a one-statement query with no comment, lower-cased, without allocating;
+// "" when the query needs the full splitter (several statements, comments, or no plain word).
+std::string_view simple_first_word(std::string_view sql, char (&buf)[16]) {
+  if (sql.find(';') != std::string_view::npos && sql.find(';') + 1 < sql.find_last_not_of(" \t\r\n;") + 1) return {};
+  if (sql.find("--") != std::string_view::npos || sql.find("/*") != std::string_view::npos) return {};
+  std::size_t i = 0;
+  while (i < sql.size() && std::isspace(static_cast<unsigned char>(sql[i]))) ++i;
+  std::size_t n = 0;
+  while (i < sql.size() && n < sizeof buf && std::isalpha(static_cast<unsigned char>(sql[i]))) {
+    buf[n++] = static_cast<char>(std::tolower(static_cast<unsigned char>(sql[i++])));
+  }
+  if (n == 0 || n == sizeof buf) return {};
+  return {buf, n};
+}
+
 TransactionEffect transaction_effect(std::string_view sql) {
   TransactionEffect e;
+  // The common case, a single plain read or write, is decided from its first word alone.
+  char buf[16];
+  const std::string_view first = simple_first_word(sql, buf);
+  if (first == "select" || first == "insert" || first == "update" || first == "delete" || first == "values") {
+    e.writes = first != "select" && first != "values";
+    return e;
+  }
   const std::vector<SqlStatement> st = split_sql(sql);
   for (std::size_t i = 0; i < st.size(); ++i) {
     const auto& w = st[i].words;

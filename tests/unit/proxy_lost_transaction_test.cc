@@ -210,4 +210,10 @@ TEST_CASE("what a query says about reads and writes, for read_write_split and re
   CHECK_FALSE(transaction_effect("SELECT * FROM t").writes);
   CHECK_FALSE(transaction_effect("BEGIN; SELECT 1; COMMIT").writes);
   CHECK_FALSE(transaction_effect("SET search_path = a").writes);
+  // The one-word fast path agrees with the splitter.
+  CHECK_FALSE(transaction_effect("  select * from t;").writes);
+  CHECK(transaction_effect("Update t SET a = 1").writes);
+  CHECK(transaction_effect("INSERT INTO t VALUES (';')").writes);
+  CHECK(transaction_effect("/* c */ DELETE FROM t").writes);
+  CHECK(transaction_effect("SELECT 1; COMMIT").may_commit);
 }
