@@ -47,14 +47,15 @@ struct DrillRun {
 };
 
 DrillRun run_drill(const Cluster& cluster, const Pgkeel& pk, const std::string& fault,
-                   const std::string& duration = "20s") {
+                   const std::string& duration = "20s", const std::vector<std::string>& extra = {}) {
   DrillRun d;
   const fs::path out = pk.dir() / "drill";
   fs::create_directories(out);
-  d.result = run({drill_binary().string(), "--conninfo", pk.conninfo(), "--console", pk.console_conninfo(),
-                  "--cluster-env", cluster.env_file().string(), "--sync", "--clients", "4", "--duration", duration,
-                  "--write-ratio", "0.8", "--fault", fault, "--out", out.string()},
-                 {}, 150s);
+  std::vector<std::string> argv = {drill_binary().string(), "--conninfo", pk.conninfo(), "--console", pk.console_conninfo(),
+                                   "--cluster-env", cluster.env_file().string(), "--sync", "--clients", "4", "--duration", duration,
+                                   "--write-ratio", "0.8", "--fault", fault, "--out", out.string()};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  d.result = run(argv, {}, 150s);
   std::printf("pgkeel-drill (%s):\n%s\n", fault.c_str(), d.result.output.c_str());
   const std::string text = slurp(out / "drill.json");  // the reader keeps a view of it
   json::Reader reader(text);
@@ -203,9 +204,16 @@ TEST_CASE("drill: the primary is killed under load; writes follow the promoted s
 
 TEST_CASE("drill: a switchover under load: no client error, no acknowledged commit lost", "[drill]") {
   REQUIRE(fs::exists(drill_binary()));
+  // Session pooling with autocommit statements, and transaction pooling with prepared statements
+  // inside explicit transactions (the issue's "SWITCHOVER under -M prepared").
+  const bool transaction_pooling = GENERATE(false, true);
+  INFO("transaction pooling: " << transaction_pooling);
   Cluster cluster(ClusterOptions{.standbys = 1, .sync = true});
-  Pgkeel pk(cluster, drill_options(cluster));
-  DrillRun d = run_drill(cluster, pk, "switchover@5s");
+  PgkeelOptions o = drill_options(cluster);
+  if (transaction_pooling) o.listeners = {ListenerSpec{.name = "rw", .pool_mode = "transaction"}};
+  Pgkeel pk(cluster, o);
+  DrillRun d = run_drill(cluster, pk, "switchover@5s", "20s",
+                         transaction_pooling ? std::vector<std::string>{"--tx", "--prepared"} : std::vector<std::string>{});
   REQUIRE(d.summary);
   const json::Value& s = *d.summary;
   // Sessions on the old primary move to the new one (README: sessions outlive their server).
