@@ -845,22 +845,7 @@ void Client::forward_messages() {
     const std::string_view message = refused.empty() ? body : std::string_view(refused);
     start_cycle();
     track(type, message, false);
-    switch (type) {
-      case fe::kQuery:
-      case fe::kFunctionCall:
-        server_->note_cycle_start();
-        server_->note_frontend_sync();
-        break;
-      case fe::kSync:
-        server_->note_cycle_start();
-        server_->note_frontend_sync();
-        server_->note_unsynced(false);
-        break;
-      default:
-        server_->note_cycle_start();
-        server_->note_unsynced(true);
-        break;
-    }
+    server_->note_request(type);
     const std::uint64_t bytes = 1 + std::uint64_t{len};
     w_.stats().by_listener[listener_index_].bytes_in.add(bytes);
     w_.stats().by_node[server_->node()].bytes_in.add(bytes);
@@ -1042,25 +1027,11 @@ void Client::forward_to_server(IoBuffer* b, std::size_t new_from) {
           start_cycle();
           track(m.type, m.body, m.truncated);
         }
-        switch (m.type) {
-          case fe::kTerminate:
-            terminate_seen = true;
-            return protocol::ScanAction::kStop;
-          case fe::kQuery:
-          case fe::kFunctionCall:
-            s->note_cycle_start();
-            s->note_frontend_sync();
-            break;
-          case fe::kSync:
-            s->note_cycle_start();
-            s->note_frontend_sync();
-            s->note_unsynced(false);
-            break;
-          default:
-            s->note_cycle_start();
-            s->note_unsynced(true);
-            break;
+        if (m.type == fe::kTerminate) {
+          terminate_seen = true;
+          return protocol::ScanAction::kStop;
         }
+        s->note_request(m.type);
         return protocol::ScanAction::kContinue;
       });
   if (res.status == protocol::ScanResult::Status::kStopped) {

@@ -116,6 +116,17 @@ class Server {
     if (tx_status_ == 'I') xact_started = cycle_started;
   }
   bool query_running() const { return pending_syncs_ > 0 || unsynced_; }
+  // A client request of this type is about to be forwarded: a Query, FunctionCall or Sync opens
+  // a cycle that its ReadyForQuery closes; other extended-protocol messages await their Sync.
+  void note_request(char type) {
+    note_cycle_start();
+    if (type == protocol::fe::kQuery || type == protocol::fe::kFunctionCall || type == protocol::fe::kSync) {
+      note_frontend_sync();
+      if (type == protocol::fe::kSync) note_unsynced(false);
+    } else {
+      note_unsynced(true);
+    }
+  }
   void note_unsynced(bool v) { unsynced_ = v; }
 
   bool counted_connecting = true;  // pool.cc: still counted in Pool::connecting
