@@ -33,6 +33,15 @@ void fail_over(const Pgkeel& pk) {
   REQUIRE(r.ok);
 }
 
+// A fresh cluster (roles change) and a pgkeel in front of it, serving.
+struct ResumeRig {
+  Cluster cluster{ClusterOptions{.standbys = 1, .sync = true}};
+  Pgkeel pk;
+  explicit ResumeRig(const std::string& pool_mode) : pk(cluster, resume_options(cluster, pool_mode)) {
+    REQUIRE(eventually(15s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+  }
+};
+
 std::string port_now(PqSession& s) { return s.exec("SELECT current_setting('port')").scalar(); }
 
 }  // namespace
@@ -40,9 +49,9 @@ std::string port_now(PqSession& s) { return s.exec("SELECT current_setting('port
 TEST_CASE("an idle session keeps its settings and prepared statements across a failover, with no error", "[resume]") {
   const std::string mode = GENERATE(std::string("session"), std::string("transaction"));
   INFO("pool_mode = " << mode);
-  Cluster cluster(ClusterOptions{.standbys = 1, .sync = true});
-  Pgkeel pk(cluster, resume_options(cluster, mode));
-  REQUIRE(eventually(15s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+  ResumeRig rig(mode);
+  Cluster& cluster = rig.cluster;
+  Pgkeel& pk = rig.pk;
   PqSession s(pk.conninfo());
   REQUIRE(s.connected());
   REQUIRE(s.exec("CREATE SCHEMA IF NOT EXISTS resume_shop").ok);
@@ -76,9 +85,9 @@ TEST_CASE("an idle session keeps its settings and prepared statements across a f
 TEST_CASE("a transaction open at a failover gets 40001, then 25P02 until it ends; the session goes on", "[resume]") {
   const std::string mode = GENERATE(std::string("session"), std::string("transaction"));
   INFO("pool_mode = " << mode);
-  Cluster cluster(ClusterOptions{.standbys = 1, .sync = true});
-  Pgkeel pk(cluster, resume_options(cluster, mode));
-  REQUIRE(eventually(15s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+  ResumeRig rig(mode);
+  Cluster& cluster = rig.cluster;
+  Pgkeel& pk = rig.pk;
   PqSession s(pk.conninfo());
   REQUIRE(s.connected());
   REQUIRE(s.exec("CREATE TABLE IF NOT EXISTS resume_rows (id int)").ok);
@@ -101,9 +110,8 @@ TEST_CASE("a transaction open at a failover gets 40001, then 25P02 until it ends
 }
 
 TEST_CASE("sessions that cannot move get an error naming why at a failover", "[resume]") {
-  Cluster cluster(ClusterOptions{.standbys = 1, .sync = true});
-  Pgkeel pk(cluster, resume_options(cluster, "session"));
-  REQUIRE(eventually(15s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+  ResumeRig rig("session");
+  Pgkeel& pk = rig.pk;
   PqSession listener(pk.conninfo());
   PqSession temp(pk.conninfo());
   PqSession locker(pk.conninfo());
@@ -177,9 +185,9 @@ TEST_CASE("transaction pooling with pinning = refuse fails what would tie a sess
 }
 
 TEST_CASE("SWITCHOVER under pgbench -M prepared with transaction pooling: no failed transaction", "[resume][switchover]") {
-  Cluster cluster(ClusterOptions{.standbys = 1, .sync = true});
-  Pgkeel pk(cluster, resume_options(cluster, "transaction"));
-  REQUIRE(eventually(15s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+  ResumeRig rig("transaction");
+  Cluster& cluster = rig.cluster;
+  Pgkeel& pk = rig.pk;
   const Env env{{"PGPASSWORD", std::string(kAppPassword)}};
   const std::string host = "127.0.0.1";
   const std::string port = std::to_string(pk.port());
