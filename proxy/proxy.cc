@@ -54,6 +54,11 @@ bool resolve(const std::string& host, std::uint16_t port, NodeAddress& out, std:
   return true;
 }
 
+// Accept queue per listening socket. A pool reconnecting after a failover, or a flood, arrives in
+// a burst; a full queue drops SYNs and the client's retry waits a whole second. The kernel caps
+// this at net.core.somaxconn (4096 on current kernels).
+constexpr int kListenBacklog = 4096;
+
 int bind_tcp(const std::string& host, std::uint16_t port, std::string& err) {
   NodeAddress a;
   if (!resolve(host, port, a, err)) return -1;
@@ -67,7 +72,7 @@ int bind_tcp(const std::string& host, std::uint16_t port, std::string& err) {
   // One socket per worker on the same port: the kernel spreads new connections over workers,
   // so accepting never wakes another thread.
   setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-  if (::bind(fd, reinterpret_cast<const sockaddr*>(&a.addr), a.len) != 0 || ::listen(fd, 1024) != 0) {
+  if (::bind(fd, reinterpret_cast<const sockaddr*>(&a.addr), a.len) != 0 || ::listen(fd, kListenBacklog) != 0) {
     err = std::strerror(errno);
     ::close(fd);
     return -1;
@@ -89,7 +94,7 @@ int bind_unix(const std::string& path, std::string& err) {
     return -1;
   }
   ::unlink(path.c_str());  // a stale socket from a previous run
-  if (::bind(fd, reinterpret_cast<const sockaddr*>(&sun), sizeof sun) != 0 || ::listen(fd, 1024) != 0) {
+  if (::bind(fd, reinterpret_cast<const sockaddr*>(&sun), sizeof sun) != 0 || ::listen(fd, kListenBacklog) != 0) {
     err = std::strerror(errno);
     ::close(fd);
     return -1;

@@ -74,8 +74,10 @@ Worker::Worker(Shared& shared, unsigned index, const std::vector<ListenSocket>& 
 }
 
 void Worker::accept_on(const ListenSocket& s) {
+  // Backlog 0: the socket already listens with its own backlog (-1 would make libevent listen()
+  // again with 128, and a burst of connections would overflow it).
   auto* l = evconnlistener_new(base_.get(), &Worker::on_accept, this,
-                               LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC | (s.shared ? 0 : LEV_OPT_CLOSE_ON_FREE), -1, s.fd);
+                               LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC | (s.shared ? 0 : LEV_OPT_CLOSE_ON_FREE), 0, s.fd);
   if (l == nullptr) {
     log::error("worker").kv("event", "accept_failed").kv("worker", index_).kv("listener", s.listener_index).emit();
     if (!s.shared) ::close(s.fd);
