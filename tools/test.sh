@@ -62,8 +62,9 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
 step "TSan build"
 # GCC's ThreadSanitizer. pgkeel itself is built with it too: the integration tests run that binary.
+# Only what the TSan step runs (the drill, ledger and benchmark tools are not run under it).
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPGKEEL_TSAN=ON -DPGKEEL_TESTS=ON >/dev/null
-cmake --build build-tsan -j "$jobs"
+cmake --build build-tsan -j "$jobs" --target pgkeel pgkeel_unit_tests pgkeel_integration_tests
 
 step "unit tests and threaded integration tests ([proxy], [console], [status]) under TSan"
 # Reports from every instrumented process (the tests and each pgkeel they start) go to files, so
@@ -105,31 +106,7 @@ fi
 ((tsan_failed == 0)) || { echo "TSan step FAILED"; exit 1; }
 
 step "fuzzing (bounded)"
-# One libFuzzer target per tools/fuzz/*.cc; only those are built (not the rest of the tree).
-fuzz_targets=()
-for src in tools/fuzz/*.cc; do fuzz_targets+=("$(basename "$src" .cc)"); done
-CC=clang CXX=clang++ cmake -S . -B build-fuzz -DPGKEEL_FUZZ=ON -DPGKEEL_TESTS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build-fuzz -j "$jobs" --target "${fuzz_targets[@]}"
-fuzz_seconds=${PGKEEL_FUZZ_SECONDS:-60}
-for name in "${fuzz_targets[@]}"; do
-  target=build-fuzz/fuzz/$name
-  corpus="tools/fuzz/corpus/$name"  # committed seeds (read only here)
-  [[ -d "$corpus" ]] || { echo "fuzz: $corpus is missing"; exit 1; }
-  # New finds go to a scratch folder, so a CI run never dirties the work tree; add them with
-  # -merge=1 (tools/fuzz/README.md) when they are worth keeping.
-  finds="build-fuzz/finds/$name"
-  mkdir -p "$finds"
-  log=$(mktemp)
-  echo "fuzz: $name for ${fuzz_seconds}s"
-  if ! "$target" -max_total_time="$fuzz_seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-    -artifact_prefix="build-fuzz/$name-" "$finds" "$corpus" >"$log" 2>&1; then
-    tail -60 "$log"
-    echo "fuzz: $name FAILED (the crashing input is build-fuzz/$name-*)"
-    exit 1
-  fi
-  grep -E '^stat::(number_of_executed_units|peak_rss_mb)' "$log" || true
-  rm -f "$log"
-done
+tools/fuzz.sh
 
 print_timings
 echo
