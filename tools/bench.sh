@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# tools/bench.sh — pgkeel against a direct connection to the primary and against PgBouncer
-# (session mode), with pgbench: median TPS and average latency over interleaved rounds, and what
+# tools/bench.sh — pgkeel against a direct connection to the primary and against PgBouncer,
+# each proxy in session and in transaction pooling, with pgbench: median TPS and average latency over interleaved rounds, and what
 # each proxy costs in CPU time and syscalls per transaction. A tool, not a test: it asserts nothing.
 #
 #   tools/bench.sh [--duration S] [--rounds N] [--out FILE] [--strace-txns N]
@@ -96,6 +96,7 @@ results=$work/results.tsv  # workload, target, round, tps, latency ms, transacti
 cluster_up=0
 pgkeel_pid=""
 pgbouncer_pid=""
+pgbouncer_tx_pid=""
 strace_pid=""
 client_pid=""
 
@@ -122,6 +123,7 @@ cleanup() {
   if [[ -n "$strace_pid" ]]; then kill -INT "$strace_pid" 2>/dev/null; wait "$strace_pid" 2>/dev/null; fi
   stop_pid "$pgkeel_pid" pgkeel
   stop_pid "$pgbouncer_pid" pgbouncer
+  stop_pid "$pgbouncer_tx_pid" pgbouncer-tx
   if ((cluster_up)); then
     "$kClusterSh" down "$cluster_dir" --rm >/dev/null 2>&1 || say "cluster.sh down failed; see $cluster_dir"
   fi
@@ -181,9 +183,11 @@ source "$cluster_dir/cluster.env"
 pgbench_bin=$PG_BINDIR/pgbench
 [[ -x "$pgbench_bin" ]] || pgbench_bin=$(command -v pgbench) || die "pgbench not found"
 
-read -r -a free_ports <<<"$(pick_ports 2)"
+read -r -a free_ports <<<"$(pick_ports 4)"
 pgkeel_port=${free_ports[0]}
 pgbouncer_port=${free_ports[1]}
+pgkeel_tx_port=${free_ports[2]}
+pgbouncer_tx_port=${free_ports[3]}
 
 # --- pgkeel -----------------------------------------------------------------------------------
 
@@ -222,6 +226,13 @@ host = "127.0.0.1"
 port = $pgkeel_port
 intent = "read-write"
 
+[[listener]]
+name = "rw-tx"
+host = "127.0.0.1"
+port = $pgkeel_tx_port
+intent = "read-write"
+pool_mode = "transaction"
+
 [[node]]
 name = "db1"
 host = "127.0.0.1"
@@ -248,7 +259,7 @@ EOF
   "${pgkeel_cmd[@]}" >"$work/pgkeel/pgkeel.log" 2>&1 </dev/null &
   pgkeel_pid=$!
   if await_ready "$pgkeel_port" "$pgkeel_pid"; then
-    targets+=(pgkeel)
+    targets+=(pgkeel pgkeel-tx)
   else
     if kill -0 "$pgkeel_pid" 2>/dev/null; then
       pgkeel_note="pgkeel skipped: it did not answer SELECT 1 on port $pgkeel_port within 20 s"
@@ -272,42 +283,51 @@ mkdir "$work/pgbouncer"
 # "broken auth file" (it then knows no user at all).
 grep -v '^[[:space:]]*#' "$cluster_dir/users.txt" >"$work/pgbouncer/users.txt"
 chmod 0600 "$work/pgbouncer/users.txt"
-cat >"$work/pgbouncer/pgbouncer.ini" <<EOF
+# One instance per pool mode; both read the same auth file.
+start_pgbouncer() {  # MODE PORT DIR -> sets started_pid
+  local mode=$1 port=$2 dir=$3
+  mkdir -p "$dir"
+  cat >"$dir/pgbouncer.ini" <<EOF
 ; written by tools/bench.sh
 [databases]
 * = host=127.0.0.1 port=$DB1_PORT
 
 [pgbouncer]
 listen_addr = 127.0.0.1
-listen_port = $pgbouncer_port
+listen_port = $port
 unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = $work/pgbouncer/users.txt
-pool_mode = session
+pool_mode = $mode
 max_client_conn = 2000
 default_pool_size = 100
 max_db_connections = 200
-logfile = $work/pgbouncer/pgbouncer.log
-pidfile = $work/pgbouncer/pgbouncer.pid
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
 log_connections = 0
 log_disconnections = 0
 EOF
-pgbouncer_cmd=(pgbouncer -q "$work/pgbouncer/pgbouncer.ini")  # -q: log to logfile only
-if ((EUID == 0)); then
-  chown -R postgres: "$work/pgbouncer"
-  # setpriv execs PgBouncer in place, so $! is PgBouncer's own pid.
-  pgbouncer_cmd=(setpriv --reuid=postgres --regid=postgres --init-groups "${pgbouncer_cmd[@]}")
-fi
-say "starting PgBouncer on 127.0.0.1:$pgbouncer_port (session mode)"
-(cd / && exec "${pgbouncer_cmd[@]}") >"$work/pgbouncer/stdout.log" 2>&1 </dev/null &
-pgbouncer_pid=$!
-if await_ready "$pgbouncer_port" "$pgbouncer_pid"; then
-  targets+=(pgbouncer)
-else
-  say "PgBouncer did not come up; last lines of its log:"
-  tail -n 20 "$work/pgbouncer/pgbouncer.log" "$work/pgbouncer/stdout.log" >&2 || true
-  die "PgBouncer failed to start"
-fi
+  local cmd=(pgbouncer -q "$dir/pgbouncer.ini")  # -q: log to logfile only
+  if ((EUID == 0)); then
+    chown -R postgres: "$dir" "$work/pgbouncer"
+    # setpriv execs PgBouncer in place, so $! is PgBouncer's own pid.
+    cmd=(setpriv --reuid=postgres --regid=postgres --init-groups "${cmd[@]}")
+  fi
+  say "starting PgBouncer on 127.0.0.1:$port ($mode mode)"
+  (cd / && exec "${cmd[@]}") >"$dir/stdout.log" 2>&1 </dev/null &
+  started_pid=$!
+  if ! await_ready "$port" "$started_pid"; then
+    say "PgBouncer ($mode) did not come up; last lines of its log:"
+    tail -n 20 "$dir/pgbouncer.log" "$dir/stdout.log" >&2 || true
+    die "PgBouncer failed to start"
+  fi
+}
+start_pgbouncer session "$pgbouncer_port" "$work/pgbouncer"
+pgbouncer_pid=$started_pid
+targets+=(pgbouncer)
+start_pgbouncer transaction "$pgbouncer_tx_port" "$work/pgbouncer-tx"
+pgbouncer_tx_pid=$started_pid
+targets+=(pgbouncer-tx)
 
 # --- data -------------------------------------------------------------------------------------
 
@@ -318,14 +338,17 @@ PGPASSWORD=$kPassword "$pgbench_bin" -i -q -s "$kScale" -h 127.0.0.1 -p "$DB1_PO
 target_port() {
   case "$1" in
     pgkeel) echo "$pgkeel_port" ;;
+    pgkeel-tx) echo "$pgkeel_tx_port" ;;
     direct) echo "$DB1_PORT" ;;
     pgbouncer) echo "$pgbouncer_port" ;;
+    pgbouncer-tx) echo "$pgbouncer_tx_port" ;;
   esac
 }
 target_pid() {
   case "$1" in
-    pgkeel) echo "$pgkeel_pid" ;;
+    pgkeel | pgkeel-tx) echo "$pgkeel_pid" ;;
     pgbouncer) echo "$pgbouncer_pid" ;;
+    pgbouncer-tx) echo "$pgbouncer_tx_pid" ;;
     *) echo "" ;;
   esac
 }
@@ -353,6 +376,13 @@ for ((round = 1; round <= rounds; round++)); do
     read -r -a wl_args <<<"${wl#*|}"
     for target in "${targets[@]}"; do
       run_no=$((run_no + 1))
+      if [[ "$target" == pgbouncer-tx && "$name" == *prepared* ]]; then
+        # PgBouncer 1.18 has no protocol-level prepared statements in transaction pooling
+        # (max_prepared_statements came in 1.21): pgbench -M prepared fails there.
+        printf '%s\t%s\t%s\tn/a\tn/a\t0\tn/a\n' "$name" "$target" "$round" >>"$results"
+        say "[$run_no/$total_runs] round $round $name $target: skipped (unsupported by PgBouncer 1.18)"
+        continue
+      fi
       port=$(target_port "$target")
       pid=$(target_pid "$target")
       log="$work/run-$run_no.log"
@@ -462,8 +492,11 @@ report() {
   echo "- versions: $pg_version; $pgbench_version; $pgbouncer_version; pgkeel: $pgkeel_version"
   echo "- setup: tools/cluster.sh primary + 1 async standby (max_connections=$kMaxConnections)," \
     "pgbench scale $kScale on database $kDatabase as $kUser (SCRAM), TCP on 127.0.0.1, sslmode=disable"
-  echo "- pgkeel: workers=$kCores, pool_size=100; PgBouncer: session mode, auth_type scram-sha-256," \
-    "default_pool_size=100 (one thread)"
+  echo "- pgkeel: workers=$kCores, pool_size=100, one listener per pool mode (pgkeel, pgkeel-tx);" \
+    "PgBouncer: one instance per pool mode (pgbouncer, pgbouncer-tx), auth_type scram-sha-256," \
+    "default_pool_size=100 (one thread each)"
+  echo "- select-only prepared is not run against pgbouncer-tx: PgBouncer 1.18 has no prepared" \
+    "statements in transaction pooling"
   echo "- method: rounds: $rounds, interleaved (per workload: ${targets[*]}), ${duration} s per run;" \
     "medians over rounds; clients, proxies and servers share the same $kCores cores"
   if [[ -n "$pgkeel_note" ]]; then echo "- **$pgkeel_note**"; fi
@@ -488,15 +521,18 @@ report() {
   echo
   echo "## pgkeel relative to direct and to PgBouncer (medians)"
   echo
-  echo "| workload | TPS pgkeel/direct | TPS pgkeel/PgBouncer | latency pgkeel/direct | latency pgkeel/PgBouncer |"
-  echo "|---|---:|---:|---:|---:|"
-  local kt kl dt dl bt bl
+  echo "| workload | TPS pgkeel/direct | TPS pgkeel/PgBouncer | latency pgkeel/direct | latency pgkeel/PgBouncer | TPS pgkeel-tx/direct | TPS pgkeel-tx/PgBouncer-tx | CPU pgkeel/PgBouncer | CPU pgkeel-tx/PgBouncer-tx |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  local kt kl kc dt dl bt bl bc xt xc yt yc
   for wl in "${kWorkloads[@]}"; do
     name=${wl%%|*}
-    kt=$(stat_of "$name" pgkeel 4); kl=$(stat_of "$name" pgkeel 5)
+    kt=$(stat_of "$name" pgkeel 4); kl=$(stat_of "$name" pgkeel 5); kc=$(stat_of "$name" pgkeel 7)
     dt=$(stat_of "$name" direct 4); dl=$(stat_of "$name" direct 5)
-    bt=$(stat_of "$name" pgbouncer 4); bl=$(stat_of "$name" pgbouncer 5)
-    echo "| $name | $(ratio "$kt" "$dt") | $(ratio "$kt" "$bt") | $(ratio "$kl" "$dl") | $(ratio "$kl" "$bl") |"
+    bt=$(stat_of "$name" pgbouncer 4); bl=$(stat_of "$name" pgbouncer 5); bc=$(stat_of "$name" pgbouncer 7)
+    xt=$(stat_of "$name" pgkeel-tx 4); xc=$(stat_of "$name" pgkeel-tx 7)
+    yt=$(stat_of "$name" pgbouncer-tx 4); yc=$(stat_of "$name" pgbouncer-tx 7)
+    echo "| $name | $(ratio "$kt" "$dt") | $(ratio "$kt" "$bt") | $(ratio "$kl" "$dl") | $(ratio "$kl" "$bl") |" \
+      "$(ratio "$xt" "$dt") | $(ratio "$xt" "$yt") | $(ratio "$kc" "$bc") | $(ratio "$xc" "$yc") |"
   done
   echo
   echo "## Syscalls per transaction"
