@@ -71,11 +71,16 @@ TransactionEffect transaction_effect(std::string_view sql) {
   for (std::size_t i = 0; i < st.size(); ++i) {
     const auto& w = st[i].words;
     if (w.empty()) continue;
-    if (i == 0 && (w[0] == "begin" || (w[0] == "start" && w.size() > 1 && w[1] == "transaction"))) {
+    // BEGIN READ ONLY, or a BEGIN followed in the same request by SET TRANSACTION READ ONLY.
+    const bool begin = i == 0 && (w[0] == "begin" || (w[0] == "start" && w.size() > 1 && w[1] == "transaction"));
+    const bool set_transaction = i == 1 && e.begins && w[0] == "set" && w.size() > 1 && w[1] == "transaction";
+    if (begin || set_transaction) {
       e.begins = true;
       std::string text(st[i].text);
       for (char& ch : text) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-      e.read_only = text.find("read only") != std::string::npos && text.find("read write") == std::string::npos;
+      const bool read_write = text.find("read write") != std::string::npos;
+      const bool read_only = text.find("read only") != std::string::npos && !read_write;
+      if (begin || read_only || read_write) e.read_only = read_only;
     }
     static constexpr std::string_view kReads[] = {"select", "show", "begin", "start", "commit", "end", "rollback", "abort",
                                                   "savepoint", "release", "set", "reset", "fetch", "close", "explain",

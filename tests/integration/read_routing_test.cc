@@ -125,6 +125,12 @@ TEST_CASE("read_write_split sends read-only transactions to standbys; read_your_
   // Undeclared transactions stay on the primary; declared read-only ones go to a standby.
   CHECK(s.exec("SELECT current_setting('port')").scalar() == primary);
   CHECK(eventually(10s, [&] { return standbys.count(read_only_port()) == 1; }));
+  // SET TRANSACTION READ ONLY in the same request as the BEGIN declares it too.
+  CHECK(eventually(10s, [&] {
+    const std::string port = s.exec("BEGIN; SET TRANSACTION READ ONLY; SELECT current_setting('port')").scalar();
+    s.exec("COMMIT");
+    return standbys.count(port) == 1;
+  }));
   REQUIRE(s.exec("SET default_transaction_read_only = on").ok);
   CHECK(eventually(10s, [&] { return standbys.count(s.exec("SELECT current_setting('port')").scalar()) == 1; }));
   REQUIRE(s.exec("SET default_transaction_read_only = off").ok);

@@ -204,6 +204,11 @@ TEST_CASE("what a query says about reads and writes, for read_write_split and re
   CHECK_FALSE(transaction_effect("BEGIN").read_only);
   CHECK_FALSE(transaction_effect("BEGIN READ WRITE").read_only);
   CHECK_FALSE(transaction_effect("SELECT 'read only'").read_only);  // not a BEGIN
+  CHECK(transaction_effect("BEGIN; SET TRANSACTION READ ONLY; SELECT 1").read_only);
+  CHECK(transaction_effect("begin; set transaction isolation level serializable, read only").read_only);
+  CHECK_FALSE(transaction_effect("BEGIN; SET TRANSACTION ISOLATION LEVEL SERIALIZABLE").read_only);
+  CHECK_FALSE(transaction_effect("BEGIN READ ONLY; SET TRANSACTION READ WRITE").read_only);
+  CHECK_FALSE(transaction_effect("SELECT 1; SET TRANSACTION READ ONLY").read_only);  // no BEGIN first
   CHECK(transaction_effect("INSERT INTO t VALUES (1)").writes);
   CHECK(transaction_effect("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x").writes);
   CHECK(transaction_effect("SELECT 1; UPDATE t SET a = 1").writes);
