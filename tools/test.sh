@@ -62,8 +62,11 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
 step "TSan build"
 # GCC's ThreadSanitizer. pgkeel itself is built with it too: the integration tests run that binary.
-# Only what the TSan step runs (the drill, ledger and benchmark tools are not run under it).
-cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPGKEEL_TSAN=ON -DPGKEEL_TESTS=ON >/dev/null
+# Only what the TSan step runs (the drill, ledger and benchmark tools are not run under it), at
+# -O1 with line tables only (-g1): enough for TSan and its stacks, in about half the build time
+# of -O2 -g.
+cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CXX_FLAGS_RELEASE=-O1 -g1 -DNDEBUG" \
+  -DPGKEEL_TSAN=ON -DPGKEEL_TESTS=ON >/dev/null
 cmake --build build-tsan -j "$jobs" --target pgkeel pgkeel_unit_tests pgkeel_integration_tests
 
 step "unit tests and threaded integration tests ([proxy], [console], [status]) under TSan"
