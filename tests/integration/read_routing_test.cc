@@ -51,11 +51,15 @@ TEST_CASE("a read-only listener spreads reads over fit standbys; a lagging one l
   Pgkeel pk(cluster, read_options("max_replica_lag_bytes = 65536\nmax_replica_lag = \"0s\""));
   const int db2 = cluster.port("db2");
   const int db3 = cluster.port("db3");
-  REQUIRE(eventually(15s, [&] { return spread(pk, 1).size() == 1 && spread(pk, 1).count(cluster.port("db1")) == 0; }));
-
-  std::map<int, int> both = spread(pk, 8);
+  // The cluster is shared: WAL from the tests before can leave a standby over the 64 KB limit
+  // until its next probe, and its reads then fall back to the primary. Wait for a sample in which
+  // every read went to a standby; that same sample must be spread over both.
+  std::map<int, int> both;
+  REQUIRE(eventually(20s, [&] {
+    both = spread(pk, 8);
+    return both[db2] + both[db3] == 8;
+  }));
   INFO("db2 " << both[db2] << ", db3 " << both[db3]);
-  CHECK(both[db2] + both[db3] == 8);
   CHECK(both[db2] >= 2);
   CHECK(both[db3] >= 2);
 
