@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "health/facts.h"
 #include "proxy/auth/md5.h"
 #include "proxy/client.h"
 #include "proxy/log.h"
@@ -537,12 +538,7 @@ void Server::after_lsn_message(char type, std::string_view body) {
       r.i16();
       const std::int32_t n = r.i32();
       const std::string_view text = n > 0 ? r.bytes(static_cast<std::size_t>(n)) : std::string_view();
-      const std::size_t slash = text.find('/');
-      std::uint64_t lsn = 0;
-      if (!r.failed() && slash != std::string_view::npos) {
-        lsn = (std::strtoull(std::string(text.substr(0, slash)).c_str(), nullptr, 16) << 32) |
-              std::strtoull(std::string(text.substr(slash + 1)).c_str(), nullptr, 16);
-      }
+      const health::Lsn lsn = r.failed() ? 0 : health::parse_lsn(text).value_or(0);
       if (Client* c = w_.find_client(lsn_for_); c != nullptr && lsn > 0) c->note_write_lsn(lsn);
       return;
     }
