@@ -13,6 +13,22 @@ std::string conninfo_value(const std::string& s) {
   return out + "'";
 }
 
+std::string tls_conninfo(conf::SslMode mode, const conf::ServerTlsConfig& tls) {
+  const char* name = "prefer";
+  switch (mode) {
+    case conf::SslMode::kDisable: return " sslmode=disable";
+    case conf::SslMode::kPrefer: name = "prefer"; break;
+    case conf::SslMode::kRequire: name = "require"; break;
+    case conf::SslMode::kVerifyCa: name = "verify-ca"; break;
+    case conf::SslMode::kVerifyFull: name = "verify-full"; break;
+  }
+  std::string out = std::string(" sslmode=") + name;
+  if (!tls.ca_file.empty()) out += " sslrootcert=" + conninfo_value(tls.ca_file);
+  if (!tls.cert_file.empty()) out += " sslcert=" + conninfo_value(tls.cert_file);
+  if (!tls.key_file.empty()) out += " sslkey=" + conninfo_value(tls.key_file);
+  return out;
+}
+
 namespace {
 
 std::string one_line(const char* msg) {
@@ -43,6 +59,16 @@ void PgAsync::close() {
 }
 
 void PgAsync::run(const std::string& sql, std::chrono::milliseconds timeout, Callback cb) {
+  start(sql, std::nullopt, timeout, std::move(cb));
+}
+
+void PgAsync::run_params(const std::string& sql, std::vector<std::string> params, std::chrono::milliseconds timeout,
+                         Callback cb) {
+  start(sql, std::move(params), timeout, std::move(cb));
+}
+
+void PgAsync::start(const std::string& sql, std::optional<std::vector<std::string>> params,
+                    std::chrono::milliseconds timeout, Callback cb) {
   if (cb_) {
     PgResult r;
     r.error = "a query is already running on this connection";
@@ -60,6 +86,7 @@ void PgAsync::run(const std::string& sql, std::chrono::milliseconds timeout, Cal
   }
   cb_ = std::move(cb);
   sql_ = sql;
+  params_ = std::move(params);
   partial_ = PgResult{};
   const timeval tv{static_cast<time_t>(timeout.count() / 1000), static_cast<suseconds_t>((timeout.count() % 1000) * 1000)};
   evtimer_add(timer_.get(), &tv);
@@ -124,7 +151,17 @@ void PgAsync::poll_connect() {
 }
 
 void PgAsync::send_query() {
-  if (PQsendQuery(conn_.get(), sql_.c_str()) != 1) {
+  int sent = 0;
+  if (params_) {
+    std::vector<const char*> values;
+    values.reserve(params_->size());
+    for (const std::string& v : *params_) values.push_back(v.c_str());
+    sent = PQsendQueryParams(conn_.get(), sql_.c_str(), static_cast<int>(values.size()), nullptr, values.data(),
+                             nullptr, nullptr, 0);
+  } else {
+    sent = PQsendQuery(conn_.get(), sql_.c_str());
+  }
+  if (sent != 1) {
     lost();
     return;
   }
@@ -186,6 +223,12 @@ void PgAsync::on_timeout(evutil_socket_t, short what, void* arg) {
     PgResult r = std::move(self->partial_);
     self->finish(std::move(r));
     return;
+  }
+  // The answer may be waiting in the socket: on a starved machine the deadline and the answer
+  // can become ready in the same turn of the loop, and the timer may run first.
+  if (!self->connecting_ && self->conn_) {
+    self->read_results();
+    if (!self->cb_) return;  // it finished, with the answer or with the connection lost
   }
   // A hung server cannot be cancelled over a new connection either: drop ours.
   PgResult r;

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "conf/config.h"
+
 namespace pgkeel::health {
 
 struct PgConnDeleter {
@@ -37,6 +39,11 @@ struct PgResult {
 // A value for a libpq conninfo string: single-quoted, with ' and \ escaped.
 std::string conninfo_value(const std::string& s);
 
+// The libpq TLS keywords for `mode` and [server_tls]'s files (" sslmode=verify-full
+// sslrootcert='...'"), so that pgkeel's own libpq connections (probes, admin actions, auth_query)
+// meet the nodes as the data path does. Without a CA file, libpq's default root file applies.
+std::string tls_conninfo(conf::SslMode mode, const conf::ServerTlsConfig& tls);
+
 class PgAsync {
  public:
   using Callback = std::function<void(const PgResult&)>;
@@ -51,9 +58,15 @@ class PgAsync {
   // Connects if needed, then runs `sql` (may hold several statements; the last one's rows are
   // returned). `cb` runs exactly once, from the loop, never from inside run().
   void run(const std::string& sql, std::chrono::milliseconds timeout, Callback cb);
+  // One statement with text parameters ($1, $2, ...), sent with the extended protocol: values are
+  // never spliced into the SQL, whatever standard_conforming_strings says.
+  void run_params(const std::string& sql, std::vector<std::string> params, std::chrono::milliseconds timeout,
+                  Callback cb);
   void close();
 
  private:
+  void start(const std::string& sql, std::optional<std::vector<std::string>> params, std::chrono::milliseconds timeout,
+             Callback cb);
   static void on_io(evutil_socket_t fd, short what, void* arg);
   static void on_timeout(evutil_socket_t fd, short what, void* arg);
   void start_connect();
@@ -71,6 +84,7 @@ class PgAsync {
   PgEventHandle timer_;
   bool connecting_ = false;
   std::string sql_;
+  std::optional<std::vector<std::string>> params_;  // run_params(): sent with PQsendQueryParams
   Callback cb_;
   PgResult partial_;
 };
