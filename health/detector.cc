@@ -11,6 +11,7 @@ std::string_view to_string(ProbeOutcome o) {
     case ProbeOutcome::kBusy: return "busy";
     case ProbeOutcome::kStartingUp: return "starting_up";
     case ProbeOutcome::kAuthFailed: return "auth_failed";
+    case ProbeOutcome::kLocalError: return "local_error";
   }
   return "unknown";
 }
@@ -21,6 +22,16 @@ ProbeOutcome classify_probe(bool ok, bool timed_out, bool connection_lost, std::
   if (timed_out) return ProbeOutcome::kTimeout;
   auto has = [&](std::string_view s) { return message.find(s) != std::string_view::npos; };
   if (sqlstate == "53300" || has("too many clients") || has("remaining connection slots")) return ProbeOutcome::kBusy;
+  // The postmaster could not fork a backend for us: it is alive and overloaded, and told us so.
+  if (has("could not fork new process")) return ProbeOutcome::kBusy;
+  // pgkeel's own limits, as libpq words them: the node was never asked.
+  if (has("could not create socket") || has("Too many open files") || has("out of memory") ||
+      has("Cannot allocate memory") || has("Cannot assign requested address") || has("No buffer space available") ||
+      has("could not fork") || has("Resource temporarily unavailable")) {
+    return ProbeOutcome::kLocalError;
+  }
+  // No path to the node (ICMP unreachable): as weak as a timeout, a network fault is not a death.
+  if (has("No route to host") || has("Network is unreachable") || has("Host is unreachable")) return ProbeOutcome::kTimeout;
   // 57P03 (cannot connect now): the postmaster is alive and says why it turns us away: crash
   // recovery after a backend died, start-up, or a shutdown in progress.
   if (sqlstate == "57P03" || has("starting up") || has("in recovery mode") ||
@@ -34,6 +45,42 @@ ProbeOutcome classify_probe(bool ok, bool timed_out, bool connection_lost, std::
   if (has("Connection refused")) return ProbeOutcome::kRefused;
   if (connection_lost) return ProbeOutcome::kReset;
   return ProbeOutcome::kBusy;  // an ErrorResponse to the query itself: the node answered
+}
+
+ProbeOutcome classify_fork_check(bool ok, bool timed_out, bool connection_lost, std::string_view message) {
+  if (!ok && !timed_out && message.find("no password supplied") != std::string_view::npos) return ProbeOutcome::kOk;
+  const ProbeOutcome o = classify_probe(ok, timed_out, connection_lost, {}, message);
+  // Turned away at authentication: the child answered, so the postmaster forks.
+  return o == ProbeOutcome::kAuthFailed ? ProbeOutcome::kOk : o;
+}
+
+ProbeOutcome combine_probe(ProbeOutcome fork_check, ProbeOutcome session) {
+  auto alive = [](ProbeOutcome o) {
+    return o == ProbeOutcome::kOk || o == ProbeOutcome::kBusy || o == ProbeOutcome::kAuthFailed;
+  };
+  switch (fork_check) {
+    case ProbeOutcome::kRefused:
+    case ProbeOutcome::kReset:
+      return fork_check;
+    case ProbeOutcome::kStartingUp:
+      return ProbeOutcome::kStartingUp;
+    case ProbeOutcome::kTimeout:
+      // New connections wait, but an existing backend answered: alive and slow.
+      if (alive(session) || session == ProbeOutcome::kStartingUp) return ProbeOutcome::kBusy;
+      return ProbeOutcome::kTimeout;
+    case ProbeOutcome::kLocalError:
+      // Nothing known of the postmaster; the standing session may still speak for the node.
+      return alive(session) || session == ProbeOutcome::kStartingUp ? session : ProbeOutcome::kLocalError;
+    case ProbeOutcome::kOk:
+    case ProbeOutcome::kBusy:
+    case ProbeOutcome::kAuthFailed:
+      if (session == ProbeOutcome::kOk || session == ProbeOutcome::kBusy || session == ProbeOutcome::kAuthFailed ||
+          session == ProbeOutcome::kStartingUp) {
+        return session;
+      }
+      return ProbeOutcome::kBusy;  // the postmaster forks; the facts will come next round
+  }
+  return ProbeOutcome::kLocalError;
 }
 
 std::string_view to_string(NodeHealth h) {
@@ -52,8 +99,15 @@ std::optional<Transition> Detector::move_to(NodeHealth to, std::string_view why,
   return t;
 }
 
-std::optional<Transition> Detector::observe(ProbeOutcome outcome, Clock::time_point now) {
+std::optional<Transition> Detector::observe(ProbeOutcome outcome, Clock::time_point now, bool answered_meanwhile) {
+  if (outcome == ProbeOutcome::kTimeout && answered_meanwhile) {
+    // The node served pgkeel's clients while our probe waited: the probe was slow, not the node.
+    ++excused_;
+    outcome = ProbeOutcome::kBusy;
+  }
   switch (outcome) {
+    case ProbeOutcome::kLocalError:
+      return std::nullopt;
     case ProbeOutcome::kOk:
       timeouts_ = 0;
       failing_since_.reset();

@@ -1,7 +1,9 @@
 // health/detector.h — turns a node's probe outcomes into health transitions. Pure: time is an
-// argument, nothing here touches a socket. Strong evidence (a refused or reset connection)
-// counts at once; weak evidence (a timeout) only after several in a row; an ErrorResponse that
-// proves the postmaster is alive (too many connections, starting up) never counts as down.
+// argument, nothing here touches a socket. Strong evidence (a new connection refused, or closed
+// before the postmaster's child said a word) counts at once; weak evidence (a timeout) only after
+// several in a row, and never while the data path saw the node answer; an answer that proves the
+// postmaster is alive (too many connections, starting up) never counts as down; pgkeel's own
+// failures (out of file descriptors, of memory) are no evidence at all.
 #pragma once
 
 #include <chrono>
@@ -21,6 +23,7 @@ enum class ProbeOutcome : std::uint8_t {
   kBusy,                // 53300: alive, out of connection slots
   kStartingUp,          // 57P03: alive, in crash recovery or starting
   kAuthFailed,          // 28P01/28000: alive, but our probe user is misconfigured
+  kLocalError,          // pgkeel could not probe (EMFILE, ENFILE, ENOMEM, ...): says nothing of the node
 };
 
 enum class NodeHealth : std::uint8_t { kUnknown, kUp, kDown };
@@ -30,6 +33,18 @@ enum class NodeHealth : std::uint8_t { kUnknown, kUp, kDown };
 // so PostgreSQL's message texts are matched too), and the message.
 ProbeOutcome classify_probe(bool ok, bool timed_out, bool connection_lost, std::string_view sqlstate,
                             std::string_view message);
+
+// The fork check: a new connection taken only as far as the authentication request (no password
+// is sent, so no SCRAM is paid). Any answer from the postmaster's child, an authentication
+// request included ("no password supplied"), proves the postmaster accepts and forks: kOk.
+ProbeOutcome classify_fork_check(bool ok, bool timed_out, bool connection_lost, std::string_view message);
+
+// One probe round is a fork check and the facts query on pgkeel's standing session to the node;
+// this is what the two amount to together. Only the fork check can give strong evidence: the
+// standing session may be ended by the server for reasons of its own (idle_session_timeout,
+// pg_terminate_backend), and an existing backend that answers proves the node alive even when
+// new connections are slow.
+ProbeOutcome combine_probe(ProbeOutcome fork_check, ProbeOutcome session);
 
 std::string_view to_string(ProbeOutcome o);
 std::string_view to_string(NodeHealth h);
@@ -51,10 +66,14 @@ class Detector {
   explicit Detector(DetectorPolicy policy = {}) : policy_(policy) {}
 
   // Feeds one probe outcome; returns a transition when the node's health changed.
-  std::optional<Transition> observe(ProbeOutcome outcome, Clock::time_point now);
+  // `answered_meanwhile`: pgkeel's own server connections to the node completed round trips while
+  // the probe was out. A timeout then proves only that the probe was slow: the node is alive.
+  std::optional<Transition> observe(ProbeOutcome outcome, Clock::time_point now, bool answered_meanwhile = false);
 
   NodeHealth health() const { return health_; }
   int consecutive_timeouts() const { return timeouts_; }
+  // Timeouts not counted because the data path saw the node answer meanwhile (since start).
+  std::uint64_t timeouts_excused() const { return excused_; }
   // When the first failure of the current streak was seen (for detection-time reports).
   std::optional<Clock::time_point> failing_since() const { return failing_since_; }
 
@@ -65,6 +84,7 @@ class Detector {
   NodeHealth health_ = NodeHealth::kUnknown;
   int timeouts_ = 0;
   int oks_ = 0;
+  std::uint64_t excused_ = 0;
   std::optional<Clock::time_point> failing_since_;
 };
 

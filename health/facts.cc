@@ -24,13 +24,14 @@ const char* const kProbeQuery =
     " (SELECT sender_host FROM pg_stat_wal_receiver),"
     " (SELECT sender_port::text FROM pg_stat_wal_receiver),"
     " (SELECT extract(epoch FROM now() - last_msg_receipt_time)::text FROM pg_stat_wal_receiver),"
-    " (SELECT string_agg(application_name || ',' || state || ',' || sync_state || ',' ||"
-    "                    coalesce(flush_lsn::text, '0/0'), ';' ORDER BY application_name)"
+    " (SELECT string_agg(concat_ws(chr(31), coalesce(application_name, ''), coalesce(state, ''), coalesce(sync_state, ''),"
+    "                              coalesce(flush_lsn::text, '0/0'), coalesce(host(client_addr), '')),"
+    "                    chr(30) ORDER BY application_name, client_addr, client_port)"
     "    FROM pg_stat_replication),"
     " current_setting('synchronous_standby_names'),"
     " CASE WHEN to_regclass('pgkeel.primary_history') IS NULL THEN NULL ELSE"
     "   query_to_xml('SELECT epoch, node, system_identifier, timeline, lsn FROM pgkeel.primary_history"
-    "                 ORDER BY epoch DESC LIMIT 1', false, true, '')::text END";
+    "                 ORDER BY epoch DESC, recorded_at DESC LIMIT 1', false, true, '')::text END";
 
 std::optional<Lsn> parse_lsn(std::string_view text) {
   const std::size_t slash = text.find('/');
@@ -106,14 +107,15 @@ std::optional<ProbeFacts> parse_probe_row(const std::vector<std::optional<std::s
   f.upstream_port = row[9] ? std::atoi(row[9]->c_str()) : 0;
   f.receipt_age_s = to_double(row[10]);
   if (row[11] && !row[11]->empty()) {
-    for (std::string_view rep : split(*row[11], ';')) {
-      auto parts = split(rep, ',');
-      if (parts.size() != 4) continue;
+    for (std::string_view rep : split(*row[11], '\x1e')) {
+      auto parts = split(rep, '\x1f');
+      if (parts.size() != 5) continue;
       ReplicaInfo ri;
       ri.application_name = std::string(parts[0]);
       ri.state = std::string(parts[1]);
       ri.sync_state = std::string(parts[2]);
       ri.flush_lsn = parse_lsn(parts[3]).value_or(0);
+      ri.client_addr = std::string(parts[4]);
       f.replicas.push_back(std::move(ri));
     }
   }

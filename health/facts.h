@@ -27,10 +27,11 @@ struct RecordFields {
 };
 
 struct ReplicaInfo {             // one row of the primary's pg_stat_replication
-  std::string application_name;  // the standby's node name (cluster convention)
+  std::string application_name;  // what the standby streams as ("walreceiver" unless named)
   std::string state;             // streaming, catchup, ...
   std::string sync_state;        // async, potential, sync, quorum
   Lsn flush_lsn = 0;
+  std::string client_addr;       // the standby's address as the primary sees it; empty for Unix sockets
 };
 
 struct ProbeFacts {
@@ -58,7 +59,9 @@ struct ProbeFacts {
 };
 
 // One round trip, valid on a primary and on a standby. Columns, in order, are what
-// parse_probe_row() expects.
+// parse_probe_row() expects. pg_stat_replication's rows come as one text value: fields separated
+// by the ASCII unit separator, rows by the record separator (PostgreSQL replaces non-printable
+// characters in an application_name with '?', so neither can occur inside a name).
 extern const char* const kProbeQuery;
 inline constexpr int kProbeColumns = 14;
 

@@ -1,7 +1,11 @@
 #include "health/failover.h"
 
+#include <libpq-fe.h>
+
 #include <algorithm>
+#include <cctype>
 #include <cstdlib>
+#include <memory>
 
 namespace pgkeel::health {
 
@@ -14,9 +18,116 @@ std::string_view to_string(SyncMode m) {
   return "on";
 }
 
+namespace {
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
+  return s;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) return false;
+  }
+  return true;
+}
+
+// "a, \"b c\", *" -> {a, b c, *}; unquoted names fold to lower case, as PostgreSQL's parser does.
+std::vector<std::string> parse_name_list(std::string_view s) {
+  std::vector<std::string> out;
+  std::size_t i = 0;
+  while (i < s.size()) {
+    while (i < s.size() && (std::isspace(static_cast<unsigned char>(s[i])) || s[i] == ',')) ++i;
+    if (i >= s.size()) break;
+    std::string name;
+    if (s[i] == '"') {
+      ++i;
+      while (i < s.size()) {
+        if (s[i] == '"') {
+          if (i + 1 < s.size() && s[i + 1] == '"') {
+            name += '"';
+            i += 2;
+            continue;
+          }
+          ++i;
+          break;
+        }
+        name += s[i++];
+      }
+    } else {
+      while (i < s.size() && s[i] != ',' && !std::isspace(static_cast<unsigned char>(s[i]))) {
+        name += static_cast<char>(std::tolower(static_cast<unsigned char>(s[i++])));
+      }
+    }
+    out.push_back(std::move(name));
+  }
+  return out;
+}
+
+}  // namespace
+
+SyncSpec parse_sync_names(std::string_view text) {
+  SyncSpec spec;
+  std::string_view s = trim(text);
+  if (s.empty()) return spec;
+  spec.method = SyncSpec::Method::kFirst;
+  spec.k = 1;
+  const std::size_t open = s.find('(');
+  if (open == std::string_view::npos || s.back() != ')') {
+    spec.names = parse_name_list(s);
+    return spec;
+  }
+  std::string_view head = trim(s.substr(0, open));
+  const std::string_view list = s.substr(open + 1, s.size() - open - 2);
+  const std::size_t space = head.find_first_of(" \t");
+  if (space != std::string_view::npos) {
+    const std::string_view word = head.substr(0, space);
+    if (iequals(word, "ANY")) spec.method = SyncSpec::Method::kAny;
+    head = trim(head.substr(space));
+  }
+  spec.k = std::max(1, std::atoi(std::string(head).c_str()));
+  spec.names = parse_name_list(list);
+  return spec;
+}
+
+std::string describe(const SyncSpec& spec) {
+  if (spec.method == SyncSpec::Method::kNone) return "none";
+  std::string out = spec.method == SyncSpec::Method::kAny ? "ANY " : "FIRST ";
+  out += std::to_string(spec.k) + " of (";
+  for (std::size_t i = 0; i < spec.names.size(); ++i) out += (i ? ", " : "") + spec.names[i];
+  return out + ")";
+}
+
 Plan plan_failover(const PlanInput& in) {
   Plan plan;
   const bool sync_guarantee = in.sync_mode != SyncMode::kOff && !in.degraded && !in.known_sync.empty();
+  // ANY k of N: each commit was acknowledged by some k of the N listed standbys, so a standby is
+  // known to hold every acknowledged commit only when N - k + 1 of them were heard from after the
+  // failure (at least one of any k is among them) and it is the furthest ahead of those.
+  const bool quorum = sync_guarantee && in.sync_spec.method == SyncSpec::Method::kAny;
+  std::string quorum_why;
+  Lsn quorum_best = 0;
+  if (quorum) {
+    const int listed = in.sync_spec.any_name() ? static_cast<int>(in.known_sync.size())
+                                               : static_cast<int>(in.sync_spec.names.size());
+    const int needed = std::max(1, listed - in.sync_spec.k + 1);
+    std::vector<std::string> heard;
+    for (const NodeObservation& n : in.nodes) {
+      if (n.id == in.failed_primary || !in.sync_spec.lists(n.sync_name())) continue;
+      if (n.health != NodeHealth::kUp || !n.facts || !n.facts->in_recovery || !n.heard_since_failure) continue;
+      heard.push_back(n.name);
+      quorum_best = std::max(quorum_best, n.facts->wal_position());
+    }
+    if (static_cast<int>(heard.size()) < needed) {
+      quorum_why = "not provably complete: " + describe(in.sync_spec) + " acknowledge each commit, so " +
+                   std::to_string(needed) + " of them must be heard from since the failure; heard from " +
+                   std::to_string(heard.size());
+      for (std::size_t i = 0; i < heard.size(); ++i) quorum_why += (i ? ", " : " (") + heard[i] + (i + 1 == heard.size() ? ")" : "");
+      quorum_why += ": the others may hold commits it lacks";
+    }
+  }
   const Verdict* best = nullptr;
   int best_priority = 0;
   for (const NodeObservation& n : in.nodes) {
@@ -37,17 +148,26 @@ Plan plan_failover(const PlanInput& in) {
       v.why = "not a standby (claims to be primary)";
     } else if (!in.system_identifier.empty() && n.facts->system_identifier != in.system_identifier) {
       v.why = "different system identifier " + n.facts->system_identifier;
-    } else if (sync_guarantee &&
-               std::find(in.known_sync.begin(), in.known_sync.end(), n.name) == in.known_sync.end()) {
+    } else if (sync_guarantee && !in.force &&
+               std::find(in.known_sync.begin(), in.known_sync.end(), n.sync_name()) == in.known_sync.end()) {
       v.why = "not a synchronous standby: promoting it could lose acknowledged commits";
+    } else if (quorum && !in.force && !quorum_why.empty()) {
+      v.why = quorum_why;
+    } else if (quorum && !in.force && v.lsn < quorum_best) {
+      v.why = "not provably complete: behind another standby heard from since the failure (" + format_lsn(v.lsn) +
+              " < " + format_lsn(quorum_best) + ")";
     } else if (!sync_guarantee && !in.force && in.primary_last_lsn > v.lsn &&
                in.primary_last_lsn - v.lsn > in.max_lag_bytes) {
       v.why = "lags " + std::to_string(in.primary_last_lsn - v.lsn) + " bytes, more than max_lag_on_failover (" +
               std::to_string(in.max_lag_bytes) + ")";
     } else {
       v.eligible = true;
-      v.why = sync_guarantee ? "synchronous standby at " + format_lsn(v.lsn)
-                             : "standby at " + format_lsn(v.lsn);
+      const bool was_sync = std::find(in.known_sync.begin(), in.known_sync.end(), n.sync_name()) != in.known_sync.end();
+      v.why = sync_guarantee && (was_sync || !in.force) ? "synchronous standby at " + format_lsn(v.lsn)
+                                                        : "standby at " + format_lsn(v.lsn);
+      if (sync_guarantee && in.force && (!was_sync || !quorum_why.empty() || v.lsn < quorum_best)) {
+        v.why += " (FORCE: may lack acknowledged commits)";
+      }
     }
     plan.candidates.push_back(v);
   }
@@ -76,7 +196,11 @@ Plan plan_failover(const PlanInput& in) {
   plan.summary = "promote " + best->name + " (" + best->why + ")";
   if (!sync_guarantee) {
     plan.summary += in.sync_mode == SyncMode::kOff ? "; asynchronous mode" : "; degraded to asynchronous";
-    plan.summary += ": up to " + std::to_string(plan.max_loss_bytes) + " bytes of WAL known to the old primary may be lost";
+    plan.summary += ": up to " + std::to_string(plan.max_loss_bytes) +
+                    " bytes of WAL known to the old primary at its last probe may be lost, and whatever it wrote after that probe";
+  } else if (!in.force) {
+    plan.summary += quorum ? "; no acknowledged commit is lost: it is the furthest ahead of the standbys that acknowledge commits"
+                           : "; no acknowledged commit is lost: it acknowledged every commit";
   }
   return plan;
 }
@@ -118,6 +242,166 @@ std::string desired_sync_names(SyncMode mode, const std::vector<std::string>& he
   }
   out += ')';
   return out;
+}
+
+std::vector<ReplicationMatch> match_replication(const std::vector<StandbyRef>& standbys,
+                                                const std::vector<ReplicaInfo>& replicas) {
+  std::vector<ReplicationMatch> out(standbys.size());
+  std::vector<bool> taken(replicas.size(), false);
+  for (std::size_t i = 0; i < standbys.size(); ++i) {
+    out[i].node = standbys[i].name;
+    for (std::size_t r = 0; r < replicas.size(); ++r) {
+      if (!taken[r] && replicas[r].application_name == standbys[i].name) {
+        out[i].row = r;
+        out[i].how = "name";
+        taken[r] = true;
+        break;
+      }
+    }
+  }
+  // By address, where exactly one unmatched standby lives at it and exactly one unmatched row
+  // comes from it.
+  for (std::size_t i = 0; i < standbys.size(); ++i) {
+    if (out[i].row || standbys[i].host.empty()) continue;
+    int same_host = 0;
+    for (std::size_t j = 0; j < standbys.size(); ++j) same_host += !out[j].row && standbys[j].host == standbys[i].host;
+    std::optional<std::size_t> only;
+    int rows = 0;
+    for (std::size_t r = 0; r < replicas.size(); ++r) {
+      if (!taken[r] && replicas[r].client_addr == standbys[i].host) {
+        only = r;
+        ++rows;
+      }
+    }
+    if (same_host == 1 && rows == 1) {
+      out[i].row = only;
+      out[i].how = "address";
+      taken[*only] = true;
+    }
+  }
+  // By elimination: one standby still streaming from the primary, one row left.
+  std::optional<std::size_t> last_standby;
+  int streaming_left = 0;
+  for (std::size_t i = 0; i < standbys.size(); ++i) {
+    if (!out[i].row && standbys[i].streams_from_primary) {
+      last_standby = i;
+      ++streaming_left;
+    }
+  }
+  std::optional<std::size_t> last_row;
+  int rows_left = 0;
+  for (std::size_t r = 0; r < replicas.size(); ++r) {
+    if (!taken[r]) {
+      last_row = r;
+      ++rows_left;
+    }
+  }
+  if (streaming_left == 1 && rows_left == 1) {
+    out[*last_standby].row = last_row;
+    out[*last_standby].how = "elimination";
+  }
+  return out;
+}
+
+std::string_view to_string(SyncHealth h) {
+  switch (h) {
+    case SyncHealth::kOff: return "off";
+    case SyncHealth::kHonoured: return "honoured";
+    case SyncHealth::kDegraded: return "degraded";
+    case SyncHealth::kWaiting: return "waiting";
+  }
+  return "off";
+}
+
+SyncStatus sync_status(SyncMode mode, const std::string& primary, const std::string& names_set,
+                       const std::vector<SyncStandby>& standbys) {
+  SyncStatus st;
+  if (mode == SyncMode::kOff) {
+    st.health = SyncHealth::kOff;
+    st.why = "synchronous_mode = off: commits do not wait for standbys";
+    return st;
+  }
+  const SyncSpec spec = parse_sync_names(names_set);
+  // Why each standby does not acknowledge, for the reason text.
+  std::string notes;
+  auto note = [&](const std::string& s) { notes += (notes.empty() ? "" : "; ") + s; };
+  int acknowledging = 0;
+  std::vector<std::string> acks;
+  for (const SyncStandby& s : standbys) {
+    if (s.replication_name.empty()) {
+      note(s.name + (s.reachable ? " does not stream from " + primary : " is down"));
+      continue;
+    }
+    if (s.sync_state == "sync" || s.sync_state == "quorum") {
+      ++acknowledging;
+      acks.push_back(s.name + (s.replication_name != s.name ? " (as '" + s.replication_name + "')" : ""));
+      continue;
+    }
+    if (spec.method == SyncSpec::Method::kNone || !spec.lists(s.replication_name)) {
+      note(s.name + " streams as '" + s.replication_name + "', a name synchronous_standby_names does not list" +
+           (s.excluded ? " (fenced or disabled)" : ""));
+    } else {
+      note(s.name + " is " + (s.state == "streaming" ? s.sync_state : s.state));
+    }
+  }
+  if (standbys.empty()) note("no standby is configured");
+  if (spec.method != SyncSpec::Method::kNone && acknowledging >= spec.k) {
+    st.health = SyncHealth::kHonoured;
+    st.why = "commits wait for " + describe(spec) + ": ";
+    for (std::size_t i = 0; i < acks.size(); ++i) st.why += (i ? ", " : "") + acks[i];
+    st.why += " acknowledge" + std::string(acks.size() == 1 ? "s" : "");
+    return st;
+  }
+  if (spec.method == SyncSpec::Method::kNone) {
+    st.health = SyncHealth::kDegraded;
+    st.why = "synchronous replication is off on " + primary + " (synchronous_standby_names is empty): commits are " +
+             "acknowledged without a standby" + (notes.empty() ? "" : " (" + notes + ")");
+    return st;
+  }
+  st.health = SyncHealth::kWaiting;
+  st.why = "commits on " + primary + " wait: synchronous_standby_names = '" + names_set + "' needs " +
+           std::to_string(spec.k) + " acknowledging standby" + (spec.k == 1 ? "" : "s") + ", " +
+           std::to_string(acknowledging) + " acknowledge" + (notes.empty() ? "" : " (" + notes + ")");
+  return st;
+}
+
+std::optional<std::string> with_application_name(const std::string& conninfo, const std::string& name, std::string& error) {
+  char* err = nullptr;
+  PQconninfoOption* opts = PQconninfoParse(conninfo.c_str(), &err);
+  if (opts == nullptr) {
+    error = err != nullptr ? err : "out of memory";
+    while (!error.empty() && (error.back() == '\n' || error.back() == ' ')) error.pop_back();
+    PQfreemem(err);
+    return std::nullopt;
+  }
+  std::unique_ptr<PQconninfoOption, void (*)(PQconninfoOption*)> hold(opts, PQconninfoFree);
+  auto quote = [](const std::string& v) {
+    std::string q = "'";
+    for (char c : v) {
+      if (c == '\'' || c == '\\') q += '\\';
+      q += c;
+    }
+    return q + "'";
+  };
+  std::string out;
+  for (PQconninfoOption* o = opts; o->keyword != nullptr; ++o) {
+    if (std::string_view(o->keyword) == "application_name" || o->val == nullptr) continue;
+    out += (out.empty() ? "" : " ") + std::string(o->keyword) + "=" + quote(o->val);
+  }
+  out += (out.empty() ? "" : " ") + std::string("application_name=") + quote(name);
+  return out;
+}
+
+std::optional<FoundRecord> newest_record(const std::vector<FoundRecord>& found) {
+  const FoundRecord* best = nullptr;
+  for (const FoundRecord& f : found) {
+    if (best == nullptr || f.record.epoch > best->record.epoch ||
+        (f.record.epoch == best->record.epoch && f.record.timeline > best->record.timeline)) {
+      best = &f;
+    }
+  }
+  if (best == nullptr) return std::nullopt;
+  return *best;
 }
 
 std::string PrimaryRecord::serialize() const {

@@ -13,6 +13,7 @@
 #include <ctime>
 #include <fstream>
 #include <sstream>
+#include <tuple>
 
 namespace pgkeel::health {
 namespace {
@@ -21,10 +22,14 @@ using SteadyClock = std::chrono::steady_clock;
 
 constexpr std::size_t kMaxEvents = 1000;
 
+// A SQL string literal that means the same whatever standard_conforming_strings says: an escape
+// string (E'...') when it holds a backslash.
 std::string quote_literal(const std::string& s) {
-  std::string out = "'";
+  const bool backslash = s.find('\\') != std::string::npos;
+  std::string out = backslash ? "E'" : "'";
   for (char c : s) {
     if (c == '\'') out += '\'';
+    if (c == '\\') out += '\\';
     out += c;
   }
   return out + "'";
@@ -61,11 +66,20 @@ struct Keeper::Node {
   routing::NodeId id = 0;
   NodeTarget target;
   Detector detector;
+  // A probe round is two parts, run side by side: the fork check (a new connection taken as far
+  // as the authentication request: the postmaster accepts and forks, and no SCRAM is paid) and
+  // the facts query on pgkeel's standing session (authenticated once, kept).
+  std::unique_ptr<PgAsync> fork_conn;
   std::unique_ptr<PgAsync> probe_conn;
   std::unique_ptr<PgAsync> admin_conn;
-  std::deque<std::pair<std::string, std::function<void(const PgResult&)>>> admin_queue;
+  std::deque<std::tuple<std::string, std::function<void(const PgResult&)>, Millis>> admin_queue;
   std::optional<ProbeFacts> facts;
   bool probing = false;
+  int parts_pending = 0;
+  PgResult fork_result;
+  PgResult session_result;
+  SteadyClock::time_point probe_started{};
+  std::uint64_t answers_before = 0;  // Effects::activity() when the round began
   int probes_done = 0;
   std::uint64_t probe_failures = 0;
   int failed_in_row = 0;  // consecutive probes that did not answer as expected
@@ -79,6 +93,16 @@ struct Keeper::Node {
   bool admin_running = false;
   SteadyClock::time_point facts_at{};  // when `facts` were observed
   bool retired = false;                // removed by a reload: kept only so its index stays valid
+  // The witness heartbeat (the writer only): a WAL record when nothing else was written, so the
+  // standbys hear from a live primary even when no client writes.
+  Lsn heartbeat_lsn = 0;
+  SteadyClock::time_point heartbeat_at{};
+  bool heartbeat_refused = false;
+  // Standbys: what the replication connection is called on the primary, and adoption.
+  std::string replication_name;
+  std::string sync_state;
+  SteadyClock::time_point adopt_attempt{};
+  bool adopting = false;
 };
 
 Keeper::Keeper(event_base* base, KeeperConfig config, std::vector<NodeTarget> nodes, routing::Table& table,
@@ -91,10 +115,7 @@ Keeper::Keeper(event_base* base, KeeperConfig config, std::vector<NodeTarget> no
     n->detector = Detector({config_.timeouts_to_down, config_.oks_to_up});
     nodes_.push_back(std::move(n));
   }
-  for (auto& n : nodes_) {
-    n->probe_conn = std::make_unique<PgAsync>(base_, conninfo(*n));
-    n->admin_conn = std::make_unique<PgAsync>(base_, conninfo(*n));
-  }
+  for (auto& n : nodes_) open_connections(*n);
 }
 
 Keeper::~Keeper() = default;
@@ -140,8 +161,7 @@ void Keeper::set_nodes(const std::vector<NodeTarget>& nodes, const std::string& 
     n->target = t;
     n->retired = t.retired;
     n->detector = Detector({config_.timeouts_to_down, config_.oks_to_up});
-    n->probe_conn = std::make_unique<PgAsync>(base_, conninfo(*n));
-    n->admin_conn = std::make_unique<PgAsync>(base_, conninfo(*n));
+    open_connections(*n);
     nodes_.push_back(std::move(n));
     if (!t.retired) add_event("node_added", t.name, "added by " + who + " (" + t.host + ":" + std::to_string(t.port) + "); probed from now on");
   }
@@ -161,13 +181,29 @@ std::string Keeper::follow_conninfo(const Node& upstream, const Node& standby) c
   return pci;
 }
 
-std::string Keeper::conninfo(const Node& n) const {
+// How pgkeel logs in to a node for probes and admin actions: TLS as the data path ([server_tls],
+// the node's sslmode). The fork check sends no password: the authentication request is its answer.
+std::string Keeper::conninfo(const Node& n, bool with_password) const {
   std::string c = "hostaddr=" + n.target.host + " port=" + std::to_string(n.target.port) +
                   " user=" + conninfo_value(config_.admin_user) + " dbname=" + conninfo_value(config_.admin_dbname) +
-                  " application_name=pgkeel connect_timeout=" +
-                  std::to_string(std::max<long>(1, (config_.probe_timeout.count() + 999) / 1000));
-  if (!config_.admin_password.empty()) c += " password=" + conninfo_value(config_.admin_password);
+                  " application_name=pgkeel gssencmode=disable connect_timeout=" +
+                  std::to_string(std::max<long>(1, (config_.probe_timeout.count() + 999) / 1000)) +
+                  tls_conninfo(n.target.sslmode, config_.server_tls);
+  if (!with_password) {
+    c += " password=''";
+  } else if (!config_.admin_password.empty()) {
+    c += " password=" + conninfo_value(config_.admin_password);
+  }
   return c;
+}
+
+void Keeper::open_connections(Node& n) {
+  n.fork_conn = std::make_unique<PgAsync>(base_, conninfo(n, false));
+  n.probe_conn = std::make_unique<PgAsync>(base_, conninfo(n));
+  // A slow answer is waited for in the background (up to a few probe timeouts) rather than paid
+  // for with a new connection and its authentication every round.
+  n.probe_conn->set_patience(std::max(Millis(5000), config_.probe_timeout * 4));
+  n.admin_conn = std::make_unique<PgAsync>(base_, conninfo(n));
 }
 
 void Keeper::start() {
@@ -196,57 +232,118 @@ void Keeper::suspect(routing::NodeId node) {
 
 void Keeper::probe(Node& n) {
   n.probing = true;
-  const auto started = SteadyClock::now();
-  n.probe_conn->run(kProbeQuery, config_.probe_timeout,
-                    [this, &n, started](const PgResult& r) { on_probe(n, r, started); });
+  n.parts_pending = 2;
+  n.probe_started = SteadyClock::now();
+  n.answers_before = effects_.activity(n.id).answers;
+  n.fork_result = PgResult{};
+  n.session_result = PgResult{};
+  n.fork_conn->run("", config_.probe_timeout, [this, &n](const PgResult& r) {
+    n.fork_result = r;
+    n.fork_conn->close();
+    on_probe_part(n);
+  });
+  n.probe_conn->run(kProbeQuery, config_.probe_timeout, [this, &n](const PgResult& r) {
+    n.session_result = r;
+    on_probe_part(n);
+  });
 }
 
-void Keeper::on_probe(Node& n, const PgResult& r, SteadyClock::time_point started) {
+void Keeper::on_probe_part(Node& n) {
+  if (--n.parts_pending == 0) finish_probe(n);
+}
+
+void Keeper::finish_probe(Node& n) {
   n.probing = false;
   if (n.retired) {
     n.probe_conn->close();
     return;
   }
   const auto now = SteadyClock::now();
-  n.probe_ms = std::chrono::duration<double, std::milli>(now - started).count();
+  n.probe_ms = std::chrono::duration<double, std::milli>(now - n.probe_started).count();
   n.last_probe_wall = std::chrono::system_clock::now();
-  ProbeOutcome outcome = classify(r);
+  const PgResult& f = n.fork_result;
+  const PgResult& r = n.session_result;
+  const ProbeOutcome fork = classify_fork_check(f.ok, f.timed_out, f.connection_lost, f.error);
+  ProbeOutcome session = classify(r);
+  std::string session_error;
   if (r.ok) {
     std::string err;
+    std::optional<ProbeFacts> facts;
     if (r.rows.size() == 1) {
-      if (auto f = parse_probe_row(r.rows[0], err)) {
-        n.facts = std::move(*f);
-        n.facts_at = now;
-        n.last_error.clear();
-      } else {
-        outcome = ProbeOutcome::kBusy;  // it answered, but not as expected: alive, not confirmed
-        n.last_error = err;
-      }
+      facts = parse_probe_row(r.rows[0], err);
     } else {
-      outcome = ProbeOutcome::kBusy;
-      n.last_error = "probe returned " + std::to_string(r.rows.size()) + " rows";
+      err = "probe returned " + std::to_string(r.rows.size()) + " rows";
+    }
+    if (facts) {
+      n.facts = std::move(*facts);
+      n.facts_at = now;
+    } else {
+      session = ProbeOutcome::kBusy;  // it answered, but not as expected: alive, not confirmed
+      session_error = err;
     }
   } else {
-    n.last_error = std::string(to_string(outcome)) + ": " + r.error;
+    session_error = std::string(to_string(session)) + ": " + r.error;
+  }
+  const ProbeOutcome outcome = combine_probe(fork, session);
+  // Passive evidence: pgkeel's own connections to the node answered while the probe was out.
+  const bool answered = effects_.activity(n.id).answers > n.answers_before;
+  if (outcome == ProbeOutcome::kOk) {
+    n.last_error.clear();
+  } else {
+    std::string e;
+    if (fork != ProbeOutcome::kOk) e = "new connection: " + std::string(to_string(fork)) + ": " + f.error;
+    if (!session_error.empty()) e += (e.empty() ? "" : "; ") + std::string("session: ") + session_error;
+    if (outcome == ProbeOutcome::kTimeout && answered) e += "; not counted: its connections through pgkeel answered meanwhile";
+    if (outcome == ProbeOutcome::kLocalError) e += "; pgkeel's own failure, no evidence against the node";
+    n.last_error = e;
   }
   ++n.probes_done;
   if (outcome == ProbeOutcome::kOk) {
     n.failed_in_row = 0;
-  } else {
+  } else if (outcome != ProbeOutcome::kLocalError) {
     ++n.probe_failures;
     ++n.failed_in_row;
   }
-  if (auto t = n.detector.observe(outcome, now)) {
+  if (auto t = n.detector.observe(outcome, now, answered)) {
     add_event(t->to == NodeHealth::kDown ? "detection" : "node_up", n.target.name,
               "node " + std::string(to_string(t->to)) + ": " + std::string(t->why) +
                   (n.last_error.empty() ? "" : " (" + n.last_error + ")"));
+    if (t->to == NodeHealth::kDown && failover_subject() == n.id) {
+      // The witness and the plan need the standbys as they are after the failure: ask now.
+      for (auto& other : nodes_) {
+        if (other->id != n.id && !other->retired && !other->probing) probe(*other);
+      }
+    }
   }
-  // Every probe opens a new connection: "a new client can get in" is part of being alive (a
-  // hung postmaster still serves connections it already forked).
-  n.probe_conn->close();
+  if (writer_ && *writer_ == n.id && outcome == ProbeOutcome::kOk) heartbeat(n);
   post_positions();
   decide();
   if (started_ && step_ == Step::kIdle) refresh_routes();
+}
+
+// The witness asks the standbys whether they still hear from the primary; a primary that writes
+// nothing sends them nothing (its keepalives come every wal_sender_timeout / 2, 30 s by default).
+// So when the writer's WAL did not move since the last round, pgkeel writes one small
+// non-transactional WAL message (no transaction id, never waits for a synchronous standby).
+void Keeper::heartbeat(Node& p) {
+  if (!p.facts || p.facts->in_recovery || p.heartbeat_refused || p.admin_running || !p.admin_queue.empty()) return;
+  const auto now = SteadyClock::now();
+  // Moved past what the last round saw, or what our own last heartbeat wrote.
+  const Lsn lsn = p.facts->current_lsn;
+  const bool moved = lsn > p.heartbeat_lsn;
+  p.heartbeat_lsn = std::max(p.heartbeat_lsn, lsn);
+  if (moved || now - p.heartbeat_at < config_.probe_interval) return;
+  p.heartbeat_at = now;
+  admin(p, "SELECT pg_logical_emit_message(false, 'pgkeel', 'heartbeat')::text", [this, &p](const PgResult& r) {
+    if (r.ok && !r.rows.empty() && !r.rows[0].empty() && r.rows[0][0]) {
+      p.heartbeat_lsn = std::max(p.heartbeat_lsn, parse_lsn(*r.rows[0][0]).value_or(0));
+    }
+    if (r.ok || r.timed_out || r.connection_lost) return;
+    p.heartbeat_refused = true;
+    add_event("heartbeat_refused", p.target.name,
+              "the witness heartbeat (pg_logical_emit_message) failed: " + r.error +
+                  "; while no client writes, the standbys cannot vouch for this primary");
+  }, config_.probe_timeout);
 }
 
 // Every node's position relative to the writer's last observed WAL position, for read routing.
@@ -282,6 +379,7 @@ std::vector<NodeObservation> Keeper::observations() const {
     o.health = n->detector.health();
     o.enabled = n->enabled;
     o.fenced = n->fenced;
+    o.replication_name = n->replication_name;
     if (o.health == NodeHealth::kUp) o.facts = n->facts;
     out.push_back(std::move(o));
   }
@@ -317,15 +415,16 @@ void Keeper::decide() {
   if (writer_) {
     Node& p = *nodes_[*writer_];
     if (p.detector.health() == NodeHealth::kDown) {
+      // Nothing is cut here: the writer stays until a failover has a candidate and may fence.
       if (config_.automatic) {
-        begin_failover("primary " + p.target.name + " failed: " + p.last_error, std::nullopt, false, false);
+        if (SteadyClock::now() >= next_attempt_) {
+          begin_failover("primary " + p.target.name + " failed: " + p.last_error, std::nullopt, false, false);
+        }
       } else if (SteadyClock::now() - last_refusal_log_ > std::chrono::seconds(10)) {
         last_refusal_log_ = SteadyClock::now();
         if (!refusal_counted_) ++counters_.failovers_refused;
         refusal_counted_ = true;
         add_event("failover_refused", p.target.name, "primary is down; failover mode is manual: run FAILOVER on the console");
-        publish(std::nullopt, "primary " + p.target.name + " is down; waiting for a manual FAILOVER", false);
-        writer_.reset();
       }
       return;
     }
@@ -337,11 +436,10 @@ void Keeper::decide() {
         return;
       }
       refusal_counted_ = false;
-      primary_last_lsn_ = p.facts->current_lsn;
-      degraded_ = p.facts->synchronous_standby_names.empty();
-      known_sync_.clear();
-      for (const ReplicaInfo& ri : p.facts->replicas) {
-        if (ri.sync_state == "sync" || ri.sync_state == "quorum") known_sync_.push_back(ri.application_name);
+      if (p.facts_at > primary_last_probe_) {
+        primary_last_lsn_ = p.facts->current_lsn;
+        primary_last_probe_ = p.facts_at;
+        primary_tx_at_probe_ = effects_.activity(p.id).transactions;
       }
       manage_sync();
     }
@@ -365,18 +463,21 @@ void Keeper::decide() {
 
 void Keeper::decide_writer_at_start() {
   started_ = true;
-  record_ = read_state_file();
-  std::string source = "state file";
-  if (!record_) {
-    // The record also lives in the cluster (replicated with the data): take the newest.
-    for (const auto& n : nodes_) {
-      if (n->facts && n->facts->record && (!record_ || n->facts->record->epoch > record_->epoch)) {
-        const RecordFields& f = *n->facts->record;
-        record_ = PrimaryRecord{f.epoch, f.node, f.system_identifier, f.timeline, f.lsn, {}};
-        source = "cluster record on " + n->target.name;
-      }
-    }
+  // The record lives in the state file and in the cluster (replicated with the data): the newest
+  // of them decides, and no epoch any of them holds is handed out again.
+  std::vector<FoundRecord> found;
+  if (std::optional<PrimaryRecord> r = read_state_file()) found.push_back({*r, "state file"});
+  for (const auto& n : nodes_) {
+    if (n->retired || !n->facts || !n->facts->record) continue;
+    const RecordFields& f = *n->facts->record;
+    found.push_back({PrimaryRecord{f.epoch, f.node, f.system_identifier, f.timeline, f.lsn, {}}, "cluster record on " + n->target.name});
   }
+  std::string source;
+  if (std::optional<FoundRecord> newest = newest_record(found)) {
+    record_ = newest->record;
+    source = newest->source;
+  }
+  table_.raise_floor(highest_record_epoch());
   if (!record_) {
     // First start ever: the configured primary bootstraps the record, if it is one.
     Node* p = node_by_name(config_.initial_primary);
@@ -396,15 +497,16 @@ void Keeper::decide_writer_at_start() {
       return;
     }
     PrimaryRecord rec;
-    rec.epoch = table_.epoch() + 1;
+    rec.epoch = std::max(table_.epoch(), highest_record_epoch()) + 1;
     rec.node = p->target.name;
     rec.system_identifier = p->facts->system_identifier;
     rec.timeline = p->facts->timeline;
     rec.how = "bootstrap";
     record_ = rec;
+    table_.raise_floor(rec.epoch - 1);
     source = "bootstrap from initial_primary";
     std::string err;
-    if (!config_.state_file.empty() && !write_state_file(rec, err)) add_event("record_failed", rec.node, err);
+    if (!config_.state_file.empty() && !write_state_file(rec, err)) note_record_error(rec.node, "state file: " + err);
     record_in_cluster(*p, rec, [](bool) {});
   }
   system_identifier_ = record_->system_identifier;
@@ -420,26 +522,67 @@ void Keeper::decide_writer_at_start() {
 void Keeper::manage_sync() {
   if (!writer_) return;
   Node& p = *nodes_[*writer_];
-  if (!p.facts || p.admin_running) return;
-  if (SteadyClock::now() - p.last_sync_change < std::chrono::seconds(2)) return;
+  if (!p.facts) return;
+  const ProbeFacts& pf = *p.facts;
+  // Which of the primary's replication connections is which standby, whatever it is called.
+  std::vector<StandbyRef> refs;
+  std::vector<Node*> standbys;
+  for (auto& n : nodes_) {
+    if (n->id == p.id || n->retired) continue;
+    StandbyRef ref;
+    ref.name = n->target.name;
+    ref.host = n->target.host;
+    ref.streams_from_primary = n->detector.health() == NodeHealth::kUp && n->facts && n->facts->in_recovery &&
+                               n->facts->receiver_streaming && n->facts->upstream_port == p.target.port;
+    refs.push_back(std::move(ref));
+    standbys.push_back(n.get());
+  }
+  const std::vector<ReplicationMatch> matches = match_replication(refs, pf.replicas);
+  auto rows_named = [&](const std::string& name) {
+    return std::count_if(pf.replicas.begin(), pf.replicas.end(), [&](const ReplicaInfo& ri) { return ri.application_name == name; });
+  };
+  known_sync_.clear();
+  std::vector<SyncStandby> view;
   std::vector<std::string> healthy;
   std::vector<std::string> all;
-  for (const auto& n : nodes_) {
-    if (n->id == p.id || n->retired) continue;
-    all.push_back(n->target.name);
-    if (n->detector.health() != NodeHealth::kUp || n->fenced || !n->enabled) continue;
-    for (const ReplicaInfo& ri : p.facts->replicas) {
-      if (ri.application_name == n->target.name && ri.state == "streaming") healthy.push_back(n->target.name);
-    }
+  for (std::size_t i = 0; i < standbys.size(); ++i) {
+    Node& n = *standbys[i];
+    const ReplicaInfo* ri = matches[i].row ? &pf.replicas[*matches[i].row] : nullptr;
+    n.replication_name = ri ? ri->application_name : std::string();
+    n.sync_state = ri ? ri->sync_state : std::string();
+    if (ri && (ri->sync_state == "sync" || ri->sync_state == "quorum")) known_sync_.push_back(ri->application_name);
+    const bool excluded = n.fenced || !n.enabled;
+    view.push_back({n.target.name, n.replication_name, n.sync_state, ri ? ri->state : std::string(),
+                    n.detector.health() == NodeHealth::kUp, excluded});
+    // synchronous_standby_names can name a standby only by a name no other connection uses.
+    const bool own_name = ri && rows_named(ri->application_name) == 1;
+    all.push_back(own_name ? ri->application_name : n.target.name);
+    if (own_name && ri->state == "streaming" && !excluded) healthy.push_back(ri->application_name);
   }
+  sync_spec_ = parse_sync_names(pf.synchronous_standby_names);
+  adopt_standbys(p);
   const std::string desired = desired_sync_names(config_.sync_mode, healthy, all);
-  if (desired == p.facts->synchronous_standby_names) return;
+  const bool changing = desired != pf.synchronous_standby_names;
+  const bool settling = changing || SteadyClock::now() - p.last_sync_change < std::chrono::seconds(2) ||
+                        std::any_of(standbys.begin(), standbys.end(), [](const Node* n) { return n->adopting; });
+  const SyncStatus status = sync_status(config_.sync_mode, p.target.name, pf.synchronous_standby_names, view);
+  degraded_ = status.health != SyncHealth::kHonoured;
+  // Every surface shows the state at once; an event waits until a change pgkeel is making itself
+  // (a new synchronous_standby_names, a standby being named) had its chance to land.
+  if (!settling || status.health == SyncHealth::kHonoured) {
+    note_sync(status, p);
+  } else {
+    sync_.why = status.why;
+    if (!sync_known_) sync_.health = status.health;
+  }
+  if (!changing || p.admin_running) return;
+  if (SteadyClock::now() - p.last_sync_change < std::chrono::seconds(2)) return;
   p.last_sync_change = SteadyClock::now();
   const bool degrading = desired.empty() && config_.sync_mode == SyncMode::kOn;
-  const std::string was = p.facts->synchronous_standby_names;
+  const std::string was = pf.synchronous_standby_names;
   admin(p, "ALTER SYSTEM SET synchronous_standby_names = " + quote_literal(desired), [this, &p, desired, degrading, was](const PgResult& r) {
     if (!r.ok) {
-      add_event("sync_change_failed", p.target.name, r.error);
+      add_event("sync_change_failed", p.target.name, "synchronous_standby_names = '" + desired + "': " + r.error);
       return;
     }
     admin(p, "SELECT pg_reload_conf()", [this, &p, desired, degrading, was](const PgResult& r2) {
@@ -447,15 +590,95 @@ void Keeper::manage_sync() {
         add_event("sync_change_failed", p.target.name, r2.error);
         return;
       }
-      if (degrading) {
-        ++counters_.degradations;
-        add_event("degraded", p.target.name, "no healthy synchronous standby: commits no longer wait (was " + was + ")");
-        run_hook(config_.on_degraded, "degraded", &p);
-      } else {
+      if (degrading && !was.empty()) {
+        // pgkeel chose availability: say so now, not after the next probe.
+        note_sync({SyncHealth::kDegraded, "no healthy synchronous standby: commits on " + p.target.name +
+                                               " no longer wait for one (synchronous_standby_names was '" + was + "')"},
+                  p);
+      } else if (!degrading) {
         add_event("sync_names", p.target.name, "synchronous_standby_names = '" + desired + "'");
       }
     });
   });
+}
+
+void Keeper::note_sync(const SyncStatus& status, Node& primary) {
+  const bool changed = !sync_known_ || status.health != sync_.health;
+  const bool was_bad = sync_known_ && (sync_.health == SyncHealth::kDegraded || sync_.health == SyncHealth::kWaiting);
+  sync_known_ = true;
+  sync_ = status;
+  if (!changed) return;
+  switch (status.health) {
+    case SyncHealth::kOff:
+      return;
+    case SyncHealth::kHonoured:
+      if (was_bad) add_event("sync_restored", primary.target.name, status.why);
+      return;
+    case SyncHealth::kDegraded:
+    case SyncHealth::kWaiting: {
+      ++counters_.degradations;
+      const std::string kind = status.health == SyncHealth::kDegraded ? "degraded" : "sync_waiting";
+      add_event(kind, primary.target.name, status.why);
+      run_hook(config_.on_degraded, kind, &primary, status.why);
+      return;
+    }
+  }
+}
+
+// A standby made by `pg_basebackup -R` streams as "walreceiver" (or its cluster_name), a name that
+// synchronous_standby_names cannot tell apart from any other. pgkeel names it after its [[node]]:
+// application_name in its primary_conninfo (ALTER SYSTEM, reload: the WAL receiver reconnects).
+void Keeper::adopt_standbys(Node& p) {
+  const auto now = SteadyClock::now();
+  for (auto& np : nodes_) {
+    Node& n = *np;
+    if (n.id == p.id || n.retired || n.adopting || n.admin_running) continue;
+    if (n.detector.health() != NodeHealth::kUp || !n.facts || !n.facts->in_recovery || !n.facts->receiver_streaming ||
+        n.facts->upstream_port != p.target.port) {
+      continue;
+    }
+    const bool named = std::any_of(p.facts->replicas.begin(), p.facts->replicas.end(),
+                                   [&](const ReplicaInfo& ri) { return ri.application_name == n.target.name; });
+    if (named || now - n.adopt_attempt < std::chrono::seconds(10)) continue;
+    n.adopting = true;
+    n.adopt_attempt = now;
+    const std::string was = n.replication_name.empty() ? "a name pgkeel could not match" : "'" + n.replication_name + "'";
+    auto fail = [this, &n](const std::string& why) {
+      n.adopting = false;
+      add_event("adopt_failed", n.target.name,
+                "could not name its replication connection " + n.target.name + ": " + why +
+                    "; synchronous_standby_names cannot rely on it until it streams as " + n.target.name +
+                    " (set application_name=" + n.target.name + " in its primary_conninfo)");
+    };
+    admin(n, "SELECT current_setting('primary_conninfo')", [this, &n, was, fail](const PgResult& r) {
+      if (!r.ok || r.rows.empty() || r.rows[0].empty() || !r.rows[0][0]) {
+        fail(r.ok ? "primary_conninfo is not readable" : r.error);
+        return;
+      }
+      std::string error;
+      const std::optional<std::string> renamed = with_application_name(*r.rows[0][0], n.target.name, error);
+      if (!renamed) {
+        fail("its primary_conninfo does not parse: " + error);
+        return;
+      }
+      admin(n, "ALTER SYSTEM SET primary_conninfo = " + quote_literal(*renamed), [this, &n, was, fail](const PgResult& r2) {
+        if (!r2.ok) {
+          fail(r2.error);
+          return;
+        }
+        admin(n, "SELECT pg_reload_conf()", [this, &n, was, fail](const PgResult& r3) {
+          if (!r3.ok) {
+            fail(r3.error);
+            return;
+          }
+          n.adopting = false;
+          add_event("adopted", n.target.name,
+                    "it streamed as " + was + "; pgkeel set application_name=" + n.target.name +
+                        " in its primary_conninfo so that synchronous_standby_names can name it");
+        });
+      });
+    });
+  }
 }
 
 // The node a failover would replace: the writer, or else the recorded primary.
@@ -473,12 +696,24 @@ void Keeper::begin_failover(const std::string& reason, std::optional<routing::No
                             bool skip_witness) {
   std::optional<routing::NodeId> failed = failover_subject();
   if (!failed) return;
+  const auto now = SteadyClock::now();
+  const Node& f = *nodes_[*failed];
+  auto refuse = [&](const std::string& why, const char* hook_event, Millis retry) {
+    // Nothing was touched: clients keep their server connections, the writer stays.
+    next_attempt_ = now + retry;
+    if (now - last_refusal_log_ <= std::chrono::seconds(10)) return;
+    last_refusal_log_ = now;
+    if (!refusal_counted_) ++counters_.failovers_refused;
+    refusal_counted_ = true;
+    add_event("failover_refused", f.target.name, why);
+    run_hook(config_.on_degraded, hook_event, &f, why);
+  };
   if (!skip_witness) {
-    // The witness must speak from after the failure: a probe answered before the primary was
-    // seen failing still shows a receiver that was streaming then.
-    const auto since = nodes_[*failed]->detector.failing_since();
+    // The witness and the plan must speak from after the failure: a probe answered before the
+    // primary was seen failing still shows a receiver that was streaming then.
+    const auto since = f.detector.failing_since();
     for (const auto& n : nodes_) {
-      if (n->id == *failed || n->detector.health() != NodeHealth::kUp || !n->facts) continue;
+      if (n->id == *failed || n->retired || n->detector.health() != NodeHealth::kUp || !n->facts) continue;
       if (since && n->facts_at < *since) return;  // the next probe round decides
     }
     std::vector<NodeObservation> standbys;
@@ -487,19 +722,21 @@ void Keeper::begin_failover(const std::string& reason, std::optional<routing::No
     }
     WitnessResult w = witness(standbys, config_.witness_max_receipt_age_s);
     if (!w.confirmed) {
-      if (SteadyClock::now() - last_refusal_log_ > std::chrono::seconds(10)) {
-        last_refusal_log_ = SteadyClock::now();
-        if (!refusal_counted_) ++counters_.failovers_refused;
-        refusal_counted_ = true;
-        add_event("failover_refused", nodes_[*failed]->target.name, w.why);
-        run_hook(config_.on_degraded, "failover_refused", nodes_[*failed].get());
-      }
-      if (writer_) {
-        writer_.reset();
-        publish(std::nullopt, "primary unreachable from pgkeel but alive per the standbys: holding writes", true);
-      }
+      // Asked again after the next probe: a hung primary's standbys stop hearing from it soon.
+      refuse(w.why, "failover_refused", config_.probe_interval);
       return;
     }
+  }
+  // Decide before anything is cut: the plan the sequence makes again once the standbys are
+  // detached must have a candidate now, or nothing happens at all.
+  failure_began_ = skip_witness ? now : f.detector.failing_since().value_or(now);
+  PlanInput in = plan_input(*failed);
+  in.force = force;
+  in.target = target;
+  const Plan plan = plan_failover(in);
+  if (!plan.chosen) {
+    refuse(plan.summary, "failover_refused", std::max(config_.probe_interval * 2, Millis(1000)));
+    return;
   }
   failed_ = failed;
   target_ = target;
@@ -509,21 +746,18 @@ void Keeper::begin_failover(const std::string& reason, std::optional<routing::No
   ++sequence_id_;
   refusal_counted_ = false;
   {
-    const Node& f = *nodes_[*failed];
     const int n = std::max(1, f.failed_in_row);
     cause_ = skip_witness ? reason
                           : "promoted after " + f.target.name + " failed " + std::to_string(n) + (n == 1 ? " probe" : " probes");
   }
   candidate_.reset();
-  failover_started_ = SteadyClock::now();
+  failover_started_ = now;
   old_timeline_ = 0;
   for (const auto& n : nodes_) {
     if (n->facts) old_timeline_ = std::max(old_timeline_, n->facts->timeline);
   }
-  step_ = Step::kBarrier;
-  writer_.reset();
-  add_event("failover_started", nodes_[*failed]->target.name, reason);
-  publish(std::nullopt, "failover in progress: " + reason, true);
+  add_event("failover_started", f.target.name, reason + "; would promote " + nodes_[*plan.chosen]->target.name);
+  step_detach();
 }
 
 void Keeper::publish(std::optional<routing::NodeId> writer, const std::string& why, bool hold,
@@ -555,15 +789,15 @@ void Keeper::publish(std::optional<routing::NodeId> writer, const std::string& w
       // an acknowledgement for a sequence that has been aborted since
     } else if (in_barrier && step_ == Step::kBarrier) {
       add_event("writes_stopped", failed_ ? nodes_[*failed_]->target.name : "", "every worker closed its connections; epoch " + std::to_string(epoch));
-      step_detach();
+      step_promote();
     } else if (in_publish && step_ == Step::kPublish) {
       finish_sequence(epoch);
     }
   });
 }
 
-void Keeper::admin(Node& n, const std::string& sql, std::function<void(const PgResult&)> cb) {
-  n.admin_queue.emplace_back(sql, std::move(cb));
+void Keeper::admin(Node& n, const std::string& sql, std::function<void(const PgResult&)> cb, std::optional<Millis> timeout) {
+  n.admin_queue.emplace_back(sql, std::move(cb), timeout.value_or(config_.promote_timeout));
   if (!n.admin_running) admin_next(n);
 }
 
@@ -575,8 +809,9 @@ void Keeper::admin_next(Node& n) {
     return;
   }
   n.admin_running = true;
-  n.admin_conn->run(n.admin_queue.front().first, config_.promote_timeout, [this, &n](const PgResult& r) {
-    auto done = std::move(n.admin_queue.front().second);
+  const auto& [sql, cb, timeout] = n.admin_queue.front();
+  n.admin_conn->run(sql, timeout, [this, &n](const PgResult& r) {
+    auto done = std::move(std::get<1>(n.admin_queue.front()));
     n.admin_queue.pop_front();
     if (!r.ok) n.admin_conn->close();
     done(r);  // may queue more: admin_running is still set, so it only enqueues
@@ -606,7 +841,8 @@ void Keeper::step_detach() {
     admin(node, "ALTER SYSTEM SET primary_conninfo = ''", [](const PgResult&) {});
     admin(node, "SELECT pg_reload_conf()", [this, remaining, &node](const PgResult& r) {
       if (!r.ok) add_event("detach_failed", node.target.name, r.error);
-      if (--*remaining == 0 && step_ == Step::kDetach) step_settle(10);
+      if (!node.probing) probe(node);  // its position after the detach, now rather than at the next tick
+      if (--*remaining == 0 && step_ == Step::kDetach) step_settle(20);
     });
   }
 }
@@ -618,12 +854,15 @@ void Keeper::step_settle(int rounds_left) {
   for (auto& n : nodes_) {
     if (n->id == *failed_ || n->detector.health() != NodeHealth::kUp || !n->facts || !n->facts->in_recovery) continue;
     const Lsn pos = n->facts->wal_position();
-    if (n->facts->receiver_streaming || !n->settle_lsn || *n->settle_lsn != pos) settled = false;
+    // Seen by a probe since the detach, its receiver stopped and its position held still.
+    if (n->facts_at < failover_started_ || n->facts->receiver_streaming || !n->settle_lsn || *n->settle_lsn != pos) {
+      settled = false;
+    }
     n->settle_lsn = pos;
   }
   if (!settled && rounds_left > 0) {
     auto* arg = new std::pair<Keeper*, int>(this, rounds_left - 1);
-    const timeval tv{0, 200 * 1000};
+    const timeval tv{0, 100 * 1000};
     event_base_once(base_, -1, EV_TIMEOUT, [](evutil_socket_t, short, void* a) {
       auto* p = static_cast<std::pair<Keeper*, int>*>(a);
       Keeper* k = p->first;
@@ -642,7 +881,17 @@ void Keeper::step_settle(int rounds_left) {
     return;
   }
   candidate_ = plan.chosen;
-  add_event("candidate", nodes_[*candidate_]->target.name, plan.summary);
+  std::string text = plan.summary;
+  const bool sync_guarantee = config_.sync_mode != SyncMode::kOff && !degraded_ && !known_sync_.empty() && !force_;
+  if (!sync_guarantee && primary_last_probe_ != SteadyClock::time_point{}) {
+    // What the bound above cannot see: the old primary's WAL after its last good probe.
+    const auto ms = std::chrono::duration_cast<Millis>(failure_began_ - primary_last_probe_).count();
+    const std::uint64_t tx = effects_.activity(*failed_).transactions - primary_tx_at_probe_;
+    text += " (its last good probe was " + std::to_string(std::max<long long>(0, ms)) + " ms before the failure began; " +
+            std::to_string(tx) + " transaction" + (tx == 1 ? " was" : "s were") +
+            " acknowledged through pgkeel on it after that probe, and may be among what is lost)";
+  }
+  add_event("candidate", nodes_[*candidate_]->target.name, text);
   step_fence();
 }
 
@@ -650,57 +899,40 @@ void Keeper::step_fence() {
   step_ = Step::kFence;
   Node& old = *nodes_[*failed_];
   if (config_.fence_command.empty()) {
-    add_event("fencing", old.target.name, "fenced by epoch: no connection from before the failover may write; no fence_command configured");
-    step_promote();
+    add_event("fencing", old.target.name, "fenced by epoch: the next epoch gives it no route and closes every connection from before; no fence_command configured");
+    step_barrier();
     return;
   }
-  const pid_t pid = spawn(config_.fence_command, {{"PGKEEL_EVENT", "fence"}, {"PGKEEL_NODE", old.target.name},
-                                                  {"PGKEEL_HOST", old.target.host}, {"PGKEEL_PORT", std::to_string(old.target.port)}});
-  if (pid < 0) {
-    if (config_.fence_required) {
-      abort_failover("could not run fence_command");
-      return;
-    }
-    step_promote();
-    return;
-  }
-  struct Wait {
-    Keeper* k;
-    pid_t pid;
-    SteadyClock::time_point deadline;
-  };
-  auto* w = new Wait{this, pid, SteadyClock::now() + std::chrono::seconds(30)};
-  static void (*poll)(evutil_socket_t, short, void*) = [](evutil_socket_t, short, void* a) {
-    auto* wait = static_cast<Wait*>(a);
-    int status = 0;
-    const pid_t r = waitpid(wait->pid, &status, WNOHANG);
-    Keeper* k = wait->k;
-    if (r == 0 && SteadyClock::now() < wait->deadline) {
-      const timeval tv{0, 50 * 1000};
-      event_base_once(k->base_, -1, EV_TIMEOUT, poll, wait, &tv);
-      return;
-    }
-    if (r == 0) {
-      kill(wait->pid, SIGKILL);
-      waitpid(wait->pid, &status, 0);
-      status = -1;
-    }
-    delete wait;
-    if (k->step_ != Step::kFence) return;
-    Node& old_node = *k->nodes_[*k->failed_];
-    if (status == 0) {
-      old_node.fenced = true;
-      k->add_event("fencing", old_node.target.name, "fence_command succeeded");
-      k->step_promote();
-    } else if (k->config_.fence_required) {
-      k->abort_failover("fence_command failed (status " + std::to_string(status) + "): not promoting while the old primary may still take writes");
-    } else {
-      k->add_event("fencing", old_node.target.name, "fence_command failed; continuing because fence_required = false");
-      k->step_promote();
-    }
-  };
-  const timeval tv{0, 50 * 1000};
-  event_base_once(base_, -1, EV_TIMEOUT, poll, w, &tv);
+  const std::uint64_t seq = sequence_id_;
+  // In its own process group, waited for with a deadline; the whole group is killed at it.
+  run_child(config_.fence_command, {{"PGKEEL_EVENT", "fence"}, {"PGKEEL_NODE", old.target.name},
+                                    {"PGKEEL_HOST", old.target.host}, {"PGKEEL_PORT", std::to_string(old.target.port)}},
+            Millis(30000), [this, seq, &old](int status, std::string output) {
+              if (seq != sequence_id_ || step_ != Step::kFence) return;
+              while (!output.empty() && output.back() == '\n') output.pop_back();
+              const std::size_t nl = output.rfind('\n');
+              const std::string last = nl == std::string::npos ? output : output.substr(nl + 1);
+              const std::string said = last.empty() ? "" : ": " + last;
+              if (status == 0) {
+                old.fenced = true;
+                add_event("fencing", old.target.name, "fence_command succeeded" + said);
+                step_barrier();
+              } else if (config_.fence_required) {
+                abort_failover("fence_command failed (" + (status < 0 ? std::string("killed at its 30 s deadline, or not run") : "status " + std::to_string(status)) +
+                               said + "): not promoting while the old primary may still take writes");
+              } else {
+                add_event("fencing", old.target.name, "fence_command failed (status " + std::to_string(status) + said + "); continuing because fence_required = false");
+                step_barrier();
+              }
+            });
+}
+
+// Only now, with a candidate chosen and the old primary fenced, are writes cut: every worker
+// closes its connections to the old primary and acknowledges before anything is promoted.
+void Keeper::step_barrier() {
+  step_ = Step::kBarrier;
+  writer_.reset();
+  publish(std::nullopt, "failover in progress: " + reason_, true);
 }
 
 void Keeper::step_promote() {
@@ -722,7 +954,8 @@ void Keeper::step_record() {
   step_ = Step::kRecord;
   Node& c = *nodes_[*candidate_];
   PrimaryRecord rec;
-  rec.epoch = table_.epoch() + 1;
+  // Above every epoch in use or recorded anywhere: epochs never go backwards, across restarts too.
+  rec.epoch = std::max(table_.epoch(), highest_record_epoch()) + 1;
   rec.node = c.target.name;
   rec.system_identifier = c.facts->system_identifier;
   rec.timeline = c.facts->timeline;
@@ -730,9 +963,12 @@ void Keeper::step_record() {
   rec.how = sequence_ == Sequence::kSwitchover ? "switchover" : "failover";
   std::string err;
   if (!config_.state_file.empty() && !write_state_file(rec, err)) {
-    add_event("record_failed", rec.node, "state file: " + err);
+    note_record_error(rec.node, "state file: " + err);
+  } else {
+    record_error_.clear();
   }
   record_ = rec;
+  table_.raise_floor(rec.epoch - 1);  // the publication naming it carries this epoch
   // Its first commit must not wait for a standby that does not stream from it yet: it starts
   // asynchronous; manage_sync() makes it synchronous once a standby follows it.
   admin(c, "ALTER SYSTEM SET synchronous_standby_names = ''", [](const PgResult&) {});
@@ -757,9 +993,23 @@ void Keeper::record_in_cluster(Node& n, const PrimaryRecord& rec, std::function<
       std::to_string(rec.timeline) + ", " + quote_literal(format_lsn(rec.lsn)) + ", " +
       (rec.how.empty() ? std::string("NULL") : quote_literal(rec.how)) + "); COMMIT";
   admin(n, sql, [this, &n, done](const PgResult& r) {
-    if (!r.ok) add_event("record_failed", n.target.name, "cluster record: " + r.error);
+    if (!r.ok) note_record_error(n.target.name, "cluster record: " + r.error);
     done(r.ok);
   });
+}
+
+// A record that could not be written is an event, and stays on /health until one is written.
+void Keeper::note_record_error(const std::string& node, const std::string& error) {
+  record_error_ = node + ": " + error;
+  add_event("record_failed", node, error);
+}
+
+std::uint64_t Keeper::highest_record_epoch() const {
+  std::uint64_t e = record_ ? record_->epoch : 0;
+  for (const auto& n : nodes_) {
+    if (n->facts && n->facts->record) e = std::max(e, n->facts->record->epoch);
+  }
+  return e;
 }
 
 void Keeper::step_publish() {
@@ -799,8 +1049,9 @@ void Keeper::abort_failover(const std::string& why) {
   ++counters_.failovers_refused;
   ++sequence_id_;
   add_event("failover_refused", failed_ ? nodes_[*failed_]->target.name : "", why);
-  run_hook(config_.on_degraded, "failover_refused", failed_ ? nodes_[*failed_].get() : nullptr);
-  const bool detached = step_ != Step::kBarrier;
+  run_hook(config_.on_degraded, "failover_refused", failed_ ? nodes_[*failed_].get() : nullptr, why);
+  const bool detached = step_ != Step::kIdle;
+  const bool cut = !writer_;  // the barrier ran: writes were stopped
   step_ = Step::kIdle;
   next_attempt_ = SteadyClock::now() + std::chrono::seconds(5);
   // Standbys that were detached follow the old primary again, should it come back.
@@ -813,9 +1064,10 @@ void Keeper::abort_failover(const std::string& why) {
       admin(*n, "SELECT pg_reload_conf()", [](const PgResult&) {});
     }
   }
-  // Keep holding: the primary may come back, or a standby may become eligible; clients get
-  // this reason when their hold_timeout runs out.
-  publish(std::nullopt, "no writable primary: " + why, true);
+  // Before the barrier nothing was cut and the writer stays. After it, keep holding: the
+  // primary may come back, or a standby may become eligible; clients get this reason when their
+  // hold_timeout runs out.
+  if (cut) publish(std::nullopt, "no writable primary: " + why, true);
   if (auto done = std::move(done_)) {
     done_ = nullptr;
     done({false, "failover aborted: " + why});
@@ -1220,8 +1472,16 @@ Outcome Keeper::enable(const std::string& node, const std::string& who) { return
 
 KeeperCounters Keeper::counters() const {
   KeeperCounters c = counters_;
-  c.degraded = degraded_;
   c.sync_mode = config_.sync_mode;
+  c.sync_health = config_.sync_mode == SyncMode::kOff ? SyncHealth::kOff : sync_.health;
+  c.sync_why = sync_.why;
+  if (config_.sync_mode != SyncMode::kOff && !sync_known_) {
+    c.sync_health = SyncHealth::kDegraded;
+    c.sync_why = writer_ ? "not known yet" : "no writable primary";
+  }
+  c.degraded = c.sync_health == SyncHealth::kDegraded;
+  c.record_error = record_error_;
+  for (const auto& n : nodes_) c.timeouts_excused += n->detector.timeouts_excused();
   return c;
 }
 
@@ -1229,6 +1489,9 @@ KeeperCounters Keeper::counters() const {
 PlanInput Keeper::plan_input(routing::NodeId failed) const {
   PlanInput in;
   in.nodes = observations();
+  const SteadyClock::time_point since = failure_began(failed);
+  for (NodeObservation& o : in.nodes) o.heard_since_failure = nodes_[o.id]->facts_at >= since;
+  in.sync_spec = sync_spec_;
   in.failed_primary = failed;
   in.system_identifier = system_identifier_;
   in.sync_mode = config_.sync_mode;
@@ -1237,6 +1500,12 @@ PlanInput Keeper::plan_input(routing::NodeId failed) const {
   in.primary_last_lsn = primary_last_lsn_;
   in.max_lag_bytes = config_.max_lag_on_failover;
   return in;
+}
+
+SteadyClock::time_point Keeper::failure_began(routing::NodeId failed) const {
+  if (step_ != Step::kIdle && failed_ && *failed_ == failed) return failure_began_;
+  // A dry run, or the check before a console FAILOVER: what would be, if every standby answers.
+  return nodes_[failed]->detector.failing_since().value_or(SteadyClock::time_point{});
 }
 
 // The dry run: the node the next automatic failover would replace (the writer, or else the
@@ -1372,6 +1641,7 @@ std::vector<NodeStatus> Keeper::nodes() const {
     s.probe_ms = n->probe_ms;
     s.probes = static_cast<std::uint64_t>(n->probes_done);
     s.probe_failures = n->probe_failures;
+    s.timeouts_excused = n->detector.timeouts_excused();
     s.last_error = n->last_error;
     if (n->probes_done > 0) s.last_probe = iso_time(n->last_probe_wall);
     if (n->facts) {
@@ -1385,9 +1655,8 @@ std::vector<NodeStatus> Keeper::nodes() const {
         if (primary) s.lag_bytes = primary->current_lsn > f.wal_position() ? primary->current_lsn - f.wal_position() : 0;
         s.lag_seconds = f.replay_age_s;
         if (primary) {
-          for (const ReplicaInfo& ri : primary->replicas) {
-            if (ri.application_name == n->target.name) s.sync_state = ri.sync_state;
-          }
+          s.sync_state = n->sync_state;
+          s.application_name = n->replication_name;
         }
       }
     } else {
@@ -1398,12 +1667,13 @@ std::vector<NodeStatus> Keeper::nodes() const {
   return out;
 }
 
-void Keeper::run_hook(const std::string& command, const std::string& event, const Node* node) {
+void Keeper::run_hook(const std::string& command, const std::string& event, const Node* node, const std::string& reason) {
   if (command.empty()) return;
   // Double fork: the hook runs detached and never becomes our zombie.
   const pid_t pid = fork();
   if (pid == 0) {
     std::vector<std::pair<std::string, std::string>> env = {{"PGKEEL_EVENT", event}};
+    if (!reason.empty()) env.emplace_back("PGKEEL_REASON", reason);
     if (node != nullptr) {
       env.emplace_back("PGKEEL_NODE", node->target.name);
       env.emplace_back("PGKEEL_HOST", node->target.host);

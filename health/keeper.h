@@ -37,6 +37,8 @@ struct KeeperConfig {
   std::string admin_user = "postgres";
   std::string admin_password;
   std::string admin_dbname = "postgres";
+  // TLS toward the nodes ([server_tls]); each node's effective sslmode is in its NodeTarget.
+  conf::ServerTlsConfig server_tls;
   std::string replication_user = "replicator";
   std::string replication_password;
   bool automatic = true;
@@ -66,15 +68,25 @@ struct NodeTarget {
   std::string host;  // numeric address
   std::uint16_t port = 0;
   int priority = 100;
+  conf::SslMode sslmode = conf::SslMode::kPrefer;  // its own sslmode, or [server_tls]'s
   // Removed by a reload (its index stays taken for the life of the process; conf/reload.h): no
   // probes, no traffic, not a candidate, not shown.
   bool retired = false;
+};
+
+// What pgkeel's own server connections saw of a node since start, summed over the workers.
+struct NodeActivity {
+  std::uint64_t answers = 0;       // round trips completed, logins finished, bytes received
+  std::uint64_t transactions = 0;  // transactions acknowledged to clients (ReadyForQuery 'I')
 };
 
 // What the keeper asks of the proxy.
 class Effects {
  public:
   virtual ~Effects() = default;
+  // Passive evidence from the data path: a node whose connections keep answering is alive,
+  // whatever a probe says. Cheap (a few relaxed loads); called at every probe.
+  virtual NodeActivity activity(routing::NodeId node) = 0;
   // Publishes the snapshot; `done(epoch)` runs on the keeper's loop once every worker has
   // applied it (closed its connections to nodes that lost the right to serve).
   virtual void publish(routing::Snapshot snap, std::function<void(std::uint64_t)> done) = 0;
@@ -99,9 +111,13 @@ struct KeeperCounters {
   std::uint64_t failovers_refused = 0;    // a failover was needed or asked for and refused/aborted
   std::uint64_t switchovers = 0;          // completed
   std::uint64_t switchovers_aborted = 0;
-  std::uint64_t degradations = 0;         // synchronous replication lost (on -> degraded)
-  bool degraded = false;
+  std::uint64_t degradations = 0;         // synchronous replication lost (honoured -> degraded or waiting)
+  std::uint64_t timeouts_excused = 0;     // probe timeouts not counted: the data path saw the node answer
+  bool degraded = false;                  // commits are acknowledged without a standby (sync_health degraded)
   SyncMode sync_mode = SyncMode::kOn;
+  SyncHealth sync_health = SyncHealth::kOff;
+  std::string sync_why;                   // one line, for every surface
+  std::string record_error;               // the last primary record that could not be written; empty once one is
 };
 
 struct Event {
@@ -128,11 +144,13 @@ struct NodeStatus {
   std::optional<std::uint64_t> lag_bytes;
   std::optional<double> lag_seconds;
   std::string sync_state;
+  std::string application_name;  // what its replication connection is called on the primary
   double probe_ms = 0;
   std::string last_probe;  // ISO time
   std::string last_error;
   std::uint64_t probes = 0;          // since start
   std::uint64_t probe_failures = 0;  // answered with an error, refused or timed out
+  std::uint64_t timeouts_excused = 0;  // timeouts not counted: the data path saw it answer
 };
 
 class Keeper {
@@ -193,12 +211,20 @@ class Keeper {
   static void on_tick(evutil_socket_t, short, void* arg);
   void tick();
   void probe(Node& n);
-  void on_probe(Node& n, const PgResult& r, std::chrono::steady_clock::time_point started);
+  void on_probe_part(Node& n);
+  void finish_probe(Node& n);
+  void heartbeat(Node& primary);
   void decide();
   void decide_writer_at_start();
   void manage_sync();
+  // Names the replication connection of every standby that streams from `primary` under another
+  // name after its [[node]] (application_name in its primary_conninfo), so that
+  // synchronous_standby_names can name it.
+  void adopt_standbys(Node& primary);
+  void note_sync(const SyncStatus& status, Node& primary);
   // `skip_witness`: a console FAILOVER; `force`: FAILOVER ... FORCE (skip the lag check).
   void begin_failover(const std::string& reason, std::optional<routing::NodeId> target, bool force, bool skip_witness);
+  void step_barrier();
   void step_detach();
   void step_settle(int rounds_left);
   void step_fence();
@@ -231,16 +257,23 @@ class Keeper {
   // `then(epoch)` runs once every worker applied the snapshot.
   void publish(std::optional<routing::NodeId> writer, const std::string& why, bool hold,
                std::function<void(std::uint64_t)> then = {});
-  void admin(Node& n, const std::string& sql, std::function<void(const PgResult&)> cb);
+  void admin(Node& n, const std::string& sql, std::function<void(const PgResult&)> cb,
+             std::optional<Millis> timeout = std::nullopt);
   void admin_next(Node& n);
-  void run_hook(const std::string& command, const std::string& event, const Node* node);
+  // `reason` reaches the hook as PGKEEL_REASON.
+  void run_hook(const std::string& command, const std::string& event, const Node* node, const std::string& reason = {});
   void add_event(std::string kind, const std::string& node, std::string text);
+  void note_record_error(const std::string& node, const std::string& error);
+  std::uint64_t highest_record_epoch() const;
   bool write_state_file(const PrimaryRecord& rec, std::string& error);
   std::optional<PrimaryRecord> read_state_file();
   std::vector<NodeObservation> observations() const;
-  std::string conninfo(const Node& n) const;
+  std::string conninfo(const Node& n, bool with_password = true) const;
+  void open_connections(Node& n);
   std::string follow_conninfo(const Node& upstream, const Node& standby) const;
   PlanInput plan_input(routing::NodeId failed) const;
+  // When the failure of `failed` began, as the quorum rule counts "heard from since".
+  std::chrono::steady_clock::time_point failure_began(routing::NodeId failed) const;
   Node* node_by_name(const std::string& name);
   void post_positions();
 
@@ -261,7 +294,13 @@ class Keeper {
   // Synchronous replication as last seen on the primary.
   std::vector<std::string> known_sync_;
   bool degraded_ = false;
+  SyncSpec sync_spec_;
+  SyncStatus sync_;
+  bool sync_known_ = false;      // sync_ was evaluated once (the first evaluation is an event too)
   Lsn primary_last_lsn_ = 0;
+  std::chrono::steady_clock::time_point primary_last_probe_{};  // of primary_last_lsn_
+  std::uint64_t primary_tx_at_probe_ = 0;   // transactions acknowledged on it up to that probe
+  std::string record_error_;
 
   // The failover in progress.
   Step step_ = Step::kIdle;
@@ -273,7 +312,8 @@ class Keeper {
   std::uint32_t old_timeline_ = 0;
   std::chrono::steady_clock::time_point failover_started_;
   std::chrono::steady_clock::time_point last_refusal_log_;  // rate-limits repeated refusals
-  std::chrono::steady_clock::time_point next_attempt_;       // after an aborted failover
+  std::chrono::steady_clock::time_point next_attempt_;       // after an aborted or refused failover
+  std::chrono::steady_clock::time_point failure_began_{};    // the failover in progress: when its failure was first seen
   Sequence sequence_ = Sequence::kFailover;
   std::uint64_t sequence_id_ = 0;  // callbacks of an earlier sequence see a newer id and stop
   std::string cause_;              // for the snapshot's why: "promoted after db1 failed 3 probes"

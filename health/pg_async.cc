@@ -44,11 +44,13 @@ std::string one_line(const char* msg) {
 
 PgAsync::PgAsync(event_base* base, std::string conninfo) : base_(base), conninfo_(std::move(conninfo)) {
   timer_.reset(evtimer_new(base_, &PgAsync::on_timeout, this));
+  patience_timer_.reset(evtimer_new(base_, &PgAsync::on_patience_over, this));
 }
 
 PgAsync::~PgAsync() {
   io_.reset();
   timer_.reset();
+  patience_timer_.reset();
   conn_.reset();
 }
 
@@ -56,6 +58,8 @@ void PgAsync::close() {
   io_.reset();
   conn_.reset();
   connecting_ = false;
+  late_ = false;
+  evtimer_del(patience_timer_.get());
 }
 
 void PgAsync::run(const std::string& sql, std::chrono::milliseconds timeout, Callback cb) {
@@ -69,9 +73,10 @@ void PgAsync::run_params(const std::string& sql, std::vector<std::string> params
 
 void PgAsync::start(const std::string& sql, std::optional<std::vector<std::string>> params,
                     std::chrono::milliseconds timeout, Callback cb) {
-  if (cb_) {
+  if (cb_ || late_) {
     PgResult r;
-    r.error = "a query is already running on this connection";
+    r.timed_out = late_;
+    r.error = late_ ? "timeout: still waiting for the answer to the previous query" : "a query is already running on this connection";
     // Report from the loop, as promised.
     auto* holder = new Callback(std::move(cb));
     auto* res = new PgResult(r);
@@ -140,6 +145,11 @@ void PgAsync::poll_connect() {
       return;
     case PGRES_POLLING_OK:
       connecting_ = false;
+      if (late_) {  // connected after the caller gave up: ready for the next run()
+        io_.reset();
+        finish(PgResult{});
+        return;
+      }
       send_query();
       return;
     case PGRES_POLLING_FAILED:
@@ -230,12 +240,28 @@ void PgAsync::on_timeout(evutil_socket_t, short what, void* arg) {
     self->read_results();
     if (!self->cb_) return;  // it finished, with the answer or with the connection lost
   }
-  // A hung server cannot be cancelled over a new connection either: drop ours.
   PgResult r;
   r.timed_out = true;
   r.error = self->connecting_ ? "timeout while connecting" : "timeout waiting for the query";
+  if (self->patience_.count() > 0 && self->conn_) {
+    // Keep it: the answer (or the end of the connect) is read and dropped when it comes.
+    Callback cb = std::move(self->cb_);
+    self->cb_ = nullptr;
+    self->late_ = true;
+    const timeval tv{static_cast<time_t>(self->patience_.count() / 1000),
+                     static_cast<suseconds_t>((self->patience_.count() % 1000) * 1000)};
+    evtimer_add(self->patience_timer_.get(), &tv);
+    if (cb) cb(r);
+    return;
+  }
+  // A hung server cannot be cancelled over a new connection either: drop ours.
   self->close();
   self->finish(std::move(r));
+}
+
+void PgAsync::on_patience_over(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<PgAsync*>(arg);
+  if (self->late_) self->close();  // a hung server: a new connection next time
 }
 
 // The connection is gone: report libpq's reason and drop it.
@@ -249,6 +275,10 @@ void PgAsync::lost() {
 
 void PgAsync::finish(PgResult r) {
   evtimer_del(timer_.get());
+  if (late_) {
+    late_ = false;  // the late answer: nobody waits for it any more
+    evtimer_del(patience_timer_.get());
+  }
   Callback cb = std::move(cb_);
   cb_ = nullptr;
   if (cb) cb(r);

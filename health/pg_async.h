@@ -54,7 +54,12 @@ class PgAsync {
   PgAsync& operator=(const PgAsync&) = delete;
 
   bool connected() const { return conn_ && PQstatus(conn_.get()) == CONNECTION_OK && !connecting_; }
-  bool busy() const { return static_cast<bool>(cb_); }
+  bool busy() const { return static_cast<bool>(cb_) || late_; }
+  // Patience: past a query's deadline the caller hears "timed out" as usual, but the connection is
+  // kept for up to `wait` more, its late answer read and dropped, so a slow server does not cost a
+  // new connection (and its authentication) every time. A run() meanwhile reports a timeout at once.
+  // A connect that passes its deadline goes on the same way and leaves the connection ready.
+  void set_patience(std::chrono::milliseconds wait) { patience_ = wait; }
   // Connects if needed, then runs `sql` (may hold several statements; the last one's rows are
   // returned). `cb` runs exactly once, from the loop, never from inside run().
   void run(const std::string& sql, std::chrono::milliseconds timeout, Callback cb);
@@ -69,6 +74,7 @@ class PgAsync {
              Callback cb);
   static void on_io(evutil_socket_t fd, short what, void* arg);
   static void on_timeout(evutil_socket_t fd, short what, void* arg);
+  static void on_patience_over(evutil_socket_t fd, short what, void* arg);
   void start_connect();
   void poll_connect();
   void send_query();
@@ -82,6 +88,9 @@ class PgAsync {
   PgConnHandle conn_;
   PgEventHandle io_;
   PgEventHandle timer_;
+  PgEventHandle patience_timer_;
+  std::chrono::milliseconds patience_{0};
+  bool late_ = false;  // past the deadline, still waiting (patience)
   bool connecting_ = false;
   std::string sql_;
   std::optional<std::vector<std::string>> params_;  // run_params(): sent with PQsendQueryParams

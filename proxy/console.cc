@@ -155,8 +155,13 @@ void run_console_command(Shared& sh, std::string_view sql, bool admin, const std
     for (const ShowVerb& v : kShows) {
       if (w.size() == 2 && w[1] == v.word) {
         const TableFn fn = v.table;
-        gather_status(sh, v.connections, [reply, fn](std::shared_ptr<const StatusSnapshot> s) {
-          ConsoleReply r = done_reply("SHOW", "");
+        const bool nodes = v.word == std::string_view("NODES");
+        gather_status(sh, v.connections, [reply, fn, nodes](std::shared_ptr<const StatusSnapshot> s) {
+          // SHOW NODES says in words what synchronous replication does now.
+          ConsoleReply r = done_reply("SHOW", nodes ? "synchronous replication " +
+                                                          std::string(health::to_string(s->keeper.sync_health)) + ": " +
+                                                          s->keeper.sync_why
+                                                    : "");
           r.table = fn(*s);
           reply(std::move(r));
         });

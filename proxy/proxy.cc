@@ -202,14 +202,22 @@ void hand_out(std::size_t li, const BoundListener& b, int unix_fd, std::vector<s
 }
 
 // What the keeper needs of a node: its numeric address (resolved once, on the main thread).
-health::NodeTarget node_target(const conf::NodeConfig& n, const NodeAddress& a) {
+// `server_sslmode`: [server_tls] sslmode, for nodes without their own.
+health::NodeTarget node_target(const conf::NodeConfig& n, const NodeAddress& a, conf::SslMode server_sslmode) {
   char host[INET6_ADDRSTRLEN] = {0};
   if (a.addr.ss_family == AF_INET) {
     inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&a.addr)->sin_addr, host, sizeof host);
   } else {
     inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&a.addr)->sin6_addr, host, sizeof host);
   }
-  return {n.name, host, n.port, n.priority, n.retired};
+  health::NodeTarget t;
+  t.name = n.name;
+  t.host = host;
+  t.port = n.port;
+  t.priority = n.priority;
+  t.sslmode = n.sslmode_set ? n.sslmode : server_sslmode;
+  t.retired = n.retired;
+  return t;
 }
 
 // The main thread's mailbox: workers post completions (barrier acknowledgements) here.
@@ -260,6 +268,18 @@ class MainMailbox {
 class ProxyEffects final : public health::Effects {
  public:
   ProxyEffects(Shared& sh, MainMailbox& mailbox) : sh_(sh), mailbox_(mailbox) {}
+
+  health::NodeActivity activity(routing::NodeId node) override {
+    health::NodeActivity a;
+    if (node >= kMaxNodes) return a;
+    for (const Worker* w : sh_.workers) {
+      const WorkerStats& st = w->stats();
+      const Traffic& t = st.by_node[node];
+      a.answers += t.queries.get() + t.bytes_out.get() + st.node_answers[node].get();
+      a.transactions += t.transactions.get();
+    }
+    return a;
+  }
 
   void publish(routing::Snapshot snap, std::function<void(std::uint64_t)> done) override {
     const std::string why = snap.why;
@@ -386,7 +406,8 @@ std::string reload_config(Shared& sh, ListenerSockets& ls, const std::string& wh
     std::size_t next_added = 0;
     for (std::size_t i = 0; i < res.config->nodes.size(); ++i) {
       const bool is_new = next_added < plan.nodes_added.size() && plan.nodes_added[next_added] == i;
-      targets.push_back(node_target(res.config->nodes[i], is_new ? added_addrs[next_added++] : sh.node_addrs[i]));
+      targets.push_back(node_target(res.config->nodes[i], is_new ? added_addrs[next_added++] : sh.node_addrs[i],
+                                    res.config->server_tls.sslmode));
     }
     if (sh.keeper != nullptr) {
       if (std::string no = sh.keeper->check_nodes(targets); !no.empty()) res.errors.push_back({path, 0, "node", no});
@@ -633,6 +654,7 @@ int run(const conf::Config& config) {
   kc.admin_user = config.health.user;
   kc.admin_password = config.health.password;
   kc.admin_dbname = config.health.dbname;
+  kc.server_tls = config.server_tls;
   kc.witness_max_receipt_age_s = static_cast<double>(config.health.witness_receipt_age.count()) / 1000.0;
   kc.automatic = config.failover.automatic;
   kc.sync_mode = config.failover.synchronous_mode == conf::SyncMode::kOff      ? health::SyncMode::kOff
@@ -653,7 +675,7 @@ int run(const conf::Config& config) {
   kc.switchover_timeout = config.failover.switchover_timeout;
   kc.initial_primary = config.nodes[primary].name;
   std::vector<health::NodeTarget> targets;
-  for (std::size_t i = 0; i < config.nodes.size(); ++i) targets.push_back(node_target(config.nodes[i], sh.node_addrs[i]));
+  for (std::size_t i = 0; i < config.nodes.size(); ++i) targets.push_back(node_target(config.nodes[i], sh.node_addrs[i], config.server_tls.sslmode));
   health::Keeper keeper(base.get(), kc, targets, sh.table, effects);
   keeper.on_event = [](const health::Event& e) {
     log::info("health").kv("event", e.kind).kv("id", e.id).kv("epoch", e.epoch).kv("node", e.node).kv("detail", e.text).emit();

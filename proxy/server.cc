@@ -415,6 +415,7 @@ void Server::handle_login_message(char type, std::string_view body) {
       tx_status_ = static_cast<char>(r.i8());
       state_ = State::kIdle;
       last_used_ = Clock::now();
+      w_.stats().node_answers[node_].add(1);
       cred_.reset();  // logged in: the user's credential is no longer needed here
       share_parameter_status();
       log::debug("server").kv("event", "login").kv("server", name()).kv("node", w_.snapshot().nodes[node_].name).kv("backend_pid", backend_pid_).emit();
@@ -575,6 +576,7 @@ void Server::after_reset_message(char type, std::string_view body) {
       }
       state_ = State::kIdle;
       last_used_ = Clock::now();
+      w_.stats().node_answers[node_].add(1);
       if (edits_) {
         // The reset query (DISCARD ALL, by default) dropped the statements and the settings.
         edits_->statements.clear();

@@ -65,6 +65,9 @@ struct Traffic {
 struct WorkerStats {
   std::array<Traffic, kMaxListeners> by_listener;
   std::array<Traffic, kMaxNodes> by_node;
+  // Logins and resets completed by each node: with by_node's queries and bytes, the round trips
+  // that prove a node alive to the keeper whatever its probes say (Effects::activity).
+  std::array<Counter, kMaxNodes> node_answers;
   // Event counters (per worker; summed for /metrics).
   Counter clients_accepted;
   Counter clients_refused;       // limits, bad startup, authentication failures

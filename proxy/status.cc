@@ -138,13 +138,17 @@ void gather_status(Shared& sh, bool with_connections, std::function<void(std::sh
 ConsoleTable nodes_table(const StatusSnapshot& s) {
   ConsoleTable t;
   t.columns = {"name", "address", "role", "state", "fenced", "enabled", "system_identifier", "timeline", "lsn",
-               "lag_bytes", "lag_seconds", "sync_state", "last_probe", "probe_ms", "last_error"};
+               "lag_bytes", "lag_seconds", "sync_state", "application_name", "last_probe", "probe_ms", "last_error"};
   for (const health::NodeStatus& n : s.nodes) {
+    // The writer's sync_state is synchronous replication's as a whole (honoured, degraded,
+    // waiting, off); a standby's is its own, as the primary reports it.
+    const bool writer = n.role == "primary (writer)";
+    const Cell sync = writer ? Cell(std::string(health::to_string(s.keeper.sync_health))) : opt(n.sync_state);
     t.rows.push_back({n.name, n.address, n.role, n.health, yes_no(n.fenced), yes_no(n.enabled), opt(n.system_identifier),
                       n.timeline ? Cell(std::to_string(n.timeline)) : std::nullopt, opt(n.lsn),
                       n.lag_bytes ? Cell(std::to_string(*n.lag_bytes)) : std::nullopt,
-                      n.lag_seconds ? Cell(fixed(*n.lag_seconds, 3)) : std::nullopt, opt(n.sync_state), opt(n.last_probe),
-                      fixed(n.probe_ms, 1), opt(n.last_error)});
+                      n.lag_seconds ? Cell(fixed(*n.lag_seconds, 3)) : std::nullopt, sync, opt(n.application_name),
+                      opt(n.last_probe), fixed(n.probe_ms, 1), opt(n.last_error)});
   }
   return t;
 }

@@ -558,6 +558,9 @@ std::string render_status_json(const StatusSnapshot& s, const Readiness& r, bool
   j.key("failover_running").boolean(s.failover_running);
   j.key("sync_mode").str(health::to_string(s.keeper.sync_mode));
   j.key("degraded").boolean(s.keeper.degraded);
+  j.key("sync_health").str(health::to_string(s.keeper.sync_health));
+  j.key("sync_why").str(s.keeper.sync_why);
+  j.key("record_error").str(s.keeper.record_error);
   j.key("plan_summary").str(s.plan.summary);
   j.key("counters").begin_object();
   j.key("failovers").num(s.keeper.failovers);
@@ -565,6 +568,7 @@ std::string render_status_json(const StatusSnapshot& s, const Readiness& r, bool
   j.key("switchovers").num(s.keeper.switchovers);
   j.key("switchovers_aborted").num(s.keeper.switchovers_aborted);
   j.key("degradations").num(s.keeper.degradations);
+  j.key("probe_timeouts_excused").num(s.keeper.timeouts_excused);
   j.key("reloads").num(s.reloads);
   j.key("reload_failures").num(s.reload_failures);
   j.key("clients_accepted").num(s.total.events.clients_accepted);
@@ -665,6 +669,15 @@ struct StatusServer::Impl {
     r.healthy = w != nullptr && !w->fenced && w->enabled;
     if (r.healthy) {
       r.health_why = "writer " + w->name + " (epoch " + std::to_string(snap->epoch) + ")";
+      // Writes go through, but a promise is not kept: the text says which (the code stays 200, so
+      // a load balancer does not drop a primary that takes writes).
+      if (shared.keeper != nullptr) {
+        const health::KeeperCounters k = shared.keeper->counters();
+        if (k.sync_health == health::SyncHealth::kDegraded || k.sync_health == health::SyncHealth::kWaiting) {
+          r.health_why += "; synchronous replication " + std::string(health::to_string(k.sync_health)) + ": " + k.sync_why;
+        }
+        if (!k.record_error.empty()) r.health_why += "; the primary record could not be written: " + k.record_error;
+      }
     } else {
       r.health_why = "no writable primary is routable (epoch " + std::to_string(snap->epoch) + ")" +
                      (snap->why.empty() ? std::string() : ": " + snap->why);

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <utility>
 
 #include "routing/router.h"
@@ -25,11 +26,16 @@ Table::Table(Snapshot initial) {
 
 std::uint64_t Table::publish(Snapshot next) {
   std::lock_guard lock(mu_);
-  next.epoch = current_->epoch + 1;
+  next.epoch = std::max(current_->epoch, floor_) + 1;
   const std::uint64_t epoch = next.epoch;
   current_ = std::make_shared<const Snapshot>(std::move(next));
   epoch_.store(epoch, std::memory_order_release);
   return epoch;
+}
+
+void Table::raise_floor(std::uint64_t epoch) {
+  std::lock_guard lock(mu_);
+  floor_ = std::max(floor_, epoch);
 }
 
 std::shared_ptr<const Snapshot> Table::current() const {

@@ -42,14 +42,18 @@ class Table {
  public:
   explicit Table(Snapshot initial);
 
-  // Publishes `next` with epoch = previous epoch + 1 and returns that epoch.
+  // Publishes `next` with epoch = previous epoch + 1 (or above the floor) and returns that epoch.
   std::uint64_t publish(Snapshot next);
+  // The next publication gets an epoch above `epoch`: epochs recorded by an earlier run of
+  // pgkeel (its state file, the cluster's primary history) are never handed out again.
+  void raise_floor(std::uint64_t epoch);
   std::shared_ptr<const Snapshot> current() const;
   std::uint64_t epoch() const { return epoch_.load(std::memory_order_acquire); }
 
  private:
   mutable std::mutex mu_;
   std::shared_ptr<const Snapshot> current_;
+  std::uint64_t floor_ = 0;  // under mu_
   std::atomic<std::uint64_t> epoch_{0};
 };
 

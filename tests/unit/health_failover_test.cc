@@ -183,7 +183,10 @@ TEST_CASE("a probe row parses into facts", "[health]") {
   row[1] = "7300";
   row[2] = "3";
   row[3] = "0/3000148";
-  row[11] = "db2,streaming,sync,0/3000148;db3,streaming,async,0/3000000";
+  const std::string us = "\x1f";  // fields
+  const std::string rs = "\x1e";  // rows
+  row[11] = "db2" + us + "streaming" + us + "sync" + us + "0/3000148" + us + "10.0.0.2" + rs + "walreceiver" + us +
+            "streaming" + us + "async" + us + "0/3000000" + us;
   row[12] = "ANY 1 (db2)";
   row[13] = "1";
   std::string err;
@@ -194,7 +197,186 @@ TEST_CASE("a probe row parses into facts", "[health]") {
   CHECK(f->current_lsn == 0x3000148);
   REQUIRE(f->replicas.size() == 2);
   CHECK(f->replicas[0].sync_state == "sync");
+  CHECK(f->replicas[0].client_addr == "10.0.0.2");
+  CHECK(f->replicas[1].application_name == "walreceiver");
+  CHECK(f->replicas[1].flush_lsn == 0x3000000);
+  CHECK(f->replicas[1].client_addr.empty());
   CHECK(f->wal_position() == 0x3000148);
   row.pop_back();
   CHECK_FALSE(parse_probe_row(row, err));
+}
+
+TEST_CASE("synchronous_standby_names parses as PostgreSQL reads it", "[health][sync]") {
+  SyncSpec a = parse_sync_names("ANY 1 (\"db2\", db3)");
+  CHECK(a.method == SyncSpec::Method::kAny);
+  CHECK(a.k == 1);
+  CHECK(a.names == std::vector<std::string>{"db2", "db3"});
+  SyncSpec f = parse_sync_names("2 (a, \"B c\", D)");
+  CHECK(f.method == SyncSpec::Method::kFirst);
+  CHECK(f.k == 2);
+  CHECK(f.names == std::vector<std::string>{"a", "B c", "d"});  // unquoted names fold to lower case
+  SyncSpec bare = parse_sync_names("walreceiver, db2");
+  CHECK(bare.method == SyncSpec::Method::kFirst);
+  CHECK(bare.k == 1);
+  CHECK(bare.names.size() == 2);
+  CHECK(parse_sync_names("first 1 (*)").any_name());
+  CHECK(parse_sync_names("").method == SyncSpec::Method::kNone);
+  CHECK(parse_sync_names("  ").method == SyncSpec::Method::kNone);
+  CHECK(parse_sync_names("ANY 2 (\"x\"\"y\", z)").names[0] == "x\"y");
+}
+
+TEST_CASE("with ANY k of N, a standby is promoted only when N - k + 1 were heard from since the failure",
+          "[health][failover][quorum]") {
+  PlanInput in = base();
+  in.sync_mode = SyncMode::kOn;
+  in.known_sync = {"db2", "db3"};
+  in.sync_spec = parse_sync_names("ANY 1 (\"db2\", \"db3\")");
+  SECTION("both heard from: the furthest ahead wins") {
+    Plan p = plan_failover(in);
+    REQUIRE(p.chosen);
+    CHECK(*p.chosen == 2u);
+    CHECK(p.candidates[0].why.find("behind another standby") != std::string::npos);
+    CHECK(p.summary.find("no acknowledged commit is lost") != std::string::npos);
+  }
+  SECTION("the standby ahead was lost with the primary: the lagging one is not promoted") {
+    in.nodes[2].health = NodeHealth::kDown;  // db3, ahead, gone too
+    Plan p = plan_failover(in);
+    CHECK_FALSE(p.chosen);
+    CHECK(p.candidates[0].why.find("not provably complete") != std::string::npos);
+    CHECK(p.candidates[0].why.find("2 of them must be heard from") != std::string::npos);
+    CHECK(p.summary.find("db2") != std::string::npos);
+    SECTION("FORCE promotes it anyway, and says what it may lack") {
+      in.force = true;
+      Plan forced = plan_failover(in);
+      REQUIRE(forced.chosen);
+      CHECK(*forced.chosen == 1u);
+      CHECK(forced.candidates[0].why.find("FORCE") != std::string::npos);
+    }
+  }
+  SECTION("a standby heard from only before the failure does not count") {
+    in.nodes[2].heard_since_failure = false;
+    CHECK_FALSE(plan_failover(in).chosen);
+  }
+  SECTION("FIRST k: any synchronous standby holds every acknowledged commit") {
+    in.sync_spec = parse_sync_names("FIRST 1 (db2, db3)");
+    in.known_sync = {"db2"};
+    in.nodes[2].health = NodeHealth::kDown;
+    Plan p = plan_failover(in);
+    REQUIRE(p.chosen);
+    CHECK(*p.chosen == 1u);
+  }
+  SECTION("ANY 2 of 3: two heard from are enough") {
+    in.nodes.push_back(standby(3, "db4", 1500));
+    in.known_sync = {"db2", "db3", "db4"};
+    in.sync_spec = parse_sync_names("ANY 2 (db2, db3, db4)");
+    in.nodes[2].health = NodeHealth::kDown;
+    Plan p = plan_failover(in);
+    REQUIRE(p.chosen);
+    CHECK(*p.chosen == 3u);  // db4 is ahead of db2
+  }
+}
+
+TEST_CASE("a standby is matched to its replication connection by name, address or elimination", "[health][sync]") {
+  auto row = [](std::string app, std::string addr) {
+    ReplicaInfo r;
+    r.application_name = std::move(app);
+    r.state = "streaming";
+    r.sync_state = "async";
+    r.client_addr = std::move(addr);
+    return r;
+  };
+  SECTION("one plain pg_basebackup standby: by address") {
+    auto m = match_replication({{"db2", "127.0.0.1", true}}, {row("walreceiver", "127.0.0.1")});
+    REQUIRE(m[0].row);
+    CHECK(m[0].how == "address");
+  }
+  SECTION("one standby seen from another address (NAT): by elimination") {
+    auto m = match_replication({{"db2", "10.0.0.2", true}}, {row("walreceiver", "172.17.0.5")});
+    REQUIRE(m[0].row);
+    CHECK(m[0].how == "elimination");
+    CHECK_FALSE(match_replication({{"db2", "10.0.0.2", false}}, {row("walreceiver", "172.17.0.5")})[0].row);
+  }
+  SECTION("two standbys on their own hosts: by address") {
+    auto m = match_replication({{"db2", "10.0.0.2", true}, {"db3", "10.0.0.3", true}},
+                               {row("walreceiver", "10.0.0.3"), row("walreceiver", "10.0.0.2")});
+    REQUIRE(m[0].row);
+    REQUIRE(m[1].row);
+    CHECK(*m[0].row == 1u);
+    CHECK(*m[1].row == 0u);
+    CHECK(m[0].how == "address");
+  }
+  SECTION("two unnamed standbys on one host: no guess") {
+    auto m = match_replication({{"db2", "127.0.0.1", true}, {"db3", "127.0.0.1", true}},
+                               {row("walreceiver", "127.0.0.1"), row("walreceiver", "127.0.0.1")});
+    CHECK_FALSE(m[0].row);
+    CHECK_FALSE(m[1].row);
+  }
+  SECTION("a name wins over everything, and leaves the rest to the other rules") {
+    auto m = match_replication({{"db2", "127.0.0.1", true}, {"db3", "127.0.0.1", true}},
+                               {row("walreceiver", "127.0.0.1"), row("db2", "127.0.0.1")});
+    CHECK(*m[0].row == 1u);
+    CHECK(m[0].how == "name");
+    REQUIRE(m[1].row);
+    CHECK(*m[1].row == 0u);
+    CHECK(m[1].how == "address");
+  }
+}
+
+TEST_CASE("synchronous replication says plainly when it cannot keep its promise", "[health][sync]") {
+  SECTION("on, a standby streaming as walreceiver, nothing set") {
+    SyncStatus st = sync_status(SyncMode::kOn, "db1", "", {{"db2", "walreceiver", "async", "streaming", true, false}});
+    CHECK(st.health == SyncHealth::kDegraded);
+    CHECK(st.why.find("db2 streams as 'walreceiver'") != std::string::npos);
+  }
+  SECTION("honoured") {
+    SyncStatus st = sync_status(SyncMode::kOn, "db1", "ANY 1 (\"db2\")", {{"db2", "db2", "quorum", "streaming", true, false}});
+    CHECK(st.health == SyncHealth::kHonoured);
+    CHECK(st.why.find("db2 acknowledges") != std::string::npos);
+  }
+  SECTION("strict with its standby down: commits wait, and it says for whom") {
+    SyncStatus st = sync_status(SyncMode::kStrict, "db1", "ANY 1 (\"db2\")", {{"db2", "", "", "", false, false}});
+    CHECK(st.health == SyncHealth::kWaiting);
+    CHECK(st.why.find("wait") != std::string::npos);
+    CHECK(st.why.find("db2 is down") != std::string::npos);
+  }
+  SECTION("off promises nothing") {
+    CHECK(sync_status(SyncMode::kOff, "db1", "", {}).health == SyncHealth::kOff);
+  }
+}
+
+TEST_CASE("a standby's primary_conninfo gets its application_name, every other keyword kept", "[health][sync]") {
+  std::string err;
+  auto c = with_application_name(
+      "user=replicator password='p w\\'d' channel_binding=prefer host=127.0.0.1 port=5433 sslmode=prefer", "db2", err);
+  REQUIRE(c);
+  CHECK(c->find("application_name='db2'") != std::string::npos);
+  CHECK(c->find("password='p w\\'d'") != std::string::npos);
+  CHECK(c->find("port='5433'") != std::string::npos);
+  auto again = with_application_name(*c + " application_name=walreceiver", "db3", err);
+  REQUIRE(again);
+  CHECK(again->find("walreceiver") == std::string::npos);
+  CHECK(again->find("application_name='db3'") != std::string::npos);
+  CHECK_FALSE(with_application_name("host='unterminated", "db2", err));
+  CHECK_FALSE(err.empty());
+}
+
+TEST_CASE("at start the newest record decides, wherever it was found", "[health][fencing][epoch]") {
+  auto rec = [](std::uint64_t epoch, std::string node, std::uint32_t tl) {
+    PrimaryRecord r;
+    r.epoch = epoch;
+    r.node = std::move(node);
+    r.timeline = tl;
+    return r;
+  };
+  SECTION("a newer cluster record beats an older state file") {
+    auto n = newest_record({{rec(5, "db2", 2), "state file"}, {rec(6, "db1", 3), "cluster record on db1"}});
+    REQUIRE(n);
+    CHECK(n->record.node == "db1");
+  }
+  SECTION("equal epochs from before epochs were kept across restarts: the higher timeline") {
+    auto n = newest_record({{rec(5, "db2", 2), "cluster record on db2"}, {rec(5, "db1", 3), "cluster record on db1"}});
+    REQUIRE(n);
+    CHECK(n->record.node == "db1");
+  }
+  CHECK_FALSE(newest_record({}));
 }

@@ -186,3 +186,13 @@ TEST_CASE("read-your-writes: only a standby that replayed the session's commit s
   CHECK(std::get<Route>(d).node == 0);
   CHECK(std::get<Route>(d).why == "the primary: no standby has replayed the session's last commit");
 }
+
+TEST_CASE("a raised floor keeps epochs from going backwards across restarts", "[routing][epoch]") {
+  Table t{Snapshot{}};
+  CHECK(t.publish(Snapshot{}) == 1u);
+  t.raise_floor(7);
+  CHECK(t.epoch() == 1u);  // nothing published yet
+  CHECK(t.publish(Snapshot{}) == 8u);
+  t.raise_floor(3);  // never lowers it
+  CHECK(t.publish(Snapshot{}) == 9u);
+}
