@@ -305,6 +305,7 @@ std::vector<ReplicationMatch> match_replication(const std::vector<StandbyRef>& s
 
 std::string_view to_string(SyncHealth h) {
   switch (h) {
+    case SyncHealth::kUnknown: return "unknown";
     case SyncHealth::kOff: return "off";
     case SyncHealth::kHonoured: return "honoured";
     case SyncHealth::kDegraded: return "degraded";

@@ -117,6 +117,7 @@ std::vector<ReplicationMatch> match_replication(const std::vector<StandbyRef>& s
 // Whether synchronous replication keeps its promise now, and why not, in one line for every
 // surface (event, SHOW NODES, /health, the status page, on_degraded).
 enum class SyncHealth : std::uint8_t {
+  kUnknown,     // no primary evaluated yet (start-up, no writer)
   kOff,         // synchronous_mode = off: nothing promised
   kHonoured,    // enough listed standbys acknowledge commits
   kDegraded,    // commits are acknowledged without a standby (on: pgkeel chose availability)

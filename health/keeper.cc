@@ -420,11 +420,14 @@ void Keeper::decide() {
         if (SteadyClock::now() >= next_attempt_) {
           begin_failover("primary " + p.target.name + " failed: " + p.last_error, std::nullopt, false, false);
         }
-      } else if (SteadyClock::now() - last_refusal_log_ > std::chrono::seconds(10)) {
-        last_refusal_log_ = SteadyClock::now();
-        if (!refusal_counted_) ++counters_.failovers_refused;
-        refusal_counted_ = true;
-        add_event("failover_refused", p.target.name, "primary is down; failover mode is manual: run FAILOVER on the console");
+      } else {
+        note_writer_trouble("primary " + p.target.name + " is down; failover mode is manual: waiting for FAILOVER on the console");
+        if (SteadyClock::now() - last_refusal_log_ > std::chrono::seconds(10)) {
+          last_refusal_log_ = SteadyClock::now();
+          if (!refusal_counted_) ++counters_.failovers_refused;
+          refusal_counted_ = true;
+          add_event("failover_refused", p.target.name, "primary is down; failover mode is manual: run FAILOVER on the console");
+        }
       }
       return;
     }
@@ -436,6 +439,10 @@ void Keeper::decide() {
         return;
       }
       refusal_counted_ = false;
+      if (writer_trouble_) {  // it answers again: clients are told the usual reason
+        writer_trouble_ = false;
+        publish(writer_, writer_why_, false);
+      }
       if (p.facts_at > primary_last_probe_) {
         primary_last_lsn_ = p.facts->current_lsn;
         primary_last_probe_ = p.facts_at;
@@ -575,6 +582,7 @@ void Keeper::manage_sync() {
     sync_.why = status.why;
     if (!sync_known_) sync_.health = status.health;
   }
+  sync_evaluated_ = true;
   if (!changing || p.admin_running) return;
   if (SteadyClock::now() - p.last_sync_change < std::chrono::seconds(2)) return;
   p.last_sync_change = SteadyClock::now();
@@ -609,6 +617,7 @@ void Keeper::note_sync(const SyncStatus& status, Node& primary) {
   sync_ = status;
   if (!changed) return;
   switch (status.health) {
+    case SyncHealth::kUnknown:
     case SyncHealth::kOff:
       return;
     case SyncHealth::kHonoured:
@@ -639,10 +648,15 @@ void Keeper::adopt_standbys(Node& p) {
     }
     const bool named = std::any_of(p.facts->replicas.begin(), p.facts->replicas.end(),
                                    [&](const ReplicaInfo& ri) { return ri.application_name == n.target.name; });
-    if (named || now - n.adopt_attempt < std::chrono::seconds(10)) continue;
+    // Someone streams under a name no [[node]] has: it is this standby or another unnamed one.
+    // (Without such a row, the two probes only disagree for a moment: the standby reconnects.)
+    const bool stranger = std::any_of(p.facts->replicas.begin(), p.facts->replicas.end(), [&](const ReplicaInfo& ri) {
+      return std::none_of(nodes_.begin(), nodes_.end(), [&](const auto& m) { return !m->retired && m->target.name == ri.application_name; });
+    });
+    if (named || !stranger || now - n.adopt_attempt < std::chrono::seconds(10)) continue;
     n.adopting = true;
     n.adopt_attempt = now;
-    const std::string was = n.replication_name.empty() ? "a name pgkeel could not match" : "'" + n.replication_name + "'";
+    const std::string was = n.replication_name.empty() ? "a name it shares with another standby" : "'" + n.replication_name + "'";
     auto fail = [this, &n](const std::string& why) {
       n.adopting = false;
       add_event("adopt_failed", n.target.name,
@@ -699,8 +713,10 @@ void Keeper::begin_failover(const std::string& reason, std::optional<routing::No
   const auto now = SteadyClock::now();
   const Node& f = *nodes_[*failed];
   auto refuse = [&](const std::string& why, const char* hook_event, Millis retry) {
-    // Nothing was touched: clients keep their server connections, the writer stays.
+    // Nothing was touched: clients keep their server connections, the writer stays. Clients that
+    // cannot reach it are held, and hear this reason when their hold_timeout runs out.
     next_attempt_ = now + retry;
+    note_writer_trouble("primary " + f.target.name + " is not answering pgkeel, and no failover: " + why);
     if (now - last_refusal_log_ <= std::chrono::seconds(10)) return;
     last_refusal_log_ = now;
     if (!refusal_counted_) ++counters_.failovers_refused;
@@ -760,8 +776,17 @@ void Keeper::begin_failover(const std::string& reason, std::optional<routing::No
   step_detach();
 }
 
+// The writer stays, but what clients are told when they cannot reach it changes (no connection
+// is closed: the writer is the same node).
+void Keeper::note_writer_trouble(const std::string& why) {
+  if (!writer_ || table_.current()->why == why) return;
+  writer_trouble_ = true;
+  publish(writer_, why, false);
+}
+
 void Keeper::publish(std::optional<routing::NodeId> writer, const std::string& why, bool hold,
                      std::function<void(std::uint64_t)> then) {
+  if (writer && !hold && !writer_trouble_) writer_why_ = why;
   routing::Snapshot snap = *table_.current();
   if (snap.nodes.size() != nodes_.size()) snap.nodes.resize(nodes_.size());
   for (const auto& n : nodes_) {
@@ -1475,9 +1500,9 @@ KeeperCounters Keeper::counters() const {
   c.sync_mode = config_.sync_mode;
   c.sync_health = config_.sync_mode == SyncMode::kOff ? SyncHealth::kOff : sync_.health;
   c.sync_why = sync_.why;
-  if (config_.sync_mode != SyncMode::kOff && !sync_known_) {
-    c.sync_health = SyncHealth::kDegraded;
-    c.sync_why = writer_ ? "not known yet" : "no writable primary";
+  if (config_.sync_mode != SyncMode::kOff && !sync_evaluated_) {
+    c.sync_health = SyncHealth::kUnknown;
+    c.sync_why = "no primary evaluated yet";
   }
   c.degraded = c.sync_health == SyncHealth::kDegraded;
   c.record_error = record_error_;

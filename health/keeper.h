@@ -257,6 +257,7 @@ class Keeper {
   // `then(epoch)` runs once every worker applied the snapshot.
   void publish(std::optional<routing::NodeId> writer, const std::string& why, bool hold,
                std::function<void(std::uint64_t)> then = {});
+  void note_writer_trouble(const std::string& why);
   void admin(Node& n, const std::string& sql, std::function<void(const PgResult&)> cb,
              std::optional<Millis> timeout = std::nullopt);
   void admin_next(Node& n);
@@ -289,6 +290,8 @@ class Keeper {
 
   std::optional<PrimaryRecord> record_;
   std::optional<routing::NodeId> writer_;
+  std::string writer_why_;       // why the writer is the writer (the snapshot's why while all is well)
+  bool writer_trouble_ = false;  // the snapshot's why says the writer does not answer (nothing was cut)
   bool started_ = false;  // the writer was decided once
   std::string system_identifier_;
   // Synchronous replication as last seen on the primary.
@@ -296,7 +299,8 @@ class Keeper {
   bool degraded_ = false;
   SyncSpec sync_spec_;
   SyncStatus sync_;
-  bool sync_known_ = false;      // sync_ was evaluated once (the first evaluation is an event too)
+  bool sync_known_ = false;      // sync_ was noted once (the first evaluation is an event too)
+  bool sync_evaluated_ = false;  // sync_ says something (the surfaces show it even while settling)
   Lsn primary_last_lsn_ = 0;
   std::chrono::steady_clock::time_point primary_last_probe_{};  // of primary_last_lsn_
   std::uint64_t primary_tx_at_probe_ = 0;   // transactions acknowledged on it up to that probe

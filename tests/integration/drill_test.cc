@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "tests/integration/fixture.h"
+#include "tests/integration/load.h"
 #include "tools/ledger/json.h"
 
 using namespace pgkeel::test;
@@ -165,15 +166,32 @@ std::string writer(const Pgkeel& pk) {
 // A synchronous drill with one fault on the primary db1 of a fresh cluster: everything
 // check_sync_summary asserts, a promotion, and writes on db2 afterwards (not on the old primary,
 // should it have come back), and a well-formed report.
+// `saturate`: the host is saturated by its own load for the whole run, as in the no-harm test
+// (no_harm_test.cc) and with the same timings: a CPU hog on every core and pgbench -S -c 50
+// through pgkeel beside the drill's clients.
 DrillRun fault_drill(const ClusterOptions& options, const std::string& fault, const std::string& duration,
-                     const char* what) {
+                     const char* what, bool saturate = false) {
   REQUIRE(fs::exists(drill_binary()));
   Cluster cluster(options);
   if (options.netns) {
     REQUIRE(cluster.node("db1").host != "127.0.0.1");
   }
-  Pgkeel pk(cluster, drill_options(cluster));
+  PgkeelOptions o = drill_options(cluster);
+  if (saturate) o.pool_size = 60;
+  Pgkeel pk(cluster, o);
+  std::unique_ptr<Background> hog;
+  std::unique_ptr<Background> bench;
+  if (saturate) {
+    REQUIRE(run({"pgbench", "-i", "-q", "-s", "10", cluster.conninfo("db1")}, {}, 300s).ok());
+    hog = cpu_hog(pk.dir(), 120s);
+    bench = std::make_unique<Background>(
+        std::vector<std::string>{"pgbench", "-n", "-S", "-c", "50", "-j", "2", "-T", "60", pk.conninfo()}, pk.dir() / "pgbench.log");
+  }
   DrillRun d = run_drill(cluster, pk, fault, duration);
+  if (saturate) {
+    bench->stop();
+    hog->stop();
+  }
   CHECK(d.result.exit_code == 0);
   REQUIRE(d.summary);
   check_sync_summary(*d.summary, "db1");
@@ -259,4 +277,17 @@ TEST_CASE("drill: FAILOVER on the console under load; writes follow the standby 
           "commit is lost",
           "[drill][faults][release-only]") {
   fault_drill({.standbys = 1, .sync = true}, "failover@5s", "15s", "failover");
+}
+
+TEST_CASE("drill under a saturating load with the fast timings: a kill -9 of the primary is found and failed over; "
+          "no acknowledged commit is lost",
+          "[drill][load][release-only]") {
+  fault_drill({.standbys = 1, .sync = true}, "kill@5s", "15s", "kill under load", true);
+}
+
+TEST_CASE("drill under a saturating load with the fast timings: a hang (SIGSTOP) of the primary is found and failed "
+          "over; no acknowledged commit is lost",
+          "[drill][load][release-only]") {
+  const DrillRun d = fault_drill({.standbys = 1, .sync = true}, "hang@5s:for=9s", "20s", "hang under load", true);
+  CHECK(d.summary->find("faults")->items[0].find("detail")->string.find("SIGCONT") != std::string::npos);
 }
