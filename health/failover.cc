@@ -366,7 +366,9 @@ SyncStatus sync_status(SyncMode mode, const std::string& primary, const std::str
   return st;
 }
 
-std::optional<std::string> with_application_name(const std::string& conninfo, const std::string& name, std::string& error) {
+std::optional<std::string> rewrite_conninfo(const std::string& conninfo,
+                                            const std::vector<std::pair<std::string, std::string>>& set,
+                                            const std::vector<std::string>& drop, std::string& error) {
   char* err = nullptr;
   PQconninfoOption* opts = PQconninfoParse(conninfo.c_str(), &err);
   if (opts == nullptr) {
@@ -384,12 +386,19 @@ std::optional<std::string> with_application_name(const std::string& conninfo, co
     }
     return q + "'";
   };
+  auto listed = [](const auto& list, std::string_view k, auto key) {
+    return std::any_of(list.begin(), list.end(), [&](const auto& e) { return key(e) == k; });
+  };
   std::string out;
   for (PQconninfoOption* o = opts; o->keyword != nullptr; ++o) {
-    if (std::string_view(o->keyword) == "application_name" || o->val == nullptr) continue;
-    out += (out.empty() ? "" : " ") + std::string(o->keyword) + "=" + quote(o->val);
+    const std::string_view k = o->keyword;
+    if (o->val == nullptr || listed(drop, k, [](const std::string& d) { return std::string_view(d); }) ||
+        listed(set, k, [](const auto& p) { return std::string_view(p.first); })) {
+      continue;
+    }
+    out += (out.empty() ? "" : " ") + std::string(k) + "=" + quote(o->val);
   }
-  out += (out.empty() ? "" : " ") + std::string("application_name=") + quote(name);
+  for (const auto& [k, v] : set) out += (out.empty() ? "" : " ") + k + "=" + quote(v);
   return out;
 }
 

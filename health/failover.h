@@ -139,9 +139,17 @@ struct SyncStatus {
 SyncStatus sync_status(SyncMode mode, const std::string& primary, const std::string& names_set,
                        const std::vector<SyncStandby>& standbys);
 
-// libpq conninfo `conninfo` with application_name set to `name` (every other keyword kept, values
-// quoted); nullopt with `error` when libpq cannot parse it.
-std::optional<std::string> with_application_name(const std::string& conninfo, const std::string& name, std::string& error);
+// libpq conninfo `conninfo` with the keywords in `set` set (replaced or added) and those in `drop`
+// removed, every other keyword kept as it was (values quoted); nullopt with `error` when libpq
+// cannot parse it. A standby keeps its own user, password, passfile and TLS settings this way
+// when pgkeel names it or points it at a new primary.
+std::optional<std::string> rewrite_conninfo(const std::string& conninfo,
+                                            const std::vector<std::pair<std::string, std::string>>& set,
+                                            const std::vector<std::string>& drop, std::string& error);
+inline std::optional<std::string> with_application_name(const std::string& conninfo, const std::string& name,
+                                                        std::string& error) {
+  return rewrite_conninfo(conninfo, {{"application_name", name}}, {}, error);
+}
 
 // What pgkeel recorded about the primary it promoted (or bootstrapped).
 struct PrimaryRecord {

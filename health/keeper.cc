@@ -103,6 +103,7 @@ struct Keeper::Node {
   std::string sync_state;
   SteadyClock::time_point adopt_attempt{};
   bool adopting = false;
+  std::string detached_conninfo;  // its primary_conninfo before a failover detached it
 };
 
 Keeper::Keeper(event_base* base, KeeperConfig config, std::vector<NodeTarget> nodes, routing::Table& table,
@@ -175,6 +176,14 @@ void Keeper::set_nodes(const std::vector<NodeTarget>& nodes, const std::string& 
 
 // primary_conninfo for `standby` to stream from `upstream`.
 std::string Keeper::follow_conninfo(const Node& upstream, const Node& standby) const {
+  if (!standby.detached_conninfo.empty()) {
+    std::string error;
+    const std::optional<std::string> moved = rewrite_conninfo(
+        standby.detached_conninfo,
+        {{"host", upstream.target.host}, {"port", std::to_string(upstream.target.port)}, {"application_name", standby.target.name}},
+        {"hostaddr"}, error);
+    if (moved) return *moved;
+  }
   std::string pci = "host=" + upstream.target.host + " port=" + std::to_string(upstream.target.port) +
                     " user=" + conninfo_value(config_.replication_user) + " application_name=" + standby.target.name;
   if (!config_.replication_password.empty()) pci += " password=" + conninfo_value(config_.replication_password);
@@ -863,6 +872,12 @@ void Keeper::step_detach() {
     if (n->id == *failed_ || n->detector.health() != NodeHealth::kUp || !n->facts || !n->facts->in_recovery) continue;
     Node& node = *n;
     node.settle_lsn.reset();
+    node.detached_conninfo.clear();
+    // Kept, so that it follows the new primary (or the old one again) with its own user,
+    // password and TLS settings, not only pgkeel's [failover] replication_user.
+    admin(node, "SELECT current_setting('primary_conninfo')", [&node](const PgResult& r) {
+      if (r.ok && !r.rows.empty() && !r.rows[0].empty() && r.rows[0][0]) node.detached_conninfo = *r.rows[0][0];
+    });
     admin(node, "ALTER SYSTEM SET primary_conninfo = ''", [](const PgResult&) {});
     admin(node, "SELECT pg_reload_conf()", [this, remaining, &node](const PgResult& r) {
       if (!r.ok) add_event("detach_failed", node.target.name, r.error);
@@ -1084,7 +1099,8 @@ void Keeper::abort_failover(const std::string& why) {
     Node& old = *nodes_[*failed_];
     for (auto& n : nodes_) {
       if (n->id == old.id || n->detector.health() != NodeHealth::kUp || !n->facts || !n->facts->in_recovery) continue;
-      const std::string pci = follow_conninfo(old, *n);
+      // Its own conninfo back, as it was before the detach.
+      const std::string pci = n->detached_conninfo.empty() ? follow_conninfo(old, *n) : n->detached_conninfo;
       admin(*n, "ALTER SYSTEM SET primary_conninfo = " + quote_literal(pci), [](const PgResult&) {});
       admin(*n, "SELECT pg_reload_conf()", [](const PgResult&) {});
     }

@@ -138,7 +138,8 @@ void gather_status(Shared& sh, bool with_connections, std::function<void(std::sh
 ConsoleTable nodes_table(const StatusSnapshot& s) {
   ConsoleTable t;
   t.columns = {"name", "address", "role", "state", "fenced", "enabled", "system_identifier", "timeline", "lsn",
-               "lag_bytes", "lag_seconds", "sync_state", "application_name", "last_probe", "probe_ms", "last_error"};
+               "lag_bytes", "lag_seconds", "sync_state", "application_name", "last_probe", "probe_ms", "last_error",
+               "probes", "probe_failures", "timeouts_excused"};
   for (const health::NodeStatus& n : s.nodes) {
     // The writer's sync_state is synchronous replication's as a whole (honoured, degraded,
     // waiting, off); a standby's is its own, as the primary reports it.
@@ -148,7 +149,8 @@ ConsoleTable nodes_table(const StatusSnapshot& s) {
                       n.timeline ? Cell(std::to_string(n.timeline)) : std::nullopt, opt(n.lsn),
                       n.lag_bytes ? Cell(std::to_string(*n.lag_bytes)) : std::nullopt,
                       n.lag_seconds ? Cell(fixed(*n.lag_seconds, 3)) : std::nullopt, sync, opt(n.application_name),
-                      opt(n.last_probe), fixed(n.probe_ms, 1), opt(n.last_error)});
+                      opt(n.last_probe), fixed(n.probe_ms, 1), opt(n.last_error), std::to_string(n.probes),
+                      std::to_string(n.probe_failures), std::to_string(n.timeouts_excused)});
   }
   return t;
 }

@@ -508,14 +508,19 @@ std::string render_metrics(const StatusSnapshot& s, const Readiness& r) {
   for (const auto& n : s.nodes) e.sample("pgkeel_node_probes_total", {{"node", n.name}}, n.probes);
   e.family("pgkeel_node_probe_failures_total", "counter", "Probes that were refused, timed out or answered with an error.");
   for (const auto& n : s.nodes) e.sample("pgkeel_node_probe_failures_total", {{"node", n.name}}, n.probe_failures);
+  e.family("pgkeel_node_probe_timeouts_excused_total", "counter",
+           "Probe timeouts not counted toward a failure: pgkeel's own connections to the node answered meanwhile.");
+  for (const auto& n : s.nodes) e.sample("pgkeel_node_probe_timeouts_excused_total", {{"node", n.name}}, n.timeouts_excused);
 
   // ---- synchronous replication and the keeper's sequences ----
   e.family("pgkeel_sync_mode", "gauge", "1 for the configured synchronous_mode.");
   for (health::SyncMode m : kSyncModes) {
     e.sample("pgkeel_sync_mode", {{"mode", std::string(health::to_string(m))}}, s.keeper.sync_mode == m);
   }
-  e.family("pgkeel_sync_degraded", "gauge", "1 while synchronous replication is off because no standby is healthy.");
+  e.family("pgkeel_sync_degraded", "gauge", "1 while commits are acknowledged without a standby (synchronous_mode is not off).");
   e.sample("pgkeel_sync_degraded", {}, s.keeper.degraded);
+  e.family("pgkeel_sync_waiting", "gauge", "1 while commits wait for a standby that does not acknowledge (strict).");
+  e.sample("pgkeel_sync_waiting", {}, s.keeper.sync_health == health::SyncHealth::kWaiting);
   e.family("pgkeel_sync_degradations_total", "counter", "Times synchronous replication was lost (on -> degraded).");
   e.sample("pgkeel_sync_degradations_total", {}, s.keeper.degradations);
   e.family("pgkeel_failovers_total", "counter", "Failovers completed (a standby was promoted).");

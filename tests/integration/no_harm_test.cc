@@ -101,7 +101,9 @@ TEST_CASE("no harm under load: a saturated host with the fast timings never fail
     const RunResult r = run(argv, {}, std::chrono::seconds(secs + 120));
     hog->stop();
     const std::string nodes = show(pk, "SHOW NODES");
-    std::printf("no-harm %s: pgbench exit %d, tps %.0f, failed %.0f\n%s\n", w.name.c_str(), r.exit_code,
+    std::printf("no-harm %s: pgbench exit %d, tps %.0f, failed %.0f (SHOW NODES: probes, probe_failures and "
+                "timeouts_excused are since start)\n%s\n",
+                w.name.c_str(), r.exit_code,
                 pgbench_figure(r.output, "tps = "), pgbench_figure(r.output, "number of failed transactions: "),
                 nodes.c_str());
     INFO("pgbench:\n" << r.output);

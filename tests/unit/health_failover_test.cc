@@ -358,6 +358,18 @@ TEST_CASE("a standby's primary_conninfo gets its application_name, every other k
   CHECK(again->find("application_name='db3'") != std::string::npos);
   CHECK_FALSE(with_application_name("host='unterminated", "db2", err));
   CHECK_FALSE(err.empty());
+  SECTION("pointed at a new primary, it keeps its own user, password and TLS settings") {
+    auto moved = rewrite_conninfo("host=db1.shop hostaddr=10.0.0.1 port=5432 user=repl passfile=/etc/pgpass sslmode=verify-full",
+                                  {{"host", "10.0.0.2"}, {"port", "5433"}, {"application_name", "db3"}}, {"hostaddr"}, err);
+    REQUIRE(moved);
+    CHECK(moved->find("host='10.0.0.2'") != std::string::npos);
+    CHECK(moved->find("hostaddr") == std::string::npos);
+    CHECK(moved->find("port='5433'") != std::string::npos);
+    CHECK(moved->find("user='repl'") != std::string::npos);
+    CHECK(moved->find("passfile='/etc/pgpass'") != std::string::npos);
+    CHECK(moved->find("sslmode='verify-full'") != std::string::npos);
+    CHECK(moved->find("db1.shop") == std::string::npos);
+  }
 }
 
 TEST_CASE("at start the newest record decides, wherever it was found", "[health][fencing][epoch]") {
