@@ -657,10 +657,13 @@ void Keeper::adopt_standbys(Node& p) {
     }
     const bool named = std::any_of(p.facts->replicas.begin(), p.facts->replicas.end(),
                                    [&](const ReplicaInfo& ri) { return ri.application_name == n.target.name; });
-    // Someone streams under a name no [[node]] has: it is this standby or another unnamed one.
-    // (Without such a row, the two probes only disagree for a moment: the standby reconnects.)
+    // Someone streams under a name no standby [[node]] has ("walreceiver", a cluster_name, the
+    // primary's own name): it is this standby or another unnamed one. Without such a row the two
+    // probes only disagree for a moment (the standby is reconnecting).
     const bool stranger = std::any_of(p.facts->replicas.begin(), p.facts->replicas.end(), [&](const ReplicaInfo& ri) {
-      return std::none_of(nodes_.begin(), nodes_.end(), [&](const auto& m) { return !m->retired && m->target.name == ri.application_name; });
+      return std::none_of(nodes_.begin(), nodes_.end(), [&](const auto& m) {
+        return !m->retired && m->id != p.id && m->target.name == ri.application_name;
+      });
     });
     if (named || !stranger || now - n.adopt_attempt < std::chrono::seconds(10)) continue;
     n.adopting = true;
