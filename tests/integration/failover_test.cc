@@ -627,3 +627,65 @@ TEST_CASE("the ledger client through pgkeel: kill -9 of the synchronous primary 
 }
 
 }  // namespace pgkeel::test
+
+namespace pgkeel::test {
+
+// Decide, then cut: a failover that is refused or aborted before the promotion costs clients
+// nothing. The fence runs before any write is cut, so a failing fence_command leaves every
+// session on the primary as it was.
+TEST_CASE("fence_command runs before writes are cut: when it fails the sessions on the primary go on; when it "
+          "succeeds the old primary is fenced",
+          "[failover][fence]") {
+  Cluster cluster(ClusterOptions{.standbys = 1, .sync = true});
+  create_ledger(cluster);
+  const fs::path marker = cluster.dir() / "fenced.txt";
+  PgkeelOptions o = failover_options();
+  SECTION("a failing fence_command") {
+    o.failover_extra += "\nfence_command = \"echo fence ran for $PGKEEL_NODE > " + marker.string() +
+                        "; echo the power switch did not answer; exit 3\"";
+    Pgkeel pk(cluster, o);
+    REQUIRE(eventually(10s, [&] { return writer_port(pk) == std::to_string(cluster.port("db1")); }));
+    PqSession session(pk.conninfo());
+    REQUIRE(session.connected());
+    REQUIRE(session.exec("BEGIN").ok);
+    REQUIRE(session.exec("INSERT INTO ledger VALUES (1)").ok);
+    const int backend = std::stoi(session.exec("SELECT pg_backend_pid()").scalar());
+    const PqResult f = pq_exec(pk.console_conninfo(), "FAILOVER TO db2");
+    INFO(f.error);
+    CHECK_FALSE(f.ok);
+    CHECK(f.error.find("fence_command failed (status 3: the power switch did not answer)") != std::string::npos);
+    CHECK(eventually(5s, [&] { return tail_file(marker).find("fence ran for db1") != std::string::npos; }));
+    // Nothing was cut: the open transaction goes on on the same backend and commits.
+    CHECK(std::stoi(session.exec("SELECT pg_backend_pid()").scalar()) == backend);
+    CHECK(session.exec("INSERT INTO ledger VALUES (2)").ok);
+    CHECK(session.exec("COMMIT").ok);
+    CHECK(cluster.psql_as_postgres("db1", "SELECT count(*) FROM ledger", "app") == "2");
+    CHECK(writer_port(pk) == std::to_string(cluster.port("db1")));
+    CHECK(pq_exec(cluster.conninfo("db2"), "SELECT pg_is_in_recovery()").scalar() == "t");
+    const std::string events = console(pk, "SHOW EVENTS");
+    INFO(events);
+    CHECK(events.find("|writes_stopped|") == std::string::npos);
+    CHECK(events.find("|failover_refused|") != std::string::npos);
+    // The standby streams from the primary again, with its own conninfo, and acknowledges commits.
+    CHECK(eventually(15s, [&] {
+      return cluster.psql_as_postgres("db1", "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'db2'") ==
+             "quorum";
+    }));
+  }
+  SECTION("a fence_command that succeeds") {
+    o.failover_extra += "\nfence_command = \"echo fenced $PGKEEL_NODE $PGKEEL_PORT > " + marker.string() + "\"";
+    Pgkeel pk(cluster, o);
+    REQUIRE(eventually(10s, [&] { return writer_port(pk) == std::to_string(cluster.port("db1")); }));
+    kill_postmaster(cluster, "db1", SIGKILL);
+    CHECK(eventually(20s, [&] { return writer_port(pk) == std::to_string(cluster.port("db2")); }));
+    CHECK(tail_file(marker).find("fenced db1 " + std::to_string(cluster.port("db1"))) != std::string::npos);
+    const std::string events = console(pk, "SHOW EVENTS");
+    INFO(events);
+    // The fence ran before the cut.
+    CHECK(events.find("fence_command succeeded") != std::string::npos);
+    CHECK(events.find("fence_command succeeded") < events.find("|writes_stopped|"));
+    CHECK(console(pk, "SHOW NODES").find("db1|") != std::string::npos);
+  }
+}
+
+}  // namespace pgkeel::test
