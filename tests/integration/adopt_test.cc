@@ -313,10 +313,10 @@ void kill_primary_under_ledger(const Cluster& cluster, const Pgkeel& pk, const s
   REQUIRE(setup.ok());
   RunResult load;
   std::thread writer([&] {
-    load = run({ledger, "run", "--conninfo", conninfo, "--clients", "4", "--duration", "10", "--out", out}, {}, 90s);
+    load = run({ledger, "run", "--conninfo", conninfo, "--clients", "4", "--duration", "6", "--out", out}, {}, 90s);
   });
   const bool loaded = eventually(15s, [&] {
-    return std::stol(cluster.psql_as_postgres("db1", "SELECT count(*) FROM pgkeel_ledger", "app")) > 200;
+    return std::stol(cluster.psql_as_postgres("db1", "SELECT count(*) FROM pgkeel_ledger", "app")) > 1000;
   });
   if (loaded) REQUIRE(::kill(cluster.pid("db1"), SIGKILL) == 0);
   writer.join();
@@ -346,7 +346,7 @@ void kill_primary_under_ledger(const Cluster& cluster, const Pgkeel& pk, const s
 
 // ---- an adopted cluster ------------------------------------------------------------------------
 
-TEST_CASE("an adopted cluster (pg_basebackup -R, the standby streams as walreceiver) becomes synchronous and switches over",
+TEST_CASE("an adopted cluster (pg_basebackup -R: the standby streams as walreceiver) becomes synchronous and switches over",
           "[adopt]") {
   Cluster cluster(ClusterOptions{.standbys = 1, .basebackup = true});
   REQUIRE(describe(replicas(cluster, "db1")) == "walreceiver/streaming/async ");  // what users bring
@@ -356,18 +356,25 @@ TEST_CASE("an adopted cluster (pg_basebackup -R, the standby streams as walrecei
   // Within seconds the primary itself reports the standby synchronous, and pgkeel says so.
   std::string seen;
   const bool synchronous = await_synchronous(cluster, pk, "db1", {"db2"}, seen);
-  INFO(seen);
-  CHECK(synchronous);
+  {
+    INFO(seen);
+    CHECK(synchronous);
+  }
   std::string status;
-  CHECK(eventually(10s, [&] {
+  const bool not_degraded = eventually(10s, [&] {
     status = status_reasons(pk);
     return contains(status, "degraded=false");
-  }));
-  INFO(status);
+  });
+  {
+    INFO("/api/status reasons:\n" << status);
+    CHECK(not_degraded);
+  }
   // Matching (or naming) the standby is an event that says what it streamed as.
   const std::string events = table_text(console(pk, "SHOW EVENTS"));
-  INFO(events);
-  CHECK_FALSE(line_about(events, "db2", {"walreceiver", "application_name"}).empty());
+  {
+    INFO(events);
+    CHECK_FALSE(line_about(events, "db2", {"walreceiver", "application_name"}).empty());
+  }
 
   // A planned switchover to it works.
   const std::string answer = act(pk, "SWITCHOVER TO db2");
@@ -390,7 +397,7 @@ TEST_CASE("an adopted cluster with one standby: kill -9 of the primary under a l
   kill_primary_under_ledger(cluster, pk, {"db2"});
 }
 
-TEST_CASE("an adopted cluster with two standbys: both synchronous, and kill -9 of the primary loses nothing",
+TEST_CASE("an adopted cluster with two standbys: both synchronous; kill -9 of the primary loses nothing",
           "[adopt][kill][release-only]") {
   Cluster cluster(ClusterOptions{.standbys = 2, .basebackup = true});
   Pgkeel pk(cluster, adopt_options(cluster));
@@ -404,7 +411,7 @@ TEST_CASE("an adopted cluster with two standbys: both synchronous, and kill -9 o
   kill_primary_under_ledger(cluster, pk, {"db2", "db3"});
 }
 
-TEST_CASE("an adopted cluster in strict mode never waits for a name no standby uses, and says why commits wait",
+TEST_CASE("an adopted cluster in strict mode never waits for a name no standby uses and says why commits wait",
           "[adopt][strict]") {
   Cluster cluster(ClusterOptions{.standbys = 1, .basebackup = true});
   create_table(cluster, "strict_rows");
@@ -442,8 +449,10 @@ TEST_CASE("an adopted cluster in strict mode never waits for a name no standby u
   {
     Background commit(pk.conninfo(), "INSERT INTO strict_rows VALUES (1, 'standby streaming')");
     const bool committed = eventually(20s, [&] { return commit.done(); });
+    const std::string state =
+        "synchronous_standby_names = '" + sync_standby_names(cluster, "db1") + "'; " + describe(replicas(cluster, "db1"));
     if (!committed) release_sync_waiters(cluster, "db1");
-    INFO("synchronous_standby_names = '" << sync_standby_names(cluster, "db1") << "'; " << describe(replicas(cluster, "db1")));
+    INFO("while the commit waited: " << state);
     CHECK(committed);
     CHECK(commit.result().ok);
   }
@@ -460,18 +469,23 @@ TEST_CASE("an adopted cluster in strict mode never waits for a name no standby u
     CHECK(only_used_names(names));
   }
   HttpAnswer health;
-  CHECK(eventually(15s, [&] {
+  const bool health_says = eventually(15s, [&] {
     health = http_get(pk, "/health");
     return contains_ci(health.body, "db2") && contains_ci(health.body, "sync");
-  }, 250ms));
-  INFO("/health: " << health.code << " " << health.body);
-  std::string status, nodes;
-  CHECK(eventually(15s, [&] {
+  }, 250ms);
+  {
+    INFO("/health: " << health.code << " " << health.body);
+    CHECK(health_says);
+  }
+  std::string status;
+  const bool status_says = eventually(15s, [&] {
     status = status_reasons(pk);
-    nodes = table_text(console(pk, "SHOW NODES"));
     return !line_about(status, "db2", {"sync"}).empty();
-  }, 250ms));
-  INFO("/api/status reasons:\n" << status << "SHOW NODES:\n" << nodes);
+  }, 250ms);
+  {
+    INFO("/api/status reasons:\n" << status << "SHOW NODES:\n" << table_text(console(pk, "SHOW NODES")));
+    CHECK(status_says);
+  }
 
   // Cleanup: the standby back, and the waiting commit released whatever happens.
   cluster.start_node("db2");
@@ -479,7 +493,7 @@ TEST_CASE("an adopted cluster in strict mode never waits for a name no standby u
   waiting.join();
 }
 
-TEST_CASE("an adopted cluster in on mode: when its standby stops, commits flow and every surface says it is degraded and why",
+TEST_CASE("an adopted cluster in on mode: when its standby stops commits flow and every surface says it is degraded and why",
           "[adopt][degraded]") {
   Cluster cluster(ClusterOptions{.standbys = 1, .basebackup = true});
   create_table(cluster, "degraded_rows");
@@ -500,24 +514,27 @@ TEST_CASE("an adopted cluster in on mode: when its standby stops, commits flow a
     CHECK(committed);
     CHECK(commit.result().ok);
   }
-  std::vector<std::string> degraded;
-  CHECK(eventually(20s, [&] {
-    degraded = events_of(pk, "degraded");
-    return !degraded.empty();
-  }, 250ms));
-  INFO(table_text(console(pk, "SHOW EVENTS")));
+  const bool event = eventually(20s, [&] { return !events_of(pk, "degraded").empty(); }, 250ms);
+  {
+    INFO(table_text(console(pk, "SHOW EVENTS")));
+    CHECK(event);
+  }
   std::string status;
-  CHECK(eventually(15s, [&] {
+  const bool status_says = eventually(15s, [&] {
     status = status_reasons(pk);
     return contains(status, "degraded=true") && !line_about(status, "db2", {"sync", "degraded"}).empty();
-  }, 250ms));
-  INFO("/api/status reasons:\n" << status);
+  }, 250ms);
+  {
+    INFO("/api/status reasons:\n" << status);
+    CHECK(status_says);
+  }
   HttpAnswer health;
-  CHECK(eventually(15s, [&] {
+  const bool health_says = eventually(15s, [&] {
     health = http_get(pk, "/health");
     return contains_ci(health.body, "db2") && (contains_ci(health.body, "sync") || contains_ci(health.body, "degraded"));
-  }, 250ms));
+  }, 250ms);
   INFO("/health: " << health.code << " " << health.body);
+  CHECK(health_says);
 }
 
 // ---- two standbys, ANY 1 -----------------------------------------------------------------------
@@ -636,7 +653,7 @@ std::string history(const Cluster& cluster, std::string_view node) {
 
 }  // namespace
 
-TEST_CASE("two failovers across two restarts, then the state file lost: writes go to the latest primary, epochs only grow",
+TEST_CASE("two failovers across two restarts then the state file lost: writes go to the latest primary; epochs only grow",
           "[epoch][release-only]") {
   Cluster cluster(ClusterOptions{.standbys = 1});
   create_table(cluster, "epoch_rows");
