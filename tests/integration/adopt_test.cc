@@ -678,12 +678,17 @@ TEST_CASE("two failovers across two restarts then the state file lost: writes go
   REQUIRE(eventually(10s, [&] { return served_by(pk) == port_of(cluster, "db2"); }));
   note_epoch("after FAILOVER TO db2");
 
-  // db1 follows db2 (rewound), pgkeel restarts, and once db1 streams it takes over again.
+  // db1 follows db2 (rewound), pgkeel restarts, and once db1 streams it takes over again. The
+  // CHECKPOINT first: until db2's end-of-recovery checkpoint is done its control file still shows
+  // timeline 1, and pg_rewind then finds "no rewind required" for a node that cannot follow.
+  cluster.psql_as_postgres("db2", "CHECKPOINT");
   const RunResult rejoin =
       run({(cluster_script().parent_path() / "rejoin.sh").string(), cluster.dir().string(), "db1", "db2"}, {}, 180s);
   cluster.refresh();
   INFO(rejoin.output);
   REQUIRE(rejoin.ok());
+  // It really follows db2: it has replayed db2's own record of its promotion.
+  REQUIRE(eventually(15s, [&] { return contains(history(cluster, "db1"), ":db2"); }));
   pk.restart();
   REQUIRE(eventually(15s, [&] { return served_by(pk) == port_of(cluster, "db2"); }));
   note_epoch("second start");
