@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <cctype>
 #include <chrono>
 #include <cstdint>
@@ -19,8 +20,6 @@
 #include <thread>
 #include <vector>
 
-#include <catch2/catch.hpp>
-
 #include "tests/integration/fixture.h"
 
 namespace pgkeel::test {
@@ -30,8 +29,12 @@ std::string lower(std::string s) {
   for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return s;
 }
-bool contains(const std::string& hay, std::string_view needle) { return hay.find(needle) != std::string::npos; }
-bool contains_ci(const std::string& hay, std::string_view needle) { return contains(lower(hay), lower(std::string(needle))); }
+bool contains(const std::string& hay, std::string_view needle) {
+  return hay.find(needle) != std::string::npos;
+}
+bool contains_ci(const std::string& hay, std::string_view needle) {
+  return contains(lower(hay), lower(std::string(needle)));
+}
 
 std::vector<std::string> lines_of(const std::string& text) {
   std::vector<std::string> out;
@@ -40,14 +43,18 @@ std::vector<std::string> lines_of(const std::string& text) {
   return out;
 }
 
-std::string port_of(const Cluster& cluster, std::string_view node) { return std::to_string(cluster.port(node)); }
+std::string port_of(const Cluster& cluster, std::string_view node) {
+  return std::to_string(cluster.port(node));
+}
 
 // The port of the server that answers a new session through pgkeel's read-write listener.
 std::string served_by(const Pgkeel& pk) {
   return pq_exec(pk.conninfo(), "SELECT current_setting('port')", 5s).scalar();
 }
 
-PqResult console(const Pgkeel& pk, const std::string& sql) { return pq_exec(pk.console_conninfo(), sql); }
+PqResult console(const Pgkeel& pk, const std::string& sql) {
+  return pq_exec(pk.console_conninfo(), sql);
+}
 
 // A console action: "" when it succeeded, else its error.
 std::string act(const Pgkeel& pk, const std::string& sql) {
@@ -62,14 +69,16 @@ std::string table_text(const PqResult& r) {
   for (std::size_t c = 0; c < r.columns.size(); ++c) out += (c ? "|" : "") + r.columns[c];
   out += "\n";
   for (const auto& row : r.rows) {
-    for (std::size_t c = 0; c < row.size(); ++c) out += (c ? "|" : "") + (row[c] ? *row[c] : std::string("NULL"));
+    for (std::size_t c = 0; c < row.size(); ++c)
+      out += (c ? "|" : "") + (row[c] ? *row[c] : std::string("NULL"));
     out += "\n";
   }
   return out;
 }
 
 // A value by column name, in the first row whose `key_col` equals `key`; "" if none.
-std::string cell(const PqResult& r, const std::string& key_col, const std::string& key, const std::string& col) {
+std::string cell(const PqResult& r, const std::string& key_col, const std::string& key,
+                 const std::string& col) {
   std::size_t kc = r.columns.size(), vc = r.columns.size();
   for (std::size_t i = 0; i < r.columns.size(); ++i) {
     if (r.columns[i] == key_col) kc = i;
@@ -100,8 +109,9 @@ std::vector<std::string> events_of(const Pgkeel& pk, std::string_view kind) {
 
 // psql on the console, as a DBA runs it: rows and NOTICEs (stderr is merged into the output).
 std::string console_psql(const Pgkeel& pk, const std::string& sql) {
-  return run({"psql", "-X", "-A", "-F", "|", "-h", "127.0.0.1", "-p", std::to_string(pk.console_port()), "-U",
-              std::string(kPgkeelUser), "-d", "pgkeel", "-c", sql},
+  return run({"psql", "-X", "-A", "-F", "|", "-h", "127.0.0.1", "-p",
+              std::to_string(pk.console_port()), "-U", std::string(kPgkeelUser), "-d", "pgkeel",
+              "-c", sql},
              {{"PGPASSWORD", std::string(kPgkeelPassword)}, {"PGCONNECT_TIMEOUT", "5"}})
       .output;
 }
@@ -113,15 +123,16 @@ struct HttpAnswer {
 
 // GET on the status port (Python's urllib, so a 503 is an answer too).
 HttpAnswer http_get(const Pgkeel& pk, const std::string& path) {
-  const RunResult r = run({"python3", "-c",
-                           "import sys, urllib.request, urllib.error\n"
-                           "try:\n"
-                           "    r = urllib.request.urlopen(sys.argv[1], timeout=5); code, body = r.status, r.read()\n"
-                           "except urllib.error.HTTPError as e:\n"
-                           "    code, body = e.code, e.read()\n"
-                           "sys.stdout.write(str(code) + '\\n'); sys.stdout.flush(); sys.stdout.buffer.write(body)\n",
-                           pk.status_url() + path},
-                          {}, 20s);
+  const RunResult r = run(
+      {"python3", "-c",
+       "import sys, urllib.request, urllib.error\n"
+       "try:\n"
+       "    r = urllib.request.urlopen(sys.argv[1], timeout=5); code, body = r.status, r.read()\n"
+       "except urllib.error.HTTPError as e:\n"
+       "    code, body = e.code, e.read()\n"
+       "sys.stdout.write(str(code) + '\\n'); sys.stdout.flush(); sys.stdout.buffer.write(body)\n",
+       pk.status_url() + path},
+      {}, 20s);
   HttpAnswer a;
   const auto nl = r.output.find('\n');
   if (!r.ok() || nl == std::string::npos) {
@@ -139,28 +150,32 @@ HttpAnswer http_get(const Pgkeel& pk, const std::string& path) {
 // the bare sync_state words). Plus "degraded=true|false". A reason about a node is either in that
 // node's row ("node.db2.col=...") or names it.
 std::string status_reasons(const Pgkeel& pk) {
-  const RunResult r =
-      run({"python3", "-c",
-           "import json, sys, urllib.request\n"
-           "d = json.load(urllib.request.urlopen(sys.argv[1], timeout=5))\n"
-           "print('degraded=' + json.dumps(d.get('degraded')))\n"
-           "for k, v in d.items():\n"
-           "    if isinstance(v, str) and k not in ('version', 'taken', 'writer', 'sync_mode', 'plan_summary'):\n"
-           "        print('top.' + k + '=' + v.replace('\\n', ' '))\n"
-           "state = {'name', 'address', 'role', 'state', 'fenced', 'enabled', 'system_identifier', 'timeline', 'lsn',\n"
-           "         'lag_bytes', 'lag_seconds', 'last_probe', 'probe_ms'}\n"
-           "for n in d.get('nodes', []):\n"
-           "    for k, v in n.items():\n"
-           "        if k in state or v is None or str(v) in ('', 'sync', 'quorum', 'async', 'potential'):\n"
-           "            continue\n"
-           "        print('node.' + str(n.get('name')) + '.' + k + '=' + str(v).replace('\\n', ' '))\n",
-           pk.status_url() + "/api/status"},
-          {}, 20s);
+  const RunResult r = run(
+      {"python3", "-c",
+       "import json, sys, urllib.request\n"
+       "d = json.load(urllib.request.urlopen(sys.argv[1], timeout=5))\n"
+       "print('degraded=' + json.dumps(d.get('degraded')))\n"
+       "for k, v in d.items():\n"
+       "    if isinstance(v, str) and k not in ('version', 'taken', 'writer', 'sync_mode', "
+       "'plan_summary'):\n"
+       "        print('top.' + k + '=' + v.replace('\\n', ' '))\n"
+       "state = {'name', 'address', 'role', 'state', 'fenced', 'enabled', 'system_identifier', "
+       "'timeline', 'lsn',\n"
+       "         'lag_bytes', 'lag_seconds', 'last_probe', 'probe_ms'}\n"
+       "for n in d.get('nodes', []):\n"
+       "    for k, v in n.items():\n"
+       "        if k in state or v is None or str(v) in ('', 'sync', 'quorum', 'async', "
+       "'potential'):\n"
+       "            continue\n"
+       "        print('node.' + str(n.get('name')) + '.' + k + '=' + str(v).replace('\\n', ' '))\n",
+       pk.status_url() + "/api/status"},
+      {}, 20s);
   return r.ok() ? r.output : "ERROR: " + r.output;
 }
 
 // A line of `text` that mentions `node` and one of `words` (case-insensitive); "" if none.
-std::string line_about(const std::string& text, std::string_view node, std::initializer_list<std::string_view> words) {
+std::string line_about(const std::string& text, std::string_view node,
+                       std::initializer_list<std::string_view> words) {
   for (const std::string& line : lines_of(text)) {
     if (!contains_ci(line, node)) continue;
     for (auto w : words) {
@@ -170,7 +185,8 @@ std::string line_about(const std::string& text, std::string_view node, std::init
   return "";
 }
 
-// ---- the primary's own view of replication --------------------------------------------------------
+// ---- the primary's own view of replication
+// --------------------------------------------------------
 
 struct Replica {
   std::string application_name, state, sync_state;
@@ -179,7 +195,8 @@ struct Replica {
 std::vector<Replica> replicas(const Cluster& cluster, std::string_view primary) {
   std::vector<Replica> out;
   for (const std::string& line : lines_of(cluster.psql_as_postgres(
-           primary, "SELECT application_name, state, sync_state FROM pg_stat_replication ORDER BY pid"))) {
+           primary,
+           "SELECT application_name, state, sync_state FROM pg_stat_replication ORDER BY pid"))) {
     Replica r;
     std::istringstream in(line);
     std::getline(in, r.application_name, '|');
@@ -210,7 +227,8 @@ std::vector<std::string> names_in(std::string value) {
   for (std::string name; std::getline(in, name, ',');) {
     name.erase(0, name.find_first_not_of(" \t"));
     name.erase(name.find_last_not_of(" \t") + 1);
-    if (name.size() >= 2 && name.front() == '"' && name.back() == '"') name = name.substr(1, name.size() - 2);
+    if (name.size() >= 2 && name.front() == '"' && name.back() == '"')
+      name = name.substr(1, name.size() - 2);
     if (!name.empty()) out.push_back(name);
   }
   return out;
@@ -221,7 +239,8 @@ std::uint64_t parse_lsn(const std::string& text) {
   const auto slash = text.find('/');
   if (slash == std::string::npos) return 0;
   try {
-    return (std::stoull(text.substr(0, slash), nullptr, 16) << 32) | std::stoull(text.substr(slash + 1), nullptr, 16);
+    return (std::stoull(text.substr(0, slash), nullptr, 16) << 32) |
+           std::stoull(text.substr(slash + 1), nullptr, 16);
   } catch (...) {
     return 0;
   }
@@ -234,23 +253,27 @@ std::uint64_t parse_lsn(const std::string& text) {
 bool await_synchronous(const Cluster& cluster, const Pgkeel& pk, std::string_view primary,
                        const std::vector<std::string>& standbys, std::string& seen,
                        std::chrono::milliseconds deadline = 20s) {
-  return eventually(deadline, [&] {
-    const auto rs = replicas(cluster, primary);
-    const std::string names = sync_standby_names(cluster, primary);
-    const PqResult nodes = console(pk, "SHOW NODES");
-    seen = "pg_stat_replication on " + std::string(primary) + ": " + describe(rs) + "\nsynchronous_standby_names = '" +
-           names + "'\nSHOW NODES:\n" + table_text(nodes);
-    std::size_t sync = 0;
-    for (const auto& r : rs) {
-      if (r.state == "streaming" && (r.sync_state == "sync" || r.sync_state == "quorum")) ++sync;
-    }
-    if (sync != standbys.size() || rs.size() != standbys.size() || names.empty()) return false;
-    for (const auto& s : standbys) {
-      const std::string st = cell(nodes, "name", s, "sync_state");
-      if (st != "sync" && st != "quorum") return false;
-    }
-    return true;
-  }, 250ms);
+  return eventually(
+      deadline,
+      [&] {
+        const auto rs = replicas(cluster, primary);
+        const std::string names = sync_standby_names(cluster, primary);
+        const PqResult nodes = console(pk, "SHOW NODES");
+        seen = "pg_stat_replication on " + std::string(primary) + ": " + describe(rs) +
+               "\nsynchronous_standby_names = '" + names + "'\nSHOW NODES:\n" + table_text(nodes);
+        std::size_t sync = 0;
+        for (const auto& r : rs) {
+          if (r.state == "streaming" && (r.sync_state == "sync" || r.sync_state == "quorum"))
+            ++sync;
+        }
+        if (sync != standbys.size() || rs.size() != standbys.size() || names.empty()) return false;
+        for (const auto& s : standbys) {
+          const std::string st = cell(nodes, "name", s, "sync_state");
+          if (st != "sync" && st != "quorum") return false;
+        }
+        return true;
+      },
+      250ms);
 }
 
 // A statement through pgkeel on a thread of its own, so the test can watch it wait.
@@ -291,19 +314,24 @@ PgkeelOptions adopt_options(const Cluster& cluster) {
   o.console = true;
   o.status = true;
   o.health_extra = "probe_interval = \"250ms\"\nprobe_timeout = \"500ms\"";
-  o.failover_extra = "hold_timeout = \"15s\"\nswitchover_timeout = \"30s\"\nswitchover_drain_timeout = \"2s\"\n" +
-                     switchover_commands(cluster);
+  o.failover_extra =
+      "hold_timeout = \"15s\"\nswitchover_timeout = \"30s\"\nswitchover_drain_timeout = \"2s\"\n" +
+      switchover_commands(cluster);
   return o;
 }
 
 void create_table(const Cluster& cluster, const std::string& table) {
-  cluster.psql_as_postgres("db1", "CREATE TABLE " + table + " (id bigint NOT NULL, note text); GRANT ALL ON " + table + " TO app",
+  cluster.psql_as_postgres("db1",
+                           "CREATE TABLE " + table +
+                               " (id bigint NOT NULL, note text); GRANT ALL ON " + table +
+                               " TO app",
                            "app");
 }
 
 // kill -9 of the primary's postmaster under four pgkeel-ledger writers through pgkeel; then, on
 // whichever standby took over, every acknowledged commit must be there once.
-void kill_primary_under_ledger(const Cluster& cluster, const Pgkeel& pk, const std::vector<std::string>& standbys) {
+void kill_primary_under_ledger(const Cluster& cluster, const Pgkeel& pk,
+                               const std::vector<std::string>& standbys) {
   const std::string ledger = (fs::path(PGKEEL_BINARY_DIR) / "pgkeel-ledger").string();
   REQUIRE(fs::exists(ledger));
   const std::string conninfo = pk.conninfo();
@@ -313,10 +341,13 @@ void kill_primary_under_ledger(const Cluster& cluster, const Pgkeel& pk, const s
   REQUIRE(setup.ok());
   RunResult load;
   std::thread writer([&] {
-    load = run({ledger, "run", "--conninfo", conninfo, "--clients", "4", "--duration", "6", "--out", out}, {}, 90s);
+    load = run(
+        {ledger, "run", "--conninfo", conninfo, "--clients", "4", "--duration", "6", "--out", out},
+        {}, 90s);
   });
   const bool loaded = eventually(15s, [&] {
-    return std::stol(cluster.psql_as_postgres("db1", "SELECT count(*) FROM pgkeel_ledger", "app")) > 1000;
+    return std::stol(cluster.psql_as_postgres("db1", "SELECT count(*) FROM pgkeel_ledger", "app")) >
+           1000;
   });
   if (loaded) REQUIRE(::kill(cluster.pid("db1"), SIGKILL) == 0);
   writer.join();
@@ -331,12 +362,15 @@ void kill_primary_under_ledger(const Cluster& cluster, const Pgkeel& pk, const s
     }
     return false;
   }));
-  for (const std::string& e : events_of(pk, "candidate")) std::printf("adopt: candidate event: %s\n", e.c_str());
+  for (const std::string& e : events_of(pk, "candidate"))
+    std::printf("adopt: candidate event: %s\n", e.c_str());
   const RunResult verify = run({ledger, "verify", "--conninfo", conninfo, "--in", out});
   INFO(verify.output);
   const auto lost = verify.output.find("lost (acknowledged, missing):");
   std::printf("adopt: kill -9 under pgkeel-ledger, new primary on port %s: %s\n", now.c_str(),
-              lost == std::string::npos ? "(no verdict)" : verify.output.substr(lost, verify.output.find('\n', lost) - lost).c_str());
+              lost == std::string::npos
+                  ? "(no verdict)"
+                  : verify.output.substr(lost, verify.output.find('\n', lost) - lost).c_str());
   CHECK(verify.ok());
   CHECK(contains(verify.output, "lost (acknowledged, missing): 0"));
   CHECK(contains(verify.output, "duplicated ids:               0"));
@@ -346,10 +380,13 @@ void kill_primary_under_ledger(const Cluster& cluster, const Pgkeel& pk, const s
 
 // ---- an adopted cluster ------------------------------------------------------------------------
 
-TEST_CASE("an adopted cluster (pg_basebackup -R: the standby streams as walreceiver) becomes synchronous and switches over",
-          "[adopt]") {
+TEST_CASE(
+    "an adopted cluster (pg_basebackup -R: the standby streams as walreceiver) becomes synchronous "
+    "and switches over",
+    "[adopt]") {
   Cluster cluster(ClusterOptions{.standbys = 1, .basebackup = true});
-  REQUIRE(describe(replicas(cluster, "db1")) == "walreceiver/streaming/async ");  // what users bring
+  REQUIRE(describe(replicas(cluster, "db1")) ==
+          "walreceiver/streaming/async ");  // what users bring
   Pgkeel pk(cluster, adopt_options(cluster));
   REQUIRE(eventually(10s, [&] { return served_by(pk) == port_of(cluster, "db1"); }));
 
@@ -383,8 +420,10 @@ TEST_CASE("an adopted cluster (pg_basebackup -R: the standby streams as walrecei
   CHECK(served_by(pk) == port_of(cluster, "db2"));
 }
 
-TEST_CASE("an adopted cluster with one standby: kill -9 of the primary under a ledger writer loses no acknowledged commit",
-          "[adopt][kill]") {
+TEST_CASE(
+    "an adopted cluster with one standby: kill -9 of the primary under a ledger writer loses no "
+    "acknowledged commit",
+    "[adopt][kill]") {
   Cluster cluster(ClusterOptions{.standbys = 1, .basebackup = true});
   Pgkeel pk(cluster, adopt_options(cluster));
   REQUIRE(eventually(10s, [&] { return served_by(pk) == port_of(cluster, "db1"); }));
@@ -397,8 +436,9 @@ TEST_CASE("an adopted cluster with one standby: kill -9 of the primary under a l
   kill_primary_under_ledger(cluster, pk, {"db2"});
 }
 
-TEST_CASE("an adopted cluster with two standbys: both synchronous; kill -9 of the primary loses nothing",
-          "[adopt][kill][release-only]") {
+TEST_CASE(
+    "an adopted cluster with two standbys: both synchronous; kill -9 of the primary loses nothing",
+    "[adopt][kill][release-only]") {
   Cluster cluster(ClusterOptions{.standbys = 2, .basebackup = true});
   Pgkeel pk(cluster, adopt_options(cluster));
   REQUIRE(eventually(10s, [&] { return served_by(pk) == port_of(cluster, "db1"); }));
@@ -411,8 +451,10 @@ TEST_CASE("an adopted cluster with two standbys: both synchronous; kill -9 of th
   kill_primary_under_ledger(cluster, pk, {"db2", "db3"});
 }
 
-TEST_CASE("an adopted cluster in strict mode never waits for a name no standby uses and says why commits wait",
-          "[adopt][strict]") {
+TEST_CASE(
+    "an adopted cluster in strict mode never waits for a name no standby uses and says why commits "
+    "wait",
+    "[adopt][strict]") {
   Cluster cluster(ClusterOptions{.standbys = 1, .basebackup = true});
   create_table(cluster, "strict_rows");
   PgkeelOptions o = adopt_options(cluster);
@@ -435,26 +477,31 @@ TEST_CASE("an adopted cluster in strict mode never waits for a name no standby u
     return true;
   };
   std::string names;
-  const bool named = eventually(20s, [&] {
-    names = look();
-    return !names_in(names).empty() && only_used_names(names);
-  }, 250ms);
+  const bool named = eventually(
+      20s,
+      [&] {
+        names = look();
+        return !names_in(names).empty() && only_used_names(names);
+      },
+      250ms);
   std::string used_text;
   for (const auto& u : used) used_text += u + " ";
   {
-    INFO("synchronous_standby_names = '" << names << "'; names the standby streamed as: " << used_text);
+    INFO("synchronous_standby_names = '" << names
+                                         << "'; names the standby streamed as: " << used_text);
     CHECK(named);
   }
   // While the standby streams, a commit goes through.
   {
     Background commit(pk.conninfo(), "INSERT INTO strict_rows VALUES (1, 'standby streaming')");
     const bool committed = eventually(20s, [&] { return commit.done(); });
-    const std::string state =
-        "synchronous_standby_names = '" + sync_standby_names(cluster, "db1") + "'; " + describe(replicas(cluster, "db1"));
+    const std::string state = "synchronous_standby_names = '" + sync_standby_names(cluster, "db1") +
+                              "'; " + describe(replicas(cluster, "db1"));
     if (!committed) {
       release_sync_waiters(cluster, "db1");
       // pgkeel sets its value again before the test goes on, so what follows sees pgkeel's choice.
-      eventually(10s, [&] { return !sync_standby_names(cluster, "db1").empty(); }, 250ms);
+      eventually(
+          10s, [&] { return !sync_standby_names(cluster, "db1").empty(); }, 250ms);
     }
     INFO("while the commit waited: " << state);
     CHECK(committed);
@@ -465,29 +512,39 @@ TEST_CASE("an adopted cluster in strict mode never waits for a name no standby u
   cluster.stop_node("db2", "immediate");
   Background waiting(pk.conninfo(), "INSERT INTO strict_rows VALUES (2, 'standby stopped')");
   CHECK(eventually(20s, [&] {
-    return cluster.psql_as_postgres("db1", "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'") != "0";
+    return cluster.psql_as_postgres(
+               "db1", "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'") != "0";
   }));
   names = sync_standby_names(cluster, "db1");
   {
-    INFO("synchronous_standby_names = '" << names << "'; names the standby streamed as: " << used_text);
+    INFO("synchronous_standby_names = '" << names
+                                         << "'; names the standby streamed as: " << used_text);
     CHECK(only_used_names(names));
   }
   HttpAnswer health;
-  const bool health_says = eventually(15s, [&] {
-    health = http_get(pk, "/health");
-    return contains_ci(health.body, "db2") && contains_ci(health.body, "sync");
-  }, 250ms);
+  const bool health_says = eventually(
+      15s,
+      [&] {
+        health = http_get(pk, "/health");
+        return contains_ci(health.body, "db2") && contains_ci(health.body, "sync");
+      },
+      250ms);
   {
     INFO("/health: " << health.code << " " << health.body);
     CHECK(health_says);
   }
   std::string status;
-  const bool status_says = eventually(15s, [&] {
-    status = status_reasons(pk);
-    return !line_about(status, "db2", {"sync"}).empty();
-  }, 250ms);
+  const bool status_says = eventually(
+      15s,
+      [&] {
+        status = status_reasons(pk);
+        return !line_about(status, "db2", {"sync"}).empty();
+      },
+      250ms);
   {
-    INFO("/api/status reasons:\n" << status << "SHOW NODES:\n" << table_text(console(pk, "SHOW NODES")));
+    INFO("/api/status reasons:\n"
+         << status << "SHOW NODES:\n"
+         << table_text(console(pk, "SHOW NODES")));
     CHECK(status_says);
   }
 
@@ -497,8 +554,10 @@ TEST_CASE("an adopted cluster in strict mode never waits for a name no standby u
   waiting.join();
 }
 
-TEST_CASE("an adopted cluster in on mode: when its standby stops commits flow and every surface says it is degraded and why",
-          "[adopt][degraded]") {
+TEST_CASE(
+    "an adopted cluster in on mode: when its standby stops commits flow and every surface says it "
+    "is degraded and why",
+    "[adopt][degraded]") {
   Cluster cluster(ClusterOptions{.standbys = 1, .basebackup = true});
   create_table(cluster, "degraded_rows");
   Pgkeel pk(cluster, adopt_options(cluster));
@@ -518,33 +577,44 @@ TEST_CASE("an adopted cluster in on mode: when its standby stops commits flow an
     CHECK(committed);
     CHECK(commit.result().ok);
   }
-  const bool event = eventually(20s, [&] { return !events_of(pk, "degraded").empty(); }, 250ms);
+  const bool event = eventually(
+      20s, [&] { return !events_of(pk, "degraded").empty(); }, 250ms);
   {
     INFO(table_text(console(pk, "SHOW EVENTS")));
     CHECK(event);
   }
   std::string status;
-  const bool status_says = eventually(15s, [&] {
-    status = status_reasons(pk);
-    return contains(status, "degraded=true") && !line_about(status, "db2", {"sync", "degraded"}).empty();
-  }, 250ms);
+  const bool status_says = eventually(
+      15s,
+      [&] {
+        status = status_reasons(pk);
+        return contains(status, "degraded=true") &&
+               !line_about(status, "db2", {"sync", "degraded"}).empty();
+      },
+      250ms);
   {
     INFO("/api/status reasons:\n" << status);
     CHECK(status_says);
   }
   HttpAnswer health;
-  const bool health_says = eventually(15s, [&] {
-    health = http_get(pk, "/health");
-    return contains_ci(health.body, "db2") && (contains_ci(health.body, "sync") || contains_ci(health.body, "degraded"));
-  }, 250ms);
+  const bool health_says = eventually(
+      15s,
+      [&] {
+        health = http_get(pk, "/health");
+        return contains_ci(health.body, "db2") &&
+               (contains_ci(health.body, "sync") || contains_ci(health.body, "degraded"));
+      },
+      250ms);
   INFO("/health: " << health.code << " " << health.body);
   CHECK(health_says);
 }
 
 // ---- two standbys, ANY 1 -----------------------------------------------------------------------
 
-TEST_CASE("ANY 1 of two: the primary and the standby that acknowledged are lost together; the other is not promoted",
-          "[quorum][release-only]") {
+TEST_CASE(
+    "ANY 1 of two: the primary and the standby that acknowledged are lost together; the other is "
+    "not promoted",
+    "[quorum][release-only]") {
   Cluster cluster(ClusterOptions{.standbys = 2, .sync = true});
   create_table(cluster, "acked");
   PgkeelOptions o;
@@ -566,8 +636,8 @@ TEST_CASE("ANY 1 of two: the primary and the standby that acknowledged are lost 
     INFO(seen);
     REQUIRE(synchronous);
   }
-  const std::string walsender =
-      cluster.psql_as_postgres("db1", "SELECT pid FROM pg_stat_replication WHERE application_name = 'db3'");
+  const std::string walsender = cluster.psql_as_postgres(
+      "db1", "SELECT pid FROM pg_stat_replication WHERE application_name = 'db3'");
   REQUIRE_FALSE(walsender.empty());
   const pid_t stopped = static_cast<pid_t>(std::stol(walsender));
   REQUIRE(::kill(stopped, SIGSTOP) == 0);
@@ -583,48 +653,65 @@ TEST_CASE("ANY 1 of two: the primary and the standby that acknowledged are lost 
     PqSession writer(pk.conninfo());
     REQUIRE(writer.connected());
     for (int i = 1; i <= kRows; ++i) {
-      const PqResult r = writer.exec("INSERT INTO acked VALUES (" + std::to_string(i) + ", 'acknowledged by db2')");
+      const PqResult r = writer.exec("INSERT INTO acked VALUES (" + std::to_string(i) +
+                                     ", 'acknowledged by db2')");
       INFO(r.error);
       REQUIRE(r.ok);
     }
   }
-  const std::uint64_t written = parse_lsn(cluster.psql_as_postgres("db1", "SELECT pg_current_wal_lsn()"));
+  const std::uint64_t written =
+      parse_lsn(cluster.psql_as_postgres("db1", "SELECT pg_current_wal_lsn()"));
   // The premise, as PostgreSQL shows it: db2 has every acknowledged row, db3 none, and the
   // primary still lists db3 as a streaming quorum standby, through the same (stopped) walsender.
-  REQUIRE(eventually(10s, [&] { return cluster.psql_as_postgres("db2", "SELECT count(*) FROM acked", "app") == std::to_string(kRows); }));
-  REQUIRE(cluster.psql_as_postgres("db3", "SELECT count(*) FROM acked", "app") == "0");
-  REQUIRE(cluster.psql_as_postgres("db1", "SELECT pid || ' ' || state || ' ' || sync_state FROM pg_stat_replication "
-                                          "WHERE application_name = 'db3'") == walsender + " streaming quorum");
-  // pgkeel has probed the primary after the writes, with db3 still shown as quorum.
   REQUIRE(eventually(10s, [&] {
-    const PqResult nodes = console(pk, "SHOW NODES");
-    return parse_lsn(cell(nodes, "name", "db1", "lsn")) >= written && cell(nodes, "name", "db3", "sync_state") == "quorum";
-  }, 250ms));
+    return cluster.psql_as_postgres("db2", "SELECT count(*) FROM acked", "app") ==
+           std::to_string(kRows);
+  }));
+  REQUIRE(cluster.psql_as_postgres("db3", "SELECT count(*) FROM acked", "app") == "0");
+  REQUIRE(cluster.psql_as_postgres(
+              "db1",
+              "SELECT pid || ' ' || state || ' ' || sync_state FROM pg_stat_replication "
+              "WHERE application_name = 'db3'") == walsender + " streaming quorum");
+  // pgkeel has probed the primary after the writes, with db3 still shown as quorum.
+  REQUIRE(eventually(
+      10s,
+      [&] {
+        const PqResult nodes = console(pk, "SHOW NODES");
+        return parse_lsn(cell(nodes, "name", "db1", "lsn")) >= written &&
+               cell(nodes, "name", "db3", "sync_state") == "quorum";
+      },
+      250ms));
 
   // The primary and the standby that acknowledged are lost together.
   REQUIRE(::kill(cluster.pid("db1"), SIGKILL) == 0);
   REQUIRE(::kill(cluster.pid("db2"), SIGKILL) == 0);
-  REQUIRE(::kill(stopped, SIGKILL) == 0);  // db1's walsender to db3: part of db1, it must send nothing more
+  REQUIRE(::kill(stopped, SIGKILL) ==
+          0);  // db1's walsender to db3: part of db1, it must send nothing more
   resume.pid = 0;
 
   // pgkeel decides: either it promotes, or it refuses saying why.
   std::string plan;
-  const bool decided = eventually(30s, [&] {
-    plan = console_psql(pk, "SHOW FAILOVER PLAN");
-    return !events_of(pk, "promotion").empty() || !events_of(pk, "failover_refused").empty() ||
-           !line_about(plan, "db3", {"quorum", "heard"}).empty();
-  }, 250ms);
+  const bool decided = eventually(
+      30s,
+      [&] {
+        plan = console_psql(pk, "SHOW FAILOVER PLAN");
+        return !events_of(pk, "promotion").empty() || !events_of(pk, "failover_refused").empty() ||
+               !line_about(plan, "db3", {"quorum", "heard"}).empty();
+      },
+      250ms);
   INFO("SHOW FAILOVER PLAN:\n" << plan);
   INFO(table_text(console(pk, "SHOW EVENTS")));
   CHECK(decided);
   // Several more probe rounds and failover attempts: still no promotion.
-  const bool promoted = eventually(10s, [&] { return !events_of(pk, "promotion").empty(); }, 250ms);
+  const bool promoted = eventually(
+      10s, [&] { return !events_of(pk, "promotion").empty(); }, 250ms);
   const std::string on_db3 = cluster.psql_as_postgres("db3", "SELECT count(*) FROM acked", "app");
-  std::printf("quorum: automatic promotion of db3: %s; acknowledged rows on db3: %s of %d\n", promoted ? "yes" : "no",
-              on_db3.c_str(), kRows);
+  std::printf("quorum: automatic promotion of db3: %s; acknowledged rows on db3: %s of %d\n",
+              promoted ? "yes" : "no", on_db3.c_str(), kRows);
   CHECK_FALSE(promoted);
   CHECK(cluster.psql_as_postgres("db3", "SELECT pg_is_in_recovery()") == "t");
-  const PqResult write = pq_exec(pk.conninfo(), "INSERT INTO acked VALUES (0, 'after the loss')", 20s);
+  const PqResult write =
+      pq_exec(pk.conninfo(), "INSERT INTO acked VALUES (0, 'after the loss')", 20s);
   CHECK_FALSE(write.ok);
   CHECK(write.sqlstate == "57P03");
   plan = console_psql(pk, "SHOW FAILOVER PLAN");
@@ -636,8 +723,10 @@ TEST_CASE("ANY 1 of two: the primary and the standby that acknowledged are lost 
   std::printf("quorum: FAILOVER TO db3 FORCE: %s\n", forced.empty() ? "done" : forced.c_str());
   if (forced.empty()) {
     CHECK(served_by(pk) == port_of(cluster, "db3"));
-    std::printf("quorum: after FORCE, acknowledged rows on db3: %s of %d\n",
-                cluster.psql_as_postgres("db3", "SELECT count(*) FROM acked WHERE id > 0", "app").c_str(), kRows);
+    std::printf(
+        "quorum: after FORCE, acknowledged rows on db3: %s of %d\n",
+        cluster.psql_as_postgres("db3", "SELECT count(*) FROM acked WHERE id > 0", "app").c_str(),
+        kRows);
   }
 }
 
@@ -651,14 +740,18 @@ long route_epoch(const Pgkeel& pk) {
 }
 
 std::string history(const Cluster& cluster, std::string_view node) {
-  return cluster.psql_as_postgres(
-      node, "SELECT string_agg(epoch || ':' || node, ' ' ORDER BY recorded_at) FROM pgkeel.primary_history", "postgres");
+  return cluster.psql_as_postgres(node,
+                                  "SELECT string_agg(epoch || ':' || node, ' ' ORDER BY "
+                                  "recorded_at) FROM pgkeel.primary_history",
+                                  "postgres");
 }
 
 }  // namespace
 
-TEST_CASE("two failovers across two restarts then the state file lost: writes go to the latest primary; epochs only grow",
-          "[epoch][release-only]") {
+TEST_CASE(
+    "two failovers across two restarts then the state file lost: writes go to the latest primary; "
+    "epochs only grow",
+    "[epoch][release-only]") {
   Cluster cluster(ClusterOptions{.standbys = 1});
   create_table(cluster, "epoch_rows");
   PgkeelOptions o;
@@ -682,8 +775,9 @@ TEST_CASE("two failovers across two restarts then the state file lost: writes go
   // CHECKPOINT first: until db2's end-of-recovery checkpoint is done its control file still shows
   // timeline 1, and pg_rewind then finds "no rewind required" for a node that cannot follow.
   cluster.psql_as_postgres("db2", "CHECKPOINT");
-  const RunResult rejoin =
-      run({(cluster_script().parent_path() / "rejoin.sh").string(), cluster.dir().string(), "db1", "db2"}, {}, 180s);
+  const RunResult rejoin = run({(cluster_script().parent_path() / "rejoin.sh").string(),
+                                cluster.dir().string(), "db1", "db2"},
+                               {}, 180s);
   cluster.refresh();
   INFO(rejoin.output);
   REQUIRE(rejoin.ok());
@@ -694,19 +788,25 @@ TEST_CASE("two failovers across two restarts then the state file lost: writes go
   note_epoch("second start");
   REQUIRE(eventually(15s, [&] {
     const PqResult nodes = console(pk, "SHOW NODES");
-    return cell(nodes, "name", "db1", "role") == "standby" && cell(nodes, "name", "db1", "state") == "up";
+    return cell(nodes, "name", "db1", "role") == "standby" &&
+           cell(nodes, "name", "db1", "state") == "up";
   }));
   REQUIRE(act(pk, "FAILOVER TO db1") == "");
   REQUIRE(eventually(10s, [&] { return served_by(pk) == port_of(cluster, "db1"); }));
   note_epoch("after FAILOVER TO db1");
-  const PqResult row = pq_exec(pk.conninfo(), "INSERT INTO epoch_rows VALUES (1, 'written on db1') RETURNING current_setting('port')");
+  const PqResult row = pq_exec(
+      pk.conninfo(),
+      "INSERT INTO epoch_rows VALUES (1, 'written on db1') RETURNING current_setting('port')");
   INFO(row.error);
   REQUIRE(row.scalar() == port_of(cluster, "db1"));
   note_epoch("after the write");
-  const std::string history_before = "db1: " + history(cluster, "db1") + "; db2: " + history(cluster, "db2");
-  std::printf("epoch: pgkeel.primary_history before the state file is lost: %s\n", history_before.c_str());
+  const std::string history_before =
+      "db1: " + history(cluster, "db1") + "; db2: " + history(cluster, "db2");
+  std::printf("epoch: pgkeel.primary_history before the state file is lost: %s\n",
+              history_before.c_str());
   for (const char* n : {"db1", "db2"}) {
-    const std::string max = cluster.psql_as_postgres(n, "SELECT coalesce(max(epoch), -1) FROM pgkeel.primary_history");
+    const std::string max =
+        cluster.psql_as_postgres(n, "SELECT coalesce(max(epoch), -1) FROM pgkeel.primary_history");
     epochs.push_back(std::stol(max));
   }
 
@@ -722,13 +822,14 @@ TEST_CASE("two failovers across two restarts then the state file lost: writes go
   INFO(history_before);
   INFO(table_text(console(pk, "SHOW EVENTS")));
   INFO(table_text(console(pk, "SHOW ROUTES")));
-  std::printf("epoch: third start without the state file: writes go to port %s (db1 %s, db2 %s)\n", served.c_str(),
-              port_of(cluster, "db1").c_str(), port_of(cluster, "db2").c_str());
+  std::printf("epoch: third start without the state file: writes go to port %s (db1 %s, db2 %s)\n",
+              served.c_str(), port_of(cluster, "db1").c_str(), port_of(cluster, "db2").c_str());
   CHECK(to_db1);
   CHECK(pq_exec(pk.conninfo(), "SELECT count(*) FROM epoch_rows WHERE id = 1").scalar() == "1");
   const long after = route_epoch(pk);
   const long before = *std::max_element(epochs.begin(), epochs.end());
-  std::printf("epoch: third start: SHOW ROUTES epoch %ld; the highest seen before %ld\n", after, before);
+  std::printf("epoch: third start: SHOW ROUTES epoch %ld; the highest seen before %ld\n", after,
+              before);
   CHECK(after > before);
   // db1's record of primaries, oldest first, has strictly growing epochs.
   const std::string db1_history = history(cluster, "db1");
