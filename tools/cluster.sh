@@ -4,6 +4,7 @@
 # folder, each on a port the OS picked. Servers run as the `postgres` OS user when we are root.
 #
 #   tools/cluster.sh up DIR [--standbys N] [--sync|--async] [--max-connections N] [--netns]
+#                        [--basebackup]
 #   tools/cluster.sh down DIR [--rm]
 #   tools/cluster.sh status DIR
 #   tools/cluster.sh psql DIR NODE [psql args...]
@@ -29,6 +30,21 @@
 # Standbys are cold copies of that same template started with standby.signal: a cleanly shut
 # down data directory is a valid base backup, so they share the primary's system identifier and
 # start streaming from the template's shutdown checkpoint, faster than pg_basebackup.
+#
+# --basebackup makes the standbys the way users make theirs, for tests of a cluster that pgkeel
+# adopts as it is: each standby is `pg_basebackup -R -X stream -c fast` from the running primary
+# (as the postgres user, as replicator over TCP), so what differs from the usual cluster is:
+#   - primary_conninfo is what -R writes (host, port, user, password and libpq's defaults): no
+#     application_name, and no cluster_name either (PostgreSQL would send it instead), so every
+#     standby streams as `walreceiver`;
+#   - no replication slot (pg_basebackup's temporary slot ends with the backup; -R names none);
+#   - PostgreSQL's default replication timeouts: the template's lowered wal_sender_timeout (2s),
+#     wal_receiver_timeout (2s) and wal_receiver_status_interval (1s) are taken out of the
+#     primary's postgresql.conf before it starts (so 60s, 60s and 10s, on every node, since the
+#     standbys copy that file); nothing else is lowered in either kind of cluster;
+#   - the primary has no synchronous_standby_names (--sync is refused).
+# Kept: the roles, databases, pg_hba.conf (they come with the copy), listen_addresses, logging,
+# checksums, and each node's own pgkeel-node.conf (port, socket folder, max_connections).
 #
 # Writes DIR/cluster.env (shell-sourceable: PGKEEL_CLUSTER_DIR, PG_BINDIR, SOCKDIR, NODES and
 # DB<n>_PORT/_DATA/_PID/_LOG/_HOST; with --netns also NETNS_BRIDGE, NETNS_GATEWAY and
@@ -410,6 +426,7 @@ alive() {
 
 declare -A PORT=() PID=()
 NODE_LIST=()
+BASEBACKUP=0  # up --basebackup
 UP_DIR=""
 
 up_failed() {
@@ -432,7 +449,7 @@ write_node_conf() {  # DIR NODE [extra lines]
     echo "# per-node settings written by tools/cluster.sh"
     echo "port = ${PORT[$n]}"
     echo "unix_socket_directories = '$SOCKDIR'"
-    echo "cluster_name = '$n'"
+    ((BASEBACKUP)) || echo "cluster_name = '$n'"  # a walreceiver names itself after it
     echo "max_connections = $MAX_CONNECTIONS"
     [[ -z "$NETNS_TAG" ]] || echo "listen_addresses = '${HOST[$n]}'"
     local line
@@ -497,6 +514,23 @@ rewrite_port() {  # DIR NODE
   sed "s/^port = .*/port = ${PORT[$2]}/" "$f" >"$f.tmp" && cat "$f.tmp" >"$f" && rm -f "$f.tmp"
 }
 
+# --basebackup: the template's lowered replication timeouts go, so PostgreSQL's defaults apply.
+default_replication_timeouts() {  # DATA
+  local conf="$1/postgresql.conf"
+  sed -E '/^(wal_sender_timeout|wal_receiver_timeout|wal_receiver_status_interval)[[:space:]]*=/d' \
+    "$conf" >"$conf.tmp" && cat "$conf.tmp" >"$conf" && rm -f "$conf.tmp"
+}
+
+# --basebackup: a standby as users make one, `pg_basebackup -R` from the running primary. It
+# copies the primary's pgkeel-node.conf too, which then gets the standby's own.
+basebackup_standby() {  # DIR NODE
+  local dir=$1 n=$2
+  as_pg env PGPASSWORD=replicator-pass "$PG_BINDIR/pg_basebackup" \
+    -D "$dir/$n" -R -X stream -c fast -d "host=${HOST[db1]} port=${PORT[db1]} user=replicator" \
+    >"$dir/$n.basebackup.log" 2>&1 || up_failed "pg_basebackup for $n failed"
+  write_node_conf "$dir" "$n"
+}
+
 standby_conninfo() {  # NODE
   printf "host=%s port=%s user=replicator password=replicator-pass application_name=%s" \
     "${HOST[db1]}" "${PORT[db1]}" "$1"
@@ -512,6 +546,7 @@ cmd_up() {
       --sync) sync=1; shift ;;
       --async) sync=0; shift ;;
       --netns) netns=1; shift ;;
+      --basebackup) BASEBACKUP=1; shift ;;
       --max-connections) MAX_CONNECTIONS=${2:?--max-connections needs a number}; shift 2 ;;
       --max-connections=*) MAX_CONNECTIONS=${1#*=}; shift ;;
       -*) die "up: unknown option $1" ;;
@@ -522,6 +557,8 @@ cmd_up() {
   [[ "$standbys" =~ ^[0-9]+$ ]] || die "--standbys wants a number, got '$standbys'"
   [[ "$MAX_CONNECTIONS" =~ ^[0-9]+$ ]] || die "--max-connections wants a number"
   ((sync == 0 || standbys > 0)) || die "--sync needs at least one standby"
+  ((sync == 0 || BASEBACKUP == 0)) ||
+    die "--basebackup leaves synchronous replication to whoever adopts the cluster; drop --sync"
   [[ "$dir" != *[[:space:]\'\"\\\$]* ]] || die "DIR must not contain spaces, quotes, \\ or \$"
 
   local t0
@@ -565,8 +602,17 @@ cmd_up() {
 
   local dests=()
   for n in "${NODE_LIST[@]}"; do dests+=("$dir/$n"); done
-  copy_template "${dests[@]}"
-  ((netns)) && for n in "${NODE_LIST[@]}"; do allow_subnet "$dir/$n"; done
+  if ((BASEBACKUP)); then
+    copy_template "$dir/db1"  # the standbys are copied from the running primary below
+    default_replication_timeouts "$dir/db1"
+  else
+    copy_template "${dests[@]}"
+  fi
+  if ((netns)); then
+    for n in "${NODE_LIST[@]}"; do
+      if [[ -d "$dir/$n" ]]; then allow_subnet "$dir/$n"; fi
+    done
+  fi
 
   # Primary.
   local sync_line=()
@@ -580,9 +626,17 @@ cmd_up() {
   await_start "$dir" db1
   write_env "$dir"
 
-  # Standbys: one physical slot each, then all started together.
   local standby_nodes=("${NODE_LIST[@]:1}")
-  if ((${#standby_nodes[@]} > 0)); then
+  if ((${#standby_nodes[@]} > 0 && BASEBACKUP)); then
+    for n in "${standby_nodes[@]}"; do
+      basebackup_standby "$dir" "$n"
+      launch_node "$dir" "$n"
+    done
+    await_start "$dir" "${standby_nodes[@]}"
+    write_env "$dir"
+    await_streaming "$dir" 0 "'walreceiver'" "${#standby_nodes[@]}"
+  elif ((${#standby_nodes[@]} > 0)); then
+    # Standbys: one physical slot each, then all started together.
     local sql="" 
     for n in "${standby_nodes[@]}"; do
       sql+="SELECT pg_create_physical_replication_slot('$n', true);"
@@ -602,7 +656,9 @@ cmd_up() {
     # A standby whose port was re-picked changed nothing the primary needs; but db1's own port
     # is what standbys dial, and it is fixed by now.
     write_env "$dir"
-    await_streaming "$dir" "$sync" "${standby_nodes[@]}"
+    local names
+    names=$(printf "'%s'," "${standby_nodes[@]}")
+    await_streaming "$dir" "$sync" "${names%,}" "${#standby_nodes[@]}"
   fi
 
   write_users "$dir"
@@ -617,13 +673,12 @@ describe_nodes() {
   printf '%s' "${out[*]}"
 }
 
-await_streaming() {  # DIR SYNC NODE...
-  local dir=$1 sync=$2
-  shift 2
-  local want=$# names deadline got=""
-  names=$(printf "'%s'," "$@")
+# Waits until the primary shows WANT standbys streaming under the listed application names
+# (SQL literals, comma-separated; with --basebackup every standby is 'walreceiver').
+await_streaming() {  # DIR SYNC NAMES WANT
+  local dir=$1 sync=$2 names=$3 want=$4 deadline got=""
   local sql="SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'
-    AND application_name IN (${names%,})"
+    AND application_name IN ($names)"
   ((sync)) && sql+=" AND sync_state IN ('sync', 'quorum')"
   deadline=$(deadline_in "$kTimeout")
   while :; do

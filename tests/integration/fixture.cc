@@ -678,6 +678,9 @@ Cluster::Cluster(ClusterOptions options) : options_(options) {
   if (options_.netns) {
     up.emplace_back("--netns");
   }
+  if (options_.basebackup) {
+    up.emplace_back("--basebackup");
+  }
   RunResult res = run(up, {}, 300s);
   if (!res.ok()) {
     down();

@@ -121,6 +121,10 @@ struct ClusterOptions {
   bool sync = false;  // synchronous_standby_names = 'ANY 1 (db2, ...)' on the primary
   int max_connections = 100;
   bool netns = false;  // each node in a network namespace of its own (tools/cluster.sh up --netns)
+  // Standbys made as users make them (tools/cluster.sh up --basebackup): pg_basebackup -R, so
+  // they stream as `walreceiver`, without slots, with PostgreSQL's default replication timeouts,
+  // and the primary has no synchronous_standby_names. Not with `sync`.
+  bool basebackup = false;
 
   auto operator<=>(const ClusterOptions&) const = default;
 };
