@@ -698,6 +698,13 @@ void Keeper::adopt_standbys(Node& p) {
             return;
           }
           n.adopting = false;
+          // synchronous_standby_names follows its new name at the next look at the primary, without
+          // the usual pause between two changes: until then a commit may wait for the old name.
+          if (writer_) {
+            Node& w = *nodes_[*writer_];
+            w.last_sync_change = {};
+            if (!w.probing) probe(w);
+          }
           add_event("adopted", n.target.name,
                     "it streamed as " + was + "; pgkeel set application_name=" + n.target.name +
                         " in its primary_conninfo so that synchronous_standby_names can name it");

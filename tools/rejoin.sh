@@ -181,8 +181,16 @@ configure_standby() {
   chmod 0600 "$auto"
 }
 
+# NEW's current timeline, from its WAL file name (right the moment after a promotion).
+new_timeline() {
+  psql_at "$NEW_PORT" -Atq -c \
+    "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int" 2>/dev/null || true
+}
+
 # Starts the node through cluster.sh (which records its pid in cluster.env) and waits until NEW
-# reports it streaming. Returns non-zero instead of failing, so the caller can fall back.
+# reports it streaming and the node receives NEW's current timeline (a node that streamed once
+# on the old timeline has not rejoined). Returns non-zero instead of failing, so the caller can
+# fall back.
 start_and_await() {
   if ! "$kRepoRoot/tools/cluster.sh" start "$DIR" "$NODE" >>"$REJOIN_LOG" 2>&1; then
     warn "$NODE did not start"
@@ -205,9 +213,25 @@ start_and_await() {
     warn "$NODE streams but pg_is_in_recovery() says '$got'"
     return 1
   fi
+  local want
+  want=$(new_timeline)
+  while :; do
+    got=$(psql_at "$NODE_PORT" -Atq -c "SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'" \
+      2>/dev/null || true)
+    [[ -n "$want" && "$got" == "$want" ]] && break
+    if past "$deadline"; then
+      warn "$NODE streams from $NEW but on timeline '${got:-?}', not $NEW's ${want:-?}"
+      return 1
+    fi
+    sleep 0.05
+  done
 }
 
 rewind() {
+  # pg_rewind reads the source's timeline from its control file, which names the new timeline
+  # only after the promotion's checkpoint: without this one it may see the old timeline, find
+  # "no rewind required", and leave a node that cannot follow.
+  psql_at "$NEW_PORT" -Atq -c "CHECKPOINT" >>"$REJOIN_LOG" 2>&1 || { warn "CHECKPOINT on $NEW failed"; return 1; }
   say "pg_rewind $NODE onto $NEW (source: the superuser over $SOCKDIR)"
   if ! as_pg "$PG_BINDIR/pg_rewind" --target-pgdata="$DATA" \
     --source-server="host=$SOCKDIR port=$NEW_PORT user=postgres dbname=postgres connect_timeout=5" \
