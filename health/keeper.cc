@@ -357,7 +357,8 @@ void Keeper::heartbeat(Node& p) {
 
 // Every node's position relative to the writer's last observed WAL position, for read routing.
 // Lag in seconds counts only while a standby has not replayed what it received: an idle primary
-// writes nothing new, and its standbys' last replay timestamps age without them being behind.
+// writes no transaction (the witness heartbeat is not one), and its standbys' last replay
+// timestamps age without them being behind.
 void Keeper::post_positions() {
   if (board_ == nullptr) return;
   const ProbeFacts* primary = writer_ && nodes_[*writer_]->facts ? &*nodes_[*writer_]->facts : nullptr;
@@ -370,7 +371,9 @@ void Keeper::post_positions() {
       if (f.in_recovery) {
         const Lsn head = std::max(f.receive_lsn, primary != nullptr ? primary->current_lsn : Lsn{0});
         l.lag_bytes = head > f.replay_lsn ? head - f.replay_lsn : 0;
-        l.lag_seconds = l.lag_bytes > 0 && f.replay_age_s ? *f.replay_age_s : 0.0;
+        // Time lag only while received WAL waits to be replayed: the witness heartbeat writes WAL
+        // but no transaction, so on an idle primary the last replayed transaction only gets older.
+        l.lag_seconds = f.receive_lsn > f.replay_lsn && f.replay_age_s ? *f.replay_age_s : 0.0;
       }
     }
     board_->set(n->id, l);
@@ -1704,7 +1707,8 @@ std::vector<NodeStatus> Keeper::nodes() const {
       s.lsn = format_lsn(f.wal_position());
       if (f.in_recovery) {
         if (primary) s.lag_bytes = primary->current_lsn > f.wal_position() ? primary->current_lsn - f.wal_position() : 0;
-        s.lag_seconds = f.replay_age_s;
+        // As read routing counts it (post_positions): only while received WAL waits for replay.
+        s.lag_seconds = f.receive_lsn > f.replay_lsn ? f.replay_age_s : std::optional<double>(0.0);
         if (primary) {
           s.sync_state = n->sync_state;
           s.application_name = n->replication_name;
