@@ -1103,12 +1103,11 @@ void Keeper::abort_failover(const std::string& why) {
   ++sequence_id_;
   add_event("failover_refused", failed_ ? nodes_[*failed_]->target.name : "", why);
   run_hook(config_.on_degraded, "failover_refused", failed_ ? nodes_[*failed_].get() : nullptr, why);
-  const bool detached = step_ != Step::kIdle;
-  const bool cut = !writer_;  // the barrier ran: writes were stopped
+  const bool cut = !writer_;  // the barrier ran (or there was no writer to begin with)
   step_ = Step::kIdle;
   next_attempt_ = SteadyClock::now() + std::chrono::seconds(5);
-  // Standbys that were detached follow the old primary again, should it come back.
-  if (detached && failed_) {
+  // The sequence detached the standbys first: they follow the old primary again, should it come back.
+  if (failed_) {
     Node& old = *nodes_[*failed_];
     for (auto& n : nodes_) {
       if (n->id == old.id || n->detector.health() != NodeHealth::kUp || !n->facts || !n->facts->in_recovery) continue;
@@ -1121,7 +1120,11 @@ void Keeper::abort_failover(const std::string& why) {
   // Before the barrier nothing was cut and the writer stays. After it, keep holding: the
   // primary may come back, or a standby may become eligible; clients get this reason when their
   // hold_timeout runs out.
-  if (cut) publish(std::nullopt, "no writable primary: " + why, true);
+  if (cut) {
+    publish(std::nullopt, "no writable primary: " + why, true);
+  } else {
+    note_writer_trouble("a failover from " + nodes_[*writer_]->target.name + " was aborted: " + why);
+  }
   if (auto done = std::move(done_)) {
     done_ = nullptr;
     done({false, "failover aborted: " + why});
