@@ -844,12 +844,13 @@ TEST_CASE("a flood of scrapes does not delay the keeper's probes", "[status][flo
   PgkeelOptions o = status_options();
   o.health_extra = "probe_interval = \"200ms\"\nprobe_timeout = \"1s\"";
   o.listeners[0].pool_mode = "transaction";  // idle clients hold no server connection
+  o.max_client_conn = 5000;
   Pgkeel pk(cluster, o);
   REQUIRE(eventually(10s, [&] { return get(pk, "/health").code == 200; }));
-  // Every snapshot has clients to gather and render.
+  // Every snapshot has 2,000 clients to gather and render (md5: cheap to log in).
   std::vector<std::unique_ptr<PqSession>> held;
-  for (int i = 0; i < 200; ++i) {
-    held.push_back(std::make_unique<PqSession>(pk.conninfo()));
+  for (int i = 0; i < 2000; ++i) {
+    held.push_back(std::make_unique<PqSession>(pk.conninfo("md5user", "md5-pass", "app")));
     REQUIRE(held.back()->connected());
   }
   const LabelSet db1{{"node", "db1"}};
@@ -858,16 +859,17 @@ TEST_CASE("a flood of scrapes does not delay the keeper's probes", "[status][flo
   REQUIRE(eventually(5s, [&] { before = scrape(pk); return before.error.empty(); }));
   const auto t0 = Clock::now();
 
+  // 200 scrapers at once, each asking again as soon as it has its answer, for 10 s.
   constexpr int kThreads = 200;
-  constexpr int kRequestsEach = 100;
+  const auto flood_end = Clock::now() + 10s;
   std::atomic<int> ok{0}, refused{0}, other{0}, failed{0};
   std::mutex mu;
   std::string first_problem;
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
-      for (int i = 0; i < kRequestsEach; ++i) {
-        const int k = (t + i) % 3;
+      for (int i = 0; Clock::now() < flood_end; ++i) {
+        const int k = std::min((t + i) % 4, 2);  // half of them ask for the client list
         const HttpResponse r = k == 0   ? http(pk.status_port(), "GET", "/metrics", 10s)
                                : k == 1 ? http(pk.status_port(), "GET", "/api/status", 10s)
                                         : http(pk.status_port(), "GET", "/api/status?connections=1", 10s,
@@ -892,17 +894,18 @@ TEST_CASE("a flood of scrapes does not delay the keeper's probes", "[status][flo
   const double probes1 = value_or_zero(after, "pgkeel_node_probes_total", db1) - value_or_zero(before, "pgkeel_node_probes_total", db1);
   const double probes2 = value_or_zero(after, "pgkeel_node_probes_total", db2) - value_or_zero(before, "pgkeel_node_probes_total", db2);
   const double expected = seconds / 0.2;
-  WARN("flood: " << kThreads * kRequestsEach << " requests in " << seconds << " s: " << ok << " answered, " << refused
+  WARN("flood: " << ok + refused + other + failed << " requests in " << seconds << " s: " << ok << " answered, " << refused
                  << " refused (max_connections), " << other << " other, " << failed << " without an answer; probes db1 "
                  << probes1 << ", db2 " << probes2 << ", expected about " << expected);
   INFO(first_problem);
   CHECK(failed == 0);
   CHECK(other == 0);
   CHECK(ok > 0);
-  // Probes kept their interval: at least half the probes the elapsed time calls for (the counter
-  // in /metrics may be up to a second stale at each end), and none failed.
-  CHECK(probes1 >= expected / 2 - 5);
-  CHECK(probes2 >= expected / 2 - 5);
+  // Probes kept their interval: at least two thirds of the probes the elapsed time calls for (the
+  // counter in /metrics may be up to a second stale at each end), and none failed. Before answers
+  // were shared and reused, this flood left about a third of them, and some probes timed out.
+  CHECK(probes1 >= expected * 2 / 3 - 5);
+  CHECK(probes2 >= expected * 2 / 3 - 5);
   CHECK(value_or_zero(after, "pgkeel_node_probe_failures_total", db1) == value_or_zero(before, "pgkeel_node_probe_failures_total", db1));
   CHECK(value_or_zero(after, "pgkeel_node_probe_failures_total", db2) == value_or_zero(before, "pgkeel_node_probe_failures_total", db2));
   CHECK(get(pk, "/health").code == 200);
