@@ -117,7 +117,7 @@ struct PoolConfig {
   Millis wait_timeout{30000};            // how long a client may wait for a server connection
   std::string reset_query = "DISCARD ALL";
   // Fairness: so the web shop cannot starve the ERP. 0: no limit. Client limits count
-  // connections to pgkeel; server limits count connections per node.
+  // authenticated clients of pgkeel; server limits count connections per node.
   int max_user_client_conn = 0;          // per user, all databases and listeners
   int max_db_client_conn = 0;            // per client-facing database
   int max_user_server_conn = 0;          // per user, per node
