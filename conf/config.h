@@ -117,7 +117,7 @@ struct PoolConfig {
   Millis wait_timeout{30000};            // how long a client may wait for a server connection
   std::string reset_query = "DISCARD ALL";
   // Fairness: so the web shop cannot starve the ERP. 0: no limit. Client limits count
-  // connections to pgkeel; server limits count connections per node.
+  // authenticated clients of pgkeel; server limits count connections per node.
   int max_user_client_conn = 0;          // per user, all databases and listeners
   int max_db_client_conn = 0;            // per client-facing database
   int max_user_server_conn = 0;          // per user, per node
@@ -130,8 +130,9 @@ struct PoolConfig {
 // [auth]: secrets of users not in the users file, looked up on the cluster, and the slowing
 // down of clients that keep failing to authenticate.
 struct AuthConfig {
-  // Empty: off. $1 is the user name (as a quoted literal); the last column of the first row is
-  // the secret as pg_authid stores it (SCRAM verifier or md5 hash); no row or NULL: no such user.
+  // Empty: off. One statement; $1 is the user name (a bound parameter, never spliced in); the
+  // last column of the first row is the secret as pg_authid stores it (SCRAM verifier or md5
+  // hash); no row or NULL: no such user.
   std::string query;
   std::string user;       // who runs the query (default: [health] user)
   std::string password;   // (default: [health] password)
@@ -140,6 +141,12 @@ struct AuthConfig {
   // A looked-up secret is used again, without a query, only when no node answers (a failover):
   // for at most this long after it was fetched.
   Millis cache_lifetime{300000};
+  // A "no such user" answer is used again, without a query, for this long (0: never), so a flood
+  // of logins of one invented name costs one query, not one each.
+  Millis negative_cache_lifetime{5000};
+  // Per worker: user names whose lookup may wait or run at once (logins of one name share one
+  // lookup). Beyond it a login is refused at once with 53300.
+  int max_queued_lookups = 100;
   // Throttle: after max_failures failed logins from one address within failure_window, each
   // further failure is answered failure_delay later (doubling, at most 5 s). 0: off.
   int max_failures = 5;
@@ -200,12 +207,18 @@ struct ConsoleConfig {
   std::uint16_t port = 0;                 // 0: no console
   std::vector<std::string> admin_users;   // may act (FAILOVER ...)
   std::vector<std::string> monitor_users; // SHOW only
+  // Console connections at once, logged in or not (a login beyond it gets 53300). Each one lives
+  // on the main thread, beside the keeper.
+  int max_connections = 32;
 };
 
 // The HTTP status port (/live, /health, /ready, /metrics, /api/status, /).
 struct StatusConfig {
   std::string host = "127.0.0.1";
   std::uint16_t port = 0;  // 0: no status port
+  // HTTP connections at once that have sent a request (503 beyond it). The port shares the main
+  // thread with the keeper.
+  int max_connections = 64;
 };
 
 // One line of the users file: a client-facing user and its secret, as PostgreSQL stores it in

@@ -315,8 +315,8 @@ constexpr std::initializer_list<const char*> kPoolKeys = {
     "reset_query", "max_user_client_conn", "max_db_client_conn", "max_user_server_conn",
     "max_db_server_conn", "reserve_pool_size", "reserve_pool_timeout", "idle_transaction_timeout"};
 constexpr std::initializer_list<const char*> kAuthKeys = {
-    "query", "user", "password", "dbname", "query_timeout", "cache_lifetime", "max_failures",
-    "failure_window", "failure_delay"};
+    "query", "user", "password", "dbname", "query_timeout", "cache_lifetime", "negative_cache_lifetime",
+    "max_queued_lookups", "max_failures", "failure_window", "failure_delay"};
 constexpr std::initializer_list<const char*> kLimitKeys = {"user", "database", "max_client_conn", "max_server_conn"};
 constexpr std::initializer_list<const char*> kListenerKeys = {
     "name", "host", "port", "unix_socket_dir", "intent", "pool_mode", "max_replica_lag_bytes", "max_replica_lag",
@@ -345,8 +345,8 @@ constexpr std::initializer_list<const char*> kFailoverKeys = {"mode",
                                                               "switchover_drain_timeout",
                                                               "switchover_timeout"};
 constexpr std::initializer_list<const char*> kConsoleKeys = {"host", "port", "admin_users",
-                                                             "monitor_users"};
-constexpr std::initializer_list<const char*> kStatusKeys = {"host", "port"};
+                                                             "monitor_users", "max_connections"};
+constexpr std::initializer_list<const char*> kStatusKeys = {"host", "port", "max_connections"};
 constexpr std::initializer_list<const char*> kSections = {
     "general", "cluster", "pool", "health", "failover", "console", "status", "tls", "server_tls", "auth",
     "listener", "node", "hba", "limit", "databases"};
@@ -826,6 +826,8 @@ class Mapper {
         read_string_list(v, k, c.admin_users);
       } else if (name == "monitor_users") {
         read_string_list(v, k, c.monitor_users);
+      } else if (name == "max_connections") {
+        read_int(v, k, 1, 100000, c.max_connections);
       } else {
         unknown(v, "console", name, "[console]", kConsoleKeys);
         continue;
@@ -939,6 +941,10 @@ class Mapper {
         read_duration(v, k, false, a.query_timeout);
       } else if (name == "cache_lifetime") {
         read_duration(v, k, true, a.cache_lifetime);
+      } else if (name == "negative_cache_lifetime") {
+        read_duration(v, k, true, a.negative_cache_lifetime);
+      } else if (name == "max_queued_lookups") {
+        read_int(v, k, 1, 100000, a.max_queued_lookups);
       } else if (name == "max_failures") {
         read_int(v, k, 0, kIntMax, a.max_failures);
       } else if (name == "failure_window") {
@@ -980,6 +986,8 @@ class Mapper {
         read_string(v, k, c.host);
       } else if (name == "port") {
         read_int(v, k, 1, 65535, c.port);
+      } else if (name == "max_connections") {
+        read_int(v, k, 1, 100000, c.max_connections);
       } else {
         unknown(v, "status", name, "[status]", kStatusKeys);
         continue;

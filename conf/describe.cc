@@ -79,6 +79,8 @@ std::vector<std::pair<std::string, std::string>> describe(const Config& c) {
   add("auth.dbname", c.auth.dbname);
   add("auth.query_timeout", ms(c.auth.query_timeout));
   add("auth.cache_lifetime", ms(c.auth.cache_lifetime));
+  add("auth.negative_cache_lifetime", ms(c.auth.negative_cache_lifetime));
+  add("auth.max_queued_lookups", std::to_string(c.auth.max_queued_lookups));
   add("auth.max_failures", std::to_string(c.auth.max_failures));
   add("auth.failure_window", ms(c.auth.failure_window));
   add("auth.failure_delay", ms(c.auth.failure_delay));
@@ -129,8 +131,10 @@ std::vector<std::pair<std::string, std::string>> describe(const Config& c) {
   add("console.port", std::to_string(c.console.port));
   add("console.admin_users", list(c.console.admin_users));
   add("console.monitor_users", list(c.console.monitor_users));
+  add("console.max_connections", std::to_string(c.console.max_connections));
   add("status.host", c.status.host);
   add("status.port", std::to_string(c.status.port));
+  add("status.max_connections", std::to_string(c.status.max_connections));
   for (const ListenerConfig& l : c.listeners) {
     if (l.retired) continue;  // removed by a reload
     const std::string p = "listener." + l.name + ".";

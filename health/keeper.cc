@@ -193,7 +193,10 @@ std::string Keeper::follow_conninfo(const Node& upstream, const Node& standby) c
 // How pgkeel logs in to a node for probes and admin actions: TLS as the data path ([server_tls],
 // the node's sslmode). The fork check sends no password: the authentication request is its answer.
 std::string Keeper::conninfo(const Node& n, bool with_password) const {
-  std::string c = "hostaddr=" + n.target.host + " port=" + std::to_string(n.target.port) +
+  // hostaddr: no name resolution on the loop; host: the name a certificate must carry.
+  std::string c = "hostaddr=" + n.target.host +
+                  (n.target.host_name.empty() ? std::string() : " host=" + conninfo_value(n.target.host_name)) +
+                  " port=" + std::to_string(n.target.port) +
                   " user=" + conninfo_value(config_.admin_user) + " dbname=" + conninfo_value(config_.admin_dbname) +
                   " application_name=pgkeel gssencmode=disable connect_timeout=" +
                   std::to_string(std::max<long>(1, (config_.probe_timeout.count() + 999) / 1000)) +

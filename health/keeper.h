@@ -66,6 +66,7 @@ struct KeeperConfig {
 struct NodeTarget {
   std::string name;
   std::string host;  // numeric address
+  std::string host_name;  // as configured (a DNS name or an address): what verify-full checks
   std::uint16_t port = 0;
   int priority = 100;
   conf::SslMode sslmode = conf::SslMode::kPrefer;  // its own sslmode, or [server_tls]'s

@@ -126,6 +126,7 @@ AuthSession::Step AuthSession::check_cleartext(std::string_view password) {
   const std::string failed_msg = "password authentication failed for user \"" + user_ + "\"";
   if (user_auth_ == nullptr) return fail("28P01", failed_msg, "unknown user");
   bool ok = false;
+  std::string refused;  // why the stored secret could not be checked at all
   switch (user_auth_->kind) {
     case UserAuth::Kind::kPassword:
       ok = auth::equal_constant_time(password, user_auth_->password);
@@ -136,10 +137,10 @@ AuthSession::Step AuthSession::check_cleartext(std::string_view password) {
       break;
     }
     case UserAuth::Kind::kScramVerifier:
-      ok = auth::check_scram_password(user_auth_->verifier, password).has_value();
+      ok = auth::check_scram_password(user_auth_->verifier, password, &refused).has_value();
       break;
   }
-  if (!ok) return fail("28P01", failed_msg, "cleartext password did not match");
+  if (!ok) return fail("28P01", failed_msg, refused.empty() ? "cleartext password did not match" : refused);
   // The password itself is now known: servers can be logged in to by any method.
   cred_.user = user_;
   cred_.password = std::string(password);

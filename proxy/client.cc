@@ -473,11 +473,6 @@ void Client::handle_startup(const protocol::StartupPacket& pkt) {
     fail("FATAL", "57P03", "pgkeel is shutting down");
     return;
   }
-  if (std::string refused = sh.limits.client_enter(cfg, key.user, key.database); !refused.empty()) {
-    log::warning("client").kv("event", "refused").kv("conn", name()).kv("reason", refused).emit();
-    fail("FATAL", "53300", refused);
-    return;
-  }
 
   // Client-facing database -> server database.
   if (cfg.databases.empty()) {
@@ -492,7 +487,6 @@ void Client::handle_startup(const protocol::StartupPacket& pkt) {
       if (d.name == "*" && match == nullptr) match = &d;
     }
     if (match == nullptr) {
-      sh.limits.client_leave(key.user, key.database);
       fail("FATAL", "3D000", "database \"" + key.database + "\" does not exist");
       return;
     }
@@ -515,7 +509,6 @@ void Client::handle_startup(const protocol::StartupPacket& pkt) {
   }
   const std::string text = make_session_text(key);
   session_ = w_.interned().sessions.intern(text, std::move(key));
-  limits_counted_ = true;
   begin_auth();
 }
 
@@ -568,6 +561,12 @@ void Client::lookup_done(AuthSession::Method method, SecretLookup::Result r) {
   lookup_token_ = 0;
   if (state_ != State::kAuth || closing_) return;
   ep_.set_reading(true);
+  if (r.status == SecretLookup::Result::Status::kBusy) {
+    log::warning("client").kv("event", "auth_query_busy").kv("conn", name()).kv("user", user()).kv("reason", r.error).emit();
+    fail("FATAL", "53300", "too many logins are waiting for the auth query; try again",
+         "pgkeel looks up this user's secret on the cluster; " + r.error);
+    return;
+  }
   if (r.status == SecretLookup::Result::Status::kFailed) {
     log::warning("client").kv("event", "auth_query_unavailable").kv("conn", name()).kv("user", user()).kv("reason", r.error).emit();
     fail("FATAL", "57P03", "cannot authenticate user \"" + user() + "\" now: no node answered the auth query",
@@ -618,6 +617,16 @@ void Client::apply_auth_step(const AuthSession::Step& step) {
   }
   if (!step.done) return;
   if (tcp_) w_.shared().auth_throttle.succeeded(peer_.host());
+  // Per-user and per-database limits count sessions, as PostgreSQL's role and database connection
+  // limits do: only once the client has proved who it is. Counted at the startup packet, a few
+  // sockets that never answer the authentication request would lock a role out.
+  if (std::string refused = w_.shared().limits.client_enter(w_.config(), user(), database()); !refused.empty()) {
+    log::warning("client").kv("event", "refused").kv("conn", name()).kv("reason", refused).emit();
+    auth_.reset();
+    fail("FATAL", "53300", refused);
+    return;
+  }
+  limits_counted_ = true;
   cred_ = w_.interned().credentials.intern(user(), ServerCredential(auth_->credential()));
   auth_.reset();
   std::uint32_t key = 0;

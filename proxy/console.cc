@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstring>
+#include <chrono>
 #include <ctime>
 
 #include "health/keeper.h"
@@ -305,7 +306,9 @@ std::string encode_console_reply(const ConsoleReply& reply) {
 // One console session: startup, authentication, then simple queries.
 class ConsoleConn {
  public:
-  ConsoleConn(Console& owner, int fd) : owner_(owner) {
+  // `over_limit`: accepted beyond [console] max_connections; its startup packet gets 53300.
+  ConsoleConn(Console& owner, int fd, const sockaddr* addr, bool over_limit)
+      : owner_(owner), peer_(PeerAddress::from(addr)), over_limit_(over_limit) {
     ep_.fd = fd;
     ep_.open_events(owner.base(), &ConsoleConn::on_read_cb, &ConsoleConn::on_write_cb, this);
     ep_.set_reading(true);
@@ -422,7 +425,9 @@ class ConsoleConn {
     using Kind = protocol::StartupPacket::Kind;
     if (pkt.kind == Kind::kSSLRequest || pkt.kind == Kind::kGSSENCRequest) {
       // The same [tls] certificate as the data listeners; bytes after the request are refused.
-      std::shared_ptr<SSL_CTX> ctx = pkt.kind == Kind::kSSLRequest ? owner_.shared().client_tls() : nullptr;
+      // Over the connection limit no handshake is spent: 'N', then 53300 to the startup packet.
+      std::shared_ptr<SSL_CTX> ctx =
+          pkt.kind == Kind::kSSLRequest && !over_limit_ ? owner_.shared().client_tls() : nullptr;
       if (!rx_.empty() || ep_.ssl != nullptr) return fatal("08P01", "received unencrypted data after SSL request");
       if (!ctx) {
         send("N");
@@ -443,6 +448,11 @@ class ConsoleConn {
     }
     if ((pkt.version >> 16) != 3) return fatal("0A000", "unsupported frontend protocol");
     started_ = true;
+    if (over_limit_) {
+      log::warning("console").kv("event", "refused").kv("peer", peer_.text()).kv("reason", "console.max_connections")
+          .kv("limit", owner_.shared().config->console.max_connections).emit();
+      return fatal("53300", "sorry, too many clients already");
+    }
     const std::string* user = pkt.param("user");
     const std::string* db = pkt.param("database");
     if (user == nullptr || user->empty()) return fatal("28000", "no PostgreSQL user name specified in startup packet");
@@ -452,20 +462,48 @@ class ConsoleConn {
     }
     const conf::ConsoleConfig& cc = owner_.shared().config->console;
     admin_ = std::find(cc.admin_users.begin(), cc.admin_users.end(), user_) != cc.admin_users.end();
-    const bool monitor = std::find(cc.monitor_users.begin(), cc.monitor_users.end(), user_) != cc.monitor_users.end();
-    // Users not allowed on the console still go through authentication (a mock exchange if they
-    // are unknown) and fail the same way, so the console does not reveal who may use it.
-    auth_.emplace(owner_.shared(), (admin_ || monitor) ? user_ : "\x01not-a-console-user");
+    allowed_ = admin_ || std::find(cc.monitor_users.begin(), cc.monitor_users.end(), user_) != cc.monitor_users.end();
+    // Every user goes through the exchange a data listener would run for that name: the users
+    // file's own method, salt and iteration count, or for an unknown name the same mock salt the
+    // listeners give it. A user who may not use the console then fails exactly like a wrong
+    // password, even with the right one (apply()). So nothing the console sends before its
+    // verdict tells console users from other users or from unknown names.
+    auth_.emplace(owner_.shared(), user_);
     apply(auth_->begin());
   }
 
   void apply(const AuthSession::Step& step) {
-    if (step.failed) {
-      log::info("console").kv("event", "auth_failed").kv("user", user_).kv("reason", step.log_reason).emit();
-      return fatal(step.sqlstate, step.sqlstate == "28P01" ? "password authentication failed for user \"" + user_ + "\"" : step.message);
+    if (step.failed || (step.done && !allowed_)) {
+      const std::string reason = step.failed ? step.log_reason : "not a console user";
+      log::info("console").kv("event", "auth_failed").kv("user", user_).kv("peer", peer_.text()).kv("reason", reason).emit();
+      const std::string sqlstate = step.failed ? step.sqlstate : "28P01";
+      const std::string message =
+          sqlstate == "28P01" ? "password authentication failed for user \"" + user_ + "\"" : step.message;
+      auth_.reset();
+      // The listeners' throttle, shared with them: an address that keeps failing waits for its
+      // answer here too (the main loop never blocks; the timer answers).
+      const auto delay = owner_.shared().auth_throttle.failed(peer_.host(), owner_.shared().config->auth,
+                                                              std::chrono::steady_clock::now());
+      if (delay.count() > 0) {
+        log::info("console").kv("event", "auth_throttled").kv("peer", peer_.text())
+            .kv("delay_ms", static_cast<std::int64_t>(delay.count())).emit();
+        ep_.set_reading(false);
+        delayed_sqlstate_ = sqlstate;
+        delayed_message_ = message;
+        delay_timer_.reset(event_new(owner_.base(), -1, 0, [](evutil_socket_t, short, void* arg) {
+          auto* c = static_cast<ConsoleConn*>(arg);
+          if (!c->closed_ && !c->closing_) c->fatal(c->delayed_sqlstate_, c->delayed_message_);
+        }, this));
+        const timeval tv{static_cast<time_t>(delay.count() / 1000), static_cast<suseconds_t>((delay.count() % 1000) * 1000)};
+        event_add(delay_timer_.get(), &tv);
+        throttled_ = true;
+        return;
+      }
+      return fatal(sqlstate, message);
     }
     std::string out = step.out;
     if (step.done) {
+      owner_.shared().auth_throttle.succeeded(peer_.host());
       authed_ = true;
       auth_.reset();
       for (const auto& [k, v] : {std::pair<const char*, const char*>{"server_version", "15.0 (pgkeel console)"},
@@ -482,6 +520,7 @@ class ConsoleConn {
 
   void handle_message(char type, const std::string& body) {
     if (!authed_) {
+      if (!auth_ || throttled_) return;  // failed; the answer is on its way
       apply(auth_->handle(type, body));
       return;
     }
@@ -517,10 +556,17 @@ class ConsoleConn {
 
   Console& owner_;
   Endpoint ep_;
+  PeerAddress peer_;
   std::string rx_;
+  const bool over_limit_;
   bool started_ = false;
   bool authed_ = false;
   bool admin_ = false;
+  bool allowed_ = false;    // an admin or monitor user
+  bool throttled_ = false;  // failed; the answer waits for delay_timer_
+  std::string delayed_sqlstate_;
+  std::string delayed_message_;
+  EventPtr delay_timer_;
   bool closing_ = false;
   bool closed_ = false;
   bool busy_ = false;  // a command's reply is pending
@@ -561,11 +607,19 @@ bool Console::listen(const std::string& host, std::uint16_t port) {
 
 void Console::close_listener() { listener_.reset(); }
 
-void Console::on_accept(evconnlistener*, evutil_socket_t fd, sockaddr*, int, void* arg) {
+void Console::on_accept(evconnlistener*, evutil_socket_t fd, sockaddr* addr, int, void* arg) {
   auto* self = static_cast<Console*>(arg);
   evutil_make_socket_nonblocking(fd);
   evutil_make_socket_closeonexec(fd);  // hooks and stop/rejoin commands must not inherit it
-  auto c = std::make_unique<ConsoleConn>(*self, fd);
+  // Every connection counts, logged in or not (a silent one lasts login_timeout at most). Over the
+  // limit a client is still read, so its startup packet gets a proper 53300; far over it, it is
+  // closed unread: a flood costs the main loop, which the keeper shares, next to nothing.
+  const std::size_t max = static_cast<std::size_t>(std::max(1, self->shared_.config->console.max_connections));
+  if (self->conns_.size() >= 2 * max + 16) {
+    ::close(fd);
+    return;
+  }
+  auto c = std::make_unique<ConsoleConn>(*self, fd, addr, self->conns_.size() >= max);
   ConsoleConn* raw = c.get();
   self->conns_.emplace(raw, std::move(c));
 }

@@ -213,6 +213,7 @@ health::NodeTarget node_target(const conf::NodeConfig& n, const NodeAddress& a, 
   health::NodeTarget t;
   t.name = n.name;
   t.host = host;
+  t.host_name = n.host;
   t.port = n.port;
   t.priority = n.priority;
   t.sslmode = n.sslmode_set ? n.sslmode : server_sslmode;

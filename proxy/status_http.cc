@@ -5,17 +5,26 @@
 #include <event2/keyvalq_struct.h>
 
 #include <algorithm>
+#include <array>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <string_view>
 #include <tuple>
+#include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
 #include "health/failover.h"
+#include "proxy/auth/base64.h"
+#include "proxy/auth/crypto.h"
+#include "proxy/auth/md5.h"
+#include "proxy/auth/scram.h"
 #include "proxy/handles.h"
 #include "proxy/log.h"
 #include "proxy/shared.h"
@@ -39,6 +48,12 @@ using EvhttpPtr = std::unique_ptr<evhttp, EvhttpDeleter>;
 constexpr int kRequestTimeoutS = 10;                       // idle keep-alive and slow senders
 constexpr std::chrono::milliseconds kGatherTimeout{5000};  // a snapshot that never comes
 constexpr std::chrono::milliseconds kWatchInterval{200};   // notices the first writer
+// /metrics and /api/status answers are reused this long: one gather (every worker's report) and
+// one rendering per kind per second, however many scrapers ask.
+constexpr std::chrono::milliseconds kReuse{1000};
+constexpr std::chrono::seconds kProvedFor{60};  // a checked Basic credential is trusted this long
+constexpr std::size_t kMaxProved = 64;          // distinct credentials remembered
+constexpr int kMaxChecksPerSecond = 16;         // password checks (PBKDF2) per second, all addresses
 constexpr std::string_view kMetricsType = "text/plain; version=0.0.4; charset=utf-8";
 constexpr std::string_view kJsonType = "application/json; charset=utf-8";
 constexpr std::string_view kTextType = "text/plain; charset=utf-8";
@@ -602,17 +617,58 @@ std::string render_status_json(const StatusSnapshot& s, const Readiness& r, bool
 
 // ---- the server -------------------------------------------------------------------------------
 
-struct StatusServer::Impl {
-  enum class Kind : std::uint8_t { kMetrics, kApiStatus };
+std::optional<BasicCredentials> parse_basic_auth(std::string_view header) {
+  // RFC 7617: "Basic" (any case), one or more spaces, base64 of "user-id:password".
+  constexpr std::string_view kScheme = "basic";
+  if (header.size() <= kScheme.size()) return std::nullopt;
+  for (std::size_t i = 0; i < kScheme.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(header[i])) != kScheme[i]) return std::nullopt;
+  }
+  std::string_view rest = header.substr(kScheme.size());
+  if (rest.empty() || rest[0] != ' ') return std::nullopt;
+  while (!rest.empty() && rest[0] == ' ') rest.remove_prefix(1);
+  while (!rest.empty() && rest.back() == ' ') rest.remove_suffix(1);
+  const std::optional<std::string> decoded = auth::base64_decode(rest);
+  if (!decoded) return std::nullopt;
+  const std::size_t colon = decoded->find(':');
+  if (colon == std::string::npos || colon == 0) return std::nullopt;
+  return BasicCredentials{decoded->substr(0, colon), decoded->substr(colon + 1)};
+}
 
-  // A request answered once the snapshot is gathered (or the deadline passes).
-  struct Pending {
-    Impl* impl = nullptr;
-    std::uint64_t id = 0;
+namespace {
+
+// Whether `password` is the one `u`'s secret stands for; `why` says so when the secret could
+// not be checked at all (a verifier with more iterations than pgkeel computes).
+bool password_matches(const UserAuth& u, std::string_view password, std::string& why) {
+  switch (u.kind) {
+    case UserAuth::Kind::kPassword:
+      return auth::equal_constant_time(password, u.password);
+    case UserAuth::Kind::kMd5Hash: {
+      const auto h = auth::md5_password_hash(u.name, password);
+      return h && auth::equal_constant_time(*h, u.md5_hash);
+    }
+    case UserAuth::Kind::kScramVerifier:
+      return auth::check_scram_password(u.verifier, password, &why).has_value();
+  }
+  return false;
+}
+
+}  // namespace
+
+struct StatusServer::Impl {
+  enum class Kind : std::uint8_t { kMetrics, kApiStatus, kApiStatusConnections };
+
+  // A request answered once the snapshot in flight arrives (or its deadline passes).
+  struct Waiter {
     evhttp_request* req = nullptr;
     Kind kind = Kind::kMetrics;
-    bool connections = false;
-    EventPtr timer;
+  };
+  // A credential proved recently, so a scraper that sends it every few seconds costs one PBKDF2
+  // a minute, not one a request. Tied to the users map it was checked against: a reload that
+  // changes users or secrets starts afresh.
+  struct Proved {
+    std::weak_ptr<const UserMap> users;
+    std::chrono::steady_clock::time_point until;
   };
 
   Impl(Shared& sh, event_base* b) : shared(sh), base(b), http(evhttp_new(b)) {
@@ -629,29 +685,33 @@ struct StatusServer::Impl {
     watch.reset(event_new(base, -1, EV_PERSIST, &Impl::on_watch, this));
     const timeval tv{0, static_cast<suseconds_t>(std::chrono::microseconds(kWatchInterval).count())};
     event_add(watch.get(), &tv);
+    gather_timer.reset(evtimer_new(base, &Impl::on_gather_timeout, this));
     note_writer();
   }
 
   ~Impl() {
-    // Answer what is still waiting, then let evhttp_free close the connections.
-    while (!pending.empty()) {
-      auto it = pending.begin();
-      reply(it->second->req, 503, kTextType, "pgkeel is stopping\n");
-      pending.erase(it);
-    }
+    // Answer what is still waiting, then let evhttp_free close the connections (without calling
+    // back into this half-destroyed object).
+    std::vector<Waiter> left;
+    left.swap(waiters);
+    for (const Waiter& w : left) reply(w.req, 503, kTextType, "pgkeel is stopping\n");
+    for (evhttp_connection* c : conns) evhttp_connection_set_closecb(c, nullptr, nullptr);
+    conns.clear();
   }
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
 
   static void on_request(evhttp_request* req, void* arg) { static_cast<Impl*>(arg)->handle(req); }
   static void on_watch(evutil_socket_t, short, void* arg) { static_cast<Impl*>(arg)->note_writer(); }
+  static void on_conn_closed(evhttp_connection* c, void* arg) { static_cast<Impl*>(arg)->conns.erase(c); }
   static void on_gather_timeout(evutil_socket_t, short, void* arg) {
-    auto* p = static_cast<Pending*>(arg);
-    Impl* self = p->impl;
-    const std::uint64_t id = p->id;
-    log::warning("status").kv("event", "gather_timeout").kv("request", id).emit();
-    self->reply(p->req, 503, kTextType, "the status snapshot did not arrive in time\n");
-    self->pending.erase(id);  // frees p and its timer (not persistent, no longer pending)
+    auto* self = static_cast<Impl*>(arg);
+    log::warning("status").kv("event", "gather_timeout").kv("waiting", self->waiters.size()).emit();
+    self->gathering = false;
+    ++self->generation;  // the late snapshot, if it ever comes, answers nobody
+    std::vector<Waiter> left;
+    left.swap(self->waiters);
+    for (const Waiter& w : left) reply(w.req, 503, kTextType, "the status snapshot did not arrive in time\n");
   }
 
   // Ready needs a writer decided once: remember it from the first snapshot that has one.
@@ -702,11 +762,106 @@ struct StatusServer::Impl {
     return r;
   }
 
+  // A connection counts from its first request until it closes. Beyond [status] max_connections a
+  // request is answered 503 and its connection closed, before any work is done for it.
+  bool admit(evhttp_request* req) {
+    evhttp_connection* c = evhttp_request_get_connection(req);
+    if (c == nullptr || conns.count(c) != 0) return true;
+    const std::size_t max = static_cast<std::size_t>(std::max(1, shared.config->status.max_connections));
+    if (conns.size() >= max) {
+      if (!refusing_logged) {
+        log::warning("status").kv("event", "refused").kv("reason", "status.max_connections").kv("limit", max).emit();
+        refusing_logged = true;
+      }
+      evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+      evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+      reply(req, 503, kTextType, "too many status connections (status.max_connections)\n");
+      return false;
+    }
+    refusing_logged = false;
+    conns.insert(c);
+    evhttp_connection_set_closecb(c, &Impl::on_conn_closed, this);
+    return true;
+  }
+
+  static std::string peer_host(evhttp_request* req) {
+    evhttp_connection* c = evhttp_request_get_connection(req);
+    if (c == nullptr) return "unknown";
+    char* host = nullptr;
+    ev_uint16_t port = 0;
+    evhttp_connection_get_peer(c, &host, &port);
+    return host != nullptr ? host : "unknown";
+  }
+
+  // The client and server lists name who is connected from where: only a console admin or monitor
+  // user (HTTP Basic, the password as in the users file) may read them. Answers false after
+  // replying (401, 429 or 503).
+  bool authorized(evhttp_request* req) {
+    evkeyvalq* out = evhttp_request_get_output_headers(req);
+    const char* header = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    const std::optional<BasicCredentials> cred = header != nullptr ? parse_basic_auth(header) : std::nullopt;
+    if (!cred) {
+      evhttp_add_header(out, "WWW-Authenticate", "Basic realm=\"pgkeel status\", charset=\"UTF-8\"");
+      reply(req, 401, kTextType,
+            "the client and server lists need HTTP Basic authentication as a console admin or monitor user\n");
+      return false;
+    }
+    const std::string peer = peer_host(req);
+    const auto now = std::chrono::steady_clock::now();
+    const conf::Config& cfg = *shared.config;
+    const std::shared_ptr<const UserMap> users = shared.users();
+    // The cache key is a digest: the password itself is not kept.
+    const auto digest = auth::sha256(cred->user + '\0' + cred->password);
+    const std::string key = digest ? std::string(auth::key_bytes(*digest)) : std::string();
+    if (auto it = proved.find(key); !key.empty() && it != proved.end()) {
+      if (it->second.until > now && it->second.users.lock() == users) return true;
+      proved.erase(it);
+    }
+    // An address that keeps failing is not given another PBKDF2 until its window passes.
+    if (shared.auth_throttle.throttled(peer, cfg.auth, now)) {
+      evhttp_add_header(out, "Retry-After", std::to_string(std::max<long>(1, cfg.auth.failure_window.count() / 1000)).c_str());
+      reply(req, 429, kTextType, "too many failed authentications from this address; try again later\n");
+      return false;
+    }
+    // Nor may many addresses together make the main loop (the keeper's) run PBKDF2 all day.
+    const auto second = std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
+    if (second != check_second) {
+      check_second = second;
+      checks_this_second = 0;
+    }
+    if (++checks_this_second > kMaxChecksPerSecond) {
+      evhttp_add_header(out, "Retry-After", "1");
+      reply(req, 503, kTextType, "too many authentication attempts at once; try again\n");
+      return false;
+    }
+    const auto& admins = cfg.console.admin_users;
+    const auto& monitors = cfg.console.monitor_users;
+    const bool console_user = std::find(admins.begin(), admins.end(), cred->user) != admins.end() ||
+                              std::find(monitors.begin(), monitors.end(), cred->user) != monitors.end();
+    auto u = users->find(cred->user);
+    std::string why;
+    const bool ok = console_user && u != users->end() && password_matches(u->second, cred->password, why);
+    if (!ok) {
+      shared.auth_throttle.failed(peer, cfg.auth, now);
+      log::info("status").kv("event", "auth_failed").kv("user", cred->user).kv("peer", peer)
+          .kv("reason", !console_user ? "not a console user" : u == users->end() ? "unknown user" : why.empty() ? "wrong password" : why)
+          .emit();
+      evhttp_add_header(out, "WWW-Authenticate", "Basic realm=\"pgkeel status\", charset=\"UTF-8\"");
+      reply(req, 401, kTextType, "authentication failed\n");
+      return false;
+    }
+    shared.auth_throttle.succeeded(peer);
+    if (proved.size() >= kMaxProved) proved.clear();
+    if (!key.empty()) proved[key] = Proved{users, now + kProvedFor};
+    return true;
+  }
+
   void handle(evhttp_request* req) {
     const evhttp_cmd_type cmd = evhttp_request_get_command(req);
     const evhttp_uri* uri = evhttp_request_get_evhttp_uri(req);
     const char* raw_path = uri ? evhttp_uri_get_path(uri) : nullptr;
     const std::string path = raw_path && *raw_path ? raw_path : "/";
+    if (!admit(req)) return;
     const bool known = path == "/" || path == "/live" || path == "/health" || path == "/ready" ||
                        path == "/metrics" || path == "/api/status";
     log::debug("status").kv("event", "request").kv("method", method_name(cmd)).kv("path", path).emit();
@@ -731,9 +886,12 @@ struct StatusServer::Impl {
       evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Security-Policy", std::string(kPagePolicy).c_str());
       evhttp_add_header(evhttp_request_get_output_headers(req), "Referrer-Policy", "no-referrer");
       reply(req, 200, kHtmlType, std::string_view(kStatusPage, kStatusPageSize));
-    } else {
-      const char* query = evhttp_uri_get_query(uri);
-      gather(req, path == "/metrics" ? Kind::kMetrics : Kind::kApiStatus, wants_connections(query));
+    } else if (path == "/metrics") {
+      serve(req, Kind::kMetrics);
+    } else if (!wants_connections(evhttp_uri_get_query(uri))) {
+      serve(req, Kind::kApiStatus);
+    } else if (authorized(req)) {
+      serve(req, Kind::kApiStatusConnections);
     }
   }
 
@@ -747,38 +905,52 @@ struct StatusServer::Impl {
     return yes;
   }
 
-  // Keeps the request and answers it from the snapshot's callback, which may run before
-  // gather_status() returns.
-  void gather(evhttp_request* req, Kind kind, bool connections) {
-    const std::uint64_t id = ++next_id;
-    auto p = std::make_unique<Pending>();
-    p->impl = this;
-    p->id = id;
-    p->req = req;
-    p->kind = kind;
-    p->connections = connections;
-    p->timer.reset(evtimer_new(base, &Impl::on_gather_timeout, p.get()));
+  // The rendered answer of the current snapshot, made on first need.
+  const std::string& rendered(Kind kind) {
+    std::optional<std::string>& slot = renders[static_cast<std::size_t>(kind)];
+    if (!slot) {
+      const Readiness r = readiness();
+      slot = kind == Kind::kMetrics ? render_metrics(*snapshot, r)
+                                    : render_status_json(*snapshot, r, kind == Kind::kApiStatusConnections);
+    }
+    return *slot;
+  }
+
+  void answer(evhttp_request* req, Kind kind) {
+    reply(req, 200, kind == Kind::kMetrics ? kMetricsType : kJsonType, rendered(kind));
+  }
+
+  // /metrics and /api/status: a snapshot (and each rendering of it) younger than kReuse answers
+  // at once; otherwise the request waits for the one gather in flight, started if none is. So a
+  // scrape flood costs one gather and one rendering per kReuse, whatever its size.
+  void serve(evhttp_request* req, Kind kind) {
+    if (snapshot && std::chrono::steady_clock::now() - snapshot_at < kReuse) {
+      answer(req, kind);
+      return;
+    }
+    waiters.push_back(Waiter{req, kind});
+    if (gathering) return;
+    gathering = true;
+    const std::uint64_t gen = ++generation;
     const timeval tv{static_cast<time_t>(kGatherTimeout.count() / 1000),
                      static_cast<suseconds_t>((kGatherTimeout.count() % 1000) * 1000)};
-    evtimer_add(p->timer.get(), &tv);
-    pending.emplace(id, std::move(p));
+    evtimer_add(gather_timer.get(), &tv);
     std::weak_ptr<char> weak = alive;
-    gather_status(shared, true, [this, weak, id](std::shared_ptr<const StatusSnapshot> snap) {
-      if (weak.expired()) return;  // the server is gone; evhttp_free closed the connection
-      auto it = pending.find(id);
-      if (it == pending.end()) return;  // timed out and answered already
-      std::unique_ptr<Pending> done = std::move(it->second);
-      pending.erase(it);
+    gather_status(shared, true, [this, weak, gen](std::shared_ptr<const StatusSnapshot> snap) {
+      if (weak.expired()) return;  // the server is gone; evhttp_free closed the connections
+      if (gen != generation) return;  // timed out and answered already
+      evtimer_del(gather_timer.get());
+      gathering = false;
+      std::vector<Waiter> ready;
+      ready.swap(waiters);
       if (!snap) {
-        reply(done->req, 503, kTextType, "no status snapshot\n");
+        for (const Waiter& w : ready) reply(w.req, 503, kTextType, "no status snapshot\n");
         return;
       }
-      const Readiness r = readiness();
-      if (done->kind == Kind::kMetrics) {
-        reply(done->req, 200, kMetricsType, render_metrics(*snap, r));
-      } else {
-        reply(done->req, 200, kJsonType, render_status_json(*snap, r, done->connections));
-      }
+      snapshot = std::move(snap);
+      snapshot_at = std::chrono::steady_clock::now();
+      for (auto& r : renders) r.reset();
+      for (const Waiter& w : ready) answer(w.req, w.kind);
     });
   }
 
@@ -800,8 +972,10 @@ struct StatusServer::Impl {
   static const char* reason(int code) {
     switch (code) {
       case 200: return "OK";
+      case 401: return "Unauthorized";
       case 404: return "Not Found";
       case 405: return "Method Not Allowed";
+      case 429: return "Too Many Requests";
       case 503: return "Service Unavailable";
       default: return "Unknown";
     }
@@ -824,12 +998,22 @@ struct StatusServer::Impl {
 
   Shared& shared;
   event_base* base;
-  std::map<std::uint64_t, std::unique_ptr<Pending>> pending;
-  EvhttpPtr http;  // after `pending`: freed first, so connections close after the 503s are queued
+  std::vector<Waiter> waiters;  // for the gather in flight
+  bool gathering = false;
+  std::uint64_t generation = 0;  // of the gather in flight; a timed-out one's answer is dropped
+  EventPtr gather_timer;
+  std::shared_ptr<const StatusSnapshot> snapshot;  // the last one gathered
+  std::chrono::steady_clock::time_point snapshot_at;
+  std::array<std::optional<std::string>, 3> renders;  // of `snapshot`, by Kind
+  std::unordered_set<evhttp_connection*> conns;  // connections that sent a request, until they close
+  bool refusing_logged = false;
+  std::unordered_map<std::string, Proved> proved;  // by SHA-256 of user and password
+  std::int64_t check_second = 0;
+  int checks_this_second = 0;
+  EvhttpPtr http;  // after the members its callbacks touch: freed first
   EventPtr watch;
   std::uint64_t watched_epoch = 0;
   bool writer_seen = false;
-  std::uint64_t next_id = 0;
   std::shared_ptr<char> alive = std::make_shared<char>(0);  // gather callbacks hold a weak_ptr
 };
 

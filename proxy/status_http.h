@@ -1,12 +1,15 @@
 // proxy/status_http.h — the HTTP status port (libevent's evhttp) on the main thread:
 // /live, /health, /ready, /metrics (Prometheus text), /api/status (JSON) and / (the status page).
-// It renders the same StatusSnapshot as the console.
+// It renders the same StatusSnapshot as the console, gathers one for all concurrent requests and
+// reuses its renderings for a second, so scrapers cannot crowd out the keeper on that thread;
+// the client and server lists need a console user's HTTP Basic credentials.
 #pragma once
 
 #include <event2/event.h>
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -41,6 +44,13 @@ struct Readiness {
   std::string health_why;
   bool draining = false;
 };
+
+// An HTTP Basic "Authorization" header (RFC 7617), or nullopt when it is not one.
+struct BasicCredentials {
+  std::string user;
+  std::string password;
+};
+std::optional<BasicCredentials> parse_basic_auth(std::string_view header);
 
 // The pure renderers behind /metrics and /api/status (tested without a socket).
 

@@ -172,6 +172,9 @@ std::optional<std::string> make_nonce() {
 // SaltedPassword -> (ClientKey, ServerKey), RFC 5802 §3.
 std::optional<ScramKeys> derive_keys(std::string_view password, std::string_view salt,
                                      int iterations) {
+  if (iterations > kScramMaxIterations) {
+    return std::nullopt;  // every caller says why before it gets here
+  }
   const auto salted = pbkdf2_sha256(password, salt, iterations);
   if (!salted) {
     return std::nullopt;
@@ -261,8 +264,25 @@ std::optional<ScramVerifier> make_scram_verifier(std::string_view password) {
                              kScramDefaultIterations);
 }
 
+std::string scram_iterations_refusal(int iterations) {
+  if (iterations <= kScramMaxIterations) {
+    return {};
+  }
+  return "pgkeel computes at most " + std::to_string(kScramMaxIterations) +
+         " SCRAM iterations (each costs CPU time on an event loop), not " + std::to_string(iterations);
+}
+
 std::optional<ScramKeys> check_scram_password(const ScramVerifier& verifier,
-                                              std::string_view password) {
+                                              std::string_view password, std::string* why) {
+  if (why != nullptr) {
+    why->clear();
+  }
+  if (std::string refusal = scram_iterations_refusal(verifier.iterations); !refusal.empty()) {
+    if (why != nullptr) {
+      *why = "stored verifier refused: " + refusal;
+    }
+    return std::nullopt;
+  }
   auto keys = derive_keys(password, verifier.salt, verifier.iterations);
   if (!keys) {
     return std::nullopt;
@@ -557,11 +577,9 @@ ScramStep ScramClient::handle_server_first(std::string_view message) {
   if (keys_fit) {
     keys_ = *secret_.keys;
   } else if (secret_.password) {
-    if (*iterations > kScramMaxClientIterations) {
+    if (std::string refusal = scram_iterations_refusal(*iterations); !refusal.empty()) {
       return fail(ScramFailure::kProtocol, "server asks for " + std::to_string(*iterations) +
-                                               " SCRAM iterations; pgkeel computes at most " +
-                                               std::to_string(kScramMaxClientIterations) +
-                                               " (each costs CPU time)");
+                                               " SCRAM iterations; " + refusal);
     }
     auto derived = derive_keys(*secret_.password, *salt, *iterations);
     if (!derived) {

@@ -16,11 +16,17 @@ inline constexpr std::string_view kScramSha256 = "SCRAM-SHA-256";  // the SASL m
 inline constexpr int kScramDefaultIterations = 4096;               // PostgreSQL's default
 inline constexpr std::size_t kScramDefaultSaltLen = 16;            // PostgreSQL's default
 
-// The most iterations pgkeel will run PBKDF2 for when a server asks (password mode only; pass-
-// through and the server side never run it). PostgreSQL 16 allows up to INT_MAX, but Hi() runs
-// on the event loop at ~0.5-1 us per iteration (4096, the default, is 2-4 ms): 1M already stalls
-// a worker for about a second, and a hostile or broken server must not freeze it for minutes.
-inline constexpr int kScramMaxClientIterations = 1'000'000;
+// The most iterations pgkeel will run PBKDF2 for, whoever supplies the count: a server's
+// server-first-message (password mode; pass-through never runs it) or a stored verifier checked
+// against a plaintext password (hba method "password", the status port's Basic authentication).
+// PostgreSQL 16 allows up to INT_MAX, but Hi() runs on an event loop at about 0.5 us per
+// iteration here (4096, the default, is 2-3 ms; 1,000,000 measured 480 ms): a hostile or broken
+// count must not freeze a loop for minutes. 1,000,000 is 244 times PostgreSQL's default and above
+// the 600,000 OWASP asks of PBKDF2-HMAC-SHA256 (2023), so deliberately hardened verifiers still work.
+inline constexpr int kScramMaxIterations = 1'000'000;
+
+// Why pgkeel will not run PBKDF2 for `iterations` ("" when it will).
+[[nodiscard]] std::string scram_iterations_refusal(int iterations);
 
 // What pg_authid.rolpassword (and pgkeel's users file) holds for a SCRAM password:
 // SCRAM-SHA-256$<iterations>:<base64 salt>$<base64 StoredKey>:<base64 ServerKey>
@@ -66,8 +72,11 @@ struct ScramSecret {
 
 // Checks a plaintext password (e.g. from AuthenticationCleartextPassword) against a verifier,
 // as PostgreSQL does; on a match, returns the keys that log in to servers with this verifier.
+// A verifier with more than kScramMaxIterations is refused without running PBKDF2; `why` (when
+// given) then says so, and is empty for a plain mismatch.
 [[nodiscard]] std::optional<ScramKeys> check_scram_password(const ScramVerifier& verifier,
-                                                            std::string_view password);
+                                                            std::string_view password,
+                                                            std::string* why = nullptr);
 
 // Why an exchange stopped. The proxy turns each into an ErrorResponse at its edge.
 enum class ScramFailure {

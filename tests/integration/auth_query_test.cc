@@ -1,7 +1,9 @@
 // tests/integration/auth_query_test.cc — users who are not in the users file, authenticated
 // with secrets looked up on the cluster ([auth] query): a password change counts at once, an
 // unknown user fails like a wrong password, logins keep working while the primary is down, and
-// an address that keeps failing is slowed down while everyone else is served at once.
+// an address that keeps failing is slowed down while everyone else is served at once. The user
+// name reaches the cluster only as a bound parameter: a hostile name is just an unknown user, even
+// where standard_conforming_strings is off.
 #include <signal.h>
 
 #include <chrono>
@@ -117,6 +119,50 @@ TEST_CASE("an address that keeps failing to log in is slowed down; a right passw
   CHECK(ok_time.count() < 300);
   CHECK(wrong.sqlstate == "28P01");
   CHECK(timed_login(pk, "wrong", r).count() < 300);  // the count started again
+}
+
+TEST_CASE("auth_query binds the user name: a hostile name is an unknown user even with standard_conforming_strings = off",
+          "[auth-query][injection]") {
+  auto& cluster = Cluster::shared();
+  // A database of its own whose sessions parse backslashes in '...' as escapes (the pre-9.1
+  // default), so the lookup runs there; the rest of the shared cluster is untouched.
+  cluster.psql_as_postgres("db1", "DROP DATABASE IF EXISTS authq_legacy");
+  cluster.psql_as_postgres("db1", "CREATE DATABASE authq_legacy");
+  cluster.psql_as_postgres("db1", "ALTER DATABASE authq_legacy SET standard_conforming_strings = off");
+  REQUIRE(cluster.psql_as_postgres("db1", "SHOW standard_conforming_strings", "authq_legacy") == "off");
+  PgkeelOptions o;
+  o.extra_toml = std::string(kQuery) + "dbname = \"authq_legacy\"\n";
+  Pgkeel pk(cluster, o);
+  REQUIRE(eventually(10s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+
+  // Quoting by doubling quotes turns  x\'  into  'x\''  : with standard_conforming_strings off the
+  // backslash escapes the first quote and the second one ends the literal, so what follows is SQL.
+  SECTION("a UNION that would supply the secret of the attacker's choice") {
+    const std::string hostile = "x\\' UNION SELECT $$app$$, $$owned-pass$$ --";
+    const PqResult r = pq_exec(pk.conninfo(hostile, "owned-pass", "app"), "SELECT current_user");
+    INFO(r.error);
+    CHECK_FALSE(r.ok);
+    CHECK(r.sqlstate == "28P01");
+    CHECK(contains(r.error, "password authentication failed"));
+    // Refused by pgkeel itself. Spliced, the lookup returned the attacker's password, pgkeel let the
+    // client in and only the server then refused the role: a server's FATAL names its source code
+    // location (LOCATION: auth_failed, auth.c), pgkeel's own never does.
+    CHECK_FALSE(contains(r.error, "LOCATION:"));
+  }
+  SECTION("a second statement run by the lookup user (a superuser) before anyone authenticated") {
+    cluster.psql_as_postgres("db1", "DROP TABLE IF EXISTS injected_by_login", "authq_legacy");
+    const std::string hostile = "x\\'; CREATE TABLE injected_by_login (); SELECT $$a$$, $$b$$ --";
+    const PqResult r = pq_exec(pk.conninfo(hostile, "b", "app"), "SELECT 1");
+    INFO(r.error);
+    CHECK(r.sqlstate == "28P01");
+    CHECK_FALSE(contains(r.error, "LOCATION:"));
+    CHECK(cluster.psql_as_postgres("db1", "SELECT to_regclass('injected_by_login') IS NULL", "authq_legacy") == "t");
+  }
+  // The query itself still works there: a real cluster-only user logs in.
+  create_shopper(cluster, "pw-one");
+  const PqResult ok = pq_exec(pk.conninfo("shopper", "pw-one", "app"), "SELECT current_user");
+  INFO(ok.error);
+  CHECK(ok.scalar() == "shopper");
 }
 
 }  // namespace pgkeel::test

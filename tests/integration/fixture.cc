@@ -946,12 +946,13 @@ std::string Pgkeel::render_config() const {
     for (std::size_t i = 0; i < options_.console_monitor_users.size(); ++i) {
       out << (i ? ", " : "") << toml_string(options_.console_monitor_users[i]);
     }
-    out << "]\n\n";
+    out << "]\n" << options_.console_extra << "\n\n";
   }
   if (options_.status) {
     out << "[status]\n"
         << "host = " << toml_string(options_.listen_host) << "\n"
-        << "port = " << options_.status_port << "\n\n";
+        << "port = " << options_.status_port << "\n"
+        << options_.status_extra << "\n\n";
   }
   for (const auto& l : options_.listeners) {
     out << "[[listener]]\n"

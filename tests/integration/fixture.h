@@ -232,8 +232,10 @@ struct PgkeelOptions {
   bool console = false;        // a console listener on a free port, admin user "pgkeel"
   int console_port = 0;        // set when console is true
   std::vector<std::string> console_monitor_users;  // [console] monitor_users
+  std::string console_extra;   // more `key = value` lines inside [console]
   bool status = false;         // the HTTP status port on a free port
   int status_port = 0;         // set when status is true
+  std::string status_extra;    // more `key = value` lines inside [status]
   // Appended after everything else; must start with a table header, e.g. "[health]\n...".
   std::string extra_toml;
   std::chrono::milliseconds start_timeout = 10s;

@@ -244,6 +244,81 @@ TEST_CASE("pgkeel speaks TLS to the nodes with sslmode=verify-full", "[tls][serv
   }
 }
 
+// Every connection pgkeel opens to a node: the keeper's probes and admin actions (application_name
+// "pgkeel"), the auth_query lookups ("pgkeel-auth") and the data path (the client's name).
+TEST_CASE("every connection pgkeel opens to the nodes uses sslmode = verify-full from server_tls", "[tls][server-tls][auth-query]") {
+  TestPki pki;
+  Cluster cluster;  // its own: the nodes get ssl = on
+  for (const auto& n : cluster.nodes()) {
+    cluster.psql_as_postgres(n.name, "ALTER SYSTEM SET ssl_cert_file = '" + pki.cert.string() + "'");
+    cluster.psql_as_postgres(n.name, "ALTER SYSTEM SET ssl_key_file = '" + pki.pg_key.string() + "'");
+    cluster.psql_as_postgres(n.name, "ALTER SYSTEM SET ssl = on");
+    cluster.psql_as_postgres(n.name, "SELECT pg_reload_conf()");
+  }
+  REQUIRE(eventually(5s, [&] { return cluster.psql_as_postgres("db1", "SHOW ssl") == "on"; }));
+  // A user only the cluster knows: its login needs an auth_query lookup.
+  cluster.psql_as_postgres("db1", "CREATE ROLE shopper LOGIN PASSWORD 'pw-one'");
+  cluster.psql_as_postgres("db1", "GRANT CONNECT ON DATABASE app TO shopper");
+  const std::string query = "[auth]\nquery = \"SELECT usename, passwd FROM pg_shadow WHERE usename = $1\"\n";
+  const std::string activity =
+      "SELECT a.application_name || ':' || s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) "
+      "WHERE a.application_name IN ('pgkeel', 'pgkeel-auth', 'tls-data') ORDER BY 1";
+
+  SECTION("the right CA: probes, auth_query and the data path are all encrypted") {
+    PgkeelOptions o;
+    o.console = true;
+    o.extra_toml = "[server_tls]\nsslmode = \"verify-full\"\nca_file = \"" + pki.ca.string() + "\"\n" + query;
+    Pgkeel pk(cluster, o);
+    PqSession data(pk.conninfo("shopper", "pw-one", "app") + " application_name=tls-data");
+    INFO(data.error());
+    REQUIRE(data.connected());
+    // Probes are short-lived connections: wait until one is caught beside the other two.
+    std::string seen;
+    CHECK(eventually(10s, [&] {
+      seen = cluster.psql_as_postgres("db1", activity);
+      return contains(seen, "pgkeel:") && contains(seen, "pgkeel-auth:") && contains(seen, "tls-data:");
+    }, 5ms));
+    INFO(seen);
+    CHECK(contains(seen, "pgkeel:true"));
+    CHECK(contains(seen, "pgkeel-auth:true"));
+    CHECK(contains(seen, "tls-data:true"));
+    CHECK_FALSE(contains(seen, ":false"));
+  }
+
+  SECTION("a CA that did not sign the nodes' certificate: the keeper and auth_query connect to nothing") {
+    PgkeelOptions o;
+    o.console = true;
+    o.health_extra = "probe_interval = \"250ms\"\nprobe_timeout = \"500ms\"";
+    o.failover_extra = "hold_timeout = \"2s\"";
+    o.extra_toml = "[server_tls]\nsslmode = \"verify-full\"\nca_file = \"" + pki.other_ca.string() + "\"\n" + query;
+    Pgkeel pk(cluster, o);
+    // auth_query: no node can be asked, so a user only the cluster knows is refused, saying why.
+    const PqResult login = pq_exec(pk.conninfo("shopper", "pw-one", "app"), "SELECT 1");
+    INFO(login.error);
+    CHECK(login.sqlstate == "57P03");
+    CHECK(contains(login.error, "no node answered the auth query"));
+    CHECK(contains(login.error, "certificate verify failed"));
+    // The keeper: its probes fail the same way (owned by health/keeper.cc).
+    std::string nodes;
+    CHECK(eventually(10s, [&] {
+      const PqResult r = pq_exec(pk.console_conninfo(), "SHOW NODES");
+      nodes.clear();
+      std::size_t refused = 0;
+      for (const auto& row : r.rows) {
+        const std::string error = row.back().value_or("");
+        nodes += row.at(0).value_or("") + " state=" + row.at(3).value_or("") + " last_error=" + error + "\n";
+        if (contains(error, "certificate verify failed")) ++refused;
+      }
+      return r.ok && !r.rows.empty() && refused == r.rows.size();
+    }, 100ms));
+    INFO(nodes);
+    const std::string keeper_conns = cluster.psql_as_postgres("db1", activity);
+    INFO(keeper_conns);
+    CHECK_FALSE(contains(keeper_conns, "pgkeel:"));
+    CHECK_FALSE(contains(keeper_conns, "pgkeel-auth:"));
+  }
+}
+
 TEST_CASE("RELOAD loads a new certificate for new connections", "[tls][reload]") {
   TestPki pki;
   TestPki next;  // another CA and certificate

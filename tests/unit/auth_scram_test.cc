@@ -42,6 +42,17 @@ ScramVerifier verifier_for(std::string_view password, std::string_view salt = "p
 
 ScramSecret with_password(std::string password) { return ScramSecret{std::move(password), {}}; }
 
+// Keys as a pass-through login would have recovered them (any values: nothing checks them
+// before the server's final message).
+ScramKeys verifier_keys_for_test() {
+  ScramKeys keys;
+  keys.salt = "pgkeel-salt-16by";
+  keys.iterations = 4096;
+  keys.client_key[0] = 1;
+  keys.server_key[0] = 2;
+  return keys;
+}
+
 struct Login {
   ScramStep server_final;  // the server's last step (carries the recovered client keys)
   ScramStep client_final;  // the client's last step (carries the keys it used)
@@ -289,6 +300,49 @@ TEST_CASE("derived keys are reused while salt and iterations match, else the pas
     const auto login = log_in(client, server);
     REQUIRE(login.ok());
     CHECK(login.client_final.keys->salt == "a-new-salt-16byt");
+  }
+}
+
+TEST_CASE("iteration counts above kScramMaxIterations are refused with the reason, never computed",
+          "[auth][scram]") {
+  CHECK(scram_iterations_refusal(kScramDefaultIterations).empty());
+  CHECK(scram_iterations_refusal(kScramMaxIterations).empty());
+  CHECK_THAT(scram_iterations_refusal(kScramMaxIterations + 1),
+             Catch::Contains("at most 1000000") && Catch::Contains("1000001"));
+
+  SECTION("stored: a verifier as PostgreSQL 16 may store it parses, but a plaintext check refuses it") {
+    // scram_iterations = 2147483647 on the server: SCRAM logins never run PBKDF2 in pgkeel (the
+    // client does), so the verifier itself is accepted.
+    const std::string text = "SCRAM-SHA-256$2147483647" + std::string(kPgVerifier.substr(kPgVerifier.find(':')));
+    const auto verifier = parse_scram_verifier(text);
+    REQUIRE(verifier);
+    CHECK(verifier->iterations == 2147483647);
+    std::string why;
+    CHECK_FALSE(check_scram_password(*verifier, kPgPassword, &why));  // would take ~17 min if computed
+    CHECK_THAT(why, Catch::Contains("stored verifier refused") && Catch::Contains("2147483647"));
+    auto just_over = verifier_for("pw");
+    just_over.iterations = kScramMaxIterations + 1;
+    CHECK_FALSE(check_scram_password(just_over, "pw", &why));
+    CHECK_THAT(why, Catch::Contains("1000001"));
+    // A plain mismatch says nothing of the kind.
+    CHECK_FALSE(check_scram_password(verifier_for("pw"), "not-pw", &why));
+    CHECK(why.empty());
+  }
+  SECTION("server-sent: just over the cap is refused when pgkeel would derive keys from the password") {
+    const std::string first = "r=abcdef,s=" + base64_encode("pgkeel-salt-16by") + ",i=" + std::to_string(kScramMaxIterations + 1);
+    auto client = ScramClient::with_nonce("bob", with_password("pw"), "abc");
+    REQUIRE(client.client_first_message().ok());
+    const auto step = client.handle_server_first(first);
+    CHECK(step.failure == ScramFailure::kProtocol);
+    CHECK_THAT(step.error, Catch::Contains("1000001") && Catch::Contains("at most"));
+  }
+  SECTION("server-sent: keys that fit the server's count need no PBKDF2, so any count is fine") {
+    ScramKeys keys = verifier_keys_for_test();
+    keys.iterations = 2147483647;  // as the client's own SCRAM login recovered them (pass-through)
+    const std::string first = "r=abcdef,s=" + base64_encode(keys.salt) + ",i=2147483647";
+    auto client = ScramClient::with_nonce("bob", ScramSecret{std::nullopt, keys}, "abc");
+    REQUIRE(client.client_first_message().ok());
+    CHECK(client.handle_server_first(first).ok());
   }
 }
 

@@ -754,3 +754,76 @@ monitor_users = ["nagios", "grafana"]
   }
 }
 
+
+TEST_CASE("the limits on work before authentication load, with defaults, and bad values name file, line and key",
+          "[conf][preauth]") {
+  ConfDir dir;
+  SECTION("defaults") {
+    const LoadResult r = dir.parse(kMinimal);
+    INFO(all_errors(r));
+    REQUIRE(r.config);
+    CHECK(r.config->auth.negative_cache_lifetime == Millis{5000});
+    CHECK(r.config->auth.max_queued_lookups == 100);
+    CHECK(r.config->console.max_connections == 32);
+    CHECK(r.config->status.max_connections == 64);
+  }
+  SECTION("set") {
+    const LoadResult r = dir.parse(kMinimal + R"(
+[auth]
+negative_cache_lifetime = "0s"
+max_queued_lookups = 7
+[console]
+port = 6499
+max_connections = 5
+[status]
+port = 6490
+max_connections = 9
+)");
+    INFO(all_errors(r));
+    REQUIRE(r.config);
+    CHECK(r.config->auth.negative_cache_lifetime == Millis{0});  // off
+    CHECK(r.config->auth.max_queued_lookups == 7);
+    CHECK(r.config->console.max_connections == 5);
+    CHECK(r.config->status.max_connections == 9);
+  }
+  SECTION("out of range or of the wrong type") {
+    const std::string text = kMinimal + R"(
+[auth]
+negative_cache_lifetime = -5
+max_queued_lookups = 0
+[console]
+port = 6499
+max_connections = 0
+[status]
+port = 6490
+max_connections = "many"
+)";
+    const LoadResult r = dir.parse(text);
+    INFO(all_errors(r));
+    CHECK_FALSE(r.config);
+    const ConfigError* neg = error_for(r, "auth.negative_cache_lifetime");
+    REQUIRE(neg != nullptr);
+    CHECK(neg->file == dir.config_file());
+    CHECK(neg->line == line_of(text, "negative_cache_lifetime"));
+    CHECK(neg->message == "-5: a duration cannot be negative");
+    const ConfigError* queued = error_for(r, "auth.max_queued_lookups");
+    REQUIRE(queued != nullptr);
+    CHECK(queued->line == line_of(text, "max_queued_lookups"));
+    CHECK(queued->message == "0 is out of range: must be between 1 and 100000");
+    const ConfigError* console = error_for(r, "console.max_connections");
+    REQUIRE(console != nullptr);
+    CHECK(console->line == line_of(text, "max_connections = 0"));
+    CHECK(console->message == "0 is out of range: must be between 1 and 100000");
+    const ConfigError* status = error_for(r, "status.max_connections");
+    REQUIRE(status != nullptr);
+    CHECK(status->line == line_of(text, "max_connections = \"many\""));
+    CHECK(status->message.find("an integer") != std::string::npos);
+  }
+  SECTION("a misspelt key suggests the right one") {
+    const std::string text = kMinimal + "\n[console]\nport = 6499\nmax_conections = 4\n";
+    const LoadResult r = dir.parse(text);
+    const ConfigError* e = error_for(r, "console.max_conections");
+    REQUIRE(e != nullptr);
+    CHECK(e->message.find("max_connections") != std::string::npos);
+  }
+}

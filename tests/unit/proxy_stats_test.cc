@@ -1,8 +1,9 @@
-// Unit tests for the traffic counters' arithmetic, the auth_query binding and the login throttle.
+// Unit tests for the traffic counters' arithmetic, the auth_query answer cache and the login throttle.
 #include <catch2/catch.hpp>
 
 #include "conf/config.h"
 #include "proxy/auth_query.h"
+#include "proxy/shared.h"
 #include "proxy/stats.h"
 
 namespace pgkeel {
@@ -53,11 +54,46 @@ TEST_CASE("the difference of two samples never wraps below zero", "[unit][stats]
   CHECK(d.avg_query_ms() == 0.0);
 }
 
-TEST_CASE("auth_query binds the user as a quoted literal, only at $1", "[unit][auth]") {
-  CHECK(proxy::bind_user("SELECT usename, passwd FROM pg_shadow WHERE usename = $1", "web") ==
-        "SELECT usename, passwd FROM pg_shadow WHERE usename = 'web'");
-  CHECK(proxy::bind_user("SELECT f($1)", "o'brien") == "SELECT f('o''brien')");
-  CHECK(proxy::bind_user("SELECT $1, $10", "x") == "SELECT 'x', $10");
+TEST_CASE("auth_query answers: found ones last cache_lifetime, not-found ones negative_cache_lifetime", "[unit][auth]") {
+  using namespace std::chrono_literals;
+  conf::AuthConfig cfg;
+  cfg.cache_lifetime = 300s;
+  cfg.negative_cache_lifetime = 5s;
+  proxy::SecretCache cache;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto user = std::make_shared<const proxy::UserAuth>();
+  cache.put("shopper", {user, t0}, cfg, t0);
+  cache.put("ghost", {nullptr, t0}, cfg, t0);
+  REQUIRE(cache.get("ghost", cfg, t0 + 5s));
+  CHECK(cache.get("ghost", cfg, t0 + 5s)->auth == nullptr);
+  CHECK_FALSE(cache.get("ghost", cfg, t0 + 6s));  // a role created meanwhile gets its answer
+  CHECK(cache.get("shopper", cfg, t0 + 6s)->auth == user);
+  CHECK_FALSE(cache.get("shopper", cfg, t0 + 301s));
+  CHECK_FALSE(cache.get("nobody", cfg, t0));
+  cfg.negative_cache_lifetime = 0s;  // off: not-found answers are never reused
+  CHECK_FALSE(cache.get("ghost", cfg, t0 + 1ms));
+}
+
+TEST_CASE("the auth_query cache stays bounded: invented names go first, real users stay", "[unit][auth]") {
+  using namespace std::chrono_literals;
+  conf::AuthConfig cfg;
+  proxy::SecretCache cache(4);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto user = std::make_shared<const proxy::UserAuth>();
+  cache.put("shopper", {user, t0}, cfg, t0);
+  for (int i = 0; i < 100; ++i) {
+    cache.put("invented-" + std::to_string(i), {nullptr, t0}, cfg, t0);
+    CHECK(cache.size() <= 4);
+  }
+  CHECK(cache.get("shopper", cfg, t0));  // a flood of unknown names did not push the user out
+  CHECK(cache.get("invented-99", cfg, t0));
+  // Past their lifetime, entries go before anything fresh is dropped.
+  proxy::SecretCache aged(2);
+  aged.put("old", {user, t0}, cfg, t0);
+  aged.put("also-old", {nullptr, t0}, cfg, t0);
+  aged.put("new", {user, t0 + 301s}, cfg, t0 + 301s);
+  CHECK(aged.size() == 1);
+  CHECK(aged.get("new", cfg, t0 + 301s));
 }
 
 TEST_CASE("the login throttle delays an address only past max_failures, doubling, capped", "[unit][auth]") {
@@ -75,8 +111,15 @@ TEST_CASE("the login throttle delays an address only past max_failures, doubling
   CHECK(t.failed("10.0.0.2", cfg, now).count() == 0);  // another address is not slowed
   for (int i = 0; i < 20; ++i) t.failed("10.0.0.1", cfg, now);
   CHECK(t.failed("10.0.0.1", cfg, now).count() == 5000);  // capped
+  CHECK(t.throttled("10.0.0.1", cfg, now));                // the next failure would wait
+  CHECK_FALSE(t.throttled("10.0.0.2", cfg, now));
+  CHECK_FALSE(t.throttled("10.0.0.1", cfg, now + 61s));     // the window has passed
   CHECK(t.failed("10.0.0.1", cfg, now + 61s).count() == 0);  // a new window
   t.succeeded("10.0.0.2");
+  CHECK(t.failed("10.0.0.1", cfg, now + 61s).count() == 0);  // the 2nd of the new window
+  CHECK(t.throttled("10.0.0.1", cfg, now + 61s));
+  t.succeeded("10.0.0.1");  // a successful login resets its address
+  CHECK_FALSE(t.throttled("10.0.0.1", cfg, now + 61s));
   cfg.max_failures = 0;
   CHECK(t.failed("10.0.0.3", cfg, now).count() == 0);  // off
 }
