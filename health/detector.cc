@@ -42,6 +42,12 @@ ProbeOutcome classify_probe(bool ok, bool timed_out, bool connection_lost, std::
       has("no pg_hba.conf entry")) {
     return ProbeOutcome::kAuthFailed;
   }
+  // The node answered the SSLRequest, but TLS as configured cannot be had (its certificate does
+  // not verify, it has no TLS): a misconfiguration to report, never a death.
+  if (has("certificate verify failed") || has("does not match host name") || has("does not support SSL") ||
+      has("root certificate file") || has("certificate file") || has("private key file")) {
+    return ProbeOutcome::kAuthFailed;
+  }
   if (has("Connection refused")) return ProbeOutcome::kRefused;
   if (connection_lost) return ProbeOutcome::kReset;
   return ProbeOutcome::kBusy;  // an ErrorResponse to the query itself: the node answered

@@ -22,7 +22,7 @@ enum class ProbeOutcome : std::uint8_t {
   kTimeout,             // no answer within the probe timeout (a hang, or a partition)
   kBusy,                // 53300: alive, out of connection slots
   kStartingUp,          // 57P03: alive, in crash recovery or starting
-  kAuthFailed,          // 28P01/28000: alive, but our probe user is misconfigured
+  kAuthFailed,          // 28P01/28000, or TLS that cannot be had as configured: alive, but pgkeel is refused
   kLocalError,          // pgkeel could not probe (EMFILE, ENFILE, ENOMEM, ...): says nothing of the node
 };
 

@@ -170,3 +170,15 @@ TEST_CASE("a probe round is as strong as its fork check, and the standing sessio
     CHECK(combine_probe(O::kOk, O::kLocalError) == O::kBusy);
   }
 }
+
+TEST_CASE("TLS that cannot be had as configured is a refusal, never a death", "[health]") {
+  CHECK(classify_probe(false, false, true, "", "SSL error: certificate verify failed") == ProbeOutcome::kAuthFailed);
+  CHECK(classify_probe(false, false, true, "",
+                       "server certificate for \"localhost\" does not match host name \"db1.shop\"") ==
+        ProbeOutcome::kAuthFailed);
+  CHECK(classify_probe(false, false, true, "", "server does not support SSL, but SSL was required") ==
+        ProbeOutcome::kAuthFailed);
+  CHECK(classify_fork_check(false, false, true, "SSL error: certificate verify failed") == ProbeOutcome::kOk);
+  // A server that goes away in the middle of a handshake is not a misconfiguration.
+  CHECK(classify_probe(false, false, true, "", "SSL SYSCALL error: EOF detected") == ProbeOutcome::kReset);
+}
