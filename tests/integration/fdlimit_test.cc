@@ -220,11 +220,12 @@ TEST_CASE("1,500 unauthenticated connections under a 1,024 descriptor limit: no 
   // The configuration fits the limit: pgkeel started, kept 1,024 and logged what it needs.
   CHECK(nofile_of(pk.pid()) == std::make_pair(std::string("1024"), std::string("1024")));
   const auto started = with(log_lines(pk), "event=fd_limit ");
-  REQUIRE(started.size() == 1);
-  const long need = std::stol(field(started[0], "need"));
+  CHECK(started.size() == 1);
+  const long need = started.empty() ? -1 : std::stol(field(started[0], "need"));
+  CHECK(need > 0);
   CHECK(need <= 1024);
-  CHECK(field(started[0], "nofile") == "1024");
-  CHECK(field(started[0], "action") == "kept");
+  CHECK(field(started.empty() ? "" : started[0], "nofile") == "1024");
+  CHECK(field(started.empty() ? "" : started[0], "action") == "kept");
 
   const PqResult routes0 = pq_exec(pk.console_conninfo(), "SHOW ROUTES");
   const std::string writer0 = cell(routes0, "listener", "rw", "node");
