@@ -290,7 +290,7 @@ TEST_CASE("1,500 unauthenticated connections under a 1,024 descriptor limit: no 
                          << " before); login during the flood: " << (during.ok ? "ok" : during.sqlstate.empty() ? "closed" : during.sqlstate)
                          << "; " << lines.size() << " log lines (" << histogram(lines) << "), " << suppressed_lines
                          << " suppressed, and " << console_lines << " lines of this test's console queries; events: "
-                         << joined(kinds));
+                         << joined(kinds) << "; " << (suppressed.empty() ? std::string() : suppressed[0]));
 }
 
 TEST_CASE("when descriptors run out, accepting pauses with a backoff: one line per episode, no spinning, "
