@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -437,6 +438,42 @@ TEST_CASE("pgkeel refuses to start when the hard descriptor limit cannot cover m
   CHECK(contains(field(line, "fix"), "LimitNOFILE=" + std::to_string(need)));
   CHECK(contains(field(line, "reason"), "RLIMIT_NOFILE 1024"));
   WARN("refused: " << line);
+}
+
+}  // namespace pgkeel::test
+
+namespace pgkeel::test {
+
+TEST_CASE("under a soft limit of 1,024 and a higher hard one, pgkeel raises its soft limit to what it needs",
+          "[fdlimit]") {
+  auto& cluster = Cluster::shared();
+  PgkeelOptions o;
+  o.log_level = "info";  // the default max_client_conn of 1,000: 2 x 1,000 clients and more
+  rlimit mine{};
+  REQUIRE(getrlimit(RLIMIT_NOFILE, &mine) == 0);
+  REQUIRE(mine.rlim_max >= 4096);  // as the [bad-input] floods need too
+  // pgkeel inherits this process's limits: systemd's defaults are 1,024 soft under a higher hard one.
+  rlimit lowered = mine;
+  lowered.rlim_cur = 1024;
+  REQUIRE(setrlimit(RLIMIT_NOFILE, &lowered) == 0);
+  std::optional<Pgkeel> pk;
+  try {
+    pk.emplace(cluster, o);
+  } catch (...) {
+    setrlimit(RLIMIT_NOFILE, &mine);
+    throw;
+  }
+  REQUIRE(setrlimit(RLIMIT_NOFILE, &mine) == 0);
+  REQUIRE(eventually(10s, [&] { return pq_exec(pk->conninfo(), "SELECT 1").ok; }));
+  const auto started = with(log_lines(*pk), "event=fd_limit ");
+  REQUIRE(started.size() == 1);
+  const std::string need = field(started[0], "need");
+  CHECK(field(started[0], "action") == "raised");
+  CHECK(field(started[0], "was") == "1024");
+  CHECK(field(started[0], "nofile") == need);
+  CHECK(std::stol(need) > 2000);
+  CHECK(nofile_of(pk->pid()) == std::make_pair(need, std::to_string(mine.rlim_max)));
+  WARN("raised: " << started[0]);
 }
 
 }  // namespace pgkeel::test
