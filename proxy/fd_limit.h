@@ -76,7 +76,7 @@ class AcceptBackoff {
     Clock::time_point started;
     Clock::time_point last_failure;
     std::uint64_t failures = 0;   // accept() calls that failed
-    std::uint64_t accepted = 0;   // connections accepted between failures
+    std::uint64_t accepted = 0;   // connections accepted during the episode
     std::uint64_t pauses = 0;
     std::chrono::milliseconds paused{0};  // sum of the pauses
   };

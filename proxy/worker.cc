@@ -146,7 +146,7 @@ void Worker::log_accept_episode_end() {
       .kv("event", "accept_resumed")
       .kv("worker", index_)
       .kv("failed_accepts", e->failures)
-      .kv("accepted_between", e->accepted)
+      .kv("accepted", e->accepted)
       .kv("pauses", e->pauses)
       .kv("paused_ms", ms(e->paused))
       .kv("lasted_ms", ms(e->last_failure - e->started))
