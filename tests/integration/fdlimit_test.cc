@@ -397,8 +397,8 @@ TEST_CASE("when descriptors run out, accepting pauses with a backoff: one line p
                           << "events: " << joined(event_kinds(pk)));
 }
 
-TEST_CASE("a server connection pgkeel cannot open for want of descriptors is its own failure: 53300, not "
-          "reported against the node",
+TEST_CASE("a server connection pgkeel cannot open for want of descriptors gets 53300 and is not reported "
+          "against the node",
           "[fdlimit]") {
   auto& cluster = Cluster::shared();
   PgkeelOptions o;
