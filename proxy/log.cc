@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <ctime>
+#include <mutex>
 
 namespace pgkeel::log {
 namespace {
@@ -20,6 +21,13 @@ std::string_view level_name(Level level) {
     case Level::kError: return "error";
   }
   return "info";
+}
+
+std::mutex g_limit_mu;
+// Guarded by g_limit_mu; never destroyed, so a line logged during exit still finds it.
+RateLimiter& limiter() {
+  static auto* l = new RateLimiter();
+  return *l;
 }
 
 bool needs_quotes(std::string_view v) {
@@ -38,6 +46,7 @@ bool enabled(Level level) { return static_cast<int>(level) >= g_level.load(std::
 
 Line::Line(Level level, std::string_view component) : on_(enabled(level)) {
   if (!on_) return;
+  component_ = component;
   buf_.reserve(192);
   timeval tv{};
   gettimeofday(&tv, nullptr);
@@ -86,6 +95,12 @@ void Line::append_json_string(std::string_view v) {
 
 Line& Line::kv(std::string_view key, std::string_view value) {
   if (!on_) return *this;
+  if (key == "event" && limit_key_.empty()) {
+    limit_key_.reserve(component_.size() + 1 + value.size());
+    limit_key_ = component_;
+    limit_key_ += '\0';
+    limit_key_ += value;
+  }
   if (json_) {
     buf_ += ',';
     append_json_string(key);
@@ -143,18 +158,89 @@ Line& Line::kv(std::string_view key, double value) {
   return raw(key, tmp);
 }
 
-void Line::emit() {
-  if (!on_) return;
-  if (json_) buf_ += '}';
-  buf_ += '\n';
-  const char* p = buf_.data();
-  std::size_t left = buf_.size();
+namespace {
+
+void write_line(const std::string& line) {
+  const char* p = line.data();
+  std::size_t left = line.size();
   while (left > 0) {
     ssize_t n = ::write(STDERR_FILENO, p, left);
     if (n <= 0) return;  // logging must never take the process down
     p += n;
     left -= static_cast<std::size_t>(n);
   }
+}
+
+void report_suppressed(const RateLimiter::Suppressed& s) {
+  const std::size_t nul = s.key.find('\0');
+  Line(Level::kWarning, "log")
+      .kv("event", "suppressed")
+      .kv("of_component", std::string_view(s.key).substr(0, nul))
+      .kv("of_event", nul == std::string::npos ? std::string_view() : std::string_view(s.key).substr(nul + 1))
+      .kv("lines", s.lines)
+      .kv("over_s", std::chrono::duration<double>(s.over).count())
+      .unlimited()
+      .emit();
+}
+
+}  // namespace
+
+bool RateLimiter::admit(std::string_view key, Clock::time_point now, Suppressed* ended) {
+  auto it = windows_.find(std::string(key));
+  if (it == windows_.end()) it = windows_.emplace(std::string(key), Window{now, now, 0, 0}).first;
+  Window& w = it->second;
+  if (now - w.start >= window_) {
+    if (w.suppressed > 0 && ended != nullptr) *ended = {it->first, w.suppressed, w.last_suppressed - w.start};
+    w = Window{now, now, 0, 0};
+  }
+  if (w.written < per_window_) {
+    ++w.written;
+    return true;
+  }
+  ++w.suppressed;
+  w.last_suppressed = now;
+  return false;
+}
+
+std::vector<RateLimiter::Suppressed> RateLimiter::flush(Clock::time_point now) {
+  std::vector<Suppressed> out;
+  for (auto it = windows_.begin(); it != windows_.end();) {
+    const Window& w = it->second;
+    if (now - w.start < window_) {
+      ++it;
+      continue;
+    }
+    if (w.suppressed > 0) out.push_back({it->first, w.suppressed, w.last_suppressed - w.start});
+    it = windows_.erase(it);
+  }
+  return out;
+}
+
+void flush_suppressed() {
+  std::vector<RateLimiter::Suppressed> ended;
+  {
+    std::lock_guard lock(g_limit_mu);
+    if (limiter().keys() == 0) return;
+    ended = limiter().flush(RateLimiter::Clock::now());
+  }
+  for (const RateLimiter::Suppressed& s : ended) report_suppressed(s);
+}
+
+void Line::emit() {
+  if (!on_) return;
+  if (limited_) {
+    RateLimiter::Suppressed ended;
+    bool admitted = false;
+    {
+      std::lock_guard lock(g_limit_mu);
+      admitted = limiter().admit(limit_key_.empty() ? component_ : limit_key_, RateLimiter::Clock::now(), &ended);
+    }
+    if (ended.lines > 0) report_suppressed(ended);
+    if (!admitted) return;
+  }
+  if (json_) buf_ += '}';
+  buf_ += '\n';
+  write_line(buf_);
 }
 
 }  // namespace pgkeel::log

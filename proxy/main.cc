@@ -1,12 +1,26 @@
 // pgkeel — a PostgreSQL-aware failover proxy and connection router.
+#include <event2/event.h>
+
 #include <cstdio>
 #include <cstring>
 #include <string>
 
 #include "conf/load.h"
+#include "proxy/log.h"
 #include "proxy/proxy.h"
 
 namespace {
+
+// libevent's own messages (e.g. "Error from accept() call" of a listener without an error
+// callback) become pgkeel log lines, under the same rate limit as every other line.
+void libevent_message(int severity, const char* msg) {
+  using pgkeel::log::Level;
+  const Level level = severity >= EVENT_LOG_ERR    ? Level::kError
+                      : severity == EVENT_LOG_WARN ? Level::kWarning
+                      : severity == EVENT_LOG_MSG  ? Level::kInfo
+                                                   : Level::kDebug;
+  pgkeel::log::Line(level, "libevent").kv("event", "message").kv("message", msg != nullptr ? msg : "").emit();
+}
 
 void usage() {
   std::fprintf(stderr,
@@ -52,5 +66,6 @@ int main(int argc, char** argv) {
     std::printf("%s: configuration OK\n", config_path.c_str());
     return 0;
   }
+  event_set_log_callback(&libevent_message);
   return pgkeel::proxy::run(*res.config);
 }

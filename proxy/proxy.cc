@@ -24,6 +24,7 @@
 #include "proxy/auth/md5.h"
 #include "proxy/console.h"
 #include "proxy/control.h"
+#include "proxy/fd_limit.h"
 #include "conf/load.h"
 #include "conf/reload.h"
 #include "proxy/handles.h"
@@ -536,6 +537,9 @@ int run(const conf::Config& config) {
   log::set_level(config.general.log_level);
   log::set_format(config.general.log_format == conf::LogFormat::kJson ? log::Format::kJson : log::Format::kText);
   signal(SIGPIPE, SIG_IGN);
+  // Before any descriptor is opened: enough of them for the configuration, or no start at all.
+  const unsigned nworkers = worker_count(config);
+  if (!apply_nofile(config, nworkers, true)) return 2;
 
   Shared sh;
   sh.config = std::make_shared<const conf::Config>(config);
@@ -585,10 +589,6 @@ int run(const conf::Config& config) {
   snap.hold = true;
   snap.why = "waiting for the first probes of every node";
   sh.table.publish(std::move(snap));
-
-  unsigned nworkers = config.general.workers > 0 ? static_cast<unsigned>(config.general.workers)
-                                                 : std::max(1u, std::thread::hardware_concurrency());
-  nworkers = std::min(nworkers, 255u);
 
   // Listening sockets: TCP one per worker (SO_REUSEPORT); Unix sockets shared.
   ListenerSockets sockets;

@@ -10,6 +10,7 @@
 #include "health/facts.h"
 #include "proxy/auth/md5.h"
 #include "proxy/client.h"
+#include "proxy/fd_limit.h"
 #include "proxy/log.h"
 #include "proxy/pool.h"
 #include "proxy/tls.h"
@@ -27,6 +28,17 @@ std::string error_message(std::string_view sqlstate, std::string_view message,
   std::string out;
   protocol::append_error(out, {"FATAL", sqlstate, message, detail, {}});
   return out;
+}
+
+// pgkeel could not open a connection for want of its own resources (is_local_resource_error):
+// class 53, insufficient resources, as PostgreSQL answers when it is out of connections (53300)
+// or memory (53200). Not class 08: the node was never reached, and nothing is wrong with it.
+std::string local_failure_message(int err, std::string_view node) {
+  const bool memory = err == ENOMEM || err == ENOBUFS;
+  return error_message(memory ? "53200" : "53300",
+                       "pgkeel cannot open a connection to node " + std::string(node) + " now: " + std::strerror(err),
+                       "This is a limit of pgkeel itself (" + std::string(errno_name(err)) +
+                           "), not a failure of the node; try again later.");
 }
 
 }  // namespace
@@ -87,9 +99,9 @@ void Server::start() {
   const NodeAddress& na = w_.shared().node_addrs[node_];
   const int fd = ::socket(na.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
-    // No socket, so no event to defer through: let the next tick report it.
+    // No socket, so no event to defer through: the next tick reports it (see tick()).
+    connect_errno_ = errno;
     deadline_ = created_;
-    log::error("server").kv("event", "socket_failed").kv("server", name()).kv("reason", std::strerror(errno)).emit();
     return;
   }
   ep_.fd = fd;
@@ -113,6 +125,12 @@ void Server::on_connected() {
   int err = connect_errno_;
   socklen_t len = sizeof err;
   if (err == 0 && getsockopt(ep_.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  if (err != 0 && is_local_resource_error(err)) {
+    // pgkeel's own shortage (EADDRNOTAVAIL: no local port left): never reported to the keeper.
+    login_failed(local_failure_message(err, w_.snapshot().nodes[node_].name),
+                 "pgkeel's own limit, not the node's: connect: " + std::string(std::strerror(err)), false);
+    return;
+  }
   if (err != 0) {
     const NodeAddress& na = w_.shared().node_addrs[node_];
     login_failed(error_message("08006", "could not connect to node " + w_.snapshot().nodes[node_].name + " (" + na.text + "): " + std::strerror(err)), std::strerror(err), true);
@@ -753,6 +771,16 @@ void Server::close(std::string_view reason) {
 }
 
 void Server::tick(Clock::time_point now) {
+  if (state_ == State::kConnecting && ep_.fd < 0 && connect_errno_ != 0) {
+    // socket() failed in start(). EMFILE, ENFILE, ENOMEM: pgkeel's own shortage, which is no
+    // evidence against the node and is not reported to the keeper.
+    const int err = connect_errno_;
+    const bool local = is_local_resource_error(err);
+    login_failed(local ? local_failure_message(err, w_.snapshot().nodes[node_].name)
+                       : error_message("58000", std::string("pgkeel could not create a socket: ") + std::strerror(err)),
+                 (local ? "pgkeel's own limit, not the node's: socket: " : "socket: ") + std::string(std::strerror(err)), false);
+    return;
+  }
   if ((state_ == State::kConnecting || state_ == State::kLogin) && now > deadline_) {
     const NodeAddress& na = w_.shared().node_addrs[node_];
     login_failed(error_message("08006", "timeout connecting to node " + w_.snapshot().nodes[node_].name + " (" + na.text + ")"), "connect_timeout", true);

@@ -2,12 +2,14 @@
 
 #include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 
 #include "proxy/client.h"
 #include "proxy/conn.h"
@@ -69,6 +71,7 @@ Worker::Worker(Shared& shared, unsigned index, const std::vector<ListenSocket>& 
   tick_event_.reset(event_new(base_.get(), -1, EV_PERSIST, &Worker::on_tick, this));
   event_add(tick_event_.get(), &kTickInterval);
   reap_event_.reset(event_new(base_.get(), -1, 0, &Worker::on_reap, this));
+  accept_retry_event_.reset(evtimer_new(base_.get(), &Worker::on_accept_retry, this));
 
   for (const ListenSocket& s : sockets) accept_on(s);
 }
@@ -83,7 +86,72 @@ void Worker::accept_on(const ListenSocket& s) {
     if (!s.shared) ::close(s.fd);
     return;
   }
+  // Without an error callback libevent retries a failing accept() at once, forever, logging each
+  // failure (4.5 million lines in 8 s at EMFILE).
+  evconnlistener_set_error_cb(l, &Worker::on_accept_error);
+  if (accept_paused_) evconnlistener_disable(l);
   listeners_.push_back({ListenerPtr(l), s.listener_index});
+}
+
+void Worker::set_config(std::shared_ptr<const conf::Config> c) {
+  config_ = std::move(c);
+  // The descriptor limit is per process: one worker checks it against the new configuration.
+  if (index_ == 0) apply_nofile(*config_, static_cast<unsigned>(shared_.workers.size()), false);
+}
+
+void Worker::on_accept_error(evconnlistener*, void* arg) {
+  const int err = EVUTIL_SOCKET_ERROR();  // first: anything else may change errno
+  static_cast<Worker*>(arg)->pause_accepting(err);
+}
+
+// As PgBouncer does: when accept() fails for want of descriptors (or memory), stop accepting for a
+// while. New connections wait in the kernel's listen queue (4,096 deep) instead of the loop
+// spinning on a listener that stays readable; a descriptor freed meanwhile serves them in order.
+void Worker::pause_accepting(int err) {
+  bool started = false;
+  const std::chrono::milliseconds delay = accept_backoff_.on_failure(Clock::now(), &started);
+  for (Accepting& a : listeners_) evconnlistener_disable(a.listener.get());
+  accept_paused_ = true;
+  const timeval tv{static_cast<time_t>(delay.count() / 1000), static_cast<suseconds_t>((delay.count() % 1000) * 1000)};
+  event_add(accept_retry_event_.get(), &tv);
+  if (!started) return;
+  rlimit r{};
+  getrlimit(RLIMIT_NOFILE, &r);
+  log::warning("worker")
+      .kv("event", "accept_paused")
+      .kv("worker", index_)
+      .kv("errno", errno_name(err))
+      .kv("reason", std::strerror(err))
+      .kv("nofile", r.rlim_cur == RLIM_INFINITY ? std::string("unlimited") : std::to_string(r.rlim_cur))
+      .kv("clients", static_cast<std::uint64_t>(clients_.size()))
+      .kv("servers", static_cast<std::uint64_t>(servers_.size()))
+      .kv("retry_ms", static_cast<std::int64_t>(delay.count()))
+      .kv("note", is_local_resource_error(err) ? "pgkeel's own limit, not a node's; new connections wait in the listen queue"
+                                               : "new connections wait in the listen queue")
+      .unlimited()
+      .emit();
+}
+
+void Worker::on_accept_retry(evutil_socket_t, short, void* arg) {
+  auto* w = static_cast<Worker*>(arg);
+  w->accept_paused_ = false;
+  for (Accepting& a : w->listeners_) evconnlistener_enable(a.listener.get());
+}
+
+void Worker::log_accept_episode_end() {
+  std::optional<AcceptBackoff::Episode> e = accept_backoff_.take_ended(now_);
+  if (!e) return;
+  auto ms = [](auto d) { return static_cast<std::int64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()); };
+  log::info("worker")
+      .kv("event", "accept_resumed")
+      .kv("worker", index_)
+      .kv("failed_accepts", e->failures)
+      .kv("accepted", e->accepted)
+      .kv("pauses", e->pauses)
+      .kv("paused_ms", ms(e->paused))
+      .kv("lasted_ms", ms(e->last_failure - e->started))
+      .unlimited()
+      .emit();
 }
 
 void Worker::change_listeners(const std::vector<ListenSocket>& add, const std::vector<std::size_t>& close) {
@@ -107,6 +175,7 @@ Worker::~Worker() {
   servers_.clear();
   cancels_.clear();
   listeners_.clear();
+  accept_retry_event_.reset();
   mailbox_event_.reset();
   tick_event_.reset();
   reap_event_.reset();
@@ -123,7 +192,7 @@ void Worker::start() {
     servers_.clear();
     dead_clients_.clear();
     dead_servers_.clear();
-    log::debug("worker").kv("event", "stopped").kv("worker", index_).emit();
+    log::debug("worker").kv("event", "stopped").kv("worker", index_).unlimited().emit();
     shared_.workers_running.fetch_sub(1);
   });
 }
@@ -155,6 +224,7 @@ void Worker::on_mailbox(evutil_socket_t fd, short, void* arg) {
 
 void Worker::on_accept(evconnlistener* l, evutil_socket_t fd, sockaddr* addr, int, void* arg) {
   auto* w = static_cast<Worker*>(arg);
+  w->accept_backoff_.on_success();
   std::size_t listener_index = 0;
   for (const Accepting& a : w->listeners_) {
     if (a.listener.get() == l) listener_index = a.listener_index;
@@ -248,7 +318,12 @@ void Worker::send_cancel(routing::NodeId node, std::int32_t pid, std::int32_t ke
   const NodeAddress& na = shared_.node_addrs[node];
   auto cc = std::make_unique<CancelConn>();
   cc->fd = ::socket(na.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (cc->fd < 0) return;
+  if (cc->fd < 0) {
+    const int err = errno;
+    log::warning("cancel").kv("event", "cancel_failed").kv("addr", na.text).kv("reason", std::strerror(err))
+        .kv("local", is_local_resource_error(err) ? "yes" : "no").emit();
+    return;
+  }
   protocol::Writer(cc->packet).begin_untyped().i32(protocol::kCancelRequestCode).i32(pid).i32(key).end();
   cc->deadline = Clock::now() + config().pool.connect_timeout;
   if (::connect(cc->fd, reinterpret_cast<const sockaddr*>(&na.addr), na.len) != 0 && errno != EINPROGRESS) {
@@ -265,6 +340,8 @@ void Worker::on_tick(evutil_socket_t, short, void* arg) { static_cast<Worker*>(a
 void Worker::tick() {
   now_ = Clock::now();
   const conf::Config& cfg = config();
+  if (accept_backoff_.in_episode()) log_accept_episode_end();
+  log::flush_suppressed();
   // Clients: login and wait timeouts. Collect first: ticking may retire.
   std::vector<Client*> cs;
   cs.reserve(clients_.size());
@@ -358,7 +435,7 @@ void Worker::apply_epoch() {
   for (Server* s : doomed) s->close("pgkeel is failing over: " + snap.why);
   if (!doomed.empty()) {
     log::info("worker").kv("event", "epoch_applied").kv("worker", index_).kv("epoch", snap.epoch)
-        .kv("closed_servers", static_cast<std::uint64_t>(doomed.size())).emit();
+        .kv("closed_servers", static_cast<std::uint64_t>(doomed.size())).unlimited().emit();
   }
   if (snap.hold) return;  // still no writer: held clients keep waiting
   std::vector<Client*> retry;
@@ -376,7 +453,7 @@ void Worker::close_node(routing::NodeId node, std::string_view reason) {
   }
   for (Server* s : doomed) s->close(reason);
   log::info("worker").kv("event", "closed_node").kv("worker", index_).kv("node", snapshot().nodes[node].name)
-      .kv("servers", static_cast<std::uint64_t>(doomed.size())).kv("reason", reason).emit();
+      .kv("servers", static_cast<std::uint64_t>(doomed.size())).kv("reason", reason).unlimited().emit();
 }
 
 bool Worker::paused_for(std::size_t listener) const {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "proxy/buffer.h"
+#include "proxy/fd_limit.h"
 #include "proxy/handles.h"
 #include "proxy/pool.h"
 #include "proxy/shared.h"
@@ -55,9 +56,10 @@ class Worker {
   event_base* base() const { return base_.get(); }
   unsigned index() const { return index_; }
   Shared& shared() { return shared_; }
-  // This worker's view of the configuration; a reload hands it a new one through the mailbox.
+  // This worker's view of the configuration; a reload hands it a new one through the mailbox
+  // (worker 0 then raises RLIMIT_NOFILE if the new one needs more descriptors).
   const conf::Config& config() const { return *config_; }
-  void set_config(std::shared_ptr<const conf::Config> c) { config_ = std::move(c); }
+  void set_config(std::shared_ptr<const conf::Config> c);
   WorkerStats& stats() { return *stats_; }
   const WorkerStats& stats() const { return *stats_; }
   BufferPool& buffers() { return buffers_; }
@@ -117,6 +119,11 @@ class Worker {
  private:
   enum class Shutdown : std::uint8_t { kNone, kGraceful, kImmediate };
   static void on_accept(evconnlistener* l, evutil_socket_t fd, sockaddr* addr, int len, void* arg);
+  static void on_accept_error(evconnlistener* l, void* arg);
+  static void on_accept_retry(evutil_socket_t fd, short what, void* arg);
+  // accept() failed with `err`: stop accepting on every listener of this worker for a while.
+  void pause_accepting(int err);
+  void log_accept_episode_end();
   static void on_mailbox(evutil_socket_t fd, short what, void* arg);
   static void on_tick(evutil_socket_t fd, short what, void* arg);
   static void on_reap(evutil_socket_t fd, short what, void* arg);
@@ -136,6 +143,9 @@ class Worker {
     std::size_t listener_index = 0;
   };
   std::vector<Accepting> listeners_;
+  AcceptBackoff accept_backoff_;
+  EventPtr accept_retry_event_;  // re-enables the listeners after a pause
+  bool accept_paused_ = false;
   EventPtr mailbox_event_;
   EventPtr tick_event_;
   EventPtr reap_event_;

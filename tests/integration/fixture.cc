@@ -1041,6 +1041,10 @@ void Pgkeel::start() {
       const int nsfd = ::open(ns.c_str(), O_RDONLY | O_CLOEXEC);
       if (nsfd < 0 || ::setns(nsfd, CLONE_NEWNET) != 0) ::_exit(126);
     }
+    if (options_.nofile) {
+      const rlimit limit{*options_.nofile, *options_.nofile};
+      if (::setrlimit(RLIMIT_NOFILE, &limit) != 0) ::_exit(125);
+    }
     ::execv(argv[0], const_cast<char* const*>(argv));
     ::_exit(127);
   }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <libpq-fe.h>
+#include <sys/resource.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -240,6 +241,9 @@ struct PgkeelOptions {
   std::string extra_toml;
   std::chrono::milliseconds start_timeout = 10s;
   std::chrono::milliseconds stop_timeout = 10s;
+  // RLIMIT_NOFILE of the pgkeel process, soft and hard alike, set in the child before exec (as
+  // `prlimit --nofile=N:N pgkeel ...` would); unset: inherited from the test process.
+  std::optional<rlim_t> nofile;
 };
 
 // PGKEEL_BINARY_DIR/pgkeel -c <config>, its stdout and stderr appended to log_path(). The
