@@ -15,7 +15,7 @@ for src in tools/fuzz/*.cc; do targets+=("$(basename "$src" .cc)"); done
 for name in "${targets[@]}"; do
   [[ -d "tools/fuzz/corpus/$name" ]] || { echo "fuzz: tools/fuzz/corpus/$name is missing"; exit 1; }
 done
-CC=clang CXX=clang++ cmake -S . -B build-fuzz -DPGKEEL_FUZZ=ON -DPGKEEL_TESTS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+CC=clang CXX=clang++ cmake -S . -B build-fuzz -DPGKEEL_FUZZ=ON -DPGKEEL_TESTS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPGKEEL_WERROR=ON >/dev/null
 cmake --build build-fuzz -j "$cores" --target "${targets[@]}"
 
 logs=build-fuzz/logs

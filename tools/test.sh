@@ -40,7 +40,7 @@ step "docker files (compose config and Dockerfile checks; no engine)"
 tools/check-docker.sh
 
 step "release build"
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPGKEEL_TESTS=ON >/dev/null
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPGKEEL_TESTS=ON -DPGKEEL_WERROR=ON >/dev/null
 cmake --build build -j "$jobs"
 
 step "unit and integration tests (release build)"
@@ -52,7 +52,7 @@ if ((quick)); then
 fi
 
 step "ASan+UBSan build"
-cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DPGKEEL_SANITIZE=ON -DPGKEEL_TESTS=ON >/dev/null
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DPGKEEL_SANITIZE=ON -DPGKEEL_TESTS=ON -DPGKEEL_WERROR=ON >/dev/null
 cmake --build build-asan -j "$jobs"
 
 step "unit and integration tests under ASan+UBSan"
@@ -66,7 +66,7 @@ step "TSan build"
 # -O1 with line tables only (-g1): enough for TSan and its stacks, in about half the build time
 # of -O2 -g.
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CXX_FLAGS_RELEASE=-O1 -g1 -DNDEBUG" \
-  -DPGKEEL_TSAN=ON -DPGKEEL_TESTS=ON >/dev/null
+  -DPGKEEL_TSAN=ON -DPGKEEL_TESTS=ON -DPGKEEL_WERROR=ON >/dev/null
 cmake --build build-tsan -j "$jobs" --target pgkeel pgkeel_unit_tests pgkeel_integration_tests
 
 step "unit tests and threaded integration tests ([proxy], [console], [status]) under TSan"
