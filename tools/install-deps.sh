@@ -19,6 +19,7 @@ else
     openjdk-17-jdk-headless libpostgresql-jdbc-java
     libhikaricp-java libslf4j-java  # tests/jdbc/HikariFailover.java: HikariCP.jar, slf4j-api.jar, slf4j-nop.jar
     strace iproute2 clang libclang-rt-14-dev procps python3 openssl
+    stress-ng                   # the no-harm tests keep every core busy, as a user's own load does
     python3-asyncpg             # a cancel request over TLS; prepared statements from many connections
     chromium fonts-dejavu-core  # the status page test renders the page in headless Chromium
     docker-compose              # tools/check-docker.sh validates docker/compose.yaml (no engine needed)
