@@ -395,16 +395,6 @@ void check_bystander(Pgkeel& pk, Bystander& by, double max_round_seconds = 2.0) 
   CHECK(by.slowest() < max_round_seconds);
 }
 
-void raise_nofile(rlim_t want) {
-  rlimit r{};
-  REQUIRE(getrlimit(RLIMIT_NOFILE, &r) == 0);
-  if (r.rlim_cur < want) {
-    r.rlim_cur = std::min(want, r.rlim_max);
-    REQUIRE(setrlimit(RLIMIT_NOFILE, &r) == 0);
-  }
-  REQUIRE(r.rlim_cur >= want);
-}
-
 // pg_stat_activity's "state/wait_event" for a backend pid, "" when the backend is gone.
 std::string backend_state(const Cluster& cluster, const std::string& pid) {
   return cluster.psql_as_postgres(

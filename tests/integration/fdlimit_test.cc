@@ -31,16 +31,6 @@ namespace {
 
 bool contains(const std::string& hay, std::string_view needle) { return hay.find(needle) != std::string::npos; }
 
-void raise_nofile(rlim_t want) {
-  rlimit r{};
-  REQUIRE(getrlimit(RLIMIT_NOFILE, &r) == 0);
-  if (r.rlim_cur < want) {
-    r.rlim_cur = std::min(want, r.rlim_max);
-    REQUIRE(setrlimit(RLIMIT_NOFILE, &r) == 0);
-  }
-  REQUIRE(r.rlim_cur >= want);
-}
-
 long open_fds(pid_t pid) {
   std::error_code ec;
   long n = 0;

@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sched.h>
+#include <sys/resource.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -444,6 +445,16 @@ RunResult run(const std::vector<std::string>& argv, const Env& env,
 
 RunResult run_shell(const std::string& script, const Env& env, std::chrono::milliseconds timeout) {
   return run({"/bin/sh", "-c", script}, env, timeout);
+}
+
+void raise_nofile(unsigned long want) {
+  rlimit r{};
+  REQUIRE(getrlimit(RLIMIT_NOFILE, &r) == 0);
+  if (r.rlim_cur < want) {
+    r.rlim_cur = std::min<rlim_t>(want, r.rlim_max);
+    REQUIRE(setrlimit(RLIMIT_NOFILE, &r) == 0);
+  }
+  REQUIRE(r.rlim_cur >= want);
 }
 
 std::string tail_file(const fs::path& file, std::size_t max_lines) {

@@ -65,6 +65,10 @@ RunResult run(const std::vector<std::string>& argv, const Env& env = {},
 RunResult run_shell(const std::string& script, const Env& env = {},
                     std::chrono::milliseconds timeout = 120s);
 
+// Raises this process's soft RLIMIT_NOFILE to at least `want` (within the hard limit), for tests
+// that hold many sockets themselves; fails the test when it cannot.
+void raise_nofile(unsigned long want);
+
 // The last `max_lines` lines of a file (all of it if shorter); "" if it cannot be read.
 std::string tail_file(const fs::path& file, std::size_t max_lines = 80);
 

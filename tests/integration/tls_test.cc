@@ -193,9 +193,8 @@ TEST_CASE("a cancel request sent over TLS cancels the query (asyncpg)", "[tls][a
   CHECK(contains(r.output, "cancelled after"));
 }
 
-TEST_CASE("pgkeel speaks TLS to the nodes with sslmode=verify-full", "[tls][server-tls]") {
-  TestPki pki;
-  Cluster cluster;  // its own: the nodes get ssl = on
+// Every node of `cluster` serves TLS with the test PKI's certificate.
+void enable_node_tls(Cluster& cluster, const TestPki& pki) {
   for (const auto& n : cluster.nodes()) {
     cluster.psql_as_postgres(n.name, "ALTER SYSTEM SET ssl_cert_file = '" + pki.cert.string() + "'");
     cluster.psql_as_postgres(n.name, "ALTER SYSTEM SET ssl_key_file = '" + pki.pg_key.string() + "'");
@@ -203,6 +202,12 @@ TEST_CASE("pgkeel speaks TLS to the nodes with sslmode=verify-full", "[tls][serv
     cluster.psql_as_postgres(n.name, "SELECT pg_reload_conf()");
   }
   REQUIRE(eventually(5s, [&] { return cluster.psql_as_postgres("db1", "SHOW ssl") == "on"; }));
+}
+
+TEST_CASE("pgkeel speaks TLS to the nodes with sslmode=verify-full", "[tls][server-tls]") {
+  TestPki pki;
+  Cluster cluster;  // its own: the nodes get ssl = on
+  enable_node_tls(cluster, pki);
 
   SECTION("the right CA: every server connection is encrypted") {
     PgkeelOptions o;
@@ -252,13 +257,7 @@ TEST_CASE("pgkeel speaks TLS to the nodes with sslmode=verify-full", "[tls][serv
 TEST_CASE("every connection pgkeel opens to the nodes uses sslmode = verify-full from server_tls", "[tls][server-tls][auth-query]") {
   TestPki pki;
   Cluster cluster;  // its own: the nodes get ssl = on
-  for (const auto& n : cluster.nodes()) {
-    cluster.psql_as_postgres(n.name, "ALTER SYSTEM SET ssl_cert_file = '" + pki.cert.string() + "'");
-    cluster.psql_as_postgres(n.name, "ALTER SYSTEM SET ssl_key_file = '" + pki.pg_key.string() + "'");
-    cluster.psql_as_postgres(n.name, "ALTER SYSTEM SET ssl = on");
-    cluster.psql_as_postgres(n.name, "SELECT pg_reload_conf()");
-  }
-  REQUIRE(eventually(5s, [&] { return cluster.psql_as_postgres("db1", "SHOW ssl") == "on"; }));
+  enable_node_tls(cluster, pki);
   // A user only the cluster knows: its login needs an auth_query lookup.
   cluster.psql_as_postgres("db1", "CREATE ROLE shopper LOGIN PASSWORD 'pw-one'");
   cluster.psql_as_postgres("db1", "GRANT CONNECT ON DATABASE app TO shopper");
