@@ -221,6 +221,34 @@ struct StatusConfig {
   int max_connections = 64;
 };
 
+// [store]: several pgkeel instances act as one through etcd (v3 API). Without it (no endpoints),
+// pgkeel runs alone and the primary record lives in state_file and in the cluster.
+struct StoreConfig {
+  // "http://host:port" or "https://host:port", all with the same scheme; tried in turn.
+  std::vector<std::string> endpoints;
+  std::string ca_file;    // https: the roots that sign the etcd members' certificates (PEM)
+  std::string cert_file;  // https: optional client certificate (etcd --client-cert-auth)
+  std::string key_file;
+  std::string username;   // etcd authentication (both or neither)
+  std::string password;
+  std::string prefix;     // this cluster's keys live under it, e.g. "/pgkeel/erp" (required)
+  std::string name;       // this instance, unique within the prefix (required)
+  // Where peers and SHOW PEERS reach this instance: a host name or an address. Default: the
+  // first listener's host (a wildcard address is not accepted there: set it).
+  std::string advertise_host;
+  // Each instance's key lives on a lease of this TTL (whole seconds, as etcd counts them). An
+  // instance that could not renew it for lease_ttl minus two request timeouts stops routing
+  // writes, before the lease can expire in etcd.
+  Millis lease_ttl{10000};
+  Millis request_timeout{1000};  // one etcd request, per endpoint tried
+  // With the whole store unavailable: false (default) writes stop once the lease can no longer be
+  // renewed; true keeps writes on the recorded primary while every peer instance confirms, over
+  // its status port, that it cannot reach the store either (no one can publish a new primary).
+  bool failsafe = false;
+  bool enabled() const { return !endpoints.empty(); }
+  bool tls() const { return !endpoints.empty() && endpoints.front().rfind("https://", 0) == 0; }
+};
+
 // One line of the users file: a client-facing user and its secret, as PostgreSQL stores it in
 // pg_authid (SCRAM verifier or md5 hash) or a plaintext password (service accounts).
 struct UserEntry {
@@ -240,6 +268,7 @@ struct Config {
   StatusConfig status;
   TlsConfig tls;
   ServerTlsConfig server_tls;
+  StoreConfig store;
   std::vector<HbaRule> hba;  // empty: every user authenticates by the kind of secret stored
   std::vector<LimitConfig> limits;
   AuthConfig auth;

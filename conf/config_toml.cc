@@ -324,6 +324,9 @@ constexpr std::initializer_list<const char*> kListenerKeys = {
 constexpr std::initializer_list<const char*> kNodeKeys = {"name", "host", "port", "priority", "sslmode"};
 constexpr std::initializer_list<const char*> kTlsKeys = {"cert_file", "key_file", "min_version"};
 constexpr std::initializer_list<const char*> kServerTlsKeys = {"sslmode", "ca_file", "cert_file", "key_file"};
+constexpr std::initializer_list<const char*> kStoreKeys = {
+    "endpoints", "ca_file", "cert_file", "key_file", "username", "password", "prefix", "name",
+    "advertise_host", "lease_ttl", "request_timeout", "failsafe"};
 constexpr std::initializer_list<const char*> kHbaKeys = {"type", "database", "user", "address", "method"};
 constexpr std::initializer_list<const char*> kDatabaseKeys = {"dbname"};
 constexpr std::initializer_list<const char*> kHealthKeys = {
@@ -349,7 +352,7 @@ constexpr std::initializer_list<const char*> kConsoleKeys = {"host", "port", "ad
 constexpr std::initializer_list<const char*> kStatusKeys = {"host", "port", "max_connections"};
 constexpr std::initializer_list<const char*> kSections = {
     "general", "cluster", "pool", "health", "failover", "console", "status", "tls", "server_tls", "auth",
-    "listener", "node", "hba", "limit", "databases"};
+    "store", "listener", "node", "hba", "limit", "databases"};
 
 std::size_t edit_distance(std::string_view a, std::string_view b) {
   std::vector<std::size_t> row(b.size() + 1);
@@ -414,7 +417,7 @@ class Mapper {
       const std::string k = key_path("", name);
       if (name == "general" || name == "cluster" || name == "pool" || name == "databases" ||
           name == "health" || name == "failover" || name == "console" || name == "status" ||
-          name == "tls" || name == "server_tls" || name == "auth") {
+          name == "tls" || name == "server_tls" || name == "auth" || name == "store") {
         if (!section(v, k)) {
           continue;
         }
@@ -439,6 +442,8 @@ class Mapper {
           server_tls(v);
         } else if (name == "auth") {
           auth(v);
+        } else if (name == "store") {
+          store(v);
         } else {
           databases(v);
         }
@@ -878,6 +883,42 @@ class Mapper {
         read_string(v, k, c.key_file);
       } else {
         unknown(v, "server_tls", name, "[server_tls]", kServerTlsKeys);
+        continue;
+      }
+      note(k, v);
+    }
+  }
+
+  void store(const toml::value& t) {
+    StoreConfig& s = config_.store;
+    for (const auto& [name, v] : t.as_table()) {
+      const std::string k = key_path("store", name);
+      if (name == "endpoints") {
+        read_names(v, k, s.endpoints);
+      } else if (name == "ca_file") {
+        read_string(v, k, s.ca_file);
+      } else if (name == "cert_file") {
+        read_string(v, k, s.cert_file);
+      } else if (name == "key_file") {
+        read_string(v, k, s.key_file);
+      } else if (name == "username") {
+        read_string(v, k, s.username);
+      } else if (name == "password") {
+        read_string(v, k, s.password);
+      } else if (name == "prefix") {
+        read_string(v, k, s.prefix);
+      } else if (name == "name") {
+        read_string(v, k, s.name);
+      } else if (name == "advertise_host") {
+        read_string(v, k, s.advertise_host);
+      } else if (name == "lease_ttl") {
+        read_duration(v, k, false, s.lease_ttl);
+      } else if (name == "request_timeout") {
+        read_duration(v, k, false, s.request_timeout);
+      } else if (name == "failsafe") {
+        read_bool(v, k, s.failsafe);
+      } else {
+        unknown(v, "store", name, "[store]", kStoreKeys);
         continue;
       }
       note(k, v);

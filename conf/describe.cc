@@ -72,6 +72,19 @@ std::vector<std::pair<std::string, std::string>> describe(const Config& c) {
   add("server_tls.sslmode", sslmode(c.server_tls.sslmode));
   add("server_tls.ca_file", c.server_tls.ca_file);
   add("server_tls.cert_file", c.server_tls.cert_file);
+  add("store.endpoints", list(c.store.endpoints));
+  if (c.store.enabled()) {
+    add("store.ca_file", c.store.ca_file);
+    add("store.cert_file", c.store.cert_file);
+    add("store.username", c.store.username);
+    add("store.password", secret(c.store.password));
+    add("store.prefix", c.store.prefix);
+    add("store.name", c.store.name);
+    add("store.advertise_host", c.store.advertise_host);
+    add("store.lease_ttl", ms(c.store.lease_ttl));
+    add("store.request_timeout", ms(c.store.request_timeout));
+    add("store.failsafe", c.store.failsafe ? "true" : "false");
+  }
   add("hba", std::to_string(c.hba.size()) + " rules");
   add("auth.query", c.auth.query);
   add("auth.user", c.auth.user);

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "conf/cidr.h"
+#include "conf/endpoint.h"
 #include "conf/internal.h"
 #include "conf/load.h"
 
@@ -96,6 +98,7 @@ class Checker {
     auth();
     initial_primary();
     pool();
+    store();
   }
 
  private:
@@ -453,6 +456,94 @@ class Checker {
       add("pool.pool_size",
           std::to_string(p.pool_size) + " is more than max_server_conn_per_node (" +
               std::to_string(p.max_server_conn_per_node) + "), so a pool could never fill");
+    }
+  }
+
+  // [store]: several instances through etcd. Every check here is skipped without the section.
+  void store() {
+    StoreConfig& s = config_.store;
+    if (!present("store")) {
+      return;
+    }
+    if (s.endpoints.empty()) {
+      missing("store.endpoints", "etcd's client URLs, e.g. [\"http://10.0.0.5:2379\", \"http://10.0.0.6:2379\"]");
+      return;
+    }
+    bool tls = false;
+    for (std::size_t i = 0; i < s.endpoints.size(); ++i) {
+      std::string why;
+      const std::optional<Endpoint> e = parse_endpoint(s.endpoints[i], why);
+      if (!e) {
+        add("store.endpoints", printable(s.endpoints[i]) + " " + why);
+        continue;
+      }
+      if (i == 0) {
+        tls = e->tls;
+      } else if (e->tls != tls) {
+        add("store.endpoints", "mixes http:// and https://; every member is reached the same way");
+      }
+      for (std::size_t j = 0; j < i; ++j) {
+        if (s.endpoints[j] == s.endpoints[i]) add("store.endpoints", printable(s.endpoints[i]) + " is listed twice");
+      }
+    }
+    readable_file("store.ca_file", s.ca_file);
+    readable_file("store.cert_file", s.cert_file);
+    readable_file("store.key_file", s.key_file);
+    if (!tls) {
+      for (const char* k : {"store.ca_file", "store.cert_file", "store.key_file"}) {
+        if (present(k)) add(k, "TLS files need https:// endpoints");
+      }
+    }
+    if (s.cert_file.empty() != s.key_file.empty()) {
+      add(s.cert_file.empty() ? "store.cert_file" : "store.key_file",
+          "[store] needs both cert_file and key_file for a client certificate, or neither");
+    }
+    if (s.username.empty() != s.password.empty()) {
+      add(s.username.empty() ? "store.username" : "store.password",
+          "[store] needs both username and password for etcd authentication, or neither");
+    }
+    store_prefix();
+    if (s.name.empty()) {
+      missing("store.name", "this instance's name, unique among the instances that share the prefix");
+    } else if (!valid_name(s.name)) {
+      add("store.name", printable(s.name) + " may use only letters, digits, '_' and '-'");
+    }
+    if (s.advertise_host.empty()) {
+      const std::string first = config_.listeners.empty() ? std::string() : config_.listeners.front().host;
+      if (first.empty() || first == "0.0.0.0" || first == "::" || first == "*") {
+        missing("store.advertise_host", "where peers and SHOW PEERS reach this instance (the first listener binds " +
+                                            (first.empty() ? std::string("no address") : first) + ")");
+      } else {
+        s.advertise_host = first;
+      }
+    } else {
+      host("store.advertise_host", s.advertise_host, "where peers reach this instance");
+    }
+    if (!failed("store.lease_ttl")) {
+      if (s.lease_ttl.count() % 1000 != 0 || s.lease_ttl < Millis{3000} || s.lease_ttl > Millis{3600000}) {
+        add("store.lease_ttl", "must be whole seconds from 3s to 1h (etcd counts lease TTLs in seconds)");
+      } else if (!failed("store.request_timeout") && s.request_timeout * 3 > s.lease_ttl) {
+        add("store.request_timeout", "must be at most a third of lease_ttl, so a lease is renewed in time after a failed request");
+      }
+    }
+    if (s.failsafe && config_.status.port == 0) {
+      add("store.failsafe", "needs the [status] port: peers confirm to each other over it that the store is down");
+    }
+  }
+
+  void store_prefix() {
+    const std::string& p = config_.store.prefix;
+    if (p.empty()) {
+      missing("store.prefix", "this cluster's key prefix in etcd, e.g. \"/pgkeel/erp\"");
+      return;
+    }
+    bool ok = p.size() >= 2 && p.size() <= 200 && p.front() == '/' && p.back() != '/' && p.find("//") == std::string::npos;
+    for (const char c : p) {
+      ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-' ||
+                  c == '.' || c == '/');
+    }
+    if (!ok) {
+      add("store.prefix", printable(p) + " must start with '/', not end with '/', and use letters, digits, '_', '-', '.' between slashes");
     }
   }
 

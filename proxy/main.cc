@@ -66,6 +66,12 @@ int main(int argc, char** argv) {
     std::printf("%s: configuration OK\n", config_path.c_str());
     return 0;
   }
+  if (res.config->store.enabled()) {
+    // Issue 15 is being built: the instances do not coordinate through etcd yet, and running
+    // several that each believe they decide alone would be worse than refusing.
+    std::fprintf(stderr, "pgkeel: [store] (several instances through etcd) is not available in this version yet; remove it to run alone\n");
+    return 1;
+  }
   event_set_log_callback(&libevent_message);
   return pgkeel::proxy::run(*res.config);
 }

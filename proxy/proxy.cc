@@ -337,6 +337,15 @@ std::vector<std::string> restart_only_changes(const conf::Config& a, const conf:
   };
   check(a.general.workers == b.general.workers, "general.workers");
   check(a.general.state_file == b.general.state_file, "general.state_file");
+  {
+    const conf::StoreConfig& s = a.store;
+    const conf::StoreConfig& r = b.store;
+    check(s.endpoints == r.endpoints && s.ca_file == r.ca_file && s.cert_file == r.cert_file && s.key_file == r.key_file &&
+              s.username == r.username && s.password == r.password && s.prefix == r.prefix && s.name == r.name &&
+              s.advertise_host == r.advertise_host && s.lease_ttl == r.lease_ttl && s.request_timeout == r.request_timeout &&
+              s.failsafe == r.failsafe,
+          "[store]");
+  }
   check(a.console.host == b.console.host && a.console.port == b.console.port, "console.host/port");
   check(a.status.host == b.status.host && a.status.port == b.status.port, "status.host/port");
   const conf::HealthConfig& h = a.health;
