@@ -141,4 +141,17 @@ std::optional<ProbeFacts> parse_probe_row(const std::vector<std::optional<std::s
   return f;
 }
 
+// A SQL string literal that means the same whatever standard_conforming_strings says: an escape
+// string (E'...') when it holds a backslash.
+std::string quote_literal(const std::string& s) {
+  const bool backslash = s.find('\\') != std::string::npos;
+  std::string out = backslash ? "E'" : "'";
+  for (char c : s) {
+    if (c == '\'') out += '\'';
+    if (c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "'";
+}
+
 }  // namespace pgkeel::health

@@ -17,6 +17,10 @@ using Lsn = std::uint64_t;
 std::optional<Lsn> parse_lsn(std::string_view text);
 std::string format_lsn(Lsn lsn);
 
+// A SQL string literal that means the same whatever standard_conforming_strings says: an escape
+// string (E'...') when it holds a backslash.
+std::string quote_literal(const std::string& s);
+
 // The fields of a primary record as stored in the cluster (health/failover.h's PrimaryRecord).
 struct RecordFields {
   std::uint64_t epoch = 0;

@@ -11,8 +11,6 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
-#include <fstream>
-#include <sstream>
 #include <tuple>
 
 namespace pgkeel::health {
@@ -21,19 +19,6 @@ namespace {
 using SteadyClock = std::chrono::steady_clock;
 
 constexpr std::size_t kMaxEvents = 1000;
-
-// A SQL string literal that means the same whatever standard_conforming_strings says: an escape
-// string (E'...') when it holds a backslash.
-std::string quote_literal(const std::string& s) {
-  const bool backslash = s.find('\\') != std::string::npos;
-  std::string out = backslash ? "E'" : "'";
-  for (char c : s) {
-    if (c == '\'') out += '\'';
-    if (c == '\\') out += '\\';
-    out += c;
-  }
-  return out + "'";
-}
 
 std::string iso_time(std::chrono::system_clock::time_point t) {
   const std::time_t tt = std::chrono::system_clock::to_time_t(t);
@@ -117,6 +102,26 @@ Keeper::Keeper(event_base* base, KeeperConfig config, std::vector<NodeTarget> no
     nodes_.push_back(std::move(n));
   }
   for (auto& n : nodes_) open_connections(*n);
+  // Alone, the record lives in the state file and in the cluster; [store] replaces this.
+  RecordStoreHooks hooks;
+  hooks.problem = [this](const std::string& kind, const std::string& node, const std::string& text) {
+    if (kind == "record_failed") {
+      note_record_error(node, text);
+    } else {
+      add_event(kind, node, text);
+    }
+  };
+  hooks.written = [this]() { record_error_.clear(); };
+  ClusterSql sql = [this](const std::string& node, const std::string& statement,
+                          std::function<void(bool, const std::string&)> done) {
+    Node* n = node_by_name(node);
+    if (n == nullptr) {
+      done(false, "no node " + node);
+      return;
+    }
+    admin(*n, statement, [done](const PgResult& r) { done(r.ok, r.error); });
+  };
+  store_ = std::make_unique<LocalRecordStore>(config_.state_file, std::move(sql), std::move(hooks));
 }
 
 Keeper::~Keeper() = default;
@@ -485,52 +490,66 @@ void Keeper::decide() {
 
 void Keeper::decide_writer_at_start() {
   started_ = true;
-  // The record lives in the state file and in the cluster (replicated with the data): the newest
-  // of them decides, and no epoch any of them holds is handed out again.
-  std::vector<FoundRecord> found;
-  if (std::optional<PrimaryRecord> r = read_state_file()) found.push_back({*r, "state file"});
+  // The store's newest record decides (alone: the state file and every node's
+  // pgkeel.primary_history, replicated with the data), and no epoch any of them holds is handed
+  // out again.
+  std::vector<FoundRecord> in_cluster;
   for (const auto& n : nodes_) {
     if (n->retired || !n->facts || !n->facts->record) continue;
     const RecordFields& f = *n->facts->record;
-    found.push_back({PrimaryRecord{f.epoch, f.node, f.system_identifier, f.timeline, f.lsn, {}}, "cluster record on " + n->target.name});
+    in_cluster.push_back({PrimaryRecord{f.epoch, f.node, f.system_identifier, f.timeline, f.lsn, {}}, "cluster record on " + n->target.name});
   }
-  std::string source;
-  if (std::optional<FoundRecord> newest = newest_record(found)) {
-    record_ = newest->record;
-    source = newest->source;
+  store_->load(in_cluster, [this](std::optional<StoredRecord> found) { start_with_record(std::move(found)); });
+}
+
+void Keeper::start_with_record(std::optional<StoredRecord> found) {
+  if (found) {
+    record_ = found->record;
+    stored_ = found;
   }
   table_.raise_floor(highest_record_epoch());
-  if (!record_) {
-    // First start ever: the configured primary bootstraps the record, if it is one.
-    Node* p = node_by_name(config_.initial_primary);
-    if (p == nullptr && !nodes_.empty()) p = nodes_[0].get();
-    if (p == nullptr || p->detector.health() != NodeHealth::kUp || !p->facts || p->facts->in_recovery) {
-      started_ = false;  // try again on the next probe round
-      const std::string why =
-          "no primary record yet, and the initial primary " + (p ? p->target.name : std::string("?")) +
-          (p == nullptr ? " is not configured"
-           : p->facts && p->detector.health() == NodeHealth::kUp ? " is in recovery"
-                                                                 : " is not available (" + p->last_error + ")");
-      if (why != table_.current()->why) publish(std::nullopt, why, true);
-      if (SteadyClock::now() - last_refusal_log_ > std::chrono::seconds(5)) {
-        last_refusal_log_ = SteadyClock::now();
-        add_event("bootstrap_waiting", p ? p->target.name : "", why);
-      }
+  if (record_) {
+    finish_start(found ? found->source : std::string("memory"));
+    return;
+  }
+  // First start ever: the configured primary bootstraps the record, if it is one.
+  Node* p = node_by_name(config_.initial_primary);
+  if (p == nullptr && !nodes_.empty()) p = nodes_[0].get();
+  if (p == nullptr || p->detector.health() != NodeHealth::kUp || !p->facts || p->facts->in_recovery) {
+    started_ = false;  // try again on the next probe round
+    const std::string why =
+        "no primary record yet, and the initial primary " + (p ? p->target.name : std::string("?")) +
+        (p == nullptr ? " is not configured"
+         : p->facts && p->detector.health() == NodeHealth::kUp ? " is in recovery"
+                                                               : " is not available (" + p->last_error + ")");
+    if (why != table_.current()->why) publish(std::nullopt, why, true);
+    if (SteadyClock::now() - last_refusal_log_ > std::chrono::seconds(5)) {
+      last_refusal_log_ = SteadyClock::now();
+      add_event("bootstrap_waiting", p ? p->target.name : "", why);
+    }
+    return;
+  }
+  PrimaryRecord rec;
+  rec.epoch = std::max(table_.epoch(), highest_record_epoch()) + 1;
+  rec.node = p->target.name;
+  rec.system_identifier = p->facts->system_identifier;
+  rec.timeline = p->facts->timeline;
+  rec.how = "bootstrap";
+  store_->publish(std::nullopt, rec, [this, rec](PublishOutcome o) {
+    if (!o.recorded) {
+      // Another instance bootstrapped first: its record is read on the next probe round.
+      started_ = false;
+      add_event("bootstrap_lost", rec.node, o.why);
       return;
     }
-    PrimaryRecord rec;
-    rec.epoch = std::max(table_.epoch(), highest_record_epoch()) + 1;
-    rec.node = p->target.name;
-    rec.system_identifier = p->facts->system_identifier;
-    rec.timeline = p->facts->timeline;
-    rec.how = "bootstrap";
     record_ = rec;
+    stored_ = o.stored;
     table_.raise_floor(rec.epoch - 1);
-    source = "bootstrap from initial_primary";
-    std::string err;
-    if (!config_.state_file.empty() && !write_state_file(rec, err)) note_record_error(rec.node, "state file: " + err);
-    record_in_cluster(*p, rec, [](bool) {});
-  }
+    finish_start("bootstrap from initial_primary");
+  });
+}
+
+void Keeper::finish_start(const std::string& source) {
   system_identifier_ = record_->system_identifier;
   WriterChoice c = choose_writer(*record_, observations());
   if (!c.writer) {
@@ -839,7 +858,15 @@ void Keeper::publish(std::optional<routing::NodeId> writer, const std::string& w
       // an acknowledgement for a sequence that has been aborted since
     } else if (in_barrier && step_ == Step::kBarrier) {
       add_event("writes_stopped", failed_ ? nodes_[*failed_]->target.name : "", "every worker closed its connections; epoch " + std::to_string(epoch));
-      step_promote();
+      // And every other instance's workers (alone: there are none, and this returns at once).
+      fence_peers([this, seq](bool ok, const std::string& refused) {
+        if (seq != sequence_id_ || step_ != Step::kBarrier) return;
+        if (!ok) {
+          abort_failover(refused);
+          return;
+        }
+        step_promote();
+      });
     } else if (in_publish && step_ == Step::kPublish) {
       finish_sequence(epoch);
     }
@@ -1017,40 +1044,41 @@ void Keeper::step_record() {
   rec.timeline = c.facts->timeline;
   rec.lsn = c.facts->current_lsn;
   rec.how = sequence_ == Sequence::kSwitchover ? "switchover" : "failover";
-  std::string err;
-  if (!config_.state_file.empty() && !write_state_file(rec, err)) {
-    note_record_error(rec.node, "state file: " + err);
-  } else {
-    record_error_.clear();
-  }
-  record_ = rec;
-  table_.raise_floor(rec.epoch - 1);  // the publication naming it carries this epoch
   // Its first commit must not wait for a standby that does not stream from it yet: it starts
   // asynchronous; manage_sync() makes it synchronous once a standby follows it.
   admin(c, "ALTER SYSTEM SET synchronous_standby_names = ''", [](const PgResult&) {});
   admin(c, "SELECT pg_reload_conf()", [](const PgResult&) {});
   const std::uint64_t seq = sequence_id_;
-  record_in_cluster(c, rec, [this, seq](bool) {
-    if (seq == sequence_id_ && step_ == Step::kRecord) step_publish();
+  store_->publish(stored_, rec, [this, seq, rec](PublishOutcome o) {
+    if (o.recorded) {
+      record_ = rec;
+      stored_ = o.stored;
+      table_.raise_floor(rec.epoch - 1);  // the publication naming it carries this epoch
+    }
+    if (seq != sequence_id_ || step_ != Step::kRecord) return;
+    if (!o.recorded) {
+      abort_failover("the primary record could not be published (" + std::string(store_->kind()) + "): " + o.why);
+      return;
+    }
+    step_publish();
   });
 }
 
-// The record also lives in the cluster, so it replicates with the data and a pgkeel that lost
-// its state file (or another pgkeel) finds it. It never waits for a synchronous standby.
-void Keeper::record_in_cluster(Node& n, const PrimaryRecord& rec, std::function<void(bool)> done) {
-  const std::string sql =
-      "BEGIN; SET LOCAL synchronous_commit = local; "
-      "CREATE SCHEMA IF NOT EXISTS pgkeel; "
-      "CREATE TABLE IF NOT EXISTS pgkeel.primary_history (epoch bigint NOT NULL, node text NOT NULL, "
-      "system_identifier text NOT NULL, timeline int NOT NULL, lsn pg_lsn, recorded_at timestamptz NOT NULL DEFAULT now()); "
-      "ALTER TABLE pgkeel.primary_history ADD COLUMN IF NOT EXISTS how text; "
-      "INSERT INTO pgkeel.primary_history (epoch, node, system_identifier, timeline, lsn, how) VALUES (" +
-      std::to_string(rec.epoch) + ", " + quote_literal(rec.node) + ", " + quote_literal(rec.system_identifier) + ", " +
-      std::to_string(rec.timeline) + ", " + quote_literal(format_lsn(rec.lsn)) + ", " +
-      (rec.how.empty() ? std::string("NULL") : quote_literal(rec.how)) + "); COMMIT";
-  admin(n, sql, [this, &n, done](const PgResult& r) {
-    if (!r.ok) note_record_error(n.target.name, "cluster record: " + r.error);
-    done(r.ok);
+// The barrier for the other instances: the record, fenced, at an epoch above every one in use.
+void Keeper::fence_peers(std::function<void(bool, const std::string&)> done) {
+  if (!record_) {
+    done(true, {});
+    return;
+  }
+  PrimaryRecord fenced = *record_;
+  fenced.epoch = std::max(table_.epoch(), highest_record_epoch()) + 1;
+  fenced.how = "fenced";
+  store_->fence(stored_, fenced, [this, done = std::move(done)](bool ok, const std::string& why, std::optional<StoredRecord> stored) {
+    if (stored) {
+      stored_ = stored;  // what the promotion's compare-and-swap compares
+      table_.raise_floor(stored->record.epoch);
+    }
+    done(ok, why);
   });
 }
 
@@ -1062,6 +1090,7 @@ void Keeper::note_record_error(const std::string& node, const std::string& error
 
 std::uint64_t Keeper::highest_record_epoch() const {
   std::uint64_t e = record_ ? record_->epoch : 0;
+  if (stored_) e = std::max(e, stored_->record.epoch);  // a fenced record (with [store]) counts too
   for (const auto& n : nodes_) {
     if (n->facts && n->facts->record) e = std::max(e, n->facts->record->epoch);
   }
@@ -1305,7 +1334,14 @@ void Keeper::step_switch_barrier() {
     if (seq != sequence_id_ || step_ != Step::kSwitchBarrier) return;
     add_event("switchover", nodes_[*failed_]->target.name,
               "writes stopped: every worker closed its connections to it; epoch " + std::to_string(epoch));
-    step_switch_note_lsn();
+    fence_peers([this, seq](bool ok, const std::string& why) {
+      if (seq != sequence_id_ || step_ != Step::kSwitchBarrier) return;
+      if (!ok) {
+        abort_switchover(why);
+        return;
+      }
+      step_switch_note_lsn();
+    });
   });
 }
 
@@ -1757,44 +1793,6 @@ void Keeper::add_event(std::string kind, const std::string& node, std::string te
   if (on_event) on_event(e);
   events_.push_back(std::move(e));
   while (events_.size() > kMaxEvents) events_.pop_front();
-}
-
-bool Keeper::write_state_file(const PrimaryRecord& rec, std::string& error) {
-  // Written to a temporary file, fsynced, renamed over the old one, and the folder fsynced:
-  // after a crash the file holds the old record or the new one, never half of either.
-  const std::string tmp = config_.state_file + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) {
-    error = tmp + ": " + std::strerror(errno);
-    return false;
-  }
-  const std::string text = rec.serialize() + "\n";
-  const bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
-  ::close(fd);
-  if (!ok || ::rename(tmp.c_str(), config_.state_file.c_str()) != 0) {
-    error = config_.state_file + ": " + std::strerror(errno);
-    return false;
-  }
-  std::string dir = config_.state_file;
-  const std::size_t slash = dir.rfind('/');
-  dir = slash == std::string::npos ? "." : dir.substr(0, slash == 0 ? 1 : slash);
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-  return true;
-}
-
-std::optional<PrimaryRecord> Keeper::read_state_file() {
-  if (config_.state_file.empty()) return std::nullopt;
-  std::ifstream in(config_.state_file);
-  if (!in) return std::nullopt;
-  std::stringstream ss;
-  ss << in.rdbuf();
-  auto rec = PrimaryRecord::parse(ss.str());
-  if (!rec) add_event("record_unreadable", "", config_.state_file + " does not hold a primary record");
-  return rec;
 }
 
 }  // namespace pgkeel::health

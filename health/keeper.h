@@ -19,6 +19,7 @@
 #include "health/facts.h"
 #include "health/failover.h"
 #include "health/pg_async.h"
+#include "health/record_store.h"
 #include "health/switchover.h"
 #include "routing/replicas.h"
 #include "routing/snapshot.h"
@@ -217,6 +218,8 @@ class Keeper {
   void heartbeat(Node& primary);
   void decide();
   void decide_writer_at_start();
+  void start_with_record(std::optional<StoredRecord> found);
+  void finish_start(const std::string& source);
   void manage_sync();
   // Names the replication connection of every standby that streams from `primary` under another
   // name after its [[node]] (application_name in its primary_conninfo), so that
@@ -226,6 +229,8 @@ class Keeper {
   // `skip_witness`: a console FAILOVER; `force`: FAILOVER ... FORCE (skip the lag check).
   void begin_failover(const std::string& reason, std::optional<routing::NodeId> target, bool force, bool skip_witness);
   void step_barrier();
+  // After this instance's barrier: the other instances' (the record store's fence; alone, at once).
+  void fence_peers(std::function<void(bool ok, const std::string& why)> done);
   void step_detach();
   void step_settle(int rounds_left);
   void step_fence();
@@ -233,7 +238,6 @@ class Keeper {
   void step_confirm(int tries_left);
   void step_record();
   void step_publish();
-  void record_in_cluster(Node& n, const PrimaryRecord& rec, std::function<void(bool)> done);
   void abort_failover(const std::string& why);
   void finish_sequence(std::uint64_t epoch);
   void step_switch_checkpoint();
@@ -267,8 +271,6 @@ class Keeper {
   void add_event(std::string kind, const std::string& node, std::string text);
   void note_record_error(const std::string& node, const std::string& error);
   std::uint64_t highest_record_epoch() const;
-  bool write_state_file(const PrimaryRecord& rec, std::string& error);
-  std::optional<PrimaryRecord> read_state_file();
   std::vector<NodeObservation> observations() const;
   std::string conninfo(const Node& n, bool with_password = true) const;
   void open_connections(Node& n);
@@ -289,6 +291,10 @@ class Keeper {
   std::deque<Event> events_;
   std::uint64_t next_event_id_ = 1;
 
+  // Where the record lives (alone: LocalRecordStore), what it last gave (what a compare-and-swap
+  // compares), and the record itself.
+  std::unique_ptr<RecordStore> store_;
+  std::optional<StoredRecord> stored_;
   std::optional<PrimaryRecord> record_;
   std::optional<routing::NodeId> writer_;
   std::string writer_why_;       // why the writer is the writer (the snapshot's why while all is well)
