@@ -23,6 +23,7 @@ else
     python3-asyncpg             # a cancel request over TLS; prepared statements from many connections
     chromium fonts-dejavu-core  # the status page test renders the page in headless Chromium
     docker-compose              # tools/check-docker.sh validates docker/compose.yaml (no engine needed)
+    etcd-server etcd-client     # [store] tests: tools/etcd.sh starts a private 3-member etcd 3.4 on free loopback ports
   )
 fi
 readonly kPackages

@@ -1,0 +1,111 @@
+#include "tests/integration/etcd_fixture.h"
+
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+#include "tests/integration/fixture.h"
+
+namespace pgkeel::test {
+
+namespace {
+
+fs::path make_dir(const std::string& prefix) {
+  const char* tmpdir = std::getenv("TMPDIR");
+  const fs::path root = (tmpdir != nullptr && *tmpdir != '\0') ? fs::path(tmpdir) : fs::path("/tmp");
+  std::string pattern = (root / (prefix + ".XXXXXX")).string();
+  if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp " + pattern + ": " + std::strerror(errno));
+  return fs::path(pattern);
+}
+
+}  // namespace
+
+fs::path etcd_script() { return fs::path(PGKEEL_SOURCE_DIR) / "tools" / "etcd.sh"; }
+
+EtcdCluster::EtcdCluster(int members) {
+  dir_ = make_dir("pgkeel-etcd");
+  // As Cluster's: a watchdog runs `down --rm` when this process goes away, however it goes.
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");
+  const std::string script = etcd_script().string();
+  const std::string dir = dir_.string();
+  const char* const argv[] = {"/bin/sh", "-c", "cat >/dev/null; exec \"$0\" down \"$1\" --rm", script.c_str(), dir.c_str(), nullptr};
+  watchdog_pid_ = ::fork();
+  if (watchdog_pid_ == 0) {
+    ::setsid();
+    ::dup2(fds[0], STDIN_FILENO);
+    const int devnull = ::open("/dev/null", O_WRONLY);
+    if (devnull >= 0) {
+      ::dup2(devnull, STDOUT_FILENO);
+      ::dup2(devnull, STDERR_FILENO);
+    }
+    ::execv("/bin/sh", const_cast<char* const*>(argv));
+    ::_exit(127);
+  }
+  ::close(fds[0]);
+  watchdog_fd_ = fds[1];
+  RunResult res = run({script, "up", dir, "--members", std::to_string(members)}, {}, 120s);
+  if (!res.ok()) {
+    ::close(watchdog_fd_);
+    watchdog_fd_ = -1;
+    throw std::runtime_error("tools/etcd.sh up failed:\n" + res.output);
+  }
+  std::ifstream env(dir_ / "etcd.env");
+  std::string line;
+  while (std::getline(env, line)) {
+    if (line.rfind("ETCD_ENDPOINTS=", 0) != 0) continue;
+    std::stringstream ss(line.substr(15));
+    std::string url;
+    while (std::getline(ss, url, ',')) urls_.push_back(url);
+  }
+  if (urls_.size() != static_cast<std::size_t>(members)) throw std::runtime_error("etcd.env lists no endpoints");
+}
+
+EtcdCluster::~EtcdCluster() {
+  run({etcd_script().string(), "down", dir_.string(), "--rm"}, {}, 60s);
+  if (watchdog_fd_ >= 0) ::close(watchdog_fd_);  // the watchdog finds nothing left to do
+  if (watchdog_pid_ > 0) ::waitpid(watchdog_pid_, nullptr, 0);
+  std::error_code ec;
+  fs::remove_all(dir_, ec);
+}
+
+std::vector<conf::Endpoint> EtcdCluster::endpoints() const {
+  std::vector<conf::Endpoint> out;
+  for (const std::string& u : urls_) {
+    std::string why;
+    out.push_back(*conf::parse_endpoint(u, why));
+  }
+  return out;
+}
+
+void EtcdCluster::control(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {etcd_script().string()};
+  argv.push_back(args[0]);
+  argv.push_back(dir_.string());
+  argv.insert(argv.end(), args.begin() + 1, args.end());
+  RunResult res = run(argv, {}, 60s);
+  if (!res.ok()) throw std::runtime_error("tools/etcd.sh " + args[0] + " failed:\n" + res.output);
+}
+
+void EtcdCluster::stop(int n) { control({"stop", std::to_string(n)}); }
+void EtcdCluster::kill(int n) { control({"kill", std::to_string(n)}); }
+void EtcdCluster::start(int n) { control({"start", std::to_string(n)}); }
+
+std::string EtcdCluster::ctl(const std::vector<std::string>& args) {
+  std::string endpoints;
+  for (const std::string& u : urls_) endpoints += (endpoints.empty() ? "" : ",") + u;
+  std::vector<std::string> argv = {"etcdctl", "--endpoints", endpoints, "--command-timeout", "5s"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  RunResult res = run(argv, {{"ETCDCTL_API", "3"}}, 30s);
+  if (!res.ok()) throw std::runtime_error("etcdctl failed:\n" + res.output);
+  return res.output;
+}
+
+}  // namespace pgkeel::test
