@@ -455,6 +455,11 @@ std::optional<PrimaryRecord> PrimaryRecord::parse(std::string_view text) {
 
 WriterChoice choose_writer(const PrimaryRecord& record, const std::vector<NodeObservation>& nodes) {
   WriterChoice c;
+  if (record.how == "fenced") {
+    // [store]: the leader stopped every instance's writes to it before promoting another node.
+    c.why = "failover in progress: the record fences " + record.node + " at epoch " + std::to_string(record.epoch);
+    return c;
+  }
   const NodeObservation* rec = nullptr;
   for (const NodeObservation& n : nodes) {
     if (n.name == record.node) rec = &n;

@@ -1,5 +1,7 @@
 #include "health/keeper.h"
 
+#include "health/record_store_etcd.h"
+
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -102,16 +104,7 @@ Keeper::Keeper(event_base* base, KeeperConfig config, std::vector<NodeTarget> no
     nodes_.push_back(std::move(n));
   }
   for (auto& n : nodes_) open_connections(*n);
-  // Alone, the record lives in the state file and in the cluster; [store] replaces this.
-  RecordStoreHooks hooks;
-  hooks.problem = [this](const std::string& kind, const std::string& node, const std::string& text) {
-    if (kind == "record_failed") {
-      note_record_error(node, text);
-    } else {
-      add_event(kind, node, text);
-    }
-  };
-  hooks.written = [this]() { record_error_.clear(); };
+  // Alone, the record lives in the state file and in the cluster; [store] puts etcd in front.
   ClusterSql sql = [this](const std::string& node, const std::string& statement,
                           std::function<void(bool, const std::string&)> done) {
     Node* n = node_by_name(node);
@@ -121,7 +114,34 @@ Keeper::Keeper(event_base* base, KeeperConfig config, std::vector<NodeTarget> no
     }
     admin(*n, statement, [done](const PgResult& r) { done(r.ok, r.error); });
   };
-  store_ = std::make_unique<LocalRecordStore>(config_.state_file, std::move(sql), std::move(hooks));
+  store_ = std::make_unique<LocalRecordStore>(config_.state_file, std::move(sql), record_hooks());
+}
+
+RecordStoreHooks Keeper::record_hooks() {
+  RecordStoreHooks hooks;
+  hooks.problem = [this](const std::string& kind, const std::string& node, const std::string& text) {
+    if (kind == "record_failed") {
+      note_record_error(node, text);
+    } else {
+      add_event(kind, node, text);
+    }
+  };
+  hooks.written = [this]() { record_error_.clear(); };
+  return hooks;
+}
+
+void Keeper::use_etcd(store::Client& client, const EtcdStoreOptions& options) {
+  instance_ = options.name;
+  EtcdStoreHooks eh;
+  eh.changed = [this](const StoredRecord& r) { on_record_changed(r); };
+  eh.leadership = [this](bool leads) {
+    add_event(leads ? "leader" : "follower", "",
+              leads ? "this instance holds the leader lease: it decides"
+                    : "this instance does not hold the leader lease: it routes as the record says");
+  };
+  auto etcd = std::make_unique<EtcdRecordStore>(base_, client, options, std::move(store_), record_hooks(), std::move(eh));
+  etcd_ = etcd.get();
+  store_ = std::move(etcd);
 }
 
 Keeper::~Keeper() = default;
@@ -225,6 +245,7 @@ void Keeper::open_connections(Node& n) {
 
 void Keeper::start() {
   publish(std::nullopt, "waiting for the first probes of every node", true);
+  if (etcd_ != nullptr) etcd_->start();
   tick_.reset(event_new(base_, -1, EV_PERSIST, &Keeper::on_tick, this));
   const timeval tv{static_cast<time_t>(config_.probe_interval.count() / 1000),
                    static_cast<suseconds_t>((config_.probe_interval.count() % 1000) * 1000)};
@@ -332,7 +353,7 @@ void Keeper::finish_probe(Node& n) {
       }
     }
   }
-  if (writer_ && *writer_ == n.id && outcome == ProbeOutcome::kOk) heartbeat(n);
+  if (writer_ && *writer_ == n.id && outcome == ProbeOutcome::kOk && store_->leader()) heartbeat(n);
   post_positions();
   decide();
   if (started_ && step_ == Step::kIdle) refresh_routes();
@@ -421,6 +442,7 @@ void Keeper::decide() {
     decide_writer_at_start();
     return;
   }
+  if (etcd_ != nullptr && follow()) return;
   if (step_ == Step::kConfirm && candidate_) {
     Node& c = *nodes_[*candidate_];
     if (c.facts && !c.facts->in_recovery && c.facts->timeline > old_timeline_ && c.detector.health() == NodeHealth::kUp) {
@@ -474,6 +496,16 @@ void Keeper::decide() {
   }
   // No writer: the recorded primary may be back, or a failover may now be possible.
   if (!record_) return;
+  if (record_->how == "fenced" && !unfencing_) {
+    // [store]: a leader fenced it and died before another node was recorded. Back to it when it
+    // still serves as recorded (rolled back); when it is down, the failover below goes on.
+    PrimaryRecord plain = *record_;
+    plain.how.clear();
+    if (choose_writer(plain, observations()).writer) {
+      unfence_record();
+      return;
+    }
+  }
   WriterChoice c = choose_writer(*record_, observations());
   if (c.writer) {
     writer_ = c.writer;
@@ -486,6 +518,106 @@ void Keeper::decide() {
       SteadyClock::now() >= next_attempt_) {
     begin_failover("recorded primary " + rec->target.name + " is down: " + rec->last_error, std::nullopt, false, false);
   }
+}
+
+bool Keeper::follow() {
+  if (!etcd_->serving()) {
+    // Before etcd could let the lease expire and a leader stop waiting for this instance.
+    if (!store_cut_) {
+      store_cut_ = true;
+      writer_.reset();
+      cut_why_ = "pgkeel instance " + instance_ + " cannot renew its lease in etcd (" +
+                 (etcd_->store_error().empty() ? std::string("no answer yet") : etcd_->store_error()) +
+                 "): it routes no writes until etcd answers again; connect through another instance";
+      add_event("store_lost", "", cut_why_);
+      publish(std::nullopt, cut_why_, false);
+    }
+    // A sequence under way goes on to its next step in the store, which refuses it (no lease, no
+    // leadership) and aborts it; publish() routes no writer meanwhile, whatever it is asked.
+    return step_ == Step::kIdle;
+  }
+  if (store_cut_) {
+    store_cut_ = false;
+    add_event("store_back", "", "the lease is renewed again: routing as the record says");
+    route_by_record();
+  }
+  // A sequence under way runs on: its next step in the store fails if leadership was lost.
+  if (store_->leader() || step_ != Step::kIdle) return false;
+  route_by_record();
+  return true;
+}
+
+void Keeper::unfence_record() {
+  PrimaryRecord rec = *record_;
+  rec.epoch = std::max(table_.epoch(), highest_record_epoch()) + 1;
+  rec.how = "unfenced";
+  unfencing_ = true;
+  store_->publish(stored_, rec, [this, rec](PublishOutcome o) {
+    unfencing_ = false;
+    if (!o.recorded) {
+      add_event("unfence_failed", rec.node, o.why);
+      return;
+    }
+    record_ = rec;
+    stored_ = o.stored;
+    table_.raise_floor(rec.epoch - 1);
+    WriterChoice c = choose_writer(rec, observations());
+    add_event("unfenced", rec.node, "the failover that fenced it was never finished and it still serves: it takes writes again (epoch " +
+                                        std::to_string(rec.epoch) + ")");
+    writer_ = c.writer;
+    publish(c.writer, c.why, false);
+  });
+}
+
+std::vector<PeerStatus> Keeper::peers() const {
+  std::vector<PeerStatus> out;
+  if (etcd_ == nullptr) return out;
+  PeerStatus me;
+  me.instance = etcd_->name();
+  me.address = etcd_->address();
+  me.role = etcd_->leader() ? "leader" : "follower";
+  me.applied_epoch = etcd_->applied_epoch();
+  if (etcd_->last_renewal() != SteadyClock::time_point{}) {
+    me.lease_age_s = std::chrono::duration<double>(SteadyClock::now() - etcd_->last_renewal()).count();
+  }
+  me.store_reachable = etcd_->serving() && etcd_->store_error().empty();
+  me.self = true;
+  out.push_back(me);
+  for (const PeerReport& p : etcd_->peers()) {
+    if (p.name == me.instance) continue;
+    PeerStatus s;
+    s.instance = p.name;
+    s.address = p.address;
+    s.role = p.name == etcd_->leader_name() ? "leader" : "follower";
+    s.applied_epoch = p.applied_epoch;
+    s.store_reachable = true;  // its key lives only while it renews its lease
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+void Keeper::route_by_record() {
+  if (!record_) return;
+  WriterChoice c = choose_writer(*record_, observations());
+  // A follower waits for the leader's failover: no writer, but one is expected.
+  const bool hold = !c.writer;
+  const routing::Snapshot& now = *table_.current();
+  if (c.writer == writer_ && now.writer == c.writer && now.why == c.why && now.hold == hold) return;
+  writer_ = c.writer;
+  const std::uint64_t epoch = record_->epoch;
+  publish(c.writer, c.why, hold, [this, epoch](std::uint64_t) { store_->applied(epoch); });
+}
+
+void Keeper::on_record_changed(const StoredRecord& r) {
+  // The leader's own record, delivered by the watch before its transaction's answer: the
+  // sequence under way takes it from that answer.
+  if (store_->leader() && step_ != Step::kIdle) return;
+  record_ = r.record;
+  stored_ = r;
+  table_.raise_floor(r.record.epoch - 1);
+  if (r.record.how != "fenced") system_identifier_ = r.record.system_identifier;
+  add_event("record", r.record.node, "the leader recorded " + r.record.serialize());
+  if (started_ && !store_cut_ && !store_->leader()) route_by_record();
 }
 
 void Keeper::decide_writer_at_start() {
@@ -828,8 +960,15 @@ void Keeper::note_writer_trouble(const std::string& why) {
   publish(writer_, why, false);
 }
 
-void Keeper::publish(std::optional<routing::NodeId> writer, const std::string& why, bool hold,
+void Keeper::publish(std::optional<routing::NodeId> writer, const std::string& why_asked, bool hold,
                      std::function<void(std::uint64_t)> then) {
+  std::string why = why_asked;
+  if (store_cut_ && writer) {
+    // [store]: no writes on a stale lease, whoever asks (an aborted sequence restoring its writer).
+    writer.reset();
+    why = cut_why_;
+    hold = false;
+  }
   if (writer && !hold && !writer_trouble_) writer_why_ = why;
   routing::Snapshot snap = *table_.current();
   if (snap.nodes.size() != nodes_.size()) snap.nodes.resize(nodes_.size());
@@ -1212,6 +1351,7 @@ void Keeper::failover(std::optional<std::string> target, bool force, const std::
     done({false, "FAILOVER refused: " + why});
   };
   if (step_ != Step::kIdle) return refuse(busy_text() + " is running");
+  if (!store_->leader()) return refuse("this pgkeel instance does not hold the leader lease: run FAILOVER on the instance that does");
   std::optional<routing::NodeId> t;
   if (target) {
     Node* n = node_by_name(*target);
@@ -1243,6 +1383,11 @@ void Keeper::failover(std::optional<std::string> target, bool force, const std::
 // ---- planned switchover ------------------------------------------------------------------------
 
 void Keeper::switchover(std::optional<std::string> target, const std::string& who, OutcomeFn done) {
+  if (!store_->leader()) {
+    add_event("switchover_refused", target.value_or(""), "this instance does not hold the leader lease");
+    done({false, "SWITCHOVER refused: this pgkeel instance does not hold the leader lease: run it on the instance that does"});
+    return;
+  }
   SwitchoverInput in;
   in.nodes = observations();
   in.writer = writer_;
@@ -1790,6 +1935,7 @@ void Keeper::add_event(std::string kind, const std::string& node, std::string te
   e.kind = std::move(kind);
   e.node = node;
   e.text = std::move(text);
+  if (!instance_.empty()) e.text = "[" + instance_ + "] " + e.text;  // which instance decided
   if (on_event) on_event(e);
   events_.push_back(std::move(e));
   while (events_.size() > kMaxEvents) events_.pop_front();

@@ -24,7 +24,14 @@
 #include "routing/replicas.h"
 #include "routing/snapshot.h"
 
+namespace pgkeel::store {
+class Client;
+}
+
 namespace pgkeel::health {
+
+class EtcdRecordStore;
+struct EtcdStoreOptions;
 
 using Millis = std::chrono::milliseconds;
 
@@ -155,6 +162,19 @@ struct NodeStatus {
   std::uint64_t timeouts_excused = 0;  // timeouts not counted: the data path saw it answer
 };
 
+// One pgkeel instance sharing the record through etcd ([store]), for SHOW PEERS.
+struct PeerStatus {
+  std::string instance;
+  std::string address;
+  std::string role;  // leader / follower
+  std::uint64_t applied_epoch = 0;  // the record epoch its workers applied
+  // This instance: seconds since its last confirmed renewal was sent. Another: unknown here (its
+  // key exists, so etcd has it renewed within the TTL).
+  std::optional<double> lease_age_s;
+  bool store_reachable = false;
+  bool self = false;
+};
+
 class Keeper {
  public:
   Keeper(event_base* base, KeeperConfig config, std::vector<NodeTarget> nodes, routing::Table& table,
@@ -162,6 +182,15 @@ class Keeper {
   ~Keeper();
   Keeper(const Keeper&) = delete;
   Keeper& operator=(const Keeper&) = delete;
+
+  // With [store]: the record lives in etcd (the local store stays, as its caches); this instance
+  // decides (detection verdicts, failover, switchover, synchronous replication) only while it
+  // holds the leader lease, otherwise routes as the record says; and it routes no writes while
+  // its lease is stale. Before start(); `client` must outlive the keeper.
+  void use_etcd(store::Client& client, const EtcdStoreOptions& options);
+  const EtcdRecordStore* etcd() const { return etcd_; }
+  // Every instance with a live lease, this one first (empty without [store]).
+  std::vector<PeerStatus> peers() const;
 
   void start();
 
@@ -218,6 +247,15 @@ class Keeper {
   void heartbeat(Node& primary);
   void decide();
   void decide_writer_at_start();
+  RecordStoreHooks record_hooks();
+  // With [store]: true when decide() stops here (routing stopped for a stale lease, or a follower
+  // routing as the record says).
+  bool follow();
+  // Routes writes as the record says, where that changed; reports the record epoch applied.
+  void route_by_record();
+  void on_record_changed(const StoredRecord& r);
+  // [store]: records again, unfenced, a primary fenced by a leader that died before promoting.
+  void unfence_record();
   void start_with_record(std::optional<StoredRecord> found);
   void finish_start(const std::string& source);
   void manage_sync();
@@ -294,6 +332,11 @@ class Keeper {
   // Where the record lives (alone: LocalRecordStore), what it last gave (what a compare-and-swap
   // compares), and the record itself.
   std::unique_ptr<RecordStore> store_;
+  EtcdRecordStore* etcd_ = nullptr;  // store_, with [store]
+  std::string instance_;             // [store] name: events say which instance decided
+  bool store_cut_ = false;           // routing stopped: the lease could not be renewed in time
+  std::string cut_why_;              // what clients are told meanwhile (57P03)
+  bool unfencing_ = false;           // unfence_record() waits for the store
   std::optional<StoredRecord> stored_;
   std::optional<PrimaryRecord> record_;
   std::optional<routing::NodeId> writer_;

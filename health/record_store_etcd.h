@@ -91,6 +91,11 @@ class EtcdRecordStore final : public RecordStore {
   // The lease was renewed recently enough that it cannot have expired in etcd.
   bool serving() const;
   std::int64_t lease() const { return lease_; }
+  Clock::time_point last_renewal() const { return renewal_sent_; }
+  const std::string& name() const { return options_.name; }
+  const std::string& address() const { return options_.address; }
+  const std::string& leader_name() const { return leader_name_; }
+  std::uint64_t applied_epoch() const { return applied_; }
   const std::string& store_error() const { return store_error_; }
   // As last read (every tick): every instance with a live lease, this one included.
   const std::vector<PeerReport>& peers() const { return peers_; }

@@ -31,6 +31,7 @@ constexpr const char* kHelp[][2] = {
     {"SHOW POOLS", "per worker and pool: idle, active, connecting, waiting clients"},
     {"SHOW STATS", "per listener and node: transactions, queries, bytes, avg and p99 latency"},
     {"SHOW EVENTS", "detections, promotions, fencings, switchovers, reloads, console actions"},
+    {"SHOW PEERS", "[store]: every pgkeel instance with a live lease: address, leader or follower, applied epoch"},
     {"SHOW CONFIG", "the running configuration (passwords hidden)"},
     {"SHOW VERSION", "pgkeel's version"},
     {"SHOW HELP", "this list"},
@@ -103,6 +104,7 @@ constexpr ShowVerb kShows[] = {
     {"LISTENERS", &listeners_table, true}, {"CLIENTS", &clients_table, true},
     {"SERVERS", &servers_table, true},    {"POOLS", &pools_table, true},
     {"STATS", &stats_table, false},       {"EVENTS", &events_table, false},
+    {"PEERS", &peers_table, false},
     {"CONFIG", &config_table, false},
 };
 

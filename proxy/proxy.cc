@@ -20,7 +20,9 @@
 #include <thread>
 #include <vector>
 
+#include "conf/endpoint.h"
 #include "health/keeper.h"
+#include "health/record_store_etcd.h"
 #include "proxy/auth/md5.h"
 #include "proxy/console.h"
 #include "proxy/control.h"
@@ -686,7 +688,39 @@ int run(const conf::Config& config) {
   kc.initial_primary = config.nodes[primary].name;
   std::vector<health::NodeTarget> targets;
   for (std::size_t i = 0; i < config.nodes.size(); ++i) targets.push_back(node_target(config.nodes[i], sh.node_addrs[i], config.server_tls.sslmode));
+  // [store]: the etcd client lives on this loop and outlives the keeper that uses it.
+  std::unique_ptr<store::Client> etcd;
+  if (config.store.enabled()) {
+    store::ClientOptions co;
+    for (const std::string& e : config.store.endpoints) {
+      std::string why;
+      if (std::optional<conf::Endpoint> ep = conf::parse_endpoint(e, why)) co.endpoints.push_back(*ep);
+    }
+    co.ca_file = config.store.ca_file;
+    co.cert_file = config.store.cert_file;
+    co.key_file = config.store.key_file;
+    co.username = config.store.username;
+    co.password = config.store.password;
+    co.request_timeout = config.store.request_timeout;
+    etcd = std::make_unique<store::Client>(base.get(), co);
+    if (!etcd->setup_error().empty()) {
+      log::error("store").kv("event", "store_unusable").kv("detail", etcd->setup_error()).emit();
+      for (auto& w : workers) w->post([](Worker& wk) { wk.begin_shutdown(false); });
+      for (auto& w : workers) w->join();
+      return 2;
+    }
+  }
   health::Keeper keeper(base.get(), kc, targets, sh.table, effects);
+  if (etcd) {
+    health::EtcdStoreOptions so;
+    so.prefix = config.store.prefix;
+    so.name = config.store.name;
+    const conf::ListenerConfig& first = config.listeners.front();
+    so.address = config.store.advertise_host + ":" + std::to_string(first.port);
+    so.lease_ttl = config.store.lease_ttl;
+    so.request_timeout = config.store.request_timeout;
+    keeper.use_etcd(*etcd, so);
+  }
   keeper.on_event = [](const health::Event& e) {
     log::info("health").kv("event", e.kind).kv("id", e.id).kv("epoch", e.epoch).kv("node", e.node).kv("detail", e.text).emit();
   };

@@ -85,6 +85,7 @@ void gather_status(Shared& sh, bool with_connections, std::function<void(std::sh
     s->keeper_running = true;
     s->nodes = sh.keeper->nodes();
     s->events = sh.keeper->events();
+    s->peers = sh.keeper->peers();
     s->plan = sh.keeper->plan();
     s->keeper = sh.keeper->counters();
     s->failover_running = sh.keeper->failover_running();
@@ -180,6 +181,18 @@ ConsoleTable events_table(const StatusSnapshot& s) {
   t.columns = {"id", "time", "epoch", "kind", "node", "detail"};
   for (const health::Event& e : s.events) {
     t.rows.push_back({std::to_string(e.id), iso_time(e.at), std::to_string(e.epoch), e.kind, opt(e.node), e.text});
+  }
+  return t;
+}
+
+ConsoleTable peers_table(const StatusSnapshot& s) {
+  ConsoleTable t;
+  t.columns = {"instance", "address", "role", "applied_epoch", "lease_age_seconds", "store_reachable"};
+  for (const health::PeerStatus& p : s.peers) {
+    char age[32] = "";
+    if (p.lease_age_s) std::snprintf(age, sizeof age, "%.1f", *p.lease_age_s);
+    t.rows.push_back({p.instance, p.address, p.role, std::to_string(p.applied_epoch),
+                      p.lease_age_s ? std::optional<std::string>(age) : std::nullopt, p.store_reachable ? "yes" : "no"});
   }
   return t;
 }

@@ -99,6 +99,7 @@ struct StatusSnapshot {
   bool keeper_running = false;
   std::vector<health::NodeStatus> nodes;
   std::vector<health::Event> events;
+  std::vector<health::PeerStatus> peers;  // [store]: every instance with a live lease
   health::Plan plan;
   health::KeeperCounters keeper;
   bool failover_running = false;
@@ -124,6 +125,7 @@ ConsoleTable nodes_table(const StatusSnapshot& s);
 ConsoleTable routes_table(const StatusSnapshot& s);
 ConsoleTable plan_table(const StatusSnapshot& s);
 ConsoleTable events_table(const StatusSnapshot& s);
+ConsoleTable peers_table(const StatusSnapshot& s);
 ConsoleTable listeners_table(const StatusSnapshot& s);
 ConsoleTable clients_table(const StatusSnapshot& s);
 ConsoleTable servers_table(const StatusSnapshot& s);

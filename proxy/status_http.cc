@@ -374,6 +374,14 @@ std::string render_metrics(const StatusSnapshot& s, const Readiness& r) {
   e.sample("pgkeel_uptime_seconds", {}, s.uptime_s);
   e.family("pgkeel_epoch", "gauge", "The routing epoch now in force (grows at every published routing change).");
   e.sample("pgkeel_epoch", {}, s.routes ? s.routes->epoch : std::uint64_t{0});
+  if (!s.peers.empty()) {
+    e.family("pgkeel_store_leader", "gauge", "[store]: 1 while this instance holds the leader lease.");
+    e.sample("pgkeel_store_leader", {}, s.peers.front().role == "leader");
+    e.family("pgkeel_store_reachable", "gauge", "[store]: 1 while this instance's lease is renewed in time.");
+    e.sample("pgkeel_store_reachable", {}, s.peers.front().store_reachable);
+    e.family("pgkeel_store_peers", "gauge", "[store]: instances with a live lease, this one included.");
+    e.sample("pgkeel_store_peers", {}, static_cast<std::uint64_t>(s.peers.size()));
+  }
   e.family("pgkeel_writer_routable", "gauge", "1 while a writable primary is routable (what /health says).");
   e.sample("pgkeel_writer_routable", {}, r.healthy);
   e.family("pgkeel_ready", "gauge", "1 while pgkeel can take clients (what /ready says).");
@@ -602,6 +610,7 @@ std::string render_status_json(const StatusSnapshot& s, const Readiness& r, bool
   j.key("routes").table(routes_table(s));
   j.key("failover_plan").table(plan_table(s));
   j.key("events").table(events_table(s));
+  j.key("peers").table(peers_table(s));
   j.key("listeners").table(listeners_table(s));
   j.key("pools").table(pools_table(s));
   j.key("stats").table(stats_table(s));

@@ -99,6 +99,7 @@ TEST_CASE("psql runs every SHOW command on the console and gets the documented c
                      "p99_query_ms|last_minute_transactions|last_minute_queries|last_minute_avg_query_ms|"
                      "last_minute_p99_query_ms|last_minute_p99_xact_ms"},
       {"SHOW EVENTS", "id|time|epoch|kind|node|detail"},
+      {"SHOW PEERS", "instance|address|role|applied_epoch|lease_age_seconds|store_reachable"},
       {"SHOW CONFIG", "key|value"},
       {"SHOW VERSION", "version"},
       {"SHOW HELP", "command|what it does"},

@@ -708,6 +708,7 @@ tables = {"nodes": ["name", "address", "role", "state", "fenced", "enabled", "la
           "routes": ["listener", "node", "epoch", "why"],
           "failover_plan": ["node", "eligible", "verdict"],
           "events": ["id", "time", "epoch", "kind", "node", "detail"],
+          "peers": ["instance", "address", "role", "applied_epoch", "lease_age_seconds", "store_reachable"],
           "listeners": ["name", "address"], "pools": [], "stats": ["transactions", "bytes_in", "bytes_out"]}
 for t, cols in tables.items():
     assert isinstance(d[t], list), t + " is not an array"

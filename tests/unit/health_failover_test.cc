@@ -154,6 +154,13 @@ TEST_CASE("only the recorded primary on its recorded timeline takes writes", "[h
     new_primary.facts->timeline = 3;
     CHECK_FALSE(choose_writer(rec, {old_primary, new_primary}).writer);
   }
+  SECTION("a fenced record ([store], before a promotion): nobody, though the node is fine") {
+    rec.epoch = 6;
+    rec.how = "fenced";
+    c = choose_writer(rec, {old_primary, new_primary});
+    CHECK_FALSE(c.writer);
+    CHECK(c.why == "failover in progress: the record fences db2 at epoch 6");
+  }
 }
 
 TEST_CASE("primary records round trip through their text form", "[health]") {

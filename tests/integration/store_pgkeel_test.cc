@@ -1,0 +1,164 @@
+// Several pgkeel instances acting as one through etcd ([store]), with a real 3-member etcd and a
+// real PostgreSQL primary and standby: one failover for all of them, and an instance that cannot
+// reach etcd stops routing writes (new logins get 57P03 with the reason) and resumes by itself.
+
+#include <signal.h>
+
+#include <catch2/catch.hpp>
+#include <string>
+
+#include "tests/integration/etcd_fixture.h"
+#include "tests/integration/fixture.h"
+
+using namespace pgkeel::test;
+
+namespace {
+
+std::string writer_port(const Pgkeel& pk) {
+  return pq_exec(pk.conninfo(), "SELECT current_setting('port')", 5s).scalar();
+}
+
+PgkeelOptions instance(const EtcdCluster& etcd, const std::string& name, const std::string& prefix,
+                       const std::string& failover_extra = {}) {
+  PgkeelOptions o;
+  o.console = true;
+  o.health_extra = "probe_interval = \"250ms\"\nprobe_timeout = \"500ms\"";
+  o.failover_extra = "hold_timeout = \"30s\"\n" + failover_extra;
+  std::string endpoints;
+  for (const std::string& u : etcd.urls()) endpoints += (endpoints.empty() ? "\"" : ", \"") + u + "\"";
+  o.extra_toml = "[store]\nendpoints = [" + endpoints + "]\nprefix = \"" + prefix + "\"\nname = \"" + name +
+                 "\"\nlease_ttl = \"3s\"\nrequest_timeout = \"1s\"\n";
+  return o;
+}
+
+// SHOW EVENTS' detail column, one event a line.
+std::string event_details(const Pgkeel& pk) {
+  const PqResult r = pq_exec(pk.console_conninfo(), "SHOW EVENTS");
+  std::string out;
+  for (std::size_t i = 0; i < r.rows.size(); ++i) out += r.value(i, 3) + " " + r.value(i, 5) + "\n";
+  return out;
+}
+
+bool has_event(const Pgkeel& pk, const std::string& kind) {
+  const PqResult r = pq_exec(pk.console_conninfo(), "SHOW EVENTS", 5s);
+  for (std::size_t i = 0; i < r.rows.size(); ++i) {
+    if (r.value(i, 3) == kind) return true;
+  }
+  return false;
+}
+
+std::string role_of(const Pgkeel& pk) {
+  const PqResult r = pq_exec(pk.console_conninfo(), "SHOW PEERS", 5s);
+  return r.value(0, 2);  // this instance's row comes first
+}
+
+int promotions(const Pgkeel& pk) {
+  const PqResult r = pq_exec(pk.console_conninfo(), "SHOW EVENTS");
+  int n = 0;
+  for (std::size_t i = 0; i < r.rows.size(); ++i) n += r.value(i, 3) == "promotion" ? 1 : 0;
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("two instances through etcd: kill -9 of the primary, one failover, writes follow it through both",
+          "[store][etcd][failover]") {
+  EtcdCluster etcd;
+  Cluster cluster(ClusterOptions{.standbys = 1, .sync = true});
+  Pgkeel pk1(cluster, instance(etcd, "pk1", "/pgkeel/it1"));
+  Pgkeel pk2(cluster, instance(etcd, "pk2", "/pgkeel/it1"));
+  const std::string db1 = std::to_string(cluster.port("db1"));
+  const std::string db2 = std::to_string(cluster.port("db2"));
+  REQUIRE(eventually(30s, [&] { return writer_port(pk1) == db1 && writer_port(pk2) == db1; }, 100ms));
+  CHECK(etcd.ctl({"get", "/pgkeel/it1/record", "--print-value-only"}).find("node=db1") != std::string::npos);
+  // SHOW PEERS: both instances, this one first, exactly one leader, seen alike from both.
+  auto peers = [](const Pgkeel& pk) {
+    const PqResult r = pq_exec(pk.console_conninfo(), "SHOW PEERS");
+    std::string out;
+    for (std::size_t i = 0; i < r.rows.size(); ++i) out += r.value(i, 0) + ":" + r.value(i, 2) + ":" + r.value(i, 5) + " ";
+    return out;
+  };
+  REQUIRE(eventually(15s, [&] {
+    const std::string a = peers(pk1);
+    const std::string b = peers(pk2);
+    return (a == "pk1:leader:yes pk2:follower:yes " && b == "pk2:follower:yes pk1:leader:yes ") ||
+           (a == "pk1:follower:yes pk2:leader:yes " && b == "pk2:leader:yes pk1:follower:yes ");
+  }, 100ms));
+
+  REQUIRE(::kill(cluster.pid("db1"), SIGKILL) == 0);
+  REQUIRE(eventually(40s, [&] { return writer_port(pk1) == db2 && writer_port(pk2) == db2; }, 100ms));
+  const std::string record = etcd.ctl({"get", "/pgkeel/it1/record", "--print-value-only"});
+  INFO(record);
+  CHECK(record.find("node=db2") != std::string::npos);
+  CHECK(record.find("how=failover") != std::string::npos);
+  // One instance decided, once; the other applied the fenced record before anything was promoted
+  // (the leader waited for it), then the new one.
+  CHECK(promotions(pk1) + promotions(pk2) == 1);
+  const Pgkeel& follower = promotions(pk1) == 1 ? pk2 : pk1;
+  const std::string seen = event_details(follower);
+  INFO(seen);
+  const std::size_t fenced = seen.find("how=fenced");
+  REQUIRE(fenced != std::string::npos);
+  CHECK(seen.find("node=db2", fenced) != std::string::npos);
+  CHECK(seen.find("promotion") == std::string::npos);
+  // Writes go through both.
+  for (const Pgkeel* pk : {&pk1, &pk2}) {
+    const PqResult w = pq_exec(pk->conninfo(), "CREATE TABLE IF NOT EXISTS store_it (n int); INSERT INTO store_it VALUES (1)");
+    INFO(w.error);
+    CHECK(w.ok);
+  }
+}
+
+TEST_CASE("an instance that cannot reach etcd refuses logins with 57P03 and the reason, and resumes by itself",
+          "[store][etcd][cut]") {
+  EtcdCluster etcd;
+  Cluster cluster(ClusterOptions{.standbys = 1});
+  Pgkeel pk(cluster, instance(etcd, "pk1", "/pgkeel/it2"));
+  const std::string db1 = std::to_string(cluster.port("db1"));
+  REQUIRE(eventually(30s, [&] { return writer_port(pk) == db1; }, 100ms));
+  // Quorum lost: no renewal can succeed.
+  etcd.kill(1);
+  etcd.kill(2);
+  PqResult refused;
+  REQUIRE(eventually(20s, [&] {
+    refused = pq_exec(pk.conninfo(), "SELECT 1", 5s);
+    return !refused.ok;
+  }, 100ms));
+  CHECK(refused.sqlstate == "57P03");
+  CHECK(refused.error.find("cannot renew its lease in etcd") != std::string::npos);
+  etcd.start(1);
+  etcd.start(2);
+  REQUIRE(eventually(40s, [&] { return writer_port(pk) == db1; }, 200ms));
+}
+
+TEST_CASE("the leader instance is killed (kill -9) during a failover: the other finishes it once the lease is gone",
+          "[store][etcd][leader-kill]") {
+  EtcdCluster etcd;
+  Cluster cluster(ClusterOptions{.standbys = 1, .sync = true});
+  // A fence command that takes a while holds the leader inside the failover, before anything is
+  // cut or recorded, long enough to kill it there.
+  const std::string slow_fence = "fence_command = \"sleep 3\"";
+  Pgkeel pk1(cluster, instance(etcd, "pk1", "/pgkeel/it3", slow_fence));
+  Pgkeel pk2(cluster, instance(etcd, "pk2", "/pgkeel/it3", slow_fence));
+  const std::string db1 = std::to_string(cluster.port("db1"));
+  const std::string db2 = std::to_string(cluster.port("db2"));
+  REQUIRE(eventually(30s, [&] { return writer_port(pk1) == db1 && writer_port(pk2) == db1; }, 100ms));
+  REQUIRE(eventually(15s, [&] { return (role_of(pk1) == "leader") != (role_of(pk2) == "leader"); }, 100ms));
+  Pgkeel& leader = role_of(pk1) == "leader" ? pk1 : pk2;
+  Pgkeel& other = role_of(pk1) == "leader" ? pk2 : pk1;
+
+  REQUIRE(::kill(cluster.pid("db1"), SIGKILL) == 0);
+  REQUIRE(eventually(20s, [&] { return has_event(leader, "failover_started"); }, 50ms));
+  leader.signal(SIGKILL);
+  // The other instance waits for the dead leader's lease, takes the lead, and fails over itself.
+  REQUIRE(eventually(60s, [&] { return writer_port(other) == db2; }, 200ms));
+  CHECK(role_of(other) == "leader");
+  CHECK(promotions(other) == 1);
+  const std::string record = etcd.ctl({"get", "/pgkeel/it3/record", "--print-value-only"});
+  INFO(record);
+  CHECK(record.find("node=db2") != std::string::npos);
+  CHECK(record.find("how=failover") != std::string::npos);
+  const PqResult w = pq_exec(other.conninfo(), "CREATE TABLE IF NOT EXISTS store_it (n int); INSERT INTO store_it VALUES (2)");
+  INFO(w.error);
+  CHECK(w.ok);
+}
