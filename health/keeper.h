@@ -1,7 +1,8 @@
 // health/keeper.h — the thin driver around the pure decisions: probes every node on an event
 // loop, feeds the detectors, manages synchronous_standby_names, runs the failover sequence,
 // keeps the primary record, and publishes routing snapshots through an Effects interface (so
-// this layer knows nothing of workers or client sockets).
+// this layer knows nothing of workers or client sockets). keeper.cc holds probes, decisions and
+// the failover and switchover sequences; keeper_record.cc is where the record store joins them.
 #pragma once
 
 #include <event2/event.h>
@@ -189,6 +190,10 @@ class Keeper {
   // its lease is stale. Before start(); `client` must outlive the keeper.
   void use_etcd(store::Client& client, const EtcdStoreOptions& options);
   const EtcdRecordStore* etcd() const { return etcd_; }
+  // [store], a clean stop: leadership given back when it begins (another instance decides at
+  // once), the lease when it ends (no one waits for its TTL). Alone: nothing; `done` at once.
+  void step_down();
+  void release_store(std::function<void()> done);
   // Every instance with a live lease, this one first (empty without [store]).
   std::vector<PeerStatus> peers() const;
 

@@ -173,6 +173,7 @@ void EtcdRecordStore::register_instance() {
 }
 
 void EtcdRecordStore::campaign() {
+  if (stepping_down_) return;
   // The leader key exists only on a live lease: created if absent, else read to learn who leads.
   store::TxnRequest t;
   t.compare.push_back({keys_.leader, store::Compare::Target::kCreate, store::Compare::Result::kEqual, 0, {}});
@@ -215,6 +216,18 @@ void EtcdRecordStore::read_peers() {
                   }
                   peers_ = std::move(peers);
                 });
+}
+
+void EtcdRecordStore::step_down() {
+  stepping_down_ = true;
+  if (!leader_ || lease_ == 0) return;
+  leader_ = false;
+  if (etcd_hooks_.leadership) etcd_hooks_.leadership(false);
+  store::TxnRequest t;
+  t.compare.push_back({keys_.leader, store::Compare::Target::kValue, store::Compare::Result::kEqual, 0, options_.name});
+  t.compare.push_back({keys_.leader, store::Compare::Target::kLease, store::Compare::Result::kEqual, lease_, {}});
+  t.success.push_back(store::Op::del(keys_.leader));
+  client_.txn(t, [](const store::Result<store::TxnResponse>&) {});
 }
 
 void EtcdRecordStore::resign(std::function<void()> done) {

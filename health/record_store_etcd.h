@@ -73,8 +73,12 @@ class EtcdRecordStore final : public RecordStore {
   // Grants the lease, registers this instance, campaigns for the leader key, and keeps all of it
   // alive: three renewals in the time one is trusted (lease_ttl less two request timeouts).
   void start();
-  // Gives the leader key and the lease back at once (a clean stop), so another instance takes
-  // over without waiting for the TTL.
+  // A clean stop begins: the leader key is given back now, so another instance decides at once,
+  // and this one campaigns no more. Its lease (and its instance key) stay until resign(): while
+  // its connections drain, a leader still waits for it.
+  void step_down();
+  // The stop is done (no connection left): the lease is revoked, and the instance key with it,
+  // so no leader waits for the TTL.
   void resign(std::function<void()> done);
 
   std::string_view kind() const override { return "etcd"; }
@@ -128,6 +132,7 @@ class EtcdRecordStore final : public RecordStore {
   std::unique_ptr<store::Watch> watch_;
   std::int64_t lease_ = 0;
   bool granting_ = false;
+  bool stepping_down_ = false;
   bool registered_ = false;
   bool leader_ = false;
   std::string leader_name_;

@@ -526,6 +526,7 @@ void on_signal(evutil_socket_t sig, short, void* arg) {
   ++m->terms;
   log::info("main").kv("event", graceful ? "shutdown_graceful" : "shutdown_fast").kv("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT").emit();
   m->shared->draining.store(true);
+  if (m->shared->keeper != nullptr) m->shared->keeper->step_down();  // [store]: another instance decides now
   for (auto& w : *m->workers) w->post([graceful](Worker& wk) { wk.begin_shutdown(graceful); });
 }
 
@@ -646,6 +647,7 @@ int run(const conf::Config& config) {
     m.shared->draining.store(true);
     log::info("main").kv("event", graceful ? "shutdown_graceful" : "shutdown_fast").kv("signal", "console").emit();
     ++m.terms;
+    if (m.shared->keeper != nullptr) m.shared->keeper->step_down();
     for (auto& w : *m.workers) w->post([graceful](Worker& wk) { wk.begin_shutdown(graceful); });
   };
   EventPtr sampler(event_new(base.get(), -1, EV_PERSIST, &on_sample, &m));
@@ -755,6 +757,19 @@ int run(const conf::Config& config) {
 
   event_base_dispatch(base.get());
 
+  if (etcd) {
+    // Every connection is closed: the lease goes now, not after its TTL (bounded: etcd may be away).
+    bool released = false;
+    keeper.release_store([&released, b = base.get()] {
+      released = true;
+      event_base_loopbreak(b);
+    });
+    if (!released) {
+      const timeval bound = {static_cast<time_t>(2 * config.store.request_timeout.count() / 1000 + 1), 0};
+      event_base_loopexit(base.get(), &bound);
+      event_base_dispatch(base.get());
+    }
+  }
   for (auto& w : workers) w->join();
   workers.clear();
   for (std::size_t li = 0; li < sockets.unix_by_listener.size(); ++li) sockets.close_unix(li);

@@ -162,3 +162,24 @@ TEST_CASE("the leader instance is killed (kill -9) during a failover: the other 
   INFO(w.error);
   CHECK(w.ok);
 }
+
+TEST_CASE("a clean stop hands leadership and the lease over at once", "[store][etcd][stop]") {
+  EtcdCluster etcd;
+  Cluster cluster(ClusterOptions{.standbys = 1});
+  Pgkeel pk1(cluster, instance(etcd, "pk1", "/pgkeel/it4"));
+  Pgkeel pk2(cluster, instance(etcd, "pk2", "/pgkeel/it4"));
+  const std::string db1 = std::to_string(cluster.port("db1"));
+  REQUIRE(eventually(30s, [&] { return writer_port(pk1) == db1 && writer_port(pk2) == db1; }, 100ms));
+  REQUIRE(eventually(15s, [&] { return (role_of(pk1) == "leader") != (role_of(pk2) == "leader"); }, 100ms));
+  Pgkeel& leader = role_of(pk1) == "leader" ? pk1 : pk2;
+  Pgkeel& other = role_of(pk1) == "leader" ? pk2 : pk1;
+  const std::string gone = role_of(pk1) == "leader" ? "pk1" : "pk2";
+  leader.stop();  // SIGTERM: a clean stop
+  // Its instance key and its leader key went with its lease as it exited, not a TTL later.
+  const std::string keys = etcd.ctl({"get", "--prefix", "--keys-only", "/pgkeel/it4/"});
+  INFO(keys);
+  CHECK(keys.find("/instances/" + gone) == std::string::npos);
+  CHECK(etcd.ctl({"get", "/pgkeel/it4/leader", "--print-value-only"}).find(gone) == std::string::npos);
+  REQUIRE(eventually(15s, [&] { return role_of(other) == "leader"; }, 100ms));
+  CHECK(writer_port(other) == db1);  // nothing else changed
+}
