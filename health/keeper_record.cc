@@ -28,6 +28,9 @@ void Keeper::use_etcd(store::Client& client, const EtcdStoreOptions& options) {
   instance_ = options.name;
   EtcdStoreHooks eh;
   eh.changed = [this](const StoredRecord& r) { on_record_changed(r); };
+  eh.stale = [this]() {
+    if (started_) decide();  // follow() cuts routing now, not at the next probe round
+  };
   eh.leadership = [this](bool leads) {
     add_event(leads ? "leader" : "follower", "",
               leads ? "this instance holds the leader lease: it decides"

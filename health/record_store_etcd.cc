@@ -97,6 +97,24 @@ void EtcdRecordStore::start() {
 
 void EtcdRecordStore::on_tick(evutil_socket_t, short, void* arg) { static_cast<EtcdRecordStore*>(arg)->tick(); }
 
+// The moment serving() turns false unless a renewal succeeds first: the keeper hears it then,
+// not at its next probe round.
+void EtcdRecordStore::arm_stale_timer() {
+  if (!stale_timer_) {
+    stale_timer_.reset(evtimer_new(
+        base_,
+        [](evutil_socket_t, short, void* arg) {
+          auto* self = static_cast<EtcdRecordStore*>(arg);
+          if (!self->serving() && self->etcd_hooks_.stale) self->etcd_hooks_.stale();
+        },
+        this));
+  }
+  const auto trusted = options_.lease_ttl - 2 * options_.request_timeout;
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(renewal_sent_ + trusted - Clock::now());
+  const timeval tv = to_timeval(std::max(std::chrono::milliseconds(0), left) + std::chrono::milliseconds(1));
+  evtimer_add(stale_timer_.get(), &tv);
+}
+
 void EtcdRecordStore::tick() {
   if (lease_ == 0) {
     grant();
@@ -120,6 +138,7 @@ void EtcdRecordStore::grant() {
     store_error_.clear();
     lease_ = r.value.id;
     renewal_sent_ = sent;
+    arm_stale_timer();
     registered_ = false;
     leader_ = false;
     register_instance();
@@ -147,6 +166,7 @@ void EtcdRecordStore::keepalive() {
     }
     store_error_.clear();
     renewal_sent_ = sent;
+    arm_stale_timer();
     if (!registered_) register_instance();
     campaign();
     read_peers();
@@ -412,12 +432,28 @@ void EtcdRecordStore::watch_record(std::int64_t from_revision) {
       },
       [this](const std::string& why) {
         note_error("record watch: " + why);
-        // Again from the revision after the newest seen, on the next member, a little later.
         after(options_.request_timeout, [this]() {
           watch_.reset();
-          watch_record(record_revision_ + 1);
+          rewatch();
         });
       });
+}
+
+// After a watch ended (its member went away, its start revision was compacted, etcd was out of
+// quorum): the record is read first, so nothing between is missed whatever etcd kept, then the
+// watch starts again from the revision after that read. Retried until etcd answers.
+void EtcdRecordStore::rewatch() {
+  client_.range(store::RangeRequest{keys_.record, {}, 0, 0, false},
+                [this, alive = std::weak_ptr<bool>(alive_)](store::Result<store::RangeResponse> r) {
+                  if (alive.expired()) return;
+                  if (!r.ok()) {
+                    note_error("reading the record: " + r.error);
+                    after(options_.request_timeout, [this]() { rewatch(); });
+                    return;
+                  }
+                  if (!r.value.kvs.empty()) on_record_event(r.value.kvs[0], false);
+                  watch_record(r.value.header.revision + 1);
+                });
 }
 
 void EtcdRecordStore::on_record_event(const store::KeyValue& kv, bool deleted) {

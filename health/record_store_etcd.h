@@ -33,6 +33,8 @@ struct EtcdStoreOptions {
 struct EtcdStoreHooks {
   std::function<void(const StoredRecord&)> changed;
   std::function<void(bool leader)> leadership;
+  // The lease was not renewed in time: serving() just turned false (routing must stop now).
+  std::function<void()> stale;
 };
 
 // What an instance reports under <prefix>/instances/<name>.
@@ -113,6 +115,8 @@ class EtcdRecordStore final : public RecordStore {
   void campaign();
   void read_peers();
   void watch_record(std::int64_t from_revision);
+  void rewatch();
+  void arm_stale_timer();
   void on_record_event(const store::KeyValue& kv, bool deleted);
   void check_peers(std::uint64_t epoch, PeersDone done);
   // The compare-and-swap under publish() and fence(): `next` in place of `read`, only while this
@@ -129,6 +133,7 @@ class EtcdRecordStore final : public RecordStore {
   RecordStoreHooks hooks_;
   EtcdStoreHooks etcd_hooks_;
   store::EventHandle tick_;
+  store::EventHandle stale_timer_;
   std::unique_ptr<store::Watch> watch_;
   std::int64_t lease_ = 0;
   bool granting_ = false;
