@@ -6,6 +6,7 @@
 
 #include <catch2/catch.hpp>
 #include <string>
+#include <thread>
 
 #include "tests/integration/etcd_fixture.h"
 #include "tests/integration/fixture.h"
@@ -182,4 +183,51 @@ TEST_CASE("a clean stop hands leadership and the lease over at once", "[store][e
   CHECK(etcd.ctl({"get", "/pgkeel/it4/leader", "--print-value-only"}).find(gone) == std::string::npos);
   REQUIRE(eventually(15s, [&] { return role_of(other) == "leader"; }, 100ms));
   CHECK(writer_port(other) == db1);  // nothing else changed
+}
+
+TEST_CASE("two instances, a ledger writer through each: kill -9 of the primary loses no acknowledged row",
+          "[store][etcd][ledger]") {
+  EtcdCluster etcd;
+  Cluster cluster(ClusterOptions{.standbys = 1, .sync = true});
+  Pgkeel pk1(cluster, instance(etcd, "pk1", "/pgkeel/it5"));
+  Pgkeel pk2(cluster, instance(etcd, "pk2", "/pgkeel/it5"));
+  const std::string db1 = std::to_string(cluster.port("db1"));
+  const std::string db2 = std::to_string(cluster.port("db2"));
+  REQUIRE(eventually(30s, [&] { return writer_port(pk1) == db1 && writer_port(pk2) == db1; }, 100ms));
+  const std::string ledger = (fs::path(PGKEEL_BINARY_DIR) / "pgkeel-ledger").string();
+  REQUIRE(fs::exists(ledger));
+  const RunResult setup = run({ledger, "setup", "--conninfo", pk1.conninfo()});
+  INFO(setup.output);
+  REQUIRE(setup.ok());
+  // Each run takes its own run number, so the two writers' ids never meet.
+  const std::string out1 = (pk1.dir() / "ledger.json").string();
+  const std::string out2 = (pk2.dir() / "ledger.json").string();
+  RunResult load1;
+  RunResult load2;
+  std::thread w1([&] { load1 = run({ledger, "run", "--conninfo", pk1.conninfo(), "--clients", "2", "--duration", "8", "--out", out1}, {}, 120s); });
+  std::thread w2([&] { load2 = run({ledger, "run", "--conninfo", pk2.conninfo(), "--clients", "2", "--duration", "8", "--out", out2}, {}, 120s); });
+  const bool loaded = eventually(20s, [&] {
+    return std::stol(cluster.psql_as_postgres("db1", "SELECT count(*) FROM pgkeel_ledger", "app")) > 1000;
+  });
+  if (loaded) REQUIRE(::kill(cluster.pid("db1"), SIGKILL) == 0);
+  w1.join();
+  w2.join();
+  REQUIRE(loaded);
+  INFO(load1.output);
+  INFO(load2.output);
+  CHECK(load1.ok());
+  CHECK(load2.ok());
+  REQUIRE(eventually(40s, [&] { return writer_port(pk1) == db2 && writer_port(pk2) == db2; }, 100ms));
+  CHECK(promotions(pk1) + promotions(pk2) == 1);
+  for (const auto& [pk, out] : {std::pair<const Pgkeel*, std::string>{&pk1, out1}, {&pk2, out2}}) {
+    const RunResult verify = run({ledger, "verify", "--conninfo", pk->conninfo(), "--in", out});
+    INFO(verify.output);
+    CHECK(verify.ok());
+    CHECK(verify.output.find("lost (acknowledged, missing): 0") != std::string::npos);
+    CHECK(verify.output.find("duplicated ids:               0") != std::string::npos);
+    const auto lost = verify.output.find("lost (acknowledged, missing):");
+    std::printf("store: ledger through %s: %s\n", pk == &pk1 ? "pk1" : "pk2",
+                lost == std::string::npos ? "(no verdict)"
+                                          : verify.output.substr(lost, verify.output.find('\n', lost) - lost).c_str());
+  }
 }
