@@ -20,7 +20,7 @@ std::string writer_port(const Pgkeel& pk) {
 }
 
 PgkeelOptions instance(const EtcdCluster& etcd, const std::string& name, const std::string& prefix,
-                       const std::string& failover_extra = {}) {
+                       const std::string& failover_extra = {}, const std::string& lease_ttl = "3s") {
   PgkeelOptions o;
   o.console = true;
   o.health_extra = "probe_interval = \"250ms\"\nprobe_timeout = \"500ms\"";
@@ -28,7 +28,7 @@ PgkeelOptions instance(const EtcdCluster& etcd, const std::string& name, const s
   std::string endpoints;
   for (const std::string& u : etcd.urls()) endpoints += (endpoints.empty() ? "\"" : ", \"") + u + "\"";
   o.extra_toml = "[store]\nendpoints = [" + endpoints + "]\nprefix = \"" + prefix + "\"\nname = \"" + name +
-                 "\"\nlease_ttl = \"3s\"\nrequest_timeout = \"1s\"\n";
+                 "\"\nlease_ttl = \"" + lease_ttl + "\"\nrequest_timeout = \"1s\"\n";
   return o;
 }
 
@@ -117,6 +117,10 @@ TEST_CASE("an instance that cannot reach etcd refuses logins with 57P03 and the 
   Pgkeel pk(cluster, instance(etcd, "pk1", "/pgkeel/it2"));
   const std::string db1 = std::to_string(cluster.port("db1"));
   REQUIRE(eventually(30s, [&] { return writer_port(pk) == db1; }, 100ms));
+  // An idle session from before: it outlives the outage without a reconnect.
+  PqSession idle(pk.conninfo());
+  REQUIRE(idle.connected());
+  REQUIRE(idle.exec("SET application_name = 'from before the outage'").ok);
   // Quorum lost: no renewal can succeed.
   etcd.kill(1);
   etcd.kill(2);
@@ -130,6 +134,53 @@ TEST_CASE("an instance that cannot reach etcd refuses logins with 57P03 and the 
   etcd.start(1);
   etcd.start(2);
   REQUIRE(eventually(40s, [&] { return writer_port(pk) == db1; }, 200ms));
+  // The session from before goes on, with its settings, on a new server connection.
+  const PqResult again = idle.exec("SELECT current_setting('application_name'), current_setting('port')");
+  INFO(again.error);
+  REQUIRE(again.ok);
+  CHECK(again.value(0, 0) == "from before the outage");
+  CHECK(again.value(0, 1) == db1);
+}
+
+TEST_CASE("etcd members going and coming one at a time (quorum kept) cost clients nothing", "[store][etcd][blip]") {
+  EtcdCluster etcd;
+  Cluster cluster(ClusterOptions{.standbys = 1});
+  // The default TTL: an etcd leader election (about a second) fits in it many times over.
+  Pgkeel pk(cluster, instance(etcd, "pk1", "/pgkeel/it6", {}, "10s"));
+  const std::string db1 = std::to_string(cluster.port("db1"));
+  REQUIRE(eventually(30s, [&] { return writer_port(pk) == db1; }, 100ms));
+  PqSession session(pk.conninfo());
+  REQUIRE(session.connected());
+  // The server backend under the session (session pooling: one for as long as nothing cuts it).
+  const std::string pid = session.exec("SELECT pg_backend_pid()").value(0, 0);
+  REQUIRE_FALSE(pid.empty());
+  for (int member = 1; member <= 3; ++member) {
+    etcd.kill(member);
+    // The other two serve: a write to etcd goes through (a new leader elected if need be).
+    REQUIRE(eventually(20s, [&] {
+      try {
+        etcd.ctl({"put", "/pgkeel/it6/probe", std::to_string(member)});
+        return true;
+      } catch (const std::exception&) {
+        return false;
+      }
+    }, 200ms));
+    const PqResult r = session.exec("SELECT 1");
+    INFO(r.error);
+    CHECK(r.ok);
+    etcd.start(member);
+    // Back in the cluster before the next one goes, so two always serve.
+    REQUIRE(eventually(30s, [&] {
+      return run({"etcdctl", "--endpoints", etcd.urls()[static_cast<std::size_t>(member - 1)], "--command-timeout", "2s",
+                  "endpoint", "health"},
+                 {{"ETCDCTL_API", "3"}}, 10s)
+          .ok();
+    }, 200ms));
+  }
+  // Same server backend all along: nothing was cut, and the instance never stopped serving.
+  CHECK(session.exec("SELECT pg_backend_pid()").value(0, 0) == pid);
+  CHECK_FALSE(has_event(pk, "store_lost"));
+  CHECK(writer_port(pk) == db1);
 }
 
 TEST_CASE("the leader instance is killed (kill -9) during a failover: the other finishes it once the lease is gone",
