@@ -5,8 +5,11 @@
 #include <signal.h>
 
 #include <catch2/catch.hpp>
+#include <cstdlib>
+#include <fstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "tests/integration/etcd_fixture.h"
 #include "tests/integration/fixture.h"
@@ -281,4 +284,83 @@ TEST_CASE("two instances, a ledger writer through each: kill -9 of the primary l
                 lost == std::string::npos ? "(no verdict)"
                                           : verify.output.substr(lost, verify.output.find('\n', lost) - lost).c_str());
   }
+}
+
+namespace {
+
+std::vector<long> acknowledged_ids(const fs::path& file) {
+  std::vector<long> out;
+  std::ifstream in(file);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty()) out.push_back(std::stol(line));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("pgJDBC's multi-host URL: a writer loop goes on across pgkeel instances killed and restarted",
+          "[store][etcd][jdbc]") {
+  EtcdCluster etcd;
+  Cluster cluster(ClusterOptions{.standbys = 1});
+  Pgkeel pk1(cluster, instance(etcd, "pk1", "/pgkeel/it7"));
+  Pgkeel pk2(cluster, instance(etcd, "pk2", "/pgkeel/it7"));
+  const std::string db1 = std::to_string(cluster.port("db1"));
+  REQUIRE(eventually(30s, [&] { return writer_port(pk1) == db1 && writer_port(pk2) == db1; }, 100ms));
+  const PqResult table = pq_exec(pk1.conninfo(), "CREATE TABLE jdbc_multihost (id bigint PRIMARY KEY)");
+  INFO(table.error);
+  REQUIRE(table.ok);
+
+  const char* jar_env = std::getenv("PGJDBC_JAR");
+  const std::string jar = jar_env != nullptr ? jar_env : "/usr/share/java/postgresql.jar";  // Debian's, as jdbc_tls_test
+  const fs::path classes = pk2.dir() / "classes";
+  fs::create_directories(classes);
+  const RunResult javac = run({"javac", "-cp", jar, "-d", classes.string(),
+                               (fs::path(PGKEEL_SOURCE_DIR) / "tests" / "jdbc" / "MultiHostWriter.java").string()},
+                              {}, 180s);
+  INFO(javac.output);
+  REQUIRE(javac.ok());
+  const std::string url = "jdbc:postgresql://127.0.0.1:" + std::to_string(pk1.port()) + ",127.0.0.1:" +
+                          std::to_string(pk2.port()) + "/app?targetServerType=primary";
+  const fs::path acks = pk2.dir() / "acks.txt";
+  RunResult writer;
+  std::thread loop([&] {
+    writer = run({"java", "-cp", classes.string() + ":" + jar, "MultiHostWriter", url, std::string(kAppUser),
+                  std::string(kAppPassword), "25", acks.string()},
+                 {}, 120s);
+  });
+  auto grows_by = [&](std::size_t n) {
+    const std::size_t from = acknowledged_ids(acks).size();
+    return eventually(20s, [&] { return acknowledged_ids(acks).size() >= from + n; }, 50ms);
+  };
+  const bool started = eventually(30s, [&] { return acknowledged_ids(acks).size() >= 20; }, 50ms);
+  bool through_pk2 = false;
+  bool through_pk1 = false;
+  if (started) {
+    // The first host of the URL dies: the driver moves on to the second.
+    pk1.signal(SIGKILL);
+    REQUIRE(eventually(10s, [&] { return !pk1.running(); }));
+    through_pk2 = grows_by(20);
+    // It comes back, and the second dies: back to the first.
+    pk1.start();
+    REQUIRE(eventually(30s, [&] { return writer_port(pk1) == db1; }, 100ms));
+    pk2.signal(SIGKILL);
+    REQUIRE(eventually(10s, [&] { return !pk2.running(); }));
+    through_pk1 = grows_by(20);
+  }
+  loop.join();
+  REQUIRE(started);
+  INFO(writer.output);
+  CHECK(writer.ok());
+  CHECK(through_pk2);
+  CHECK(through_pk1);
+  // Every acknowledged row is there (ids are a primary key: once).
+  const std::vector<long> ids = acknowledged_ids(acks);
+  std::string list;
+  for (long id : ids) list += (list.empty() ? "" : ",") + std::to_string(id);
+  const PqResult present = pq_exec(pk1.conninfo(), "SELECT count(*) FROM jdbc_multihost WHERE id = ANY('{" + list + "}'::bigint[])");
+  INFO(present.error);
+  CHECK(present.scalar() == std::to_string(ids.size()));
+  std::printf("store: pgJDBC multi-host writer: %s", writer.output.c_str());
 }
