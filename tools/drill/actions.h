@@ -56,6 +56,12 @@ RouteNow current_route(const std::string& console_conninfo);
 std::vector<ConsoleEvent> console_events(const std::string& console_conninfo, std::int64_t started_at_unix_ms,
                                          std::string& error);
 
+// Why pgkeel cannot take the drill's load yet, "" when it can: a login through `conninfo`
+// answers and, with a console, writes are routed, every node is up and (when `sync`) a standby
+// is synchronous. For --wait-ready, when the drill starts beside a cluster that is still coming up.
+struct World;
+std::string not_ready_because(const World& world, const std::string& conninfo, bool sync);
+
 struct World {
   std::string console_conninfo;
   std::string node_conninfo;  // without host/port... appended: "user=pgkeel password=... dbname=postgres"
@@ -65,14 +71,24 @@ struct World {
 };
 
 // What injecting a fault did; `undo` is set for faults that are undone later (hang, lag, partition).
+// `ok` says the action was carried out (the signal sent, the command answered); `effect_seen`
+// says the drill then saw its effect for itself (see FaultRecord).
 struct Injection {
   bool ok = false;
   std::string target;
   std::string detail;
   std::optional<std::int64_t> undo_after_ms;
   std::vector<pid_t> stopped;  // hang: the processes to SIGCONT
+  bool hit_writer = false;
+  bool effect_seen = false;
+  std::string effect;
 };
 
+// How long the drill looks for a kill's effect (the postmaster gone, the node refusing
+// connections) before it says the kill did nothing.
+inline constexpr std::int64_t kEffectTimeoutMs = 5000;
+
+// Injects the fault, then looks for its effect (up to kEffectTimeoutMs).
 Injection inject(const World& world, const Fault& fault);
 // Undoes a hang (SIGCONT), a lag (pg_wal_replay_resume) or a partition (link up); returns what
 // it did.

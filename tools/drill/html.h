@@ -199,7 +199,7 @@ inline std::string to_html(const Recording& r, const Summary& s) {
   o += chart("p99 latency", "ms", {p99}, markers, r.elapsed_ms);
 
   o += "<h2>Faults</h2>\n<table>\n<tr><th>fault</th><th>at</th><th>target</th><th>detected after</th>"
-       "<th>promoted after</th><th>write downtime</th><th>detail</th></tr>\n";
+       "<th>promoted after</th><th>write downtime</th><th>detail</th><th>effect seen by the drill</th></tr>\n";
   for (std::size_t i = 0; i < r.faults.size(); ++i) {
     const auto& f = r.faults[i];
     const auto& fo = s.faults[i];
@@ -209,7 +209,8 @@ inline std::string to_html(const Recording& r, const Summary& s) {
     o += "<tr><td>" + esc(to_string(f.fault.kind)) + "</td><td>" + std::to_string(f.t_ms) + " ms</td><td>" +
          esc(f.target) + "</td><td>" + ms_or_dash(after(fo.detected_ms)) + "</td><td>" +
          ms_or_dash(after(fo.promoted_ms)) + "</td><td>" + ms_or_dash(fo.downtime_ms) +
-         (fo.recovered ? "" : " (not recovered)") + "</td><td>" + esc(f.detail) + "</td></tr>\n";
+         (!fo.recovered ? " (not recovered)" : fo.downtime_ms ? "" : " (writes never stopped)") + "</td><td>" +
+         esc(f.detail) + "</td><td>" + (f.effect_seen ? "" : "<b>not seen:</b> ") + esc(f.effect) + "</td></tr>\n";
   }
   o += "</table>\n";
 

@@ -35,7 +35,7 @@ constexpr const char* kUsage =
     "         [--duration D] [--clients N] [--rate R] [--write-ratio F] [--tx] [--prepared]\n"
     "         [--sync | --async] [--fault KIND@TIME[:key=value,...]]...\n"
     "         [--max-downtime D] [--max-lost N] [--max-errors N]\n"
-    "         [--out DIR | --json FILE --html FILE] [--statement-timeout D]\n"
+    "         [--out DIR | --json FILE --html FILE] [--statement-timeout D] [--wait-ready D]\n"
     "\n"
     "Drives N clients through pgkeel (--conninfo), a mix of ledger writes and reads, injects the\n"
     "faults (kill, hang, switchover, failover, restart-proxy, lag, sync-loss, partition; e.g.\n"
@@ -45,9 +45,13 @@ constexpr const char* kUsage =
     "--env reads a tools/rehearsal.sh env file (PGKEEL_CONNINFO, PGKEEL_CONSOLE_CONNINFO,\n"
     "PGKEEL_CLUSTER_ENV, PGKEEL_NODE_CONNINFO, PGKEEL_RESTART_COMMAND, PGKEEL_SYNC). --node names\n"
     "a node on another host (Docker): kill then goes through SQL (COPY TO PROGRAM).\n"
+    "--wait-ready D waits up to D for pgkeel to take the load (a login, a writer, every node up,\n"
+    "with --sync a synchronous standby) before starting, for a cluster that is still coming up.\n"
     "Durations: 5s, 500ms, 2min. Defaults: 20s, 4 clients, max rate, write ratio 0.8, sync.\n"
     "Exit 1 when, in synchronous mode, an acknowledged commit was lost or duplicated, a failed\n"
-    "write is present, or a --max-* gate is exceeded; 2 on usage or setup errors.\n";
+    "write is present, a --max-* gate is exceeded, or a fault did not show its effect (the process\n"
+    "still alive, no detection or promotion when one was due, writes that never stopped or never\n"
+    "came back); 2 on usage or setup errors.\n";
 
 [[noreturn]] void usage_error(const std::string& message) {
   std::fprintf(stderr, "pgkeel-drill: %s\n%s", message.c_str(), kUsage);
@@ -59,7 +63,7 @@ extern "C" void on_signal(int /*sig*/) { g_signalled = 1; }
 
 struct Args {
   std::optional<std::string> env, conninfo, console, cluster_env, node_conninfo, restart_command, scenario;
-  std::optional<std::int64_t> duration_ms, statement_timeout_ms;
+  std::optional<std::int64_t> duration_ms, statement_timeout_ms, wait_ready_ms;
   std::optional<int> clients;
   std::optional<double> rate, write_ratio;
   std::optional<bool> tx, prepared, sync;
@@ -116,6 +120,8 @@ Args parse_args(int argc, char** argv) {
       a.scenario = value();
     } else if (flag == "--duration") {
       a.duration_ms = duration(flag, value());
+    } else if (flag == "--wait-ready") {
+      a.wait_ready_ms = duration(flag, value());
     } else if (flag == "--statement-timeout") {
       a.statement_timeout_ms = duration(flag, value());
     } else if (flag == "--clients") {
@@ -281,6 +287,27 @@ int main(int argc, char** argv) {
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
 
+  if (a.wait_ready_ms) {
+    const auto deadline = std::chrono::steady_clock::now() + milliseconds(*a.wait_ready_ms);
+    std::string said;
+    while (true) {
+      const std::string why = not_ready_because(world, conninfo, sync);
+      if (why.empty()) {
+        break;
+      }
+      if (why != said) {
+        std::fprintf(stderr, "drill: waiting for pgkeel: %s\n", why.c_str());
+        said = why;
+      }
+      if (std::chrono::steady_clock::now() > deadline || g_signalled != 0) {
+        std::fprintf(stderr, "pgkeel-drill: not ready after %lld ms: %s\n", static_cast<long long>(*a.wait_ready_ms),
+                     why.c_str());
+        return 2;
+      }
+      std::this_thread::sleep_for(milliseconds(500));
+    }
+    std::fprintf(stderr, "drill: pgkeel is ready\n");
+  }
   if (auto st = pgkeel::ledger::setup(conninfo, false); !st.ok()) {
     std::fprintf(stderr, "pgkeel-drill: %s\n", st.error.c_str());
     return 2;
@@ -335,6 +362,9 @@ int main(int argc, char** argv) {
       fr.target = in.target;
       fr.injected = in.ok;
       fr.detail = in.detail;
+      fr.hit_writer = in.hit_writer;
+      fr.effect_seen = in.effect_seen;
+      fr.effect = in.effect;
       {
         std::lock_guard lock(rec_mu);
         rec.faults.resize(std::max(rec.faults.size(), p.index + 1));
@@ -345,8 +375,9 @@ int main(int argc, char** argv) {
           queue.push_back({fr.t_ms + *in.undo_after_ms, p.index, true});
         }
       }
-      std::fprintf(stderr, "drill: t=%.1fs %s: %s\n", static_cast<double>(fr.t_ms) / 1000.0,
-                   std::string(to_string(f.kind)).c_str(), fr.detail.c_str());
+      std::fprintf(stderr, "drill: t=%.1fs %s: %s%s%s\n", static_cast<double>(fr.t_ms) / 1000.0,
+                   std::string(to_string(f.kind)).c_str(), fr.detail.c_str(), fr.effect.empty() ? "" : "; ",
+                   fr.effect.c_str());
     }
   });
 
@@ -411,6 +442,7 @@ int main(int argc, char** argv) {
     rec.events = console_events(world.console_conninfo, rec.started_at_unix_ms, error);
     if (!error.empty()) {
       std::fprintf(stderr, "drill: SHOW EVENTS: %s\n", error.c_str());
+      rec.events_error = error;
     }
     // keep the events of this run (and a little before: a detection can precede the fault's mark)
     std::erase_if(rec.events, [](const ConsoleEvent& e) { return e.t_ms < -1000; });
@@ -448,7 +480,10 @@ int main(int argc, char** argv) {
                 std::string(to_string(f.fault.kind)).c_str(), static_cast<double>(f.t_ms) / 1000.0,
                 f.target.empty() ? "?" : f.target.c_str(), fmt_ms(after(fo.detected_ms)).c_str(),
                 fmt_ms(after(fo.promoted_ms)).c_str(), fmt_ms(fo.downtime_ms).c_str(),
-                fo.recovered ? "" : " (not recovered)");
+                !fo.recovered ? " (not recovered)" : fo.downtime_ms ? "" : " (writes never stopped)");
+    if (!f.effect.empty()) {
+      std::printf("  effect: %s\n", f.effect.c_str());
+    }
   }
   std::printf("write downtime: %s\n", fmt_ms(s.write_downtime_ms).c_str());
   std::printf("writes: %lld acknowledged, %lld failed, %lld unknown; reads: %lld answered, %lld failed\n",
