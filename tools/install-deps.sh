@@ -9,8 +9,14 @@
 set -euo pipefail
 
 # --build-only: just what compiling pgkeel needs (the Docker build stage uses this).
+# --containers: what tools/check-docker.sh --run needs to build the images and run the compose
+# rehearsal without Docker: podman (with runc, catatonit as the containers' init, netavark and
+# aardvark-dns for the network and its names, iptables), docker-compose to drive podman's Docker
+# API, and mmdebstrap to make the debian:12 base image when no registry answers.
 if [[ "${1:-}" == "--build-only" ]]; then
   kPackages=(build-essential cmake pkg-config libevent-dev libpq-dev libssl-dev libtoml11-dev catch2)
+elif [[ "${1:-}" == "--containers" ]]; then
+  kPackages=(podman runc catatonit netavark aardvark-dns iptables docker-compose mmdebstrap)
 else
   kPackages=(
     build-essential cmake pkg-config
