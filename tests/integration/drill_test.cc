@@ -96,8 +96,11 @@ std::int64_t check_sync_summary(const json::Value& s, const std::string& target)
                                          int_at(s, "counts", "reads_failed") + int_at(s, "counts", "connect_failures"));
   REQUIRE(s.find("faults")->items.size() == 1);
   const json::Value& f = s.find("faults")->items[0];
-  INFO("fault detail: " << f.find("detail")->string);
+  INFO("fault detail: " << f.find("detail")->string << "; effect: " << f.find("effect")->string);
   CHECK(f.find("injected")->boolean);
+  // the drill saw the fault itself (the postmaster gone, stopped, the link down), on the writer
+  CHECK(f.find("effect_seen")->boolean);
+  CHECK(f.find("hit_writer")->boolean);
   CHECK(f.find("target")->string == target);
   CHECK(f.find("recovered")->boolean);
   const std::int64_t downtime = int_at(s, "write_downtime_ms");
@@ -247,6 +250,9 @@ TEST_CASE("drill: a switchover under load: no client error, no acknowledged comm
   CHECK(int_at(s, "verification", "found_acknowledged") == int_at(s, "counts", "acknowledged"));
   REQUIRE(s.find("faults")->items.size() == 1);
   CHECK(s.find("faults")->items[0].find("injected")->boolean);
+  CHECK(s.find("faults")->items[0].find("effect_seen")->boolean);
+  CHECK(int_at(s.find("faults")->items[0], "time_to_promote_ms") >= 0);
+  CHECK(int_at(s, "write_downtime_ms") > 0);  // writes pause while the writer changes
   CHECK(d.result.exit_code == 0);
   check_html(d.html);
 }
