@@ -55,6 +55,13 @@ fail() {
 }
 ok() { printf 'check-docker: ok: %s\n' "$*"; }
 say() { printf 'check-docker: %s\n' "$*"; }
+started=$SECONDS
+phase_started=$SECONDS
+timings=()
+phase() {
+  timings+=("$(printf '%4ds  %s' $((SECONDS - phase_started)) "$1")")
+  phase_started=$SECONDS
+}
 
 if ((run)); then
   tools/install-deps.sh --containers
@@ -131,6 +138,27 @@ grep -q 'tools/install-deps.sh --build-only' <<<"$run_lines" && ok "Dockerfile r
 grep -qE 'cmake -S \. -B build ' <<<"$run_lines" && grep -q 'cmake --build build' <<<"$run_lines" &&
   ok "Dockerfile runs the CMake build (cmake -S . -B build; cmake --build build)" ||
   fail "Dockerfile does not run the project's CMake build"
+# The build stage copies only what CMake reads: every folder the CMakeLists add (tests are off),
+# and every file or folder tools/CMakeLists.txt names (the fuzz targets are off too).
+needed=$(sed -n 's/^add_subdirectory(\([a-z_]*\)).*/\1/p' CMakeLists.txt | grep -vx tests || true)
+needed+=" tools/CMakeLists.txt"
+needed+=" $(grep -oE '(CMAKE_CURRENT_SOURCE_DIR\}/[a-z_.-]+|add_subdirectory\([a-z_]+)' tools/CMakeLists.txt |
+  sed -E 's/^CMAKE_CURRENT_SOURCE_DIR\}\//tools\//; s/^add_subdirectory\(/tools\//' | grep -vx tools/fuzz | sort -u | tr '\n' ' ')"
+# the sources of the build stage's COPY lines (all words but COPY and the destination)
+copied=$(awk '/^FROM /{n++} n==1 && /^COPY [^-]/ {for (i = 2; i < NF; i++) print $i}' "$dockerfile")
+missing=""
+for path in $needed; do
+  covered=0
+  for src in $copied; do
+    src=${src%/}
+    [[ "$path" == "$src" || "$path" == "$src"/* ]] && covered=1
+  done
+  # a folder is covered when all of it that CMake reads is (tools: its CMakeLists and sources)
+  [[ $covered == 0 && " $needed " == *" $path/"* ]] && covered=1
+  ((covered)) || missing+=" $path"
+done
+[[ -z "$missing" ]] && ok "the build stage copies everything the CMake build reads ($(wc -w <<<"$needed") paths)" ||
+  fail "the build stage of $dockerfile does not copy:$missing"
 grep -q 'cmake -S \. -B build' tools/test.sh && ok "tools/test.sh builds the same way" ||
   fail "tools/test.sh no longer runs cmake -S . -B build: update the Dockerfile"
 for t in pgkeel pgkeel-drill; do
@@ -161,18 +189,10 @@ fi
 
 # ---- 2. The compose rehearsal under podman ---------------------------------------------------
 
-started=$SECONDS
-phase_started=$SECONDS
-timings=()
-phase() {
-  timings+=("$(printf '%4ds  %s' $((SECONDS - phase_started)) "$1")")
-  phase_started=$SECONDS
-}
-
 for tool in podman runc docker-compose mmdebstrap; do
   command -v "$tool" >/dev/null 2>&1 || { say "FAIL: $tool is not installed"; exit 1; }
 done
-phase "packages (tools/install-deps.sh --containers)"
+phase "packages (tools/install-deps.sh --containers) and the static checks"
 
 # podman's configuration, all of it under .cache/podman. The settings a sandboxed host needs:
 # runc and cgroupfs (no systemd to manage cgroups), events in a file (no journald), logs in
@@ -338,9 +358,10 @@ phase "base image debian:12"
 read -r PGKEEL_CLIENT_PORT PGKEEL_CONSOLE_PORT PGKEEL_STATUS_PORT < <(tools/free-ports.sh 3)
 export PGKEEL_CLIENT_PORT PGKEEL_CONSOLE_PORT PGKEEL_STATUS_PORT
 
-say "building the images (docker-compose build --parallel; log: .cache/docker/run/build.log)"
-# Each line of the log starts with the seconds since the build began.
-if ! "${compose[@]}" build --parallel 2>&1 | (t0=$SECONDS; while IFS= read -r line; do
+say "building the images (docker-compose build --parallel primary pgkeel; log: .cache/docker/run/build.log)"
+# The PostgreSQL image once (the standby's is the same image, by name) beside pgkeel's. Each
+# line of the log starts with the seconds since the build began.
+if ! "${compose[@]}" build --parallel primary pgkeel 2>&1 | (t0=$SECONDS; while IFS= read -r line; do
   printf '%4d %s\n' $((SECONDS - t0)) "$line"
 done) >"$out/build.log"; then
   tail -n 40 "$out/build.log" >&2
