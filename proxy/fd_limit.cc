@@ -172,8 +172,11 @@ bool is_local_resource_error(int err) {
 std::chrono::milliseconds AcceptBackoff::on_failure(Clock::time_point now, bool* started) {
   if (started != nullptr) *started = !episode_.has_value();
   if (!episode_) {
-    episode_.emplace();
-    episode_->started = now;
+    // Not emplace(): clang cannot default-construct a nested struct with member initializers
+    // while the enclosing class is incomplete (the std::optional member is declared in it).
+    Episode e;
+    e.started = now;
+    episode_ = e;
   }
   const std::chrono::milliseconds delay = next_;
   episode_->last_failure = now;

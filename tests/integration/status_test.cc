@@ -841,7 +841,9 @@ TEST_CASE("connections to the status port are capped at max_connections and the 
   }
 }
 
-TEST_CASE("a flood of scrapes does not delay the keeper's probes", "[status][flood]") {
+// Its probe-rate check compares with the clock, so it runs only in the release build: under the
+// sanitizers the 200 scrapers of this process alone take the machine (TSan saw 29 of 53 probes).
+TEST_CASE("a flood of scrapes does not delay the keeper's probes", "[status][flood][release-only]") {
   auto& cluster = Cluster::shared();
   PgkeelOptions o = status_options();
   o.health_extra = "probe_interval = \"200ms\"\nprobe_timeout = \"1s\"";
