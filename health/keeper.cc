@@ -1513,7 +1513,15 @@ void Keeper::manage_rejoins() {
   bool routes_changed = false;
   for (auto& np : nodes_) {
     Node& n = *np;
-    if (n.retired || n.id == w.id) continue;
+    if (n.retired) continue;
+    if (n.id == w.id) {
+      // The writer stands as the writer; whatever it was rejoining from is over.
+      const bool was_held = held_out(n);
+      n.standing = Standing::kWriter;
+      n.rejoin = RejoinState{};
+      if (held_out(n) != was_held) routes_changed = true;
+      continue;
+    }
     StandingInput in;
     in.facts = n.detector.health() == NodeHealth::kUp && n.facts ? &*n.facts : nullptr;
     in.system_identifier = system_identifier_;

@@ -616,6 +616,69 @@ std::string not_ready_because(const World& w, const std::string& conninfo, bool 
   return "";
 }
 
+std::string not_whole_because(const World& w, const std::string& conninfo, bool sync) {
+  std::string why = not_ready_because(w, conninfo, sync);
+  if (!why.empty() || w.console_conninfo.empty()) {
+    return why;
+  }
+  const ConsoleTable t = console_query(w.console_conninfo, "SHOW NODES", 3);
+  if (!t.error.empty()) {
+    return "SHOW NODES: " + t.error;
+  }
+  for (std::size_t i = 0; i < t.rows.size(); ++i) {
+    const std::string name = t.cell(i, "name");
+    if (t.cell(i, "fenced") == "yes") {
+      return "node " + name + " is fenced" + (t.cell(i, "rejoin_why").empty() ? "" : ": " + t.cell(i, "rejoin_why"));
+    }
+    if (!t.cell(i, "rejoin").empty()) {
+      return "node " + name + " is rejoining (" + t.cell(i, "rejoin") + ")";
+    }
+    const std::string standing = t.cell(i, "standing");
+    if (!standing.empty() && standing != "follows" && standing != "writer") {
+      return "node " + name + " stands as " + standing;
+    }
+  }
+  return "";
+}
+
+std::optional<bool> node_running(const World& w, const std::string& name) {
+  for (const auto& n : w.nodes) {
+    if (n.name != name) {
+      continue;
+    }
+    if (n.data_dir.empty()) {
+      return std::nullopt;
+    }
+    // A killed postmaster stays a zombie until its parent (init, here) reaps it.
+    const auto pid = postmaster_pid(n.data_dir);
+    return pid && !process_gone(*pid);
+  }
+  return std::nullopt;
+}
+
+std::string start_node(const World& w, const std::string& node, std::int64_t patience_ms) {
+  if (w.start_command.empty()) {
+    return "no start command (PGKEEL_START_COMMAND in the env file, or --start-command)";
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(patience_ms);
+  std::string last;
+  while (true) {
+    if (node_running(w, node).value_or(false)) {
+      return "";
+    }
+    const std::string cmd = "PGKEEL_NODE_NAME='" + node + "' " + w.start_command + " '" + node + "' >/dev/null 2>&1";
+    const int rc = std::system(cmd.c_str());
+    if (rc != -1 && WIFEXITED(rc) && WEXITSTATUS(rc) == 0 && node_running(w, node).value_or(true)) {
+      return "";
+    }
+    last = w.start_command + " for " + node + " failed (status " + std::to_string(rc) + ")";
+    if (std::chrono::steady_clock::now() > deadline) {
+      return last;
+    }
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+  }
+}
+
 Injection inject(const World& w, const Fault& f) {
   std::string why;
   bool writer = false;

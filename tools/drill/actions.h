@@ -68,7 +68,23 @@ struct World {
   std::string node_host = "127.0.0.1";
   std::vector<NodeRef> nodes;
   std::string restart_command;  // for restart-proxy, run with /bin/sh -c
+  // Starts a stopped node again (the soak, after a kill), run with /bin/sh -c, the node's name
+  // appended as its last argument and PGKEEL_NODE_NAME set: `tools/cluster.sh start DIR` for a
+  // local cluster.
+  std::string start_command;
 };
+
+// Why the cluster is not whole, "" when it is: not_ready_because(), and besides every node up,
+// none fenced, rejoining or on another standing than writer/follows (SHOW NODES).
+std::string not_whole_because(const World& world, const std::string& conninfo, bool sync);
+
+// Runs world.start_command for `node` (retried for up to `patience_ms`: a killed postmaster's
+// orphaned backends may hold its shared memory a moment longer); "" when it started.
+std::string start_node(const World& world, const std::string& node, std::int64_t patience_ms);
+
+// Whether the node's postmaster runs (its postmaster.pid names a live process); nullopt when the
+// drill cannot tell (the node is not on this machine).
+std::optional<bool> node_running(const World& world, const std::string& node);
 
 // What injecting a fault did; `undo` is set for faults that are undone later (hang, lag, partition).
 // `ok` says the action was carried out (the signal sent, the command answered); `effect_seen`

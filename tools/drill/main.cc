@@ -22,6 +22,7 @@
 #include "tools/drill/load.h"
 #include "tools/drill/plan.h"
 #include "tools/drill/report.h"
+#include "tools/drill/soak.h"
 
 namespace {
 
@@ -36,6 +37,8 @@ constexpr const char* kUsage =
     "         [--sync | --async] [--fault KIND@TIME[:key=value,...]]...\n"
     "         [--max-downtime D] [--max-lost N] [--max-errors N]\n"
     "         [--out DIR | --json FILE --html FILE] [--statement-timeout D] [--wait-ready D]\n"
+    "         [--soak N [--seed S] [--soak-kinds K,...] [--soak-gap D] [--soak-hold D]\n"
+    "          [--whole-timeout D] [--start-command CMD]]\n"
     "\n"
     "Drives N clients through pgkeel (--conninfo), a mix of ledger writes and reads, injects the\n"
     "faults (kill, hang, switchover, failover, restart-proxy, lag, sync-loss, partition; e.g.\n"
@@ -51,7 +54,16 @@ constexpr const char* kUsage =
     "Exit 1 when, in synchronous mode, an acknowledged commit was lost or duplicated, a failed\n"
     "write is present, a --max-* gate is exceeded, or a fault did not show its effect (the process\n"
     "still alive, no detection or promotion when one was due, writes that never stopped or never\n"
-    "came back); 2 on usage or setup errors.\n";
+    "came back); 2 on usage or setup errors.\n"
+    "--soak N: N faults drawn at random from --seed (default: the clock; printed), each once the\n"
+    "cluster is whole again (every node up and following, none fenced or rejoining, a writer and\n"
+    "with --sync a synchronous standby) and writes flowed for --soak-gap (3s); a killed node is\n"
+    "started again with --start-command (PGKEEL_START_COMMAND; the node's name is appended), so\n"
+    "that\n"
+    "pgkeel rejoins it. Kinds (--soak-kinds): kill, kill-all, hang, partition, switchover,\n"
+    "failover, restart-proxy, lag, sync-loss (default: all this cluster allows); hang, partition\n"
+    "and lag last --soak-hold (3s). The run fails when the cluster is not whole again within\n"
+    "--whole-timeout (180s). The report adds a table per kind and the distribution of downtimes.\n";
 
 [[noreturn]] void usage_error(const std::string& message) {
   std::fprintf(stderr, "pgkeel-drill: %s\n%s", message.c_str(), kUsage);
@@ -71,6 +83,11 @@ struct Args {
   std::vector<NodeRef> nodes;
   std::optional<std::int64_t> max_downtime_ms, max_lost, max_errors;
   std::string out_dir, json, html;
+  std::optional<std::string> start_command;
+  std::optional<int> soak;
+  std::optional<std::uint64_t> seed;
+  std::vector<std::string> soak_kinds;
+  std::optional<std::int64_t> soak_gap_ms, soak_hold_ms, whole_timeout_ms;
 };
 
 template <typename T>
@@ -163,6 +180,23 @@ Args parse_args(int argc, char** argv) {
       a.json = value();
     } else if (flag == "--html") {
       a.html = value();
+    } else if (flag == "--start-command") {
+      a.start_command = value();
+    } else if (flag == "--soak") {
+      a.soak = number<int>(flag, value());
+      if (*a.soak < 1) usage_error("--soak wants a number of faults, 1 or more");
+    } else if (flag == "--seed") {
+      a.seed = number<std::uint64_t>(flag, value());
+    } else if (flag == "--soak-kinds") {
+      std::string error;
+      a.soak_kinds = parse_soak_kinds(value(), error);
+      if (!error.empty()) usage_error(error);
+    } else if (flag == "--soak-gap") {
+      a.soak_gap_ms = duration(flag, value());
+    } else if (flag == "--soak-hold") {
+      a.soak_hold_ms = duration(flag, value());
+    } else if (flag == "--whole-timeout") {
+      a.whole_timeout_ms = duration(flag, value());
     } else {
       usage_error("unknown argument " + flag);
     }
@@ -221,6 +255,7 @@ int main(int argc, char** argv) {
                                         : from_env("PGKEEL_NODE_CONNINFO")
                                               .value_or("user=pgkeel password=pgkeel-pass dbname=postgres");
   world.restart_command = a.restart_command ? *a.restart_command : from_env("PGKEEL_RESTART_COMMAND").value_or("");
+  world.start_command = a.start_command ? *a.start_command : from_env("PGKEEL_START_COMMAND").value_or("");
   if (auto ce = a.cluster_env ? a.cluster_env : from_env("PGKEEL_CLUSTER_ENV")) {
     std::string error;
     world.nodes = nodes_from_env(read_env_file(*ce, error));
@@ -254,6 +289,25 @@ int main(int argc, char** argv) {
   gates.max_lost = a.max_lost ? a.max_lost : sc.max_lost;
   gates.max_errors = a.max_errors ? a.max_errors : sc.max_errors;
   std::vector<Fault> faults = a.faults.empty() ? sc.faults : a.faults;
+  SoakOptions soak;
+  if (a.soak) {
+    if (!faults.empty()) usage_error("--soak draws its own faults: give no --fault and no scenario faults");
+    if (world.console_conninfo.empty()) usage_error("--soak needs --console");
+    soak.faults = *a.soak;
+    soak.seed = a.seed ? *a.seed
+                       : static_cast<std::uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
+    soak.kinds = a.soak_kinds.empty() ? default_soak_kinds(world, sync) : a.soak_kinds;
+    if (soak.kinds.empty()) usage_error("--soak: no fault kind can be injected here (--cluster-env?)");
+    soak.gap_ms = a.soak_gap_ms.value_or(soak.gap_ms);
+    soak.hold_ms = a.soak_hold_ms.value_or(soak.hold_ms);
+    soak.whole_timeout_ms = a.whole_timeout_ms.value_or(soak.whole_timeout_ms);
+    // The load runs until the soak ends it.
+    lo.duration = milliseconds(a.duration_ms.value_or(std::int64_t{30} * 24 * 3600 * 1000));
+    std::string kinds;
+    for (const auto& k : soak.kinds) kinds += (kinds.empty() ? "" : ",") + k;
+    std::fprintf(stderr, "drill: soak of %d faults, seed %llu, kinds %s\n", soak.faults,
+                 static_cast<unsigned long long>(soak.seed), kinds.c_str());
+  }
   if (auto errors = check_faults(faults, lo.duration.count()); !errors.empty()) {
     for (const auto& e : errors) {
       std::fprintf(stderr, "pgkeel-drill: %s\n", e.c_str());
@@ -325,6 +379,12 @@ int main(int argc, char** argv) {
   std::vector<Injection> injections(faults.size());
   std::vector<bool> undone(faults.size(), true);
   std::thread fault_thread([&] {
+    if (soak.faults > 0) {
+      SoakRun run{world, conninfo, sync, soak, load, rec_mu, rec, faults, injections, undone, g_signalled};
+      run_soak(run);
+      load.stop();
+      return;
+    }
     struct Pending {
       std::int64_t t_ms;
       std::size_t index;
@@ -484,6 +544,28 @@ int main(int argc, char** argv) {
     if (!f.effect.empty()) {
       std::printf("  effect: %s\n", f.effect.c_str());
     }
+  }
+  if (rec.soak) {
+    std::printf("\n--- soak: %zu of %d faults, seed %llu%s%s\n", rec.faults.size(), rec.soak_planned,
+                static_cast<unsigned long long>(rec.soak_seed), rec.soak_stopped.empty() ? "" : "; stopped: ",
+                rec.soak_stopped.c_str());
+    std::printf("%-22s %6s %6s  %-24s %-24s %-24s %-24s\n", "kind", "faults", "passed", "detected p50/p90/max",
+                "promoted p50/p90/max", "downtime p50/p90/max", "whole again p50/p90/max");
+    auto cell = [](const Spread& sp) {
+      return sp.n == 0 ? std::string("-")
+                       : std::to_string(sp.p50) + "/" + std::to_string(sp.p90) + "/" + std::to_string(sp.max) + " ms";
+    };
+    for (const auto& row : soak_table(rec, s)) {
+      std::printf("%-22s %6d %6d  %-24s %-24s %-24s %-24s\n", row.kind.c_str(), row.count, row.passed,
+                  cell(row.detected).c_str(), cell(row.promoted).c_str(), cell(row.downtime).c_str(),
+                  cell(row.whole).c_str());
+    }
+    const auto hist = downtime_histogram(s);
+    std::printf("write downtime per fault:");
+    for (std::size_t i = 0; i < hist.size(); ++i) {
+      std::printf("%s %s: %d", i ? "," : "", std::string(kDowntimeBucketNames[i]).c_str(), hist[i]);
+    }
+    std::printf("\n\n");
   }
   std::printf("write downtime: %s\n", fmt_ms(s.write_downtime_ms).c_str());
   std::printf("writes: %lld acknowledged, %lld failed, %lld unknown; reads: %lld answered, %lld failed\n",

@@ -203,6 +203,14 @@ struct Recording {
   std::string events_error;                // SHOW EVENTS could not be read: why
   std::optional<ledger::Verdict> verdict;  // none: verification did not run
   std::string report_html;
+  // A soak (--soak N): its seed, and why it ended early ("" when every fault ran).
+  bool soak = false;
+  std::uint64_t soak_seed = 0;
+  int soak_planned = 0;
+  std::string soak_stopped;
+  // Per fault, how long the cluster took to be whole again after it (every node up and
+  // following, none fenced or rejoining; parallel to faults; none: it was not).
+  std::vector<std::optional<std::int64_t>> whole_after_ms;
 };
 
 struct Gates {
@@ -454,6 +462,11 @@ inline Summary summarize(const Recording& r, const Gates& gates) {
   if (!r.events_error.empty()) {
     s.failures.push_back("pgkeel's events could not be read (SHOW EVENTS: " + r.events_error + ")");
   }
+  // A soak that could not run all its faults did not prove what it was asked to.
+  if (r.soak && (!r.soak_stopped.empty() || static_cast<int>(r.faults.size()) < r.soak_planned)) {
+    s.failures.push_back("the soak ran " + std::to_string(r.faults.size()) + " of " + std::to_string(r.soak_planned) +
+                         " faults" + (r.soak_stopped.empty() ? std::string() : ": " + r.soak_stopped));
+  }
   if (!r.verdict) {
     s.failures.push_back("verification did not run");
   } else if (!r.verdict->error.empty()) {
@@ -541,6 +554,93 @@ inline std::optional<std::int64_t> minus(const std::optional<std::int64_t>& a, s
 }
 
 }  // namespace detail
+
+// A soak's table: per fault kind (kill, kill mode=all, hang, ...; a fault on a standby apart),
+// how many ran and passed, and the spread of detection, promotion, write downtime and the time
+// until the cluster was whole again.
+struct Spread {
+  std::size_t n = 0;
+  std::int64_t p50 = 0, p90 = 0, max = 0;
+};
+inline Spread spread(std::vector<std::int64_t> v) {
+  Spread s;
+  s.n = v.size();
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  auto at = [&](double q) { return v[std::min(v.size() - 1, static_cast<std::size_t>(q * static_cast<double>(v.size() - 1)))]; };
+  s.p50 = at(0.5);
+  s.p90 = at(0.9);
+  s.max = v.back();
+  return s;
+}
+
+struct SoakRow {
+  std::string kind;
+  int count = 0;
+  int passed = 0;
+  Spread detected, promoted, downtime, whole;
+};
+
+inline std::string fault_label(const FaultRecord& f) {
+  std::string k(to_string(f.fault.kind));
+  if (f.fault.all_processes) k += " mode=all";
+  const bool on_standby_kind = f.fault.kind == FaultKind::kLag || f.fault.kind == FaultKind::kSyncLoss ||
+                               f.fault.kind == FaultKind::kRestartProxy;
+  if (!f.hit_writer && !on_standby_kind) k += " (standby)";
+  return k;
+}
+
+inline std::vector<SoakRow> soak_table(const Recording& r, const Summary& s) {
+  std::vector<SoakRow> rows;
+  std::vector<std::vector<std::int64_t>> det, pro, down, whole;
+  for (std::size_t i = 0; i < r.faults.size() && i < s.faults.size(); ++i) {
+    const FaultRecord& f = r.faults[i];
+    const FaultOutcome& o = s.faults[i];
+    const std::string label = fault_label(f);
+    auto it = std::find_if(rows.begin(), rows.end(), [&](const SoakRow& row) { return row.kind == label; });
+    if (it == rows.end()) {
+      rows.push_back({label});
+      det.emplace_back();
+      pro.emplace_back();
+      down.emplace_back();
+      whole.emplace_back();
+      it = rows.end() - 1;
+    }
+    const auto k = static_cast<std::size_t>(it - rows.begin());
+    ++it->count;
+    if (fault_failures(f, o).empty()) ++it->passed;
+    if (o.detected_ms) det[k].push_back(*o.detected_ms - f.t_ms);
+    if (o.promoted_ms) pro[k].push_back(*o.promoted_ms - f.t_ms);
+    if (o.downtime_ms) down[k].push_back(*o.downtime_ms);
+    if (i < r.whole_after_ms.size() && r.whole_after_ms[i]) whole[k].push_back(*r.whole_after_ms[i]);
+  }
+  for (std::size_t k = 0; k < rows.size(); ++k) {
+    rows[k].detected = spread(det[k]);
+    rows[k].promoted = spread(pro[k]);
+    rows[k].downtime = spread(down[k]);
+    rows[k].whole = spread(whole[k]);
+  }
+  return rows;
+}
+
+// Write downtimes of every fault, counted in buckets: [0, 0.5 s), [0.5, 1), [1, 2), [2, 5),
+// [5, 10), [10, 30), 30 s and more; faults whose writes never stopped are counted apart.
+inline constexpr std::int64_t kDowntimeBuckets[] = {500, 1000, 2000, 5000, 10000, 30000};
+inline constexpr std::string_view kDowntimeBucketNames[] = {"< 0.5 s", "0.5–1 s", "1–2 s",  "2–5 s",
+                                                            "5–10 s",  "10–30 s", "≥ 30 s", "no stop"};
+inline std::vector<int> downtime_histogram(const Summary& s) {
+  std::vector<int> h(std::size(kDowntimeBucketNames), 0);
+  for (const auto& o : s.faults) {
+    if (!o.downtime_ms) {
+      ++h.back();
+      continue;
+    }
+    std::size_t b = 0;
+    while (b < std::size(kDowntimeBuckets) && *o.downtime_ms >= kDowntimeBuckets[b]) ++b;
+    ++h[b];
+  }
+  return h;
+}
 
 inline std::string to_json(const Recording& r, const Summary& s) {
   using namespace detail;
@@ -700,7 +800,37 @@ inline std::string to_json(const Recording& r, const Summary& s) {
     o += i ? ", " : "";
     put_str(o, s.failures[i]);
   }
-  o += "],\n\"report_html\": ";
+  o += "]";
+  if (r.soak) {
+    o += ",\n\"soak\": {\"seed\": " + std::to_string(r.soak_seed) + ", \"planned\": " + std::to_string(r.soak_planned) +
+         ", \"ran\": " + std::to_string(r.faults.size()) + ", \"stopped\": ";
+    put_str(o, r.soak_stopped);
+    o += ", \"table\": [";
+    const auto rows = soak_table(r, s);
+    auto put_spread = [&](const char* name, const Spread& sp) {
+      o += std::string(", \"") + name + "\": {\"n\": " + std::to_string(sp.n) + ", \"p50\": " + std::to_string(sp.p50) +
+           ", \"p90\": " + std::to_string(sp.p90) + ", \"max\": " + std::to_string(sp.max) + "}";
+    };
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      o += i ? ", {\"kind\": " : "{\"kind\": ";
+      put_str(o, rows[i].kind);
+      o += ", \"count\": " + std::to_string(rows[i].count) + ", \"passed\": " + std::to_string(rows[i].passed);
+      put_spread("detected_ms", rows[i].detected);
+      put_spread("promoted_ms", rows[i].promoted);
+      put_spread("downtime_ms", rows[i].downtime);
+      put_spread("whole_again_ms", rows[i].whole);
+      o += "}";
+    }
+    o += "], \"downtime_histogram\": [";
+    const auto h = downtime_histogram(s);
+    for (std::size_t i = 0; i < h.size(); ++i) {
+      o += i ? ", {\"bucket\": " : "{\"bucket\": ";
+      put_str(o, kDowntimeBucketNames[i]);
+      o += ", \"faults\": " + std::to_string(h[i]) + "}";
+    }
+    o += "]}";
+  }
+  o += ",\n\"report_html\": ";
   put_str(o, r.report_html);
   o += "\n}\n";
   return o;
