@@ -10,10 +10,7 @@
 #include <cstring>
 
 #include "proxy/hba.h"
-#include "proxy/lost_transaction.h"
-#include "proxy/prepared.h"
-#include "proxy/replay.h"
-#include "proxy/session_state.h"
+#include "proxy/txpool/txpool.h"
 #include "proxy/log.h"
 #include "proxy/pool.h"
 #include "proxy/server.h"
@@ -713,7 +710,7 @@ void Client::on_server_failed(const std::string& error_response) {
 // The server died under the session (the primary failed, or was stopped for a switchover). The
 // session goes on: on the next request it takes a server again, which gets its settings and
 // statements back. What was in flight, or the transaction that was open, gets the answers
-// PostgreSQL's rules call for (proxy/lost_transaction.h). Only a session that cannot move (LISTEN,
+// PostgreSQL's rules call for (proxy/txpool/lost_transaction.h). Only a session that cannot move (LISTEN,
 // temporary tables, ...) ends, with an error saying why.
 void Client::on_server_lost(std::string_view reason) {
   if (state_ != State::kLinked) return;

@@ -20,7 +20,7 @@
 
 #include "proxy/auth_session.h"
 #include "proxy/conn.h"
-#include "proxy/lost_transaction.h"
+#include "proxy/txpool/txpool.h"
 #include "proxy/pool.h"
 #include "proxy/protocol/message.h"
 #include "proxy/protocol/scanner.h"

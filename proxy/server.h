@@ -15,8 +15,7 @@
 
 #include "proxy/auth/scram.h"
 #include "proxy/conn.h"
-#include "proxy/prepared.h"
-#include "proxy/response_plan.h"
+#include "proxy/txpool/txpool.h"
 #include "proxy/pool.h"
 #include "proxy/protocol/scanner.h"
 #include "proxy/shared.h"

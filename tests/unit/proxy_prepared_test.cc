@@ -1,4 +1,4 @@
-// Tests for proxy/response_plan.h and proxy/prepared.h: statement names mapped per client onto
+// Tests for proxy/txpool/response_plan.h and proxy/txpool/prepared.h: statement names mapped per client onto
 // shared server statements, prepared on demand, and the server's answers to an edited request
 // stream sorted into what the client gets, in PostgreSQL's order.
 
@@ -7,10 +7,10 @@
 #include <string_view>
 #include <vector>
 
-#include "proxy/prepared.h"
+#include "proxy/txpool/prepared.h"
 #include "proxy/protocol/message.h"
-#include "proxy/replay.h"
-#include "proxy/response_plan.h"
+#include "proxy/txpool/replay.h"
+#include "proxy/txpool/response_plan.h"
 
 namespace {
 

@@ -2,7 +2,7 @@
 // statements kept or dropped as PostgreSQL keeps or drops them.
 #include <catch2/catch.hpp>
 
-#include "proxy/session_state.h"
+#include "proxy/txpool/session_state.h"
 
 namespace pgkeel {
 

@@ -1,6 +1,9 @@
-#include "proxy/prepared.h"
+#include "proxy/txpool/prepared.h"
 
-#include "proxy/auth/crypto.h"
+#include <openssl/evp.h>
+
+#include <functional>
+
 #include "proxy/protocol/message.h"
 
 namespace pgkeel::proxy {
@@ -43,15 +46,16 @@ void ensure_prepared(const ClientStatements::Statement& st, ServerStatements& se
 std::string shared_statement_name(std::string_view parse_tail) {
   static constexpr char kHex[] = "0123456789abcdef";
   std::string name = "pgk_";
-  const std::optional<auth::Key> d = auth::sha256(parse_tail);
-  if (!d) {
+  unsigned char d[EVP_MAX_MD_SIZE];
+  unsigned int d_len = 0;
+  if (EVP_Digest(parse_tail.data(), parse_tail.size(), d, &d_len, EVP_sha256(), nullptr) != 1 || d_len < 16) {
     // No digest (OpenSSL refused): fall back to a name no other content can take.
     name += "x" + std::to_string(std::hash<std::string_view>{}(parse_tail)) + "_" + std::to_string(parse_tail.size());
     return name;
   }
   for (std::size_t i = 0; i < 16; ++i) {
-    name += kHex[(*d)[i] >> 4];
-    name += kHex[(*d)[i] & 0xf];
+    name += kHex[d[i] >> 4];
+    name += kHex[d[i] & 0xf];
   }
   return name;
 }

@@ -1,4 +1,4 @@
-// proxy/prepared.h — named prepared statements across server connections. In transaction
+// proxy/txpool/prepared.h — named prepared statements across server connections. In transaction
 // pooling a client's next transaction may run on any server connection, and two clients may both
 // call their first statement "S_1" (pgJDBC does). So a client's statement names are its own:
 // pgkeel keeps what each one means (the Parse it came from) and prepares it, once and on demand,
@@ -15,7 +15,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "proxy/response_plan.h"
+#include "proxy/txpool/response_plan.h"
 
 namespace pgkeel::proxy {
 

@@ -1,4 +1,4 @@
-#include "proxy/response_plan.h"
+#include "proxy/txpool/response_plan.h"
 
 #include <algorithm>
 #include <cstring>

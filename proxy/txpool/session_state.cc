@@ -1,4 +1,4 @@
-#include "proxy/session_state.h"
+#include "proxy/txpool/session_state.h"
 
 #include <algorithm>
 #include <cctype>

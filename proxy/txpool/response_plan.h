@@ -1,4 +1,4 @@
-// proxy/response_plan.h — which server responses answer which request, on a server connection
+// proxy/txpool/response_plan.h — which server responses answer which request, on a server connection
 // whose request stream pgkeel edits (transaction pooling; a session resumed on another server).
 // Requests pgkeel added itself have their responses swallowed; requests pgkeel answered without
 // the server (a Parse of a statement the connection already has, a Close of a statement it keeps)

@@ -1,4 +1,4 @@
-// proxy/session_state.h — a client's session state as pgkeel can replay it on another server
+// proxy/txpool/session_state.h — a client's session state as pgkeel can replay it on another server
 // connection, tracked from what the client sends (PostgreSQL does not report search_path or
 // statement_timeout in ParameterStatus). Pure: text and protocol events in, state out.
 //
