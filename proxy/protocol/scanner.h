@@ -1,7 +1,8 @@
 // proxy/protocol/scanner.h — an incremental framer for one direction of a relayed stream.
 // It walks message boundaries as bytes pass by, never copying what it need not look at:
-// messages of selected types are handed to a callback whole (body up to a capture limit),
-// everything else is only counted. Frames are type byte + int32 length (§55.7).
+// messages of selected types are handed to a callback whole, or, beyond a capture limit, as
+// their first kCaptureLimit bytes once those have arrived (however the header and the body were
+// cut between reads); everything else is only counted. Frames are type byte + int32 length (§55.7).
 #pragma once
 
 #include <array>
@@ -19,7 +20,7 @@ struct ScannedMessage {
   char type = 0;
   std::uint32_t length = 0;  // the length field: body + 4
   std::string_view body;     // complete unless truncated
-  bool truncated = false;    // body longer than the capture limit; `body` holds its start
+  bool truncated = false;    // body longer than the capture limit; `body` holds its first kCaptureLimit bytes
   std::size_t start = 0;     // offset in the fed chunk where the message began (may be "before"
                              // the chunk when the header straddled reads: then 0)
   bool started_in_chunk = false;
@@ -55,6 +56,8 @@ class Scanner {
   void reset() {
     header_have_ = 0;
     remaining_ = 0;
+    capturing_ = false;
+    truncating_ = false;
     capture_.clear();
   }
   // Type of the message whose body is being scanned (0 between messages).
@@ -68,6 +71,7 @@ class Scanner {
   std::uint32_t length_ = 0;
   std::uint32_t remaining_ = 0;  // body bytes still to come of the current message
   bool capturing_ = false;
+  bool truncating_ = false;      // capturing only the head of a message over the capture limit
   std::string capture_;          // body of a watched message that straddles chunks
 };
 
@@ -106,24 +110,21 @@ ScanResult Scanner::scan(const unsigned char* chunk, std::size_t n, OnMessage&& 
         pos += body_len;
         continue;
       }
-      if (watched) {
-        if (body_len > kCaptureLimit) {
-          // Too big to hold: report what we have now, as truncated, and skip the rest.
-          ScannedMessage m{type_, length_,
-                           std::string_view(reinterpret_cast<const char*>(chunk + pos), n - pos),
-                           true, start, true};
-          if (on_message(m) == ScanAction::kStop) {
-            res.status = ScanResult::Status::kStopped;
-            res.consumed = start;
-            return res;
-          }
-          capturing_ = false;
-        } else {
-          capturing_ = true;
-          capture_.assign(reinterpret_cast<const char*>(chunk + pos), n - pos);
+      if (watched && body_len > kCaptureLimit && n - pos >= kCaptureLimit) {
+        // Too big to hold: report its head now, as truncated, and skip the rest.
+        ScannedMessage m{type_, length_, std::string_view(reinterpret_cast<const char*>(chunk + pos), kCaptureLimit),
+                         true, start, true};
+        if (on_message(m) == ScanAction::kStop) {
+          res.status = ScanResult::Status::kStopped;
+          res.consumed = start;
+          return res;
         }
-      } else {
         capturing_ = false;
+      } else {
+        // Its body (or head) comes in later reads: captured until then.
+        capturing_ = watched;
+        truncating_ = watched && body_len > kCaptureLimit;
+        if (watched) capture_.assign(reinterpret_cast<const char*>(chunk + pos), n - pos);
       }
       remaining_ = body_len - static_cast<std::uint32_t>(n - pos);
       pos = n;
@@ -144,9 +145,10 @@ ScanResult Scanner::scan(const unsigned char* chunk, std::size_t n, OnMessage&& 
       }
       remaining_ = length_ - 4;
       capturing_ = watched_.test(static_cast<unsigned char>(type_));
+      truncating_ = capturing_ && remaining_ > kCaptureLimit;  // reported at kCaptureLimit bytes
       capture_.clear();
-      if (capturing_ && remaining_ > kCaptureLimit) capturing_ = false;  // seen as truncated below
-      if (remaining_ == 0 && watched_.test(static_cast<unsigned char>(type_))) {
+      if (remaining_ == 0 && capturing_) {
+        capturing_ = false;
         ScannedMessage m{type_, length_, {}, false, 0, false};
         if (on_message(m) == ScanAction::kStop) {
           res.status = ScanResult::Status::kStopped;
@@ -159,14 +161,18 @@ ScanResult Scanner::scan(const unsigned char* chunk, std::size_t n, OnMessage&& 
     }
     // Inside a body.
     const std::size_t take = std::min<std::size_t>(remaining_, n - pos);
-    if (capturing_) capture_.append(reinterpret_cast<const char*>(chunk + pos), take);
+    if (capturing_) {
+      const std::size_t keep = truncating_ ? std::min(take, kCaptureLimit - capture_.size()) : take;
+      capture_.append(reinterpret_cast<const char*>(chunk + pos), keep);
+    }
     pos += take;
     remaining_ -= static_cast<std::uint32_t>(take);
-    if (remaining_ == 0 && capturing_) {
+    if (capturing_ && (remaining_ == 0 || (truncating_ && capture_.size() >= kCaptureLimit))) {
       capturing_ = false;
-      ScannedMessage m{type_, length_, capture_, false, 0, false};
+      ScannedMessage m{type_, length_, capture_, truncating_, 0, false};
+      truncating_ = false;
       if (on_message(m) == ScanAction::kStop) {
-        // The message began before this chunk; stopping can only end after it.
+        // The message began before this chunk; stopping can only end after what was read of it.
         capture_.clear();
         res.status = ScanResult::Status::kStopped;
         res.consumed = pos;

@@ -101,6 +101,29 @@ TEST_CASE("a watched message larger than the capture limit is reported truncated
   CHECK(s.at_boundary());
 }
 
+TEST_CASE("a watched message over the capture limit is reported with its head, however its header is cut", "[protocol]") {
+  // A Query over 8 KB whose 5-byte header straddles two reads (issue 14, item 6): it must be
+  // reported all the same (its query runs; a LISTEN in its head pins), with its first 8 KB.
+  const std::string body = "LISTEN padded;" + std::string(Scanner::kCaptureLimit * 3, ' ');
+  const std::string stream = msg('Q', body) + msg('S', "");
+  for (const std::vector<std::size_t>& cuts :
+       {std::vector<std::size_t>{3, 4000}, std::vector<std::size_t>{1}, std::vector<std::size_t>{4, 100000},
+        std::vector<std::size_t>{5 + 10, 30000}, std::vector<std::size_t>{100000}, std::vector<std::size_t>{7, 8190, 3}}) {
+    Scanner s;
+    s.watch('Q');
+    s.watch('S');
+    auto seen = scan_in_chunks(s, stream, cuts);
+    INFO("first cut " << cuts[0]);
+    REQUIRE(seen.size() == 2);
+    CHECK(seen[0].type == 'Q');
+    // Whole when it came in one read; otherwise truncated to exactly its first 8 KB.
+    CHECK(seen[0].body == (seen[0].truncated ? body.substr(0, Scanner::kCaptureLimit) : body));
+    CHECK(seen[0].truncated == (cuts[0] < stream.size()));
+    CHECK(seen[1].type == 'S');
+    CHECK(s.at_boundary());
+  }
+}
+
 TEST_CASE("stopping at a message leaves the bytes before it to forward", "[protocol]") {
   Scanner s;
   s.watch('X');
