@@ -201,4 +201,46 @@ bool rewrite_for_shared(char type, std::string_view body, ClientStatements& clie
   }
 }
 
+std::size_t rewrite_head_for_shared(char type, std::string_view head, std::size_t body_len, ClientStatements& client,
+                                    ServerStatements& server, ResponsePlan& plan, std::string& out) {
+  const auto header = [&](std::size_t new_body_len) {
+    const auto n = static_cast<std::uint32_t>(new_body_len + 4);
+    out += type;
+    for (int shift = 24; shift >= 0; shift -= 8) out += static_cast<char>((n >> shift) & 0xff);
+  };
+  protocol::Reader r(head);
+  switch (type) {
+    case fe::kBind: {
+      const std::string_view portal = r.str();
+      const std::string_view name = r.str();
+      if (r.failed()) return std::string_view::npos;
+      const ClientStatements::Statement* st = name.empty() ? nullptr : client.find(name);
+      if (st == nullptr) {
+        header(body_len);
+        plan.add(Request::kBind, Origin::kClient);
+        return 0;
+      }
+      ensure_prepared(*st, server, plan, out);
+      header(body_len - name.size() + st->server_name.size());
+      out.append(portal).append(1, '\0').append(st->server_name).append(1, '\0');
+      plan.add(Request::kBind, Origin::kClient);
+      return portal.size() + name.size() + 2;
+    }
+    case fe::kDescribe: {
+      const char kind = static_cast<char>(r.i8());
+      plan.add(kind == 'S' ? Request::kDescribeStatement : Request::kDescribePortal, Origin::kClient);
+      break;
+    }
+    case fe::kParse: plan.add(Request::kParse, Origin::kClient); break;
+    case fe::kClose: plan.add(Request::kClose, Origin::kClient); break;
+    case fe::kExecute: plan.add(Request::kExecute, Origin::kClient); break;
+    case fe::kSync: plan.add(Request::kSync, Origin::kClient); break;
+    case fe::kQuery: plan.add(Request::kQuery, Origin::kClient); break;
+    case fe::kFunctionCall: plan.add(Request::kFunctionCall, Origin::kClient); break;
+    default: break;  // CopyData and the like: no answer of their own
+  }
+  header(body_len);
+  return 0;
+}
+
 }  // namespace pgkeel::proxy

@@ -41,6 +41,16 @@ void ResponsePlan::add(Request r, Origin o, std::string statement) {
   q_.push_back({r, o, false, std::move(statement)});
 }
 
+void ResponsePlan::ignore_syncs(int n) {
+  for (auto it = q_.end(); n > 0 && it != q_.begin();) {
+    --it;
+    if (it->request == Request::kSync && it->origin == Origin::kClient) {
+      it = q_.erase(it);
+      --n;
+    }
+  }
+}
+
 void ResponsePlan::drop(Entry& e) {
   if (e.request == Request::kParse && !e.statement.empty()) dropped_.push_back(std::move(e.statement));
 }

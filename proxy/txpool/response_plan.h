@@ -43,6 +43,10 @@ class ResponsePlan {
   };
   Verdict on_server_message(char type);
 
+  // PostgreSQL ignored the client's last `n` Syncs: they reached it in copy-in mode (§55.2.6), so
+  // no ReadyForQuery answers them.
+  void ignore_syncs(int n);
+
   // Answers due now, with nothing outstanding in front of them (call after add()).
   std::string take_due();
 

@@ -198,6 +198,53 @@ TEST_CASE("Describe of a statement answers twice; COPY inside an Execute is foll
   CHECK(odd.lost());
 }
 
+TEST_CASE("COPY in the extended protocol: the Sync PostgreSQL ignores in copy-in mode gets no answer", "[proxy][prepared][copy]") {
+  // libpq: Parse, Bind, Execute, Sync; then CopyData, CopyDone, Sync. One ReadyForQuery.
+  ResponsePlan plan;
+  plan.add(Request::kParse, Origin::kClient);
+  plan.add(Request::kBind, Origin::kClient);
+  plan.add(Request::kExecute, Origin::kClient);
+  plan.add(Request::kSync, Origin::kClient);
+  CHECK(client_sees(plan, "12G") == "12G");
+  plan.ignore_syncs(1);  // at CopyDone: the Sync sent after the Execute reached a COPY
+  plan.add(Request::kSync, Origin::kClient);
+  CHECK(client_sees(plan, "CZ") == "CZ");
+  CHECK(plan.idle());
+  CHECK_FALSE(plan.lost());
+}
+
+TEST_CASE("a long Bind is rewritten from its head: only the statement name changes, the length follows", "[proxy][prepared]") {
+  ClientStatements client;
+  ServerStatements server;
+  ResponsePlan plan;
+  std::string out;
+  REQUIRE(pgkeel::proxy::rewrite_for_shared('P', parse_body("S_1", "INSERT INTO t VALUES ($1)"), client, server, plan, out));
+  const std::string shared = client.find("S_1")->server_name;
+  out.clear();
+  const std::string body = bind_body("S_1") + std::string(100000, 'b');
+  const std::string head = body.substr(0, 4096);
+  const std::size_t replaced = pgkeel::proxy::rewrite_head_for_shared('B', head, body.size(), client, server, plan, out);
+  REQUIRE(replaced == 1 + 3 + 1);
+  out += body.substr(replaced);
+  const std::vector<Msg> ms = split(out);
+  REQUIRE(types(ms) == "B");
+  CHECK(ms[0].body == std::string(1, '\0') + shared + std::string(1, '\0') + body.substr(replaced));
+  SECTION("a statement the connection lacks is prepared first") {
+    ServerStatements fresh;
+    std::string out2;
+    REQUIRE(pgkeel::proxy::rewrite_head_for_shared('B', head, body.size(), client, fresh, plan, out2) == replaced);
+    out2 += body.substr(replaced);
+    CHECK(types(split(out2)) == "CPB");
+  }
+  SECTION("an unknown name goes as it is") {
+    std::string out3;
+    const std::string other = bind_body("nope") + std::string(100000, 'b');
+    REQUIRE(pgkeel::proxy::rewrite_head_for_shared('B', other.substr(0, 4096), other.size(), client, server, plan, out3) == 0);
+    out3 += other;
+    CHECK(split(out3)[0].body == other);
+  }
+}
+
 TEST_CASE("a server connection keeps at most its cap of statements, closing the least recently used", "[proxy][prepared]") {
   ServerStatements s(2);
   CHECK(s.add("a").empty());

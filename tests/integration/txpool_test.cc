@@ -1,0 +1,367 @@
+// tests/integration/txpool_test.cc — transaction pooling as drivers use it (issue 14): psycopg 3's
+// automatic prepared statements and the DEALLOCATE ALL it sends after a ROLLBACK; DEALLOCATE and
+// DISCARD ALL from another client of the same server connection; LISTEN over the extended
+// protocol (pgJDBC, psycopg) keeps the session on its connection and its notifications reach it
+// idle; COPY in the extended protocol (two Syncs, one ReadyForQuery) ends its cycle; a message as
+// long as PostgreSQL accepts passes in both pool modes, both directions, without pgkeel holding
+// it; a statement padded past any window still pins (or is refused); a header alone reserves
+// nothing. Real PostgreSQL, real drivers (psycopg 3 from Debian) or libpq.
+#include <catch2/catch.hpp>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "tests/integration/fixture.h"
+
+namespace pgkeel::test {
+namespace {
+
+// One worker and one server connection: every client of the listener shares it, so what one
+// client does to the connection meets the next client's requests.
+PgkeelOptions one_connection(const std::string& pool_mode, const std::string& extra = {}) {
+  PgkeelOptions o;
+  o.workers = 1;
+  o.pool_size = 1;
+  o.listeners = {ListenerSpec{.name = "rw", .pool_mode = pool_mode, .extra = extra}};
+  o.pool_extra = "wait_timeout = \"5s\"";
+  return o;
+}
+
+// psycopg 3 (Debian's python3-psycopg), run by the system's python3 whatever python3 comes first
+// on PATH. The script gets the conninfo as argv[1].
+RunResult psycopg(const std::string& script, const std::string& conninfo) {
+  return run({"sh", "-c", "command -p python3 -c \"$1\" \"$2\"", "sh", script, conninfo}, {}, 120s);
+}
+
+// A kB figure from /proc/PID/status ("VmSize", "VmRSS").
+long proc_status_kb(pid_t pid, const std::string& key) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key + ":", 0) == 0) return std::stol(line.substr(key.size() + 1));
+  }
+  return -1;
+}
+
+std::string libpq_error(PGconn* c) { return PQerrorMessage(c); }
+
+// Runs one extended-protocol statement (Parse/Bind/Execute/Sync, as pgJDBC and psycopg send it).
+PqResult exec_extended(PGconn* c, const std::string& sql) {
+  PqResult out;
+  PgResultPtr r(PQexecParams(c, sql.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0));
+  const ExecStatusType st = PQresultStatus(r.get());
+  out.ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+  if (!out.ok) {
+    out.error = PQresultErrorMessage(r.get());
+    const char* s = PQresultErrorField(r.get(), PG_DIAG_SQLSTATE);
+    out.sqlstate = s != nullptr ? s : "";
+  }
+  if (st == PGRES_TUPLES_OK && PQntuples(r.get()) > 0) out.rows.push_back({std::string(PQgetvalue(r.get(), 0, 0))});
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("psycopg 3 prepared statements survive another client's ROLLBACK (its DEALLOCATE ALL) on a shared connection",
+          "[txpool][psycopg][prepared]") {
+  Pgkeel pk(Cluster::shared(), one_connection("transaction"));
+  REQUIRE(eventually(15s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+  // Two sessions, one server connection. Each runs the same queries past prepare_threshold (5), so
+  // psycopg prepares them (_pg3_N); after a ROLLBACK psycopg sends DEALLOCATE ALL before its next
+  // query, which drops the statements pgkeel prepared on the connection for both of them.
+  const std::string script = R"PY(
+import sys, psycopg
+a = psycopg.connect(sys.argv[1], autocommit=True)
+b = psycopg.connect(sys.argv[1])
+done = 0
+def both(n):
+    global done
+    for i in range(n):
+        for c in (a, b):
+            assert c.execute("SELECT %s::int + 10", (i,)).fetchone()[0] == i + 10
+            assert c.execute("SELECT %s::text || 'x'", (str(i),)).fetchone()[0] == str(i) + 'x'
+            if c is b:
+                c.commit()
+            done += 1
+both(8)                                              # past prepare_threshold: _pg3_0, _pg3_1
+a.execute("CREATE TABLE IF NOT EXISTS txpool_psycopg (i int)")
+a.execute("DROP TABLE txpool_psycopg")               # a's next statement: DEALLOCATE ALL first
+both(8)
+b.execute("ROLLBACK")                                # b's next statement: DEALLOCATE ALL first
+both(8)
+with b.pipeline():
+    for i in range(12):
+        b.execute("SELECT %s::int * 2", (i,))
+b.commit()
+print("psycopg done", done)
+)PY";
+  const RunResult r = psycopg(script, pk.conninfo());
+  INFO(r.output);
+  CHECK(r.ok());
+  CHECK(r.output.find("psycopg done 48") != std::string::npos);
+}
+
+TEST_CASE("DEALLOCATE and DISCARD ALL from one client do not break another client's prepared statements",
+          "[txpool][prepared][deallocate]") {
+  Pgkeel pk(Cluster::shared(), one_connection("transaction"));
+  REQUIRE(eventually(15s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+  PqSession a(pk.conninfo());
+  PqSession b(pk.conninfo());
+  REQUIRE(a.connected());
+  REQUIRE(b.connected());
+  PgResultPtr prep(PQprepare(a.get(), "s1", "SELECT 41 + 1", 0, nullptr));
+  REQUIRE(PQresultStatus(prep.get()) == PGRES_COMMAND_OK);
+  const auto run_s1 = [&] {
+    PgResultPtr r(PQexecPrepared(a.get(), "s1", 0, nullptr, nullptr, nullptr, 0));
+    INFO(PQresultErrorMessage(r.get()));
+    return PQresultStatus(r.get()) == PGRES_TUPLES_OK && std::string(PQgetvalue(r.get(), 0, 0)) == "42";
+  };
+  REQUIRE(run_s1());
+  SECTION("DEALLOCATE ALL, simple protocol (Rails' clear_cache!)") { REQUIRE(b.exec("DEALLOCATE ALL").ok); }
+  SECTION("DEALLOCATE ALL, extended protocol (pgJDBC, asyncpg)") { REQUIRE(exec_extended(b.get(), "DEALLOCATE ALL").ok); }
+  SECTION("DISCARD ALL") { REQUIRE(b.exec("DISCARD ALL").ok); }
+  SECTION("DEALLOCATE of pgkeel's own statement by name") {
+    const std::string name = b.exec("SELECT name FROM pg_prepared_statements WHERE name LIKE 'pgk_%'").scalar();
+    REQUIRE(!name.empty());
+    REQUIRE(exec_extended(b.get(), "DEALLOCATE " + name).ok);
+  }
+  CHECK(run_s1());
+  CHECK(run_s1());
+  // Pipelined: the DEALLOCATE, then a Parse of a statement the connection had, then its Bind, in
+  // one round trip.
+  REQUIRE(PQenterPipelineMode(a.get()) == 1);
+  REQUIRE(PQsendQueryParams(a.get(), "DEALLOCATE ALL", 0, nullptr, nullptr, nullptr, nullptr, 0) == 1);
+  REQUIRE(PQsendPrepare(a.get(), "s2", "SELECT 41 + 1", 0, nullptr) == 1);
+  REQUIRE(PQsendQueryPrepared(a.get(), "s2", 0, nullptr, nullptr, nullptr, 0) == 1);
+  REQUIRE(PQpipelineSync(a.get()) == 1);
+  int ok = 0;
+  std::string errors;
+  for (int got = 0; got < 4;) {
+    PGresult* r = PQgetResult(a.get());
+    if (r == nullptr) continue;
+    const ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) ++ok;
+    if (st == PGRES_FATAL_ERROR) errors += PQresultErrorMessage(r);
+    if (st == PGRES_PIPELINE_SYNC || st == PGRES_FATAL_ERROR || st == PGRES_PIPELINE_ABORTED) got = 4;
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) ++got;
+    PQclear(r);
+  }
+  INFO(errors);
+  CHECK(ok == 3);
+}
+
+TEST_CASE("LISTEN over the extended protocol keeps the session on its connection; NOTIFY reaches it while idle",
+          "[txpool][listen]") {
+  PgkeelOptions o;
+  o.workers = 1;
+  o.listeners = {ListenerSpec{.name = "rw", .pool_mode = "transaction"}};
+  Pgkeel pk(Cluster::shared(), o);
+  REQUIRE(eventually(15s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+  PqSession listener(pk.conninfo());
+  PqSession other(pk.conninfo());
+  REQUIRE(listener.connected());
+  REQUIRE(other.connected());
+  REQUIRE(exec_extended(listener.get(), "LISTEN txpool_ch").ok);  // as pgJDBC sends it
+  const PqResult pid = exec_extended(listener.get(), "SELECT pg_backend_pid()");
+  REQUIRE(pid.ok);
+  std::set<std::string> others;
+  for (int i = 0; i < 5; ++i) others.insert(other.exec("SELECT pg_backend_pid()").scalar());
+  CHECK(others.count(pid.scalar()) == 0);
+  REQUIRE(other.exec("NOTIFY txpool_ch, 'hello'").ok);
+  // The listener sends nothing: the notification must arrive on its own (getNotifications()).
+  PGnotify* n = nullptr;
+  CHECK(eventually(10s, [&] {
+    if (PQconsumeInput(listener.get()) != 1) return false;
+    n = PQnotifies(listener.get());
+    return n != nullptr;
+  }));
+  if (n != nullptr) {
+    CHECK(std::string(n->extra) == "hello");
+    PQfreemem(n);
+  }
+  CHECK(exec_extended(listener.get(), "SELECT pg_backend_pid()").scalar() == pid.scalar());
+}
+
+TEST_CASE("a statement padded past any window still pins its session, or is refused", "[txpool][pinning]") {
+  const std::string padding_20k = "/*" + std::string(20000, ' ') + "*/";
+  const std::string padding_300k = "/*" + std::string(300000, 'x') + "*/";
+  SECTION("pinned: LISTEN after 20 KB and after 300 KB of padding") {
+    PgkeelOptions o;
+    o.workers = 1;
+    o.listeners = {ListenerSpec{.name = "rw", .pool_mode = "transaction"}};
+    Pgkeel pk(Cluster::shared(), o);
+    REQUIRE(eventually(15s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+    for (const std::string& padding : {padding_20k, padding_300k}) {
+      PqSession listener(pk.conninfo());
+      PqSession other(pk.conninfo());
+      REQUIRE(listener.exec("SELECT 1; " + padding + " LISTEN txpool_padded").ok);
+      const std::string pid = listener.exec("SELECT pg_backend_pid()").scalar();
+      std::set<std::string> others;
+      for (int i = 0; i < 5; ++i) others.insert(other.exec("SELECT pg_backend_pid()").scalar());
+      INFO("padding " << padding.size());
+      CHECK(others.count(pid) == 0);
+      REQUIRE(other.exec("NOTIFY txpool_padded, 'p'").ok);
+      CHECK(eventually(10s, [&] {
+        if (PQconsumeInput(listener.get()) != 1) return false;
+        PGnotify* n = PQnotifies(listener.get());
+        if (n != nullptr) PQfreemem(n);
+        return n != nullptr;
+      }));
+    }
+  }
+  SECTION("refused: pinning = \"refuse\" sees a temporary table after 20 KB of padding") {
+    Pgkeel pk(Cluster::shared(), one_connection("transaction", "pinning = \"refuse\""));
+    REQUIRE(eventually(15s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+    PqSession s(pk.conninfo());
+    const PqResult r = s.exec("SELECT 1; " + padding_20k + " CREATE TEMP TABLE txpool_padded (i int)");
+    INFO(r.error);
+    CHECK(r.sqlstate == "0A000");
+    CHECK(s.exec("SELECT 1").ok);
+  }
+}
+
+TEST_CASE("COPY FROM STDIN in the extended protocol ends its cycle: the connection serves the next client",
+          "[txpool][copy]") {
+  const std::string mode = GENERATE(std::string("transaction"), std::string("session"));
+  INFO("pool_mode = " << mode);
+  PgkeelOptions o = one_connection(mode);
+  o.console = true;
+  Pgkeel pk(Cluster::shared(), o);
+  REQUIRE(eventually(15s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+  REQUIRE(pq_exec(pk.conninfo(), "CREATE TABLE IF NOT EXISTS txpool_copy (i int, t text)").ok);
+  for (const bool extended : {true, false}) {
+    INFO((extended ? "extended protocol" : "simple protocol"));
+    PqSession s(pk.conninfo());
+    REQUIRE(s.connected());
+    PgResultPtr start(extended ? PQexecParams(s.get(), "COPY txpool_copy FROM STDIN", 0, nullptr, nullptr, nullptr, nullptr, 0)
+                               : PQexec(s.get(), "COPY txpool_copy FROM STDIN"));
+    REQUIRE(PQresultStatus(start.get()) == PGRES_COPY_IN);
+    const std::string rows = "1\tone\n2\ttwo\n";
+    REQUIRE(PQputCopyData(s.get(), rows.data(), static_cast<int>(rows.size())) == 1);
+    REQUIRE(PQputCopyEnd(s.get(), nullptr) == 1);
+    PgResultPtr done(PQgetResult(s.get()));
+    CHECK(PQresultStatus(done.get()) == PGRES_COMMAND_OK);
+    while (PGresult* extra = PQgetResult(s.get())) PQclear(extra);
+    CHECK(s.exec("SELECT 1").ok);
+    if (mode == "transaction") {
+      // The session is at rest: its one connection serves another client.
+      const PqResult other = pq_exec(pk.conninfo(), "SELECT 2", 10s);
+      INFO(other.error);
+      CHECK(other.ok);
+    } else {
+      // Nothing runs: the console shows the session idle, not active.
+      CHECK(eventually(5s, [&] {
+        const PqResult c = pq_exec(pk.console_conninfo(), "SHOW CLIENTS");
+        if (!c.ok) return false;
+        std::size_t state_col = c.columns.size();
+        for (std::size_t i = 0; i < c.columns.size(); ++i) {
+          if (c.columns[i] == "state") state_col = i;
+        }
+        for (const auto& row : c.rows) {
+          if (state_col < row.size() && row[state_col] == std::optional<std::string>("active")) return false;
+        }
+        return state_col < c.columns.size();
+      }));
+    }
+  }
+}
+
+TEST_CASE("a 50 MB bytea and a 100 MB hex text pass in both pool modes, both directions, without pgkeel holding them",
+          "[txpool][large]") {
+  const std::string mode = GENERATE(std::string("transaction"), std::string("session"));
+  INFO("pool_mode = " << mode);
+  Pgkeel pk(Cluster::shared(), one_connection(mode));
+  REQUIRE(eventually(15s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+  PqSession s(pk.conninfo(), 60s);
+  REQUIRE(s.connected());
+  REQUIRE(s.exec("CREATE TABLE IF NOT EXISTS txpool_blob (mode text, b bytea)").ok);
+  REQUIRE(s.exec("DELETE FROM txpool_blob WHERE mode = '" + mode + "'").ok);
+  const long rss_before = proc_status_kb(pk.pid(), "VmRSS");
+  std::string blob(50u << 20, '\0');
+  std::uint32_t x = 12345;
+  for (char& ch : blob) {
+    x = x * 1103515245u + 12345u;
+    ch = static_cast<char>(x >> 24);
+  }
+  {
+    // Binary parameter (psycopg's %b): a Bind of 50 MB.
+    const char* values[] = {mode.c_str(), blob.data()};
+    const int lengths[] = {static_cast<int>(mode.size()), static_cast<int>(blob.size())};
+    const int formats[] = {0, 1};
+    PgResultPtr r(PQexecParams(s.get(), "INSERT INTO txpool_blob VALUES ($1, $2)", 2, nullptr, values, lengths, formats, 0));
+    INFO(PQresultErrorMessage(r.get()) << libpq_error(s.get()));
+    REQUIRE(PQresultStatus(r.get()) == PGRES_COMMAND_OK);
+  }
+  {
+    // The same as hex text: a Bind of about 100 MB.
+    static constexpr char kHex[] = "0123456789abcdef";
+    std::string hex = "\\x";
+    hex.reserve(2 + 2 * blob.size());
+    for (unsigned char ch : blob) {
+      hex += kHex[ch >> 4];
+      hex += kHex[ch & 15];
+    }
+    const char* values[] = {mode.c_str(), hex.c_str()};
+    PgResultPtr r(PQexecParams(s.get(), "INSERT INTO txpool_blob VALUES ($1, $2::bytea)", 2, nullptr, values, nullptr, nullptr, 0));
+    INFO(PQresultErrorMessage(r.get()) << libpq_error(s.get()));
+    REQUIRE(PQresultStatus(r.get()) == PGRES_COMMAND_OK);
+  }
+  {
+    // A 20 MB statement text in the simple protocol.
+    const PqResult r = s.exec("SELECT length('" + std::string(20u << 20, 'q') + "')");
+    INFO(r.error);
+    CHECK(r.scalar() == std::to_string(20u << 20));
+  }
+  {
+    // Back to the client: a 50 MB DataRow, in binary.
+    const char* values[] = {mode.c_str()};
+    PgResultPtr r(PQexecParams(s.get(), "SELECT b FROM txpool_blob WHERE mode = $1", 1, nullptr, values, nullptr, nullptr, 1));
+    REQUIRE(PQresultStatus(r.get()) == PGRES_TUPLES_OK);
+    REQUIRE(PQntuples(r.get()) == 2);
+    for (int row = 0; row < 2; ++row) {
+      CHECK(PQgetlength(r.get(), row, 0) == static_cast<int>(blob.size()));
+      CHECK(std::string_view(PQgetvalue(r.get(), row, 0), blob.size()) == blob);
+    }
+  }
+  // pgkeel passed 200 MB through without holding a message: its resident memory grew far less.
+  const long rss_after = proc_status_kb(pk.pid(), "VmRSS");
+  INFO("VmRSS before " << rss_before << " kB, after " << rss_after << " kB");
+  CHECK(rss_after - rss_before < 32 * 1024);
+  CHECK(s.exec("DELETE FROM txpool_blob WHERE mode = '" + mode + "'").ok);
+}
+
+TEST_CASE("a message header alone reserves no memory in pgkeel", "[txpool][limits]") {
+  PgkeelOptions o = one_connection("transaction");
+  o.pool_size = 4;
+  Pgkeel pk(Cluster::shared(), o);
+  REQUIRE(eventually(15s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+  const long before = proc_status_kb(pk.pid(), "VmSize");
+  // Three logged-in clients each announce a 16 MB Query and send 5 bytes of it (each then holds
+  // one of the four server connections, waiting for the rest).
+  std::vector<PgConnPtr> conns;
+  for (int i = 0; i < 3; ++i) {
+    PgConnPtr c(PQconnectdb(pk.conninfo().c_str()));
+    REQUIRE(PQstatus(c.get()) == CONNECTION_OK);
+    const std::uint32_t len = 16u << 20;
+    const unsigned char head[] = {'Q', static_cast<unsigned char>(len >> 24), static_cast<unsigned char>(len >> 16),
+                                  static_cast<unsigned char>(len >> 8), static_cast<unsigned char>(len), 'S', 'E', 'L',
+                                  'E', 'C'};
+    REQUIRE(::send(PQsocket(c.get()), head, sizeof head, MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof head));
+    conns.push_back(std::move(c));
+  }
+  // One worker: once a later client is served, the three clients' bytes were read.
+  REQUIRE(eventually(10s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+  const long after = proc_status_kb(pk.pid(), "VmSize");
+  INFO("VmSize before " << before << " kB, after " << after << " kB");
+  CHECK(after - before < 20 * 1024);  // 3 x 16 MB reserved would be 48 MB
+}
+
+}  // namespace pgkeel::test
