@@ -12,8 +12,15 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <fstream>
+#include <mutex>
+#include <thread>
 #include <set>
 #include <sstream>
 #include <string>
@@ -68,7 +75,202 @@ PqResult exec_extended(PGconn* c, const std::string& sql) {
   return out;
 }
 
+// A TCP relay in front of a PostgreSQL node that passes everything through, except that it holds
+// each CancelRequest (§55.2.7) until release_cancels(): a cancel that is slow to land, as one on
+// a busy network is. Then it delivers it and relays PostgreSQL's close back. Real PostgreSQL
+// behind it; nothing is answered in its place.
+class CancelDelay {
+ public:
+  explicit CancelDelay(int target_port) : target_port_(target_port) {
+    listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    REQUIRE(::bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::listen(listen_fd_, 64) == 0);
+    REQUIRE(::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+    port_ = ntohs(a.sin_port);
+    acceptor_ = std::thread([this] { accept_loop(); });
+  }
+  ~CancelDelay() {
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+      released_ = true;
+    }
+    cv_.notify_all();
+    ::shutdown(listen_fd_, SHUT_RDWR);
+    ::close(listen_fd_);
+    acceptor_.join();
+    for (std::thread& t : relays_) t.join();
+  }
+  CancelDelay(const CancelDelay&) = delete;
+  CancelDelay& operator=(const CancelDelay&) = delete;
+  int port() const { return port_; }
+  int held() const { return held_.load(); }
+  void release_cancels() {
+    {
+      std::lock_guard lock(mu_);
+      released_ = true;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  static bool read_exact(int fd, unsigned char* p, std::size_t n) {
+    while (n > 0) {
+      const ssize_t r = ::recv(fd, p, n, 0);
+      if (r <= 0) return false;
+      p += r;
+      n -= static_cast<std::size_t>(r);
+    }
+    return true;
+  }
+  int connect_target() const {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(static_cast<std::uint16_t>(target_port_));
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+      ::close(fd);
+      return -1;
+    }
+    return fd;
+  }
+  void accept_loop() {
+    for (;;) {
+      const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) return;
+      std::lock_guard lock(mu_);
+      if (stopping_) {
+        ::close(fd);
+        return;
+      }
+      relays_.emplace_back([this, fd] { relay(fd); });
+    }
+  }
+  void relay(int client) {
+    unsigned char first[8];
+    if (!read_exact(client, first, sizeof first)) {
+      ::close(client);
+      return;
+    }
+    std::string start(reinterpret_cast<char*>(first), sizeof first);
+    // Length 16, code 80877102 (0x04d2162e): a CancelRequest.
+    const bool cancel = first[0] == 0 && first[1] == 0 && first[2] == 0 && first[3] == 16 && first[4] == 0x04 &&
+                        first[5] == 0xd2 && first[6] == 0x16 && first[7] == 0x2e;
+    if (cancel) {
+      unsigned char rest[8];
+      if (!read_exact(client, rest, sizeof rest)) {
+        ::close(client);
+        return;
+      }
+      start.append(reinterpret_cast<char*>(rest), sizeof rest);
+      ++held_;
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return released_; });
+    }
+    const int server = connect_target();
+    if (server < 0 || ::send(server, start.data(), start.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(start.size())) {
+      if (server >= 0) ::close(server);
+      ::close(client);
+      return;
+    }
+    pollfd fds[2] = {{client, POLLIN, 0}, {server, POLLIN, 0}};
+    char buf[65536];
+    for (bool open = true; open;) {
+      if (::poll(fds, 2, 200) < 0) break;
+      {
+        std::lock_guard lock(mu_);
+        if (stopping_) break;
+      }
+      for (int i = 0; i < 2 && open; ++i) {
+        if ((fds[i].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
+        const ssize_t n = ::recv(fds[i].fd, buf, sizeof buf, 0);
+        if (n <= 0 || ::send(fds[1 - i].fd, buf, static_cast<std::size_t>(n), MSG_NOSIGNAL) != n) open = false;
+      }
+    }
+    ::close(server);
+    ::close(client);
+  }
+
+  int target_port_;
+  int listen_fd_ = -1;
+  int port_ = 0;
+  std::atomic<int> held_{0};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool released_ = false;
+  bool stopping_ = false;
+  std::thread acceptor_;
+  std::vector<std::thread> relays_;
+};
+
 }  // namespace
+
+TEST_CASE("a cancel that lands late never cancels the next client's query on the same connection",
+          "[txpool][cancel]") {
+  auto& cluster = Cluster::shared();
+  CancelDelay delay(cluster.port("db1"));
+  PgkeelOptions o = one_connection("transaction");
+  o.console = true;
+  o.nodes = {"db1"};
+  o.pool_extra = "wait_timeout = \"20s\"";
+  Pgkeel pk(cluster, o);
+  // pgkeel reaches db1 through the relay: its [[node]] port is the relay's.
+  pk.stop();
+  {
+    std::string text = pk.config_text();
+    const std::string from = "port = " + std::to_string(cluster.port("db1")) + "\n";
+    REQUIRE(text.find(from) != std::string::npos);
+    text.replace(text.find(from), from.size(), "port = " + std::to_string(delay.port()) + "\n");
+    std::ofstream(pk.config_path()) << text;
+  }
+  pk.start();
+  REQUIRE(eventually(15s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+  PqSession a(pk.conninfo());
+  PqSession b(pk.conninfo());
+  REQUIRE(a.connected());
+  REQUIRE(b.connected());
+  const auto active = [&](const std::string& query) {
+    return cluster.psql_as_postgres("db1", "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = $q$" +
+                                               query + "$q$", "app") == "1";
+  };
+  // A's query runs; A cancels it; the cancel is slow to reach PostgreSQL, and A's query ends first.
+  REQUIRE(PQsendQuery(a.get(), "SELECT pg_sleep(2)") == 1);
+  REQUIRE(eventually(10s, [&] { return active("SELECT pg_sleep(2)"); }));
+  {
+    PGcancel* c = PQgetCancel(a.get());
+    char err[256];
+    REQUIRE(PQcancel(c, err, sizeof err) == 1);
+    PQfreeCancel(c);
+  }
+  REQUIRE(eventually(10s, [&] { return delay.held() == 1; }));  // pgkeel sent it on; it is on its way
+  {
+    PgResultPtr r(PQgetResult(a.get()));
+    CHECK(PQresultStatus(r.get()) == PGRES_TUPLES_OK);  // not cancelled: it finished first
+    while (PGresult* extra = PQgetResult(a.get())) PQclear(extra);
+  }
+  // B's query: on A's connection (the only one), once that is free.
+  REQUIRE(PQsendQuery(b.get(), "SELECT pg_sleep(1), 'b'") == 1);
+  REQUIRE(eventually(10s, [&] {
+    const PqResult clients = pq_exec(pk.console_conninfo(), "SHOW CLIENTS");
+    bool waiting = false;
+    for (std::size_t i = 0; i < clients.columns.size(); ++i) {
+      if (clients.columns[i] != "state") continue;
+      for (const auto& row : clients.rows) waiting = waiting || row[i] == std::optional<std::string>("waiting");
+    }
+    return waiting || active("SELECT pg_sleep(1), 'b'");
+  }));
+  delay.release_cancels();  // the cancel lands now
+  PgResultPtr r(PQgetResult(b.get()));
+  INFO(PQresultErrorMessage(r.get()));
+  CHECK(PQresultStatus(r.get()) == PGRES_TUPLES_OK);  // B's query was not the one cancelled
+  while (PGresult* extra = PQgetResult(b.get())) PQclear(extra);
+  CHECK(a.exec("SELECT 1").ok);
+}
 
 TEST_CASE("psycopg 3 prepared statements survive another client's ROLLBACK (its DEALLOCATE ALL) on a shared connection",
           "[txpool][psycopg][prepared]") {
