@@ -567,3 +567,84 @@ TEST_CASE("a message header alone reserves no memory in pgkeel", "[txpool][limit
 }
 
 }  // namespace pgkeel::test
+
+namespace pgkeel::test {
+
+TEST_CASE("asyncpg's statement cache survives another client's DEALLOCATE ALL on a shared connection",
+          "[txpool][prepared][asyncpg]") {
+  Pgkeel pk(Cluster::shared(), one_connection("transaction"));
+  REQUIRE(eventually(15s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+  const std::string script = R"PY(
+import asyncio, sys, asyncpg
+async def main():
+    a = await asyncpg.connect(sys.argv[1])
+    b = await asyncpg.connect(sys.argv[1])
+    for i in range(3):
+        for c in (a, b):
+            assert await c.fetchval("SELECT $1::int + 10", i) == i + 10
+    # b drops every prepared statement of the connection (its own too, as PostgreSQL would: b does
+    # not use its cache after this); a's cached statements must still run.
+    await b.execute("DEALLOCATE ALL")                           # simple protocol
+    for i in range(3):
+        assert await a.fetchval("SELECT $1::int + 10", i) == i + 10
+    await b.fetch("DEALLOCATE ALL")                             # extended protocol
+    for i in range(3):
+        assert await a.fetchval("SELECT $1::int + 10", i) == i + 10
+    print("asyncpg done")
+asyncio.run(main())
+)PY";
+  const RunResult r = run({"sh", "-c", "command -p python3 -c \"$1\" \"$2\"", "sh", script,
+                           "postgresql://app:app-pass@127.0.0.1:" + std::to_string(pk.port()) + "/app"},
+                          {}, 120s);
+  INFO(r.output);
+  CHECK(r.ok());
+  CHECK(r.output.find("asyncpg done") != std::string::npos);
+}
+
+TEST_CASE("a lost transaction's answers are made only as fast as the client reads them", "[txpool][limits][resume]") {
+  Cluster cluster(ClusterOptions{.standbys = 1, .sync = true});
+  PgkeelOptions o;
+  o.console = true;
+  o.workers = 1;
+  o.listeners = {ListenerSpec{.name = "rw", .pool_mode = "transaction"}};
+  o.health_extra = "probe_interval = \"250ms\"\nprobe_timeout = \"500ms\"";
+  o.failover_extra = "hold_timeout = \"20s\"\nswitchover_timeout = \"30s\"\nswitchover_drain_timeout = \"5s\"\n" +
+                     switchover_commands(cluster);
+  Pgkeel pk(cluster, o);
+  REQUIRE(eventually(15s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+  PqSession s(pk.conninfo());
+  REQUIRE(s.connected());
+  REQUIRE(s.exec("BEGIN").ok);
+  REQUIRE(s.exec("SELECT 1").ok);
+  const PqResult f = pq_exec(pk.console_conninfo(), "FAILOVER", 60s);
+  INFO(f.error);
+  REQUIRE(f.ok);
+  // The transaction is lost; every Sync the client sends now is answered by pgkeel itself. The
+  // client sends 40 MB of Syncs and reads nothing.
+  const long before = proc_status_kb(pk.pid(), "VmRSS");
+  const int fd = PQsocket(s.get());
+  REQUIRE(::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK) == 0);  // libpq's socket: the sender waits
+  std::atomic<bool> sent_all{false};
+  std::thread sender([&] {
+    const std::string syncs = [] {
+      std::string m;
+      for (int i = 0; i < 65536 / 5; ++i) m.append("S\0\0\0\4", 5);
+      return m;
+    }();
+    std::size_t total = 0;
+    while (total < (40u << 20)) {
+      const ssize_t n = ::send(fd, syncs.data(), syncs.size(), MSG_NOSIGNAL);
+      if (n <= 0) return;
+      total += static_cast<std::size_t>(n);
+    }
+    sent_all = true;
+  });
+  const bool grew = eventually(15s, [&] { return proc_status_kb(pk.pid(), "VmRSS") - before > 16 * 1024; });
+  const long after = proc_status_kb(pk.pid(), "VmRSS");
+  ::shutdown(fd, SHUT_RDWR);  // ends the sender, blocked or not
+  sender.join();
+  INFO("VmRSS before " << before << " kB, after " << after << " kB; all 40 MB sent: " << sent_all.load());
+  CHECK_FALSE(grew);
+}
+
+}  // namespace pgkeel::test
