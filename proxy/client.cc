@@ -279,6 +279,10 @@ Client::Client(Worker& w, std::uint32_t id, int fd, std::size_t listener_index, 
                  fe::kExecute, fe::kDescribe, fe::kClose, fe::kFlush, fe::kCopyDone, fe::kCopyFail}) {
     scanner_.watch(t);
   }
+  // A long statement's text past the scanner's 8 KB: watched for what would pin (session
+  // pooling: what would keep the session from moving at a failover).
+  scanner_.follow(fe::kQuery);
+  scanner_.follow(fe::kParse);
 }
 
 Client::~Client() {
@@ -819,21 +823,28 @@ void Client::read_detached() {
   forward_messages();
 }
 
-void Client::scan_streamed_text(std::string_view part) {
-  // Keywords cut between reads are found in the carried tail of the previous part.
-  constexpr std::size_t kCarry = 16;
-  std::string window = stream_carry_;
-  window.append(part.substr(0, std::min(part.size(), 64 * kCarry)));
-  bool hit = session_relevant(window) || session_relevant(part);
-  const std::string_view tail = part.size() >= kCarry ? part.substr(part.size() - kCarry) : part;
-  stream_carry_ = (stream_carry_ + std::string(tail)).substr(std::max<std::size_t>(stream_carry_.size() + tail.size(), kCarry) - kCarry);
-  if (!hit || (sess_ && !sess_->unreplayable.empty())) return;
-  // Past the head, a statement is not classified: one that may LISTEN, create a temporary table,
-  // take an advisory lock, ... keeps its server connection (with pinning = "refuse" too: its
-  // beginning is already running).
-  carried().unreplayable = "a statement longer than " + std::to_string(kMaxHeldMessage >> 10) +
-                           " KB that mentions LISTEN, SET, PREPARE, DISCARD, a temporary table or an advisory lock past its start";
-  log::info("client").kv("event", "pinned").kv("conn", name()).kv("why", "long statement").emit();
+void Client::start_long_text(char type, std::string_view head) {
+  if (!long_text_) long_text_ = std::make_unique<PinWordScan>();
+  *long_text_ = PinWordScan{};
+  if (type == fe::kParse) head.remove_prefix(std::min(head.size(), head.find('\0') + 1));  // its name
+  long_text_->feed(head);
+  long_text_->clear_hit();
+}
+
+void Client::follow_long_text(std::string_view part, std::size_t head_bytes) {
+  if (!long_text_) return;
+  long_text_->feed(part);
+  if (long_text_->hit().empty() || (sess_ && !sess_->unreplayable.empty())) return;
+  // Past its head a statement is not classified statement by statement: one that may LISTEN,
+  // create a temporary table, SET, take an advisory lock, ... keeps its server connection in
+  // transaction pooling (with pinning = "refuse" too: its beginning already runs), and does not
+  // move to another server at a failover.
+  std::string word = long_text_->hit();
+  for (char& ch : word) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  carried().unreplayable = "a statement longer than " + std::to_string(head_bytes >> 10) + " KB with " + word +
+                           " past its first " + std::to_string(head_bytes >> 10) +
+                           " KB (pgkeel does not hold it whole)";
+  log::info("client").kv("event", "pinned").kv("conn", name()).kv("why", sess_->unreplayable).emit();
 }
 
 void Client::forward_messages() {
@@ -850,14 +861,14 @@ void Client::forward_messages() {
       if (take == 0) break;
       const std::string_view part(rx_.data() + off, take);
       if (!stream_drop_) {
-        if (stream_scan_) scan_streamed_text(part);
+        if (stream_scan_) follow_long_text(part, kMaxHeldMessage);
         to_server.append(part);
       }
       off += take;
       stream_left_ -= static_cast<std::uint32_t>(take);
       if (stream_left_ == 0) {
         stream_drop_ = stream_scan_ = false;
-        std::string().swap(stream_carry_);
+        long_text_.reset();
       }
       continue;
     }
@@ -971,16 +982,28 @@ void Client::forward_messages() {
     if (streamed) {
       stream_left_ = body_len - static_cast<std::uint32_t>(head);
       stream_drop_ = !refused.empty();
-      stream_scan_ = refused.empty() && transaction_mode() && (type == fe::kQuery || type == fe::kParse);
-      if (stream_scan_) stream_carry_.assign(body.substr(body.size() - std::min<std::size_t>(body.size(), 16)));
+      stream_scan_ = refused.empty() && (type == fe::kQuery || type == fe::kParse);
+      if (stream_scan_) start_long_text(type, body);
     }
   }
   rx_.erase(0, off);
   if (state_ == State::kLinked && server_ != nullptr && !transaction_mode() && !rx_.empty() && !close_after) {
     // Session mode relays raw from here on: the start of a message goes now, and the scanner
     // follows it, so the rest of it passes by as relayed bytes do.
-    const protocol::ScanResult res = scanner_.scan(reinterpret_cast<const unsigned char*>(rx_.data()), rx_.size(),
-                                                   [](const protocol::ScannedMessage&) { return protocol::ScanAction::kContinue; });
+    Server* s = server_;
+    const protocol::ScanResult res =
+        scanner_.scan(reinterpret_cast<const unsigned char*>(rx_.data()), rx_.size(), [&](const protocol::ScannedMessage& m) {
+          // Only a message longer than 8 KB can be reported here (its head): it is a request too.
+          if (m.rest) {
+            follow_long_text(m.body, protocol::Scanner::kCaptureLimit);
+          } else if (m.type != fe::kTerminate) {
+            start_cycle();
+            track(m.type, m.body, m.truncated);
+            if (m.truncated && (m.type == fe::kQuery || m.type == fe::kParse)) start_long_text(m.type, m.body);
+            (void)s->note_request(m.type);
+          }
+          return protocol::ScanAction::kContinue;
+        });
     if (res.status == protocol::ScanResult::Status::kMalformed) {
       fail("FATAL", "08P01", "invalid message length");
       return;
@@ -1150,9 +1173,14 @@ void Client::forward_to_server(IoBuffer* b, std::size_t new_from) {
   bool terminate_clean = true;
   const protocol::ScanResult res =
       scanner_.scan(b->data + new_from, b->end - new_from, [&](const protocol::ScannedMessage& m) {
+        if (m.rest) {
+          follow_long_text(m.body, protocol::Scanner::kCaptureLimit);
+          return protocol::ScanAction::kContinue;
+        }
         if (m.type != fe::kTerminate) {
           start_cycle();
           track(m.type, m.body, m.truncated);
+          if (m.truncated && (m.type == fe::kQuery || m.type == fe::kParse)) start_long_text(m.type, m.body);
         }
         if (m.type == fe::kTerminate) {
           terminate_seen = true;

@@ -151,9 +151,11 @@ class Client {
   // Whole messages from rx_ to the server (transaction pooling, and the first requests after a
   // detach), or to the lost transaction's answers.
   void forward_messages();
-  // A statement's text past the head of a message too long to hold: watched for what would
-  // pin the session (see kMaxHeldMessage in client.cc).
-  void scan_streamed_text(std::string_view part);
+  // A statement too long to hold whole (a Query or Parse over the frontend scanner's 8 KB in
+  // session pooling, over kMaxHeldMessage in transaction pooling): its head was classified; the
+  // rest is watched for what could pin the session, as it passes.
+  void start_long_text(char type, std::string_view head);
+  void follow_long_text(std::string_view part, std::size_t head_bytes);
   void attach(Server* s);
   void send_due_answers();
   bool declares_read_only() const;
@@ -168,7 +170,7 @@ class Client {
   std::string rx_;             // startup and auth phases: bytes not yet parsed (no capacity kept)
   std::unique_ptr<AuthSession> auth_;  // while authenticating only: an idle session does not carry it
   std::unique_ptr<Carried> sess_;  // created on need (Client::carried())
-  std::string stream_carry_;    // the last bytes of a streamed statement's text so far (a keyword cut in two)
+  std::unique_ptr<PinWordScan> long_text_;  // see start_long_text()
   Server* server_ = nullptr;
   std::uint64_t lookup_token_ = 0;  // an [auth] query for this client is in flight
   Clock::time_point started_;
@@ -189,7 +191,7 @@ class Client {
   bool tls_handshake_ = false;  // SSLRequest answered 'S'; the handshake is running
   bool stream_drop_ = false;     // the rest of the long message is dropped (refused, or a lost transaction)
   bool own_answers_wait_ = false;  // reading stopped until pgkeel's own answers drain (a lost transaction)
-  bool stream_scan_ = false;     // the rest of the long message is statement text: scan_streamed_text()
+  bool stream_scan_ = false;     // the rest of the long message is statement text: follow_long_text()
   bool replay_needed_ = false;        // the next server is fresh: restore settings and statements
   bool cycle_may_commit_ = false;     // what runs now may commit (autocommit, COMMIT)
   bool cycle_in_transaction_ = false;  // what runs now runs inside a transaction block

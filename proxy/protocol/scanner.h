@@ -24,6 +24,9 @@ struct ScannedMessage {
   std::size_t start = 0;     // offset in the fed chunk where the message began (may be "before"
                              // the chunk when the header straddled reads: then 0)
   bool started_in_chunk = false;
+  // A piece of the rest of a truncated message of a type marked with Scanner::follow(): `body`
+  // is the next bytes after what was reported before (kStop is not honoured for these).
+  bool rest = false;
 };
 
 enum class ScanAction { kContinue, kStop };
@@ -43,6 +46,9 @@ class Scanner {
 
   // Only types marked here are reported to the callback.
   void watch(char type) { watched_.set(static_cast<unsigned char>(type)); }
+  // A watched type whose truncated messages are followed to their end: after the head, the rest
+  // of the body is reported too, piece by piece, as it passes (ScannedMessage::rest).
+  void follow(char type) { followed_.set(static_cast<unsigned char>(type)); }
   void unwatch_all() { watched_.reset(); }
 
   // Walks `chunk`; calls `on_message(const ScannedMessage&) -> ScanAction` for each complete
@@ -58,6 +64,7 @@ class Scanner {
     remaining_ = 0;
     capturing_ = false;
     truncating_ = false;
+    following_ = false;
     capture_.clear();
   }
   // Type of the message whose body is being scanned (0 between messages).
@@ -65,6 +72,7 @@ class Scanner {
 
  private:
   std::bitset<256> watched_;
+  std::bitset<256> followed_;
   std::array<unsigned char, 5> header_{};
   std::uint8_t header_have_ = 0;
   char type_ = 0;
@@ -72,6 +80,7 @@ class Scanner {
   std::uint32_t remaining_ = 0;  // body bytes still to come of the current message
   bool capturing_ = false;
   bool truncating_ = false;      // capturing only the head of a message over the capture limit
+  bool following_ = false;       // reporting the rest of a truncated message (follow())
   std::string capture_;          // body of a watched message that straddles chunks
 };
 
@@ -120,6 +129,13 @@ ScanResult Scanner::scan(const unsigned char* chunk, std::size_t n, OnMessage&& 
           return res;
         }
         capturing_ = false;
+        following_ = followed_.test(static_cast<unsigned char>(type_));
+        if (following_ && n - pos > kCaptureLimit) {
+          ScannedMessage more{type_, length_,
+                              std::string_view(reinterpret_cast<const char*>(chunk + pos + kCaptureLimit), n - pos - kCaptureLimit),
+                              true, start, true, true};
+          on_message(more);
+        }
       } else {
         // Its body (or head) comes in later reads: captured until then.
         capturing_ = watched;
@@ -146,6 +162,7 @@ ScanResult Scanner::scan(const unsigned char* chunk, std::size_t n, OnMessage&& 
       remaining_ = length_ - 4;
       capturing_ = watched_.test(static_cast<unsigned char>(type_));
       truncating_ = capturing_ && remaining_ > kCaptureLimit;  // reported at kCaptureLimit bytes
+      following_ = false;
       capture_.clear();
       if (remaining_ == 0 && capturing_) {
         capturing_ = false;
@@ -161,16 +178,40 @@ ScanResult Scanner::scan(const unsigned char* chunk, std::size_t n, OnMessage&& 
     }
     // Inside a body.
     const std::size_t take = std::min<std::size_t>(remaining_, n - pos);
+    std::size_t keep = 0;  // bytes of `take` that went to the capture
     if (capturing_) {
-      const std::size_t keep = truncating_ ? std::min(take, kCaptureLimit - capture_.size()) : take;
+      keep = truncating_ ? std::min(take, kCaptureLimit - capture_.size()) : take;
       capture_.append(reinterpret_cast<const char*>(chunk + pos), keep);
+    } else if (following_) {
+      ScannedMessage more{type_, length_, std::string_view(reinterpret_cast<const char*>(chunk + pos), take),
+                          true, 0, false, true};
+      on_message(more);
     }
+    const std::size_t after_head = pos + keep;  // where a truncated head ends in this chunk
     pos += take;
     remaining_ -= static_cast<std::uint32_t>(take);
+    if (remaining_ == 0 && !capturing_) following_ = false;
     if (capturing_ && (remaining_ == 0 || (truncating_ && capture_.size() >= kCaptureLimit))) {
       capturing_ = false;
       ScannedMessage m{type_, length_, capture_, truncating_, 0, false};
+      following_ = truncating_ && followed_.test(static_cast<unsigned char>(type_));
       truncating_ = false;
+      if (following_ && pos > after_head) {
+        // The head was reported from this chunk: what of the chunk follows it is the rest's first piece.
+        const ScanAction a = on_message(m);
+        ScannedMessage more{type_, length_, std::string_view(reinterpret_cast<const char*>(chunk + after_head), pos - after_head),
+                            true, 0, false, true};
+        on_message(more);
+        capture_.clear();
+        if (remaining_ == 0) following_ = false;
+        if (a == ScanAction::kStop) {
+          res.status = ScanResult::Status::kStopped;
+          res.consumed = pos;
+          res.clean = false;
+          return res;
+        }
+        continue;
+      }
       if (on_message(m) == ScanAction::kStop) {
         // The message began before this chunk; stopping can only end after what was read of it.
         capture_.clear();

@@ -648,3 +648,32 @@ TEST_CASE("a lost transaction's answers are made only as fast as the client read
 }
 
 }  // namespace pgkeel::test
+
+namespace pgkeel::test {
+
+TEST_CASE("session pooling: a LISTEN past a long statement's first 8 KB keeps the session from moving at a failover",
+          "[txpool][pinning][resume]") {
+  Cluster cluster(ClusterOptions{.standbys = 1, .sync = true});
+  PgkeelOptions o;
+  o.console = true;
+  o.listeners = {ListenerSpec{.name = "rw", .pool_mode = "session"}};
+  o.health_extra = "probe_interval = \"250ms\"\nprobe_timeout = \"500ms\"";
+  o.failover_extra = "hold_timeout = \"20s\"\nswitchover_timeout = \"30s\"\nswitchover_drain_timeout = \"5s\"\n" +
+                     switchover_commands(cluster);
+  Pgkeel pk(cluster, o);
+  REQUIRE(eventually(15s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+  PqSession padded(pk.conninfo());
+  PqSession plain(pk.conninfo());
+  REQUIRE(padded.exec("SELECT 1; /*" + std::string(20000, ' ') + "*/ LISTEN txpool_far").ok);
+  REQUIRE(plain.exec("SELECT 1; /*" + std::string(20000, ' ') + "*/ SELECT 2").ok);  // nothing that pins
+  const PqResult f = pq_exec(pk.console_conninfo(), "FAILOVER", 60s);
+  INFO(f.error);
+  REQUIRE(f.ok);
+  const PqResult r = padded.exec("SELECT 1");
+  INFO(r.error);
+  CHECK_FALSE(r.ok);
+  CHECK(r.error.find("LISTEN") != std::string::npos);  // "... cannot move to another server: it used ..."
+  CHECK(plain.exec("SELECT 1").ok);                     // the other session moved on
+}
+
+}  // namespace pgkeel::test

@@ -124,6 +124,36 @@ TEST_CASE("a watched message over the capture limit is reported with its head, h
   }
 }
 
+TEST_CASE("a followed type's long message is reported as its head, then the rest piece by piece", "[protocol]") {
+  const std::string body = std::string(Scanner::kCaptureLimit + 5000, 'a') + "LISTEN x;" + std::string(30000, 'b');
+  const std::string stream = msg('Q', body) + msg('S', "");
+  for (const std::vector<std::size_t>& cuts : {std::vector<std::size_t>{3, 4000}, std::vector<std::size_t>{100000},
+                                              std::vector<std::size_t>{8192 + 5}, std::vector<std::size_t>{1, 9000}}) {
+    Scanner s;
+    s.watch('Q');
+    s.watch('S');
+    s.follow('Q');
+    std::string head;
+    std::string rest;
+    int syncs = 0;
+    std::size_t pos = 0;
+    for (std::size_t i = 0; pos < stream.size(); ++i) {
+      const std::size_t n = std::min(cuts[i % cuts.size()], stream.size() - pos);
+      s.scan(reinterpret_cast<const unsigned char*>(stream.data() + pos), n, [&](const ScannedMessage& m) {
+        if (m.type == 'S') ++syncs;
+        if (m.type == 'Q' && m.rest) rest += m.body;
+        if (m.type == 'Q' && !m.rest) head += m.body;
+        return ScanAction::kContinue;
+      });
+      pos += n;
+    }
+    INFO("first cut " << cuts[0]);
+    CHECK(syncs == 1);
+    CHECK(head + rest == body);  // whole (one read), or head then rest, nothing twice
+    CHECK(s.at_boundary());
+  }
+}
+
 TEST_CASE("stopping at a message leaves the bytes before it to forward", "[protocol]") {
   Scanner s;
   s.watch('X');

@@ -146,4 +146,26 @@ TEST_CASE("what cannot be replayed elsewhere marks the session for good", "[unit
   CHECK(fine.replayable());
 }
 
+TEST_CASE("a long statement's text past its head is watched for words that could pin, outside literals and comments",
+          "[proxy][session][pinning]") {
+  const auto hit = [](std::string_view head, std::vector<std::string_view> pieces) {
+    proxy::PinWordScan scan;
+    scan.feed(head);
+    scan.clear_hit();
+    for (std::string_view p : pieces) scan.feed(p);
+    return scan.hit();
+  };
+  CHECK(hit("SELECT 1; /* padding", {" more */ LIS", "TEN ch"}) == "listen");
+  CHECK(hit("INSERT INTO t VALUES ('", {"a set of temp values, listen", "', 'x')"}).empty());
+  CHECK(hit("SELECT 1; ", {"create temporary table t (i int)"}) == "temporary");
+  CHECK(hit("SELECT 1; ", {"select pg_advisory_lock(1)"}) == "pg_advisory_lock");
+  CHECK(hit("SELECT E'it\\'s ", {"set' AS x"}).empty());          // E'...' with an escaped quote
+  CHECK(hit("SELECT 'it''s ", {"set' AS x"}).empty());              // '' inside a literal
+  CHECK(hit("SELECT \"set", {"\" FROM t"}).empty());                // a quoted identifier
+  CHECK(hit("SELECT 1 -- set", {" listen\n SELECT 2"}).empty());     // a line comment
+  CHECK(hit("SELECT /* a /* nested */ set", {" */ 1; SET x = 1"}) == "set");
+  CHECK(hit("SELECT offset_", {"value, asset FROM t"}).empty());    // words, not substrings
+  CHECK(hit("SELECT 1", {std::string_view("\0\0\1set", 5)}).empty());  // after the text's NUL
+}
+
 }  // namespace pgkeel
