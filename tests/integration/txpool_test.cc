@@ -239,8 +239,8 @@ TEST_CASE("a cancel that lands late never cancels the next client's query on the
                                                query + "$q$", "app") == "1";
   };
   // A's query runs; A cancels it; the cancel is slow to reach PostgreSQL, and A's query ends first.
-  REQUIRE(PQsendQuery(a.get(), "SELECT pg_sleep(2)") == 1);
-  REQUIRE(eventually(10s, [&] { return active("SELECT pg_sleep(2)"); }));
+  REQUIRE(PQsendQuery(a.get(), "SELECT pg_sleep(4)") == 1);
+  REQUIRE(eventually(10s, [&] { return active("SELECT pg_sleep(4)"); }));
   {
     PGcancel* c = PQgetCancel(a.get());
     char err[256];
