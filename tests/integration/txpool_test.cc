@@ -677,3 +677,29 @@ TEST_CASE("session pooling: a LISTEN past a long statement's first 8 KB keeps th
 }
 
 }  // namespace pgkeel::test
+
+namespace pgkeel::test {
+
+TEST_CASE("pgJDBC: LISTEN reaches an idle listener, statements survive another connection's DEALLOCATE ALL, CopyManager",
+          "[txpool][jdbc]") {
+  PgkeelOptions o = one_connection("transaction");
+  o.pool_size = 2;  // one for the pinned listener, one shared by the rest
+  Pgkeel pk(Cluster::shared(), o);
+  REQUIRE(eventually(15s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+  const std::string jar = "/usr/share/java/postgresql.jar";
+  const fs::path classes = pk.dir() / "classes";
+  fs::create_directories(classes);
+  const RunResult c = run({"javac", "-cp", jar, "-d", classes.string(),
+                           (fs::path(PGKEEL_SOURCE_DIR) / "tests" / "jdbc" / "TxpoolJdbc.java").string()},
+                          {}, 180s);
+  INFO(c.output);
+  REQUIRE(c.ok());
+  const RunResult r = run({"java", "-cp", classes.string() + ":" + jar, "TxpoolJdbc",
+                           "jdbc:postgresql://127.0.0.1:" + std::to_string(pk.port()) + "/app", "app", "app-pass"},
+                          {}, 180s);
+  INFO(r.output);
+  CHECK(r.ok());
+  CHECK(r.output.find("TxpoolJdbc: ok") != std::string::npos);
+}
+
+}  // namespace pgkeel::test
