@@ -489,6 +489,30 @@ void PinWordScan::feed(std::string_view piece) {
       case In::kLineComment:
         if (c == '\n') in_ = In::kCode;
         continue;
+      case In::kDollarTag: {
+        // After a '$' that starts a token: $tag$ or $$ opens a dollar quote; $1 is a parameter.
+        const auto t = static_cast<unsigned char>(c);
+        if (c == '$') {
+          tag_ += c;
+          in_ = In::kDollarBody;
+          matched_ = 0;
+          continue;
+        }
+        if (std::isalpha(t) || c == '_' || t >= 0x80 || (std::isdigit(t) && tag_.size() > 1)) {
+          tag_ += c;
+          continue;
+        }
+        in_ = In::kCode;  // not a dollar quote: read this byte as code
+        prev_ = '$';
+        break;
+      }
+      case In::kDollarBody:
+        if (c == tag_[matched_]) {
+          if (++matched_ == tag_.size()) in_ = In::kCode;
+        } else {
+          matched_ = c == tag_[0] ? 1 : 0;
+        }
+        continue;
       case In::kBlockComment:
         if (prev_ == '*' && c == '/') {
           prev_ = 0;
@@ -506,6 +530,11 @@ void PinWordScan::feed(std::string_view piece) {
         break;
     }
     const auto u = static_cast<unsigned char>(c);
+    if (c == '$' && word_.empty()) {
+      in_ = In::kDollarTag;
+      tag_ = "$";
+      continue;
+    }
     if (std::isalnum(u) || c == '_' || c == '$' || u >= 0x80) {
       if (word_.size() < kMaxWord) word_ += static_cast<char>(std::tolower(u));
       prev_ = c;

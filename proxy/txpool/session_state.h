@@ -106,11 +106,15 @@ class PinWordScan {
   const std::string& hit() const { return hit_; }
 
  private:
-  enum class In : std::uint8_t { kCode, kQuote, kEscapeQuote, kIdentifier, kLineComment, kBlockComment, kEnd };
+  enum class In : std::uint8_t {
+    kCode, kQuote, kEscapeQuote, kIdentifier, kLineComment, kBlockComment, kDollarTag, kDollarBody, kEnd,
+  };
   void end_word();
 
   std::string word_;   // the identifier being read, lower-cased (capped)
   std::string hit_;
+  std::string tag_;    // a dollar quote's tag, "$" to "$" ("$$" for the empty tag)
+  std::size_t matched_ = 0;  // in a dollar-quoted body: bytes of the closing tag seen so far
   int depth_ = 0;      // nested block comments
   char prev_ = 0;      // the previous byte in code (for --, /*, */ and E'...')
   bool backslash_ = false;  // in an E'...' literal: the next byte is escaped

@@ -166,6 +166,11 @@ TEST_CASE("a long statement's text past its head is watched for words that could
   CHECK(hit("SELECT /* a /* nested */ set", {" */ 1; SET x = 1"}) == "set");
   CHECK(hit("SELECT offset_", {"value, asset FROM t"}).empty());    // words, not substrings
   CHECK(hit("SELECT 1", {std::string_view("\0\0\1set", 5)}).empty());  // after the text's NUL
+  // Dollar quotes: their body is a literal (an apostrophe in it opens nothing); $1 is a parameter.
+  CHECK(hit("CREATE FUNCTION f() RETURNS int AS $body$ SELECT 'set'; -- don't", {" $bo", "dy$ LANGUAGE sql; LISTEN x"}) ==
+        "listen");
+  CHECK(hit("SELECT $$ it's a set $", {"$, $1; LISTEN y"}) == "listen");
+  CHECK(hit("SELECT $1, $2", {" FROM t; CREATE TEMP TABLE x (i int)"}) == "temp");
 }
 
 }  // namespace pgkeel
