@@ -1053,8 +1053,8 @@ void Client::forward_messages() {
     wait_started_ = Clock::now();
     read_only_txn_ = transaction_mode() && w_.config().listeners[listener_index_].read_write_split && declares_read_only();
     request_server(w_, *this);
-  } else if (rx_.size() >= kMaxWaitingBytes) {
-    ep_.set_reading(false);
+  } else if (rx_.size() >= kMaxWaitingBytes && !(sess_ && sess_->lost)) {
+    ep_.set_reading(false);  // a lost transaction reads on: its answers need no server (own_backlog bounds them)
   }
 }
 
