@@ -908,7 +908,9 @@ void Client::forward_messages() {
         const std::string_view name = r.str();
         if (!r.failed() && !name.empty() && ends_transaction(r.str())) sess_->statements.define(name, body.substr(name.size() + 1));
       }
-      if (sess_->lost->on_client_message(type, body, text, to_client)) {
+      // The head of a long Query, ended as a whole one is (it is a statement, not an empty query).
+      const std::string ended_head = streamed && type == fe::kQuery ? std::string(body) + '\0' : std::string();
+      if (sess_->lost->on_client_message(type, ended_head.empty() ? body : std::string_view(ended_head), text, to_client)) {
         sess_->lost.reset();
         sess_->state.on_ready('I');  // ended (rolled back): nothing of it stays
       }

@@ -619,8 +619,14 @@ TEST_CASE("a lost transaction's answers are made only as fast as the client read
   const PqResult f = pq_exec(pk.console_conninfo(), "FAILOVER", 60s);
   INFO(f.error);
   REQUIRE(f.ok);
-  // The transaction is lost; every Sync the client sends now is answered by pgkeel itself. The
-  // client sends 40 MB of Syncs and reads nothing.
+  // The transaction is lost: its next statement gets 40001, a long one too (pgkeel reads it as it
+  // comes, without a server), then 25P02 until the client ends it.
+  const PqResult long_one = s.exec("SELECT length('" + std::string(1u << 20, 'l') + "')");
+  INFO(long_one.error);
+  CHECK(long_one.sqlstate == "40001");
+  CHECK(s.exec("SELECT 1").sqlstate == "25P02");
+  // Every Sync the client sends now is answered by pgkeel itself. The client sends 40 MB of Syncs
+  // and reads nothing.
   const long before = proc_status_kb(pk.pid(), "VmRSS");
   const int fd = PQsocket(s.get());
   REQUIRE(::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK) == 0);  // libpq's socket: the sender waits
