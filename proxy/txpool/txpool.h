@@ -14,15 +14,19 @@
 //
 // The pieces, all pure (messages and text in, messages and verdicts out; no sockets, no clock):
 //   session_state.h    SET / RESET / DISCARD / PREPARE tracked as PostgreSQL applies them, and
-//                      what cannot be replayed (LISTEN, temporary tables, advisory locks, ...)
-//   prepared.h         client statement names -> shared server statements (pgk_<sha256>)
-//   response_plan.h    which server answer belongs to which request; pgkeel's own answers
+//                      what cannot be replayed (LISTEN, temporary tables, advisory locks, ...);
+//                      PinWordScan reads the text of a statement too long to hold as it passes
+//   prepared.h         client statement names -> shared server statements (pgk_<sha256>); a
+//                      message too long to hold is rewritten from its head and streamed
+//   response_plan.h    which server answer belongs to which request (the Syncs PostgreSQL
+//                      ignores in copy-in mode get none); pgkeel's own answers
 //   replay.h           what a server connection is sent so that it carries a client's session
 //   lost_transaction.h the answers owed for a transaction whose server died
 //
 // The arrows: proxy/client.cc and proxy/server.cc use this subsystem; it uses only the wire
-// format (proxy/protocol). It is its own CMake target (pgkeel_txpool) without libevent or
-// sockets, so an include the wrong way fails to link.
+// format (proxy/protocol). It is its own CMake target (pgkeel_txpool), linking only
+// pgkeel_protocol and libcrypto: no libevent, no sockets. What it decides, the relay does: the
+// relay owns the bytes, their memory bound and backpressure (client.cc kMaxHeldMessage).
 #pragma once
 
 #include "proxy/txpool/lost_transaction.h"
