@@ -4,6 +4,7 @@
 
 #include <catch2/catch.hpp>
 #include <string>
+#include <random>
 #include <string_view>
 #include <vector>
 
@@ -242,6 +243,52 @@ TEST_CASE("a long Bind is rewritten from its head: only the statement name chang
     REQUIRE(pgkeel::proxy::rewrite_head_for_shared('B', other.substr(0, 4096), other.size(), client, server, plan, out3) == 0);
     out3 += other;
     CHECK(split(out3)[0].body == other);
+  }
+}
+
+TEST_CASE("a message rewritten from its head, then its rest, is the message rewritten whole", "[proxy][prepared]") {
+  std::mt19937 rng(14);
+  for (int round = 0; round < 200; ++round) {
+    ClientStatements client;
+    ServerStatements server_whole(4);
+    ServerStatements server_head(4);
+    ResponsePlan setup;
+    ResponsePlan plan_whole;
+    ResponsePlan plan_head;
+    std::string ignored;
+    for (const char* name : {"S_1", "S_2"}) {
+      REQUIRE(pgkeel::proxy::rewrite_for_shared('P', parse_body(name, std::string("SELECT ") + name), client, server_whole,
+                                                setup, ignored));
+    }
+    if (rng() % 2) server_whole.clear();  // the connection may lack them: prepared first either way
+    for (const std::string& n : {std::string("S_1"), std::string("S_2")}) {
+      if (server_whole.has(client.find(n)->server_name)) server_head.add(client.find(n)->server_name);
+    }
+    const char type = "BQPDCE"[rng() % 6];
+    const std::string names[] = {"", "S_1", "S_2", "unknown"};
+    std::string body;
+    if (type == 'B') {
+      body = bind_body(names[rng() % 4]);
+    } else if (type == 'P') {
+      body = parse_body("", "SELECT 1");
+    } else if (type == 'D' || type == 'C') {
+      body = std::string(1, 'P') + names[rng() % 4] + std::string(1, '\0');
+    } else {
+      body = std::string("SELECT 'x'") + std::string(1, '\0');
+    }
+    body += std::string(rng() % 3000, 'z');  // a long tail, as a big parameter makes
+    const std::size_t head_len = std::min<std::size_t>(body.size(), 64 + rng() % 200);
+    std::string whole;
+    REQUIRE(pgkeel::proxy::rewrite_for_shared(type, body, client, server_whole, plan_whole, whole));
+    std::string streamed;
+    const std::size_t replaced =
+        pgkeel::proxy::rewrite_head_for_shared(type, std::string_view(body).substr(0, head_len), body.size(), client,
+                                               server_head, plan_head, streamed);
+    REQUIRE(replaced != std::string_view::npos);
+    streamed += body.substr(replaced);
+    INFO("type " << type << " round " << round);
+    CHECK(streamed == whole);
+    CHECK(plan_head.outstanding() == plan_whole.outstanding());
   }
 }
 
