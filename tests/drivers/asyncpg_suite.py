@@ -5,6 +5,7 @@ asyncpg runs every query as a named prepared statement (__asyncpg_stmt_N__) and 
 per-connection cache (statement_cache_size, default 100); with statement_cache_size=0 it uses
 the unnamed statement for queries, but conn.prepare() still makes a named one. The prepared
 cases run with the cache on and off; COPY, LISTEN/NOTIFY and a cancel by timeout run once.
+add_listener() sends its LISTEN through conn.fetch(), so by the extended protocol.
 
     PGHOST=127.0.0.1 PGPORT=6432 PGUSER=app PGPASSWORD=app-pass PGDATABASE=app PGSSLMODE=require \
       command -p python3 tests/drivers/asyncpg_suite.py [--only NAME]

@@ -27,7 +27,8 @@ from psycopg import pq
 from common import Runner, conninfo, expect, expect_eq
 
 ONE_SERVER_PORT = os.environ.get("DRIVERS_ONE_SERVER_PORT") or None
-TABLE = f"drivers_cross_{secrets.token_hex(4)}"
+RUN = secrets.token_hex(4)
+TABLE = f"drivers_cross_{RUN}"
 
 
 class Failed(AssertionError):
@@ -70,11 +71,14 @@ class Client:
         return self.check(self.conn.exec_(sql.encode()), what or sql)
 
     def prepare(self, name, sql):
+        # Statement texts of this run alone: a server statement that an earlier run's DEALLOCATE
+        # ALL removed behind the pooler's back must not be what fails here.
+        sql = f"{sql} /* cross_suite {RUN} */"
         return self.check(self.conn.prepare(name.encode(), sql.encode()), f"prepare {name}")
 
-    def run_prepared(self, name, *params):
+    def run_prepared(self, name, *params, what=None):
         res = self.conn.exec_prepared(name.encode(), [str(p).encode() for p in params])
-        return self.check(res, f"execute {name}")
+        return self.check(res, what or f"execute {name}")
 
     def value(self, res, row=0, col=0):
         v = res.get_value(row, col)
@@ -111,32 +115,41 @@ def statement_names_collide():
 
 def reset_by_other(verb):
     """A prepares; B (same server connection) runs `verb`; A's statement still runs."""
+    # Statement texts of this case alone: a server statement that an earlier case's reset removed
+    # must not be what fails here (see Client.prepare).
+    tag = verb.lower().replace(" ", "_")
+
     def case():
         with Client(shared=True) as a, Client(shared=True) as b:
-            a.prepare("keep", "SELECT $1::int + 100")
-            expect_eq("101", a.value(a.run_prepared("keep", 1)), "before")
-            b.prepare("keep", "SELECT 'b:' || $1::text")
+            a.prepare("keep", f"SELECT $1::int + 100 AS keep_{tag}")
+            expect_eq("101", a.value(a.run_prepared("keep", 1, what="a's statement before")), "before")
+            b.prepare("keep", f"SELECT 'b:' || $1::text AS keep_{tag}")
             b.simple(verb)
             for i in range(3):
-                expect_eq(str(100 + i), a.value(a.run_prepared("keep", i)), f"a after b's {verb}, run {i + 1}")
+                expect_eq(str(100 + i), a.value(a.run_prepared("keep", i, what=f"a's statement after b's {verb}")),
+                          f"a after b's {verb}, run {i + 1}")
     return case
 
 
 def reset_own(verb):
     """After its own `verb` a client's statements are gone (26000) and the names free again."""
+    tag = verb.lower().replace(" ", "_")
+
     def case():
         with Client(shared=True) as a, Client(shared=True) as b:
-            a.prepare("mine", "SELECT $1::int + 100")
-            a.run_prepared("mine", 1)
-            b.prepare("mine", "SELECT $1::int + 100")  # the same statement from another client
-            b.run_prepared("mine", 1)
+            a.prepare("mine", f"SELECT $1::int + 100 AS own_{tag}")
+            a.run_prepared("mine", 1, what="a's statement before")
+            b.prepare("mine", f"SELECT $1::int + 100 AS own_{tag}")  # the same statement from another client
+            b.run_prepared("mine", 1, what="b's statement before")
             a.simple(verb)
             res = a.conn.exec_prepared(b"mine", [b"1"])
             expect(res.status == pq.ExecStatus.FATAL_ERROR, f"a's statement still ran after its own {verb}")
             expect_eq(b"26000", res.error_field(pq.DiagnosticField.SQLSTATE), f"after its own {verb}")
-            a.prepare("mine", "SELECT $1::text || '?'")
-            expect_eq("x?", a.value(a.run_prepared("mine", "x")), "the name prepared again, other SQL")
-            expect_eq("101", b.value(b.run_prepared("mine", 1)), "b's statement of the same text")
+            a.prepare("mine", f"SELECT $1::text || '?' AS own_{tag}")
+            expect_eq("x?", a.value(a.run_prepared("mine", "x", what="a's name prepared again, other SQL")),
+                      "a's name prepared again")
+            expect_eq("101", b.value(b.run_prepared("mine", 1, what=f"b's statement (the text a had) after a's {verb}")),
+                      f"b's statement after a's {verb}")
     return case
 
 
