@@ -16,6 +16,7 @@ common.py: one PASS/FAIL line per case.
 import hashlib
 import os
 import secrets
+import threading
 
 import psycopg
 
@@ -76,6 +77,46 @@ def two_connections_same_names(threshold):
             expect_eq((i * 7,), a.execute("SELECT %s::int * 7", (i,)).fetchone(), f"a run {i + 1}")
             expect_eq((f"b{i}", True), b.execute("SELECT 'b' || %s::text, true", (i,)).fetchone(),
                       f"b run {i + 1}")
+
+
+def rollback_after_prepare(threshold):
+    # Statements prepared inside a transaction that ends in ROLLBACK stay prepared (Parse is not
+    # transactional); psycopg goes on using them in the next transactions.
+    with psycopg.connect(conninfo()) as conn:  # not autocommit: psycopg sends BEGIN itself
+        conn.prepare_threshold = threshold
+        for i in range(7):
+            expect_eq((i + 7,), conn.execute("SELECT %s::int + 7", (i,)).fetchone(), f"run {i + 1}")
+        try:
+            conn.execute("SELECT 1 / %s::int", (0,))
+            raise AssertionError("division by zero raised no error")
+        except psycopg.errors.DivisionByZero:
+            pass
+        conn.rollback()
+        for i in range(7):
+            expect_eq((i + 7,), conn.execute("SELECT %s::int + 7", (i,)).fetchone(),
+                      f"after the rollback, run {i + 1}")
+            conn.commit()
+
+
+def concurrent_connections(threshold):
+    # Six connections at once, each its own query (all named _pg3_0 by psycopg), 150 runs each:
+    # in transaction pooling they keep meeting on the same server connections.
+    errors = []
+
+    def load(k):
+        try:
+            with connect(threshold) as conn:
+                for n in range(150):
+                    expect_eq((n * k,), conn.execute(f"SELECT %s::int * {k}", (n,)).fetchone(), f"connection {k} run {n + 1}")
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(f"connection {k}: {getattr(exc, 'sqlstate', None) or ''} {exc}")
+
+    threads = [threading.Thread(target=load, args=(k,)) for k in range(1, 7)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expect(not errors, f"{len(errors)} of 6 connections failed, first: {errors[:1]}")
 
 
 def pipeline(threshold):
@@ -150,8 +191,14 @@ def main():
         r.case(f"{label} repeat_in_transactions", lambda t=threshold: repeat_in_transactions(t))
         r.case(f"{label} error_then_repeat", lambda t=threshold: error_then_repeat(t))
         r.case(f"{label} two_connections_same_names", lambda t=threshold: two_connections_same_names(t))
+        r.case(f"{label} concurrent_connections", lambda t=threshold: concurrent_connections(t))
         r.case(f"{label} pipeline", lambda t=threshold: pipeline(t))
         r.case(f"{label} executemany", lambda t=threshold: executemany(t))
+    # Last of the prepared cases: on pgkeel as of 2026-12-06 a statement prepared inside a
+    # transaction that rolls back leaves the pool believing a server statement exists that does
+    # not, and later cases (of any client) on that server connection would fail for it.
+    for label, threshold in SETTINGS:
+        r.case(f"{label} rollback_after_prepare", lambda t=threshold: rollback_after_prepare(t))
     r.case("copy_in_out", copy_in_out)
     r.case("bytea_100mb_binary", bytea_binary, timeout=120)
     r.case("bytea_100mb_hex_text", bytea_hex_text, timeout=120)
