@@ -50,40 +50,38 @@ struct DriverPki {
   }
 };
 
-// What the whole matrix runs against, started once per process on the shared cluster:
-//  - `main`: listeners "session" and "transaction" (named after their pool_mode), with [tls];
-//  - `single`: the same two listeners, but one worker and max_server_conn_per_node = 1, so every
-//    client of its transaction listener runs on one and the same server connection (the cross
-//    suite's cases between two clients on one server connection).
-// wait_timeout is short on both, so a server connection that stays pinned is a 53300 within
-// seconds, not a hang.
-struct Matrix {
+// Made once per process: the certificate pgkeel serves, and where Drivers.java is compiled to.
+struct Shared {
   DriverPki pki;
-  std::unique_ptr<Pgkeel> main;
-  std::unique_ptr<Pgkeel> single;
-  fs::path java_classes;
+  fs::path java_classes = pki.dir / "classes";
 
-  Matrix() {
-    auto& cluster = Cluster::shared();
-    PgkeelOptions o;
-    o.log_level = "info";
-    o.listeners = {ListenerSpec{.name = "session", .pool_mode = "session"},
-                   ListenerSpec{.name = "transaction", .pool_mode = "transaction"}};
-    o.pool_extra = "wait_timeout = \"10s\"";
-    o.extra_toml = pki.tls_toml();
-    main = std::make_unique<Pgkeel>(cluster, o);
+  static Shared& get() {
+    static Shared s;
+    return s;
+  }
+};
+
+// A pgkeel for one cell, on the shared cluster, with [tls] and listeners "session" and
+// "transaction" (named after their pool_mode). Each cell has its own, so what one suite leaves in
+// pgkeel's pools (a server statement pgkeel wrongly believes in, a pinned connection) cannot fail
+// another cell. With `one_server`: one worker and max_server_conn_per_node = 1, so every client of
+// its transaction listener runs on one and the same server connection (the cases between two
+// clients on one server connection). wait_timeout is short, so a server connection that stays
+// pinned is a 53300 within seconds, not a hang.
+PgkeelOptions cell_options(bool one_server) {
+  PgkeelOptions o;
+  o.log_level = "info";
+  o.listeners = {ListenerSpec{.name = "session", .pool_mode = "session"},
+                 ListenerSpec{.name = "transaction", .pool_mode = "transaction"}};
+  o.pool_extra = "wait_timeout = \"10s\"";
+  o.extra_toml = Shared::get().pki.tls_toml();
+  if (one_server) {
     o.workers = 1;
     o.pool_size = 1;
     o.pool_extra = "max_server_conn_per_node = 1\nwait_timeout = \"5s\"";
-    single = std::make_unique<Pgkeel>(cluster, o);
-    java_classes = main->dir() / "classes";
   }
-
-  static Matrix& get() {
-    static Matrix m;
-    return m;
-  }
-};
+  return o;
+}
 
 struct Cell {
   std::string mode;  // "session" or "transaction": the listener's pool_mode
@@ -96,11 +94,10 @@ std::string cell_name(const std::string& driver, const Cell& c) {
   return driver + " / " + c.mode + " pooling / " + (c.tls ? "TLS" : "plaintext");
 }
 
-// The PG* variables every suite reads, for the cell's listener of `main`.
-Env suite_env(const Cell& c) {
-  Matrix& m = Matrix::get();
+// The PG* variables every suite reads, for the cell's listener.
+Env suite_env(const Pgkeel& pk, const Cell& c) {
   Env env = {{"PGHOST", "127.0.0.1"},
-             {"PGPORT", std::to_string(m.main->port(c.mode))},
+             {"PGPORT", std::to_string(pk.port(c.mode))},
              {"PGUSER", std::string(kAppUser)},
              {"PGPASSWORD", std::string(kAppPassword)},
              {"PGDATABASE", std::string(kAppDatabase)},
@@ -117,8 +114,17 @@ Env suite_env(const Cell& c) {
 
 // Runs one suite in one cell: it must exit 0 with a summary line and no FAIL line. Each FAIL line
 // is reported as a failure of its own; the output goes to stdout so the CI log shows the matrix.
-void run_suite(const std::string& driver, const Cell& c, const std::vector<std::string>& argv, Env env = {}) {
-  for (auto& [k, v] : suite_env(c)) env.emplace(k, v);
+// `one_server`: in transaction pooling, a second pgkeel whose transaction listener has one server
+// connection, given to the suite as DRIVERS_ONE_SERVER_PORT (in session pooling clients never
+// share a server connection, and the cell's own listener serves those cases too).
+void run_suite(const std::string& driver, const Cell& c, const std::vector<std::string>& argv, bool one_server = false) {
+  Pgkeel pk(Cluster::shared(), cell_options(false));
+  std::unique_ptr<Pgkeel> single;
+  Env env = suite_env(pk, c);
+  if (one_server && c.mode == "transaction") {
+    single = std::make_unique<Pgkeel>(Cluster::shared(), cell_options(true));
+    env["DRIVERS_ONE_SERVER_PORT"] = std::to_string(single->port("transaction"));
+  }
   const RunResult r = run(argv, env, 200s);
   const std::string name = cell_name(driver, c);
   std::istringstream lines(r.output);
@@ -167,10 +173,10 @@ TEST_CASE("driver matrix: asyncpg (statement cache on and off)", "[drivers][asyn
 
 TEST_CASE("driver matrix: pgJDBC (prepareThreshold 5, 0, 1; LISTEN/NOTIFY; CopyManager)",
           "[drivers][jdbc][release-only]") {
-  Matrix& m = Matrix::get();
-  if (!fs::exists(m.java_classes / "Drivers.class")) {
-    fs::create_directories(m.java_classes);
-    const RunResult javac = run({"javac", "-cp", kPgjdbcJar, "-d", m.java_classes.string(),
+  Shared& shared = Shared::get();
+  if (!fs::exists(shared.java_classes / "Drivers.class")) {
+    fs::create_directories(shared.java_classes);
+    const RunResult javac = run({"javac", "-cp", kPgjdbcJar, "-d", shared.java_classes.string(),
                                  (kDrivers / "Drivers.java").string()},
                                 {}, 180s);
     INFO(javac.output);
@@ -179,8 +185,8 @@ TEST_CASE("driver matrix: pgJDBC (prepareThreshold 5, 0, 1; LISTEN/NOTIFY; CopyM
   for (const Cell& c : kCells) {
     DYNAMIC_SECTION(cell_name("pgJDBC", c)) {
       run_suite("pgJDBC", c,
-                {"java", "-Duser.home=" + m.main->dir().string(), "-cp", m.java_classes.string() + ":" + kPgjdbcJar,
-                 "Drivers"});
+                {"java", "-Duser.home=" + shared.pki.dir.string(), "-cp",
+                 shared.java_classes.string() + ":" + kPgjdbcJar, "Drivers"});
     }
   }
 }
@@ -206,13 +212,7 @@ TEST_CASE("driver matrix: between clients (statement names, DEALLOCATE/DISCARD A
           "[drivers][cross][release-only]") {
   for (const Cell& c : kCells) {
     DYNAMIC_SECTION(cell_name("between clients", c)) {
-      // In transaction pooling the cases between two clients on one server connection go to
-      // `single`; in session pooling clients never share one, and `main` serves them all.
-      Env env;
-      if (c.mode == "transaction") {
-        env["DRIVERS_ONE_SERVER_PORT"] = std::to_string(Matrix::get().single->port("transaction"));
-      }
-      run_suite("between clients", c, python("cross_suite.py"), env);
+      run_suite("between clients", c, python("cross_suite.py"), /*one_server=*/true);
     }
   }
 }
