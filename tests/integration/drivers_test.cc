@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <sstream>
@@ -32,10 +33,12 @@ struct DriverPki {
         "set -e; cd '" + dir.string() +
         "'\n"
         "ec='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'\n"
-        "openssl req -x509 $ec -keyout ca.key -out ca.crt -days 2 -subj '/CN=pgkeel drivers test CA' 2>/dev/null\n"
+        "openssl req -x509 $ec -keyout ca.key -out ca.crt -days 2 -subj '/CN=pgkeel drivers test "
+        "CA' 2>/dev/null\n"
         "openssl req $ec -keyout server.key -out server.csr -subj '/CN=127.0.0.1' 2>/dev/null\n"
         "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > ext.cnf\n"
-        "openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 "
+        "openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt "
+        "-days 2 "
         "-extfile ext.cnf 2>/dev/null\n"
         "chmod 600 server.key\n");
     if (!r.ok()) throw std::runtime_error("openssl: " + r.output);
@@ -45,8 +48,8 @@ struct DriverPki {
     fs::remove_all(dir, ec);
   }
   std::string tls_toml() const {
-    return "[tls]\ncert_file = \"" + (dir / "server.crt").string() + "\"\nkey_file = \"" + (dir / "server.key").string() +
-           "\"\n";
+    return "[tls]\ncert_file = \"" + (dir / "server.crt").string() + "\"\nkey_file = \"" +
+           (dir / "server.key").string() + "\"\n";
   }
 };
 
@@ -88,7 +91,8 @@ struct Cell {
   bool tls = false;
 };
 
-const std::vector<Cell> kCells = {{"session", false}, {"session", true}, {"transaction", false}, {"transaction", true}};
+const std::vector<Cell> kCells = {
+    {"session", false}, {"session", true}, {"transaction", false}, {"transaction", true}};
 
 std::string cell_name(const std::string& driver, const Cell& c) {
   return driver + " / " + c.mode + " pooling / " + (c.tls ? "TLS" : "plaintext");
@@ -107,8 +111,10 @@ Env suite_env(const Pgkeel& pk, const Cell& c) {
   // (NodeSource's) does not; tools/install-deps.sh unpacks it into .cache/node-pg where apt cannot
   // install it beside such a node.
   const char* node_path = ::getenv("NODE_PATH");
-  env["NODE_PATH"] = (node_path != nullptr && *node_path != '\0' ? std::string(node_path) + ":" : std::string()) +
-                     "/usr/share/nodejs:" + (fs::path(PGKEEL_SOURCE_DIR) / ".cache" / "node-pg" / "usr" / "share" / "nodejs").string();
+  env["NODE_PATH"] =
+      (node_path != nullptr && *node_path != '\0' ? std::string(node_path) + ":" : std::string()) +
+      "/usr/share/nodejs:" +
+      (fs::path(PGKEEL_SOURCE_DIR) / ".cache" / "node-pg" / "usr" / "share" / "nodejs").string();
   return env;
 }
 
@@ -117,7 +123,8 @@ Env suite_env(const Pgkeel& pk, const Cell& c) {
 // `one_server`: in transaction pooling, a second pgkeel whose transaction listener has one server
 // connection, given to the suite as DRIVERS_ONE_SERVER_PORT (in session pooling clients never
 // share a server connection, and the cell's own listener serves those cases too).
-void run_suite(const std::string& driver, const Cell& c, const std::vector<std::string>& argv, bool one_server = false) {
+void run_suite(const std::string& driver, const Cell& c, const std::vector<std::string>& argv,
+               bool one_server = false) {
   Pgkeel pk(Cluster::shared(), cell_options(false));
   std::unique_ptr<Pgkeel> single;
   Env env = suite_env(pk, c);
@@ -125,7 +132,10 @@ void run_suite(const std::string& driver, const Cell& c, const std::vector<std::
     single = std::make_unique<Pgkeel>(Cluster::shared(), cell_options(true));
     env["DRIVERS_ONE_SERVER_PORT"] = std::to_string(single->port("transaction"));
   }
+  const auto started = std::chrono::steady_clock::now();
   const RunResult r = run(argv, env, 200s);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   const std::string name = cell_name(driver, c);
   std::istringstream lines(r.output);
   int passed = 0;
@@ -136,8 +146,8 @@ void run_suite(const std::string& driver, const Cell& c, const std::vector<std::
     if (line.rfind("FAIL ", 0) == 0) failed.push_back(line);
     if (line.rfind("summary: ", 0) == 0) summary = true;
   }
-  std::printf("drivers: %s: %d passed, %zu failed%s\n", name.c_str(), passed, failed.size(),
-              r.timed_out ? " (timed out)" : "");
+  std::printf("drivers: %s: %d passed, %zu failed in %.1f s%s\n", name.c_str(), passed,
+              failed.size(), seconds, r.timed_out ? " (timed out)" : "");
   for (const auto& f : failed) std::printf("drivers:   %s\n", f.c_str());
   std::fflush(stdout);
   INFO(name << "\n" << r.output);
@@ -161,13 +171,18 @@ std::vector<std::string> python(const std::string& script) {
 TEST_CASE("driver matrix: psycopg 3 (prepare_threshold 5, 0, None; pipeline; COPY; 100 MB bytea)",
           "[drivers][psycopg][release-only]") {
   for (const Cell& c : kCells) {
-    DYNAMIC_SECTION(cell_name("psycopg", c)) { run_suite("psycopg", c, python("psycopg_suite.py")); }
+    DYNAMIC_SECTION(cell_name("psycopg", c)) {
+      run_suite("psycopg", c, python("psycopg_suite.py"));
+    }
   }
 }
 
-TEST_CASE("driver matrix: asyncpg (statement cache on and off)", "[drivers][asyncpg][release-only]") {
+TEST_CASE("driver matrix: asyncpg (statement cache on and off)",
+          "[drivers][asyncpg][release-only]") {
   for (const Cell& c : kCells) {
-    DYNAMIC_SECTION(cell_name("asyncpg", c)) { run_suite("asyncpg", c, python("asyncpg_suite.py")); }
+    DYNAMIC_SECTION(cell_name("asyncpg", c)) {
+      run_suite("asyncpg", c, python("asyncpg_suite.py"));
+    }
   }
 }
 
@@ -191,7 +206,8 @@ TEST_CASE("driver matrix: pgJDBC (prepareThreshold 5, 0, 1; LISTEN/NOTIFY; CopyM
   }
 }
 
-TEST_CASE("driver matrix: node-postgres (named and unnamed statements)", "[drivers][node][release-only]") {
+TEST_CASE("driver matrix: node-postgres (named and unnamed statements)",
+          "[drivers][node][release-only]") {
   for (const Cell& c : kCells) {
     DYNAMIC_SECTION(cell_name("node-postgres", c)) {
       run_suite("node-postgres", c, {"node", (kDrivers / "node_suite.js").string()});
@@ -199,7 +215,8 @@ TEST_CASE("driver matrix: node-postgres (named and unnamed statements)", "[drive
   }
 }
 
-TEST_CASE("driver matrix: psql and pgbench (-M simple, extended, prepared)", "[drivers][psql][release-only]") {
+TEST_CASE("driver matrix: psql and pgbench (-M simple, extended, prepared)",
+          "[drivers][psql][release-only]") {
   for (const Cell& c : kCells) {
     DYNAMIC_SECTION(cell_name("psql/pgbench", c)) {
       run_suite("psql/pgbench", c, {"bash", (kDrivers / "psql_pgbench.sh").string()});
@@ -207,9 +224,11 @@ TEST_CASE("driver matrix: psql and pgbench (-M simple, extended, prepared)", "[d
   }
 }
 
-TEST_CASE("driver matrix: between clients (statement names, DEALLOCATE/DISCARD ALL, COPY and LISTEN by the "
-          "extended protocol, late cancels)",
-          "[drivers][cross][release-only]") {
+TEST_CASE(
+    "driver matrix: between clients (statement names, DEALLOCATE/DISCARD ALL, COPY and LISTEN by "
+    "the "
+    "extended protocol, late cancels)",
+    "[drivers][cross][release-only]") {
   for (const Cell& c : kCells) {
     DYNAMIC_SECTION(cell_name("between clients", c)) {
       run_suite("between clients", c, python("cross_suite.py"), /*one_server=*/true);
