@@ -55,6 +55,10 @@ install_node_pg() {
   status=$(dpkg-query -W -f='${db:Status-Status}' node-pg 2>/dev/null || true)
   [[ "$status" == "installed" ]] && return 0
   if apt-get install -s --no-install-recommends node-pg >/dev/null 2>&1; then
+    if [[ "${as_root[*]}" == false ]]; then
+      echo "install-deps: missing: node-pg; not root and sudo is not available; install it as root" >&2
+      return 1
+    fi
     "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends node-pg
     return
   fi
