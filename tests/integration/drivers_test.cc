@@ -30,16 +30,14 @@ struct DriverPki {
     if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
     dir = pattern;
     const RunResult r = run_shell(
-        "set -e; cd '" + dir.string() +
-        "'\n"
+        "set -e; cd '" + dir.string() + "'\n" +
         "ec='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'\n"
-        "openssl req -x509 $ec -keyout ca.key -out ca.crt -days 2 -subj '/CN=pgkeel drivers test "
-        "CA' 2>/dev/null\n"
+        "openssl req -x509 $ec -keyout ca.key -out ca.crt -days 2 -subj '/CN=drivers CA' "
+        "2>/dev/null\n"
         "openssl req $ec -keyout server.key -out server.csr -subj '/CN=127.0.0.1' 2>/dev/null\n"
         "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > ext.cnf\n"
-        "openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt "
-        "-days 2 "
-        "-extfile ext.cnf 2>/dev/null\n"
+        "openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial "
+        "-out server.crt -days 2 -extfile ext.cnf 2>/dev/null\n"
         "chmod 600 server.key\n");
     if (!r.ok()) throw std::runtime_error("openssl: " + r.output);
   }
@@ -227,9 +225,8 @@ TEST_CASE("driver matrix: psql and pgbench (-M simple, extended, prepared)",
 }
 
 TEST_CASE(
-    "driver matrix: between clients (statement names, DEALLOCATE/DISCARD ALL, COPY and LISTEN by "
-    "the "
-    "extended protocol, late cancels)",
+    "driver matrix: between clients (statement names, DEALLOCATE/DISCARD ALL, COPY and "
+    "LISTEN by the extended protocol, late cancels)",
     "[drivers][cross][release-only]") {
   for (const Cell& c : kCells) {
     DYNAMIC_SECTION(cell_name("between clients", c)) {
