@@ -159,6 +159,36 @@ public final class Drivers {
     }
   }
 
+  // Statements prepared inside a transaction that rolls back stay prepared (Parse is not
+  // transactional); pgJDBC goes on using them in the next transactions.
+  static void rollbackAfterPrepare(Integer threshold) throws SQLException {
+    try (Connection c = connect(threshold); PreparedStatement ps = c.prepareStatement("SELECT ?::int + 7")) {
+      c.setAutoCommit(false);
+      for (int i = 0; i < 7; ++i) {
+        ps.setInt(1, i);
+        try (ResultSet rs = ps.executeQuery()) {
+          rs.next();
+          expectEq(i + 7, rs.getInt(1), "run " + (i + 1));
+        }
+      }
+      try (Statement s = c.createStatement()) {
+        s.executeQuery("SELECT 1 / 0");
+        throw new AssertionError("division by zero raised no error");
+      } catch (SQLException e) {
+        if (!"22012".equals(e.getSQLState())) throw e;
+      }
+      c.rollback();
+      for (int i = 0; i < 7; ++i) {
+        ps.setInt(1, i);
+        try (ResultSet rs = ps.executeQuery()) {
+          rs.next();
+          expectEq(i + 7, rs.getInt(1), "after the rollback, run " + (i + 1));
+        }
+        c.commit();
+      }
+    }
+  }
+
   // LISTEN goes by the extended protocol (pgJDBC's default); the listener then sends nothing while
   // another connection notifies; getNotifications(500) must return it within 10 s.
   static void listenNotify() throws Exception {
@@ -234,6 +264,13 @@ public final class Drivers {
       runCase(label + " reprepare_each_time", () -> reprepareEachTime(t));
       runCase(label + " transactions_and_batch", () -> transactionsAndBatch(t));
       runCase(label + " error_then_repeat", () -> errorThenRepeat(t));
+    }
+    // Last of the prepared cases: on pgkeel as of 2026-12-06 a statement prepared inside a
+    // transaction that rolls back can leave the pool believing in a server statement that does
+    // not exist, and later cases on that server connection would fail for it.
+    for (Integer t : thresholds) {
+      String label = t == null ? "prepareThreshold=default(5)" : "prepareThreshold=" + t;
+      runCase(label + " rollback_after_prepare", () -> rollbackAfterPrepare(t));
     }
     runCase("listen_extended_notify_idle", Drivers::listenNotify);
     runCase("copy_manager_in_out", Drivers::copyInOut);

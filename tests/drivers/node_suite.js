@@ -100,6 +100,29 @@ const errorThenRepeat = (name) => withClients(1, async (c) => {
   expectEq([{ d: 5 }], r.rows, 'after the error');
 });
 
+// Statements prepared inside a transaction that rolls back stay prepared (Parse is not
+// transactional); node-postgres goes on using its named statement in the next transactions.
+const rollbackAfterPrepare = (name) => withClients(1, async (c) => {
+  await c.query('BEGIN');
+  for (let i = 0; i < 3; ++i) {
+    const r = await c.query(q(name && `${name}_rb`, 'SELECT $1::int + 7 AS v', [i]));
+    expectEq([{ v: i + 7 }], r.rows, `run ${i + 1}`);
+  }
+  try {
+    await c.query('SELECT 1 / 0');
+    throw new Error('division by zero raised no error');
+  } catch (e) {
+    if (e.code !== '22012') throw e;
+  }
+  await c.query('ROLLBACK');
+  for (let i = 0; i < 5; ++i) {
+    await c.query('BEGIN');
+    const r = await c.query(q(name && `${name}_rb`, 'SELECT $1::int + 7 AS v', [i]));
+    expectEq([{ v: i + 7 }], r.rows, `after the rollback, run ${i + 1}`);
+    await c.query('COMMIT');
+  }
+});
+
 // Two clients, one statement name, different SQL (and result types).
 const sameNameTwoClients = () => withClients(2, async (a, b) => {
   for (let i = 0; i < 10; ++i) {
@@ -133,6 +156,11 @@ async function main() {
     cases.push([`${label} repeat_query`, () => repeatQuery(name)]);
     cases.push([`${label} transactions`, () => transactions(name)]);
     cases.push([`${label} error_then_repeat`, () => errorThenRepeat(name)]);
+  }
+  // Last of the prepared cases: a statement prepared in a transaction that rolls back can leave
+  // pgkeel (as of 2026-12-06) believing in a server statement that does not exist.
+  for (const [label, name] of [['named', 'x'], ['unnamed', null]]) {
+    cases.push([`${label} rollback_after_prepare`, () => rollbackAfterPrepare(name)]);
   }
   cases.push(['named same_name_two_clients', sameNameTwoClients]);
   cases.push(['simple_multi_statement', simpleMultiStatement]);
