@@ -405,6 +405,11 @@ std::vector<NodeObservation> Keeper::observations() const {
     o.health = n->detector.health();
     o.enabled = n->enabled;
     o.fenced = held_out(*n);
+    if (o.fenced && !n->fenced) {
+      o.fence_why = n->rejoin.phase != RejoinPhase::kFollowing
+                        ? "fenced until it rejoins (rejoin " + std::string(to_string(n->rejoin.phase)) + ")"
+                        : "fenced: " + std::string(to_string(n->standing));
+    }
     o.replication_name = n->replication_name;
     if (o.health == NodeHealth::kUp) o.facts = n->facts;
     out.push_back(std::move(o));

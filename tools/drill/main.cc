@@ -499,7 +499,12 @@ int main(int argc, char** argv) {
 
   if (!world.console_conninfo.empty()) {
     std::string error;
-    rec.events = console_events(world.console_conninfo, rec.started_at_unix_ms, error);
+    const std::vector<ConsoleEvent> last = console_events(world.console_conninfo, rec.started_at_unix_ms, error);
+    if (rec.soak) {
+      merge_events(rec.events, last);  // the soak read them along the way
+    } else {
+      rec.events = last;
+    }
     if (!error.empty()) {
       std::fprintf(stderr, "drill: SHOW EVENTS: %s\n", error.c_str());
       rec.events_error = error;

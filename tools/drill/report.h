@@ -95,6 +95,19 @@ struct ConsoleEvent {
   std::string detail;
 };
 
+// Adds `more` to `events`, skipping those already there (the same moment, kind, node and text):
+// a soak reads SHOW EVENTS many times, across pgkeel restarts (which empty its list) and past
+// its cap of 1,000 events. Kept in time order.
+inline void merge_events(std::vector<ConsoleEvent>& events, const std::vector<ConsoleEvent>& more) {
+  for (const auto& e : more) {
+    const bool known = std::any_of(events.begin(), events.end(), [&](const ConsoleEvent& x) {
+      return x.t_ms == e.t_ms && x.kind == e.kind && x.node == e.node && x.detail == e.detail;
+    });
+    if (!known) events.push_back(e);
+  }
+  std::stable_sort(events.begin(), events.end(), [](const ConsoleEvent& a, const ConsoleEvent& b) { return a.t_ms < b.t_ms; });
+}
+
 // "2026-11-25T23:10:01.123Z" (SHOW EVENTS' time) -> unix ms; nullopt when malformed.
 inline std::optional<std::int64_t> parse_iso_utc_ms(std::string_view s) {
   if (s.size() < 20 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':') {

@@ -42,6 +42,20 @@ std::string wait_whole(const SoakRun& run) {
   }
 }
 
+// SHOW EVENTS now, merged into what was read before (pgkeel's list starts again at a restart and
+// keeps only its last 1,000 events; a soak outlives both).
+void collect_events(SoakRun& run) {
+  std::string error;
+  std::vector<ConsoleEvent> now;
+  {
+    std::lock_guard lock(run.mu);
+    now = console_events(run.world.console_conninfo, run.load.started_at_unix_ms(), error);
+  }
+  if (!error.empty()) return;  // read again later; the last read (after the soak) must succeed
+  std::lock_guard lock(run.mu);
+  merge_events(run.rec.events, now);
+}
+
 void note(SoakRun& run, std::size_t index, const std::string& more) {
   std::lock_guard lock(run.mu);
   run.rec.faults[index].detail += "; " + more;
@@ -84,6 +98,7 @@ void run_soak(SoakRun& run) {
     // Whole again (after the previous fault), then writes flow for the gap.
     const std::string why = wait_whole(run);
     const std::int64_t whole_at = run.load.now_ms();
+    collect_events(run);
     if (i > 0) {
       std::lock_guard lock(run.mu);
       const auto& prev = run.rec.faults[static_cast<std::size_t>(i - 1)];
@@ -97,6 +112,7 @@ void run_soak(SoakRun& run) {
     if (i == o.faults) return;
 
     const Fault f = draw_soak_fault(state, o.kinds, run.load.now_ms(), o.hold_ms);
+    if (f.kind == FaultKind::kRestartProxy) collect_events(run);  // its list dies with the process
     FaultRecord fr;
     fr.fault = f;
     fr.t_ms = run.load.now_ms();
