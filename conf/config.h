@@ -197,6 +197,11 @@ struct FailoverConfig {
   // PGKEEL_PRIMARY_NAME/HOST/PORT) in the environment.
   std::string stop_command;
   std::string rejoin_command;
+  // After a failover: a node that comes back claiming to be primary, or as a standby on an older
+  // timeline, is fenced and reported; "auto" also runs rejoin_command for it (with
+  // PGKEEL_REJOIN_REASON=returned-primary|old-timeline), verifies that it streams from the primary
+  // on the new timeline, and retries with backoff. "manual": reported, rejoined by a DBA.
+  bool rejoin_auto = false;                // rejoin = "manual" | "auto"
   Millis switchover_drain_timeout{10000};  // running transactions may finish this long
   Millis switchover_timeout{60000};        // the whole switchover, or it aborts
 };

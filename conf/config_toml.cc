@@ -345,6 +345,7 @@ constexpr std::initializer_list<const char*> kFailoverKeys = {"mode",
                                                               "replication_password",
                                                               "stop_command",
                                                               "rejoin_command",
+                                                              "rejoin",
                                                               "switchover_drain_timeout",
                                                               "switchover_timeout"};
 constexpr std::initializer_list<const char*> kConsoleKeys = {"host", "port", "admin_users",
@@ -807,6 +808,8 @@ class Mapper {
         read_string(v, k, f.stop_command);
       } else if (name == "rejoin_command") {
         read_string(v, k, f.rejoin_command);
+      } else if (name == "rejoin") {
+        read_choice(v, k, {{"manual", false}, {"auto", true}}, f.rejoin_auto);
       } else if (name == "switchover_drain_timeout") {
         read_duration(v, k, true, f.switchover_drain_timeout);
       } else if (name == "switchover_timeout") {

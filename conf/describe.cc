@@ -138,6 +138,7 @@ std::vector<std::pair<std::string, std::string>> describe(const Config& c) {
   add("failover.replication_password", secret(c.failover.replication_password));
   add("failover.stop_command", c.failover.stop_command);
   add("failover.rejoin_command", c.failover.rejoin_command);
+  add("failover.rejoin", c.failover.rejoin_auto ? "auto" : "manual");
   add("failover.switchover_drain_timeout", ms(c.failover.switchover_drain_timeout));
   add("failover.switchover_timeout", ms(c.failover.switchover_timeout));
   add("console.host", c.console.host);

@@ -141,7 +141,7 @@ Plan plan_failover(const PlanInput& in) {
     } else if (!n.enabled) {
       v.why = "disabled for maintenance";
     } else if (n.fenced) {
-      v.why = "fenced";
+      v.why = n.fence_why.empty() ? "fenced" : n.fence_why;
     } else if (n.health != NodeHealth::kUp || !n.facts) {
       v.why = "not reachable";
     } else if (!n.facts->in_recovery) {

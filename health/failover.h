@@ -39,6 +39,7 @@ struct NodeObservation {
   NodeHealth health = NodeHealth::kUnknown;
   bool enabled = true;
   bool fenced = false;
+  std::string fence_why;  // why it is held out when no DBA fenced it ("fenced until it rejoins ...")
   std::optional<ProbeFacts> facts;  // the last successful probe's
   // The application_name its replication connection has on the primary (its own name once pgkeel
   // adopted it); empty when unknown. synchronous_standby_names and the sync states speak of it.

@@ -48,6 +48,13 @@ pid_t spawn(const std::string& command, const std::vector<std::pair<std::string,
 
 }  // namespace
 
+// A node that must rejoin, or is rejoining, or belongs to another cluster gets no route (no
+// reads), is no candidate, and is never named synchronous, whatever it says of itself.
+bool Keeper::held_out(const Node& n) {
+  return n.fenced || n.rejoin.phase != RejoinPhase::kFollowing || n.standing == Standing::kReturnedPrimary ||
+         n.standing == Standing::kForeign;
+}
+
 Keeper::Keeper(event_base* base, KeeperConfig config, std::vector<NodeTarget> nodes, routing::Table& table,
                Effects& effects)
     : base_(base), config_(std::move(config)), table_(table), effects_(effects) {
@@ -347,7 +354,12 @@ std::vector<NodeObservation> Keeper::observations() const {
     o.priority = n->target.priority;
     o.health = n->detector.health();
     o.enabled = n->enabled;
-    o.fenced = n->fenced;
+    o.fenced = held_out(*n);
+    if (o.fenced && !n->fenced) {
+      o.fence_why = n->rejoin.phase != RejoinPhase::kFollowing
+                        ? "fenced until it rejoins (rejoin " + std::string(to_string(n->rejoin.phase)) + ")"
+                        : "fenced: " + std::string(to_string(n->standing));
+    }
     o.replication_name = n->replication_name;
     if (o.health == NodeHealth::kUp) o.facts = n->facts;
     out.push_back(std::move(o));
@@ -419,6 +431,7 @@ void Keeper::decide() {
         primary_tx_at_probe_ = effects_.activity(p.id).transactions;
       }
       manage_sync();
+      manage_rejoins();
     }
     return;
   }
@@ -480,7 +493,8 @@ void Keeper::manage_sync() {
     n.replication_name = ri ? ri->application_name : std::string();
     n.sync_state = ri ? ri->sync_state : std::string();
     if (ri && (ri->sync_state == "sync" || ri->sync_state == "quorum")) known_sync_.push_back(ri->application_name);
-    const bool excluded = n.fenced || !n.enabled;
+    n.streams_from_writer = ri != nullptr && ri->state == "streaming";
+    const bool excluded = held_out(n) || !n.enabled;
     view.push_back({n.target.name, n.replication_name, n.sync_state, ri ? ri->state : std::string(),
                     n.detector.health() == NodeHealth::kUp, excluded});
     // synchronous_standby_names can name a standby only by a name no other connection uses.
@@ -734,7 +748,7 @@ void Keeper::publish(std::optional<routing::NodeId> writer, const std::string& w
     v.name = n->target.name;
     v.host = n->target.host;
     v.port = n->target.port;
-    v.fenced = n->fenced;
+    v.fenced = held_out(*n);
     v.enabled = n->enabled && !n->retired;
     v.retired = n->retired;
     v.role = role_of(*n);
@@ -1333,32 +1347,142 @@ void Keeper::abort_switchover(const std::string& why) {
   }
 }
 
-// The old primary follows the new one. Not waited for by the console; its exit is an event.
+// The old primary follows the new one. Not waited for by the console; its exit is an event, and
+// the rejoin is then verified as any other (manage_rejoins).
 void Keeper::rejoin_old_primary() {
-  const Node& old = *nodes_[*failed_];
+  Node& old = *nodes_[*failed_];
   const Node& primary = *nodes_[*candidate_];
   if (config_.rejoin_command.empty()) {
     add_event("rejoin", old.target.name, "no rejoin_command configured: it stays stopped until it is made a standby of " +
                                              primary.target.name);
     return;
   }
-  add_event("rejoin", old.target.name, "running rejoin_command (standby of " + primary.target.name + ")");
-  const std::string name = old.target.name;
+  old.rejoin = RejoinState{};
+  old.rejoin.phase = RejoinPhase::kRunning;
+  old.rejoin.attempts = 1;
+  old.rejoin.why = old.target.name + " was stopped by a switchover to " + primary.target.name;
+  run_rejoin(old, primary, "switchover");
+}
+
+RejoinPolicy Keeper::rejoin_policy() const {
+  RejoinPolicy p;
+  p.mode = config_.rejoin_mode;
+  p.has_command = !config_.rejoin_command.empty();
+  // A standby pointed at a new primary a moment ago is on the old timeline until it has received
+  // the promotion: a standing counts once it lasted a few probes.
+  p.settle = std::max<Millis>(Millis(3000), config_.probe_interval * 6);
+  p.verify_timeout = Millis(60000);
+  p.backoff_first = Millis(10000);
+  p.backoff_max = Millis(300000);
+  return p;
+}
+
+void Keeper::manage_rejoins() {
+  if (!writer_ || !record_) return;
+  const Node& w = *nodes_[*writer_];
+  const auto now = SteadyClock::now();
+  const RejoinPolicy policy = rejoin_policy();
+  // Nothing is started while a sequence runs or the writer is in doubt.
+  const bool busy = step_ != Step::kIdle || writer_trouble_;
+  bool routes_changed = false;
+  for (auto& np : nodes_) {
+    Node& n = *np;
+    if (n.retired) continue;
+    if (n.id == w.id) {
+      // The writer stands as the writer; whatever it was rejoining from is over.
+      const bool was_held = held_out(n);
+      n.standing = Standing::kWriter;
+      n.rejoin = RejoinState{};
+      if (held_out(n) != was_held) routes_changed = true;
+      continue;
+    }
+    StandingInput in;
+    in.facts = n.detector.health() == NodeHealth::kUp && n.facts ? &*n.facts : nullptr;
+    in.system_identifier = system_identifier_;
+    in.record_timeline = record_->timeline;
+    in.streams_from_writer = n.streams_from_writer;
+    const Standing standing = assess(in);
+    std::string why = describe_standing(standing, n.target.name, in.facts, w.target.name, record_->timeline);
+    // A primary on a newer timeline than the record's was promoted outside pgkeel: it may hold
+    // writes nobody else has. It is fenced and reported, never rewound automatically.
+    RejoinPolicy node_policy = policy;
+    if (standing == Standing::kReturnedPrimary && in.facts != nullptr && in.facts->timeline > record_->timeline) {
+      node_policy.mode = RejoinMode::kManual;
+      why += "; its timeline is newer than the record's (promoted outside pgkeel?): not rewound automatically";
+    }
+    const bool was_held = held_out(n);
+    n.standing = standing;
+    const std::string name = n.target.name;
+    switch (observe(n.rejoin, standing, why, node_policy, now, busy)) {
+      case RejoinAction::kNone:
+        break;
+      case RejoinAction::kReportNeeded: {
+        const bool will_run = node_policy.mode == RejoinMode::kAuto && node_policy.has_command;
+        add_event("rejoin_needed", name,
+                  n.rejoin.why + (will_run ? "; rejoining (rejoin_command)"
+                                           : node_policy.mode == RejoinMode::kAuto
+                                                 ? "; no rejoin_command configured: rejoin it by hand"
+                                                 : "; rejoin = \"manual\": rejoin it by hand (tools/rejoin.sh), or set rejoin = \"auto\""));
+        run_hook(config_.on_degraded, "rejoin_needed", &n, n.rejoin.why);
+        break;
+      }
+      case RejoinAction::kRun:
+        run_rejoin(n, w, standing == Standing::kReturnedPrimary ? "returned-primary" : "old-timeline");
+        break;
+      case RejoinAction::kVerified:
+        ++counters_.rejoins;
+        add_event("rejoined", name, why);
+        break;
+      case RejoinAction::kVerifyFailed:
+        ++counters_.rejoin_failures;
+        add_event("rejoin_failed", name,
+                  n.rejoin.last_error + "; next try in " +
+                      std::to_string(std::chrono::duration_cast<std::chrono::seconds>(n.rejoin.next_try - now).count()) + " s");
+        break;
+    }
+    if (held_out(n) != was_held) routes_changed = true;
+  }
+  if (routes_changed) refresh_routes();
+}
+
+void Keeper::run_rejoin(Node& n, const Node& primary, const std::string& reason) {
+  if (reason != "switchover") {
+    add_event("rejoin", n.target.name,
+              "running rejoin_command (attempt " + std::to_string(n.rejoin.attempts) + ", " + reason + ", standby of " +
+                  primary.target.name + ")");
+  } else {
+    add_event("rejoin", n.target.name, "running rejoin_command (standby of " + primary.target.name + ")");
+  }
+  const std::string name = n.target.name;
+  const routing::NodeId id = n.id;
   const auto started = SteadyClock::now();
   run_child(config_.rejoin_command,
-            {{"PGKEEL_EVENT", "rejoin"}, {"PGKEEL_NODE", old.target.name}, {"PGKEEL_HOST", old.target.host},
-             {"PGKEEL_PORT", std::to_string(old.target.port)}, {"PGKEEL_NODE_NAME", old.target.name},
-             {"PGKEEL_NODE_HOST", old.target.host}, {"PGKEEL_NODE_PORT", std::to_string(old.target.port)},
+            {{"PGKEEL_EVENT", "rejoin"}, {"PGKEEL_NODE", n.target.name}, {"PGKEEL_HOST", n.target.host},
+             {"PGKEEL_PORT", std::to_string(n.target.port)}, {"PGKEEL_NODE_NAME", n.target.name},
+             {"PGKEEL_NODE_HOST", n.target.host}, {"PGKEEL_NODE_PORT", std::to_string(n.target.port)},
              {"PGKEEL_PRIMARY_NAME", primary.target.name}, {"PGKEEL_PRIMARY_HOST", primary.target.host},
-             {"PGKEEL_PRIMARY_PORT", std::to_string(primary.target.port)}},
-            std::chrono::hours(1), [this, name, started](int status, std::string output) {
+             {"PGKEEL_PRIMARY_PORT", std::to_string(primary.target.port)}, {"PGKEEL_REJOIN_REASON", reason}},
+            std::chrono::hours(1), [this, id, name, started](int status, std::string output) {
               while (!output.empty() && output.back() == '\n') output.pop_back();
               const std::size_t nl = output.rfind('\n');
               const std::string last = nl == std::string::npos ? output : output.substr(nl + 1);
-              const auto ms = std::chrono::duration_cast<Millis>(SteadyClock::now() - started).count();
-              add_event(status == 0 ? "rejoin" : "rejoin_failed", name,
-                        (status == 0 ? "rejoin_command succeeded" : "rejoin_command failed (status " + std::to_string(status) + ")") +
-                            std::string(" in ") + std::to_string(ms) + " ms" + (last.empty() ? "" : ": " + last));
+              const auto now = SteadyClock::now();
+              const auto ms = std::chrono::duration_cast<Millis>(now - started).count();
+              Node& node = *nodes_[id];
+              // The last lines of its output go with a failure (the surfaces show the last error).
+              std::string tail = output;
+              if (tail.size() > 2000) tail = "..." + tail.substr(tail.size() - 2000);
+              command_finished(node.rejoin, status, tail, rejoin_policy(), now);
+              std::string text = (status == 0 ? "rejoin_command succeeded" : "rejoin_command failed (status " + std::to_string(status) + ")") +
+                                 std::string(" in ") + std::to_string(ms) + " ms" + (last.empty() ? "" : ": " + last);
+              if (status != 0) ++counters_.rejoin_failures;
+              if (status != 0 && node.rejoin.phase == RejoinPhase::kBackoff) {
+                text += "; next try in " +
+                        std::to_string(std::chrono::duration_cast<std::chrono::seconds>(node.rejoin.next_try - now).count()) + " s";
+              } else if (status == 0) {
+                text += "; checking that it streams from the primary on the primary's timeline";
+              }
+              add_event(status == 0 ? "rejoin" : "rejoin_failed", name, text);
             });
 }
 
@@ -1414,7 +1538,22 @@ KeeperCounters Keeper::counters() const {
   }
   c.degraded = c.sync_health == SyncHealth::kDegraded;
   c.record_error = record_error_;
-  for (const auto& n : nodes_) c.timeouts_excused += n->detector.timeouts_excused();
+  for (const auto& n : nodes_) {
+    c.timeouts_excused += n->detector.timeouts_excused();
+    if (n->retired || n->rejoin.phase == RejoinPhase::kFollowing) continue;
+    std::string clause = n->rejoin.why;
+    switch (n->rejoin.phase) {
+      case RejoinPhase::kNeeded:
+        clause += config_.rejoin_mode == RejoinMode::kAuto && !config_.rejoin_command.empty() ? "; rejoin starting"
+                                                                                              : "; to be rejoined by hand";
+        break;
+      case RejoinPhase::kRunning: clause += "; rejoin running (attempt " + std::to_string(n->rejoin.attempts) + ")"; break;
+      case RejoinPhase::kVerifying: clause += "; rejoined, checking that it streams"; break;
+      case RejoinPhase::kBackoff: clause += "; rejoin failed: " + n->rejoin.last_error.substr(0, 300); break;
+      case RejoinPhase::kFollowing: break;
+    }
+    c.rejoin_why += (c.rejoin_why.empty() ? "" : "; ") + clause;
+  }
   return c;
 }
 
@@ -1470,7 +1609,7 @@ void Keeper::refresh_routes() {
     const routing::NodeView& v = snap->nodes[n->id];
     routing::Role want = role_of(*n);
     if (snap->writer && *snap->writer == n->id) want = routing::Role::kPrimary;
-    if (v.role != want || v.fenced != n->fenced || v.enabled != (n->enabled && !n->retired) || v.retired != n->retired) {
+    if (v.role != want || v.fenced != held_out(*n) || v.enabled != (n->enabled && !n->retired) || v.retired != n->retired) {
       stale = true;
     }
   }
@@ -1569,7 +1708,12 @@ std::vector<NodeStatus> Keeper::nodes() const {
     s.name = n->target.name;
     s.address = n->target.host + ":" + std::to_string(n->target.port);
     s.health = std::string(to_string(n->detector.health()));
-    s.fenced = n->fenced;
+    s.fenced = held_out(*n);
+    s.standing = n->standing == Standing::kUnknown ? std::string() : std::string(to_string(n->standing));
+    s.rejoin = std::string(to_string(n->rejoin.phase));
+    s.rejoin_attempts = n->rejoin.attempts;
+    if (n->rejoin.phase != RejoinPhase::kFollowing) s.rejoin_why = n->rejoin.why;
+    s.rejoin_error = n->rejoin.last_error;
     s.enabled = n->enabled;
     s.probe_ms = n->probe_ms;
     s.probes = static_cast<std::uint64_t>(n->probes_done);

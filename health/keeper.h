@@ -21,6 +21,7 @@
 #include "health/failover.h"
 #include "health/pg_async.h"
 #include "health/record_store.h"
+#include "health/rejoin.h"
 #include "health/switchover.h"
 #include "routing/replicas.h"
 #include "routing/snapshot.h"
@@ -68,6 +69,8 @@ struct KeeperConfig {
   // primary), is not waited for, and its exit becomes an event.
   std::string stop_command;
   std::string rejoin_command;
+  // A node that returned after a failover (health/rejoin.h): kAuto also runs rejoin_command.
+  RejoinMode rejoin_mode = RejoinMode::kManual;
   Millis switchover_drain_timeout{10000};
   Millis switchover_timeout{60000};
 };
@@ -128,6 +131,11 @@ struct KeeperCounters {
   SyncHealth sync_health = SyncHealth::kOff;
   std::string sync_why;                   // one line, for every surface
   std::string record_error;               // the last primary record that could not be written; empty once one is
+  // Nodes that must rejoin (returned old primaries, standbys on an old timeline), one clause
+  // each: "db1 returned as a primary on timeline 1 (...); fenced; rejoin running (attempt 1)".
+  std::string rejoin_why;
+  std::uint64_t rejoins = 0;              // rejoins verified (the node streams on the primary's timeline)
+  std::uint64_t rejoin_failures = 0;      // rejoin_command failures and failed verifications
 };
 
 struct Event {
@@ -161,6 +169,13 @@ struct NodeStatus {
   std::uint64_t probes = 0;          // since start
   std::uint64_t probe_failures = 0;  // answered with an error, refused or timed out
   std::uint64_t timeouts_excused = 0;  // timeouts not counted: the data path saw it answer
+  // Where it stands toward the recorded primary (health/rejoin.h: follows, returned primary, old
+  // timeline, ...) and its rejoin: "" (nothing to do), needed, running, verifying, backoff.
+  std::string standing;
+  std::string rejoin;
+  int rejoin_attempts = 0;
+  std::string rejoin_why;    // why it must rejoin, while it must
+  std::string rejoin_error;  // the last failure (the command's status and output, or the check's)
 };
 
 // One pgkeel instance sharing the record through etcd ([store]), for SHOW PEERS.
@@ -292,6 +307,13 @@ class Keeper {
   void on_switch_deadline();
   void abort_switchover(const std::string& why);
   void rejoin_old_primary();
+  // After manage_sync: where every other node stands toward the writer, and each one's rejoin
+  // (health/rejoin.h): events, fencing, and with rejoin = "auto" the command.
+  void manage_rejoins();
+  RejoinPolicy rejoin_policy() const;
+  // Runs rejoin_command for `n` (its rejoin is kRunning); `reason` becomes PGKEEL_REJOIN_REASON.
+  void run_rejoin(Node& n, const Node& primary, const std::string& reason);
+  static bool held_out(const Node& n);
   // Runs `command` with /bin/sh in its own process group, stdout captured; `done(status, output)`
   // runs on the loop when it exits (status: exit code, 128+signal, -1 when killed at `timeout`).
   void run_child(const std::string& command, const std::vector<std::pair<std::string, std::string>>& env,

@@ -60,6 +60,10 @@ struct Keeper::Node {
   SteadyClock::time_point adopt_attempt{};
   bool adopting = false;
   std::string detached_conninfo;  // its primary_conninfo before a failover detached it
+  // Toward the recorded primary (health/rejoin.h), as of the last evaluation while it had a writer.
+  Standing standing = Standing::kUnknown;
+  RejoinState rejoin;
+  bool streams_from_writer = false;  // the writer's pg_stat_replication streams to it
 };
 
 }  // namespace pgkeel::health

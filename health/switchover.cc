@@ -9,7 +9,7 @@ namespace {
 std::string switchover_refusal(const NodeObservation& n, const NodeObservation& writer,
                                const std::string& system_identifier) {
   if (!n.enabled) return "disabled for maintenance";
-  if (n.fenced) return "fenced";
+  if (n.fenced) return n.fence_why.empty() ? "fenced" : n.fence_why;
   if (n.health != NodeHealth::kUp || !n.facts) return "not reachable";
   if (!n.facts->in_recovery) return "not a standby (claims to be primary)";
   if (!system_identifier.empty() && n.facts->system_identifier != system_identifier) {

@@ -10,10 +10,7 @@
 #include <cstring>
 
 #include "proxy/hba.h"
-#include "proxy/lost_transaction.h"
-#include "proxy/prepared.h"
-#include "proxy/replay.h"
-#include "proxy/session_state.h"
+#include "proxy/txpool/txpool.h"
 #include "proxy/log.h"
 #include "proxy/pool.h"
 #include "proxy/server.h"
@@ -26,16 +23,23 @@ namespace fe = protocol::fe;
 
 constexpr std::uint32_t kClientIdBits = 22;  // BackendKeyData pid = worker << 22 | client id
 constexpr std::size_t kMaxWaitingBytes = IoBuffer::kSize;
-// Transaction pooling edits whole messages, so one is held in memory until complete: bounded.
-constexpr std::uint32_t kMaxEditedMessage = 16u << 20;
+// Transaction pooling edits client messages. One up to this size is held whole before it goes
+// (statement text classified exactly, names mapped); a longer one is edited from its first
+// kMaxHeldMessage bytes, and the rest passes as it arrives, with backpressure, so a client holds
+// at most this much however long its messages are (PostgreSQL accepts up to 1 GB). Nothing is
+// reserved from a header alone.
+constexpr std::uint32_t kMaxHeldMessage = 256u << 10;
+// Answers pgkeel makes itself (a lost transaction's) are made at most this far ahead of a client
+// that does not read them.
+constexpr std::size_t kMaxOwnAnswers = 64u << 10;
 
 // Whether a statement may change what a session carries (settings, statements, things that
 // cannot move): only those are parsed. A false positive costs a parse, nothing more.
 bool session_relevant(std::string_view sql) {
   static constexpr std::string_view kWords[] = {"set", "discard", "prepare", "deallocate", "listen",
                                                 "temp", "advisory", "hold"};
-  // A case-insensitive search without a copy: this runs for every query a session sends.
-  sql = sql.substr(0, 8192);
+  // A case-insensitive search without a copy: this runs for every query a session sends, and
+  // over all of it (a padded statement must not hide a LISTEN).
   for (std::size_t i = 0; i < sql.size(); ++i) {
     const char c = static_cast<char>(std::tolower(static_cast<unsigned char>(sql[i])));
     for (std::string_view w : kWords) {
@@ -60,6 +64,17 @@ std::string error_message(std::string_view severity, std::string_view sqlstate,
   std::string out;
   protocol::append_error(out, {severity, sqlstate, message, detail, {}});
   return out;
+}
+
+// Whether `sql` drops prepared statements (DEALLOCATE, DISCARD ALL): a server connection's shared
+// statements go with them. A false positive costs a Parse again.
+bool drops_prepared(std::string_view sql) {
+  if (!session_relevant(sql)) return false;
+  for (const SqlStatement& st : split_sql(sql)) {
+    const auto& w = st.words;
+    if (!w.empty() && (w[0] == "deallocate" || (w[0] == "discard" && w.size() > 1 && w[1] == "all"))) return true;
+  }
+  return false;
 }
 
 // Why running `sql` would tie the session to its server connection ("" if it would not), given the
@@ -190,11 +205,23 @@ void Client::track(char type, std::string_view body, bool truncated) {
     }
     case fe::kParse: {
       const std::string_view name = r.str();
-      const std::string_view sql = r.str();
-      if (r.failed()) {
-        if (truncated) carried().unreplayable = "a prepared statement longer than pgkeel keeps (8 KB)";
+      std::string_view sql = r.str();
+      if (r.failed() && truncated && body.size() > name.size()) {
+        // The head of a long statement: its first words say what it does to the transaction; a
+        // named one cannot be kept to prepare it on another server connection.
+        sql = body.substr(name.size() + 1);
+        if (name.empty()) {
+          unnamed_effect_ = transaction_effect(sql);
+        } else if (carried().unreplayable.empty()) {
+          carried().unreplayable = "a prepared statement longer than pgkeel keeps";
+        }
+        if (sess_ || session_relevant(sql)) {
+          carried().state.on_parse(name, sql);
+          sess_->state.on_parse_complete();
+        }
         return;
       }
+      if (r.failed()) return;
       if (name.empty()) unnamed_effect_ = transaction_effect(sql);
       if (!name.empty() && !transaction_mode()) carried().statements.define(name, body.substr(name.size() + 1));
       if (sess_ || session_relevant(sql)) {
@@ -219,7 +246,11 @@ void Client::track(char type, std::string_view body, bool truncated) {
       return;
     }
     case fe::kExecute:
-      if (sess_) sess_->state.on_execute(r.str());
+      if (sess_) {
+        // A LISTEN or CREATE TEMP TABLE runs here in the extended protocol (pgJDBC, psycopg).
+        sess_->state.on_execute(r.str());
+        if (!sess_->state.replayable() && sess_->unreplayable.empty()) sess_->unreplayable = sess_->state.why_not_replayable();
+      }
       return;
     case fe::kClose: {
       const char kind = static_cast<char>(r.i8());
@@ -245,9 +276,13 @@ Client::Client(Worker& w, std::uint32_t id, int fd, std::size_t listener_index, 
   // Frontend messages pgkeel must see while relaying: the end of the session, and what
   // starts or completes a query cycle (for cancel and for idleness).
   for (char t : {fe::kTerminate, fe::kQuery, fe::kFunctionCall, fe::kSync, fe::kParse, fe::kBind,
-                 fe::kExecute, fe::kDescribe, fe::kClose, fe::kFlush}) {
+                 fe::kExecute, fe::kDescribe, fe::kClose, fe::kFlush, fe::kCopyDone, fe::kCopyFail}) {
     scanner_.watch(t);
   }
+  // A long statement's text past the scanner's 8 KB: watched for what would pin (session
+  // pooling: what would keep the session from moving at a failover).
+  scanner_.follow(fe::kQuery);
+  scanner_.follow(fe::kParse);
 }
 
 Client::~Client() {
@@ -713,7 +748,7 @@ void Client::on_server_failed(const std::string& error_response) {
 // The server died under the session (the primary failed, or was stopped for a switchover). The
 // session goes on: on the next request it takes a server again, which gets its settings and
 // statements back. What was in flight, or the transaction that was open, gets the answers
-// PostgreSQL's rules call for (proxy/lost_transaction.h). Only a session that cannot move (LISTEN,
+// PostgreSQL's rules call for (proxy/txpool/lost_transaction.h). Only a session that cannot move (LISTEN,
 // temporary tables, ...) ends, with an error saying why.
 void Client::on_server_lost(std::string_view reason) {
   if (state_ != State::kLinked) return;
@@ -737,7 +772,7 @@ void Client::on_server_lost(std::string_view reason) {
   }
   state_ = State::kWaiting;  // no server; terminate() below closes
   log::info("client").kv("event", "server_lost").kv("conn", name()).kv("reason", reason).emit();
-  if (!boundary || (!transaction_mode() && !scanner_.at_boundary()) || (s != nullptr && s->fatal_relayed())) {
+  if (!boundary || (!transaction_mode() && !scanner_.at_boundary()) || stream_left_ > 0 || (s != nullptr && s->fatal_relayed())) {
     // An answer, or a request, was cut in the middle: nothing can be said cleanly. Or the
     // server ended the session with a FATAL the client has read: the connection ends too.
     close_now();
@@ -788,93 +823,189 @@ void Client::read_detached() {
   forward_messages();
 }
 
+void Client::start_long_text(char type, std::string_view head) {
+  if (!long_text_) long_text_ = std::make_unique<PinWordScan>();
+  *long_text_ = PinWordScan{};
+  if (type == fe::kParse) head.remove_prefix(std::min(head.size(), head.find('\0') + 1));  // its name
+  long_text_->feed(head);
+  long_text_->clear_hit();
+}
+
+void Client::follow_long_text(std::string_view part, std::size_t head_bytes) {
+  if (!long_text_) return;
+  long_text_->feed(part);
+  if (long_text_->hit().empty() || (sess_ && !sess_->unreplayable.empty())) return;
+  // Past its head a statement is not classified statement by statement: one that may LISTEN,
+  // create a temporary table, SET, take an advisory lock, ... keeps its server connection in
+  // transaction pooling (with pinning = "refuse" too: its beginning already runs), and does not
+  // move to another server at a failover.
+  std::string word = long_text_->hit();
+  for (char& ch : word) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  carried().unreplayable = "a statement longer than " + std::to_string(head_bytes >> 10) + " KB with " + word +
+                           " past its first " + std::to_string(head_bytes >> 10) +
+                           " KB (pgkeel does not hold it whole)";
+  log::info("client").kv("event", "pinned").kv("conn", name()).kv("why", sess_->unreplayable).emit();
+}
+
 void Client::forward_messages() {
   std::string to_server;
   std::string to_client;
   std::size_t off = 0;
   bool close_after = false;
-  while (rx_.size() - off >= 5 && state_ != State::kClosed) {
+  bool own_backlog = false;  // pgkeel's own answers are ahead of the client: read no further now
+  while (state_ != State::kClosed) {
+    if (stream_left_ > 0) {
+      // The rest of a long message, as it comes.
+      if (!stream_drop_ && (state_ != State::kLinked || server_ == nullptr)) break;
+      const std::size_t take = std::min<std::size_t>(stream_left_, rx_.size() - off);
+      if (take == 0) break;
+      const std::string_view part(rx_.data() + off, take);
+      if (!stream_drop_) {
+        if (stream_scan_) follow_long_text(part, kMaxHeldMessage);
+        to_server.append(part);
+      }
+      off += take;
+      stream_left_ -= static_cast<std::uint32_t>(take);
+      if (stream_left_ == 0) {
+        stream_drop_ = stream_scan_ = false;
+        long_text_.reset();
+      }
+      continue;
+    }
+    if (rx_.size() - off < 5) break;
     const auto* h = reinterpret_cast<const unsigned char*>(rx_.data() + off);
     const std::uint32_t len = protocol::read_u32(h + 1);
-    if (len < 4) {
+    if (len < 4 || len > protocol::kMaxMessageLength) {
       fail("FATAL", "08P01", "invalid message length");
       return;
     }
-    if (len > kMaxEditedMessage) {
-      fail("FATAL", "54000", "message too large for transaction pooling (" + std::to_string(len) + " bytes; at most " +
-                                 std::to_string(kMaxEditedMessage) + ")");
-      return;
-    }
-    if (rx_.size() - off < 1 + std::size_t{len}) {
-      rx_.reserve(1 + std::size_t{len});
-      break;
-    }
+    // Session pooling: an incomplete message is left to the raw relay below (the scanner frames it).
+    if (!transaction_mode() && state_ == State::kLinked && rx_.size() - off < 1 + std::size_t{len}) break;
+    // A message is held whole up to kMaxHeldMessage; a longer one from its head on.
+    const std::uint32_t body_len = len - 4;
+    const bool streamed = body_len > kMaxHeldMessage;
+    const std::size_t head = streamed ? kMaxHeldMessage : body_len;
+    if (rx_.size() - off < 5 + head) break;
     const char type = rx_[off];
-    const std::string_view body(rx_.data() + off + 5, len - 4);
+    const std::string_view body(rx_.data() + off + 5, head);
     if (type == fe::kTerminate) {
       close_after = true;
       off = rx_.size();
       break;
     }
     if (state_ == State::kDetached && sess_ && sess_->lost) {
+      if (!ep_.out_empty() || to_client.size() >= kMaxOwnAnswers) {
+        own_backlog = true;  // answered as fast as the client reads the answers, no faster
+        break;
+      }
       const LostTransaction::StatementText text = [this](std::string_view name) {
         const ClientStatements::Statement* st = sess_->statements.find(name);
         return st == nullptr ? std::string() : st->tail.substr(0, st->tail.find('\0'));
       };
-      if (type == fe::kParse) {
+      if (type == fe::kParse && !streamed) {
         // Kept for later: pgkeel answered it, no server has it yet.
         protocol::Reader r(body);
         const std::string_view name = r.str();
         if (!r.failed() && !name.empty() && ends_transaction(r.str())) sess_->statements.define(name, body.substr(name.size() + 1));
       }
-      if (sess_->lost->on_client_message(type, body, text, to_client)) {
+      // The head of a long Query, ended as a whole one is (it is a statement, not an empty query).
+      const std::string ended_head = streamed && type == fe::kQuery ? std::string(body) + '\0' : std::string();
+      if (sess_->lost->on_client_message(type, ended_head.empty() ? body : std::string_view(ended_head), text, to_client)) {
         sess_->lost.reset();
         sess_->state.on_ready('I');  // ended (rolled back): nothing of it stays
       }
-      off += 1 + len;
+      off += 5 + head;
+      if (streamed) {
+        stream_left_ = body_len - static_cast<std::uint32_t>(head);
+        stream_drop_ = true;
+      }
       continue;
     }
     if (state_ != State::kLinked || server_ == nullptr) break;  // a server first
     std::string refused;  // the message pgkeel sends instead of one it refuses
     const conf::ListenerConfig& listener = w_.config().listeners[listener_index_];
-    if (transaction_mode() && listener.refuse_pinning && (type == fe::kQuery || type == fe::kParse)) {
+    std::string_view statement_text;  // of a Query or Parse
+    if (type == fe::kQuery || type == fe::kParse) {
       protocol::Reader r(body);
       const std::string_view statement = type == fe::kParse ? r.str() : std::string_view();
-      const std::string_view sql = r.str();
-      const std::string why = r.failed() ? std::string() : pin_reason(sess_ ? &sess_->state : nullptr, sql);
-      if (!why.empty()) {
-        log::info("client").kv("event", "pinning_refused").kv("conn", name()).kv("why", why).emit();
-        if (type == fe::kQuery) {
-          protocol::Writer(refused).str(refusal_sql(why, listener.name));
-        } else {
-          protocol::Writer(refused).str(statement).str(refusal_sql(why, listener.name)).i16(0);
+      const std::size_t at = type == fe::kParse ? statement.size() + 1 : 0;
+      statement_text = at <= body.size() ? body.substr(at) : std::string_view();
+      statement_text = statement_text.substr(0, statement_text.find('\0'));
+      if (transaction_mode() && listener.refuse_pinning && !r.failed()) {
+        const std::string why = pin_reason(sess_ ? &sess_->state : nullptr, statement_text);
+        if (!why.empty()) {
+          log::info("client").kv("event", "pinning_refused").kv("conn", name()).kv("why", why).emit();
+          if (type == fe::kQuery) {
+            protocol::Writer(refused).str(refusal_sql(why, listener.name));
+          } else {
+            protocol::Writer(refused).str(statement).str(refusal_sql(why, listener.name)).i16(0);
+          }
         }
       }
     }
+    const bool whole = !streamed || !refused.empty();  // a refused message is replaced whole
     const std::string_view message = refused.empty() ? body : std::string_view(refused);
     start_cycle();
-    track(type, message, false);
-    server_->note_request(type);
+    track(type, message, !whole);
+    const int ignored_syncs = server_->note_request(type);
     const std::uint64_t bytes = 1 + std::uint64_t{len};
     w_.stats().by_listener[listener_index_].bytes_in.add(bytes);
     w_.stats().by_node[server_->node()].bytes_in.add(bytes);
     if (transaction_mode()) {
       Server::Edits& e = server_->edits();
-      if (!rewrite_for_shared(type, message, carried().statements, e.statements, e.plan, to_server)) {
-        fail("FATAL", "08P01", "malformed message");
-        return;
+      if (ignored_syncs > 0) e.plan.ignore_syncs(ignored_syncs);
+      // DEALLOCATE and DISCARD ALL drop the shared statements too: what follows prepares again.
+      if (refused.empty() && !statement_text.empty() && drops_prepared(statement_text)) e.statements.clear();
+      if (whole) {
+        if (!rewrite_for_shared(type, message, carried().statements, e.statements, e.plan, to_server)) {
+          fail("FATAL", "08P01", "malformed message");
+          return;
+        }
+      } else {
+        if (type == fe::kParse && body.front() != '\0') {
+          // A long named statement stays under the client's name on this connection, which the
+          // session keeps (track() pinned it): its text is not held to prepare it elsewhere.
+          carried().statements.forget(body.substr(0, body.find('\0')));
+        }
+        const std::size_t replaced =
+            rewrite_head_for_shared(type, body, body_len, carried().statements, e.statements, e.plan, to_server);
+        if (replaced == std::string_view::npos) {
+          fail("FATAL", "08P01", "malformed message");
+          return;
+        }
+        to_server.append(body.substr(replaced));
       }
-    } else {
+    } else if (whole) {
       append_message(to_server, type, body);
+    } else {
+      to_server.append(rx_.data() + off, 5 + head);
     }
-    off += 1 + len;
+    off += 5 + head;
+    if (streamed) {
+      stream_left_ = body_len - static_cast<std::uint32_t>(head);
+      stream_drop_ = !refused.empty();
+      stream_scan_ = refused.empty() && (type == fe::kQuery || type == fe::kParse);
+      if (stream_scan_) start_long_text(type, body);
+    }
   }
   rx_.erase(0, off);
   if (state_ == State::kLinked && server_ != nullptr && !transaction_mode() && !rx_.empty() && !close_after) {
     // Session mode relays raw from here on: the start of a message goes now, and the scanner
     // follows it, so the rest of it passes by as relayed bytes do.
-    const protocol::ScanResult res = scanner_.scan(reinterpret_cast<const unsigned char*>(rx_.data()), rx_.size(),
-                                                   [](const protocol::ScannedMessage&) { return protocol::ScanAction::kContinue; });
+    Server* s = server_;
+    const protocol::ScanResult res =
+        scanner_.scan(reinterpret_cast<const unsigned char*>(rx_.data()), rx_.size(), [&](const protocol::ScannedMessage& m) {
+          // Only a message longer than 8 KB can be reported here (its head): it is a request too.
+          if (m.rest) {
+            follow_long_text(m.body, protocol::Scanner::kCaptureLimit);
+          } else if (m.type != fe::kTerminate) {
+            start_cycle();
+            track(m.type, m.body, m.truncated);
+            if (m.truncated && (m.type == fe::kQuery || m.type == fe::kParse)) start_long_text(m.type, m.body);
+            (void)s->note_request(m.type);
+          }
+          return protocol::ScanAction::kContinue;
+        });
     if (res.status == protocol::ScanResult::Status::kMalformed) {
       fail("FATAL", "08P01", "invalid message length");
       return;
@@ -882,8 +1013,18 @@ void Client::forward_messages() {
     to_server += rx_;
     rx_.clear();
   }
+  if (rx_.empty() && rx_.capacity() > kMaxWaitingBytes) std::string().swap(rx_);  // a long message held no more
   if (!to_client.empty() && ep_.send(to_client) == IoStatus::kError) {
     close_now();
+    return;
+  }
+  if (own_backlog) {
+    if (ep_.out_empty()) {
+      forward_messages();  // sent at once: answer on (each round consumes requests)
+      return;
+    }
+    own_answers_wait_ = true;
+    ep_.set_reading(false);
     return;
   }
   if (close_after) {
@@ -914,8 +1055,8 @@ void Client::forward_messages() {
     wait_started_ = Clock::now();
     read_only_txn_ = transaction_mode() && w_.config().listeners[listener_index_].read_write_split && declares_read_only();
     request_server(w_, *this);
-  } else if (rx_.size() >= kMaxWaitingBytes) {
-    ep_.set_reading(false);
+  } else if (rx_.size() >= kMaxWaitingBytes && !(sess_ && sess_->lost)) {
+    ep_.set_reading(false);  // a lost transaction reads on: its answers need no server (own_backlog bounds them)
   }
 }
 
@@ -986,6 +1127,8 @@ void Client::send_due_answers() {
 void Client::on_cycle_done() {
   if (state_ != State::kLinked || server_ == nullptr || !transaction_mode() || closing_) return;
   if (sess_ && !sess_->unreplayable.empty()) return;  // pinned to this connection
+  if (stream_left_ > 0) return;                       // a long message is still passing
+  if (server_->cancel_in_flight()) return;            // released once the cancel is over (Server::cancel_finished)
   if (server_->tx_status() != 'I' || !server_->answers_done() || !server_->ep().out_empty() || !ep_.out_empty()) return;
   Server* s = server_;
   server_ = nullptr;
@@ -1032,9 +1175,14 @@ void Client::forward_to_server(IoBuffer* b, std::size_t new_from) {
   bool terminate_clean = true;
   const protocol::ScanResult res =
       scanner_.scan(b->data + new_from, b->end - new_from, [&](const protocol::ScannedMessage& m) {
+        if (m.rest) {
+          follow_long_text(m.body, protocol::Scanner::kCaptureLimit);
+          return protocol::ScanAction::kContinue;
+        }
         if (m.type != fe::kTerminate) {
           start_cycle();
           track(m.type, m.body, m.truncated);
+          if (m.truncated && (m.type == fe::kQuery || m.type == fe::kParse)) start_long_text(m.type, m.body);
         }
         if (m.type == fe::kTerminate) {
           terminate_seen = true;
@@ -1092,7 +1240,7 @@ void Client::forward_to_server(IoBuffer* b, std::size_t new_from) {
 
 bool Client::streams_at_rest() const {
   if (server_ == nullptr) return true;
-  return scanner_.at_boundary() && server_->at_boundary() &&
+  return scanner_.at_boundary() && stream_left_ == 0 && server_->at_boundary() &&
          (ep_.in == nullptr || ep_.in->pending() == 0) &&
          (server_->ep().in == nullptr || server_->ep().in->pending() == 0) && ep_.out_empty() &&
          server_->ep().out_empty();
@@ -1146,6 +1294,11 @@ void Client::on_write() {
     server_->resume_reading();
     send_due_answers();
     if (server_ != nullptr && server_->answers_done()) on_cycle_done();
+  } else if (own_answers_wait_) {
+    // pgkeel's own answers drained: the client's next requests are read (forward_messages stopped).
+    own_answers_wait_ = false;
+    ep_.set_reading(true);
+    if (!rx_.empty()) forward_messages();
   }
   ep_.set_writing(false);
 }
@@ -1227,7 +1380,7 @@ void Client::cancel_running_query() {
     return;
   }
   log::info("client").kv("event", "cancel").kv("conn", name()).kv("server", server_->name()).kv("backend_pid", server_->backend_pid()).emit();
-  w_.send_cancel(server_->node(), server_->backend_pid(), server_->backend_key());
+  w_.send_cancel(server_->node(), server_->backend_pid(), server_->backend_key(), server_->id());
 }
 
 void Client::tick(Clock::time_point now) {

@@ -20,7 +20,7 @@
 
 #include "proxy/auth_session.h"
 #include "proxy/conn.h"
-#include "proxy/lost_transaction.h"
+#include "proxy/txpool/txpool.h"
 #include "proxy/pool.h"
 #include "proxy/protocol/message.h"
 #include "proxy/protocol/scanner.h"
@@ -151,6 +151,11 @@ class Client {
   // Whole messages from rx_ to the server (transaction pooling, and the first requests after a
   // detach), or to the lost transaction's answers.
   void forward_messages();
+  // A statement too long to hold whole (a Query or Parse over the frontend scanner's 8 KB in
+  // session pooling, over kMaxHeldMessage in transaction pooling): its head was classified; the
+  // rest is watched for what could pin the session, as it passes.
+  void start_long_text(char type, std::string_view head);
+  void follow_long_text(std::string_view part, std::size_t head_bytes);
   void attach(Server* s);
   void send_due_answers();
   bool declares_read_only() const;
@@ -165,12 +170,14 @@ class Client {
   std::string rx_;             // startup and auth phases: bytes not yet parsed (no capacity kept)
   std::unique_ptr<AuthSession> auth_;  // while authenticating only: an idle session does not carry it
   std::unique_ptr<Carried> sess_;  // created on need (Client::carried())
+  std::unique_ptr<PinWordScan> long_text_;  // see start_long_text()
   Server* server_ = nullptr;
   std::uint64_t lookup_token_ = 0;  // an [auth] query for this client is in flight
   Clock::time_point started_;
   Clock::time_point wait_started_;
   Clock::time_point last_activity_;
   const std::uint32_t id_;
+  std::uint32_t stream_left_ = 0;  // body bytes of a long client message still to pass (or drop) as they come
   std::int32_t cancel_key_ = 0;
   PeerAddress peer_;
   const std::uint8_t listener_index_;
@@ -182,6 +189,9 @@ class Client {
   bool ever_linked_ = false;
   bool limits_counted_ = false;  // holds a place in shared.limits
   bool tls_handshake_ = false;  // SSLRequest answered 'S'; the handshake is running
+  bool stream_drop_ = false;     // the rest of the long message is dropped (refused, or a lost transaction)
+  bool own_answers_wait_ = false;  // reading stopped until pgkeel's own answers drain (a lost transaction)
+  bool stream_scan_ = false;     // the rest of the long message is statement text: follow_long_text()
   bool replay_needed_ = false;        // the next server is fresh: restore settings and statements
   bool cycle_may_commit_ = false;     // what runs now may commit (autocommit, COMMIT)
   bool cycle_in_transaction_ = false;  // what runs now runs inside a transaction block

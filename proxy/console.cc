@@ -163,7 +163,8 @@ void run_console_command(Shared& sh, std::string_view sql, bool admin, const std
           // SHOW NODES says in words what synchronous replication does now.
           ConsoleReply r = done_reply("SHOW", nodes ? "synchronous replication " +
                                                           std::string(health::to_string(s->keeper.sync_health)) + ": " +
-                                                          s->keeper.sync_why
+                                                          s->keeper.sync_why +
+                                                          (s->keeper.rejoin_why.empty() ? "" : "; " + s->keeper.rejoin_why)
                                                     : "");
           r.table = fn(*s);
           reply(std::move(r));

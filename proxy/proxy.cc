@@ -363,7 +363,7 @@ std::vector<std::string> restart_only_changes(const conf::Config& a, const conf:
             f.promote_timeout == e.promote_timeout && f.fence_command == e.fence_command && f.fence_required == e.fence_required &&
             f.on_promote == e.on_promote && f.on_degraded == e.on_degraded && f.replication_user == e.replication_user &&
             f.replication_password == e.replication_password && f.stop_command == e.stop_command &&
-            f.rejoin_command == e.rejoin_command && f.switchover_drain_timeout == e.switchover_drain_timeout &&
+            f.rejoin_command == e.rejoin_command && f.rejoin_auto == e.rejoin_auto && f.switchover_drain_timeout == e.switchover_drain_timeout &&
             f.switchover_timeout == e.switchover_timeout,
         "[failover] (other than hold_timeout)");
   return out;
@@ -685,6 +685,7 @@ int run(const conf::Config& config) {
   kc.state_file = config.general.state_file;
   kc.stop_command = config.failover.stop_command;
   kc.rejoin_command = config.failover.rejoin_command;
+  kc.rejoin_mode = config.failover.rejoin_auto ? health::RejoinMode::kAuto : health::RejoinMode::kManual;
   kc.switchover_drain_timeout = config.failover.switchover_drain_timeout;
   kc.switchover_timeout = config.failover.switchover_timeout;
   kc.initial_primary = config.nodes[primary].name;

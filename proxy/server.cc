@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -76,6 +77,52 @@ Server::Server(Worker& w, std::uint32_t id, Pool& pool, std::shared_ptr<const Se
   scanner_.watch(be::kReadyForQuery);
   scanner_.watch(be::kParameterStatus);
   scanner_.watch(be::kErrorResponse);
+  scanner_.watch(be::kCommandComplete);  // DISCARD ALL / DEALLOCATE: the shared statements go
+  scanner_.watch(be::kCopyInResponse);   // copy-in: Syncs are ignored until CopyDone
+}
+
+int Server::note_request(char type) {
+  namespace fe = protocol::fe;
+  note_cycle_start();
+  switch (type) {
+    case fe::kQuery:
+    case fe::kFunctionCall:
+      note_frontend_sync();
+      syncs_since_execute_ = 0;
+      return 0;
+    case fe::kSync:
+      note_frontend_sync();
+      note_unsynced(false);
+      ++syncs_since_execute_;
+      return 0;
+    case fe::kExecute:
+      syncs_since_execute_ = 0;
+      note_unsynced(true);
+      return 0;
+    case fe::kParse:
+    case fe::kBind:
+    case fe::kDescribe:
+    case fe::kClose:
+      note_unsynced(true);
+      return 0;
+    case fe::kCopyDone:
+    case fe::kCopyFail: {
+      if (!copy_in_) return 0;
+      copy_in_ = false;
+      const int ignored = std::min(syncs_since_execute_, pending_syncs_);
+      pending_syncs_ -= ignored;
+      syncs_since_execute_ = 0;
+      return ignored;
+    }
+    default:
+      return 0;  // Flush, CopyData
+  }
+}
+
+void Server::cancel_finished() {
+  if (cancels_in_flight_ > 0) --cancels_in_flight_;
+  if (cancels_in_flight_ > 0 || state_ != State::kLinked || client_ == nullptr) return;
+  if (answers_done()) client_->on_cycle_done();  // a release that waited for the cancel
 }
 
 Server::Edits& Server::edits() {
@@ -479,7 +526,9 @@ void Server::link(Client* c) {
   last_used_ = Clock::now();
   scanner_.reset();
   pending_syncs_ = 0;
+  syncs_since_execute_ = 0;
   unsynced_ = false;
+  copy_in_ = false;
   ep_.set_reading(true);
 }
 
@@ -493,6 +542,10 @@ void Server::unlink(bool clean) {
   }
   if (!clean || pending || !ep_.out_empty() || tx_status_ != 'I' || (edits_ && (edits_->dirty || !edits_->plan.idle()))) {
     close("client left mid-session");
+    return;
+  }
+  if (cancel_in_flight()) {
+    close("a cancel request for it is in flight");  // it would cancel the next client's query
     return;
   }
   const Clock::time_point now = Clock::now();
@@ -517,7 +570,7 @@ void Server::unlink(bool clean) {
 bool Server::let_go() {
   client_ = nullptr;
   if (state_ != State::kLinked) return false;
-  const bool reusable = answers_done() && ep_.out_empty() && tx_status_ == 'I' && !(edits_ && edits_->dirty);
+  const bool reusable = answers_done() && ep_.out_empty() && tx_status_ == 'I' && !(edits_ && edits_->dirty) && !cancel_in_flight();
   if (ep_.in != nullptr) {
     w_.buffers().release(ep_.in);
     ep_.in = nullptr;
@@ -642,6 +695,18 @@ void Server::relay_to_client() {
             fatal_relayed_ = true;
           }
           c->note_server_error();
+          return protocol::ScanAction::kContinue;
+        }
+        if (m.type == be::kCopyInResponse) {
+          note_copy_in();
+          return protocol::ScanAction::kContinue;
+        }
+        if (m.type == be::kCommandComplete) {
+          // DISCARD ALL, DEALLOCATE ALL and DEALLOCATE name drop prepared statements, pgkeel's
+          // shared ones among them: forget every one (the next use prepares it again, after a
+          // Close, so a statement that in fact survived cannot collide).
+          const std::string_view tag = m.body.substr(0, m.body.find('\0'));
+          if (edits_ && (tag == "DISCARD ALL" || tag.rfind("DEALLOCATE", 0) == 0)) edits_->statements.clear();
           return protocol::ScanAction::kContinue;
         }
         if (m.type == be::kReadyForQuery) {

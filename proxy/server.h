@@ -15,8 +15,7 @@
 
 #include "proxy/auth/scram.h"
 #include "proxy/conn.h"
-#include "proxy/prepared.h"
-#include "proxy/response_plan.h"
+#include "proxy/txpool/txpool.h"
 #include "proxy/pool.h"
 #include "proxy/protocol/scanner.h"
 #include "proxy/shared.h"
@@ -117,17 +116,24 @@ class Server {
   }
   bool query_running() const { return pending_syncs_ > 0 || unsynced_; }
   // A client request of this type is about to be forwarded: a Query, FunctionCall or Sync opens
-  // a cycle that its ReadyForQuery closes; other extended-protocol messages await their Sync.
-  void note_request(char type) {
-    note_cycle_start();
-    if (type == protocol::fe::kQuery || type == protocol::fe::kFunctionCall || type == protocol::fe::kSync) {
-      note_frontend_sync();
-      if (type == protocol::fe::kSync) note_unsynced(false);
-    } else {
-      note_unsynced(true);
-    }
-  }
+  // a cycle that its ReadyForQuery closes; Parse, Bind, Describe, Close and Execute await their
+  // Sync. Flush and the COPY messages change neither. PostgreSQL ignores a Sync (and a Flush)
+  // that reaches it in copy-in mode (§55.2.6); libpq's extended-protocol COPY sends one Sync after
+  // the Execute and one after CopyDone, for one ReadyForQuery. So at CopyDone or CopyFail, when
+  // the server said CopyInResponse, the Syncs sent since the Execute (or Query) that started the
+  // COPY are taken back. Returns how many were (0 but in that case).
+  int note_request(char type);
   void note_unsynced(bool v) { unsynced_ = v; }
+  // The server said CopyInResponse: it reads copy data until CopyDone or CopyFail.
+  void note_copy_in() { copy_in_ = true; }
+
+  // Cancel requests sent for this connection's backend that PostgreSQL has not finished with
+  // (its cancel connection is not closed yet). While one is in flight the connection is not
+  // given to another client: the cancel would land on that client's query (PgBouncer does the
+  // same). A connection released meanwhile waits linked, and an unlinked one is closed.
+  void cancel_started() { ++cancels_in_flight_; }
+  void cancel_finished();
+  bool cancel_in_flight() const { return cancels_in_flight_ > 0; }
 
   bool counted_connecting = true;  // pool.cc: still counted in Pool::connecting
 
@@ -176,9 +182,12 @@ class Server {
   std::int32_t backend_pid_ = 0;
   std::int32_t backend_key_ = 0;
   int pending_syncs_ = 0;
+  int syncs_since_execute_ = 0;  // frontend Syncs since the last Execute or Query (see note_request)
+  int cancels_in_flight_ = 0;
   int connect_errno_ = 0;       // connect() failed at once; reported from the loop
   char tx_status_ = 'I';
   bool unsynced_ = false;
+  bool copy_in_ = false;        // CopyInResponse seen; the client's CopyDone / CopyFail not yet
   bool fatal_relayed_ = false;
   State state_ = State::kConnecting;
   enum class TlsPhase : std::uint8_t { kNone, kAnswer, kHandshake };

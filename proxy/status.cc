@@ -140,7 +140,8 @@ ConsoleTable nodes_table(const StatusSnapshot& s) {
   ConsoleTable t;
   t.columns = {"name", "address", "role", "state", "fenced", "enabled", "system_identifier", "timeline", "lsn",
                "lag_bytes", "lag_seconds", "sync_state", "application_name", "last_probe", "probe_ms", "last_error",
-               "probes", "probe_failures", "timeouts_excused"};
+               "probes", "probe_failures", "timeouts_excused", "standing", "rejoin", "rejoin_attempts", "rejoin_why",
+               "rejoin_error"};
   for (const health::NodeStatus& n : s.nodes) {
     // The writer's sync_state is synchronous replication's as a whole (honoured, degraded,
     // waiting, off); a standby's is its own, as the primary reports it.
@@ -151,7 +152,8 @@ ConsoleTable nodes_table(const StatusSnapshot& s) {
                       n.lag_bytes ? Cell(std::to_string(*n.lag_bytes)) : std::nullopt,
                       n.lag_seconds ? Cell(fixed(*n.lag_seconds, 3)) : std::nullopt, sync, opt(n.application_name),
                       opt(n.last_probe), fixed(n.probe_ms, 1), opt(n.last_error), std::to_string(n.probes),
-                      std::to_string(n.probe_failures), std::to_string(n.timeouts_excused)});
+                      std::to_string(n.probe_failures), std::to_string(n.timeouts_excused), opt(n.standing),
+                      opt(n.rejoin), std::to_string(n.rejoin_attempts), opt(n.rejoin_why), opt(n.rejoin_error)});
   }
   return t;
 }

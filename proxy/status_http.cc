@@ -505,6 +505,13 @@ std::string render_metrics(const StatusSnapshot& s, const Readiness& r) {
   }
   e.family("pgkeel_node_writer", "gauge", "1 for the node that takes writes under the current epoch.");
   for (const auto& n : s.nodes) e.sample("pgkeel_node_writer", {{"node", n.name}}, !writer.empty() && n.name == writer);
+  e.family("pgkeel_node_rejoin_pending", "gauge",
+           "1 while the node must rejoin or is rejoining (a returned old primary, a standby on an old timeline).");
+  for (const auto& n : s.nodes) e.sample("pgkeel_node_rejoin_pending", {{"node", n.name}}, !n.rejoin.empty());
+  e.family("pgkeel_rejoins_total", "counter", "Rejoins verified: the node streams from the primary on its timeline.");
+  e.sample("pgkeel_rejoins_total", {}, s.keeper.rejoins);
+  e.family("pgkeel_rejoin_failures_total", "counter", "rejoin_command failures and rejoins that did not verify.");
+  e.sample("pgkeel_rejoin_failures_total", {}, s.keeper.rejoin_failures);
   e.family("pgkeel_node_fenced", "gauge", "1 while the node is fenced (receives no traffic).");
   for (const auto& n : s.nodes) {
     const routing::NodeView* v = route_node(s, n.name);
@@ -589,6 +596,7 @@ std::string render_status_json(const StatusSnapshot& s, const Readiness& r, bool
   j.key("sync_health").str(health::to_string(s.keeper.sync_health));
   j.key("sync_why").str(s.keeper.sync_why);
   j.key("record_error").str(s.keeper.record_error);
+  j.key("rejoin_why").str(s.keeper.rejoin_why);
   j.key("plan_summary").str(s.plan.summary);
   j.key("counters").begin_object();
   j.key("failovers").num(s.keeper.failovers);
@@ -597,6 +605,8 @@ std::string render_status_json(const StatusSnapshot& s, const Readiness& r, bool
   j.key("switchovers_aborted").num(s.keeper.switchovers_aborted);
   j.key("degradations").num(s.keeper.degradations);
   j.key("probe_timeouts_excused").num(s.keeper.timeouts_excused);
+  j.key("rejoins").num(s.keeper.rejoins);
+  j.key("rejoin_failures").num(s.keeper.rejoin_failures);
   j.key("reloads").num(s.reloads);
   j.key("reload_failures").num(s.reload_failures);
   j.key("clients_accepted").num(s.total.events.clients_accepted);
@@ -751,6 +761,7 @@ struct StatusServer::Impl {
           r.health_why += "; synchronous replication " + std::string(health::to_string(k.sync_health)) + ": " + k.sync_why;
         }
         if (!k.record_error.empty()) r.health_why += "; the primary record could not be written: " + k.record_error;
+        if (!k.rejoin_why.empty()) r.health_why += "; " + k.rejoin_why;
       }
     } else {
       r.health_why = "no writable primary is routable (epoch " + std::to_string(snap->epoch) + ")" +

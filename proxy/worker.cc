@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <optional>
+#include <utility>
 
 #include "proxy/client.h"
 #include "proxy/conn.h"
@@ -22,12 +23,16 @@
 namespace pgkeel::proxy {
 
 // A one-shot connection that delivers a CancelRequest to a server (§55.2.7), as PostgreSQL's
-// own clients do: connect, send 16 bytes, close.
+// own clients do: connect, send 16 bytes, then wait for PostgreSQL to close the connection: it
+// does so after it signalled the backend, and only then is the cancel over (the server
+// connection it aims at is kept from other clients until then).
 struct CancelConn {
   int fd = -1;
   EventPtr ev;
   std::string packet;
   Clock::time_point deadline;
+  Worker* worker = nullptr;
+  std::uint32_t server_id = 0;  // the server connection it aims at (0: none)
   bool done = false;
   ~CancelConn() {
     ev.reset();
@@ -40,6 +45,21 @@ namespace {
 constexpr std::uint32_t kMaxClientId = (1u << 22) - 1;
 constexpr timeval kTickInterval{0, 200 * 1000};
 
+void finish_cancel(CancelConn* cc) {
+  event_del(cc->ev.get());
+  cc->done = true;  // reaped on the next tick
+  if (cc->server_id != 0) cc->worker->cancel_done(std::exchange(cc->server_id, 0));
+}
+
+void on_cancel_closed(evutil_socket_t fd, short, void* arg) {
+  auto* cc = static_cast<CancelConn*>(arg);
+  char buf[64];
+  const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+  if (n > 0) return;  // PostgreSQL answers nothing; read on until it closes
+  finish_cancel(cc);
+}
+
 void on_cancel_writable(evutil_socket_t fd, short, void* arg) {
   auto* cc = static_cast<CancelConn*>(arg);
   int err = 0;
@@ -49,9 +69,15 @@ void on_cancel_writable(evutil_socket_t fd, short, void* arg) {
     const ssize_t n = ::send(fd, cc->packet.data(), cc->packet.size(), MSG_NOSIGNAL);
     if (n != static_cast<ssize_t>(cc->packet.size())) err = errno;
   }
-  if (err != 0) log::warning("cancel").kv("event", "cancel_failed").kv("reason", std::strerror(err)).emit();
-  event_del(cc->ev.get());
-  cc->done = true;  // reaped on the next tick; the server closes its side after reading
+  if (err != 0) {
+    log::warning("cancel").kv("event", "cancel_failed").kv("reason", std::strerror(err)).emit();
+    finish_cancel(cc);
+    return;
+  }
+  // Sent: the cancel is over when PostgreSQL closes its side.
+  event_base* base = event_get_base(cc->ev.get());
+  cc->ev.reset(event_new(base, fd, EV_READ | EV_PERSIST, &on_cancel_closed, cc));
+  event_add(cc->ev.get(), nullptr);
 }
 
 }  // namespace
@@ -314,9 +340,15 @@ Client* Worker::find_client(std::uint32_t id) {
   return it == clients_.end() ? nullptr : it->second.get();
 }
 
-void Worker::send_cancel(routing::NodeId node, std::int32_t pid, std::int32_t key) {
+void Worker::cancel_done(std::uint32_t server_id) {
+  auto it = servers_.find(server_id);
+  if (it != servers_.end()) it->second->cancel_finished();
+}
+
+void Worker::send_cancel(routing::NodeId node, std::int32_t pid, std::int32_t key, std::uint32_t server_id) {
   const NodeAddress& na = shared_.node_addrs[node];
   auto cc = std::make_unique<CancelConn>();
+  cc->worker = this;
   cc->fd = ::socket(na.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (cc->fd < 0) {
     const int err = errno;
@@ -332,6 +364,13 @@ void Worker::send_cancel(routing::NodeId node, std::int32_t pid, std::int32_t ke
   }
   cc->ev.reset(event_new(base_.get(), cc->fd, EV_WRITE, &on_cancel_writable, cc.get()));
   event_add(cc->ev.get(), nullptr);
+  if (server_id != 0) {
+    auto it = servers_.find(server_id);
+    if (it != servers_.end()) {
+      it->second->cancel_started();
+      cc->server_id = server_id;
+    }
+  }
   cancels_.push_back(std::move(cc));
 }
 
@@ -386,7 +425,11 @@ void Worker::tick() {
 
   if (!parked_.empty()) resume_parked();
 
-  std::erase_if(cancels_, [&](const std::unique_ptr<CancelConn>& cc) { return cc->done || now_ > cc->deadline; });
+  // A cancel past its deadline gives up: the connection it held back serves again.
+  for (const auto& cc : cancels_) {
+    if (!cc->done && now_ > cc->deadline) finish_cancel(cc.get());
+  }
+  std::erase_if(cancels_, [&](const std::unique_ptr<CancelConn>& cc) { return cc->done; });
 
   if (shutdown_ == Shutdown::kGraceful) {
     const bool past_deadline = now_ > shutdown_deadline_;

@@ -73,7 +73,12 @@ class Worker {
   Interned& interned() { return interned_; }
   void retire(Client* c);  // destroyed after the current callback returns
   void retire(Server* s);
-  void send_cancel(routing::NodeId node, std::int32_t pid, std::int32_t key);
+  // Sends a CancelRequest for a backend. `server_id`: the server connection it aims at (0: none):
+  // that connection counts it in flight until PostgreSQL closes the cancel connection, which it
+  // does once it has signalled the backend (Server::cancel_started()).
+  void send_cancel(routing::NodeId node, std::int32_t pid, std::int32_t key, std::uint32_t server_id = 0);
+  // A cancel for `server_id` completed (or gave up): the connection may serve another client.
+  void cancel_done(std::uint32_t server_id);
   Client* find_client(std::uint32_t id);
 
   // A new routing snapshot was published: close what lost the right to serve, retry or fail

@@ -17,6 +17,10 @@
 #   PGKEEL_CLUSTER_ENV       the cluster's cluster.env (node ports, data folders, postmaster pids)
 #   PGKEEL_NODE_CONNINFO     how the drill logs in to a node directly (host and port added)
 #   PGKEEL_RESTART_COMMAND   what the drill's restart-proxy fault runs
+#   PGKEEL_START_COMMAND     how the drill's soak starts a killed node again (the node's name appended)
+#
+# pgkeel runs with rejoin = "auto": a node that returns after a failover is rewound and rejoined
+# by tools/rejoin.sh, so the cluster is whole again by itself (the soak relies on it).
 #   PGKEEL_SYNC              1 for a synchronous standby, 0 otherwise
 #
 # --netns puts every node in a network namespace of its own (tools/cluster.sh up --netns), so that
@@ -107,7 +111,8 @@ replication_password = "replicator-pass"
 hold_timeout = "15s"
 switchover_drain_timeout = "2s"
 stop_command = "$kRoot/tools/stop-node.sh $dir/cluster"
-rejoin_command = "$kRoot/tools/rejoin.sh --no-rewind $dir/cluster"
+rejoin_command = "$kRoot/tools/rejoin.sh $dir/cluster"
+rejoin = "auto"
 
 [console]
 port = $console_port
@@ -175,6 +180,7 @@ PGKEEL_PID_FILE=$dir/pgkeel.pid
 PGKEEL_CLUSTER_ENV=$dir/cluster/cluster.env
 PGKEEL_NODE_CONNINFO="user=pgkeel password=pgkeel-pass dbname=postgres"
 PGKEEL_RESTART_COMMAND="$kRoot/tools/rehearsal.sh restart-proxy $dir"
+PGKEEL_START_COMMAND="$kRoot/tools/cluster.sh start $dir/cluster"
 PGKEEL_SYNC=$sync
 ENV
     "${PGKEEL_BIN:-$kRoot/build/pgkeel}" --check-config -c "$dir/pgkeel.toml"

@@ -7,13 +7,17 @@
 #
 #   tools/rejoin.sh DIR NODE NEW_PRIMARY     e.g. after promoting db2: tools/rejoin.sh DIR db1 db2
 #   tools/rejoin.sh --no-rewind DIR NODE NEW_PRIMARY
+#   tools/rejoin.sh DIR                      as pgkeel's rejoin_command (below)
 #
 # --no-rewind is for after a clean switchover (pgkeel's rejoin_command): the old primary was shut
 # down cleanly and the new one received all of its WAL before its promotion, so it can follow
 # the new timeline as it is. This mode checks that (`pg_rewind --dry-run` must say "no rewind
 # required"), never rewinds and never takes a fresh copy: it fails instead, leaving the node
 # stopped and untouched. NODE and NEW_PRIMARY default to $PGKEEL_NODE_NAME and
-# $PGKEEL_PRIMARY_NAME, which pgkeel sets for rejoin_command.
+# $PGKEEL_PRIMARY_NAME, which pgkeel sets for rejoin_command. As rejoin_command without
+# --no-rewind, it follows $PGKEEL_REJOIN_REASON: after a switchover ("switchover") it behaves as
+# --no-rewind; for a node that returned after a failover ("returned-primary", "old-timeline") it
+# rewinds (or takes a fresh copy), which rejoin = "auto" in pgkeel's [failover] asks for.
 #
 # Standby settings, as cluster.sh writes them: standby.signal; in postgresql.auto.conf
 # primary_conninfo (TCP, replicator/replicator-pass, application_name=NODE) and
@@ -46,8 +50,11 @@ if [[ "${1:-}" == --no-rewind ]]; then
   kNoRewind=1
   shift
 fi
+if [[ "${PGKEEL_REJOIN_REASON:-}" == switchover ]]; then
+  kNoRewind=1
+fi
 readonly kNoRewind
-(($# == 3 || ($# == 1 && kNoRewind))) || usage
+(($# == 3 || $# == 1)) || usage
 DIR=$1
 NODE=${2:-${PGKEEL_NODE_NAME:-}}
 NEW=${3:-${PGKEEL_PRIMARY_NAME:-}}

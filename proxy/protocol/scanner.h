@@ -1,7 +1,8 @@
 // proxy/protocol/scanner.h — an incremental framer for one direction of a relayed stream.
 // It walks message boundaries as bytes pass by, never copying what it need not look at:
-// messages of selected types are handed to a callback whole (body up to a capture limit),
-// everything else is only counted. Frames are type byte + int32 length (§55.7).
+// messages of selected types are handed to a callback whole, or, beyond a capture limit, as
+// their first kCaptureLimit bytes once those have arrived (however the header and the body were
+// cut between reads); everything else is only counted. Frames are type byte + int32 length (§55.7).
 #pragma once
 
 #include <array>
@@ -19,10 +20,13 @@ struct ScannedMessage {
   char type = 0;
   std::uint32_t length = 0;  // the length field: body + 4
   std::string_view body;     // complete unless truncated
-  bool truncated = false;    // body longer than the capture limit; `body` holds its start
+  bool truncated = false;    // body longer than the capture limit; `body` holds its first kCaptureLimit bytes
   std::size_t start = 0;     // offset in the fed chunk where the message began (may be "before"
                              // the chunk when the header straddled reads: then 0)
   bool started_in_chunk = false;
+  // A piece of the rest of a truncated message of a type marked with Scanner::follow(): `body`
+  // is the next bytes after what was reported before (kStop is not honoured for these).
+  bool rest = false;
 };
 
 enum class ScanAction { kContinue, kStop };
@@ -42,6 +46,9 @@ class Scanner {
 
   // Only types marked here are reported to the callback.
   void watch(char type) { watched_.set(static_cast<unsigned char>(type)); }
+  // A watched type whose truncated messages are followed to their end: after the head, the rest
+  // of the body is reported too, piece by piece, as it passes (ScannedMessage::rest).
+  void follow(char type) { followed_.set(static_cast<unsigned char>(type)); }
   void unwatch_all() { watched_.reset(); }
 
   // Walks `chunk`; calls `on_message(const ScannedMessage&) -> ScanAction` for each complete
@@ -55,6 +62,9 @@ class Scanner {
   void reset() {
     header_have_ = 0;
     remaining_ = 0;
+    capturing_ = false;
+    truncating_ = false;
+    following_ = false;
     capture_.clear();
   }
   // Type of the message whose body is being scanned (0 between messages).
@@ -62,12 +72,15 @@ class Scanner {
 
  private:
   std::bitset<256> watched_;
+  std::bitset<256> followed_;
   std::array<unsigned char, 5> header_{};
   std::uint8_t header_have_ = 0;
   char type_ = 0;
   std::uint32_t length_ = 0;
   std::uint32_t remaining_ = 0;  // body bytes still to come of the current message
   bool capturing_ = false;
+  bool truncating_ = false;      // capturing only the head of a message over the capture limit
+  bool following_ = false;       // reporting the rest of a truncated message (follow())
   std::string capture_;          // body of a watched message that straddles chunks
 };
 
@@ -106,24 +119,28 @@ ScanResult Scanner::scan(const unsigned char* chunk, std::size_t n, OnMessage&& 
         pos += body_len;
         continue;
       }
-      if (watched) {
-        if (body_len > kCaptureLimit) {
-          // Too big to hold: report what we have now, as truncated, and skip the rest.
-          ScannedMessage m{type_, length_,
-                           std::string_view(reinterpret_cast<const char*>(chunk + pos), n - pos),
-                           true, start, true};
-          if (on_message(m) == ScanAction::kStop) {
-            res.status = ScanResult::Status::kStopped;
-            res.consumed = start;
-            return res;
-          }
-          capturing_ = false;
-        } else {
-          capturing_ = true;
-          capture_.assign(reinterpret_cast<const char*>(chunk + pos), n - pos);
+      if (watched && body_len > kCaptureLimit && n - pos >= kCaptureLimit) {
+        // Too big to hold: report its head now, as truncated, and skip the rest.
+        ScannedMessage m{type_, length_, std::string_view(reinterpret_cast<const char*>(chunk + pos), kCaptureLimit),
+                         true, start, true};
+        if (on_message(m) == ScanAction::kStop) {
+          res.status = ScanResult::Status::kStopped;
+          res.consumed = start;
+          return res;
+        }
+        capturing_ = false;
+        following_ = followed_.test(static_cast<unsigned char>(type_));
+        if (following_ && n - pos > kCaptureLimit) {
+          ScannedMessage more{type_, length_,
+                              std::string_view(reinterpret_cast<const char*>(chunk + pos + kCaptureLimit), n - pos - kCaptureLimit),
+                              true, start, true, true};
+          on_message(more);
         }
       } else {
-        capturing_ = false;
+        // Its body (or head) comes in later reads: captured until then.
+        capturing_ = watched;
+        truncating_ = watched && body_len > kCaptureLimit;
+        if (watched) capture_.assign(reinterpret_cast<const char*>(chunk + pos), n - pos);
       }
       remaining_ = body_len - static_cast<std::uint32_t>(n - pos);
       pos = n;
@@ -144,9 +161,11 @@ ScanResult Scanner::scan(const unsigned char* chunk, std::size_t n, OnMessage&& 
       }
       remaining_ = length_ - 4;
       capturing_ = watched_.test(static_cast<unsigned char>(type_));
+      truncating_ = capturing_ && remaining_ > kCaptureLimit;  // reported at kCaptureLimit bytes
+      following_ = false;
       capture_.clear();
-      if (capturing_ && remaining_ > kCaptureLimit) capturing_ = false;  // seen as truncated below
-      if (remaining_ == 0 && watched_.test(static_cast<unsigned char>(type_))) {
+      if (remaining_ == 0 && capturing_) {
+        capturing_ = false;
         ScannedMessage m{type_, length_, {}, false, 0, false};
         if (on_message(m) == ScanAction::kStop) {
           res.status = ScanResult::Status::kStopped;
@@ -159,14 +178,42 @@ ScanResult Scanner::scan(const unsigned char* chunk, std::size_t n, OnMessage&& 
     }
     // Inside a body.
     const std::size_t take = std::min<std::size_t>(remaining_, n - pos);
-    if (capturing_) capture_.append(reinterpret_cast<const char*>(chunk + pos), take);
+    std::size_t keep = 0;  // bytes of `take` that went to the capture
+    if (capturing_) {
+      keep = truncating_ ? std::min(take, kCaptureLimit - capture_.size()) : take;
+      capture_.append(reinterpret_cast<const char*>(chunk + pos), keep);
+    } else if (following_) {
+      ScannedMessage more{type_, length_, std::string_view(reinterpret_cast<const char*>(chunk + pos), take),
+                          true, 0, false, true};
+      on_message(more);
+    }
+    const std::size_t after_head = pos + keep;  // where a truncated head ends in this chunk
     pos += take;
     remaining_ -= static_cast<std::uint32_t>(take);
-    if (remaining_ == 0 && capturing_) {
+    if (remaining_ == 0 && !capturing_) following_ = false;
+    if (capturing_ && (remaining_ == 0 || (truncating_ && capture_.size() >= kCaptureLimit))) {
       capturing_ = false;
-      ScannedMessage m{type_, length_, capture_, false, 0, false};
+      ScannedMessage m{type_, length_, capture_, truncating_, 0, false};
+      following_ = truncating_ && followed_.test(static_cast<unsigned char>(type_));
+      truncating_ = false;
+      if (following_ && pos > after_head) {
+        // The head was reported from this chunk: what of the chunk follows it is the rest's first piece.
+        const ScanAction a = on_message(m);
+        ScannedMessage more{type_, length_, std::string_view(reinterpret_cast<const char*>(chunk + after_head), pos - after_head),
+                            true, 0, false, true};
+        on_message(more);
+        capture_.clear();
+        if (remaining_ == 0) following_ = false;
+        if (a == ScanAction::kStop) {
+          res.status = ScanResult::Status::kStopped;
+          res.consumed = pos;
+          res.clean = false;
+          return res;
+        }
+        continue;
+      }
       if (on_message(m) == ScanAction::kStop) {
-        // The message began before this chunk; stopping can only end after it.
+        // The message began before this chunk; stopping can only end after what was read of it.
         capture_.clear();
         res.status = ScanResult::Status::kStopped;
         res.consumed = pos;

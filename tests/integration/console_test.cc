@@ -87,7 +87,8 @@ TEST_CASE("psql runs every SHOW command on the console and gets the documented c
 
   const std::vector<std::pair<std::string, std::string>> shows = {
       {"SHOW NODES", "name|address|role|state|fenced|enabled|system_identifier|timeline|lsn|lag_bytes|lag_seconds|"
-                     "sync_state|application_name|last_probe|probe_ms|last_error|probes|probe_failures|timeouts_excused"},
+                     "sync_state|application_name|last_probe|probe_ms|last_error|probes|probe_failures|timeouts_excused|"
+                     "standing|rejoin|rejoin_attempts|rejoin_why|rejoin_error"},
       {"SHOW ROUTES", "listener|address|intent|pool_mode|node|epoch|paused|why"},
       {"SHOW FAILOVER PLAN", "node|eligible|lsn|chosen|verdict"},
       {"SHOW LISTENERS", "name|address|unix_socket|intent|pool_mode|paused|clients"},

@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "tests/integration/fixture.h"
@@ -96,8 +97,11 @@ std::int64_t check_sync_summary(const json::Value& s, const std::string& target)
                                          int_at(s, "counts", "reads_failed") + int_at(s, "counts", "connect_failures"));
   REQUIRE(s.find("faults")->items.size() == 1);
   const json::Value& f = s.find("faults")->items[0];
-  INFO("fault detail: " << f.find("detail")->string);
+  INFO("fault detail: " << f.find("detail")->string << "; effect: " << f.find("effect")->string);
   CHECK(f.find("injected")->boolean);
+  // the drill saw the fault itself (the postmaster gone, stopped, the link down), on the writer
+  CHECK(f.find("effect_seen")->boolean);
+  CHECK(f.find("hit_writer")->boolean);
   CHECK(f.find("target")->string == target);
   CHECK(f.find("recovered")->boolean);
   const std::int64_t downtime = int_at(s, "write_downtime_ms");
@@ -247,6 +251,9 @@ TEST_CASE("drill: a switchover under load: no client error, no acknowledged comm
   CHECK(int_at(s, "verification", "found_acknowledged") == int_at(s, "counts", "acknowledged"));
   REQUIRE(s.find("faults")->items.size() == 1);
   CHECK(s.find("faults")->items[0].find("injected")->boolean);
+  CHECK(s.find("faults")->items[0].find("effect_seen")->boolean);
+  CHECK(int_at(s.find("faults")->items[0], "time_to_promote_ms") >= 0);
+  CHECK(int_at(s, "write_downtime_ms") > 0);  // writes pause while the writer changes
   CHECK(d.result.exit_code == 0);
   check_html(d.html);
 }
@@ -290,4 +297,61 @@ TEST_CASE("drill under a saturating load with the fast timings: a hang (SIGSTOP)
           "[drill][load][release-only]") {
   const DrillRun d = fault_drill({.standbys = 1, .sync = true}, "hang@5s:for=9s", "20s", "hang under load", true);
   CHECK(d.summary->find("faults")->items[0].find("detail")->string.find("SIGCONT") != std::string::npos);
+}
+
+// The season in small (issue 16): the drill's soak draws ten faults from a fixed seed (one of each
+// kind this cluster allows: kill, kill mode=all, hang, partition, switchover, failover, lag and
+// the synchronous standby's loss), each once the cluster is whole again; pgkeel rejoins every
+// node that returns (rejoin = "auto"), and the ledger over the whole run loses nothing.
+TEST_CASE("drill soak: ten random faults in a row, the cluster whole again after each, no acknowledged commit lost",
+          "[drill][soak][release-only]") {
+  REQUIRE(fs::exists(drill_binary()));
+  Cluster cluster(ClusterOptions{.standbys = 1, .sync = true, .netns = true});
+  PgkeelOptions o = drill_options(cluster);
+  // A node that returns is rejoined by itself: a rewind after a failover, none after a switchover.
+  const std::string old_rejoin = "\nrejoin_command = \"" + (tools_dir() / "rejoin.sh").string() + " --no-rewind " +
+                                 cluster.dir().string() + "\"";
+  const auto at = o.failover_extra.find(old_rejoin);
+  REQUIRE(at != std::string::npos);
+  o.failover_extra.replace(at, old_rejoin.size(),
+                           "\nrejoin = \"auto\"\nrejoin_command = \"" + (tools_dir() / "rejoin.sh").string() + " " +
+                               cluster.dir().string() + "\"");
+  Pgkeel pk(cluster, o);
+  const fs::path out = pk.dir() / "soak";
+  fs::create_directories(out);
+  const RunResult r = run({drill_binary().string(), "--conninfo", pk.conninfo(), "--console", pk.console_conninfo(),
+                           "--cluster-env", cluster.env_file().string(), "--sync", "--clients", "4", "--write-ratio", "0.8",
+                           "--soak", "10", "--seed", "192", "--soak-kinds",
+                           "kill,kill-all,hang,partition,switchover,failover,lag,sync-loss", "--whole-timeout", "120s",
+                           "--start-command", (tools_dir() / "cluster.sh").string() + " start " + cluster.dir().string(),
+                           "--wait-ready", "60s", "--out", out.string()},
+                          {}, 1500s);
+  std::printf("pgkeel-drill --soak 10:\n%s\n", r.output.c_str());
+  CHECK(r.exit_code == 0);
+  const std::string text = slurp(out / "drill.json");
+  json::Reader reader(text);
+  const std::optional<json::Value> s = reader.parse();
+  REQUIRE(s);
+  CHECK(s->find("passed")->boolean);
+  CHECK(int_at(*s, "verification", "lost") == 0);
+  CHECK(int_at(*s, "verification", "duplicates") == 0);
+  CHECK(int_at(*s, "verification", "failed_present") == 0);
+  CHECK(int_at(*s, "verification", "found_acknowledged") == int_at(*s, "counts", "acknowledged"));
+  const json::Value* soak = s->find("soak");
+  REQUIRE(soak != nullptr);
+  CHECK(int_at(*soak, "ran") == 10);
+  CHECK(soak->find("stopped")->string.empty());
+  // Every kind asked for ran, and every fault passed.
+  std::set<std::string> kinds;
+  for (const auto& row : soak->find("table")->items) {
+    kinds.insert(row.find("kind")->string);
+    CHECK(int_at(row, "passed") == int_at(row, "count"));
+  }
+  for (const char* k : {"kill", "kill mode=all", "hang", "partition", "switchover", "failover", "lag", "sync-loss"}) {
+    INFO("kind " << k);
+    CHECK(kinds.count(k) == 1);
+  }
+  const std::string html = slurp(out / "drill.html");
+  CHECK(html.find("<h2>Soak</h2>") != std::string::npos);
+  CHECK(html.find("Write downtime per fault") != std::string::npos);
 }

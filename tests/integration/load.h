@@ -64,6 +64,14 @@ class Background {
     return -1;
   }
 
+  // SIGTERM to the process alone (not its group), then wait() up to `deadline`: for a child that
+  // ends cleanly on SIGTERM (pgkeel-ledger writes its report) and whose exit code matters.
+  int terminate(std::chrono::milliseconds deadline) {
+    if (pid_ <= 0) return status_;
+    kill(pid_, SIGTERM);
+    return wait(deadline);
+  }
+
   void stop() {
     if (pid_ <= 0) return;
     kill(-pid_, SIGTERM);

@@ -140,7 +140,8 @@ bool streams_to(const Cluster& cluster, std::string_view standby, std::string_vi
 
 // Whether the keeper sees the node as a standby that is up (so a FAILOVER TO may pick it).
 bool node_is_up_standby(const Pgkeel& pk, const Cluster& cluster, std::string_view node) {
-  const std::string row = std::string(node) + "|127.0.0.1:" + std::to_string(cluster.port(node)) + "|standby|up|";
+  // up, a standby, and not fenced (a node that rejoined is held out until pgkeel saw it stream)
+  const std::string row = std::string(node) + "|127.0.0.1:" + std::to_string(cluster.port(node)) + "|standby|up|no|";
   for (const auto& r : pq_exec(pk.console_conninfo(), "SHOW NODES").rows) {
     std::string line;
     for (const auto& v : r) {

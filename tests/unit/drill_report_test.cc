@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+
 #include "tools/drill/html.h"
 #include "tools/drill/plan.h"
 #include "tools/drill/report.h"
@@ -45,7 +47,14 @@ Recording kill_at_4s() {
       }
     }
   }
-  r.faults.push_back({Fault{FaultKind::kKill, 4000, {}, {}, false}, 4000, "db1", true, "kill -9 of 1 process(es)"});
+  r.faults.push_back({.fault = Fault{FaultKind::kKill, 4000, {}, {}, false},
+                      .t_ms = 4000,
+                      .target = "db1",
+                      .injected = true,
+                      .detail = "kill -9 of 1 process(es)",
+                      .hit_writer = true,
+                      .effect_seen = true,
+                      .effect = "the postmaster of db1 (pid 4242) is gone 3 ms after the kill"});
   r.events = {{4120, 2, "detection", "db1", "refused"},
               {4125, 2, "failover_started", "db1", ""},
               {4600, 3, "promotion", "db2", "writes go to db2"}};
@@ -194,6 +203,210 @@ TEST_CASE("writes that never come back leave the fault unrecovered until the end
   CHECK(o.downtime_ms == 6000);
 }
 
+namespace {
+
+// The same two clients, but nothing happened at 4000 ms: writes go on without a pause, and
+// pgkeel's console shows nothing. What a kill -9 that the target ignored looks like (in a
+// container whose postmaster is PID 1, the kernel drops the signal and the command returns 0).
+Recording ignored_kill_at_4s() {
+  Recording r = kill_at_4s();
+  r.ops.clear();
+  r.writes.clear();
+  r.errors.clear();
+  for (int c = 0; c < 2; ++c) {
+    std::int64_t seq = 0;
+    for (std::int64_t t = 10; t < 10'000; t += 10) {
+      r.ops.push_back({t, 1000, OpKind::kWriteAck});
+      pgkeel::ledger::append_event(r.writes, {c, EventKind::kAcknowledged, Phase::kCommit, "", ++seq, t}, 10);
+    }
+  }
+  r.faults[0].detail = "kill -9 of the postmaster of primary (pid 1) through COPY TO PROGRAM, which returned";
+  r.faults[0].effect_seen = false;
+  r.faults[0].effect = "the postmaster of primary (pid 1) survived kill -9: 5000 ms later it still accepts connections";
+  r.events.clear();
+  r.routes = {{1000, "db1", 2}, {5000, "db1", 2}};
+  r.verdict = verdict_for(r);
+  return r;
+}
+
+bool has_failure(const Summary& s, std::string_view text) {
+  return std::any_of(s.failures.begin(), s.failures.end(),
+                     [&](const std::string& f) { return f.find(text) != std::string::npos; });
+}
+
+std::string failures_of(const Summary& s) {
+  std::string out;
+  for (const auto& f : s.failures) out += f + "\n";
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("a kill the target ignored fails the drill, with every reason it shows", "[drill][verdict]") {
+  const Recording r = ignored_kill_at_4s();
+  const Summary s = summarize(r, Gates{.max_downtime_ms = 10'000});
+  INFO(failures_of(s));
+  CHECK_FALSE(s.passed());
+  // the drill's own check of the process
+  CHECK(has_failure(s, "fault kill at 4000 ms on db1 did not take effect: the postmaster of primary (pid 1) survived"));
+  // pgkeel's view
+  CHECK(has_failure(s, "no detection after it"));
+  CHECK(has_failure(s, "no promotion after it"));
+  // the clients' view: no pause, so no downtime to measure
+  CHECK_FALSE(s.faults[0].downtime_ms);
+  CHECK(s.faults[0].recovered);
+  CHECK(has_failure(s, "writes never stopped, so no write downtime was measured"));
+  // the lost/duplicate arithmetic alone would have passed it
+  CHECK(r.verdict->ok());
+  CHECK(s.failures.size() == 4);
+}
+
+TEST_CASE("a fault whose effect the drill could not see fails the run even when pgkeel acted", "[drill][verdict]") {
+  Recording r = kill_at_4s();
+  r.verdict = verdict_for(r);
+  REQUIRE(summarize(r, {}).passed());
+  r.faults[0].effect_seen = false;
+  r.faults[0].effect = "the postmaster of db1 (pid 4242) is still running 5000 ms after kill -9 (state S)";
+  const Summary s = summarize(r, {});
+  CHECK_FALSE(s.passed());
+  REQUIRE(s.failures.size() == 1);
+  CHECK(s.failures[0] == "fault kill at 4000 ms on db1 did not take effect: the postmaster of db1 (pid 4242) is still "
+                         "running 5000 ms after kill -9 (state S)");
+}
+
+TEST_CASE("a fault on the writer without its detection or promotion on the console fails the run",
+          "[drill][verdict]") {
+  Recording r = kill_at_4s();
+  r.verdict = verdict_for(r);
+  SECTION("detected, never promoted (writes came back on the old primary, say)") {
+    std::erase_if(r.events, [](const ConsoleEvent& e) { return e.kind == "promotion"; });
+    const Summary s = summarize(r, {});
+    CHECK_FALSE(s.passed());
+    REQUIRE(s.failures.size() == 1);
+    CHECK(s.failures[0] == "fault kill at 4000 ms on db1: pgkeel reported no promotion after it (SHOW EVENTS)");
+  }
+  SECTION("neither") {
+    r.events.clear();
+    const Summary s = summarize(r, {});
+    CHECK(s.failures.size() == 2);
+    CHECK(has_failure(s, "no detection after it"));
+    CHECK(has_failure(s, "no promotion after it"));
+  }
+  SECTION("the events could not be read at all") {
+    r.events.clear();
+    r.events_error = "console: connection refused";
+    const Summary s = summarize(r, {});
+    CHECK(has_failure(s, "pgkeel's events could not be read (SHOW EVENTS: console: connection refused)"));
+  }
+  SECTION("a detection of another node is not this fault's") {
+    for (auto& e : r.events) {
+      if (e.kind == "detection") e.node = "db2";
+    }
+    std::erase_if(r.events, [](const ConsoleEvent& e) { return e.kind == "failover_started"; });
+    CHECK(has_failure(summarize(r, {}), "no detection after it"));
+  }
+  SECTION("events before the fault do not count") {
+    for (auto& e : r.events) e.t_ms -= 2000;
+    const Summary s = summarize(r, {});
+    CHECK(has_failure(s, "no detection after it"));
+    CHECK(has_failure(s, "no promotion after it"));
+  }
+}
+
+TEST_CASE("writes that never came back fail the run, and always fail --max-downtime", "[drill][verdict]") {
+  Recording r = kill_at_4s();
+  // pgkeel detected the failure but never promoted; no write was acknowledged after 4000 ms
+  std::erase_if(r.writes, [](const pgkeel::ledger::Segment& s) { return s.t_first_ms > 4000; });
+  std::erase_if(r.ops, [](const Op& op) { return op.kind == OpKind::kWriteAck && op.t_ms > 4000; });
+  std::erase_if(r.events, [](const ConsoleEvent& e) { return e.kind == "promotion"; });
+  r.verdict = verdict_for(r);
+  SECTION("without any gate") {
+    const Summary s = summarize(r, {});
+    INFO(failures_of(s));
+    CHECK_FALSE(s.passed());
+    CHECK_FALSE(s.faults[0].recovered);
+    CHECK(has_failure(s, "no write was acknowledged after it (6000 ms without writes to the end of the run)"));
+  }
+  SECTION("a limit above the time left in the run is still exceeded") {
+    const Summary s = summarize(r, Gates{.max_downtime_ms = 10'000});
+    REQUIRE(s.gates.size() == 1);
+    CHECK(s.gates[0].value == 6000);
+    CHECK_FALSE(s.gates[0].passed);
+    CHECK(has_failure(s, "max_downtime_ms exceeded: writes had not recovered by the end (6000 ms without writes so "
+                         "far, limit 10000)"));
+  }
+  SECTION("a recovered run under the same limit passes it") {
+    Recording ok = kill_at_4s();
+    ok.verdict = verdict_for(ok);
+    const Summary s = summarize(ok, Gates{.max_downtime_ms = 10'000});
+    CHECK(s.gates[0].passed);
+    CHECK(s.passed());
+  }
+}
+
+TEST_CASE("a fault that must stop writes and shows no measured downtime is never PASSED", "[drill][verdict]") {
+  // pgkeel's events and the drill's own check say the kill worked, yet writes never paused:
+  // the load was not going where the fault struck, so the run measured nothing.
+  Recording r = ignored_kill_at_4s();
+  r.faults[0].effect_seen = true;
+  r.faults[0].effect = "the postmaster of db1 (pid 4242) is gone 3 ms after the kill";
+  r.events = kill_at_4s().events;
+  const Summary s = summarize(r, Gates{.max_downtime_ms = 5000});
+  INFO(failures_of(s));
+  CHECK_FALSE(s.write_downtime_ms);
+  CHECK_FALSE(s.passed());
+  REQUIRE(s.failures.size() == 1);
+  CHECK(s.failures[0] == "fault kill at 4000 ms on db1: writes never stopped, so no write downtime was measured; a "
+                         "fault on the writer must stop them");
+}
+
+TEST_CASE("what each fault must show follows its kind and whether it hit the writer", "[drill][verdict]") {
+  auto same = [](Expectation a, Expectation b) {
+    return a.detection == b.detection && a.promotion == b.promotion && a.write_gap == b.write_gap;
+  };
+  for (auto kind : {FaultKind::kKill, FaultKind::kHang, FaultKind::kPartition}) {
+    INFO(to_string(kind));
+    CHECK(same(expected_effects(kind, true), {true, true, true}));
+    CHECK(same(expected_effects(kind, false), {true, false, false}));  // a standby: found, not replaced
+  }
+  CHECK(same(expected_effects(FaultKind::kSwitchover, true), {true, true, true}));
+  CHECK(same(expected_effects(FaultKind::kFailover, true), {true, true, true}));
+  CHECK(same(expected_effects(FaultKind::kRestartProxy, false), {false, false, true}));
+  CHECK(same(expected_effects(FaultKind::kSyncLoss, false), {true, false, false}));
+  CHECK(same(expected_effects(FaultKind::kLag, false), {false, false, false}));
+
+  SECTION("a kill of a standby needs its detection, not a promotion or a pause") {
+    Recording r = ignored_kill_at_4s();
+    r.faults[0].target = "db2";
+    r.faults[0].hit_writer = false;
+    r.faults[0].effect_seen = true;
+    r.events = {{4100, 2, "detection", "db2", "refused"}};
+    const Summary s = summarize(r, {});
+    INFO(failures_of(s));
+    CHECK(s.passed());
+    CHECK_FALSE(s.faults[0].downtime_ms);
+  }
+  SECTION("a replay pause passes with writes that never stopped") {
+    Recording r = ignored_kill_at_4s();
+    r.faults[0].fault.kind = FaultKind::kLag;
+    r.faults[0].target = "db2";
+    r.faults[0].hit_writer = false;
+    r.faults[0].effect_seen = true;
+    const Summary s = summarize(r, {});
+    INFO(failures_of(s));
+    CHECK(s.passed());
+  }
+  SECTION("a fault that was not injected fails with why, and nothing more is asked of it") {
+    Recording r = kill_at_4s();
+    r.verdict = verdict_for(r);
+    r.faults[0].injected = false;
+    r.faults[0].detail = "pgkeel routes writes nowhere right now";
+    const Summary s = summarize(r, {});
+    REQUIRE(s.failures.size() == 1);
+    CHECK(s.failures[0] == "fault kill at 4000 ms on db1 was not injected: pgkeel routes writes nowhere right now");
+  }
+}
+
 TEST_CASE("the JSON summary is well-formed with its documented fields", "[drill]") {
   Recording r = kill_at_4s();
   r.verdict = verdict_for(r);
@@ -210,6 +423,11 @@ TEST_CASE("the JSON summary is well-formed with its documented fields", "[drill]
         doc->find("counts")->find("acknowledged")->integer);
   CHECK(doc->find("faults")->items.at(0).find("time_to_promote_ms")->integer == 600);
   CHECK(doc->find("faults")->items.at(0).find("time_to_detect_ms")->integer == 120);
+  CHECK(doc->find("faults")->items.at(0).find("effect_seen")->boolean);
+  CHECK(doc->find("faults")->items.at(0).find("hit_writer")->boolean);
+  CHECK(doc->find("faults")->items.at(0).find("effect")->string.find("is gone") != std::string::npos);
+  CHECK(doc->find("faults")->items.at(0).find("expected")->find("promotion")->boolean);
+  CHECK(doc->find("faults")->items.at(0).find("recovered")->boolean);
   CHECK(doc->find("series")->items.size() == 10);
   CHECK(doc->find("gates")->items.at(0).find("passed")->type == pgkeel::ledger::json::Value::Type::kBool);
   CHECK(doc->find("passed")->boolean);

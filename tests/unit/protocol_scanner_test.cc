@@ -101,6 +101,59 @@ TEST_CASE("a watched message larger than the capture limit is reported truncated
   CHECK(s.at_boundary());
 }
 
+TEST_CASE("a watched message over the capture limit is reported with its head, however its header is cut", "[protocol]") {
+  // A Query over 8 KB whose 5-byte header straddles two reads (issue 14, item 6): it must be
+  // reported all the same (its query runs; a LISTEN in its head pins), with its first 8 KB.
+  const std::string body = "LISTEN padded;" + std::string(Scanner::kCaptureLimit * 3, ' ');
+  const std::string stream = msg('Q', body) + msg('S', "");
+  for (const std::vector<std::size_t>& cuts :
+       {std::vector<std::size_t>{3, 4000}, std::vector<std::size_t>{1}, std::vector<std::size_t>{4, 100000},
+        std::vector<std::size_t>{5 + 10, 30000}, std::vector<std::size_t>{100000}, std::vector<std::size_t>{7, 8190, 3}}) {
+    Scanner s;
+    s.watch('Q');
+    s.watch('S');
+    auto seen = scan_in_chunks(s, stream, cuts);
+    INFO("first cut " << cuts[0]);
+    REQUIRE(seen.size() == 2);
+    CHECK(seen[0].type == 'Q');
+    // Whole when it came in one read; otherwise truncated to exactly its first 8 KB.
+    CHECK(seen[0].body == (seen[0].truncated ? body.substr(0, Scanner::kCaptureLimit) : body));
+    CHECK(seen[0].truncated == (cuts[0] < stream.size()));
+    CHECK(seen[1].type == 'S');
+    CHECK(s.at_boundary());
+  }
+}
+
+TEST_CASE("a followed type's long message is reported as its head, then the rest piece by piece", "[protocol]") {
+  const std::string body = std::string(Scanner::kCaptureLimit + 5000, 'a') + "LISTEN x;" + std::string(30000, 'b');
+  const std::string stream = msg('Q', body) + msg('S', "");
+  for (const std::vector<std::size_t>& cuts : {std::vector<std::size_t>{3, 4000}, std::vector<std::size_t>{100000},
+                                              std::vector<std::size_t>{8192 + 5}, std::vector<std::size_t>{1, 9000}}) {
+    Scanner s;
+    s.watch('Q');
+    s.watch('S');
+    s.follow('Q');
+    std::string head;
+    std::string rest;
+    int syncs = 0;
+    std::size_t pos = 0;
+    for (std::size_t i = 0; pos < stream.size(); ++i) {
+      const std::size_t n = std::min(cuts[i % cuts.size()], stream.size() - pos);
+      s.scan(reinterpret_cast<const unsigned char*>(stream.data() + pos), n, [&](const ScannedMessage& m) {
+        if (m.type == 'S') ++syncs;
+        if (m.type == 'Q' && m.rest) rest += m.body;
+        if (m.type == 'Q' && !m.rest) head += m.body;
+        return ScanAction::kContinue;
+      });
+      pos += n;
+    }
+    INFO("first cut " << cuts[0]);
+    CHECK(syncs == 1);
+    CHECK(head + rest == body);  // whole (one read), or head then rest, nothing twice
+    CHECK(s.at_boundary());
+  }
+}
+
 TEST_CASE("stopping at a message leaves the bytes before it to forward", "[protocol]") {
   Scanner s;
   s.watch('X');

@@ -1,4 +1,4 @@
-// Tests for proxy/lost_transaction.h: what a client hears after its server died under it — 08007
+// Tests for proxy/txpool/lost_transaction.h: what a client hears after its server died under it — 08007
 // for what may have committed, 40001 then 25P02 for a lost transaction until it ends it — in the
 // simple and the extended protocol.
 
@@ -7,7 +7,7 @@
 #include <string_view>
 #include <vector>
 
-#include "proxy/lost_transaction.h"
+#include "proxy/txpool/lost_transaction.h"
 #include "proxy/protocol/message.h"
 
 namespace {

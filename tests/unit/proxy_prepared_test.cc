@@ -1,16 +1,17 @@
-// Tests for proxy/response_plan.h and proxy/prepared.h: statement names mapped per client onto
+// Tests for proxy/txpool/response_plan.h and proxy/txpool/prepared.h: statement names mapped per client onto
 // shared server statements, prepared on demand, and the server's answers to an edited request
 // stream sorted into what the client gets, in PostgreSQL's order.
 
 #include <catch2/catch.hpp>
 #include <string>
+#include <random>
 #include <string_view>
 #include <vector>
 
-#include "proxy/prepared.h"
+#include "proxy/txpool/prepared.h"
 #include "proxy/protocol/message.h"
-#include "proxy/replay.h"
-#include "proxy/response_plan.h"
+#include "proxy/txpool/replay.h"
+#include "proxy/txpool/response_plan.h"
 
 namespace {
 
@@ -196,6 +197,99 @@ TEST_CASE("Describe of a statement answers twice; COPY inside an Execute is foll
   odd.add(Request::kParse, Origin::kClient);
   CHECK(client_sees(odd, "2") == "2");
   CHECK(odd.lost());
+}
+
+TEST_CASE("COPY in the extended protocol: the Sync PostgreSQL ignores in copy-in mode gets no answer", "[proxy][prepared][copy]") {
+  // libpq: Parse, Bind, Execute, Sync; then CopyData, CopyDone, Sync. One ReadyForQuery.
+  ResponsePlan plan;
+  plan.add(Request::kParse, Origin::kClient);
+  plan.add(Request::kBind, Origin::kClient);
+  plan.add(Request::kExecute, Origin::kClient);
+  plan.add(Request::kSync, Origin::kClient);
+  CHECK(client_sees(plan, "12G") == "12G");
+  plan.ignore_syncs(1);  // at CopyDone: the Sync sent after the Execute reached a COPY
+  plan.add(Request::kSync, Origin::kClient);
+  CHECK(client_sees(plan, "CZ") == "CZ");
+  CHECK(plan.idle());
+  CHECK_FALSE(plan.lost());
+}
+
+TEST_CASE("a long Bind is rewritten from its head: only the statement name changes, the length follows", "[proxy][prepared]") {
+  ClientStatements client;
+  ServerStatements server;
+  ResponsePlan plan;
+  std::string out;
+  REQUIRE(pgkeel::proxy::rewrite_for_shared('P', parse_body("S_1", "INSERT INTO t VALUES ($1)"), client, server, plan, out));
+  const std::string shared = client.find("S_1")->server_name;
+  out.clear();
+  const std::string body = bind_body("S_1") + std::string(100000, 'b');
+  const std::string head = body.substr(0, 4096);
+  const std::size_t replaced = pgkeel::proxy::rewrite_head_for_shared('B', head, body.size(), client, server, plan, out);
+  REQUIRE(replaced == 1 + 3 + 1);
+  out += body.substr(replaced);
+  const std::vector<Msg> ms = split(out);
+  REQUIRE(types(ms) == "B");
+  CHECK(ms[0].body == std::string(1, '\0') + shared + std::string(1, '\0') + body.substr(replaced));
+  SECTION("a statement the connection lacks is prepared first") {
+    ServerStatements fresh;
+    std::string out2;
+    REQUIRE(pgkeel::proxy::rewrite_head_for_shared('B', head, body.size(), client, fresh, plan, out2) == replaced);
+    out2 += body.substr(replaced);
+    CHECK(types(split(out2)) == "CPB");
+  }
+  SECTION("an unknown name goes as it is") {
+    std::string out3;
+    const std::string other = bind_body("nope") + std::string(100000, 'b');
+    REQUIRE(pgkeel::proxy::rewrite_head_for_shared('B', other.substr(0, 4096), other.size(), client, server, plan, out3) == 0);
+    out3 += other;
+    CHECK(split(out3)[0].body == other);
+  }
+}
+
+TEST_CASE("a message rewritten from its head, then its rest, is the message rewritten whole", "[proxy][prepared]") {
+  std::mt19937 rng(14);
+  for (int round = 0; round < 200; ++round) {
+    ClientStatements client;
+    ServerStatements server_whole(4);
+    ServerStatements server_head(4);
+    ResponsePlan setup;
+    ResponsePlan plan_whole;
+    ResponsePlan plan_head;
+    std::string ignored;
+    for (const char* name : {"S_1", "S_2"}) {
+      REQUIRE(pgkeel::proxy::rewrite_for_shared('P', parse_body(name, std::string("SELECT ") + name), client, server_whole,
+                                                setup, ignored));
+    }
+    if (rng() % 2) server_whole.clear();  // the connection may lack them: prepared first either way
+    for (const std::string& n : {std::string("S_1"), std::string("S_2")}) {
+      if (server_whole.has(client.find(n)->server_name)) server_head.add(client.find(n)->server_name);
+    }
+    const char type = "BQPDCE"[rng() % 6];
+    const std::string names[] = {"", "S_1", "S_2", "unknown"};
+    std::string body;
+    if (type == 'B') {
+      body = bind_body(names[rng() % 4]);
+    } else if (type == 'P') {
+      body = parse_body("", "SELECT 1");
+    } else if (type == 'D' || type == 'C') {
+      body = std::string(1, 'P') + names[rng() % 4] + std::string(1, '\0');
+    } else {
+      body = std::string("SELECT 'x'") + std::string(1, '\0');
+    }
+    body += std::string(rng() % 3000, 'z');  // a long tail, as a big parameter makes
+    const std::size_t head_len = std::min<std::size_t>(body.size(), 64 + rng() % 200);
+    std::string whole;
+    REQUIRE(pgkeel::proxy::rewrite_for_shared(type, body, client, server_whole, plan_whole, whole));
+    std::string streamed;
+    const std::size_t replaced =
+        pgkeel::proxy::rewrite_head_for_shared(type, std::string_view(body).substr(0, head_len), body.size(), client,
+                                               server_head, plan_head, streamed);
+    REQUIRE(replaced != std::string_view::npos);
+    streamed += body.substr(replaced);
+    INFO("type " << type << " round " << round);
+    CHECK(streamed == whole);
+    CHECK(plan_head.outstanding() == plan_whole.outstanding());
+  }
 }
 
 TEST_CASE("a server connection keeps at most its cap of statements, closing the least recently used", "[proxy][prepared]") {

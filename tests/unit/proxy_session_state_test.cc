@@ -2,7 +2,7 @@
 // statements kept or dropped as PostgreSQL keeps or drops them.
 #include <catch2/catch.hpp>
 
-#include "proxy/session_state.h"
+#include "proxy/txpool/session_state.h"
 
 namespace pgkeel {
 
@@ -144,6 +144,33 @@ TEST_CASE("what cannot be replayed elsewhere marks the session for good", "[unit
   SessionState fine;
   cycle(fine, "SELECT pg_advisory_xact_lock(1); SELECT 'LISTEN is just text'", 'I');
   CHECK(fine.replayable());
+}
+
+TEST_CASE("a long statement's text past its head is watched for words that could pin, outside literals and comments",
+          "[proxy][session][pinning]") {
+  const auto hit = [](std::string_view head, std::vector<std::string_view> pieces) {
+    proxy::PinWordScan scan;
+    scan.feed(head);
+    scan.clear_hit();
+    for (std::string_view p : pieces) scan.feed(p);
+    return scan.hit();
+  };
+  CHECK(hit("SELECT 1; /* padding", {" more */ LIS", "TEN ch"}) == "listen");
+  CHECK(hit("INSERT INTO t VALUES ('", {"a set of temp values, listen", "', 'x')"}).empty());
+  CHECK(hit("SELECT 1; ", {"create temporary table t (i int)"}) == "temporary");
+  CHECK(hit("SELECT 1; ", {"select pg_advisory_lock(1)"}) == "pg_advisory_lock");
+  CHECK(hit("SELECT E'it\\'s ", {"set' AS x"}).empty());          // E'...' with an escaped quote
+  CHECK(hit("SELECT 'it''s ", {"set' AS x"}).empty());              // '' inside a literal
+  CHECK(hit("SELECT \"set", {"\" FROM t"}).empty());                // a quoted identifier
+  CHECK(hit("SELECT 1 -- set", {" listen\n SELECT 2"}).empty());     // a line comment
+  CHECK(hit("SELECT /* a /* nested */ set", {" */ 1; SET x = 1"}) == "set");
+  CHECK(hit("SELECT offset_", {"value, asset FROM t"}).empty());    // words, not substrings
+  CHECK(hit("SELECT 1", {std::string_view("\0\0\1set", 5)}).empty());  // after the text's NUL
+  // Dollar quotes: their body is a literal (an apostrophe in it opens nothing); $1 is a parameter.
+  CHECK(hit("CREATE FUNCTION f() RETURNS int AS $body$ SELECT 'set'; -- don't", {" $bo", "dy$ LANGUAGE sql; LISTEN x"}) ==
+        "listen");
+  CHECK(hit("SELECT $$ it's a set $", {"$, $1; LISTEN y"}) == "listen");
+  CHECK(hit("SELECT $1, $2", {" FROM t; CREATE TEMP TABLE x (i int)"}) == "temp");
 }
 
 }  // namespace pgkeel

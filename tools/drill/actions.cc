@@ -13,11 +13,13 @@
 
 #include <cerrno>
 #include <charconv>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <memory>
 #include <sstream>
+#include <thread>
 
 #include "tools/ledger/ledger.h"
 
@@ -40,11 +42,19 @@ std::string trim_error(const char* message) {
   return s;
 }
 
+extern "C" void ignore_notice(void* /*arg*/, const char* /*message*/) {}
+
+// A connection whose NOTICEs (the console explains SHOW NODES with one) are not printed: the
+// drill's output is its live view and its verdict.
 PgConnPtr open(const std::string& conninfo, int timeout_s) {
   const std::string t = std::to_string(timeout_s);
   const char* const keys[] = {"connect_timeout", "application_name", "dbname", nullptr};
   const char* const values[] = {t.c_str(), "pgkeel-drill", conninfo.c_str(), nullptr};
-  return PgConnPtr(PQconnectdbParams(keys, values, 1));
+  PgConnPtr conn(PQconnectdbParams(keys, values, 1));
+  if (conn) {
+    PQsetNoticeProcessor(conn.get(), ignore_notice, nullptr);
+  }
+  return conn;
 }
 
 std::optional<pid_t> postmaster_pid(const std::string& data_dir) {
@@ -91,6 +101,41 @@ std::vector<pid_t> children_of(pid_t parent) {
     }
   }
   return out;
+}
+
+// A process's state letter from /proc/<pid>/stat (R, S, D, T, Z, ...); 0 when there is none.
+char process_state(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string text;
+  std::getline(stat, text);
+  const auto close = text.rfind(')');
+  return close == std::string::npos || close + 2 >= text.size() ? '\0' : text[close + 2];
+}
+
+bool process_gone(pid_t pid) {
+  const char state = process_state(pid);
+  return state == '\0' || state == 'Z' || state == 'X';
+}
+
+using SteadyClock = std::chrono::steady_clock;
+
+std::int64_t ms_since(SteadyClock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(SteadyClock::now() - t).count();
+}
+
+// Polls `seen` every 50 ms until it holds or timeout_ms have passed; true when it held.
+template <typename Pred>
+bool eventually(std::int64_t timeout_ms, Pred seen) {
+  const auto start = SteadyClock::now();
+  while (true) {
+    if (seen()) {
+      return true;
+    }
+    if (ms_since(start) >= timeout_ms) {
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
 }
 
 // argv run without a shell and waited for: "" when it exited 0, else the command and its output.
@@ -154,39 +199,83 @@ std::string node_conninfo(const World& w, const NodeRef& n) {
 
 // A node on another machine (or container): its postmaster is killed by itself, through a
 // superuser's COPY TO PROGRAM (the program runs as the server's OS user). Only SIGKILL this way:
-// a SIGSTOPped server could not be told to continue.
+// a SIGSTOPped server could not be told to continue. The command returning is no proof: in a
+// container whose postmaster is PID 1 the kernel ignores the signal. The kill counts as seen when
+// the node then refuses connections, or answers from a postmaster started later.
 Injection sql_kill(const World& w, const NodeRef& n) {
   Injection in;
   in.target = n.name;
-  PgConnPtr conn = open(node_conninfo(w, n), 3);
+  const std::string conninfo = node_conninfo(w, n);
+  PgConnPtr conn = open(conninfo, 3);
   if (!conn || PQstatus(conn.get()) != CONNECTION_OK) {
     in.detail = "connect to " + n.name + ": " + trim_error(conn ? PQerrorMessage(conn.get()) : "out of memory");
     return in;
   }
-  PgResultPtr res(PQexec(conn.get(), "SELECT split_part(pg_read_file('postmaster.pid'), E'\\n', 1)"));
+  PgResultPtr res(PQexec(conn.get(),
+                         "SELECT split_part(pg_read_file('postmaster.pid'), E'\\n', 1), pg_postmaster_start_time()::text"));
   if (!res || PQresultStatus(res.get()) != PGRES_TUPLES_OK || PQntuples(res.get()) != 1) {
     in.detail = "reading postmaster.pid on " + n.name + ": " +
                 trim_error(res ? PQresultErrorMessage(res.get()) : PQerrorMessage(conn.get()));
     return in;
   }
   const std::string pid = PQgetvalue(res.get(), 0, 0);
+  const std::string started = PQgetvalue(res.get(), 0, 1);
   if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) {
     in.detail = "unexpected postmaster pid '" + pid + "' on " + n.name;
     return in;
   }
+  const auto sent = SteadyClock::now();
   PgResultPtr kill(PQexec(conn.get(), ("COPY (SELECT 1) TO PROGRAM 'kill -9 " + pid + "'").c_str()));
-  // The answer may never come: the server is gone. Success is the postmaster not answering.
-  in.ok = true;
-  in.detail = "kill -9 of the postmaster of " + n.name + " (pid " + pid + ") through COPY TO PROGRAM";
+  const bool answered = kill && PQresultStatus(kill.get()) == PGRES_COMMAND_OK;
+  const std::string kill_error = answered || !kill ? "" : trim_error(PQresultErrorMessage(kill.get()));
+  conn.reset();
+  in.ok = true;  // the answer may never come: the server is gone; what counts is what follows
+  in.detail = "kill -9 of the postmaster of " + n.name + " (pid " + pid + ") through COPY TO PROGRAM" +
+              (answered ? ", which returned" : kill_error.empty() ? "" : " (" + kill_error + ")");
+  // Gone means two looks in a row (50 ms apart) without an answer from a server: one failed
+  // connection alone could be the network's.
+  std::string last;
+  int silent = 0;
+  in.effect_seen = eventually(kEffectTimeoutMs, [&] {
+    PgConnPtr c = open(conninfo, 1);
+    if (!c || PQstatus(c.get()) != CONNECTION_OK) {
+      const std::string error = trim_error(c ? PQerrorMessage(c.get()) : "out of memory");
+      if (ledger::connect_failure_sqlstate(error) == "08001") {  // not an answer of a server
+        in.effect = n.name + " serves no connection " + std::to_string(ms_since(sent)) + " ms after the kill: " + error;
+        return ++silent >= 2;
+      }
+      silent = 0;
+      last = "it answered: " + error;
+      return false;
+    }
+    silent = 0;
+    PgResultPtr now(PQexec(c.get(), "SELECT pg_postmaster_start_time()::text"));
+    const std::string again = now && PQresultStatus(now.get()) == PGRES_TUPLES_OK ? PQgetvalue(now.get(), 0, 0) : "";
+    if (!again.empty() && again != started) {
+      in.effect = n.name + " answers from a postmaster started at " + again + ", not the one killed (" + started + ")";
+      return true;
+    }
+    last = "it still accepts connections from the postmaster started at " + started;
+    return false;
+  });
+  if (!in.effect_seen) {
+    in.effect = "the postmaster of " + n.name + " (pid " + pid + ") survived kill -9: " +
+                std::to_string(kEffectTimeoutMs) + " ms later " + last +
+                (pid == "1" ? " (it is PID 1 of its container, and the kernel ignores SIGKILL sent to that from "
+                              "inside the container)"
+                            : "");
+  }
   return in;
 }
 
-// The node a fault aims at: the one named, else the current writer.
-std::optional<std::string> primary_or(const World& w, const Fault& f, std::string& why) {
+// The node a fault aims at: the one named, else the current writer; `writer` says whether it
+// takes writes now (as far as the console says).
+std::optional<std::string> primary_or(const World& w, const Fault& f, std::string& why, bool& writer) {
+  const RouteNow r = w.console_conninfo.empty() ? RouteNow{} : current_route(w.console_conninfo);
+  writer = r.ok && !r.primary.empty() && (f.node.empty() || f.node == r.primary);
   if (!f.node.empty()) {
     return f.node;
   }
-  const RouteNow r = current_route(w.console_conninfo);
   if (!r.ok || r.primary.empty()) {
     why = r.ok ? "pgkeel routes writes nowhere right now" : "the console did not answer SHOW ROUTES";
     return std::nullopt;
@@ -241,6 +330,28 @@ Injection signal_node(const World& w, const std::string& name, int sig, bool all
   in.ok = done > 0;
   in.detail = std::string(verb) + " " + std::to_string(done) + " process(es) of " + name + " (postmaster " +
               std::to_string(*pid) + ")" + (failures.empty() ? "" : "; failed:" + failures);
+  if (!in.ok) {
+    return in;
+  }
+  // The signal was delivered; now its effect on the postmaster, seen in /proc.
+  const auto sent = SteadyClock::now();
+  const std::string pm = "the postmaster of " + name + " (pid " + std::to_string(*pid) + ")";
+  if (sig == SIGKILL) {
+    in.effect_seen = eventually(kEffectTimeoutMs, [&] { return process_gone(*pid); });
+    in.effect = in.effect_seen ? pm + " is gone " + std::to_string(ms_since(sent)) + " ms after the kill"
+                               : pm + " is still running " + std::to_string(kEffectTimeoutMs) +
+                                     " ms after kill -9 (state " + std::string(1, process_state(*pid)) + ")";
+  } else if (sig == SIGSTOP) {
+    in.effect_seen = eventually(kEffectTimeoutMs, [&] {
+      const char state = process_state(*pid);
+      return state == 'T' || state == 't';
+    });
+    const char state = process_state(*pid);
+    in.effect = pm + (in.effect_seen ? " is stopped" : " is not stopped") + " (state " +
+                (state == '\0' ? std::string("none: gone") : std::string(1, state)) + ")";
+  } else {
+    in.effect_seen = true;
+  }
   return in;
 }
 
@@ -260,6 +371,14 @@ Injection set_link(const World& w, const std::string& name, const std::string& s
   const std::string error = run_argv({"ip", "link", "set", "dev", n->link, state});
   in.ok = error.empty();
   in.detail = in.ok ? "link " + n->link + " of " + name + " " + state : error;
+  // IFF_UP in the link's flags, as the kernel has it now
+  std::ifstream flags_file("/sys/class/net/" + n->link + "/flags");
+  std::string flags;
+  flags_file >> flags;
+  const unsigned long value = std::strtoul(flags.c_str(), nullptr, 16);
+  const bool up = (value & 0x1UL) != 0;
+  in.effect_seen = in.ok && !flags.empty() && up == (state == "up");
+  in.effect = "link " + n->link + " flags " + (flags.empty() ? "unreadable" : flags) + " (" + (up ? "up" : "down") + ")";
   return in;
 }
 
@@ -285,6 +404,26 @@ std::string node_sql(const World& w, const std::string& name, const std::string&
     return sql + " on " + name + ": " + trim_error(res ? PQresultErrorMessage(res.get()) : PQerrorMessage(conn.get()));
   }
   return "";
+}
+
+// The first value of a one-row query on a node; "" with `error` set when it failed.
+std::string node_value(const World& w, const std::string& name, const std::string& sql, std::string& error) {
+  const NodeRef* n = find_node(w, name);
+  if (n == nullptr) {
+    error = "no node '" + name + "' in the cluster env";
+    return "";
+  }
+  PgConnPtr conn = open(node_conninfo(w, *n), 3);
+  if (!conn || PQstatus(conn.get()) != CONNECTION_OK) {
+    error = "connect to " + name + ": " + trim_error(conn ? PQerrorMessage(conn.get()) : "out of memory");
+    return "";
+  }
+  PgResultPtr res(PQexec(conn.get(), sql.c_str()));
+  if (!res || PQresultStatus(res.get()) != PGRES_TUPLES_OK || PQntuples(res.get()) < 1) {
+    error = sql + " on " + name + ": " + trim_error(res ? PQresultErrorMessage(res.get()) : PQerrorMessage(conn.get()));
+    return "";
+  }
+  return PQgetvalue(res.get(), 0, 0);
 }
 
 }  // namespace
@@ -441,32 +580,139 @@ std::vector<ConsoleEvent> console_events(const std::string& console_conninfo, st
   return out;
 }
 
+std::string not_ready_because(const World& w, const std::string& conninfo, bool sync) {
+  {
+    PgConnPtr conn = open(conninfo, 3);
+    if (!conn || PQstatus(conn.get()) != CONNECTION_OK) {
+      return "login through pgkeel: " + trim_error(conn ? PQerrorMessage(conn.get()) : "out of memory");
+    }
+    PgResultPtr res(PQexec(conn.get(), "SELECT 1"));
+    if (!res || PQresultStatus(res.get()) != PGRES_TUPLES_OK) {
+      return "SELECT 1 through pgkeel: " + trim_error(res ? PQresultErrorMessage(res.get()) : PQerrorMessage(conn.get()));
+    }
+  }
+  if (w.console_conninfo.empty()) {
+    return "";
+  }
+  const RouteNow route = current_route(w.console_conninfo);
+  if (!route.ok || route.primary.empty()) {
+    return route.ok ? "pgkeel routes writes nowhere yet" : "the console does not answer SHOW ROUTES";
+  }
+  const ConsoleTable t = console_query(w.console_conninfo, "SHOW NODES", 3);
+  if (!t.error.empty()) {
+    return "SHOW NODES: " + t.error;
+  }
+  bool synchronous = false;
+  for (std::size_t i = 0; i < t.rows.size(); ++i) {
+    if (t.cell(i, "state") != "up") {
+      return "node " + t.cell(i, "name") + " is " + t.cell(i, "state");
+    }
+    const std::string s = t.cell(i, "sync_state");
+    synchronous = synchronous || (t.cell(i, "name") != route.primary && (s == "sync" || s == "quorum"));
+  }
+  if (sync && !synchronous) {
+    return "no standby is synchronous yet (SHOW NODES sync_state)";
+  }
+  return "";
+}
+
+std::string not_whole_because(const World& w, const std::string& conninfo, bool sync) {
+  std::string why = not_ready_because(w, conninfo, sync);
+  if (!why.empty() || w.console_conninfo.empty()) {
+    return why;
+  }
+  const ConsoleTable t = console_query(w.console_conninfo, "SHOW NODES", 3);
+  if (!t.error.empty()) {
+    return "SHOW NODES: " + t.error;
+  }
+  for (std::size_t i = 0; i < t.rows.size(); ++i) {
+    const std::string name = t.cell(i, "name");
+    if (t.cell(i, "fenced") == "yes") {
+      return "node " + name + " is fenced" + (t.cell(i, "rejoin_why").empty() ? "" : ": " + t.cell(i, "rejoin_why"));
+    }
+    if (!t.cell(i, "rejoin").empty()) {
+      return "node " + name + " is rejoining (" + t.cell(i, "rejoin") + ")";
+    }
+    const std::string standing = t.cell(i, "standing");
+    if (!standing.empty() && standing != "follows" && standing != "writer") {
+      return "node " + name + " stands as " + standing;
+    }
+  }
+  return "";
+}
+
+std::optional<bool> node_running(const World& w, const std::string& name) {
+  for (const auto& n : w.nodes) {
+    if (n.name != name) {
+      continue;
+    }
+    if (n.data_dir.empty()) {
+      return std::nullopt;
+    }
+    // A killed postmaster stays a zombie until its parent (init, here) reaps it.
+    const auto pid = postmaster_pid(n.data_dir);
+    return pid && !process_gone(*pid);
+  }
+  return std::nullopt;
+}
+
+std::string start_node(const World& w, const std::string& node, std::int64_t patience_ms) {
+  if (w.start_command.empty()) {
+    return "no start command (PGKEEL_START_COMMAND in the env file, or --start-command)";
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(patience_ms);
+  std::string last;
+  while (true) {
+    if (node_running(w, node).value_or(false)) {
+      return "";
+    }
+    const std::string cmd = "PGKEEL_NODE_NAME='" + node + "' " + w.start_command + " '" + node + "' >/dev/null 2>&1";
+    const int rc = std::system(cmd.c_str());
+    if (rc != -1 && WIFEXITED(rc) && WEXITSTATUS(rc) == 0 && node_running(w, node).value_or(true)) {
+      return "";
+    }
+    last = w.start_command + " for " + node + " failed (status " + std::to_string(rc) + ")";
+    if (std::chrono::steady_clock::now() > deadline) {
+      return last;
+    }
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+  }
+}
+
 Injection inject(const World& w, const Fault& f) {
   std::string why;
+  bool writer = false;
   switch (f.kind) {
     case FaultKind::kKill: {
-      auto node = primary_or(w, f, why);
+      auto node = primary_or(w, f, why, writer);
       if (!node) {
         return {false, "", why, std::nullopt, {}};
       }
-      return signal_node(w, *node, SIGKILL, f.all_processes, "kill -9 of");
+      Injection in = signal_node(w, *node, SIGKILL, f.all_processes, "kill -9 of");
+      in.hit_writer = writer;
+      return in;
     }
     case FaultKind::kHang: {
-      auto node = primary_or(w, f, why);
+      auto node = primary_or(w, f, why, writer);
       if (!node) {
         return {false, "", why, std::nullopt, {}};
       }
       Injection in = signal_node(w, *node, SIGSTOP, /*all=*/true, "SIGSTOP of");
       in.undo_after_ms = f.for_ms.value_or(10'000);
+      in.hit_writer = writer;
       return in;
     }
     case FaultKind::kSwitchover:
     case FaultKind::kFailover: {
-      // The target is the primary being replaced, read before the command changes it.
+      // The target is the primary being replaced, read before the command changes it. The
+      // command's own answer is its effect; the promotion must then show in SHOW EVENTS.
       const std::string verb = f.kind == FaultKind::kSwitchover ? "SWITCHOVER" : "FAILOVER";
       const std::string before = current_route(w.console_conninfo).primary;
       Injection in = console_command(w, f.node.empty() ? verb : verb + " TO " + f.node, 90);
       in.target = before;
+      in.hit_writer = !before.empty();
+      in.effect_seen = in.ok;
+      in.effect = in.ok ? "the console answered the command" : "the console refused the command";
       return in;
     }
     case FaultKind::kRestartProxy: {
@@ -479,6 +725,8 @@ Injection inject(const World& w, const Fault& f) {
       const int rc = std::system(w.restart_command.c_str());
       in.ok = rc != -1 && WIFEXITED(rc) && WEXITSTATUS(rc) == 0;
       in.detail = w.restart_command + (in.ok ? ": done" : ": failed (status " + std::to_string(rc) + ")");
+      in.effect_seen = in.ok;
+      in.effect = in.ok ? "the restart command exited 0" : "the restart command failed";
       return in;
     }
     case FaultKind::kLag: {
@@ -501,6 +749,12 @@ Injection inject(const World& w, const Fault& f) {
       in.ok = err.empty();
       in.detail = in.ok ? "pg_wal_replay_pause() on " + node : err;
       in.undo_after_ms = f.for_ms;
+      if (in.ok) {
+        std::string error;
+        const std::string paused = node_value(w, node, "SELECT pg_is_wal_replay_paused()", error);
+        in.effect_seen = paused == "t";
+        in.effect = error.empty() ? "pg_is_wal_replay_paused() on " + node + ": " + paused : error;
+      }
       return in;
     }
     case FaultKind::kSyncLoss: {
@@ -520,12 +774,13 @@ Injection inject(const World& w, const Fault& f) {
       return signal_node(w, node, SIGKILL, false, "kill -9 of");
     }
     case FaultKind::kPartition: {
-      auto node = primary_or(w, f, why);
+      auto node = primary_or(w, f, why, writer);
       if (!node) {
         return {false, "", why, std::nullopt, {}};
       }
       Injection in = set_link(w, *node, "down");
       in.undo_after_ms = f.for_ms.value_or(10'000);
+      in.hit_writer = writer;
       return in;
     }
   }

@@ -56,23 +56,55 @@ RouteNow current_route(const std::string& console_conninfo);
 std::vector<ConsoleEvent> console_events(const std::string& console_conninfo, std::int64_t started_at_unix_ms,
                                          std::string& error);
 
+// Why pgkeel cannot take the drill's load yet, "" when it can: a login through `conninfo`
+// answers and, with a console, writes are routed, every node is up and (when `sync`) a standby
+// is synchronous. For --wait-ready, when the drill starts beside a cluster that is still coming up.
+struct World;
+std::string not_ready_because(const World& world, const std::string& conninfo, bool sync);
+
 struct World {
   std::string console_conninfo;
   std::string node_conninfo;  // without host/port... appended: "user=pgkeel password=... dbname=postgres"
   std::string node_host = "127.0.0.1";
   std::vector<NodeRef> nodes;
   std::string restart_command;  // for restart-proxy, run with /bin/sh -c
+  // Starts a stopped node again (the soak, after a kill), run with /bin/sh -c, the node's name
+  // appended as its last argument and PGKEEL_NODE_NAME set: `tools/cluster.sh start DIR` for a
+  // local cluster.
+  std::string start_command;
 };
 
+// Why the cluster is not whole, "" when it is: not_ready_because(), and besides every node up,
+// none fenced, rejoining or on another standing than writer/follows (SHOW NODES).
+std::string not_whole_because(const World& world, const std::string& conninfo, bool sync);
+
+// Runs world.start_command for `node` (retried for up to `patience_ms`: a killed postmaster's
+// orphaned backends may hold its shared memory a moment longer); "" when it started.
+std::string start_node(const World& world, const std::string& node, std::int64_t patience_ms);
+
+// Whether the node's postmaster runs (its postmaster.pid names a live process); nullopt when the
+// drill cannot tell (the node is not on this machine).
+std::optional<bool> node_running(const World& world, const std::string& node);
+
 // What injecting a fault did; `undo` is set for faults that are undone later (hang, lag, partition).
+// `ok` says the action was carried out (the signal sent, the command answered); `effect_seen`
+// says the drill then saw its effect for itself (see FaultRecord).
 struct Injection {
   bool ok = false;
   std::string target;
   std::string detail;
   std::optional<std::int64_t> undo_after_ms;
   std::vector<pid_t> stopped;  // hang: the processes to SIGCONT
+  bool hit_writer = false;
+  bool effect_seen = false;
+  std::string effect;
 };
 
+// How long the drill looks for a kill's effect (the postmaster gone, the node refusing
+// connections) before it says the kill did nothing.
+inline constexpr std::int64_t kEffectTimeoutMs = 5000;
+
+// Injects the fault, then looks for its effect (up to kEffectTimeoutMs).
 Injection inject(const World& world, const Fault& fault);
 // Undoes a hang (SIGCONT), a lag (pg_wal_replay_resume) or a partition (link up); returns what
 // it did.

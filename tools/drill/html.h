@@ -198,18 +198,55 @@ inline std::string to_html(const Recording& r, const Summary& s) {
   o += chart("Client errors", "per second", {errors}, markers, r.elapsed_ms);
   o += chart("p99 latency", "ms", {p99}, markers, r.elapsed_ms);
 
+  if (r.soak) {
+    o += "<h2>Soak</h2>\n<p>" + std::to_string(r.faults.size()) + " of " + std::to_string(r.soak_planned) +
+         " faults, seed " + std::to_string(r.soak_seed) +
+         (r.soak_stopped.empty() ? std::string() : "; <b class=\"fail\">stopped: " + esc(r.soak_stopped) + "</b>") +
+         "</p>\n<table>\n<tr><th>kind</th><th>faults</th><th>passed</th><th>detected after (p50 / p90 / max)</th>"
+         "<th>promoted after</th><th>write downtime</th><th>whole again after</th></tr>\n";
+    auto cell = [](const Spread& sp) {
+      return sp.n == 0 ? std::string("—")
+                       : std::to_string(sp.p50) + " / " + std::to_string(sp.p90) + " / " + std::to_string(sp.max) + " ms";
+    };
+    for (const auto& row : soak_table(r, s)) {
+      o += "<tr><td>" + esc(row.kind) + "</td><td>" + std::to_string(row.count) + "</td><td>" + std::to_string(row.passed) +
+           "</td><td>" + cell(row.detected) + "</td><td>" + cell(row.promoted) + "</td><td>" + cell(row.downtime) +
+           "</td><td>" + cell(row.whole) + "</td></tr>\n";
+    }
+    o += "</table>\n";
+    // The distribution of write downtimes: one bar per bucket.
+    const auto hist = downtime_histogram(s);
+    const int most = std::max(1, *std::max_element(hist.begin(), hist.end()));
+    const int bar_w = 70, gap = 14, h_px = 140, top = 16, base = top + h_px;
+    const int width = static_cast<int>(hist.size()) * (bar_w + gap) + gap;
+    o += "<h3>Write downtime per fault</h3>\n<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + std::to_string(width) +
+         "\" height=\"" + std::to_string(base + 36) + "\" role=\"img\" aria-label=\"write downtime distribution\">\n";
+    for (std::size_t i = 0; i < hist.size(); ++i) {
+      const int x = gap + static_cast<int>(i) * (bar_w + gap);
+      const int bh = hist[i] * h_px / most;
+      o += "<rect x=\"" + std::to_string(x) + "\" y=\"" + std::to_string(base - bh) + "\" width=\"" + std::to_string(bar_w) +
+           "\" height=\"" + std::to_string(bh) + "\" fill=\"#4a7bd0\"/>\n";
+      o += "<text x=\"" + std::to_string(x + bar_w / 2) + "\" y=\"" + std::to_string(base - bh - 3) +
+           "\" text-anchor=\"middle\" font-size=\"12\">" + std::to_string(hist[i]) + "</text>\n";
+      o += "<text x=\"" + std::to_string(x + bar_w / 2) + "\" y=\"" + std::to_string(base + 16) +
+           "\" text-anchor=\"middle\" font-size=\"12\">" + esc(kDowntimeBucketNames[i]) + "</text>\n";
+    }
+    o += "</svg>\n";
+  }
+
   o += "<h2>Faults</h2>\n<table>\n<tr><th>fault</th><th>at</th><th>target</th><th>detected after</th>"
-       "<th>promoted after</th><th>write downtime</th><th>detail</th></tr>\n";
+       "<th>promoted after</th><th>write downtime</th><th>detail</th><th>effect seen by the drill</th></tr>\n";
   for (std::size_t i = 0; i < r.faults.size(); ++i) {
     const auto& f = r.faults[i];
     const auto& fo = s.faults[i];
     auto after = [&](const std::optional<std::int64_t>& t) {
       return t ? std::optional<std::int64_t>(*t - f.t_ms) : std::nullopt;
     };
-    o += "<tr><td>" + esc(to_string(f.fault.kind)) + "</td><td>" + std::to_string(f.t_ms) + " ms</td><td>" +
+    o += "<tr><td>" + esc(fault_label(f)) + "</td><td>" + std::to_string(f.t_ms) + " ms</td><td>" +
          esc(f.target) + "</td><td>" + ms_or_dash(after(fo.detected_ms)) + "</td><td>" +
          ms_or_dash(after(fo.promoted_ms)) + "</td><td>" + ms_or_dash(fo.downtime_ms) +
-         (fo.recovered ? "" : " (not recovered)") + "</td><td>" + esc(f.detail) + "</td></tr>\n";
+         (!fo.recovered ? " (not recovered)" : fo.downtime_ms ? "" : " (writes never stopped)") + "</td><td>" +
+         esc(f.detail) + "</td><td>" + (f.effect_seen ? "" : "<b>not seen:</b> ") + esc(f.effect) + "</td></tr>\n";
   }
   o += "</table>\n";
 

@@ -22,6 +22,7 @@
 #include "tools/drill/load.h"
 #include "tools/drill/plan.h"
 #include "tools/drill/report.h"
+#include "tools/drill/soak.h"
 
 namespace {
 
@@ -35,7 +36,9 @@ constexpr const char* kUsage =
     "         [--duration D] [--clients N] [--rate R] [--write-ratio F] [--tx] [--prepared]\n"
     "         [--sync | --async] [--fault KIND@TIME[:key=value,...]]...\n"
     "         [--max-downtime D] [--max-lost N] [--max-errors N]\n"
-    "         [--out DIR | --json FILE --html FILE] [--statement-timeout D]\n"
+    "         [--out DIR | --json FILE --html FILE] [--statement-timeout D] [--wait-ready D]\n"
+    "         [--soak N [--seed S] [--soak-kinds K,...] [--soak-gap D] [--soak-hold D]\n"
+    "          [--whole-timeout D] [--start-command CMD]]\n"
     "\n"
     "Drives N clients through pgkeel (--conninfo), a mix of ledger writes and reads, injects the\n"
     "faults (kill, hang, switchover, failover, restart-proxy, lag, sync-loss, partition; e.g.\n"
@@ -45,9 +48,22 @@ constexpr const char* kUsage =
     "--env reads a tools/rehearsal.sh env file (PGKEEL_CONNINFO, PGKEEL_CONSOLE_CONNINFO,\n"
     "PGKEEL_CLUSTER_ENV, PGKEEL_NODE_CONNINFO, PGKEEL_RESTART_COMMAND, PGKEEL_SYNC). --node names\n"
     "a node on another host (Docker): kill then goes through SQL (COPY TO PROGRAM).\n"
+    "--wait-ready D waits up to D for pgkeel to take the load (a login, a writer, every node up,\n"
+    "with --sync a synchronous standby) before starting, for a cluster that is still coming up.\n"
     "Durations: 5s, 500ms, 2min. Defaults: 20s, 4 clients, max rate, write ratio 0.8, sync.\n"
     "Exit 1 when, in synchronous mode, an acknowledged commit was lost or duplicated, a failed\n"
-    "write is present, or a --max-* gate is exceeded; 2 on usage or setup errors.\n";
+    "write is present, a --max-* gate is exceeded, or a fault did not show its effect (the process\n"
+    "still alive, no detection or promotion when one was due, writes that never stopped or never\n"
+    "came back); 2 on usage or setup errors.\n"
+    "--soak N: N faults drawn at random from --seed (default: the clock; printed), each once the\n"
+    "cluster is whole again (every node up and following, none fenced or rejoining, a writer and\n"
+    "with --sync a synchronous standby) and writes flowed for --soak-gap (3s); a killed node is\n"
+    "started again with --start-command (PGKEEL_START_COMMAND; the node's name is appended), so\n"
+    "that\n"
+    "pgkeel rejoins it. Kinds (--soak-kinds): kill, kill-all, hang, partition, switchover,\n"
+    "failover, restart-proxy, lag, sync-loss (default: all this cluster allows); hang, partition\n"
+    "and lag last --soak-hold (3s). The run fails when the cluster is not whole again within\n"
+    "--whole-timeout (180s). The report adds a table per kind and the distribution of downtimes.\n";
 
 [[noreturn]] void usage_error(const std::string& message) {
   std::fprintf(stderr, "pgkeel-drill: %s\n%s", message.c_str(), kUsage);
@@ -59,7 +75,7 @@ extern "C" void on_signal(int /*sig*/) { g_signalled = 1; }
 
 struct Args {
   std::optional<std::string> env, conninfo, console, cluster_env, node_conninfo, restart_command, scenario;
-  std::optional<std::int64_t> duration_ms, statement_timeout_ms;
+  std::optional<std::int64_t> duration_ms, statement_timeout_ms, wait_ready_ms;
   std::optional<int> clients;
   std::optional<double> rate, write_ratio;
   std::optional<bool> tx, prepared, sync;
@@ -67,6 +83,11 @@ struct Args {
   std::vector<NodeRef> nodes;
   std::optional<std::int64_t> max_downtime_ms, max_lost, max_errors;
   std::string out_dir, json, html;
+  std::optional<std::string> start_command;
+  std::optional<int> soak;
+  std::optional<std::uint64_t> seed;
+  std::vector<std::string> soak_kinds;
+  std::optional<std::int64_t> soak_gap_ms, soak_hold_ms, whole_timeout_ms;
 };
 
 template <typename T>
@@ -116,6 +137,8 @@ Args parse_args(int argc, char** argv) {
       a.scenario = value();
     } else if (flag == "--duration") {
       a.duration_ms = duration(flag, value());
+    } else if (flag == "--wait-ready") {
+      a.wait_ready_ms = duration(flag, value());
     } else if (flag == "--statement-timeout") {
       a.statement_timeout_ms = duration(flag, value());
     } else if (flag == "--clients") {
@@ -157,6 +180,23 @@ Args parse_args(int argc, char** argv) {
       a.json = value();
     } else if (flag == "--html") {
       a.html = value();
+    } else if (flag == "--start-command") {
+      a.start_command = value();
+    } else if (flag == "--soak") {
+      a.soak = number<int>(flag, value());
+      if (*a.soak < 1) usage_error("--soak wants a number of faults, 1 or more");
+    } else if (flag == "--seed") {
+      a.seed = number<std::uint64_t>(flag, value());
+    } else if (flag == "--soak-kinds") {
+      std::string error;
+      a.soak_kinds = parse_soak_kinds(value(), error);
+      if (!error.empty()) usage_error(error);
+    } else if (flag == "--soak-gap") {
+      a.soak_gap_ms = duration(flag, value());
+    } else if (flag == "--soak-hold") {
+      a.soak_hold_ms = duration(flag, value());
+    } else if (flag == "--whole-timeout") {
+      a.whole_timeout_ms = duration(flag, value());
     } else {
       usage_error("unknown argument " + flag);
     }
@@ -215,6 +255,7 @@ int main(int argc, char** argv) {
                                         : from_env("PGKEEL_NODE_CONNINFO")
                                               .value_or("user=pgkeel password=pgkeel-pass dbname=postgres");
   world.restart_command = a.restart_command ? *a.restart_command : from_env("PGKEEL_RESTART_COMMAND").value_or("");
+  world.start_command = a.start_command ? *a.start_command : from_env("PGKEEL_START_COMMAND").value_or("");
   if (auto ce = a.cluster_env ? a.cluster_env : from_env("PGKEEL_CLUSTER_ENV")) {
     std::string error;
     world.nodes = nodes_from_env(read_env_file(*ce, error));
@@ -248,6 +289,25 @@ int main(int argc, char** argv) {
   gates.max_lost = a.max_lost ? a.max_lost : sc.max_lost;
   gates.max_errors = a.max_errors ? a.max_errors : sc.max_errors;
   std::vector<Fault> faults = a.faults.empty() ? sc.faults : a.faults;
+  SoakOptions soak;
+  if (a.soak) {
+    if (!faults.empty()) usage_error("--soak draws its own faults: give no --fault and no scenario faults");
+    if (world.console_conninfo.empty()) usage_error("--soak needs --console");
+    soak.faults = *a.soak;
+    soak.seed = a.seed ? *a.seed
+                       : static_cast<std::uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
+    soak.kinds = a.soak_kinds.empty() ? default_soak_kinds(world, sync) : a.soak_kinds;
+    if (soak.kinds.empty()) usage_error("--soak: no fault kind can be injected here (--cluster-env?)");
+    soak.gap_ms = a.soak_gap_ms.value_or(soak.gap_ms);
+    soak.hold_ms = a.soak_hold_ms.value_or(soak.hold_ms);
+    soak.whole_timeout_ms = a.whole_timeout_ms.value_or(soak.whole_timeout_ms);
+    // The load runs until the soak ends it.
+    lo.duration = milliseconds(a.duration_ms.value_or(std::int64_t{30} * 24 * 3600 * 1000));
+    std::string kinds;
+    for (const auto& k : soak.kinds) kinds += (kinds.empty() ? "" : ",") + k;
+    std::fprintf(stderr, "drill: soak of %d faults, seed %llu, kinds %s\n", soak.faults,
+                 static_cast<unsigned long long>(soak.seed), kinds.c_str());
+  }
   if (auto errors = check_faults(faults, lo.duration.count()); !errors.empty()) {
     for (const auto& e : errors) {
       std::fprintf(stderr, "pgkeel-drill: %s\n", e.c_str());
@@ -281,6 +341,27 @@ int main(int argc, char** argv) {
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
 
+  if (a.wait_ready_ms) {
+    const auto deadline = std::chrono::steady_clock::now() + milliseconds(*a.wait_ready_ms);
+    std::string said;
+    while (true) {
+      const std::string why = not_ready_because(world, conninfo, sync);
+      if (why.empty()) {
+        break;
+      }
+      if (why != said) {
+        std::fprintf(stderr, "drill: waiting for pgkeel: %s\n", why.c_str());
+        said = why;
+      }
+      if (std::chrono::steady_clock::now() > deadline || g_signalled != 0) {
+        std::fprintf(stderr, "pgkeel-drill: not ready after %lld ms: %s\n", static_cast<long long>(*a.wait_ready_ms),
+                     why.c_str());
+        return 2;
+      }
+      std::this_thread::sleep_for(milliseconds(500));
+    }
+    std::fprintf(stderr, "drill: pgkeel is ready\n");
+  }
   if (auto st = pgkeel::ledger::setup(conninfo, false); !st.ok()) {
     std::fprintf(stderr, "pgkeel-drill: %s\n", st.error.c_str());
     return 2;
@@ -298,6 +379,12 @@ int main(int argc, char** argv) {
   std::vector<Injection> injections(faults.size());
   std::vector<bool> undone(faults.size(), true);
   std::thread fault_thread([&] {
+    if (soak.faults > 0) {
+      SoakRun run{world, conninfo, sync, soak, load, rec_mu, rec, faults, injections, undone, g_signalled};
+      run_soak(run);
+      load.stop();
+      return;
+    }
     struct Pending {
       std::int64_t t_ms;
       std::size_t index;
@@ -335,6 +422,9 @@ int main(int argc, char** argv) {
       fr.target = in.target;
       fr.injected = in.ok;
       fr.detail = in.detail;
+      fr.hit_writer = in.hit_writer;
+      fr.effect_seen = in.effect_seen;
+      fr.effect = in.effect;
       {
         std::lock_guard lock(rec_mu);
         rec.faults.resize(std::max(rec.faults.size(), p.index + 1));
@@ -345,8 +435,9 @@ int main(int argc, char** argv) {
           queue.push_back({fr.t_ms + *in.undo_after_ms, p.index, true});
         }
       }
-      std::fprintf(stderr, "drill: t=%.1fs %s: %s\n", static_cast<double>(fr.t_ms) / 1000.0,
-                   std::string(to_string(f.kind)).c_str(), fr.detail.c_str());
+      std::fprintf(stderr, "drill: t=%.1fs %s: %s%s%s\n", static_cast<double>(fr.t_ms) / 1000.0,
+                   std::string(to_string(f.kind)).c_str(), fr.detail.c_str(), fr.effect.empty() ? "" : "; ",
+                   fr.effect.c_str());
     }
   });
 
@@ -408,9 +499,15 @@ int main(int argc, char** argv) {
 
   if (!world.console_conninfo.empty()) {
     std::string error;
-    rec.events = console_events(world.console_conninfo, rec.started_at_unix_ms, error);
+    const std::vector<ConsoleEvent> last = console_events(world.console_conninfo, rec.started_at_unix_ms, error);
+    if (rec.soak) {
+      merge_events(rec.events, last);  // the soak read them along the way
+    } else {
+      rec.events = last;
+    }
     if (!error.empty()) {
       std::fprintf(stderr, "drill: SHOW EVENTS: %s\n", error.c_str());
+      rec.events_error = error;
     }
     // keep the events of this run (and a little before: a detection can precede the fault's mark)
     std::erase_if(rec.events, [](const ConsoleEvent& e) { return e.t_ms < -1000; });
@@ -448,7 +545,32 @@ int main(int argc, char** argv) {
                 std::string(to_string(f.fault.kind)).c_str(), static_cast<double>(f.t_ms) / 1000.0,
                 f.target.empty() ? "?" : f.target.c_str(), fmt_ms(after(fo.detected_ms)).c_str(),
                 fmt_ms(after(fo.promoted_ms)).c_str(), fmt_ms(fo.downtime_ms).c_str(),
-                fo.recovered ? "" : " (not recovered)");
+                !fo.recovered ? " (not recovered)" : fo.downtime_ms ? "" : " (writes never stopped)");
+    if (!f.effect.empty()) {
+      std::printf("  effect: %s\n", f.effect.c_str());
+    }
+  }
+  if (rec.soak) {
+    std::printf("\n--- soak: %zu of %d faults, seed %llu%s%s\n", rec.faults.size(), rec.soak_planned,
+                static_cast<unsigned long long>(rec.soak_seed), rec.soak_stopped.empty() ? "" : "; stopped: ",
+                rec.soak_stopped.c_str());
+    std::printf("%-22s %6s %6s  %-24s %-24s %-24s %-24s\n", "kind", "faults", "passed", "detected p50/p90/max",
+                "promoted p50/p90/max", "downtime p50/p90/max", "whole again p50/p90/max");
+    auto cell = [](const Spread& sp) {
+      return sp.n == 0 ? std::string("-")
+                       : std::to_string(sp.p50) + "/" + std::to_string(sp.p90) + "/" + std::to_string(sp.max) + " ms";
+    };
+    for (const auto& row : soak_table(rec, s)) {
+      std::printf("%-22s %6d %6d  %-24s %-24s %-24s %-24s\n", row.kind.c_str(), row.count, row.passed,
+                  cell(row.detected).c_str(), cell(row.promoted).c_str(), cell(row.downtime).c_str(),
+                  cell(row.whole).c_str());
+    }
+    const auto hist = downtime_histogram(s);
+    std::printf("write downtime per fault:");
+    for (std::size_t i = 0; i < hist.size(); ++i) {
+      std::printf("%s %s: %d", i ? "," : "", std::string(kDowntimeBucketNames[i]).c_str(), hist[i]);
+    }
+    std::printf("\n\n");
   }
   std::printf("write downtime: %s\n", fmt_ms(s.write_downtime_ms).c_str());
   std::printf("writes: %lld acknowledged, %lld failed, %lld unknown; reads: %lld answered, %lld failed\n",

@@ -168,3 +168,74 @@ struct Scenario {
 std::vector<std::string> load_scenario(const std::string& path, Scenario& out);
 
 }  // namespace pgkeel::drill
+
+namespace pgkeel::drill {
+
+// The soak: faults drawn at random, one at a time, each once the cluster is whole again (every
+// node up, none fenced or rejoining, a writer, and in synchronous mode a synchronous standby).
+// The draw is splitmix64 from the seed, so a seed names a run on any machine.
+inline constexpr std::string_view kSoakKinds[] = {"kill",  "kill-all", "hang",          "partition", "switchover",
+                                                  "failover", "restart-proxy", "lag",       "sync-loss"};
+
+struct SoakOptions {
+  int faults = 0;                     // 0: no soak (the faults come from --fault or the scenario)
+  std::uint64_t seed = 0;
+  std::vector<std::string> kinds;     // from kSoakKinds; empty: every kind the world allows
+  std::int64_t gap_ms = 3000;         // writes flow this long before each fault
+  std::int64_t hold_ms = 3000;        // hang, partition, lag: undone after this
+  std::int64_t whole_timeout_ms = 180'000;  // the cluster must be whole again within this
+};
+
+inline std::uint64_t splitmix64(std::uint64_t& state) {
+  std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+inline bool is_soak_kind(std::string_view k) {
+  for (auto s : kSoakKinds) {
+    if (s == k) return true;
+  }
+  return false;
+}
+
+// "kill,hang,switchover" -> the list; an unknown name sets `error`.
+inline std::vector<std::string> parse_soak_kinds(std::string_view s, std::string& error) {
+  std::vector<std::string> out;
+  while (!s.empty()) {
+    const auto comma = s.find(',');
+    const std::string_view k = s.substr(0, comma);
+    s = comma == std::string_view::npos ? std::string_view{} : s.substr(comma + 1);
+    if (k.empty()) continue;
+    if (!is_soak_kind(k)) {
+      error = "--soak-kinds: unknown kind '" + std::string(k) +
+              "' (kill, kill-all, hang, partition, switchover, failover, restart-proxy, lag, sync-loss)";
+      return {};
+    }
+    out.emplace_back(k);
+  }
+  if (out.empty()) error = "--soak-kinds: no kind given";
+  return out;
+}
+
+// The next fault of a soak: a kind drawn from `kinds` (never empty), at `at_ms`, on the current
+// primary (lag and sync-loss: a standby), hang/partition/lag undone after hold_ms.
+inline Fault draw_soak_fault(std::uint64_t& state, const std::vector<std::string>& kinds, std::int64_t at_ms,
+                             std::int64_t hold_ms) {
+  const std::string& k = kinds[static_cast<std::size_t>(splitmix64(state) % kinds.size())];
+  Fault f;
+  f.at_ms = at_ms;
+  if (k == "kill-all") {
+    f.kind = FaultKind::kKill;
+    f.all_processes = true;
+  } else {
+    f.kind = *parse_fault_kind(k);
+  }
+  if (f.kind == FaultKind::kHang || f.kind == FaultKind::kPartition || f.kind == FaultKind::kLag) {
+    f.for_ms = hold_ms;
+  }
+  return f;
+}
+
+}  // namespace pgkeel::drill

@@ -12,10 +12,14 @@
 //                connects)
 //   errors       [{class, phase, sqlstate, count, first_t_ms, last_t_ms, example}], class the
 //                SQLSTATE's first two characters, phase connect|statement|commit|read
-//   faults       [{kind, at_ms, target, injected, detail, detected_ms, promoted_ms,
+//   faults       [{kind, at_ms, target, injected, detail, hit_writer, effect_seen, effect,
+//                 expected {detection, promotion, write_gap}, detected_ms, promoted_ms,
 //                 recovered_ms, time_to_detect_ms, time_to_promote_ms, write_downtime_ms,
-//                 recovered}]  (detected/promoted from SHOW EVENTS; recovered_ms = the first
-//                 acknowledged write that ends the fault's write downtime)
+//                 recovered}]  (detected/promoted from SHOW EVENTS; effect = what the drill saw
+//                 of the fault itself, e.g. the postmaster gone; expected = what the fault must
+//                 show for the run to pass, see expected_effects; recovered_ms = the first
+//                 acknowledged write that ends the fault's write downtime; recovered = a write
+//                 was acknowledged after the fault)
 //   write_downtime_ms  the longest of the faults' (null without faults)
 //   verification {ok, error, rows_read, acknowledged, found_acknowledged, lost, lost_ids,
 //                 duplicates, duplicate_ids, failed_present, failed_present_ids, unknown,
@@ -91,6 +95,19 @@ struct ConsoleEvent {
   std::string detail;
 };
 
+// Adds `more` to `events`, skipping those already there (the same moment, kind, node and text):
+// a soak reads SHOW EVENTS many times, across pgkeel restarts (which empty its list) and past
+// its cap of 1,000 events. Kept in time order.
+inline void merge_events(std::vector<ConsoleEvent>& events, const std::vector<ConsoleEvent>& more) {
+  for (const auto& e : more) {
+    const bool known = std::any_of(events.begin(), events.end(), [&](const ConsoleEvent& x) {
+      return x.t_ms == e.t_ms && x.kind == e.kind && x.node == e.node && x.detail == e.detail;
+    });
+    if (!known) events.push_back(e);
+  }
+  std::stable_sort(events.begin(), events.end(), [](const ConsoleEvent& a, const ConsoleEvent& b) { return a.t_ms < b.t_ms; });
+}
+
 // "2026-11-25T23:10:01.123Z" (SHOW EVENTS' time) -> unix ms; nullopt when malformed.
 inline std::optional<std::int64_t> parse_iso_utc_ms(std::string_view s) {
   if (s.size() < 20 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':') {
@@ -133,8 +150,44 @@ struct FaultRecord {
   std::int64_t t_ms = 0;  // when it was injected (the moment just before the action)
   std::string target;     // the node (or "pgkeel") it hit
   bool injected = false;
-  std::string detail;  // what was done, or why it could not be
+  std::string detail;       // what was done, or why it could not be
+  bool hit_writer = false;  // the target took writes when the fault was injected
+  // What the drill itself saw of the fault's effect, apart from pgkeel's and the clients' view:
+  // the process gone or stopped, the link down, replay paused, the command's answer. A command
+  // that "succeeds" without its effect (a kill -9 that a PID 1 ignores) leaves this false.
+  bool effect_seen = false;
+  std::string effect;
 };
+
+// What a fault must visibly do for the run to pass, beyond losing nothing: a detection (for a
+// planned change: its start) on pgkeel's console, a promotion, and a stop of writes that the
+// load measures as write downtime. A fault that shows less did not happen as planned, or pgkeel
+// did not handle it; either way the drill must not pass.
+struct Expectation {
+  bool detection = false;
+  bool promotion = false;
+  bool write_gap = false;
+};
+
+inline constexpr Expectation expected_effects(FaultKind kind, bool hit_writer) {
+  switch (kind) {
+    case FaultKind::kKill:
+    case FaultKind::kHang:
+    case FaultKind::kPartition:
+      // the writer lost: found, replaced, and writes stop meanwhile; a standby lost: found
+      return hit_writer ? Expectation{true, true, true} : Expectation{true, false, false};
+    case FaultKind::kSwitchover:
+    case FaultKind::kFailover:
+      return {true, true, true};
+    case FaultKind::kRestartProxy:
+      return {false, false, true};  // the events before the restart die with the old process
+    case FaultKind::kSyncLoss:
+      return {true, false, false};  // the synchronous standby is found down
+    case FaultKind::kLag:
+      return {false, false, false};
+  }
+  return {};
+}
 
 struct RouteSample {
   std::int64_t t_ms = 0;
@@ -160,8 +213,17 @@ struct Recording {
   std::vector<FaultRecord> faults;         // by time
   std::vector<ConsoleEvent> events;        // by time
   std::vector<RouteSample> routes;         // by time
+  std::string events_error;                // SHOW EVENTS could not be read: why
   std::optional<ledger::Verdict> verdict;  // none: verification did not run
   std::string report_html;
+  // A soak (--soak N): its seed, and why it ended early ("" when every fault ran).
+  bool soak = false;
+  std::uint64_t soak_seed = 0;
+  int soak_planned = 0;
+  std::string soak_stopped;
+  // Per fault, how long the cluster took to be whole again after it (every node up and
+  // following, none fenced or rejoining; parallel to faults; none: it was not).
+  std::vector<std::optional<std::int64_t>> whole_after_ms;
 };
 
 struct Gates {
@@ -209,8 +271,9 @@ struct FaultOutcome {
   std::optional<std::int64_t> detected_ms;
   std::optional<std::int64_t> promoted_ms;
   std::optional<std::int64_t> recovered_ms;  // the acknowledgement that ended the downtime
-  std::optional<std::int64_t> downtime_ms;
-  bool recovered = false;
+  std::optional<std::int64_t> downtime_ms;   // none: writes never stopped (no gap was measured)
+  bool recovered = false;                    // a write was acknowledged after the fault
+  Expectation expected;
 };
 
 struct GateResult {
@@ -235,8 +298,9 @@ struct Summary {
 
 // The write downtime around a fault at `from` (until `until`, the next fault or the end): the
 // longest stretch between consecutive acknowledgements (of any client) that ends after the fault
-// and starts before `until`. When no acknowledgement follows the fault, the stretch runs from the
-// last one to `end_ms` and the fault is not recovered.
+// and starts before `until`. The fault is recovered when any write is acknowledged after it; when
+// none is, the stretch runs from the last acknowledgement to `end_ms`. Writes that never stopped
+// leave the downtime unmeasured (none), which is not the same as zero.
 inline FaultOutcome write_downtime(const std::vector<ledger::Segment>& writes, std::int64_t from,
                                    std::int64_t until, std::int64_t end_ms) {
   std::vector<std::pair<std::int64_t, std::int64_t>> spans;
@@ -254,23 +318,51 @@ inline FaultOutcome write_downtime(const std::vector<ledger::Segment>& writes, s
       if (!out.downtime_ms || gap > *out.downtime_ms) {
         out.downtime_ms = gap;
         out.recovered_ms = first;
-        out.recovered = true;
       }
     }
     if (!reach && first > from) {
       // the very first acknowledgement came after the fault: downtime from the fault itself
       out.downtime_ms = first - from;
       out.recovered_ms = first;
-      out.recovered = true;
     }
     reach = reach ? std::max(*reach, last) : last;
   }
-  if (!reach || *reach <= from) {
+  out.recovered = reach && *reach > from;
+  if (!out.recovered) {
     // nothing acknowledged after the fault: down until the end
     const std::int64_t start = reach ? *reach : from;
     out.downtime_ms = end_ms - start;
     out.recovered_ms.reset();
-    out.recovered = false;
+  }
+  return out;
+}
+
+// Why one fault makes the run fail: it was not injected; the drill could not see its effect; it
+// did not show what its kind must show (expected_effects); or no write was acknowledged after it.
+// Empty: the fault happened and was handled.
+inline std::vector<std::string> fault_failures(const FaultRecord& f, const FaultOutcome& o) {
+  std::vector<std::string> out;
+  const std::string name = "fault " + std::string(to_string(f.fault.kind)) + " at " + std::to_string(f.t_ms) + " ms" +
+                           (f.target.empty() ? "" : " on " + f.target);
+  if (!f.injected) {
+    out.push_back(name + " was not injected: " + f.detail);
+    return out;
+  }
+  if (!f.effect_seen) {
+    out.push_back(name + " did not take effect: " + (f.effect.empty() ? "the drill could not check it" : f.effect));
+  }
+  if (o.expected.detection && !o.detected_ms) {
+    out.push_back(name + ": pgkeel reported no detection after it (SHOW EVENTS)");
+  }
+  if (o.expected.promotion && !o.promoted_ms) {
+    out.push_back(name + ": pgkeel reported no promotion after it (SHOW EVENTS)");
+  }
+  if (!o.recovered) {
+    out.push_back(name + ": no write was acknowledged after it (" + std::to_string(o.downtime_ms.value_or(0)) +
+                  " ms without writes to the end of the run)");
+  } else if (o.expected.write_gap && !o.downtime_ms) {
+    out.push_back(name + ": writes never stopped, so no write downtime was measured; a fault on the writer must "
+                         "stop them");
   }
   return out;
 }
@@ -307,6 +399,7 @@ inline Summary summarize(const Recording& r, const Gates& gates) {
     const auto& f = r.faults[i];
     const std::int64_t until = i + 1 < r.faults.size() ? r.faults[i + 1].t_ms : r.elapsed_ms;
     FaultOutcome o = write_downtime(r.writes, f.t_ms, until, r.elapsed_ms);
+    o.expected = expected_effects(f.fault.kind, f.hit_writer);
     const bool planned = f.fault.kind == FaultKind::kSwitchover || f.fault.kind == FaultKind::kFailover;
     for (const auto& e : r.events) {
       if (e.t_ms < f.t_ms || e.t_ms >= until) {
@@ -333,7 +426,8 @@ inline Summary summarize(const Recording& r, const Gates& gates) {
   std::int64_t recovered = first_fault;
   for (std::size_t i = 0; i < s.faults.size(); ++i) {
     const auto& o = s.faults[i];
-    recovered = std::max(recovered, o.recovered ? *o.recovered_ms : r.elapsed_ms + 1);
+    // writes that never stopped recovered at once; writes that never came back, never
+    recovered = std::max(recovered, !o.recovered ? r.elapsed_ms + 1 : o.recovered_ms.value_or(r.faults[i].t_ms));
     recovered = std::max(recovered, r.faults[i].t_ms);
   }
   std::vector<std::int32_t> before, during, after, all;
@@ -372,12 +466,19 @@ inline Summary summarize(const Recording& r, const Gates& gates) {
   s.after = summarize_latency(after);
   s.all = summarize_latency(all);
 
-  // The verdict.
+  // The verdict. First: did each fault happen, and did it show what it must (fault_failures)?
   for (std::size_t i = 0; i < r.faults.size(); ++i) {
-    if (!r.faults[i].injected) {
-      s.failures.push_back("fault " + std::string(to_string(r.faults[i].fault.kind)) + " at " +
-                           std::to_string(r.faults[i].t_ms) + " ms was not injected: " + r.faults[i].detail);
+    for (auto& why : fault_failures(r.faults[i], s.faults[i])) {
+      s.failures.push_back(std::move(why));
     }
+  }
+  if (!r.events_error.empty()) {
+    s.failures.push_back("pgkeel's events could not be read (SHOW EVENTS: " + r.events_error + ")");
+  }
+  // A soak that could not run all its faults did not prove what it was asked to.
+  if (r.soak && (!r.soak_stopped.empty() || static_cast<int>(r.faults.size()) < r.soak_planned)) {
+    s.failures.push_back("the soak ran " + std::to_string(r.faults.size()) + " of " + std::to_string(r.soak_planned) +
+                         " faults" + (r.soak_stopped.empty() ? std::string() : ": " + r.soak_stopped));
   }
   if (!r.verdict) {
     s.failures.push_back("verification did not run");
@@ -408,15 +509,22 @@ inline Summary summarize(const Recording& r, const Gates& gates) {
     }
   }
   if (gates.max_downtime_ms) {
+    // Writes that had not come back by the end exceed any limit: their downtime is only a floor.
     const std::int64_t d = s.write_downtime_ms.value_or(0);
-    s.gates.push_back({"max_downtime_ms", *gates.max_downtime_ms, d, d <= *gates.max_downtime_ms});
+    const bool all_recovered =
+        std::all_of(s.faults.begin(), s.faults.end(), [](const FaultOutcome& o) { return o.recovered; });
+    s.gates.push_back({"max_downtime_ms", *gates.max_downtime_ms, d, all_recovered && d <= *gates.max_downtime_ms});
   }
   if (gates.max_errors) {
     s.gates.push_back({"max_errors", *gates.max_errors, s.errors_total, s.errors_total <= *gates.max_errors});
   }
   for (const auto& g : s.gates) {
     if (!g.passed) {
-      s.failures.push_back(g.name + " exceeded: " + std::to_string(g.value) + " > " + std::to_string(g.limit));
+      s.failures.push_back(g.value <= g.limit ? g.name + " exceeded: writes had not recovered by the end (" +
+                                                    std::to_string(g.value) + " ms without writes so far, limit " +
+                                                    std::to_string(g.limit) + ")"
+                                              : g.name + " exceeded: " + std::to_string(g.value) + " > " +
+                                                    std::to_string(g.limit));
     }
   }
   return s;
@@ -459,6 +567,93 @@ inline std::optional<std::int64_t> minus(const std::optional<std::int64_t>& a, s
 }
 
 }  // namespace detail
+
+// A soak's table: per fault kind (kill, kill mode=all, hang, ...; a fault on a standby apart),
+// how many ran and passed, and the spread of detection, promotion, write downtime and the time
+// until the cluster was whole again.
+struct Spread {
+  std::size_t n = 0;
+  std::int64_t p50 = 0, p90 = 0, max = 0;
+};
+inline Spread spread(std::vector<std::int64_t> v) {
+  Spread s;
+  s.n = v.size();
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  auto at = [&](double q) { return v[std::min(v.size() - 1, static_cast<std::size_t>(q * static_cast<double>(v.size() - 1)))]; };
+  s.p50 = at(0.5);
+  s.p90 = at(0.9);
+  s.max = v.back();
+  return s;
+}
+
+struct SoakRow {
+  std::string kind;
+  int count = 0;
+  int passed = 0;
+  Spread detected, promoted, downtime, whole;
+};
+
+inline std::string fault_label(const FaultRecord& f) {
+  std::string k(to_string(f.fault.kind));
+  if (f.fault.all_processes) k += " mode=all";
+  const bool on_standby_kind = f.fault.kind == FaultKind::kLag || f.fault.kind == FaultKind::kSyncLoss ||
+                               f.fault.kind == FaultKind::kRestartProxy;
+  if (!f.hit_writer && !on_standby_kind) k += " (standby)";
+  return k;
+}
+
+inline std::vector<SoakRow> soak_table(const Recording& r, const Summary& s) {
+  std::vector<SoakRow> rows;
+  std::vector<std::vector<std::int64_t>> det, pro, down, whole;
+  for (std::size_t i = 0; i < r.faults.size() && i < s.faults.size(); ++i) {
+    const FaultRecord& f = r.faults[i];
+    const FaultOutcome& o = s.faults[i];
+    const std::string label = fault_label(f);
+    auto it = std::find_if(rows.begin(), rows.end(), [&](const SoakRow& row) { return row.kind == label; });
+    if (it == rows.end()) {
+      rows.push_back({label});
+      det.emplace_back();
+      pro.emplace_back();
+      down.emplace_back();
+      whole.emplace_back();
+      it = rows.end() - 1;
+    }
+    const auto k = static_cast<std::size_t>(it - rows.begin());
+    ++it->count;
+    if (fault_failures(f, o).empty()) ++it->passed;
+    if (o.detected_ms) det[k].push_back(*o.detected_ms - f.t_ms);
+    if (o.promoted_ms) pro[k].push_back(*o.promoted_ms - f.t_ms);
+    if (o.downtime_ms) down[k].push_back(*o.downtime_ms);
+    if (i < r.whole_after_ms.size() && r.whole_after_ms[i]) whole[k].push_back(*r.whole_after_ms[i]);
+  }
+  for (std::size_t k = 0; k < rows.size(); ++k) {
+    rows[k].detected = spread(det[k]);
+    rows[k].promoted = spread(pro[k]);
+    rows[k].downtime = spread(down[k]);
+    rows[k].whole = spread(whole[k]);
+  }
+  return rows;
+}
+
+// Write downtimes of every fault, counted in buckets: [0, 0.5 s), [0.5, 1), [1, 2), [2, 5),
+// [5, 10), [10, 30), 30 s and more; faults whose writes never stopped are counted apart.
+inline constexpr std::int64_t kDowntimeBuckets[] = {500, 1000, 2000, 5000, 10000, 30000};
+inline constexpr std::string_view kDowntimeBucketNames[] = {"< 0.5 s", "0.5–1 s", "1–2 s",  "2–5 s",
+                                                            "5–10 s",  "10–30 s", "≥ 30 s", "no stop"};
+inline std::vector<int> downtime_histogram(const Summary& s) {
+  std::vector<int> h(std::size(kDowntimeBucketNames), 0);
+  for (const auto& o : s.faults) {
+    if (!o.downtime_ms) {
+      ++h.back();
+      continue;
+    }
+    std::size_t b = 0;
+    while (b < std::size(kDowntimeBuckets) && *o.downtime_ms >= kDowntimeBuckets[b]) ++b;
+    ++h[b];
+  }
+  return h;
+}
 
 inline std::string to_json(const Recording& r, const Summary& s) {
   using namespace detail;
@@ -513,7 +708,19 @@ inline std::string to_json(const Recording& r, const Summary& s) {
     o += f.injected ? "true" : "false";
     o += ", \"detail\": ";
     put_str(o, f.detail);
-    o += ", \"detected_ms\": ";
+    o += ", \"hit_writer\": ";
+    o += f.hit_writer ? "true" : "false";
+    o += ", \"effect_seen\": ";
+    o += f.effect_seen ? "true" : "false";
+    o += ", \"effect\": ";
+    put_str(o, f.effect);
+    o += ", \"expected\": {\"detection\": ";
+    o += fo.expected.detection ? "true" : "false";
+    o += ", \"promotion\": ";
+    o += fo.expected.promotion ? "true" : "false";
+    o += ", \"write_gap\": ";
+    o += fo.expected.write_gap ? "true" : "false";
+    o += "}, \"detected_ms\": ";
     put_opt(o, fo.detected_ms);
     o += ", \"promoted_ms\": ";
     put_opt(o, fo.promoted_ms);
@@ -606,7 +813,37 @@ inline std::string to_json(const Recording& r, const Summary& s) {
     o += i ? ", " : "";
     put_str(o, s.failures[i]);
   }
-  o += "],\n\"report_html\": ";
+  o += "]";
+  if (r.soak) {
+    o += ",\n\"soak\": {\"seed\": " + std::to_string(r.soak_seed) + ", \"planned\": " + std::to_string(r.soak_planned) +
+         ", \"ran\": " + std::to_string(r.faults.size()) + ", \"stopped\": ";
+    put_str(o, r.soak_stopped);
+    o += ", \"table\": [";
+    const auto rows = soak_table(r, s);
+    auto put_spread = [&](const char* name, const Spread& sp) {
+      o += std::string(", \"") + name + "\": {\"n\": " + std::to_string(sp.n) + ", \"p50\": " + std::to_string(sp.p50) +
+           ", \"p90\": " + std::to_string(sp.p90) + ", \"max\": " + std::to_string(sp.max) + "}";
+    };
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      o += i ? ", {\"kind\": " : "{\"kind\": ";
+      put_str(o, rows[i].kind);
+      o += ", \"count\": " + std::to_string(rows[i].count) + ", \"passed\": " + std::to_string(rows[i].passed);
+      put_spread("detected_ms", rows[i].detected);
+      put_spread("promoted_ms", rows[i].promoted);
+      put_spread("downtime_ms", rows[i].downtime);
+      put_spread("whole_again_ms", rows[i].whole);
+      o += "}";
+    }
+    o += "], \"downtime_histogram\": [";
+    const auto h = downtime_histogram(s);
+    for (std::size_t i = 0; i < h.size(); ++i) {
+      o += i ? ", {\"bucket\": " : "{\"bucket\": ";
+      put_str(o, kDowntimeBucketNames[i]);
+      o += ", \"faults\": " + std::to_string(h[i]) + "}";
+    }
+    o += "]}";
+  }
+  o += ",\n\"report_html\": ";
   put_str(o, r.report_html);
   o += "\n}\n";
   return o;

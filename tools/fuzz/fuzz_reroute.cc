@@ -1,7 +1,7 @@
 // tools/fuzz/fuzz_reroute.cc — transaction pooling's edits on untrusted streams: client messages
-// rewritten for a shared server connection (proxy/prepared.h), answered by a lost transaction
-// (proxy/lost_transaction.h), and a server's answers sorted by the response plan
-// (proxy/response_plan.h). Nothing may crash, hang or read out of bounds; rewritten requests
+// rewritten for a shared server connection (proxy/txpool/prepared.h), answered by a lost transaction
+// (proxy/txpool/lost_transaction.h), and a server's answers sorted by the response plan
+// (proxy/txpool/response_plan.h). Nothing may crash, hang or read out of bounds; rewritten requests
 // are whole messages; and the filter gives the same bytes however the server stream is cut.
 //
 // Input: byte 0: the read size for the server stream (1 + low 6 bits); bytes 1-2: how many of
@@ -12,10 +12,10 @@
 #include <string>
 #include <string_view>
 
-#include "proxy/lost_transaction.h"
-#include "proxy/prepared.h"
+#include "proxy/txpool/lost_transaction.h"
+#include "proxy/txpool/prepared.h"
 #include "proxy/protocol/message.h"
-#include "proxy/response_plan.h"
+#include "proxy/txpool/response_plan.h"
 
 namespace {
 

@@ -1,4 +1,4 @@
-// proxy/response_plan.h — which server responses answer which request, on a server connection
+// proxy/txpool/response_plan.h — which server responses answer which request, on a server connection
 // whose request stream pgkeel edits (transaction pooling; a session resumed on another server).
 // Requests pgkeel added itself have their responses swallowed; requests pgkeel answered without
 // the server (a Parse of a statement the connection already has, a Close of a statement it keeps)
@@ -42,6 +42,10 @@ class ResponsePlan {
     std::string after;    // pgkeel's answers due right after it
   };
   Verdict on_server_message(char type);
+
+  // PostgreSQL ignored the client's last `n` Syncs: they reached it in copy-in mode (§55.2.6), so
+  // no ReadyForQuery answers them.
+  void ignore_syncs(int n);
 
   // Answers due now, with nothing outstanding in front of them (call after add()).
   std::string take_due();

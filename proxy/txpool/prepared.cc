@@ -1,6 +1,9 @@
-#include "proxy/prepared.h"
+#include "proxy/txpool/prepared.h"
 
-#include "proxy/auth/crypto.h"
+#include <openssl/evp.h>
+
+#include <functional>
+
 #include "proxy/protocol/message.h"
 
 namespace pgkeel::proxy {
@@ -43,15 +46,16 @@ void ensure_prepared(const ClientStatements::Statement& st, ServerStatements& se
 std::string shared_statement_name(std::string_view parse_tail) {
   static constexpr char kHex[] = "0123456789abcdef";
   std::string name = "pgk_";
-  const std::optional<auth::Key> d = auth::sha256(parse_tail);
-  if (!d) {
+  unsigned char d[EVP_MAX_MD_SIZE];
+  unsigned int d_len = 0;
+  if (EVP_Digest(parse_tail.data(), parse_tail.size(), d, &d_len, EVP_sha256(), nullptr) != 1 || d_len < 16) {
     // No digest (OpenSSL refused): fall back to a name no other content can take.
     name += "x" + std::to_string(std::hash<std::string_view>{}(parse_tail)) + "_" + std::to_string(parse_tail.size());
     return name;
   }
   for (std::size_t i = 0; i < 16; ++i) {
-    name += kHex[(*d)[i] >> 4];
-    name += kHex[(*d)[i] & 0xf];
+    name += kHex[d[i] >> 4];
+    name += kHex[d[i] & 0xf];
   }
   return name;
 }
@@ -195,6 +199,48 @@ bool rewrite_for_shared(char type, std::string_view body, ClientStatements& clie
       append_message(out, type, body);
       return true;
   }
+}
+
+std::size_t rewrite_head_for_shared(char type, std::string_view head, std::size_t body_len, ClientStatements& client,
+                                    ServerStatements& server, ResponsePlan& plan, std::string& out) {
+  const auto header = [&](std::size_t new_body_len) {
+    const auto n = static_cast<std::uint32_t>(new_body_len + 4);
+    out += type;
+    for (int shift = 24; shift >= 0; shift -= 8) out += static_cast<char>((n >> shift) & 0xff);
+  };
+  protocol::Reader r(head);
+  switch (type) {
+    case fe::kBind: {
+      const std::string_view portal = r.str();
+      const std::string_view name = r.str();
+      if (r.failed()) return std::string_view::npos;
+      const ClientStatements::Statement* st = name.empty() ? nullptr : client.find(name);
+      if (st == nullptr) {
+        header(body_len);
+        plan.add(Request::kBind, Origin::kClient);
+        return 0;
+      }
+      ensure_prepared(*st, server, plan, out);
+      header(body_len - name.size() + st->server_name.size());
+      out.append(portal).append(1, '\0').append(st->server_name).append(1, '\0');
+      plan.add(Request::kBind, Origin::kClient);
+      return portal.size() + name.size() + 2;
+    }
+    case fe::kDescribe: {
+      const char kind = static_cast<char>(r.i8());
+      plan.add(kind == 'S' ? Request::kDescribeStatement : Request::kDescribePortal, Origin::kClient);
+      break;
+    }
+    case fe::kParse: plan.add(Request::kParse, Origin::kClient); break;
+    case fe::kClose: plan.add(Request::kClose, Origin::kClient); break;
+    case fe::kExecute: plan.add(Request::kExecute, Origin::kClient); break;
+    case fe::kSync: plan.add(Request::kSync, Origin::kClient); break;
+    case fe::kQuery: plan.add(Request::kQuery, Origin::kClient); break;
+    case fe::kFunctionCall: plan.add(Request::kFunctionCall, Origin::kClient); break;
+    default: break;  // CopyData and the like: no answer of their own
+  }
+  header(body_len);
+  return 0;
 }
 
 }  // namespace pgkeel::proxy

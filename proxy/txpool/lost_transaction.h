@@ -1,4 +1,4 @@
-// proxy/lost_transaction.h — what a client hears when its server connection died under it (the
+// proxy/txpool/lost_transaction.h — what a client hears when its server connection died under it (the
 // primary failed) while it had a transaction open or a request in flight, so that it keeps its
 // connection and learns exactly what PostgreSQL would have told it had the transaction failed:
 //

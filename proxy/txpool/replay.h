@@ -1,4 +1,4 @@
-// proxy/replay.h — what pgkeel sends a server connection so that it carries a client's session:
+// proxy/txpool/replay.h — what pgkeel sends a server connection so that it carries a client's session:
 // the client's SETs, and, for a session resumed on a new server, its named prepared statements.
 // pgkeel's own requests, recorded in a ResponsePlan so that their answers never reach the client.
 // Pure: session state in, messages out.
@@ -6,9 +6,9 @@
 
 #include <string>
 
-#include "proxy/prepared.h"
-#include "proxy/response_plan.h"
-#include "proxy/session_state.h"
+#include "proxy/txpool/prepared.h"
+#include "proxy/txpool/response_plan.h"
+#include "proxy/txpool/session_state.h"
 
 namespace pgkeel::proxy {
 

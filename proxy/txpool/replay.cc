@@ -1,4 +1,4 @@
-#include "proxy/replay.h"
+#include "proxy/txpool/replay.h"
 
 #include <cctype>
 

@@ -1,11 +1,11 @@
-#include "proxy/lost_transaction.h"
+#include "proxy/txpool/lost_transaction.h"
 
 #include <algorithm>
 #include <cctype>
 #include <iterator>
 
 #include "proxy/protocol/message.h"
-#include "proxy/session_state.h"
+#include "proxy/txpool/session_state.h"
 
 namespace pgkeel::proxy {
 namespace {

@@ -1,4 +1,4 @@
-#include "proxy/session_state.h"
+#include "proxy/txpool/session_state.h"
 
 #include <algorithm>
 #include <cctype>
@@ -447,6 +447,115 @@ std::string SessionState::replay_sql() const {
     out += "SET " + name + " = " + value + ";";
   }
   return out;
+}
+
+void PinWordScan::end_word() {
+  if (word_.empty()) return;
+  if (hit_.empty()) {
+    static constexpr std::string_view kWords[] = {"listen", "temp", "temporary", "set", "prepare", "discard",
+                                                  "deallocate", "hold"};
+    bool pin = std::find(std::begin(kWords), std::end(kWords), word_) != std::end(kWords);
+    pin = pin || word_.find("advisory") != std::string::npos || word_.find("set_config") != std::string::npos;
+    if (pin) hit_ = word_;
+  }
+  word_.clear();
+}
+
+void PinWordScan::feed(std::string_view piece) {
+  constexpr std::size_t kMaxWord = 64;  // longer words cannot be one of ours ("advisory" is found below that)
+  for (const char c : piece) {
+    if (c == '\0') {
+      end_word();
+      in_ = In::kEnd;
+    }
+    switch (in_) {
+      case In::kEnd:
+        return;
+      case In::kQuote:
+        if (c == '\'') in_ = In::kCode;  // '' inside a literal leaves and enters again: the same
+        continue;
+      case In::kEscapeQuote:
+        if (backslash_) {
+          backslash_ = false;
+        } else if (c == '\\') {
+          backslash_ = true;
+        } else if (c == '\'') {
+          in_ = In::kCode;
+        }
+        continue;
+      case In::kIdentifier:
+        if (c == '"') in_ = In::kCode;
+        continue;
+      case In::kLineComment:
+        if (c == '\n') in_ = In::kCode;
+        continue;
+      case In::kDollarTag: {
+        // After a '$' that starts a token: $tag$ or $$ opens a dollar quote; $1 is a parameter.
+        const auto t = static_cast<unsigned char>(c);
+        if (c == '$') {
+          tag_ += c;
+          in_ = In::kDollarBody;
+          matched_ = 0;
+          continue;
+        }
+        if (std::isalpha(t) || c == '_' || t >= 0x80 || (std::isdigit(t) && tag_.size() > 1)) {
+          tag_ += c;
+          continue;
+        }
+        in_ = In::kCode;  // not a dollar quote: read this byte as code
+        prev_ = '$';
+        break;
+      }
+      case In::kDollarBody:
+        if (c == tag_[matched_]) {
+          if (++matched_ == tag_.size()) in_ = In::kCode;
+        } else {
+          matched_ = c == tag_[0] ? 1 : 0;
+        }
+        continue;
+      case In::kBlockComment:
+        if (prev_ == '*' && c == '/') {
+          prev_ = 0;
+          if (--depth_ == 0) in_ = In::kCode;
+          continue;
+        }
+        if (prev_ == '/' && c == '*') {
+          prev_ = 0;
+          ++depth_;
+          continue;
+        }
+        prev_ = c;
+        continue;
+      case In::kCode:
+        break;
+    }
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '$' && word_.empty()) {
+      in_ = In::kDollarTag;
+      tag_ = "$";
+      continue;
+    }
+    if (std::isalnum(u) || c == '_' || c == '$' || u >= 0x80) {
+      if (word_.size() < kMaxWord) word_ += static_cast<char>(std::tolower(u));
+      prev_ = c;
+      continue;
+    }
+    const bool e_string = c == '\'' && word_ == "e";
+    end_word();
+    if (c == '\'') {
+      in_ = e_string ? In::kEscapeQuote : In::kQuote;
+    } else if (c == '"') {
+      in_ = In::kIdentifier;
+    } else if (c == '-' && prev_ == '-') {
+      in_ = In::kLineComment;
+    } else if (c == '*' && prev_ == '/') {
+      in_ = In::kBlockComment;
+      depth_ = 1;
+      prev_ = 0;
+      continue;
+    }
+    prev_ = c;
+  }
 }
 
 }  // namespace pgkeel::proxy

@@ -1,4 +1,4 @@
-// proxy/prepared.h — named prepared statements across server connections. In transaction
+// proxy/txpool/prepared.h — named prepared statements across server connections. In transaction
 // pooling a client's next transaction may run on any server connection, and two clients may both
 // call their first statement "S_1" (pgJDBC does). So a client's statement names are its own:
 // pgkeel keeps what each one means (the Parse it came from) and prepares it, once and on demand,
@@ -15,7 +15,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "proxy/response_plan.h"
+#include "proxy/txpool/response_plan.h"
 
 namespace pgkeel::proxy {
 
@@ -70,6 +70,16 @@ class ServerStatements {
 // requests). Returns false for a malformed message (nothing appended).
 bool rewrite_for_shared(char type, std::string_view body, ClientStatements& client, ServerStatements& server,
                         ResponsePlan& plan, std::string& out);
+
+// A client message too long to hold whole (`body_len` bytes, `head` its first bytes), for a shared
+// server connection: appends pgkeel's own requests it needs first (a statement prepared on
+// demand), then the message's header with its new length and its rewritten opening, and records
+// the request in `plan`. Returns how many bytes of `head` that opening replaced: the caller sends
+// the rest of the body as it comes. Only a Bind's opening changes (its statement name; portal and
+// name must lie in `head`); a named Parse is not mapped (its text would have to be kept whole to
+// prepare it elsewhere): the caller pins the session and it goes as it is. npos: malformed.
+std::size_t rewrite_head_for_shared(char type, std::string_view head, std::size_t body_len, ClientStatements& client,
+                                    ServerStatements& server, ResponsePlan& plan, std::string& out);
 
 // A message as the client sent it (type, body), for the messages passed on unchanged.
 void append_message(std::string& out, char type, std::string_view body);

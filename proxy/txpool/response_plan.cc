@@ -1,4 +1,4 @@
-#include "proxy/response_plan.h"
+#include "proxy/txpool/response_plan.h"
 
 #include <algorithm>
 #include <cstring>
@@ -39,6 +39,16 @@ void ResponsePlan::add(Request r, Origin o, std::string statement) {
     skipping_ = false;
   }
   q_.push_back({r, o, false, std::move(statement)});
+}
+
+void ResponsePlan::ignore_syncs(int n) {
+  for (auto it = q_.end(); n > 0 && it != q_.begin();) {
+    --it;
+    if (it->request == Request::kSync && it->origin == Origin::kClient) {
+      it = q_.erase(it);
+      --n;
+    }
+  }
 }
 
 void ResponsePlan::drop(Entry& e) {

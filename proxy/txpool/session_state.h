@@ -1,4 +1,4 @@
-// proxy/session_state.h — a client's session state as pgkeel can replay it on another server
+// proxy/txpool/session_state.h — a client's session state as pgkeel can replay it on another server
 // connection, tracked from what the client sends (PostgreSQL does not report search_path or
 // statement_timeout in ParameterStatus). Pure: text and protocol events in, state out.
 //
@@ -88,6 +88,37 @@ class SessionState {
   bool failed_transaction_ = false;  // a ReadyForQuery said 'E' in this transaction
   bool cycle_failed_ = false;
   std::string why_not_;
+};
+
+// Statement text that pgkeel does not hold whole (past the head of a long Query or Parse), read
+// as it passes: it cannot be classified statement by statement, so this looks for the words
+// that could tie a session to its connection or change what it carries (LISTEN, TEMP /
+// TEMPORARY, SET, PREPARE, DISCARD, DEALLOCATE, HOLD, an advisory lock, set_config), outside
+// string literals, quoted identifiers and comments. A hit means "cannot tell": the caller pins.
+// Text ends at its NUL (a Parse's parameter types follow it).
+class PinWordScan {
+ public:
+  // Feeds the next piece. The head, fed first, sets where the text stands (inside a literal, a
+  // comment, a word): call clear_hit() after it, since the head itself was classified exactly.
+  void feed(std::string_view piece);
+  void clear_hit() { hit_.clear(); }
+  // The first word seen since clear_hit() ("" when none).
+  const std::string& hit() const { return hit_; }
+
+ private:
+  enum class In : std::uint8_t {
+    kCode, kQuote, kEscapeQuote, kIdentifier, kLineComment, kBlockComment, kDollarTag, kDollarBody, kEnd,
+  };
+  void end_word();
+
+  std::string word_;   // the identifier being read, lower-cased (capped)
+  std::string hit_;
+  std::string tag_;    // a dollar quote's tag, "$" to "$" ("$$" for the empty tag)
+  std::size_t matched_ = 0;  // in a dollar-quoted body: bytes of the closing tag seen so far
+  int depth_ = 0;      // nested block comments
+  char prev_ = 0;      // the previous byte in code (for --, /*, */ and E'...')
+  bool backslash_ = false;  // in an E'...' literal: the next byte is escaped
+  In in_ = In::kCode;
 };
 
 }  // namespace pgkeel::proxy
