@@ -28,6 +28,14 @@
 
 #include "tests/integration/fixture.h"
 
+// A memory figure is asserted on the release build only: under ASan or TSan (PGKEEL_SANITIZED)
+// the allocator's shadow memory and quarantine move it, and it is only reported.
+#ifdef PGKEEL_SANITIZED
+#define MEMORY_CHECK(...) WARN("memory (not asserted under a sanitizer): " << ((__VA_ARGS__) ? "within" : "OVER") << " the bound")
+#else
+#define MEMORY_CHECK(...) CHECK(__VA_ARGS__)
+#endif
+
 namespace pgkeel::test {
 namespace {
 
@@ -536,7 +544,7 @@ TEST_CASE("a 50 MB bytea and a 100 MB hex text pass in both pool modes, both dir
   // pgkeel passed 200 MB through without holding a message: its resident memory grew far less.
   const long rss_after = proc_status_kb(pk.pid(), "VmRSS");
   INFO("VmRSS before " << rss_before << " kB, after " << rss_after << " kB");
-  CHECK(rss_after - rss_before < 32 * 1024);
+  MEMORY_CHECK(rss_after - rss_before < 32 * 1024);
   CHECK(s.exec("DELETE FROM txpool_blob WHERE mode = '" + mode + "'").ok);
 }
 
@@ -563,7 +571,7 @@ TEST_CASE("a message header alone reserves no memory in pgkeel", "[txpool][limit
   REQUIRE(eventually(10s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
   const long after = proc_status_kb(pk.pid(), "VmSize");
   INFO("VmSize before " << before << " kB, after " << after << " kB");
-  CHECK(after - before < 20 * 1024);  // 3 x 16 MB reserved would be 48 MB
+  MEMORY_CHECK(after - before < 20 * 1024);  // 3 x 16 MB reserved would be 48 MB
 }
 
 }  // namespace pgkeel::test
@@ -650,7 +658,7 @@ TEST_CASE("a lost transaction's answers are made only as fast as the client read
   ::shutdown(fd, SHUT_RDWR);  // ends the sender, blocked or not
   sender.join();
   INFO("VmRSS before " << before << " kB, after " << after << " kB; all 40 MB sent: " << sent_all.load());
-  CHECK_FALSE(grew);
+  MEMORY_CHECK(!grew);
 }
 
 }  // namespace pgkeel::test
