@@ -170,21 +170,9 @@ void kill_postmaster(const Cluster& cluster, std::string_view node, int sig) {
   REQUIRE(::kill(pid, sig) == 0);
 }
 
-// The postmaster and every process it forked. PostgreSQL puts each child in a process group of
-// its own, so "the primary's process group" is this set, not one pgid.
+// The node's postmaster and every process it forked (fixture.h).
 std::vector<pid_t> instance_pids(const Cluster& cluster, std::string_view node) {
-  const pid_t pm = cluster.pid(node);
-  std::vector<pid_t> pids = {pm};
-  auto r = run({"ps", "-o", "pid=", "--ppid", std::to_string(pm)});
-  std::size_t pos = 0;
-  while (pos < r.output.size()) {
-    const std::size_t nl = r.output.find('\n', pos);
-    const std::string line = r.output.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
-    if (line.find_first_not_of(' ') != std::string::npos) pids.push_back(std::stoi(line));
-    if (nl == std::string::npos) break;
-    pos = nl + 1;
-  }
-  return pids;
+  return pgkeel::test::instance_pids(cluster.pid(node));
 }
 
 void signal_instance(const std::vector<pid_t>& pids, int sig) {

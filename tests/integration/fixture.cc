@@ -332,6 +332,20 @@ bool eventually(std::chrono::milliseconds deadline, const std::function<bool()>&
   }
 }
 
+std::vector<pid_t> instance_pids(pid_t postmaster) {
+  std::vector<pid_t> pids = {postmaster};
+  const RunResult r = run({"ps", "-o", "pid=", "--ppid", std::to_string(postmaster)});
+  std::size_t pos = 0;
+  while (pos < r.output.size()) {
+    const std::size_t nl = r.output.find('\n', pos);
+    const std::string line = r.output.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+    if (line.find_first_not_of(' ') != std::string::npos) pids.push_back(std::stoi(line));
+    if (nl == std::string::npos) break;
+    pos = nl + 1;
+  }
+  return pids;
+}
+
 RunResult run(const std::vector<std::string>& argv, const Env& env,
               std::chrono::milliseconds timeout) {
   RunResult result;

@@ -200,6 +200,10 @@ class Cluster {
 // The repository's tools/cluster.sh.
 fs::path cluster_script();
 
+// A postmaster and every process it forked. PostgreSQL puts each child in a process group of its
+// own, so "the instance's process group" is this set, not one pgid.
+std::vector<pid_t> instance_pids(pid_t postmaster);
+
 // [failover] lines for a planned switchover on `cluster`: stop_command and rejoin_command (the
 // tools/ scripts, rejoin without a rewind).
 std::string switchover_commands(const Cluster& cluster);

@@ -55,21 +55,6 @@ pid_t postmaster_pid(const Cluster& cluster, std::string_view node) {
   return static_cast<pid_t>(pid);
 }
 
-// The postmaster and its children (each child has a process group of its own).
-std::vector<pid_t> instance_pids(pid_t pm) {
-  std::vector<pid_t> pids = {pm};
-  auto r = run({"ps", "-o", "pid=", "--ppid", std::to_string(pm)});
-  std::size_t pos = 0;
-  while (pos < r.output.size()) {
-    const std::size_t nl = r.output.find('\n', pos);
-    const std::string line = r.output.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
-    if (line.find_first_not_of(' ') != std::string::npos) pids.push_back(std::stoi(line));
-    if (nl == std::string::npos) break;
-    pos = nl + 1;
-  }
-  return pids;
-}
-
 bool all_gone(const std::vector<pid_t>& pids) {
   for (pid_t p : pids) {
     if (::kill(p, 0) == 0) return false;

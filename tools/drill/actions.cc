@@ -679,6 +679,21 @@ std::string start_node(const World& w, const std::string& node, std::int64_t pat
   }
 }
 
+Injected inject_and_record(const World& w, const Fault& f, std::int64_t t_ms) {
+  Injected out;
+  out.record.fault = f;
+  out.record.t_ms = t_ms;
+  out.injection = inject(w, f);
+  const Injection& in = out.injection;
+  out.record.target = in.target;
+  out.record.injected = in.ok;
+  out.record.detail = in.detail;
+  out.record.hit_writer = in.hit_writer;
+  out.record.effect_seen = in.effect_seen;
+  out.record.effect = in.effect;
+  return out;
+}
+
 Injection inject(const World& w, const Fault& f) {
   std::string why;
   bool writer = false;

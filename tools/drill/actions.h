@@ -106,6 +106,13 @@ inline constexpr std::int64_t kEffectTimeoutMs = 5000;
 
 // Injects the fault, then looks for its effect (up to kEffectTimeoutMs).
 Injection inject(const World& world, const Fault& fault);
+
+// inject() at `t_ms` on the drill's timeline, with the record the report keeps of it.
+struct Injected {
+  Injection injection;
+  FaultRecord record;
+};
+Injected inject_and_record(const World& world, const Fault& fault, std::int64_t t_ms);
 // Undoes a hang (SIGCONT), a lag (pg_wal_replay_resume) or a partition (link up); returns what
 // it did.
 std::string undo(const World& world, const Fault& fault, const Injection& injection);

@@ -415,16 +415,9 @@ int main(int argc, char** argv) {
         rec.faults[p.index].detail += "; " + what + " at " + std::to_string(load.now_ms()) + " ms";
         continue;
       }
-      FaultRecord fr;
-      fr.fault = f;
-      fr.t_ms = load.now_ms();
-      Injection in = inject(world, f);
-      fr.target = in.target;
-      fr.injected = in.ok;
-      fr.detail = in.detail;
-      fr.hit_writer = in.hit_writer;
-      fr.effect_seen = in.effect_seen;
-      fr.effect = in.effect;
+      const Injected done = inject_and_record(world, f, load.now_ms());
+      const Injection& in = done.injection;
+      const FaultRecord& fr = done.record;
       {
         std::lock_guard lock(rec_mu);
         rec.faults.resize(std::max(rec.faults.size(), p.index + 1));

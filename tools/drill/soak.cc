@@ -113,16 +113,9 @@ void run_soak(SoakRun& run) {
 
     const Fault f = draw_soak_fault(state, o.kinds, run.load.now_ms(), o.hold_ms);
     if (f.kind == FaultKind::kRestartProxy) collect_events(run);  // its list dies with the process
-    FaultRecord fr;
-    fr.fault = f;
-    fr.t_ms = run.load.now_ms();
-    const Injection in = inject(run.world, f);
-    fr.target = in.target;
-    fr.injected = in.ok;
-    fr.detail = in.detail;
-    fr.hit_writer = in.hit_writer;
-    fr.effect_seen = in.effect_seen;
-    fr.effect = in.effect;
+    const Injected done = inject_and_record(run.world, f, run.load.now_ms());
+    const Injection& in = done.injection;
+    const FaultRecord& fr = done.record;
     const auto index = static_cast<std::size_t>(i);
     {
       std::lock_guard lock(run.mu);
