@@ -526,8 +526,13 @@ class Checker {
         add("store.request_timeout", "must be at most a third of lease_ttl, so a lease is renewed in time after a failed request");
       }
     }
-    if (s.failsafe && config_.status.port == 0) {
-      add("store.failsafe", "needs the [status] port: peers confirm to each other over it that the store is down");
+    if (s.failsafe) {
+      // Decided for issue 15: with etcd's quorum lost writes stop (README, "Several instances").
+      // The key is kept so a configuration written for Patroni's habits is told why, not ignored.
+      add("store.failsafe",
+          "true is not offered: with etcd's quorum lost no failover can be recorded, and pgkeel stops writes "
+          "rather than trust that no other instance is promoting (see the README, \"The whole store unavailable\"); "
+          "remove it or set false");
     }
   }
 

@@ -66,12 +66,6 @@ int main(int argc, char** argv) {
     std::printf("%s: configuration OK\n", config_path.c_str());
     return 0;
   }
-  if (res.config->store.failsafe) {
-    // Issue 15 is being built: the peers' confirmation is not there yet, and a failsafe that
-    // silently behaved as failsafe = false would mislead.
-    std::fprintf(stderr, "pgkeel: store.failsafe = true is not available in this version yet; remove it (writes then stop while etcd cannot be reached)\n");
-    return 1;
-  }
   event_set_log_callback(&libevent_message);
   return pgkeel::proxy::run(*res.config);
 }

@@ -13,6 +13,7 @@
 
 #include "tests/integration/etcd_fixture.h"
 #include "tests/integration/fixture.h"
+#include "tests/integration/http_client.h"
 
 using namespace pgkeel::test;
 
@@ -26,6 +27,7 @@ PgkeelOptions instance(const EtcdCluster& etcd, const std::string& name, const s
                        const std::string& failover_extra = {}, const std::string& lease_ttl = "3s") {
   PgkeelOptions o;
   o.console = true;
+  o.status = true;
   o.health_extra = "probe_interval = \"250ms\"\nprobe_timeout = \"500ms\"";
   o.failover_extra = "hold_timeout = \"30s\"\n" + failover_extra;
   std::string endpoints;
@@ -88,6 +90,18 @@ TEST_CASE("two instances through etcd: kill -9 of the primary, one failover, wri
     return (a == "pk1:leader:yes pk2:follower:yes " && b == "pk2:follower:yes pk1:leader:yes ") ||
            (a == "pk1:follower:yes pk2:leader:yes " && b == "pk2:leader:yes pk1:follower:yes ");
   }, 100ms));
+  // The status page as a browser draws it: both instances, one leader; /metrics agrees.
+  const RunResult dom = run({(fs::path(PGKEEL_SOURCE_DIR) / "tests" / "status" / "page.sh").string(), "dom",
+                             pk1.status_url() + "/"},
+                            {}, 60s);
+  INFO(dom.output.substr(0, 2000));
+  REQUIRE(dom.ok());
+  CHECK(dom.output.find("data-instance=\"pk1\"") != std::string::npos);
+  CHECK(dom.output.find("data-instance=\"pk2\"") != std::string::npos);
+  CHECK(dom.output.find("data-role=\"leader\"") != std::string::npos);
+  CHECK(dom.output.find("id=\"peers-section\" hidden") == std::string::npos);
+  const HttpResponse metrics = http(pk1.status_port(), "GET", "/metrics");
+  CHECK(metrics.body.find("pgkeel_store_peers 2") != std::string::npos);
 
   REQUIRE(::kill(cluster.pid("db1"), SIGKILL) == 0);
   REQUIRE(eventually(40s, [&] { return writer_port(pk1) == db2 && writer_port(pk2) == db2; }, 100ms));
@@ -113,30 +127,65 @@ TEST_CASE("two instances through etcd: kill -9 of the primary, one failover, wri
   }
 }
 
-TEST_CASE("an instance that cannot reach etcd refuses logins with 57P03 and the reason, and resumes by itself",
+TEST_CASE("two of three etcd members stopped under a ledger writer: no failover, writes stop with 57P03, "
+          "then resume with nothing lost and no client reset",
           "[store][etcd][cut]") {
   EtcdCluster etcd;
-  Cluster cluster(ClusterOptions{.standbys = 1});
+  Cluster cluster(ClusterOptions{.standbys = 1, .sync = true});
   Pgkeel pk(cluster, instance(etcd, "pk1", "/pgkeel/it2"));
   const std::string db1 = std::to_string(cluster.port("db1"));
   REQUIRE(eventually(30s, [&] { return writer_port(pk) == db1; }, 100ms));
+  const std::string record_before = etcd.ctl({"get", "/pgkeel/it2/record", "--print-value-only"});
   // An idle session from before: it outlives the outage without a reconnect.
   PqSession idle(pk.conninfo());
   REQUIRE(idle.connected());
   REQUIRE(idle.exec("SET application_name = 'from before the outage'").ok);
-  // Quorum lost: no renewal can succeed.
+  const std::string ledger = (fs::path(PGKEEL_BINARY_DIR) / "pgkeel-ledger").string();
+  const RunResult setup = run({ledger, "setup", "--conninfo", pk.conninfo()});
+  INFO(setup.output);
+  REQUIRE(setup.ok());
+  const std::string out = (pk.dir() / "ledger.json").string();
+  RunResult load;
+  std::thread writer([&] {
+    load = run({ledger, "run", "--conninfo", pk.conninfo(), "--clients", "2", "--duration", "14", "--out", out}, {}, 120s);
+  });
+  const auto rows = [&] { return std::stol(cluster.psql_as_postgres("db1", "SELECT count(*) FROM pgkeel_ledger", "app")); };
+  const bool loaded = eventually(20s, [&] { return rows() > 300; });
+  // Quorum lost: no renewal can succeed, no record can change.
   etcd.kill(1);
   etcd.kill(2);
   PqResult refused;
-  REQUIRE(eventually(20s, [&] {
+  const bool cut = eventually(20s, [&] {
     refused = pq_exec(pk.conninfo(), "SELECT 1", 5s);
     return !refused.ok;
-  }, 100ms));
-  CHECK(refused.sqlstate == "57P03");
-  CHECK(refused.error.find("cannot renew its lease in etcd") != std::string::npos);
+  }, 100ms);
+  // While it lasts the primary takes no write through pgkeel (the README's rule).
+  long during = 0;
+  if (cut) {
+    std::this_thread::sleep_for(1s);
+    during = rows();
+    std::this_thread::sleep_for(3s);
+    during = rows() - during;
+  }
   etcd.start(1);
   etcd.start(2);
+  writer.join();
+  REQUIRE(loaded);
+  REQUIRE(cut);
+  CHECK(refused.sqlstate == "57P03");
+  CHECK(refused.error.find("cannot renew its lease in etcd") != std::string::npos);
+  CHECK(during == 0);
   REQUIRE(eventually(40s, [&] { return writer_port(pk) == db1; }, 200ms));
+  // No failover was recorded, and the writer went on once etcd was back, losing nothing.
+  CHECK(promotions(pk) == 0);
+  CHECK(etcd.ctl({"get", "/pgkeel/it2/record", "--print-value-only"}) == record_before);
+  INFO(load.output);
+  CHECK(load.ok());
+  const RunResult verify = run({ledger, "verify", "--conninfo", pk.conninfo(), "--in", out});
+  INFO(verify.output);
+  CHECK(verify.output.find("lost (acknowledged, missing): 0") != std::string::npos);
+  std::printf("store: quorum lost under the ledger writer: %ld rows written in 3 s of it; %s\n", during,
+              verify.ok() ? "verified" : "NOT verified");
   // The session from before goes on, with its settings, on a new server connection.
   const PqResult again = idle.exec("SELECT current_setting('application_name'), current_setting('port')");
   INFO(again.error);

@@ -136,7 +136,7 @@ name = "pk1"
 advertise_host = "pk1.example"
 lease_ttl = "15s"
 request_timeout = "2s"
-failsafe = true
+failsafe = false
 )");
   INFO(all_errors(r));
   REQUIRE(r.config);
@@ -149,7 +149,7 @@ failsafe = true
   CHECK(s.advertise_host == "pk1.example");
   CHECK(s.lease_ttl == Millis{15000});
   CHECK(s.request_timeout == Millis{2000});
-  CHECK(s.failsafe);
+  CHECK_FALSE(s.failsafe);
 }
 
 TEST_CASE("a [store] without endpoints, prefix or name says what is required, at the section's line", "[conf][store]") {
@@ -235,7 +235,7 @@ TEST_CASE("lease_ttl is whole seconds and leaves room for a failed renewal", "[c
   CHECK(ok.config);
 }
 
-TEST_CASE("a wildcard listener needs advertise_host; failsafe needs the status port", "[conf][store]") {
+TEST_CASE("a wildcard listener needs advertise_host; failsafe = true is refused with the reason", "[conf][store]") {
   StoreConfDir d;
   std::string base = StoreConfDir::kBase;
   base.replace(base.find("10.0.0.21"), 9, "0.0.0.0");
@@ -244,7 +244,9 @@ TEST_CASE("a wildcard listener needs advertise_host; failsafe needs the status p
   const ConfigError* a = error_for(r, "store.advertise_host");
   REQUIRE(a);
   CHECK(a->message.find("0.0.0.0") != std::string::npos);
-  CHECK(error_for(r, "store.failsafe"));
+  const ConfigError* f = error_for(r, "store.failsafe");
+  REQUIRE(f);
+  CHECK(f->message.find("not offered") != std::string::npos);
 }
 
 TEST_CASE("unknown [store] keys are caught with a suggestion", "[conf][store]") {
