@@ -1538,6 +1538,7 @@ KeeperCounters Keeper::counters() const {
   }
   c.degraded = c.sync_health == SyncHealth::kDegraded;
   c.record_error = record_error_;
+  if (store_cut_) c.store_cut_why = cut_why_;
   for (const auto& n : nodes_) {
     c.timeouts_excused += n->detector.timeouts_excused();
     if (n->retired || n->rejoin.phase == RejoinPhase::kFollowing) continue;

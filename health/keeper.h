@@ -136,6 +136,9 @@ struct KeeperCounters {
   std::string rejoin_why;
   std::uint64_t rejoins = 0;              // rejoins verified (the node streams on the primary's timeline)
   std::uint64_t rejoin_failures = 0;      // rejoin_command failures and failed verifications
+  // [store]: why this instance routes no writes and refuses logins (it cannot renew its lease);
+  // empty while it can.
+  std::string store_cut_why;
 };
 
 struct Event {

@@ -597,6 +597,7 @@ std::string render_status_json(const StatusSnapshot& s, const Readiness& r, bool
   j.key("sync_why").str(s.keeper.sync_why);
   j.key("record_error").str(s.keeper.record_error);
   j.key("rejoin_why").str(s.keeper.rejoin_why);
+  j.key("store_why").str(s.keeper.store_cut_why);
   j.key("plan_summary").str(s.plan.summary);
   j.key("counters").begin_object();
   j.key("failovers").num(s.keeper.failovers);
@@ -769,8 +770,13 @@ struct StatusServer::Impl {
     }
     r.draining = shared.draining.load(std::memory_order_relaxed);
     const int running = shared.workers_running.load(std::memory_order_relaxed);
+    // [store]: an instance on a stale lease refuses logins (57P03), so a load balancer or a
+    // keepalived check should send clients to another instance.
+    const std::string store_cut = shared.keeper != nullptr ? shared.keeper->counters().store_cut_why : std::string();
     if (r.draining) {
       r.ready_why = "draining for shutdown";
+    } else if (!store_cut.empty()) {
+      r.ready_why = store_cut;
     } else if (running <= 0) {
       r.ready_why = "no worker is running";
     } else if (!writer_seen) {

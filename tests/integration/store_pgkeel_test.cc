@@ -161,7 +161,10 @@ TEST_CASE("two of three etcd members stopped under a ledger writer: no failover,
   }, 100ms);
   // While it lasts the primary takes no write through pgkeel (the README's rule).
   long during = 0;
+  HttpResponse ready;
   if (cut) {
+    // A load balancer's (or keepalived's) check sends clients elsewhere.
+    ready = http(pk.status_port(), "GET", "/ready");
     std::this_thread::sleep_for(1s);
     during = rows();
     std::this_thread::sleep_for(3s);
@@ -175,7 +178,10 @@ TEST_CASE("two of three etcd members stopped under a ledger writer: no failover,
   CHECK(refused.sqlstate == "57P03");
   CHECK(refused.error.find("cannot renew its lease in etcd") != std::string::npos);
   CHECK(during == 0);
+  CHECK(ready.code == 503);
+  CHECK(ready.body.find("cannot renew its lease in etcd") != std::string::npos);
   REQUIRE(eventually(40s, [&] { return writer_port(pk) == db1; }, 200ms));
+  CHECK(http(pk.status_port(), "GET", "/ready").code == 200);
   // No failover was recorded, and the writer went on once etcd was back, losing nothing.
   CHECK(promotions(pk) == 0);
   CHECK(etcd.ctl({"get", "/pgkeel/it2/record", "--print-value-only"}) == record_before);
