@@ -1240,7 +1240,7 @@ void Client::forward_to_server(IoBuffer* b, std::size_t new_from) {
 
 bool Client::streams_at_rest() const {
   if (server_ == nullptr) return true;
-  return scanner_.at_boundary() && stream_left_ == 0 && server_->at_boundary() &&
+  return scanner_.at_boundary() && stream_left_ == 0 && server_->at_boundary() && !server_->holding() &&
          (ep_.in == nullptr || ep_.in->pending() == 0) &&
          (server_->ep().in == nullptr || server_->ep().in->pending() == 0) && ep_.out_empty() &&
          server_->ep().out_empty();

@@ -660,10 +660,45 @@ void Server::after_reset_message(char type, std::string_view body) {
   }
 }
 
+// The ErrorResponse the bytes read so far end inside of, when its start is in this read (from
+// `from` on) and it is small: taken out of the buffer into held_, the scanner back at its start.
+void Server::hold_partial_error(std::size_t from) {
+  const protocol::Scanner::Partial p = scanner_.partial();
+  if (p.type != be::kErrorResponse || p.length > 4 + protocol::Scanner::kCaptureLimit) return;
+  IoBuffer* b = ep_.in;
+  if (p.scanned > b->end - from) return;  // began in an earlier read, which went on already
+  held_.assign(reinterpret_cast<const char*>(b->data + b->end - p.scanned), p.scanned);
+  b->end -= p.scanned;
+  scanner_.reset();
+}
+
 void Server::relay_to_client() {
   Client* c = client_;
   std::size_t from = 0;
+  std::size_t held = 0;  // bytes of held_ put back in front of this read
+  if (!held_.empty()) {
+    if (ep_.in == nullptr) ep_.in = w_.buffers().acquire();
+    if (IoBuffer::kSize - ep_.in->end <= held_.size()) {
+      ep_.set_reading(false);  // no room behind what the client has still to take: resumed once it has
+      return;
+    }
+    std::memcpy(ep_.in->data + ep_.in->end, held_.data(), held_.size());
+    ep_.in->end += held_.size();
+    held = held_.size();
+    held_.clear();
+  }
   const long n = receive(ep_, w_.buffers(), from);
+  if (held > 0) {
+    from -= held;
+    if (n == -1) {
+      // Nothing more yet: held again, as it was.
+      held_.assign(reinterpret_cast<const char*>(ep_.in->data + from), held);
+      ep_.in->end = from;
+      release_if_drained(ep_, w_.buffers());
+      return;
+    }
+    if (n <= 0) ep_.in->end = from;  // the stream ended inside it: never sent on by halves
+  }
   if (n == -1) return;
   if (n <= 0) {
     release_if_drained(ep_, w_.buffers());
@@ -674,8 +709,8 @@ void Server::relay_to_client() {
   WorkerStats& st = w_.stats();
   Traffic& by_listener = st.by_listener[c->listener_index()];
   Traffic& by_node = st.by_node[node_];
-  by_listener.bytes_out.add(b->end - from);
-  by_node.bytes_out.add(b->end - from);
+  by_listener.bytes_out.add(static_cast<std::uint64_t>(n));
+  by_node.bytes_out.add(static_cast<std::uint64_t>(n));
   std::string ended;  // a 57P0x FATAL: the server goes away (shutdown, postmaster gone, terminated)
   std::size_t ended_at = 0;
   const protocol::ScanResult res =
@@ -757,7 +792,11 @@ void Server::relay_to_client() {
   }
   if (res.status == protocol::ScanResult::Status::kMalformed) {
     b->end = from + res.consumed;
-  } else if (edits_ && (!edits_->plan.idle() || !edits_->filter.at_boundary() || c->transaction_mode())) {
+  } else {
+    hold_partial_error(from);
+  }
+  if (res.status != protocol::ScanResult::Status::kMalformed && edits_ &&
+      (!edits_->plan.idle() || !edits_->filter.at_boundary() || c->transaction_mode())) {
     // The request stream was edited: the plan says which answers the client gets.
     std::string out;
     const ResponseFilter::Result fr = edits_->filter.filter(b->data + from, b->end - from, edits_->plan, out);

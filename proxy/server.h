@@ -70,7 +70,7 @@ class Server {
   // True when the answers of everything sent so far have reached the client (or pgkeel's own
   // answers were swallowed): the client may detach.
   bool answers_done() const {
-    return pending_syncs_ == 0 && !unsynced_ && scanner_.at_boundary() && (ep_.in == nullptr || ep_.in->pending() == 0) &&
+    return pending_syncs_ == 0 && !unsynced_ && scanner_.at_boundary() && held_.empty() && (ep_.in == nullptr || ep_.in->pending() == 0) &&
            (!edits_ || (edits_->plan.idle() && edits_->filter.at_boundary()));
   }
   int pending_syncs() const { return pending_syncs_; }
@@ -91,6 +91,8 @@ class Server {
   std::uint64_t epoch() const { return epoch_; }
   char tx_status() const { return tx_status_; }
   bool at_boundary() const { return scanner_.at_boundary(); }
+  // An ErrorResponse cut short by a read is held back until it is whole (relay_to_client).
+  bool holding() const { return !held_.empty(); }
   std::int32_t backend_pid() const { return backend_pid_; }
   std::int32_t backend_key() const { return backend_key_; }
   // The server's reported settings as ParameterStatus messages, replayed to each client it gets.
@@ -153,6 +155,7 @@ class Server {
   // PostgreSQL ErrorResponse; only the former is a passive health signal.
   void login_failed(std::string error_response, std::string_view reason, bool transport = false);
   void relay_to_client();
+  void hold_partial_error(std::size_t from);
   void after_reset_message(char type, std::string_view body);
   void after_lsn_message(char type, std::string_view body);
   bool let_go();
@@ -189,6 +192,11 @@ class Server {
   bool unsynced_ = false;
   bool copy_in_ = false;        // CopyInResponse seen; the client's CopyDone / CopyFail not yet
   bool fatal_relayed_ = false;
+  // The start of an ErrorResponse that a read cut short, taken out of ep_.in: sent on only once
+  // whole, so that a FATAL 57P0x (the server going away) can still be kept from the client, whose
+  // session then moves on. The stream's bytes before it went on as usual; the scanner stands at
+  // its start. Put back in front of the next read (relay_to_client).
+  std::string held_;
   State state_ = State::kConnecting;
   enum class TlsPhase : std::uint8_t { kNone, kAnswer, kHandshake };
   TlsPhase tls_phase_ = TlsPhase::kNone;

@@ -69,6 +69,19 @@ class Scanner {
   }
   // Type of the message whose body is being scanned (0 between messages).
   char current_type() const { return remaining_ > 0 ? type_ : 0; }
+  // The message the bytes scanned so far end inside of: its type, how many of its bytes (header
+  // included) were scanned, and its length field (0 while the header is incomplete). All zero
+  // at a boundary.
+  struct Partial {
+    char type = 0;
+    std::size_t scanned = 0;
+    std::uint32_t length = 0;
+  };
+  Partial partial() const {
+    if (header_have_ > 0) return {static_cast<char>(header_[0]), header_have_, 0};
+    if (remaining_ > 0) return {type_, 5 + (length_ - 4 - remaining_), length_};
+    return {};
+  }
 
  private:
   std::bitset<256> watched_;

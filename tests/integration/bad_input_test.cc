@@ -1099,7 +1099,9 @@ namespace {
 // middle of a DataRow, or fed garbage instead of the rest of the result.
 class SabotageRelay {
  public:
-  enum class Mode { kPass, kCutMidRow, kGarbage };
+  // kSplitFatal: the next FATAL 57P01 (a terminated backend) goes to pgkeel in two writes, its
+  // first 8 bytes, then the rest 200 ms later, as a busy network may cut it.
+  enum class Mode { kPass, kCutMidRow, kGarbage, kSplitFatal };
 
   explicit SabotageRelay(int target_port) : target_port_(target_port) {
     listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -1200,7 +1202,24 @@ class SabotageRelay {
           const std::size_t len = read_be32(pending, pos + 1);
           if (pending.size() - pos < 1 + len) break;
           const Mode m = mode_;
-          if (m != Mode::kPass && forwarded > (1u << 20) && pending[pos] == 'D' && len > 16 &&
+          if (m == Mode::kSplitFatal && pending[pos] == 'E' &&
+              pending.substr(pos, 1 + len).find("C57P01") != std::string::npos && !fired_.exchange(true)) {
+            const std::string before = pending.substr(0, pos + 8);
+            ::send(down, before.data(), before.size(), MSG_NOSIGNAL);
+            std::this_thread::sleep_for(std::chrono::milliseconds(200));
+            forwarded += pos + 8;
+            pending.erase(0, pos + 8);
+            pos = 0;
+            const std::size_t rest = len + 1 - 8;
+            if (::send(down, pending.data(), rest, MSG_NOSIGNAL) != static_cast<ssize_t>(rest)) {
+              done = true;
+              break;
+            }
+            forwarded += rest;
+            pending.erase(0, rest);
+            continue;
+          }
+          if (m != Mode::kPass && m != Mode::kSplitFatal && forwarded > (1u << 20) && pending[pos] == 'D' && len > 16 &&
               !fired_.exchange(true)) {
             std::string out = pending.substr(0, pos);
             if (m == Mode::kCutMidRow) {
@@ -1348,6 +1367,28 @@ TEST_CASE("a server that vanishes or sends garbage mid-row: the client gets an e
       CHECK(r.st.sqlstate.empty());
       CHECK(r.st.rest.size() == relay.partial_sent());
     }
+  }
+  SECTION("a backend terminated mid-statement, its FATAL 57P01 cut between two reads: the session goes on") {
+    // The FATAL is held until whole, then kept from the client like one read in one piece: the
+    // statement in flight gets 08007 and the session moves to a new server connection.
+    PqSession s(pk.conninfo());
+    REQUIRE(s.connected());
+    const std::string pid = s.exec("SELECT pg_backend_pid()").scalar();
+    REQUIRE_FALSE(pid.empty());
+    relay.arm(SabotageRelay::Mode::kSplitFatal);
+    std::thread killer([&] {
+      std::this_thread::sleep_for(500ms);
+      cluster.psql_as_postgres("db1", "SELECT pg_terminate_backend(" + pid + ")");
+    });
+    const PqResult r = s.exec("SELECT pg_sleep(5)");
+    killer.join();
+    relay.arm(SabotageRelay::Mode::kPass);
+    INFO(r.sqlstate << " " << r.error);
+    REQUIRE(relay.fired());
+    CHECK(r.sqlstate == "08007");
+    const PqResult after = s.exec("SELECT pg_backend_pid()");
+    CHECK(after.ok);
+    CHECK(after.scalar() != pid);
   }
   SECTION("the node sends garbage instead of the rest of the result") {
     PqSession s(pk.conninfo());

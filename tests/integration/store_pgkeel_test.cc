@@ -200,7 +200,7 @@ TEST_CASE("two of three etcd members stopped under a ledger writer: no failover,
   CHECK(again.value(0, 1) == db1);
 }
 
-TEST_CASE("etcd members going and coming one at a time (quorum kept) cost clients nothing", "[store][etcd][blip]") {
+TEST_CASE("etcd members going and coming one at a time (quorum kept) cost clients nothing", "[store][etcd][blip][release-only]") {
   EtcdCluster etcd;
   Cluster cluster(ClusterOptions{.standbys = 1});
   // The default TTL: an etcd leader election (about a second) fits in it many times over.
@@ -295,7 +295,7 @@ TEST_CASE("a clean stop hands leadership and the lease over at once", "[store][e
 }
 
 TEST_CASE("two instances, a ledger writer through each: kill -9 of the primary loses no acknowledged row",
-          "[store][etcd][ledger]") {
+          "[store][etcd][ledger][release-only]") {
   EtcdCluster etcd;
   Cluster cluster(ClusterOptions{.standbys = 1, .sync = true});
   Pgkeel pk1(cluster, instance(etcd, "pk1", "/pgkeel/it5"));
@@ -356,7 +356,7 @@ std::vector<long> acknowledged_ids(const fs::path& file) {
 }  // namespace
 
 TEST_CASE("pgJDBC's multi-host URL: a writer loop goes on across pgkeel instances killed and restarted",
-          "[store][etcd][jdbc]") {
+          "[store][etcd][jdbc][release-only]") {
   EtcdCluster etcd;
   Cluster cluster(ClusterOptions{.standbys = 1});
   Pgkeel pk1(cluster, instance(etcd, "pk1", "/pgkeel/it7"));

@@ -165,6 +165,32 @@ TEST_CASE("stopping at a message leaves the bytes before it to forward", "[proto
   CHECK(r.consumed == msg('Q', "SELECT 1").size());
 }
 
+TEST_CASE("the message a chunk ends inside of is named with how much of it was scanned", "[protocol]") {
+  const std::string a = msg('D', "row");
+  const std::string e = msg('E', std::string("SFATAL\0C57P01\0Mterminating\0\0", 31));
+  const std::string stream = a + e;
+  Scanner s;
+  s.watch('E');
+  const auto feed = [&](std::size_t from, std::size_t to) {
+    s.scan(reinterpret_cast<const unsigned char*>(stream.data() + from), to - from,
+           [](const ScannedMessage&) { return ScanAction::kContinue; });
+  };
+  feed(0, a.size());
+  CHECK(s.partial().type == 0);
+  CHECK(s.partial().scanned == 0);
+  feed(a.size(), a.size() + 3);  // inside the header
+  CHECK(s.partial().type == 'E');
+  CHECK(s.partial().scanned == 3);
+  CHECK(s.partial().length == 0);
+  feed(a.size() + 3, a.size() + 11);  // inside the body
+  CHECK(s.partial().type == 'E');
+  CHECK(s.partial().scanned == 11);
+  CHECK(s.partial().length == e.size() - 1);
+  feed(a.size() + 11, stream.size());
+  CHECK(s.partial().type == 0);
+  CHECK(s.at_boundary());
+}
+
 TEST_CASE("lengths below 4 or above 1 GB are malformed", "[protocol]") {
   for (std::uint32_t bad : {0u, 3u, 0x40000000u, 0xffffffffu}) {
     Scanner s;
