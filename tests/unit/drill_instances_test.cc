@@ -29,7 +29,8 @@ Recording kill_proxy_at_4s() {
     if (t > 4000 && t <= 4030) continue;
     ++seq;
     r.ops.push_back({t, 800, OpKind::kWriteAck});
-    pgkeel::ledger::append_event(r.writes, {0, EventKind::kAcknowledged, Phase::kCommit, "", seq, t}, 10);
+    pgkeel::ledger::append_event(r.writes,
+                                 {0, EventKind::kAcknowledged, Phase::kCommit, "", seq, t}, 10);
   }
   Fault f;
   f.kind = FaultKind::kKillProxy;
@@ -45,7 +46,8 @@ Recording kill_proxy_at_4s() {
                       .hit_leader = true,
                       .back_seen = true,
                       .back = "pk1 serves again 1200 ms after the kill (pid 4300)"});
-  r.events = {{1000, 1, "store", "", "leader pk1", "pk1"}, {7100, 1, "store", "", "leader pk2", "pk2"}};
+  r.events = {{1000, 1, "store", "", "leader pk1", "pk1"},
+              {7100, 1, "store", "", "leader pk2", "pk2"}};
   pgkeel::ledger::Verdict v;
   v.acknowledged = seq;
   v.rows_read = seq;
@@ -61,8 +63,9 @@ std::string failures_of(const Summary& s) {
 
 }  // namespace
 
-TEST_CASE("kill-proxy and partition-proxy are parsed like the other faults, node= naming the instance",
-          "[drill]") {
+TEST_CASE(
+    "kill-proxy and partition-proxy are parsed like the other faults, node= naming the instance",
+    "[drill]") {
   std::string error;
   auto k = parse_fault("kill-proxy@5s", error);
   REQUIRE(k);
@@ -113,8 +116,9 @@ TEST_CASE("--instance specs: the listener, then the console, pid file and namesp
   CHECK(i->console_host == "127.0.0.2");
   CHECK(i->console_port == 7003);
 
-  for (const char* bad : {"pk1", "=127.0.0.1:1", "pk1=127.0.0.1", "pk1=127.0.0.1:x", "pk1=:5", "pk1=h:70000",
-                          "pk1=h:1,console=", "pk1=h:1,console=h:0", "pk1=h:1,color=red"}) {
+  for (const char* bad :
+       {"pk1", "=127.0.0.1:1", "pk1=127.0.0.1", "pk1=127.0.0.1:x", "pk1=:5", "pk1=h:70000",
+        "pk1=h:1,console=", "pk1=h:1,console=h:0", "pk1=h:1,color=red"}) {
     INFO(bad);
     error.clear();
     CHECK_FALSE(parse_instance(bad, error));
@@ -125,21 +129,25 @@ TEST_CASE("--instance specs: the listener, then the console, pid file and namesp
 TEST_CASE("the load's conninfo names every instance, for a read-write session", "[drill]") {
   const std::vector<InstanceRef> two = {{"pk1", "127.0.0.1", 6432}, {"pk2", "10.0.0.2", 7001}};
   CHECK(multi_host_conninfo("user=app password=p dbname=app", two) ==
-        "user=app password=p dbname=app host=127.0.0.1,10.0.0.2 port=6432,7001 target_session_attrs=read-write");
-  CHECK(multi_host_conninfo("", two) == "host=127.0.0.1,10.0.0.2 port=6432,7001 target_session_attrs=read-write");
+        "user=app password=p dbname=app host=127.0.0.1,10.0.0.2 port=6432,7001 "
+        "target_session_attrs=read-write");
+  CHECK(multi_host_conninfo("", two) ==
+        "host=127.0.0.1,10.0.0.2 port=6432,7001 target_session_attrs=read-write");
 }
 
 TEST_CASE("etcd's client ports come from its endpoints, each once", "[drill]") {
   std::string error;
-  CHECK(parse_endpoint_ports("http://127.0.0.1:2379,http://127.0.0.1:2381,http://10.0.0.1:2379/", error) ==
-        std::vector<int>{2379, 2381});
+  CHECK(parse_endpoint_ports("http://127.0.0.1:2379,http://127.0.0.1:2381,http://10.0.0.1:2379/",
+                             error) == std::vector<int>{2379, 2381});
   CHECK(error.empty());
   CHECK(parse_endpoint_ports("http://127.0.0.1", error).empty());
   CHECK(error.find("names no port") != std::string::npos);
 }
 
-TEST_CASE("a fault of a pgkeel instance asks for no detection or pause, forbids a promotion, wants it back",
-          "[drill][verdict]") {
+TEST_CASE(
+    "a fault of a pgkeel instance asks for no detection or pause, forbids a promotion, wants it "
+    "back",
+    "[drill][verdict]") {
   for (auto kind : {FaultKind::kKillProxy, FaultKind::kPartitionProxy}) {
     for (bool writer : {false, true}) {
       const Expectation e = expected_effects(kind, writer);
@@ -154,7 +162,8 @@ TEST_CASE("a fault of a pgkeel instance asks for no detection or pause, forbids 
   CHECK_FALSE(expected_effects(FaultKind::kRestartProxy, false).back);
 }
 
-TEST_CASE("kill-proxy of the leader: passes when the primary stays, fails on a promotion", "[drill][verdict]") {
+TEST_CASE("kill-proxy of the leader: passes when the primary stays, fails on a promotion",
+          "[drill][verdict]") {
   Recording r = kill_proxy_at_4s();
   SECTION("nothing promoted, the instance back: PASSED, the brief pause measured") {
     const Summary s = summarize(r, {});
@@ -169,7 +178,8 @@ TEST_CASE("kill-proxy of the leader: passes when the primary stays, fails on a p
     const Summary s = summarize(r, {});
     REQUIRE(s.failures.size() == 1);
     CHECK(s.failures[0] ==
-          "fault kill-proxy at 4000 ms on pk1: pgkeel promoted a standby 2500 ms after it (SHOW EVENTS); a fault of a "
+          "fault kill-proxy at 4000 ms on pk1: pgkeel promoted a standby 2500 ms after it (SHOW "
+          "EVENTS); a fault of a "
           "pgkeel instance must not move the primary");
   }
   SECTION("a promotion before the kill is not the kill's") {
@@ -178,11 +188,13 @@ TEST_CASE("kill-proxy of the leader: passes when the primary stays, fails on a p
   }
   SECTION("an instance that did not come back fails the run with what the drill saw") {
     r.faults[0].back_seen = false;
-    r.faults[0].back = "pk1 did not serve within 30000 ms of its start command: login: connection refused";
+    r.faults[0].back =
+        "pk1 did not serve within 30000 ms of its start command: login: connection refused";
     const Summary s = summarize(r, {});
     REQUIRE(s.failures.size() == 1);
-    CHECK(s.failures[0] == "fault kill-proxy at 4000 ms on pk1: the instance did not serve again: pk1 did not serve "
-                           "within 30000 ms of its start command: login: connection refused");
+    CHECK(s.failures[0] ==
+          "fault kill-proxy at 4000 ms on pk1: the instance did not serve again: pk1 did not serve "
+          "within 30000 ms of its start command: login: connection refused");
   }
   SECTION("a process that survived its kill fails the run") {
     r.faults[0].effect_seen = false;
@@ -192,7 +204,8 @@ TEST_CASE("kill-proxy of the leader: passes when the primary stays, fails on a p
   SECTION("a partition-proxy whose instance never refused logins fails the run") {
     r.faults[0].fault.kind = FaultKind::kPartitionProxy;
     r.faults[0].effect_seen = false;
-    r.faults[0].effect = "pk1 did not refuse logins with 57P03 within 6000 ms of the cut (it still takes logins)";
+    r.faults[0].effect =
+        "pk1 did not refuse logins with 57P03 within 6000 ms of the cut (it still takes logins)";
     const Summary s = summarize(r, {});
     REQUIRE(s.failures.size() == 1);
     CHECK(s.failures[0].find("fault partition-proxy at 4000 ms on pk1 did not take effect") == 0);
