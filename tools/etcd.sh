@@ -4,7 +4,7 @@
 # script started are ever signalled (their pids are in DIR/etcd.env, checked against their
 # command line before a signal).
 #
-#   tools/etcd.sh up DIR [--members N]
+#   tools/etcd.sh up DIR [--members N] [--client-host ADDR]
 #   tools/etcd.sh down DIR [--rm]
 #   tools/etcd.sh stop DIR MEMBER        SIGTERM member eN (1-based) and wait for it to exit
 #   tools/etcd.sh kill DIR MEMBER        SIGKILL member eN
@@ -15,6 +15,8 @@
 # and E<n>_CLIENT_PORT/_PEER_PORT/_DATA/_LOG/_PID/_URL. Needs the etcd and etcdctl binaries
 # (Debian: etcd-server, etcd-client; tools/install-deps.sh). Environment: ETCD_BIN, ETCDCTL_BIN,
 # PGKEEL_ETCD_TIMEOUT (seconds to wait for a healthy cluster, default 30).
+# --client-host ADDR: the members take clients on ADDR too (same ports), e.g. a bridge address
+# that pgkeel instances in network namespaces reach (ETCD_CLIENT_HOST, ETCD_HOST_ENDPOINTS).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -23,7 +25,7 @@ etcdctl_bin=${ETCDCTL_BIN:-$(command -v etcdctl || true)}
 timeout_s=${PGKEEL_ETCD_TIMEOUT:-30}
 
 die() { echo "etcd.sh: $*" >&2; exit 1; }
-usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 [[ $# -ge 2 ]] || usage
 cmd=$1
@@ -42,9 +44,11 @@ member_pid() {
 start_member() {
   local n=$1 cluster=$2 state=$3
   local cport="E${n}_CLIENT_PORT" pport="E${n}_PEER_PORT" data="E${n}_DATA" log="E${n}_LOG"
+  local listen="http://127.0.0.1:${!cport}"
+  [[ -z "${ETCD_CLIENT_HOST:-}" ]] || listen+=",http://$ETCD_CLIENT_HOST:${!cport}"
   # setsid: its own session, so a terminal's signals do not reach it and it outlives this script.
   setsid "$etcd_bin" --name "e$n" --data-dir "${!data}" \
-    --listen-client-urls "http://127.0.0.1:${!cport}" --advertise-client-urls "http://127.0.0.1:${!cport}" \
+    --listen-client-urls "$listen" --advertise-client-urls "http://127.0.0.1:${!cport}" \
     --listen-peer-urls "http://127.0.0.1:${!pport}" --initial-advertise-peer-urls "http://127.0.0.1:${!pport}" \
     --initial-cluster "$cluster" --initial-cluster-state "$state" --initial-cluster-token "pgkeel-$$" \
     --heartbeat-interval 100 --election-timeout 1000 --logger zap --log-outputs "${!log}" \
@@ -73,9 +77,11 @@ load_env() {
 case "$cmd" in
   up)
     members=3
+    client_host=""
     while [[ $# -gt 0 ]]; do
       case "$1" in
         --members) members=${2:?}; shift 2 ;;
+        --client-host) client_host=${2:?}; shift 2 ;;
         *) usage ;;
       esac
     done
@@ -86,6 +92,7 @@ case "$cmd" in
     read -r -a ports <<<"$("$here/free-ports.sh" $((members * 2)))"
     {
       echo "ETCD_MEMBERS=$members"
+      echo "ETCD_CLIENT_HOST=$client_host"
       for ((n = 1; n <= members; n++)); do
         echo "E${n}_CLIENT_PORT=${ports[$(((n - 1) * 2))]}"
         echo "E${n}_PEER_PORT=${ports[$(((n - 1) * 2 + 1))]}"
@@ -104,6 +111,14 @@ case "$cmd" in
       endpoints+="${endpoints:+,}${!url}"
     done
     echo "ETCD_ENDPOINTS=$endpoints" >>"$dir/etcd.env"
+    if [[ -n "$client_host" ]]; then
+      host_endpoints=""
+      for ((n = 1; n <= members; n++)); do
+        cp="E${n}_CLIENT_PORT"
+        host_endpoints+="${host_endpoints:+,}http://$client_host:${!cp}"
+      done
+      echo "ETCD_HOST_ENDPOINTS=$host_endpoints" >>"$dir/etcd.env"
+    fi
     echo "ETCD_CLUSTER=$cluster" >>"$dir/etcd.env"
     for ((n = 1; n <= members; n++)); do
       start_member "$n" "$cluster" new

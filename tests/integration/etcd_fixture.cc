@@ -29,7 +29,7 @@ fs::path make_dir(const std::string& prefix) {
 
 fs::path etcd_script() { return fs::path(PGKEEL_SOURCE_DIR) / "tools" / "etcd.sh"; }
 
-EtcdCluster::EtcdCluster(int members) {
+EtcdCluster::EtcdCluster(int members, const std::string& client_host) {
   dir_ = make_dir("pgkeel-etcd");
   // As Cluster's: a watchdog runs `down --rm` when this process goes away, however it goes.
   int fds[2];
@@ -51,7 +51,11 @@ EtcdCluster::EtcdCluster(int members) {
   }
   ::close(fds[0]);
   watchdog_fd_ = fds[1];
-  RunResult res = run({script, "up", dir, "--members", std::to_string(members)}, {}, 120s);
+  std::vector<std::string> up = {script, "up", dir, "--members", std::to_string(members)};
+  if (!client_host.empty()) {
+    up.insert(up.end(), {"--client-host", client_host});
+  }
+  RunResult res = run(up, {}, 120s);
   if (!res.ok()) {
     ::close(watchdog_fd_);
     watchdog_fd_ = -1;
@@ -60,10 +64,11 @@ EtcdCluster::EtcdCluster(int members) {
   std::ifstream env(dir_ / "etcd.env");
   std::string line;
   while (std::getline(env, line)) {
-    if (line.rfind("ETCD_ENDPOINTS=", 0) != 0) continue;
-    std::stringstream ss(line.substr(15));
+    const bool host = line.rfind("ETCD_HOST_ENDPOINTS=", 0) == 0;
+    if (line.rfind("ETCD_ENDPOINTS=", 0) != 0 && !host) continue;
+    std::stringstream ss(line.substr(host ? 20 : 15));
     std::string url;
-    while (std::getline(ss, url, ',')) urls_.push_back(url);
+    while (std::getline(ss, url, ',')) (host ? host_urls_ : urls_).push_back(url);
   }
   if (urls_.size() != static_cast<std::size_t>(members)) throw std::runtime_error("etcd.env lists no endpoints");
 }

@@ -15,13 +15,17 @@ namespace pgkeel::test {
 
 class EtcdCluster {
  public:
-  explicit EtcdCluster(int members = 3);  // throws std::runtime_error if `up` fails
+  // client_host: the members take clients there too (tools/etcd.sh up --client-host), e.g. a
+  // bridge address for pgkeel instances in network namespaces. Throws if `up` fails.
+  explicit EtcdCluster(int members = 3, const std::string& client_host = {});
   ~EtcdCluster();
   EtcdCluster(const EtcdCluster&) = delete;
   EtcdCluster& operator=(const EtcdCluster&) = delete;
 
   const std::filesystem::path& dir() const { return dir_; }
   const std::vector<std::string>& urls() const { return urls_; }  // "http://127.0.0.1:P", by member
+  // "http://CLIENT_HOST:P", by member (empty without a client_host).
+  const std::vector<std::string>& host_urls() const { return host_urls_; }
   std::vector<conf::Endpoint> endpoints() const;
   // Member n (1-based): SIGTERM and wait, SIGKILL, or start it again with its data.
   void stop(int n);
@@ -34,6 +38,7 @@ class EtcdCluster {
   void control(const std::vector<std::string>& args);
   std::filesystem::path dir_;
   std::vector<std::string> urls_;
+  std::vector<std::string> host_urls_;
   pid_t watchdog_pid_ = -1;
   int watchdog_fd_ = -1;
 };

@@ -1,11 +1,12 @@
 // tools/drill/actions.cc — console queries through libpq, and fault injection by signals, SQL on a
-// node, `ip link` on a node's bridge port, and the rehearsal's restart command. Nothing here throws; failures become text in the
-// report.
+// node, `ip link` on a node's bridge port, the rehearsal's restart command, and iptables rules in
+// a pgkeel instance's network namespace. Nothing here throws; failures become text in the report.
 #include "tools/drill/actions.h"
 
 #include <dirent.h>
 #include <fcntl.h>
 #include <libpq-fe.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -268,10 +269,236 @@ Injection sql_kill(const World& w, const NodeRef& n) {
   return in;
 }
 
+// A login as a client sees it: connected and SELECT 1 answered, or the server's SQLSTATE (from
+// the verbose error text: libpq keeps no error field for a failed connection) and message.
+struct Login {
+  bool ok = false;
+  std::string sqlstate;  // "" when no server answered (refused, timed out)
+  std::string error;
+};
+
+Login try_login(const std::string& conninfo, int timeout_s) {
+  Login l;
+  const std::string t = std::to_string(timeout_s);
+  const char* const keys[] = {"connect_timeout", "application_name", "dbname", nullptr};
+  const char* const values[] = {t.c_str(), "pgkeel-drill", conninfo.c_str(), nullptr};
+  PgConnPtr conn(PQconnectStartParams(keys, values, 1));
+  if (!conn || PQstatus(conn.get()) == CONNECTION_BAD) {
+    l.error = trim_error(conn ? PQerrorMessage(conn.get()) : "out of memory");
+    return l;
+  }
+  PQsetErrorVerbosity(conn.get(), PQERRORS_VERBOSE);
+  PQsetNoticeProcessor(conn.get(), ignore_notice, nullptr);
+  const auto start = std::chrono::steady_clock::now();
+  PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+  while (st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
+    const auto left = timeout_s * 1000 - std::chrono::duration_cast<std::chrono::milliseconds>(
+                                             std::chrono::steady_clock::now() - start)
+                                             .count();
+    if (left <= 0) {
+      l.error = "timed out after " + t + " s";
+      return l;
+    }
+    pollfd p{PQsocket(conn.get()), static_cast<short>(st == PGRES_POLLING_READING ? POLLIN : POLLOUT), 0};
+    if (::poll(&p, 1, static_cast<int>(left)) < 0 && errno != EINTR) {
+      l.error = std::string("poll: ") + std::strerror(errno);
+      return l;
+    }
+    st = PQconnectPoll(conn.get());
+  }
+  if (st == PGRES_POLLING_FAILED) {
+    l.error = trim_error(PQerrorMessage(conn.get()));
+    // "FATAL:  57P03: the message" (the severity, two spaces, the code, a colon)
+    for (auto at = l.error.find(":  "); at != std::string::npos; at = l.error.find(":  ", at + 1)) {
+      const std::string code = l.error.substr(at + 3, 6);
+      if (code.size() == 6 && code[5] == ':' &&
+          code.find_first_not_of("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") == 5) {
+        l.sqlstate = code.substr(0, 5);
+        break;
+      }
+    }
+    return l;
+  }
+  PgResultPtr res(PQexec(conn.get(), "SELECT 1"));
+  if (!res || PQresultStatus(res.get()) != PGRES_TUPLES_OK) {
+    l.error = "SELECT 1: " + trim_error(res ? PQresultErrorMessage(res.get()) : PQerrorMessage(conn.get()));
+    const char* code = res ? PQresultErrorField(res.get(), PG_DIAG_SQLSTATE) : nullptr;
+    l.sqlstate = code != nullptr ? code : "";
+    return l;
+  }
+  l.ok = true;
+  return l;
+}
+
+std::optional<pid_t> read_pid(const std::string& file) {
+  std::ifstream in(file);
+  long pid = 0;
+  if (!(in >> pid) || pid <= 1) {
+    return std::nullopt;
+  }
+  return static_cast<pid_t>(pid);
+}
+
+const InstanceRef* find_instance(const World& w, const std::string& name) {
+  for (const auto& i : w.instances) {
+    if (i.name == name) {
+      return &i;
+    }
+  }
+  return nullptr;
+}
+
+// The instance a proxy fault aims at: the one named, else the store leader; nullptr, with why
+// in in.detail, when there is none. Sets in.target and in.hit_leader.
+const InstanceRef* aim_instance(const World& w, const Fault& f, Injection& in) {
+  std::string why;
+  const std::string leader = store_leader(w, why);
+  in.target = f.node.empty() ? leader : f.node;
+  in.hit_leader = !leader.empty() && in.target == leader;
+  if (in.target.empty()) {
+    in.detail = "no instance to aim at: " + why;
+    return nullptr;
+  }
+  const InstanceRef* i = find_instance(w, in.target);
+  if (i == nullptr) {
+    in.detail = "no instance '" + in.target + "' (--instance)";
+  }
+  return i;
+}
+
+std::string ms_text(std::int64_t ms) { return std::to_string(ms) + " ms"; }
+
+// kill -9 of the instance's process (its pid file), then its start command; seen when the process
+// is gone, and back when a new process named in the pid file takes a login.
+Injection kill_proxy(const World& w, const Fault& f) {
+  Injection in;
+  const InstanceRef* i = aim_instance(w, f, in);
+  if (i == nullptr) {
+    return in;
+  }
+  if (i->pidfile.empty()) {
+    in.detail = "instance " + i->name + " has no pid file (pidfile= in --instance)";
+    return in;
+  }
+  if (w.proxy_start_command.empty()) {
+    in.detail = "no start command for instances (--proxy-start-command)";
+    return in;
+  }
+  const auto pid = read_pid(i->pidfile);
+  if (!pid || process_gone(*pid)) {
+    in.detail = "no live pgkeel process named in " + i->pidfile;
+    return in;
+  }
+  const auto sent = SteadyClock::now();
+  if (::kill(*pid, SIGKILL) != 0) {
+    in.detail = "kill -9 of " + i->name + " (pid " + std::to_string(*pid) + "): " + std::strerror(errno);
+    return in;
+  }
+  in.ok = true;
+  in.detail = "kill -9 of pgkeel instance " + i->name + (in.hit_leader ? " (the store leader)" : "") + " (pid " +
+              std::to_string(*pid) + ")";
+  const std::string what = "pgkeel " + i->name + " (pid " + std::to_string(*pid) + ")";
+  in.effect_seen = eventually(kEffectTimeoutMs, [&] { return process_gone(*pid); });
+  in.effect = in.effect_seen ? what + " is gone " + ms_text(ms_since(sent)) + " after the kill"
+                             : what + " is still running " + ms_text(kEffectTimeoutMs) + " after kill -9";
+  if (!in.effect_seen) {
+    return in;
+  }
+  // Its output goes to the drill's stderr; the command must send pgkeel's own elsewhere (a log).
+  const std::string cmd = "PGKEEL_INSTANCE='" + i->name + "' " + w.proxy_start_command + " '" + i->name + "' >&2";
+  const int rc = std::system(cmd.c_str());
+  if (rc == -1 || !WIFEXITED(rc) || WEXITSTATUS(rc) != 0) {
+    in.back = w.proxy_start_command + " " + i->name + " failed (status " + std::to_string(rc) + ")";
+    return in;
+  }
+  in.detail += "; started again by the start command at " + ms_text(ms_since(sent)) + " after the kill";
+  std::string last;
+  pid_t now_pid = 0;
+  in.back_seen = eventually(kProxyBackTimeoutMs, [&] {
+    const auto p = read_pid(i->pidfile);
+    if (!p || *p == *pid || process_gone(*p)) {
+      last = "no new live process named in " + i->pidfile;
+      return false;
+    }
+    const Login l = try_login(listener_of(w, *i), 2);
+    last = "login: " + l.error;
+    now_pid = *p;
+    return l.ok;
+  });
+  in.back = in.back_seen ? i->name + " serves again " + ms_text(ms_since(sent)) + " after the kill (pid " +
+                               std::to_string(now_pid) + ")"
+                         : i->name + " did not serve within " + ms_text(kProxyBackTimeoutMs) +
+                               " of its start command: " + last;
+  return in;
+}
+
+// The instance's traffic to etcd's client ports dropped both ways, inside its own namespace (no
+// other process's traffic is touched): new connections time out and established ones go silent,
+// as in a real network split. `flag` is -I to add, -D to remove.
+std::string proxy_cut_rules(const World& w, const InstanceRef& i, const char* flag) {
+  std::string ports;
+  for (int p : w.etcd_ports) {
+    ports += (ports.empty() ? "" : ",") + std::to_string(p);
+  }
+  std::string errors;
+  for (const auto& [chain, match] : {std::pair<const char*, const char*>{"OUTPUT", "--dports"}, {"INPUT", "--sports"}}) {
+    const std::string e = run_argv({"ip", "netns", "exec", i.netns, "iptables", "-w", flag, chain, "-p", "tcp", "-m",
+                                    "multiport", match, ports, "-j", "DROP"});
+    errors += e.empty() ? "" : (errors.empty() ? "" : "; ") + e;
+  }
+  return errors;
+}
+
+Injection partition_proxy(const World& w, const Fault& f) {
+  Injection in;
+  const InstanceRef* i = aim_instance(w, f, in);
+  if (i == nullptr) {
+    return in;
+  }
+  if (i->netns.empty()) {
+    in.detail = "instance " + i->name + " runs in no network namespace of its own (netns= in --instance)";
+    return in;
+  }
+  if (w.etcd_ports.empty()) {
+    in.detail = "no etcd endpoints (--etcd-endpoints)";
+    return in;
+  }
+  const auto sent = SteadyClock::now();
+  const std::string error = proxy_cut_rules(w, *i, "-I");
+  if (!error.empty()) {
+    (void)proxy_cut_rules(w, *i, "-D");  // whichever got in
+    in.detail = error;
+    return in;
+  }
+  in.ok = true;
+  in.undo_after_ms = f.for_ms.value_or(10'000);
+  std::string ports;
+  for (int p : w.etcd_ports) {
+    ports += (ports.empty() ? "" : ",") + std::to_string(p);
+  }
+  in.detail = "pgkeel instance " + i->name + (in.hit_leader ? " (the store leader)" : "") +
+              " cut off from etcd: tcp to and from ports " + ports + " dropped in namespace " + i->netns;
+  // Seen when the instance refuses logins with 57P03, as it must once its lease cannot be renewed.
+  std::string last;
+  in.effect_seen = eventually(std::min(kProxyCutTimeoutMs, *in.undo_after_ms), [&] {
+    const Login l = try_login(listener_of(w, *i), 2);
+    if (l.ok) {
+      last = "it still takes logins";
+      return false;
+    }
+    last = l.error;
+    return l.sqlstate == "57P03";
+  });
+  in.effect = in.effect_seen ? i->name + " refuses logins with 57P03 " + ms_text(ms_since(sent)) + " after the cut: " + last
+                             : i->name + " did not refuse logins with 57P03 within " +
+                                   ms_text(std::min(kProxyCutTimeoutMs, *in.undo_after_ms)) + " of the cut (" + last + ")";
+  return in;
+}
+
 // The node a fault aims at: the one named, else the current writer; `writer` says whether it
 // takes writes now (as far as the console says).
 std::optional<std::string> primary_or(const World& w, const Fault& f, std::string& why, bool& writer) {
-  const RouteNow r = w.console_conninfo.empty() ? RouteNow{} : current_route(w.console_conninfo);
+  const RouteNow r = current_route_any(w);
   writer = r.ok && !r.primary.empty() && (f.node.empty() || f.node == r.primary);
   if (!f.node.empty()) {
     return f.node;
@@ -691,6 +918,9 @@ Injected inject_and_record(const World& w, const Fault& f, std::int64_t t_ms) {
   out.record.hit_writer = in.hit_writer;
   out.record.effect_seen = in.effect_seen;
   out.record.effect = in.effect;
+  out.record.hit_leader = in.hit_leader;
+  out.record.back_seen = in.back_seen;
+  out.record.back = in.back;
   return out;
 }
 
@@ -788,6 +1018,10 @@ Injection inject(const World& w, const Fault& f) {
       }
       return signal_node(w, node, SIGKILL, false, "kill -9 of");
     }
+    case FaultKind::kKillProxy:
+      return kill_proxy(w, f);
+    case FaultKind::kPartitionProxy:
+      return partition_proxy(w, f);
     case FaultKind::kPartition: {
       auto node = primary_or(w, f, why, writer);
       if (!node) {
@@ -817,7 +1051,104 @@ std::string undo(const World& w, const Fault& f, const Injection& in) {
   if (f.kind == FaultKind::kPartition) {
     return set_link(w, in.target, "up").detail;
   }
+  if (f.kind == FaultKind::kPartitionProxy) {
+    const InstanceRef* i = find_instance(w, in.target);
+    if (i == nullptr) {
+      return "no instance '" + in.target + "'";
+    }
+    const std::string error = proxy_cut_rules(w, *i, "-D");
+    return error.empty() ? "pgkeel instance " + i->name + " reaches etcd again (rules removed)" : error;
+  }
   return "";
+}
+
+Undone undo_and_check(const World& w, const Fault& f, const Injection& in) {
+  Undone u;
+  const auto healed = SteadyClock::now();
+  u.detail = undo(w, f, in);
+  if (f.kind != FaultKind::kPartitionProxy) {
+    return u;
+  }
+  u.checked = true;
+  const InstanceRef* i = find_instance(w, in.target);
+  if (i == nullptr) {
+    u.back = "no instance '" + in.target + "'";
+    return u;
+  }
+  std::string last;
+  u.back_seen = eventually(kProxyBackTimeoutMs, [&] {
+    const Login l = try_login(listener_of(w, *i), 2);
+    last = l.error;
+    return l.ok;
+  });
+  u.back = u.back_seen ? i->name + " serves again " + ms_text(ms_since(healed)) + " after the heal"
+                       : i->name + " did not serve within " + ms_text(kProxyBackTimeoutMs) + " of the heal: " + last;
+  return u;
+}
+
+std::string console_of(const World& w, const InstanceRef& i) {
+  return w.instance_console_conninfo + " host=" + (i.console_host.empty() ? i.host : i.console_host) +
+         " port=" + std::to_string(i.console_port);
+}
+
+std::string listener_of(const World& w, const InstanceRef& i) {
+  return w.instance_conninfo + " host=" + i.host + " port=" + std::to_string(i.port) + " target_session_attrs=any";
+}
+
+RouteNow current_route_any(const World& w) {
+  if (!w.console_conninfo.empty()) {
+    const RouteNow r = current_route(w.console_conninfo);
+    if (r.ok || w.instances.empty()) {
+      return r;
+    }
+  }
+  for (const auto& i : w.instances) {
+    if (i.console_port == 0) {
+      continue;
+    }
+    const RouteNow r = current_route(console_of(w, i));
+    if (r.ok) {
+      return r;
+    }
+  }
+  return {};
+}
+
+std::string store_leader(const World& w, std::string& why) {
+  why = "no instance has a console (console= in --instance)";
+  for (const auto& i : w.instances) {
+    if (i.console_port == 0) {
+      continue;
+    }
+    const ConsoleTable t = console_query(console_of(w, i), "SHOW PEERS", 2);
+    if (!t.error.empty()) {
+      why = "SHOW PEERS on " + i.name + ": " + t.error;
+      continue;
+    }
+    for (std::size_t r = 0; r < t.rows.size(); ++r) {
+      if (t.cell(r, "role") == "leader") {
+        return t.cell(r, "instance");
+      }
+    }
+    why = "SHOW PEERS on " + i.name + " names no leader";
+  }
+  return "";
+}
+
+std::vector<ConsoleEvent> instance_events(const World& w, std::int64_t started_at_unix_ms) {
+  std::vector<ConsoleEvent> out;
+  for (const auto& i : w.instances) {
+    if (i.console_port == 0) {
+      continue;
+    }
+    std::string error;
+    std::vector<ConsoleEvent> some = console_events(console_of(w, i), started_at_unix_ms, error);
+    for (auto& e : some) {
+      e.instance = i.name;
+    }
+    merge_events(out, some);
+  }
+  return out;
 }
 
 }  // namespace pgkeel::drill

@@ -1,7 +1,8 @@
 // tools/drill/actions.h — what the drill does to the world besides the load: asks pgkeel's console
 // (SHOW ROUTES, SHOW EVENTS, SHOW NODES, SWITCHOVER, FAILOVER) and injects faults into the
 // rehearsal cluster (signals to a node's processes, replay pause, a node's link down, a pgkeel
-// restart command).
+// restart command) and, in multi-instance mode, into one pgkeel instance (kill -9 and its start
+// command; its traffic to etcd dropped inside its network namespace).
 #pragma once
 
 #include <sys/types.h>
@@ -72,7 +73,31 @@ struct World {
   // appended as its last argument and PGKEEL_NODE_NAME set: `tools/cluster.sh start DIR` for a
   // local cluster.
   std::string start_command;
+  // Multi-instance mode: every pgkeel instance, how to reach its console (a conninfo without
+  // host and port: "user=pgkeel password=... dbname=pgkeel") and its read-write listener (the
+  // load's conninfo, its host and port replaced), how kill-proxy starts an instance again (run
+  // with /bin/sh -c, the instance's name appended and PGKEEL_INSTANCE set), and the client ports
+  // of etcd (partition-proxy drops the instance's traffic to them).
+  std::vector<InstanceRef> instances;
+  std::string instance_console_conninfo;
+  std::string instance_conninfo;
+  std::string proxy_start_command;
+  std::vector<int> etcd_ports;
 };
+
+// An instance's console and read-write listener as conninfo strings.
+std::string console_of(const World& world, const InstanceRef& instance);
+std::string listener_of(const World& world, const InstanceRef& instance);
+
+// SHOW ROUTES on the first console that answers: world.console_conninfo, else each instance's.
+RouteNow current_route_any(const World& world);
+
+// The instance holding the store lead (SHOW PEERS on the first instance console that answers);
+// "" with `why` set when none can tell.
+std::string store_leader(const World& world, std::string& why);
+
+// SHOW EVENTS of every instance console that answers, each event tagged with its instance.
+std::vector<ConsoleEvent> instance_events(const World& world, std::int64_t started_at_unix_ms);
 
 // Why the cluster is not whole, "" when it is: not_ready_because(), and besides every node up,
 // none fenced, rejoining or on another standing than writer/follows (SHOW NODES).
@@ -98,6 +123,9 @@ struct Injection {
   bool hit_writer = false;
   bool effect_seen = false;
   std::string effect;
+  bool hit_leader = false;  // kill-proxy, partition-proxy: the instance held the store lead
+  bool back_seen = false;   // kill-proxy: started again and serving (partition-proxy: see undo)
+  std::string back;
 };
 
 // How long the drill looks for a kill's effect (the postmaster gone, the node refusing
@@ -113,8 +141,22 @@ struct Injected {
   FaultRecord record;
 };
 Injected inject_and_record(const World& world, const Fault& fault, std::int64_t t_ms);
-// Undoes a hang (SIGCONT), a lag (pg_wal_replay_resume) or a partition (link up); returns what
-// it did.
+// Undoes a hang (SIGCONT), a lag (pg_wal_replay_resume), a partition (link up) or a
+// partition-proxy (its rules removed); returns what it did.
 std::string undo(const World& world, const Fault& fault, const Injection& injection);
+
+// undo(), and for partition-proxy whether the instance then served again (`back_seen`, `back`).
+struct Undone {
+  std::string detail;
+  bool checked = false;  // the fault's kind has a "back" to see
+  bool back_seen = false;
+  std::string back;
+};
+Undone undo_and_check(const World& world, const Fault& fault, const Injection& injection);
+
+// How long an instance has to serve again after its start command or its heal, and to refuse
+// logins after its cut from etcd (a lease's TTL and a renewal or two).
+inline constexpr std::int64_t kProxyBackTimeoutMs = 30'000;
+inline constexpr std::int64_t kProxyCutTimeoutMs = 20'000;
 
 }  // namespace pgkeel::drill

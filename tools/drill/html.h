@@ -246,7 +246,12 @@ inline std::string to_html(const Recording& r, const Summary& s) {
          esc(f.target) + "</td><td>" + ms_or_dash(after(fo.detected_ms)) + "</td><td>" +
          ms_or_dash(after(fo.promoted_ms)) + "</td><td>" + ms_or_dash(fo.downtime_ms) +
          (!fo.recovered ? " (not recovered)" : fo.downtime_ms ? "" : " (writes never stopped)") + "</td><td>" +
-         esc(f.detail) + "</td><td>" + (f.effect_seen ? "" : "<b>not seen:</b> ") + esc(f.effect) + "</td></tr>\n";
+         esc(f.detail) + "</td><td>" + (f.effect_seen ? "" : "<b>not seen:</b> ") + esc(f.effect) +
+         (is_proxy_fault(f.fault.kind)
+              ? std::string("; ") + (f.hit_leader ? "the store leader; " : "") +
+                    (f.back_seen ? "" : "<b>not back:</b> ") + esc(f.back)
+              : std::string()) +
+         "</td></tr>\n";
   }
   o += "</table>\n";
 
@@ -270,10 +275,14 @@ inline std::string to_html(const Recording& r, const Summary& s) {
   }
   o += "</table>\n";
 
-  o += "<h2>pgkeel events</h2>\n<table>\n<tr><th>at</th><th>epoch</th><th>kind</th><th>node</th><th>detail</th></tr>\n";
+  const bool instances =
+      std::any_of(r.events.begin(), r.events.end(), [](const ConsoleEvent& e) { return !e.instance.empty(); });
+  o += std::string("<h2>pgkeel events</h2>\n<table>\n<tr><th>at</th>") + (instances ? "<th>instance</th>" : "") +
+       "<th>epoch</th><th>kind</th><th>node</th><th>detail</th></tr>\n";
   for (const auto& e : r.events) {
-    o += "<tr><td>" + std::to_string(e.t_ms) + " ms</td><td>" + std::to_string(e.epoch) + "</td><td>" + esc(e.kind) +
-         "</td><td>" + esc(e.node) + "</td><td>" + esc(e.detail) + "</td></tr>\n";
+    o += "<tr><td>" + std::to_string(e.t_ms) + " ms</td>" + (instances ? "<td>" + esc(e.instance) + "</td>" : "") +
+         "<td>" + std::to_string(e.epoch) + "</td><td>" + esc(e.kind) + "</td><td>" + esc(e.node) + "</td><td>" +
+         esc(e.detail) + "</td></tr>\n";
   }
   o += "</table>\n</body>\n</html>\n";
   return o;

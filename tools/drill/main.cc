@@ -12,6 +12,7 @@
 #include <fstream>
 #include <mutex>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -39,6 +40,8 @@ constexpr const char* kUsage =
     "         [--out DIR | --json FILE --html FILE] [--statement-timeout D] [--wait-ready D]\n"
     "         [--soak N [--seed S] [--soak-kinds K,...] [--soak-gap D] [--soak-hold D]\n"
     "          [--whole-timeout D] [--start-command CMD]]\n"
+    "         [--instance NAME=HOST:PORT[,console=[HOST:]PORT][,pidfile=FILE][,netns=NS]]...\n"
+    "         [--proxy-start-command CMD] [--etcd-endpoints URL,...]\n"
     "\n"
     "Drives N clients through pgkeel (--conninfo), a mix of ledger writes and reads, injects the\n"
     "faults (kill, hang, switchover, failover, restart-proxy, lag, sync-loss, partition; e.g.\n"
@@ -63,7 +66,20 @@ constexpr const char* kUsage =
     "pgkeel rejoins it. Kinds (--soak-kinds): kill, kill-all, hang, partition, switchover,\n"
     "failover, restart-proxy, lag, sync-loss (default: all this cluster allows); hang, partition\n"
     "and lag last --soak-hold (3s). The run fails when the cluster is not whole again within\n"
-    "--whole-timeout (180s). The report adds a table per kind and the distribution of downtimes.\n";
+    "--whole-timeout (180s). The report adds a table per kind and the distribution of downtimes.\n"
+    "Multi-instance mode (--instance, once per pgkeel instance sharing one etcd store): the load\n"
+    "connects with every instance as a host (libpq multi-host, target_session_attrs=read-write),\n"
+    "--conninfo giving only the user, password and database; --console likewise gives the\n"
+    "console's credentials (default user=pgkeel password=pgkeel-pass dbname=pgkeel). Faults:\n"
+    "kill-proxy@T[:node=INSTANCE] kills -9 an instance (default: the store leader, from SHOW PEERS;\n"
+    "its pid from pidfile=) and starts it again with --proxy-start-command (the instance's name\n"
+    "appended, PGKEEL_INSTANCE set; it must write the new pid to the pid file and send pgkeel's\n"
+    "output elsewhere); partition-proxy@T[:node=INSTANCE,for=D] drops the instance's tcp to and\n"
+    "from etcd's client ports (--etcd-endpoints) with iptables inside its network namespace\n"
+    "(netns=), and removes the rules after D (10s). Each must show its effect (the process gone;\n"
+    "logins refused with 57P03), the instance must serve again afterwards, and a promotion after\n"
+    "either fails the run. --env also reads PGKEEL_INSTANCES (the --instance specs, space-separated),\n"
+    "PGKEEL_PROXY_START_COMMAND and ETCD_ENDPOINTS.\n";
 
 [[noreturn]] void usage_error(const std::string& message) {
   std::fprintf(stderr, "pgkeel-drill: %s\n%s", message.c_str(), kUsage);
@@ -88,6 +104,8 @@ struct Args {
   std::optional<std::uint64_t> seed;
   std::vector<std::string> soak_kinds;
   std::optional<std::int64_t> soak_gap_ms, soak_hold_ms, whole_timeout_ms;
+  std::vector<InstanceRef> instances;
+  std::optional<std::string> proxy_start_command, etcd_endpoints;
 };
 
 template <typename T>
@@ -197,6 +215,15 @@ Args parse_args(int argc, char** argv) {
       a.soak_hold_ms = duration(flag, value());
     } else if (flag == "--whole-timeout") {
       a.whole_timeout_ms = duration(flag, value());
+    } else if (flag == "--instance") {
+      std::string error;
+      auto in = parse_instance(value(), error);
+      if (!in) usage_error(error);
+      a.instances.push_back(*in);
+    } else if (flag == "--proxy-start-command") {
+      a.proxy_start_command = value();
+    } else if (flag == "--etcd-endpoints") {
+      a.etcd_endpoints = value();
     } else {
       usage_error("unknown argument " + flag);
     }
@@ -245,12 +272,49 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  const std::string conninfo = a.conninfo ? *a.conninfo : from_env("PGKEEL_CONNINFO").value_or("");
-  if (conninfo.empty()) {
+  std::string conninfo = a.conninfo ? *a.conninfo : from_env("PGKEEL_CONNINFO").value_or("");
+  World world;
+  world.instances = a.instances;
+  if (world.instances.empty()) {
+    if (auto specs = from_env("PGKEEL_INSTANCES")) {
+      std::istringstream in(*specs);
+      for (std::string spec; in >> spec;) {
+        std::string error;
+        auto i = parse_instance(spec, error);
+        if (!i) usage_error("PGKEEL_INSTANCES: " + error);
+        world.instances.push_back(*i);
+      }
+    }
+  }
+  if (world.instances.empty() && conninfo.empty()) {
     usage_error("--conninfo (or PGKEEL_CONNINFO in --env) is required");
   }
-  World world;
   world.console_conninfo = a.console ? *a.console : from_env("PGKEEL_CONSOLE_CONNINFO").value_or("");
+  if (!world.instances.empty()) {
+    // --conninfo and --console give credentials; the instances give the hosts and ports.
+    // (a host and port in them are overridden: later keywords win in a conninfo)
+    world.instance_conninfo = conninfo.empty() ? std::string("user=app password=app-pass dbname=app") : conninfo;
+    world.instance_console_conninfo =
+        a.console ? *a.console : std::string("user=pgkeel password=pgkeel-pass dbname=pgkeel");
+    conninfo = multi_host_conninfo(world.instance_conninfo, world.instances);
+    world.console_conninfo.clear();
+    for (const auto& i : world.instances) {
+      if (i.console_port != 0) {
+        world.console_conninfo = console_of(world, i);
+        break;
+      }
+    }
+    world.proxy_start_command =
+        a.proxy_start_command ? *a.proxy_start_command : from_env("PGKEEL_PROXY_START_COMMAND").value_or("");
+    if (auto urls = a.etcd_endpoints ? a.etcd_endpoints : from_env("ETCD_ENDPOINTS")) {
+      std::string error;
+      world.etcd_ports = parse_endpoint_ports(*urls, error);
+      if (!error.empty()) usage_error("--etcd-endpoints: " + error);
+    }
+    std::string names;
+    for (const auto& i : world.instances) names += (names.empty() ? "" : ", ") + i.name;
+    std::fprintf(stderr, "drill: %zu pgkeel instances (%s)\n", world.instances.size(), names.c_str());
+  }
   world.node_conninfo = a.node_conninfo ? *a.node_conninfo
                                         : from_env("PGKEEL_NODE_CONNINFO")
                                               .value_or("user=pgkeel password=pgkeel-pass dbname=postgres");
@@ -324,6 +388,15 @@ int main(int argc, char** argv) {
     }
     if (needs_nodes && world.nodes.empty()) {
       usage_error(std::string("fault ") + std::string(to_string(f.kind)) + " needs --cluster-env or --node");
+    }
+    if (is_proxy_fault(f.kind) && world.instances.empty()) {
+      usage_error(std::string("fault ") + std::string(to_string(f.kind)) + " needs --instance (multi-instance mode)");
+    }
+    if (f.kind == FaultKind::kKillProxy && world.proxy_start_command.empty()) {
+      usage_error("fault kill-proxy needs --proxy-start-command (PGKEEL_PROXY_START_COMMAND)");
+    }
+    if (f.kind == FaultKind::kPartitionProxy && world.etcd_ports.empty()) {
+      usage_error("fault partition-proxy needs --etcd-endpoints (ETCD_ENDPOINTS)");
     }
   }
   std::string json_path = a.json, html_path = a.html;
@@ -409,11 +482,22 @@ int main(int argc, char** argv) {
       }
       const Fault& f = faults[p.index];
       if (p.is_undo) {
-        const std::string what = undo(world, f, injections[p.index]);
+        const std::int64_t at = load.now_ms();
+        const Undone u = undo_and_check(world, f, injections[p.index]);
         std::lock_guard lock(rec_mu);
         undone[p.index] = true;
-        rec.faults[p.index].detail += "; " + what + " at " + std::to_string(load.now_ms()) + " ms";
+        rec.faults[p.index].detail += "; " + u.detail + " at " + std::to_string(at) + " ms";
+        if (u.checked) {
+          rec.faults[p.index].back_seen = u.back_seen;
+          rec.faults[p.index].back = u.back;
+        }
         continue;
+      }
+      if (is_proxy_fault(f.kind)) {
+        // A killed instance takes its SHOW EVENTS with it: keep what every instance has now.
+        const auto before = instance_events(world, load.started_at_unix_ms());
+        std::lock_guard lock(rec_mu);
+        merge_events(rec.events, before);
       }
       const Injected done = inject_and_record(world, f, load.now_ms());
       const Injection& in = done.injection;
@@ -449,7 +533,7 @@ int main(int argc, char** argv) {
     const LiveSecond l = load.live();
     RouteNow route;
     if (!world.console_conninfo.empty()) {
-      route = current_route(world.console_conninfo);
+      route = current_route_any(world);
       if (route.ok) {
         std::lock_guard lock(rec_mu);
         rec.routes.push_back({l.t_ms, route.primary, route.epoch});
@@ -476,8 +560,12 @@ int main(int argc, char** argv) {
   // Nothing stays stopped or paused after the drill, whatever happened.
   for (std::size_t i = 0; i < faults.size(); ++i) {
     if (!undone[i]) {
-      const std::string what = undo(world, faults[i], injections[i]);
-      rec.faults[i].detail += "; " + what + " at the end";
+      const Undone u = undo_and_check(world, faults[i], injections[i]);
+      rec.faults[i].detail += "; " + u.detail + " at the end";
+      if (u.checked) {
+        rec.faults[i].back_seen = u.back_seen;
+        rec.faults[i].back = u.back;
+      }
     }
   }
   rec.faults.resize(std::min(rec.faults.size(), faults.size()));
@@ -490,7 +578,12 @@ int main(int argc, char** argv) {
   }
   rec.faults = ran;
 
-  if (!world.console_conninfo.empty()) {
+  if (!world.instances.empty()) {
+    // Every instance's events, each with its instance; those of a killed instance were kept
+    // before its kill.
+    merge_events(rec.events, instance_events(world, rec.started_at_unix_ms));
+    std::erase_if(rec.events, [](const ConsoleEvent& e) { return e.t_ms < -1000; });
+  } else if (!world.console_conninfo.empty()) {
     std::string error;
     const std::vector<ConsoleEvent> last = console_events(world.console_conninfo, rec.started_at_unix_ms, error);
     if (rec.soak) {
@@ -541,6 +634,10 @@ int main(int argc, char** argv) {
                 !fo.recovered ? " (not recovered)" : fo.downtime_ms ? "" : " (writes never stopped)");
     if (!f.effect.empty()) {
       std::printf("  effect: %s\n", f.effect.c_str());
+    }
+    if (is_proxy_fault(f.fault.kind)) {
+      std::printf("  instance: %s%s; back: %s\n", f.target.c_str(), f.hit_leader ? " (the store leader)" : "",
+                  f.back.empty() ? "-" : f.back.c_str());
     }
   }
   if (rec.soak) {

@@ -23,10 +23,20 @@ enum class FaultKind : std::uint8_t {
   kLag,           // pg_wal_replay_pause() on a standby; resumed after `for` when given
   kSyncLoss,      // kill -9 of the synchronous standby's postmaster
   kPartition,     // the node's link down (cluster.sh up --netns): silent both ways; up after `for`
+  // Multi-instance mode (--instance): faults of one pgkeel instance, the store leader unless
+  // node=INSTANCE names another. Neither may move the primary.
+  kKillProxy,       // kill -9 of the instance, then its start command; it must serve again
+  kPartitionProxy,  // the instance's traffic to etcd dropped in its namespace; healed after `for`
 };
 
-inline constexpr std::string_view kFaultNames[] = {"kill",          "hang", "switchover", "failover",
-                                                   "restart-proxy", "lag",  "sync-loss",  "partition"};
+inline constexpr std::string_view kFaultNames[] = {"kill",      "hang",      "switchover", "failover",
+                                                   "restart-proxy", "lag",   "sync-loss",  "partition",
+                                                   "kill-proxy", "partition-proxy"};
+
+// Faults of a pgkeel instance rather than of a node (they need --instance).
+inline constexpr bool is_proxy_fault(FaultKind k) {
+  return k == FaultKind::kKillProxy || k == FaultKind::kPartitionProxy;
+}
 
 inline constexpr std::string_view to_string(FaultKind k) {
   return kFaultNames[static_cast<std::size_t>(k)];
@@ -44,8 +54,9 @@ inline std::optional<FaultKind> parse_fault_kind(std::string_view s) {
 struct Fault {
   FaultKind kind = FaultKind::kKill;
   std::int64_t at_ms = 0;                  // since the load started
-  std::optional<std::int64_t> for_ms;      // hang, lag, partition: how long before it is undone
-  std::string node;                        // target node; empty: the current primary (lag: a standby)
+  std::optional<std::int64_t> for_ms;      // hang, lag, partition(-proxy): how long before it is undone
+  std::string node;                        // target node; empty: the current primary (lag: a standby);
+                                           // kill-proxy, partition-proxy: the instance; empty: the leader
   bool all_processes = false;              // kill: mode=all
   friend bool operator==(const Fault&, const Fault&) = default;
 };
@@ -81,7 +92,8 @@ inline std::optional<std::int64_t> parse_duration_ms(std::string_view s) {
 }
 
 // KIND@TIME[:key=value,...], keys: for=DURATION, node=NAME, mode=postmaster|all.
-// e.g. "kill@5s", "kill@5s:mode=all", "hang@5s:for=3s", "lag@4s:node=db2,for=5s".
+// e.g. "kill@5s", "kill@5s:mode=all", "hang@5s:for=3s", "lag@4s:node=db2,for=5s",
+// "kill-proxy@5s:node=pk2", "partition-proxy@5s:for=6s" (node= names a pgkeel instance there).
 inline std::optional<Fault> parse_fault(std::string_view spec, std::string& error) {
   const auto at = spec.find('@');
   if (at == std::string_view::npos) {
@@ -92,7 +104,8 @@ inline std::optional<Fault> parse_fault(std::string_view spec, std::string& erro
   const auto kind = parse_fault_kind(spec.substr(0, at));
   if (!kind) {
     error = "fault '" + std::string(spec) +
-            "': unknown kind (kill, hang, switchover, failover, restart-proxy, lag, sync-loss, partition)";
+            "': unknown kind (kill, hang, switchover, failover, restart-proxy, lag, sync-loss, partition, "
+            "kill-proxy, partition-proxy)";
     return std::nullopt;
   }
   f.kind = *kind;
@@ -128,7 +141,105 @@ inline std::optional<Fault> parse_fault(std::string_view spec, std::string& erro
       return std::nullopt;
     }
   }
+  if (f.for_ms && f.kind == FaultKind::kKillProxy) {
+    error = "fault '" + std::string(spec) + "': kill-proxy takes no for= (the instance is started again at once)";
+    return std::nullopt;
+  }
   return f;
+}
+
+// One pgkeel instance of a multi-instance drill (--instance), as the drill reaches it.
+struct InstanceRef {
+  std::string name;  // its [store] name, as SHOW PEERS shows it
+  std::string host;  // its read-write listener
+  int port = 0;
+  std::string console_host;  // empty: host
+  int console_port = 0;      // 0: no console
+  std::string pidfile;       // kill-proxy: its pid is read here (the start command writes it anew)
+  std::string netns;         // partition-proxy: the network namespace it runs in (/run/netns/NAME)
+  friend bool operator==(const InstanceRef&, const InstanceRef&) = default;
+};
+
+// NAME=HOST:PORT[,console=[HOST:]PORT][,pidfile=FILE][,netns=NAME]; nullopt and `error` when
+// malformed. e.g. "pk1=127.0.0.1:6432,console=6433,pidfile=/run/pk1.pid".
+inline std::optional<InstanceRef> parse_instance(std::string_view spec, std::string& error) {
+  auto fail = [&](const std::string& why) {
+    error = "--instance '" + std::string(spec) + "': " + why;
+    return std::nullopt;
+  };
+  auto host_port = [](std::string_view s, std::string& host, int& port) {
+    const auto colon = s.rfind(':');
+    std::string_view p = colon == std::string_view::npos ? s : s.substr(colon + 1);
+    if (colon != std::string_view::npos) host = std::string(s.substr(0, colon));
+    auto [end, ec] = std::from_chars(p.data(), p.data() + p.size(), port);
+    return ec == std::errc() && end == p.data() + p.size() && port > 0 && port < 65536;
+  };
+  const auto eq = spec.find('=');
+  if (eq == std::string_view::npos || eq == 0) return fail("want NAME=HOST:PORT");
+  InstanceRef in;
+  in.name = std::string(spec.substr(0, eq));
+  std::string_view rest = spec.substr(eq + 1);
+  const auto comma = rest.find(',');
+  const std::string_view endpoint = rest.substr(0, comma);
+  if (endpoint.find(':') == std::string_view::npos || !host_port(endpoint, in.host, in.port) || in.host.empty()) {
+    return fail("want NAME=HOST:PORT");
+  }
+  rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+  while (!rest.empty()) {
+    const auto c = rest.find(',');
+    const std::string_view kv = rest.substr(0, c);
+    rest = c == std::string_view::npos ? std::string_view{} : rest.substr(c + 1);
+    const auto e = kv.find('=');
+    const std::string_view key = kv.substr(0, e);
+    const std::string_view value = e == std::string_view::npos ? std::string_view{} : kv.substr(e + 1);
+    if (value.empty()) return fail("'" + std::string(kv) + "' wants a value");
+    if (key == "console") {
+      if (!host_port(value, in.console_host, in.console_port)) return fail("bad console '" + std::string(value) + "'");
+    } else if (key == "pidfile") {
+      in.pidfile = std::string(value);
+    } else if (key == "netns") {
+      in.netns = std::string(value);
+    } else {
+      return fail("unknown option '" + std::string(kv) + "' (console=[HOST:]PORT, pidfile=FILE, netns=NAME)");
+    }
+  }
+  return in;
+}
+
+// The load's conninfo in multi-instance mode: `base` (user, password, dbname...) with every
+// instance as a host, libpq trying them in order for a read-write session, so that writes move
+// to another instance when one goes or refuses logins. Later keywords override earlier ones.
+inline std::string multi_host_conninfo(const std::string& base, const std::vector<InstanceRef>& instances) {
+  std::string hosts, ports;
+  for (const auto& i : instances) {
+    hosts += (hosts.empty() ? "" : ",") + i.host;
+    ports += (ports.empty() ? "" : ",") + std::to_string(i.port);
+  }
+  return base + (base.empty() ? "" : " ") + "host=" + hosts + " port=" + ports + " target_session_attrs=read-write";
+}
+
+// The client ports of etcd endpoints ("http://127.0.0.1:2379,http://10.0.0.1:2381"), for
+// partition-proxy's rules; empty with `error` set when one has no port.
+inline std::vector<int> parse_endpoint_ports(std::string_view urls, std::string& error) {
+  std::vector<int> ports;
+  while (!urls.empty()) {
+    const auto comma = urls.find(',');
+    std::string_view u = urls.substr(0, comma);
+    urls = comma == std::string_view::npos ? std::string_view{} : urls.substr(comma + 1);
+    if (u.empty()) continue;
+    if (const auto scheme = u.find("://"); scheme != std::string_view::npos) u = u.substr(scheme + 3);
+    if (const auto slash = u.find('/'); slash != std::string_view::npos) u = u.substr(0, slash);
+    const auto colon = u.rfind(':');
+    int port = 0;
+    const std::string_view p = colon == std::string_view::npos ? std::string_view{} : u.substr(colon + 1);
+    auto [end, ec] = std::from_chars(p.data(), p.data() + p.size(), port);
+    if (p.empty() || ec != std::errc() || end != p.data() + p.size() || port <= 0 || port > 65535) {
+      error = "etcd endpoint '" + std::string(u) + "' names no port";
+      return {};
+    }
+    if (std::find(ports.begin(), ports.end(), port) == ports.end()) ports.push_back(port);
+  }
+  return ports;
 }
 
 // Faults sorted by time; a fault that cannot happen before the end is reported, not skipped.

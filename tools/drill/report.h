@@ -13,20 +13,24 @@
 //   errors       [{class, phase, sqlstate, count, first_t_ms, last_t_ms, example}], class the
 //                SQLSTATE's first two characters, phase connect|statement|commit|read
 //   faults       [{kind, at_ms, target, injected, detail, hit_writer, effect_seen, effect,
-//                 expected {detection, promotion, write_gap}, detected_ms, promoted_ms,
+//                 hit_leader, back_seen, back,
+//                 expected {detection, promotion, write_gap, no_promotion, back}, detected_ms, promoted_ms,
 //                 recovered_ms, time_to_detect_ms, time_to_promote_ms, write_downtime_ms,
 //                 recovered}]  (detected/promoted from SHOW EVENTS; effect = what the drill saw
 //                 of the fault itself, e.g. the postmaster gone; expected = what the fault must
 //                 show for the run to pass, see expected_effects; recovered_ms = the first
 //                 acknowledged write that ends the fault's write downtime; recovered = a write
-//                 was acknowledged after the fault)
+//                 was acknowledged after the fault; kill-proxy and partition-proxy: target is the
+//                 instance, hit_leader whether it held the store lead, back what the drill saw of
+//                 it serving again)
 //   write_downtime_ms  the longest of the faults' (null without faults)
 //   verification {ok, error, rows_read, acknowledged, found_acknowledged, lost, lost_ids,
 //                 duplicates, duplicate_ids, failed_present, failed_present_ids, unknown,
 //                 unknown_committed, unknown_not_committed, unexpected}
 //   latency_ms   {before, during, after, all}: each {count, p50, p90, p99, max}; before = up to
 //                the first fault, during = to the last fault's recovery, after = the rest
-//   events       [{t_ms, epoch, kind, node, detail}] from the console's SHOW EVENTS
+//   events       [{t_ms, epoch, kind, node, detail, instance}] from the console's SHOW EVENTS
+//                (instance: whose console, in multi-instance mode; "" otherwise)
 //   series_fields, series  one row per second: [t_s, writes, reads, errors, p50_ms, p99_ms,
 //                primary, epoch]
 //   gates        [{name, limit, value, passed}]
@@ -93,6 +97,7 @@ struct ConsoleEvent {
   std::string kind;  // detection, failover_started, promotion, switchover, ...
   std::string node;
   std::string detail;
+  std::string instance;  // multi-instance mode: the pgkeel instance whose console reported it
 };
 
 // Adds `more` to `events`, skipping those already there (the same moment, kind, node and text):
@@ -101,7 +106,8 @@ struct ConsoleEvent {
 inline void merge_events(std::vector<ConsoleEvent>& events, const std::vector<ConsoleEvent>& more) {
   for (const auto& e : more) {
     const bool known = std::any_of(events.begin(), events.end(), [&](const ConsoleEvent& x) {
-      return x.t_ms == e.t_ms && x.kind == e.kind && x.node == e.node && x.detail == e.detail;
+      return x.t_ms == e.t_ms && x.kind == e.kind && x.node == e.node && x.detail == e.detail &&
+             x.instance == e.instance;
     });
     if (!known) events.push_back(e);
   }
@@ -157,6 +163,11 @@ struct FaultRecord {
   // that "succeeds" without its effect (a kill -9 that a PID 1 ignores) leaves this false.
   bool effect_seen = false;
   std::string effect;
+  // kill-proxy, partition-proxy: whether the instance hit held the store lead, and whether it
+  // served again afterwards (started again, or healed), with what the drill saw of it.
+  bool hit_leader = false;
+  bool back_seen = false;
+  std::string back;
 };
 
 // What a fault must visibly do for the run to pass, beyond losing nothing: a detection (for a
@@ -167,6 +178,10 @@ struct Expectation {
   bool detection = false;
   bool promotion = false;
   bool write_gap = false;
+  // A fault of a pgkeel instance must leave the primary where it is (a promotion fails the run)
+  // and the instance must serve again afterwards.
+  bool no_promotion = false;
+  bool back = false;
 };
 
 inline constexpr Expectation expected_effects(FaultKind kind, bool hit_writer) {
@@ -185,6 +200,10 @@ inline constexpr Expectation expected_effects(FaultKind kind, bool hit_writer) {
       return {true, false, false};  // the synchronous standby is found down
     case FaultKind::kLag:
       return {false, false, false};
+    case FaultKind::kKillProxy:
+    case FaultKind::kPartitionProxy:
+      // Writes move to another instance, perhaps without a visible gap: none is required.
+      return {false, false, false, true, true};
   }
   return {};
 }
@@ -356,6 +375,14 @@ inline std::vector<std::string> fault_failures(const FaultRecord& f, const Fault
   }
   if (o.expected.promotion && !o.promoted_ms) {
     out.push_back(name + ": pgkeel reported no promotion after it (SHOW EVENTS)");
+  }
+  if (o.expected.no_promotion && o.promoted_ms) {
+    out.push_back(name + ": pgkeel promoted a standby " + std::to_string(*o.promoted_ms - f.t_ms) +
+                  " ms after it (SHOW EVENTS); a fault of a pgkeel instance must not move the primary");
+  }
+  if (o.expected.back && !f.back_seen) {
+    out.push_back(name + ": the instance did not serve again: " +
+                  (f.back.empty() ? "the drill could not check it" : f.back));
   }
   if (!o.recovered) {
     out.push_back(name + ": no write was acknowledged after it (" + std::to_string(o.downtime_ms.value_or(0)) +
@@ -598,7 +625,7 @@ inline std::string fault_label(const FaultRecord& f) {
   std::string k(to_string(f.fault.kind));
   if (f.fault.all_processes) k += " mode=all";
   const bool on_standby_kind = f.fault.kind == FaultKind::kLag || f.fault.kind == FaultKind::kSyncLoss ||
-                               f.fault.kind == FaultKind::kRestartProxy;
+                               f.fault.kind == FaultKind::kRestartProxy || is_proxy_fault(f.fault.kind);
   if (!f.hit_writer && !on_standby_kind) k += " (standby)";
   return k;
 }
@@ -714,12 +741,22 @@ inline std::string to_json(const Recording& r, const Summary& s) {
     o += f.effect_seen ? "true" : "false";
     o += ", \"effect\": ";
     put_str(o, f.effect);
+    o += ", \"hit_leader\": ";
+    o += f.hit_leader ? "true" : "false";
+    o += ", \"back_seen\": ";
+    o += f.back_seen ? "true" : "false";
+    o += ", \"back\": ";
+    put_str(o, f.back);
     o += ", \"expected\": {\"detection\": ";
     o += fo.expected.detection ? "true" : "false";
     o += ", \"promotion\": ";
     o += fo.expected.promotion ? "true" : "false";
     o += ", \"write_gap\": ";
     o += fo.expected.write_gap ? "true" : "false";
+    o += ", \"no_promotion\": ";
+    o += fo.expected.no_promotion ? "true" : "false";
+    o += ", \"back\": ";
+    o += fo.expected.back ? "true" : "false";
     o += "}, \"detected_ms\": ";
     put_opt(o, fo.detected_ms);
     o += ", \"promoted_ms\": ";
@@ -782,6 +819,8 @@ inline std::string to_json(const Recording& r, const Summary& s) {
     put_str(o, e.node);
     o += ", \"detail\": ";
     put_str(o, e.detail);
+    o += ", \"instance\": ";
+    put_str(o, e.instance);
     o += '}';
   }
   o += "],\n\"series_fields\": [\"t_s\", \"writes\", \"reads\", \"errors\", \"p50_ms\", \"p99_ms\", \"primary\", "
