@@ -4,7 +4,7 @@
 # script started are ever signalled (their pids are in DIR/etcd.env, checked against their
 # command line before a signal).
 #
-#   tools/etcd.sh up DIR [--members N] [--client-host ADDR]
+#   tools/etcd.sh up DIR [--members N] [--client-host ADDR] [--tls] [--auth PASSWORD]
 #   tools/etcd.sh down DIR [--rm]
 #   tools/etcd.sh stop DIR MEMBER        SIGTERM member eN (1-based) and wait for it to exit
 #   tools/etcd.sh kill DIR MEMBER        SIGKILL member eN
@@ -17,6 +17,9 @@
 # PGKEEL_ETCD_TIMEOUT (seconds to wait for a healthy cluster, default 30).
 # --client-host ADDR: the members take clients on ADDR too (same ports), e.g. a bridge address
 # that pgkeel instances in network namespaces reach (ETCD_CLIENT_HOST, ETCD_HOST_ENDPOINTS).
+# --tls: clients speak TLS (https://), with a CA and a server certificate made here by openssl
+# (ETCD_CACERT). --auth PASSWORD: etcd authentication on, users root and pgkeel with PASSWORD
+# (ETCD_USER=root:PASSWORD for etcdctl).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -25,7 +28,7 @@ etcdctl_bin=${ETCDCTL_BIN:-$(command -v etcdctl || true)}
 timeout_s=${PGKEEL_ETCD_TIMEOUT:-30}
 
 die() { echo "etcd.sh: $*" >&2; exit 1; }
-usage() { sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 [[ $# -ge 2 ]] || usage
 cmd=$1
@@ -44,11 +47,13 @@ member_pid() {
 start_member() {
   local n=$1 cluster=$2 state=$3
   local cport="E${n}_CLIENT_PORT" pport="E${n}_PEER_PORT" data="E${n}_DATA" log="E${n}_LOG"
-  local listen="http://127.0.0.1:${!cport}"
-  [[ -z "${ETCD_CLIENT_HOST:-}" ]] || listen+=",http://$ETCD_CLIENT_HOST:${!cport}"
+  local scheme=${ETCD_SCHEME:-http} tls=()
+  local listen="$scheme://127.0.0.1:${!cport}"
+  [[ -z "${ETCD_CLIENT_HOST:-}" ]] || listen+=",$scheme://$ETCD_CLIENT_HOST:${!cport}"
+  [[ "$scheme" != https ]] || tls=(--cert-file "$dir/tls/server.pem" --key-file "$dir/tls/server.key")
   # setsid: its own session, so a terminal's signals do not reach it and it outlives this script.
-  setsid "$etcd_bin" --name "e$n" --data-dir "${!data}" \
-    --listen-client-urls "$listen" --advertise-client-urls "http://127.0.0.1:${!cport}" \
+  setsid "$etcd_bin" --name "e$n" --data-dir "${!data}" "${tls[@]}" \
+    --listen-client-urls "$listen" --advertise-client-urls "$scheme://127.0.0.1:${!cport}" \
     --listen-peer-urls "http://127.0.0.1:${!pport}" --initial-advertise-peer-urls "http://127.0.0.1:${!pport}" \
     --initial-cluster "$cluster" --initial-cluster-state "$state" --initial-cluster-token "pgkeel-$$" \
     --heartbeat-interval 100 --election-timeout 1000 --logger zap --log-outputs "${!log}" \
@@ -59,10 +64,30 @@ start_member() {
   eval "E${n}_PID=$pid"
 }
 
+# etcdctl with the cluster's CA and (once authentication is on) root's credentials.
+ctl() {
+  local flags=()
+  [[ -z "${ETCD_CACERT:-}" ]] || flags+=(--cacert "$ETCD_CACERT")
+  [[ -z "${ETCD_USER:-}" || -z "${auth_on:-}" ]] || flags+=(--user "$ETCD_USER")
+  ETCDCTL_API=3 "$etcdctl_bin" "${flags[@]}" "$@"
+}
+
+# A CA and a server certificate for 127.0.0.1 (and the client host) in DIR/tls.
+make_tls() {
+  local t=$dir/tls san="IP:127.0.0.1"
+  [[ -z "$client_host" ]] || san+=",IP:$client_host"
+  mkdir -p "$t"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=pgkeel test etcd CA" \
+    -keyout "$t/ca.key" -out "$t/ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=etcd" -keyout "$t/server.key" -out "$t/server.csr" 2>/dev/null
+  printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$san" >"$t/ext.cnf"
+  openssl x509 -req -in "$t/server.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" -CAcreateserial -days 2 \
+    -extfile "$t/ext.cnf" -out "$t/server.pem" 2>/dev/null
+}
+
 wait_healthy() {
   local endpoints=$1 deadline=$((SECONDS + timeout_s))
-  until ETCDCTL_API=3 "$etcdctl_bin" --endpoints "$endpoints" --dial-timeout 1s --command-timeout 2s \
-      endpoint health >/dev/null 2>&1; do
+  until ctl --endpoints "$endpoints" --dial-timeout 1s --command-timeout 2s endpoint health >/dev/null 2>&1; do
     ((SECONDS < deadline)) || return 1
     sleep 0.2
   done
@@ -72,16 +97,21 @@ load_env() {
   [[ -r "$dir/etcd.env" ]] || die "$dir/etcd.env: no cluster here"
   # shellcheck disable=SC1091
   source "$dir/etcd.env"
+  auth_on=${ETCD_USER:+1}
 }
 
 case "$cmd" in
   up)
     members=3
     client_host=""
+    tls=0
+    auth_password=""
     while [[ $# -gt 0 ]]; do
       case "$1" in
         --members) members=${2:?}; shift 2 ;;
         --client-host) client_host=${2:?}; shift 2 ;;
+        --tls) tls=1; shift ;;
+        --auth) auth_password=${2:?}; shift 2 ;;
         *) usage ;;
       esac
     done
@@ -90,15 +120,23 @@ case "$cmd" in
     dir=$(cd "$dir" && pwd)
     [[ ! -e "$dir/etcd.env" ]] || die "$dir already holds a cluster (tools/etcd.sh down $dir first)"
     read -r -a ports <<<"$("$here/free-ports.sh" $((members * 2)))"
+    scheme=http
+    if ((tls)); then
+      scheme=https
+      make_tls
+    fi
     {
       echo "ETCD_MEMBERS=$members"
       echo "ETCD_CLIENT_HOST=$client_host"
+      echo "ETCD_SCHEME=$scheme"
+      ((tls == 0)) || echo "ETCD_CACERT=$dir/tls/ca.pem"
+      [[ -z "$auth_password" ]] || echo "ETCD_USER=root:$auth_password"
       for ((n = 1; n <= members; n++)); do
         echo "E${n}_CLIENT_PORT=${ports[$(((n - 1) * 2))]}"
         echo "E${n}_PEER_PORT=${ports[$(((n - 1) * 2 + 1))]}"
         echo "E${n}_DATA=$dir/e$n"
         echo "E${n}_LOG=$dir/e$n.log"
-        echo "E${n}_URL=http://127.0.0.1:${ports[$(((n - 1) * 2))]}"
+        echo "E${n}_URL=$scheme://127.0.0.1:${ports[$(((n - 1) * 2))]}"
       done
     } >"$dir/etcd.env"
     source "$dir/etcd.env"
@@ -115,7 +153,7 @@ case "$cmd" in
       host_endpoints=""
       for ((n = 1; n <= members; n++)); do
         cp="E${n}_CLIENT_PORT"
-        host_endpoints+="${host_endpoints:+,}http://$client_host:${!cp}"
+        host_endpoints+="${host_endpoints:+,}$scheme://$client_host:${!cp}"
       done
       echo "ETCD_HOST_ENDPOINTS=$host_endpoints" >>"$dir/etcd.env"
     fi
@@ -128,6 +166,14 @@ case "$cmd" in
       for ((n = 1; n <= members; n++)); do tail -n 20 "$dir/e$n.log" "$dir/e$n.log.out" >&2 || true; done
       "$0" down "$dir" >/dev/null 2>&1 || true
       exit 1
+    fi
+    if [[ -n "$auth_password" ]]; then
+      for user in root pgkeel; do
+        ctl --endpoints "$endpoints" user add "$user:$auth_password" --interactive=false >/dev/null
+      done
+      ctl --endpoints "$endpoints" user grant-role root root >/dev/null
+      ctl --endpoints "$endpoints" user grant-role pgkeel root >/dev/null
+      ctl --endpoints "$endpoints" auth enable >/dev/null
     fi
     echo "$endpoints"
     ;;

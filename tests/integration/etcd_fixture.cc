@@ -29,7 +29,12 @@ fs::path make_dir(const std::string& prefix) {
 
 fs::path etcd_script() { return fs::path(PGKEEL_SOURCE_DIR) / "tools" / "etcd.sh"; }
 
-EtcdCluster::EtcdCluster(int members, const std::string& client_host) {
+EtcdCluster::EtcdCluster(int members, const std::string& client_host)
+    : EtcdCluster(EtcdOptions{.members = members, .client_host = client_host}) {}
+
+EtcdCluster::EtcdCluster(const EtcdOptions& options) {
+  const int members = options.members;
+  const std::string& client_host = options.client_host;
   dir_ = make_dir("pgkeel-etcd");
   // As Cluster's: a watchdog runs `down --rm` when this process goes away, however it goes.
   int fds[2];
@@ -55,6 +60,8 @@ EtcdCluster::EtcdCluster(int members, const std::string& client_host) {
   if (!client_host.empty()) {
     up.insert(up.end(), {"--client-host", client_host});
   }
+  if (options.tls) up.push_back("--tls");
+  if (!options.password.empty()) up.insert(up.end(), {"--auth", options.password});
   RunResult res = run(up, {}, 120s);
   if (!res.ok()) {
     ::close(watchdog_fd_);
@@ -64,6 +71,8 @@ EtcdCluster::EtcdCluster(int members, const std::string& client_host) {
   std::ifstream env(dir_ / "etcd.env");
   std::string line;
   while (std::getline(env, line)) {
+    if (line.rfind("ETCD_CACERT=", 0) == 0) ca_file_ = line.substr(12);
+    if (line.rfind("ETCD_USER=", 0) == 0) user_ = line.substr(10);
     const bool host = line.rfind("ETCD_HOST_ENDPOINTS=", 0) == 0;
     if (line.rfind("ETCD_ENDPOINTS=", 0) != 0 && !host) continue;
     std::stringstream ss(line.substr(host ? 20 : 15));
@@ -107,6 +116,8 @@ std::string EtcdCluster::ctl(const std::vector<std::string>& args) {
   std::string endpoints;
   for (const std::string& u : urls_) endpoints += (endpoints.empty() ? "" : ",") + u;
   std::vector<std::string> argv = {"etcdctl", "--endpoints", endpoints, "--command-timeout", "5s"};
+  if (!ca_file_.empty()) argv.insert(argv.end(), {"--cacert", ca_file_.string()});
+  if (!user_.empty()) argv.insert(argv.end(), {"--user", user_});
   argv.insert(argv.end(), args.begin(), args.end());
   RunResult res = run(argv, {{"ETCDCTL_API", "3"}}, 30s);
   if (!res.ok()) throw std::runtime_error("etcdctl failed:\n" + res.output);

@@ -13,8 +13,16 @@
 
 namespace pgkeel::test {
 
+struct EtcdOptions {
+  int members = 3;
+  std::string client_host;  // see EtcdCluster(members, client_host)
+  bool tls = false;         // clients speak TLS (https://); ca_file() is the CA to trust
+  std::string password;     // etcd authentication on: users root and pgkeel with this password
+};
+
 class EtcdCluster {
  public:
+  explicit EtcdCluster(const EtcdOptions& options);
   // client_host: the members take clients there too (tools/etcd.sh up --client-host), e.g. a
   // bridge address for pgkeel instances in network namespaces. Throws if `up` fails.
   explicit EtcdCluster(int members = 3, const std::string& client_host = {});
@@ -27,6 +35,8 @@ class EtcdCluster {
   // "http://CLIENT_HOST:P", by member (empty without a client_host).
   const std::vector<std::string>& host_urls() const { return host_urls_; }
   std::vector<conf::Endpoint> endpoints() const;
+  // --tls: the CA that signed the members' certificate (empty otherwise).
+  const std::filesystem::path& ca_file() const { return ca_file_; }
   // Member n (1-based): SIGTERM and wait, SIGKILL, or start it again with its data.
   void stop(int n);
   void kill(int n);
@@ -39,6 +49,8 @@ class EtcdCluster {
   std::filesystem::path dir_;
   std::vector<std::string> urls_;
   std::vector<std::string> host_urls_;
+  std::filesystem::path ca_file_;
+  std::string user_;  // root:PASSWORD for etcdctl, with authentication on
   pid_t watchdog_pid_ = -1;
   int watchdog_fd_ = -1;
 };

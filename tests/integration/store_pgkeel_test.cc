@@ -127,6 +127,40 @@ TEST_CASE("two instances through etcd: kill -9 of the primary, one failover, wri
   }
 }
 
+TEST_CASE("etcd over TLS with authentication: instances lead and follow; a wrong password is refused and said",
+          "[store][etcd][tls]") {
+  EtcdCluster etcd(EtcdOptions{.tls = true, .password = "etcd-s3cret"});
+  Cluster cluster(ClusterOptions{.standbys = 1});
+  const auto secured = [&](const std::string& name, const std::string& password) {
+    PgkeelOptions o = instance(etcd, name, "/pgkeel/tls");
+    o.extra_toml += "ca_file = \"" + etcd.ca_file().string() + "\"\nusername = \"pgkeel\"\npassword = \"" + password + "\"\n";
+    return o;
+  };
+  REQUIRE(etcd.urls().front().rfind("https://", 0) == 0);
+  Pgkeel pk1(cluster, secured("pk1", "etcd-s3cret"));
+  Pgkeel pk2(cluster, secured("pk2", "etcd-s3cret"));
+  const std::string db1 = std::to_string(cluster.port("db1"));
+  REQUIRE(eventually(30s, [&] { return writer_port(pk1) == db1 && writer_port(pk2) == db1; }, 100ms));
+  REQUIRE(eventually(15s, [&] {
+    const std::string a = role_of(pk1);
+    const std::string b = role_of(pk2);
+    return (a == "leader" && b == "follower") || (a == "follower" && b == "leader");
+  }, 100ms));
+  CHECK(etcd.ctl({"get", "/pgkeel/tls/record", "--print-value-only"}).find("node=db1") != std::string::npos);
+  // A wrong password: the instance never serves, and says why.
+  Pgkeel wrong(cluster, secured("pk3", "not-the-password"));
+  PqResult refused;
+  REQUIRE(eventually(20s, [&] {
+    refused = pq_exec(wrong.conninfo(), "SELECT 1", 5s);
+    return !refused.ok && !refused.sqlstate.empty();
+  }, 200ms));
+  INFO(refused.error);
+  CHECK(refused.sqlstate == "57P03");
+  std::ifstream log(wrong.log_path());
+  const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  CHECK(text.find("authentication failed") != std::string::npos);
+}
+
 TEST_CASE("two of three etcd members stopped under a ledger writer: no failover, writes stop with 57P03, "
           "then resume with nothing lost and no client reset",
           "[store][etcd][cut]") {
