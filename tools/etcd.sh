@@ -4,15 +4,19 @@
 # script started are ever signalled (their pids are in DIR/etcd.env, checked against their
 # command line before a signal).
 #
-#   tools/etcd.sh up DIR [--members N]
+#   tools/etcd.sh up DIR [--members N] [--host ADDR]
 #   tools/etcd.sh down DIR [--rm]
 #   tools/etcd.sh stop DIR MEMBER        SIGTERM member eN (1-based) and wait for it to exit
 #   tools/etcd.sh kill DIR MEMBER        SIGKILL member eN
 #   tools/etcd.sh start DIR MEMBER       start a stopped member again (same ports, same data)
 #   tools/etcd.sh status DIR             one line per member: name, client URL, running or not
 #
+# --host: clients reach the members on ADDR, a local address other than loopback (e.g. the bridge
+# of tools/cluster.sh up --netns, so that a pgkeel in a network namespace reaches etcd, and a
+# firewall rule can cut it off); peers still talk on 127.0.0.1.
+#
 # Writes DIR/etcd.env (shell-sourceable): ETCD_ENDPOINTS (comma-separated client URLs), ETCD_MEMBERS,
-# and E<n>_CLIENT_PORT/_PEER_PORT/_DATA/_LOG/_PID/_URL. Needs the etcd and etcdctl binaries
+# ETCD_HOST, and E<n>_CLIENT_PORT/_PEER_PORT/_DATA/_LOG/_PID/_URL. Needs the etcd and etcdctl binaries
 # (Debian: etcd-server, etcd-client; tools/install-deps.sh). Environment: ETCD_BIN, ETCDCTL_BIN,
 # PGKEEL_ETCD_TIMEOUT (seconds to wait for a healthy cluster, default 30).
 set -euo pipefail
@@ -23,7 +27,7 @@ etcdctl_bin=${ETCDCTL_BIN:-$(command -v etcdctl || true)}
 timeout_s=${PGKEEL_ETCD_TIMEOUT:-30}
 
 die() { echo "etcd.sh: $*" >&2; exit 1; }
-usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '/^set -euo/d' | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 [[ $# -ge 2 ]] || usage
 cmd=$1
@@ -44,7 +48,7 @@ start_member() {
   local cport="E${n}_CLIENT_PORT" pport="E${n}_PEER_PORT" data="E${n}_DATA" log="E${n}_LOG"
   # setsid: its own session, so a terminal's signals do not reach it and it outlives this script.
   setsid "$etcd_bin" --name "e$n" --data-dir "${!data}" \
-    --listen-client-urls "http://127.0.0.1:${!cport}" --advertise-client-urls "http://127.0.0.1:${!cport}" \
+    --listen-client-urls "http://${ETCD_HOST:-127.0.0.1}:${!cport}" --advertise-client-urls "http://${ETCD_HOST:-127.0.0.1}:${!cport}" \
     --listen-peer-urls "http://127.0.0.1:${!pport}" --initial-advertise-peer-urls "http://127.0.0.1:${!pport}" \
     --initial-cluster "$cluster" --initial-cluster-state "$state" --initial-cluster-token "pgkeel-$$" \
     --heartbeat-interval 100 --election-timeout 1000 --logger zap --log-outputs "${!log}" \
@@ -73,12 +77,15 @@ load_env() {
 case "$cmd" in
   up)
     members=3
+    host=127.0.0.1
     while [[ $# -gt 0 ]]; do
       case "$1" in
         --members) members=${2:?}; shift 2 ;;
+        --host) host=${2:?}; shift 2 ;;
         *) usage ;;
       esac
     done
+    [[ "$host" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || die "--host wants an IPv4 address, got '$host'"
     [[ -x "$etcd_bin" && -x "$etcdctl_bin" ]] || die "etcd and etcdctl are needed (apt-get install etcd-server etcd-client)"
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
@@ -86,12 +93,13 @@ case "$cmd" in
     read -r -a ports <<<"$("$here/free-ports.sh" $((members * 2)))"
     {
       echo "ETCD_MEMBERS=$members"
+      echo "ETCD_HOST=$host"
       for ((n = 1; n <= members; n++)); do
         echo "E${n}_CLIENT_PORT=${ports[$(((n - 1) * 2))]}"
         echo "E${n}_PEER_PORT=${ports[$(((n - 1) * 2 + 1))]}"
         echo "E${n}_DATA=$dir/e$n"
         echo "E${n}_LOG=$dir/e$n.log"
-        echo "E${n}_URL=http://127.0.0.1:${ports[$(((n - 1) * 2))]}"
+        echo "E${n}_URL=http://$host:${ports[$(((n - 1) * 2))]}"
       done
     } >"$dir/etcd.env"
     source "$dir/etcd.env"

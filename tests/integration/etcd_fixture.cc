@@ -29,7 +29,7 @@ fs::path make_dir(const std::string& prefix) {
 
 fs::path etcd_script() { return fs::path(PGKEEL_SOURCE_DIR) / "tools" / "etcd.sh"; }
 
-EtcdCluster::EtcdCluster(int members) {
+EtcdCluster::EtcdCluster(int members, const std::string& host) {
   dir_ = make_dir("pgkeel-etcd");
   // As Cluster's: a watchdog runs `down --rm` when this process goes away, however it goes.
   int fds[2];
@@ -51,7 +51,8 @@ EtcdCluster::EtcdCluster(int members) {
   }
   ::close(fds[0]);
   watchdog_fd_ = fds[1];
-  RunResult res = run({script, "up", dir, "--members", std::to_string(members)}, {}, 120s);
+  RunResult res =
+      run({script, "up", dir, "--members", std::to_string(members), "--host", host}, {}, 120s);
   if (!res.ok()) {
     ::close(watchdog_fd_);
     watchdog_fd_ = -1;
@@ -74,6 +75,12 @@ EtcdCluster::~EtcdCluster() {
   if (watchdog_pid_ > 0) ::waitpid(watchdog_pid_, nullptr, 0);
   std::error_code ec;
   fs::remove_all(dir_, ec);
+}
+
+std::vector<int> EtcdCluster::client_ports() const {
+  std::vector<int> out;
+  for (const std::string& u : urls_) out.push_back(std::stoi(u.substr(u.rfind(':') + 1)));
+  return out;
 }
 
 std::vector<conf::Endpoint> EtcdCluster::endpoints() const {

@@ -1,6 +1,7 @@
 // tests/integration/etcd_fixture.h — a real etcd cluster for the [store] tests: N members on
-// loopback started by tools/etcd.sh, stopped and removed in the destructor (and by a watchdog if
-// the test process dies), with members that can be stopped, killed and started again.
+// loopback (or another local address) started by tools/etcd.sh, stopped and removed in the
+// destructor (and by a watchdog if the test process dies), with members that can be stopped,
+// killed and started again.
 #pragma once
 
 #include <sys/types.h>
@@ -15,13 +16,17 @@ namespace pgkeel::test {
 
 class EtcdCluster {
  public:
-  explicit EtcdCluster(int members = 3);  // throws std::runtime_error if `up` fails
+  // `host`: the local address clients reach the members on (tools/etcd.sh up --host), e.g. a
+  // netns Cluster's gateway, so that a pgkeel inside a namespace reaches etcd too. Throws
+  // std::runtime_error if `up` fails.
+  explicit EtcdCluster(int members = 3, const std::string& host = "127.0.0.1");
   ~EtcdCluster();
   EtcdCluster(const EtcdCluster&) = delete;
   EtcdCluster& operator=(const EtcdCluster&) = delete;
 
   const std::filesystem::path& dir() const { return dir_; }
-  const std::vector<std::string>& urls() const { return urls_; }  // "http://127.0.0.1:P", by member
+  const std::vector<std::string>& urls() const { return urls_; }  // "http://HOST:P", by member
+  std::vector<int> client_ports() const;                          // P of each member's URL
   std::vector<conf::Endpoint> endpoints() const;
   // Member n (1-based): SIGTERM and wait, SIGKILL, or start it again with its data.
   void stop(int n);
