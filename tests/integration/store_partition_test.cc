@@ -383,11 +383,14 @@ TEST_CASE(
     const bool acked = r1.ack_by.contains(id) || r2.ack_by.contains(id);
     ++late_on_db1;
     late_acknowledged += acked ? 1 : 0;
+    if (late_on_db1 > 5) continue;  // the first few tell the story
     std::printf(
         "store: partition: on db1 after the heal: id %lld, begun %lld ms after the heal%s\n",
         static_cast<long long>(id), static_cast<long long>(written - healed_at),
         acked ? " (acknowledged)" : " (its outcome unknown to the client)");
   }
+  std::printf("store: partition: %lld rows on db1 after the heal, %lld of them acknowledged\n",
+              static_cast<long long>(late_on_db1), static_cast<long long>(late_acknowledged));
   CHECK(late_acknowledged == 0);
   CHECK(late_on_db1 <= 2);  // at most one statement in flight per pk1 client
 }
