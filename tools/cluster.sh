@@ -13,6 +13,7 @@
 #   tools/cluster.sh promote DIR NODE          pg_ctl promote, waits until it accepts writes
 #   tools/cluster.sh partition DIR NODE        (--netns) cut NODE off the network: its link down
 #   tools/cluster.sh heal DIR NODE             (--netns) its link up again
+#   tools/cluster.sh host DIR NAME             (--netns) one more host on the bridge; prints its address
 #
 # --netns runs each node's postmaster in a network namespace of its own, pgkeel-cK-NODE, plugged
 # by a veth pair into a bridge pkcKbr in this namespace. The cluster takes one /24 of
@@ -23,6 +24,10 @@
 # (no ARP failure turns into "no route to host"). `partition` sets the node's bridge port down
 # (both directions drop, replication to and from it included); `heal` sets it up. `down`, and a
 # failed `up`, delete the namespaces and the bridge. Needs root (ip netns, from iproute2).
+# `host` adds a namespace pgkeel-cK-NAME for something other than a node (a pgkeel instance of a
+# test, a client) on the same bridge, the i-th one added at .(100+i), with static neighbours as
+# the nodes have; cluster.env then lists it in EXTRA_HOSTS with NAME_ADDR, NAME_NETNS and
+# NAME_LINK (NAME in capitals). `down` deletes it with the rest.
 #
 # `up` copies a prepared, cleanly stopped data directory (roles and databases already created)
 # from ${PGKEEL_CACHE:-<repo>/.cache}/pg<major>-template instead of running initdb each time; the
@@ -830,6 +835,47 @@ cmd_link() {  # down|up DIR NODE
   say "$n: link $link $state"
 }
 
+cmd_host() {
+  local dir=${1:?host needs DIR} name=${2:?host needs NAME} i addr mac ns link n
+  dir=$(abs_path "$dir")
+  load_env "$dir"
+  [[ -n "$NETNS_TAG" ]] || die "host needs a cluster made with up --netns"
+  [[ "$name" =~ ^[a-z][a-z0-9]{0,5}$ && ! "$name" =~ ^db[0-9]+$ ]] ||
+    die "host NAME: a lower-case letter, then up to five letters or digits, not dbN (got '$name')"
+  [[ " ${EXTRA_HOSTS:-} " != *" $name "* ]] || die "there is a host $name already"
+  i=$(($(wc -w <<<"${EXTRA_HOSTS:-}") + 1))
+  ((i <= 99)) || die "no more than 99 hosts"
+  addr="${NETNS_GATEWAY%.*}.$((100 + i))"
+  mac=$(printf '02:70:6b:%02x:%02x:02' "$NETNS_K" $((100 + i)))
+  ns=$(netns_name "$name")
+  link=$(netns_link "$name")
+  ip netns add "$ns"
+  ip link add "$link" type veth peer name "${link}p"
+  ip link set "${link}p" netns "$ns"
+  ip -n "$ns" link set "${link}p" name eth0 address "$mac"
+  ip -n "$ns" addr add "$addr/24" dev eth0
+  ip -n "$ns" link set lo up
+  ip -n "$ns" link set eth0 up
+  ip link set "$link" master "$NETNS_BRIDGE" up
+  ip neigh replace "$addr" lladdr "$mac" dev "$NETNS_BRIDGE" nud permanent
+  ip -n "$ns" neigh replace "$NETNS_GATEWAY" lladdr "$(netns_bridge_mac)" dev eth0 nud permanent
+  for n in $NODES; do
+    ip -n "$ns" neigh replace "$(node_var "$n" HOST)" lladdr "$(netns_mac "$n")" dev eth0 nud permanent
+    ip -n "$(netns_name "$n")" neigh replace "$addr" lladdr "$mac" dev eth0 nud permanent
+  done
+  if [[ -z "${EXTRA_HOSTS:-}" ]]; then
+    echo "EXTRA_HOSTS=\"$name\"" >>"$dir/cluster.env"
+  else
+    set_env_value "$dir" EXTRA_HOSTS "\"$EXTRA_HOSTS $name\""
+  fi
+  {
+    echo "$(upper "$name")_ADDR=$addr"
+    echo "$(upper "$name")_NETNS=$ns"
+    echo "$(upper "$name")_LINK=$link"
+  } >>"$dir/cluster.env"
+  echo "$addr"
+}
+
 main() {
   (($#)) || usage
   local cmd=$1
@@ -844,8 +890,9 @@ main() {
     promote) cmd_promote "$@" ;;
     partition) cmd_link down "$@" ;;
     heal) cmd_link up "$@" ;;
+    host) cmd_host "$@" ;;
     -h | --help | help) usage ;;
-    *) die "unknown command '$cmd' (up, down, status, psql, start, stop, promote, partition, heal)" ;;
+    *) die "unknown command '$cmd' (up, down, status, psql, start, stop, promote, partition, heal, host)" ;;
   esac
 }
 

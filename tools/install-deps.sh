@@ -31,6 +31,7 @@ else
     chromium fonts-dejavu-core  # the status page test renders the page in headless Chromium
     docker-compose              # tools/check-docker.sh validates docker/compose.yaml (no engine needed)
     etcd-server etcd-client     # [store] tests: tools/etcd.sh starts a private 3-member etcd 3.4 on free loopback ports
+    iptables                    # the [partition] test: firewall rules inside the netns cluster's namespaces cut a pgkeel off from etcd
   )
 fi
 readonly kPackages

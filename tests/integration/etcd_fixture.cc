@@ -90,6 +90,12 @@ EtcdCluster::~EtcdCluster() {
   fs::remove_all(dir_, ec);
 }
 
+std::vector<int> EtcdCluster::client_ports() const {
+  std::vector<int> out;
+  for (const std::string& u : urls_) out.push_back(std::stoi(u.substr(u.rfind(':') + 1)));
+  return out;
+}
+
 std::vector<conf::Endpoint> EtcdCluster::endpoints() const {
   std::vector<conf::Endpoint> out;
   for (const std::string& u : urls_) {

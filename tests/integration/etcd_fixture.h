@@ -34,6 +34,7 @@ class EtcdCluster {
   const std::vector<std::string>& urls() const { return urls_; }  // "http://127.0.0.1:P", by member
   // "http://CLIENT_HOST:P", by member (empty without a client_host).
   const std::vector<std::string>& host_urls() const { return host_urls_; }
+  std::vector<int> client_ports() const;  // P of each member's URL
   std::vector<conf::Endpoint> endpoints() const;
   // --tls: the CA that signed the members' certificate (empty otherwise).
   const std::filesystem::path& ca_file() const { return ca_file_; }

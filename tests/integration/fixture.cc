@@ -797,6 +797,7 @@ void Cluster::refresh() {
     env[line.substr(0, eq)] = value;
   }
   sock_dir_ = env["SOCKDIR"];
+  gateway_ = env["NETNS_GATEWAY"];
   pg_bindir_ = env["PG_BINDIR"];
   std::vector<NodeInfo> nodes;
   std::istringstream names(env["NODES"]);
@@ -811,6 +812,7 @@ void Cluster::refresh() {
     if (!env[key + "_HOST"].empty()) {
       n.host = env[key + "_HOST"];
     }
+    n.netns = env[key + "_NETNS"];
     nodes.push_back(std::move(n));
   }
   if (nodes.empty()) {
@@ -880,6 +882,22 @@ void Cluster::start_node(std::string_view name) {
 
 void Cluster::promote(std::string_view name) {
   expect_ok(control("promote", {std::string(name)}), "cluster.sh promote " + std::string(name));
+}
+
+NetHost Cluster::add_host(const std::string& name) {
+  const RunResult res = control("host", {name});
+  expect_ok(res, "cluster.sh host " + name);
+  std::ifstream in(env_file());
+  const std::string prefix = upper(name) + "_";
+  NetHost h{name, {}, {}};
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(prefix + "ADDR=", 0) == 0) h.address = line.substr(prefix.size() + 5);
+    if (line.rfind(prefix + "NETNS=", 0) == 0) h.netns = line.substr(prefix.size() + 6);
+  }
+  if (h.address.empty() || h.netns.empty()) {
+    throw std::runtime_error("cluster.sh host " + name + ": not in cluster.env");
+  }
+  return h;
 }
 
 // ---- Pgkeel ------------------------------------------------------------------------------------

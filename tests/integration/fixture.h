@@ -138,9 +138,18 @@ struct NodeInfo {
   std::string name;  // "db1" (the initial primary), "db2", ...
   int port = 0;
   std::string host = "127.0.0.1";  // its namespace address when the cluster runs with netns
+  std::string netns;               // its network namespace (netns only), for `ip netns exec`
   pid_t pid = 0;  // postmaster pid as of the last refresh(); 0 when stopped
   fs::path data_dir;
   fs::path log_file;
+};
+
+// A host on a netns cluster's bridge that is not a node (Cluster::add_host): a namespace of its
+// own for a pgkeel (PgkeelOptions::netns) or a client, reachable from every node and from here.
+struct NetHost {
+  std::string name;
+  std::string address;  // on the cluster's /24
+  std::string netns;    // for PgkeelOptions::netns and `ip netns exec`
 };
 
 // A primary and streaming standbys started by `tools/cluster.sh up` in a fresh temporary folder
@@ -182,6 +191,10 @@ class Cluster {
   void stop_node(std::string_view name, std::string_view mode = "fast");
   void start_node(std::string_view name);
   void promote(std::string_view name);
+  // netns only: this namespace's address on the cluster's bridge (how nodes and hosts see it),
+  // and one more namespace on the bridge (`tools/cluster.sh host`), removed by the destructor.
+  const std::string& gateway() const { return gateway_; }
+  NetHost add_host(const std::string& name);
 
   void refresh();  // re-reads cluster.env (pids change when nodes restart)
 
@@ -193,6 +206,7 @@ class Cluster {
   fs::path sock_dir_;
   fs::path pg_bindir_;
   std::vector<NodeInfo> nodes_;
+  std::string gateway_;
   int watchdog_fd_ = -1;  // write end of the watchdog's stdin; its EOF means "clean up now"
   pid_t watchdog_pid_ = 0;
 };
