@@ -365,6 +365,7 @@ class Keeper {
   EtcdRecordStore* etcd_ = nullptr;  // store_, with [store]
   std::string instance_;             // [store] name: events say which instance decided
   bool store_cut_ = false;           // routing stopped: the lease could not be renewed in time
+  bool refreshing_record_ = false;   // store back: the record is being read afresh before routing
   std::string cut_why_;              // what clients are told meanwhile (57P03)
   bool unfencing_ = false;           // unfence_record() waits for the store
   std::optional<StoredRecord> stored_;

@@ -97,9 +97,20 @@ bool Keeper::follow() {
     return step_ == Step::kIdle;
   }
   if (store_cut_) {
-    store_cut_ = false;
-    add_event("store_back", "", "the lease is renewed again: routing as the record says");
-    route_by_record();
+    // The record may have changed while this instance could not see it (its watch was cut with
+    // its lease): no writer until a fresh read says what etcd holds now, or it would route to
+    // the primary of before the outage for as long as the watch takes to catch up.
+    if (!refreshing_record_) {
+      refreshing_record_ = true;
+      etcd_->refresh([this](bool ok) {
+        refreshing_record_ = false;
+        if (!ok || !store_cut_ || !etcd_->serving()) return;  // the next round tries again
+        store_cut_ = false;
+        add_event("store_back", "", "the lease is renewed again and the record read afresh: routing as it says");
+        route_by_record();
+      });
+    }
+    return step_ == Step::kIdle;
   }
   // A sequence under way runs on: its next step in the store fails if leadership was lost.
   if (store_->leader() || step_ != Step::kIdle) return false;

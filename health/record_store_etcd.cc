@@ -307,6 +307,20 @@ void EtcdRecordStore::load(const std::vector<FoundRecord>& in_cluster, LoadDone 
                 });
 }
 
+void EtcdRecordStore::refresh(std::function<void(bool ok)> done) {
+  client_.range(store::RangeRequest{keys_.record, {}, 0, 0, false},
+                [this, done = std::move(done), alive = std::weak_ptr<bool>(alive_)](store::Result<store::RangeResponse> r) {
+                  if (alive.expired()) return;
+                  if (!r.ok()) {
+                    note_error("reading the record: " + r.error);
+                    done(false);
+                    return;
+                  }
+                  if (!r.value.kvs.empty()) on_record_event(r.value.kvs[0], false);
+                  done(true);
+                });
+}
+
 void EtcdRecordStore::publish(const std::optional<StoredRecord>& read, const PrimaryRecord& next, PublishDone done) {
   swap(read, next, true, std::move(done));
 }

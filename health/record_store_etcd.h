@@ -94,6 +94,11 @@ class EtcdRecordStore final : public RecordStore {
   using PeersDone = std::function<void(bool ok, const std::string& why)>;
   void await_peers(std::uint64_t record_epoch, PeersDone done);
 
+  // A fresh read of the record: a change the watch has not delivered yet (it may have been cut
+  // along with the lease) goes through `changed` first. done(true) once this instance knows the
+  // record as etcd holds it now; done(false) when etcd did not answer.
+  void refresh(std::function<void(bool ok)> done);
+
   // The lease was renewed recently enough that it cannot have expired in etcd.
   bool serving() const;
   std::int64_t lease() const { return lease_; }
