@@ -854,6 +854,14 @@ void Server::relay_to_client() {
   if (answers_done()) c->on_cycle_done();
 }
 
+void Server::close_abortively(std::string_view reason) {
+  if (ep_.fd >= 0) {
+    const linger reset{1, 0};
+    ::setsockopt(ep_.fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+  }
+  close(reason);
+}
+
 void Server::close(std::string_view reason) {
   if (state_ == State::kClosed) return;
   const bool was_login = state_ == State::kConnecting || state_ == State::kLogin;

@@ -84,6 +84,10 @@ class Server {
   // Called when the client's bytes were forwarded to this server and the client is now waiting
   // on its write side.
   void close(std::string_view reason);
+  // As close(), with a reset (SO_LINGER 0): what the kernel still holds unsent or unacknowledged
+  // is dropped, never retransmitted. For a node that must take nothing more (a demoted or fenced
+  // primary): a statement in a send queue would otherwise reach it once a partition heals.
+  void close_abortively(std::string_view reason);
 
   std::uint32_t id() const { return id_; }
   State state() const { return state_; }

@@ -475,7 +475,7 @@ void Worker::apply_epoch() {
     const bool is_writer = snap.writer && *snap.writer == s->node();
     if ((was_writer && !is_writer) || v == nullptr || v->fenced || !v->enabled) doomed.push_back(s.get());
   }
-  for (Server* s : doomed) s->close("pgkeel is failing over: " + snap.why);
+  for (Server* s : doomed) s->close_abortively("pgkeel is failing over: " + snap.why);
   if (!doomed.empty()) {
     log::info("worker").kv("event", "epoch_applied").kv("worker", index_).kv("epoch", snap.epoch)
         .kv("closed_servers", static_cast<std::uint64_t>(doomed.size())).unlimited().emit();

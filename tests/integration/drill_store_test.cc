@@ -219,7 +219,7 @@ TEST_CASE(
     "drill, two pgkeel instances: the leader killed and started again, the other cut off etcd and "
     "healed; "
     "writes go on through the other, no acknowledged commit lost, no promotion",
-    "[drill][store]") {
+    "[drill][store][release-only]") {
   Cluster cluster(ClusterOptions{.standbys = 1, .sync = true, .netns = true});
   InstanceNetns ns(cluster);
   EtcdCluster etcd(3, ns.gateway());
@@ -300,7 +300,7 @@ TEST_CASE(
 TEST_CASE(
     "drill, two pgkeel instances: a promotion during a kill-proxy fails the run (the primary "
     "killed too)",
-    "[drill][store][fails]") {
+    "[drill][store][fails][release-only]") {
   Cluster cluster(ClusterOptions{.standbys = 1, .sync = true, .netns = true});
   InstanceNetns ns(cluster);
   EtcdCluster etcd(3, ns.gateway());
