@@ -24,6 +24,9 @@ struct GeneralConfig {
   LogFormat log_format = LogFormat::kText;  // key=value lines, or one JSON object a line
   std::string users_file;          // resolved relative to the config file's folder
   std::string state_file;          // where pgkeel records the primary's identity (failover issue)
+  // Where a new pgkeel process asks this one to hand over (pgkeel --takeover, RESTART, SIGUSR2):
+  // a Unix socket. Default: beside state_file (its name + ".takeover"); none without either.
+  std::string takeover_socket;
   Millis shutdown_timeout{30000};  // SIGTERM: how long running transactions may finish
   Millis login_timeout{10000};     // client must finish authentication within this
   // Both sides (clients and servers): a peer that vanished is noticed in seconds, not hours.

@@ -305,7 +305,7 @@ const char* type_name(const toml::value& v) {
 
 constexpr std::initializer_list<const char*> kGeneralKeys = {
     "workers",    "max_client_conn",  "log_level",    "users_file",
-    "state_file", "shutdown_timeout", "login_timeout", "log_format",
+    "state_file", "takeover_socket", "shutdown_timeout", "login_timeout", "log_format",
     "tcp_keepalive_idle", "tcp_keepalive_interval", "tcp_keepalive_count", "tcp_user_timeout",
     "application_name_add_host"};
 constexpr std::initializer_list<const char*> kClusterKeys = {"initial_primary"};
@@ -655,6 +655,8 @@ class Mapper {
         read_string(v, k, g.users_file);
       } else if (name == "state_file") {
         read_string(v, k, g.state_file);
+      } else if (name == "takeover_socket") {
+        read_string(v, k, g.takeover_socket);
       } else if (name == "shutdown_timeout") {
         read_duration(v, k, /*zero_ok=*/true, g.shutdown_timeout);  // 0: close sessions at once
       } else if (name == "login_timeout") {

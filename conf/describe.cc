@@ -59,6 +59,7 @@ std::vector<std::pair<std::string, std::string>> describe(const Config& c) {
   add("general.log_format", c.general.log_format == LogFormat::kJson ? "json" : "text");
   add("general.users_file", c.general.users_file);
   add("general.state_file", c.general.state_file);
+  add("general.takeover_socket", c.general.takeover_socket);
   add("general.shutdown_timeout", ms(c.general.shutdown_timeout));
   add("general.login_timeout", ms(c.general.login_timeout));
   add("general.tcp_keepalive_idle", ms(c.general.tcp_keepalive_idle));

@@ -89,6 +89,7 @@ class Checker {
   void run() {
     users_file();
     state_file();
+    takeover_socket();
     listeners();
     service_ports();
     nodes();
@@ -136,6 +137,22 @@ class Checker {
     if (!fs::is_directory(dir, ec)) {
       add("general.state_file", "its folder " + printable(dir.string()) + " does not exist");
     }
+  }
+
+  void takeover_socket() {
+    std::string& path = config_.general.takeover_socket;
+    if (path.empty() && !config_.general.state_file.empty() && !failed("general.state_file")) {
+      path = config_.general.state_file + ".takeover";
+    }
+    if (path.empty()) return;
+    path = resolve(path);
+    if (path.size() >= 108) {  // sockaddr_un's sun_path
+      add("general.takeover_socket", printable(path) + " is too long for a Unix socket path (107 bytes at most)");
+      return;
+    }
+    std::error_code ec;
+    const fs::path dir = fs::path(path).parent_path();
+    if (!fs::is_directory(dir, ec)) add("general.takeover_socket", "its folder " + printable(dir.string()) + " does not exist");
   }
 
   static bool valid_name(std::string_view name) {

@@ -179,7 +179,11 @@ void Keeper::open_connections(Node& n) {
 }
 
 void Keeper::start() {
-  publish(std::nullopt, "waiting for the first probes of every node", true);
+  if (Node* w = config_.taken_over_writer.empty() ? nullptr : node_by_name(config_.taken_over_writer); w != nullptr) {
+    publish(w->id, "taken over from the previous pgkeel process; confirming with this process's first probes", false);
+  } else {
+    publish(std::nullopt, "waiting for the first probes of every node", true);
+  }
   if (etcd_ != nullptr) etcd_->start();
   tick_.reset(event_new(base_, -1, EV_PERSIST, &Keeper::on_tick, this));
   const timeval tv{static_cast<time_t>(config_.probe_interval.count() / 1000),
@@ -190,7 +194,33 @@ void Keeper::start() {
 
 void Keeper::on_tick(evutil_socket_t, short, void* arg) { static_cast<Keeper*>(arg)->tick(); }
 
+bool Keeper::halt(std::string& why) {
+  if (step_ != Step::kIdle) {
+    why = "a failover or switchover is running; try again when it has finished";
+    return false;
+  }
+  halted_ = true;
+  if (tick_) event_del(tick_.get());
+  if (etcd_ != nullptr) etcd_->step_down();
+  add_event("halted", "", "another pgkeel process takes over: this keeper stops probing and deciding");
+  return true;
+}
+
+void Keeper::resume() {
+  if (!halted_) return;
+  halted_ = false;
+  if (etcd_ != nullptr) etcd_->campaign_again();
+  add_event("resumed", "", "the takeover did not complete: this keeper carries on");
+  if (tick_) {
+    const timeval tv{static_cast<time_t>(config_.probe_interval.count() / 1000),
+                     static_cast<suseconds_t>((config_.probe_interval.count() % 1000) * 1000)};
+    event_add(tick_.get(), &tv);
+  }
+  tick();
+}
+
 void Keeper::tick() {
+  if (halted_) return;
   for (auto& n : nodes_) {
     if (!n->probing && !n->retired) probe(*n);
   }
@@ -375,6 +405,7 @@ Keeper::Node* Keeper::node_by_name(const std::string& name) {
 }
 
 void Keeper::decide() {
+  if (halted_) return;
   if (!started_) {
     for (const auto& n : nodes_) {
       if (n->probes_done == 0 && !n->retired) return;
@@ -1057,6 +1088,7 @@ void Keeper::failover(std::optional<std::string> target, bool force, const std::
     done({false, "FAILOVER refused: " + why});
   };
   if (step_ != Step::kIdle) return refuse(busy_text() + " is running");
+  if (halted_) return refuse("another pgkeel process is taking over: run FAILOVER there");
   if (!store_->leader()) return refuse("this pgkeel instance does not hold the leader lease: run FAILOVER on the instance that does");
   std::optional<routing::NodeId> t;
   if (target) {
@@ -1089,6 +1121,10 @@ void Keeper::failover(std::optional<std::string> target, bool force, const std::
 // ---- planned switchover ------------------------------------------------------------------------
 
 void Keeper::switchover(std::optional<std::string> target, const std::string& who, OutcomeFn done) {
+  if (halted_) {
+    done({false, "SWITCHOVER refused: another pgkeel process is taking over: run it there"});
+    return;
+  }
   if (!store_->leader()) {
     add_event("switchover_refused", target.value_or(""), "this instance does not hold the leader lease");
     done({false, "SWITCHOVER refused: this pgkeel instance does not hold the leader lease: run it on the instance that does"});

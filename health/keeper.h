@@ -62,6 +62,9 @@ struct KeeperConfig {
   std::string state_file;      // empty: the record lives only in memory and in the cluster
   Millis promote_timeout{30000};
   std::string initial_primary;
+  // Taken over from another pgkeel process: where its keeper last sent writes. Routed to until
+  // this keeper's first probes decide (instead of holding clients meanwhile).
+  std::string taken_over_writer;
   // Planned switchover: stop the old primary cleanly, then let it rejoin as a standby. Both run
   // with /bin/sh; env PGKEEL_NODE_NAME/_HOST/_PORT (the old primary; also PGKEEL_NODE/HOST/PORT as
   // for fence_command). stop_command is waited for (bounded by switchover_timeout) and may print
@@ -211,6 +214,12 @@ class Keeper {
   // [store], a clean stop: leadership given back when it begins (another instance decides at
   // once), the lease when it ends (no one waits for its TTL). Alone: nothing; `done` at once.
   void step_down();
+  // A takeover by another pgkeel process: probes and decisions stop here, so the keeper never
+  // runs in both (with [store], the leader key is given back). False, with `why`, while a
+  // failover or switchover runs. resume(): the takeover failed; this keeper carries on.
+  bool halt(std::string& why);
+  void resume();
+  bool halted() const { return halted_; }
   void release_store(std::function<void()> done);
   // Every instance with a live lease, this one first (empty without [store]).
   std::vector<PeerStatus> peers() const;
@@ -364,6 +373,7 @@ class Keeper {
   std::unique_ptr<RecordStore> store_;
   EtcdRecordStore* etcd_ = nullptr;  // store_, with [store]
   std::string instance_;             // [store] name: events say which instance decided
+  bool halted_ = false;              // halt(): another process's keeper runs
   bool store_cut_ = false;           // routing stopped: the lease could not be renewed in time
   bool refreshing_record_ = false;   // store back: the record is being read afresh before routing
   std::string cut_why_;              // what clients are told meanwhile (57P03)

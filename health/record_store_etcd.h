@@ -79,6 +79,8 @@ class EtcdRecordStore final : public RecordStore {
   // and this one campaigns no more. Its lease (and its instance key) stay until resign(): while
   // its connections drain, a leader still waits for it.
   void step_down();
+  // After step_down() without resign(): campaign for the leader key again (a takeover that failed).
+  void campaign_again() { stepping_down_ = false; }
   // The stop is done (no connection left): the lease is revoked, and the instance key with it,
   // so no leader waits for the TTL.
   void resign(std::function<void()> done);

@@ -504,7 +504,7 @@ void Client::handle_startup(const protocol::StartupPacket& pkt) {
     fail("FATAL", "53300", "sorry, too many clients already");
     return;
   }
-  if (w_.shutting_down() || sh.draining.load(std::memory_order_relaxed)) {
+  if (!w_.handing_over() && (w_.shutting_down() || sh.draining.load(std::memory_order_relaxed))) {
     fail("FATAL", "57P03", "pgkeel is shutting down");
     return;
   }
@@ -1125,6 +1125,7 @@ void Client::send_due_answers() {
 
 // Transaction pooling: the transaction is over and every answer reached the client.
 void Client::on_cycle_done() {
+  drain_ready = true;
   if (state_ != State::kLinked || server_ == nullptr || !transaction_mode() || closing_) return;
   if (sess_ && !sess_->unreplayable.empty()) return;  // pinned to this connection
   if (stream_left_ > 0) return;                       // a long message is still passing

@@ -108,6 +108,9 @@ class Client {
   bool ever_held = false;
   // Owned by the worker: parked at a transaction boundary while its listener is paused.
   bool parked = false;
+  // A takeover's drain (Worker::begin_shutdown with handover): the session may be closed at its
+  // next idle point (logged in before the drain, or a query cycle done since).
+  bool drain_ready = false;
   Clock::time_point held_since;
   Clock::time_point parked_since;
   // Called by the worker when the pause ends: read on (linked) or ask for a server (new).

@@ -44,6 +44,7 @@ constexpr const char* kHelp[][2] = {
     {"KILL client", "admin: end a client session (id from SHOW CLIENTS)"},
     {"RELOAD", "admin: re-read the configuration and users file"},
     {"SHUTDOWN", "admin: graceful shutdown (as SIGTERM)"},
+    {"RESTART", "admin: a new pgkeel process (the binary on disk now) takes over the listeners; this one drains (as SIGUSR2)"},
 };
 
 std::string help_line() {
@@ -176,7 +177,7 @@ void run_console_command(Shared& sh, std::string_view sql, bool admin, const std
   }
 
   static const char* const kActs[] = {"PAUSE", "RESUME", "FAILOVER", "SWITCHOVER", "FENCE", "UNFENCE",
-                                      "DISABLE", "ENABLE", "KILL", "RELOAD", "SHUTDOWN"};
+                                      "DISABLE", "ENABLE", "KILL", "RELOAD", "SHUTDOWN", "RESTART"};
   if (std::find(std::begin(kActs), std::end(kActs), verb) == std::end(kActs)) {
     return reply(error("42601", "not a console command: \"" + std::string(sql.substr(0, 60)) +
                                     "\"; the console takes: " + help_line()));
@@ -255,6 +256,13 @@ void run_console_command(Shared& sh, std::string_view sql, bool admin, const std
     bool ok = false;
     const std::string text = sh.reload(who, ok);
     return reply(ok ? done_reply("RELOAD", text) : error("F0000", text));
+  }
+  if (verb == "RESTART") {
+    if (w.size() != 1 || !sh.restart) return reply(error("42601", "syntax: RESTART"));
+    bool ok = false;
+    const std::string text = sh.restart("console user " + who, ok);
+    if (ok) note(sh, "", "RESTART by " + who + ": " + text);
+    return reply(ok ? done_reply("RESTART", text) : error("55000", text));
   }
   // SHUTDOWN
   if (w.size() != 1 || !sh.shutdown) return reply(error("42601", "syntax: SHUTDOWN"));
@@ -607,6 +615,19 @@ bool Console::listen(const std::string& host, std::uint16_t port) {
   log::info("console").kv("event", "listening").kv("addr", host + ":" + std::to_string(port)).emit();
   return true;
 }
+
+bool Console::listen_on(int fd) {
+  listener_.reset(evconnlistener_new(base_, &Console::on_accept, this, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 0, fd));
+  if (!listener_) {
+    ::close(fd);
+    log::error("console").kv("event", "listen_failed").kv("reason", "cannot accept on the socket handed over").emit();
+    return false;
+  }
+  log::info("console").kv("event", "listening").kv("addr", "handed over").emit();
+  return true;
+}
+
+int Console::listener_fd() const { return listener_ ? evconnlistener_get_fd(listener_.get()) : -1; }
 
 void Console::close_listener() { listener_.reset(); }
 

@@ -51,6 +51,10 @@ class Console {
 
   // Binds host:port; returns false (and logs) on failure.
   bool listen(const std::string& host, std::uint16_t port);
+  // A listening socket handed over by the previous pgkeel process (takeover); owned from here.
+  bool listen_on(int fd);
+  // The listening socket (-1: none), for a takeover to hand over.
+  int listener_fd() const;
   void close_listener();
   void forget(ConsoleConn* c);
   Shared& shared() { return shared_; }

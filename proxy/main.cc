@@ -25,6 +25,8 @@ void libevent_message(int severity, const char* msg) {
 void usage() {
   std::fprintf(stderr,
                "usage: pgkeel -c FILE            run with the configuration in FILE\n"
+               "       pgkeel --takeover -c FILE  take over from the pgkeel running with FILE (its\n"
+               "                                  listeners, without a refused connection; it drains)\n"
                "       pgkeel --check-config -c FILE   validate FILE, print every error, exit\n"
                "       pgkeel --version\n");
 }
@@ -34,10 +36,15 @@ void usage() {
 int main(int argc, char** argv) {
   std::string config_path;
   bool check_only = false;
+  pgkeel::proxy::RunOptions options;
+  options.command.push_back(argv[0]);
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if ((a == "-c" || a == "--config") && i + 1 < argc) {
       config_path = argv[++i];
+      options.command.insert(options.command.end(), {a, config_path});
+    } else if (a == "--takeover") {
+      options.takeover = true;
     } else if (a == "--check-config") {
       check_only = true;
     } else if (a == "--version" || a == "-V") {
@@ -67,5 +74,5 @@ int main(int argc, char** argv) {
     return 0;
   }
   event_set_log_callback(&libevent_message);
-  return pgkeel::proxy::run(*res.config);
+  return pgkeel::proxy::run(*res.config, options);
 }

@@ -10,11 +10,13 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <fcntl.h>
 #include <sys/eventfd.h>
 
 #include <cerrno>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <cstring>
 #include <memory>
 #include <thread>
@@ -33,6 +35,7 @@
 #include "proxy/log.h"
 #include "proxy/shared.h"
 #include "proxy/status_http.h"
+#include "proxy/takeover.h"
 #include "proxy/tls.h"
 #include "proxy/worker.h"
 
@@ -142,6 +145,7 @@ struct ListenerSockets {
   };
   unsigned workers = 0;
   std::vector<Unix> unix_by_listener;
+  bool handed_over = false;  // a takeover: the paths now belong to the new process, never unlinked here
 
   Unix& at(std::size_t li) {
     if (unix_by_listener.size() <= li) unix_by_listener.resize(li + 1);
@@ -154,7 +158,7 @@ struct ListenerSockets {
     // Another listener may have taken over the path since (bind_unix replaces a stale socket).
     bool taken = false;
     for (std::size_t i = 0; i < unix_by_listener.size(); ++i) taken |= i != li && unix_by_listener[i].path == u.path;
-    if (!taken) ::unlink(u.path.c_str());
+    if (!taken && !handed_over) ::unlink(u.path.c_str());
     u = Unix{};
   }
 };
@@ -330,6 +334,223 @@ struct MainLoop {
   ListenerSockets* sockets = nullptr;
 };
 
+// The running process's side of a takeover (proxy/takeover.h): a Unix socket on the main loop.
+// One takeover at a time; the keeper halts before the listeners go, and resumes if the new
+// process does not say "ready".
+class TakeoverHost {
+ public:
+  TakeoverHost(MainLoop& m, std::string path) : m_(m), path_(std::move(path)) {}
+  ~TakeoverHost() {
+    close_conn();
+    listener_.reset();
+    if (bound_ && !done_) ::unlink(path_.c_str());
+  }
+  TakeoverHost(const TakeoverHost&) = delete;
+  TakeoverHost& operator=(const TakeoverHost&) = delete;
+
+  void set_services(Console* console, StatusServer* status) {
+    console_ = console;
+    status_ = status;
+  }
+
+  // Binds the socket (owner only), replacing a stale one. False, logged, when it cannot.
+  bool listen() {
+    std::string err;
+    const int fd = bind_unix(path_, err);
+    if (fd < 0) {
+      log::warning("main").kv("event", "takeover_socket_failed").kv("path", path_).kv("reason", err).emit();
+      return false;
+    }
+    ::chmod(path_.c_str(), 0600);
+    listener_.reset(evconnlistener_new(m_.base, &TakeoverHost::on_accept, this, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, fd));
+    if (!listener_) {
+      ::close(fd);
+      return false;
+    }
+    bound_ = true;
+    return true;
+  }
+
+ private:
+  static void on_accept(evconnlistener*, evutil_socket_t fd, sockaddr*, int, void* arg) {
+    static_cast<TakeoverHost*>(arg)->begin(fd);
+  }
+
+  void begin(int conn) {
+    auto refuse = [&](const std::string& why) {
+      std::string e;
+      takeover::send_parcel(conn, takeover::Parcel{"refused " + why, {}}, std::chrono::seconds(2), e);
+      log::warning("main").kv("event", "takeover_refused").kv("reason", why).emit();
+      ::close(conn);
+    };
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || (cred.uid != ::geteuid() && cred.uid != 0)) {
+      return refuse("only the user pgkeel runs as (or root) may take over");
+    }
+    std::string err;
+    std::optional<takeover::Parcel> hello = takeover::recv_parcel(conn, std::chrono::seconds(5), err);
+    if (!hello || hello->text.rfind("hello", 0) != 0) {
+      if (hello) for (int fd : hello->fds) ::close(fd);
+      return refuse("no hello" + (err.empty() ? std::string() : ": " + err));
+    }
+    for (int fd : hello->fds) ::close(fd);
+    if (conn_ >= 0 || done_) return refuse("a takeover is already under way");
+    if (m_.shared->draining.load()) return refuse("this pgkeel is shutting down");
+    health::Keeper* k = m_.shared->keeper;
+    std::string why;
+    if (k != nullptr && !k->halt(why)) return refuse(why);
+    conn_ = conn;
+    peer_ = takeover::field(hello->text, "pid");
+    log::info("main").kv("event", "takeover_begins").kv("new_pid", peer_).kv("new_version", takeover::field(hello->text, "version")).emit();
+    // The workers stop accepting now: what arrives meanwhile waits in the sockets' queues for
+    // the new process, and never lands in a process about to drain.
+    released_.assign(m_.workers->size(), {});
+    auto mu = std::make_shared<std::mutex>();
+    count_on_workers(
+        *m_.shared,
+        [this, mu](Worker& w) {
+          std::vector<ListenSocket> mine = w.release_listeners();
+          std::lock_guard lock(*mu);
+          released_[w.index()] = std::move(mine);
+          return 0;
+        },
+        [this](int) { send_listeners(); });
+  }
+
+  void send_listeners() {
+    const conf::Config& c = *m_.shared->config;
+    std::vector<takeover::Handed> handed;
+    auto dup = [](int fd) { return fd < 0 ? -1 : ::fcntl(fd, F_DUPFD_CLOEXEC, 0); };
+    for (const std::vector<ListenSocket>& mine : released_) {
+      for (const ListenSocket& ls : mine) {
+        if (ls.shared || ls.listener_index >= c.listeners.size() || c.listeners[ls.listener_index].retired) continue;
+        const conf::ListenerConfig& l = c.listeners[ls.listener_index];
+        if (const int fd = dup(ls.fd); fd >= 0) handed.push_back({takeover::Handed::Kind::kTcp, l.name, l.host, l.port, {}, fd});
+      }
+    }
+    for (std::size_t li = 0; li < m_.sockets->unix_by_listener.size() && li < c.listeners.size(); ++li) {
+      const ListenerSockets::Unix& u = m_.sockets->unix_by_listener[li];
+      if (u.fd < 0 || c.listeners[li].retired) continue;
+      if (const int fd = dup(u.fd); fd >= 0) handed.push_back({takeover::Handed::Kind::kUnix, c.listeners[li].name, {}, 0, u.path, fd});
+    }
+    if (console_ != nullptr) {
+      if (const int fd = dup(console_->listener_fd()); fd >= 0) {
+        handed.push_back({takeover::Handed::Kind::kConsole, {}, c.console.host, c.console.port, {}, fd});
+      }
+    }
+    if (status_ != nullptr) {
+      if (const int fd = dup(status_->listener_fd()); fd >= 0) {
+        handed.push_back({takeover::Handed::Kind::kStatus, {}, c.status.host, c.status.port, {}, fd});
+      }
+    }
+    std::string err;
+    const bool sent = takeover::send_parcel(conn_, takeover::listeners_parcel(handed), std::chrono::seconds(5), err);
+    for (const takeover::Handed& h : handed) ::close(h.fd);  // the new process holds its own now
+    if (!sent) return fail("sending the listeners: " + err);
+    // The keeper has stopped: where writes go now is what the new keeper starts from.
+    const std::shared_ptr<const routing::Snapshot> snap = m_.shared->table.current();
+    takeover::KeeperHandover kh;
+    kh.epoch = m_.shared->table.epoch();
+    if (snap->writer && *snap->writer < snap->nodes.size()) kh.writer = snap->nodes[*snap->writer].name;
+    if (!takeover::send_parcel(conn_, takeover::Parcel{takeover::keeper_text(kh), {}}, std::chrono::seconds(5), err)) {
+      return fail("sending the keeper's state: " + err);
+    }
+    ready_.reset(event_new(m_.base, conn_, EV_READ, &TakeoverHost::on_ready, this));
+    const timeval within{60, 0};
+    event_add(ready_.get(), &within);
+  }
+
+  static void on_ready(evutil_socket_t, short what, void* arg) {
+    auto* self = static_cast<TakeoverHost*>(arg);
+    if ((what & EV_TIMEOUT) != 0) return self->fail("the new process did not say ready within 60 s");
+    std::string err;
+    std::optional<takeover::Parcel> p = takeover::recv_parcel(self->conn_, std::chrono::seconds(2), err);
+    if (!p || p->text != "ready") {
+      if (p) for (int fd : p->fds) ::close(fd);
+      return self->fail(p ? "the new process said \"" + p->text.substr(0, 80) + "\"" : "the new process went away (" + err + ")");
+    }
+    self->handed_over();
+  }
+
+  // The new process accepts on every socket: this one stops, and drains.
+  void handed_over() {
+    done_ = true;
+    close_conn();
+    for (std::vector<ListenSocket>& mine : released_) {
+      for (const ListenSocket& ls : mine) {
+        if (!ls.shared) ::close(ls.fd);
+      }
+    }
+    released_.clear();
+    listener_.reset();
+    m_.sockets->handed_over = true;
+    if (console_ != nullptr) console_->close_listener();
+    if (status_ != nullptr) status_->close_listener();
+    log::info("main").kv("event", "taken_over").kv("new_pid", peer_)
+        .kv("detail", "the new process accepts; sessions here finish and close").emit();
+    if (m_.shared->keeper != nullptr) m_.shared->keeper->note_event("taken_over", "", "pgkeel process " + peer_ + " took over the listeners");
+    m_.shared->draining.store(true);
+    for (auto& w : *m_.workers) w->post([](Worker& wk) { wk.begin_shutdown(true, true); });
+  }
+
+  void fail(const std::string& why) {
+    log::error("main").kv("event", "takeover_failed").kv("new_pid", peer_).kv("reason", why)
+        .kv("detail", "this process carries on: it still accepts, and its keeper runs again").emit();
+    close_conn();
+    // Accepting again, on the very sockets.
+    for (std::size_t w = 0; w < released_.size() && w < m_.workers->size(); ++w) {
+      (*m_.workers)[w]->post([mine = std::move(released_[w])](Worker& wk) { wk.change_listeners(mine, {}); });
+    }
+    released_.clear();
+    if (m_.shared->keeper != nullptr) m_.shared->keeper->resume();
+  }
+
+  void close_conn() {
+    ready_.reset();
+    if (conn_ >= 0) ::close(conn_);
+    conn_ = -1;
+  }
+
+  MainLoop& m_;
+  std::string path_;
+  Console* console_ = nullptr;
+  StatusServer* status_ = nullptr;
+  ListenerPtr listener_;
+  EventPtr ready_;
+  int conn_ = -1;
+  std::vector<std::vector<ListenSocket>> released_;  // by worker: what they accepted on
+  std::string peer_;
+  bool bound_ = false;
+  bool done_ = false;
+};
+
+// RESTART and SIGUSR2: this process's command line again, with --takeover, in a session of its
+// own (it outlives this process).
+std::string spawn_takeover(const std::vector<std::string>& command, const std::string& socket_path, bool& ok) {
+  ok = false;
+  if (socket_path.empty()) return "no takeover socket: set general.takeover_socket (or general.state_file)";
+  if (command.empty()) return "this process does not know how it was started";
+  std::vector<std::string> args = command;
+  args.emplace_back("--takeover");
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid < 0) return std::string("fork failed: ") + std::strerror(errno);
+  if (pid == 0) {
+    ::setsid();
+    sigset_t none;
+    sigemptyset(&none);
+    pthread_sigmask(SIG_SETMASK, &none, nullptr);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  ok = true;
+  log::info("main").kv("event", "takeover_started").kv("new_pid", static_cast<std::int64_t>(pid)).kv("binary", command[0]).emit();
+  return "pgkeel process " + std::to_string(pid) + " (" + command[0] + ") is taking over; this one drains once it accepts";
+}
+
 // What a reload cannot change in a running process; each entry names the key. Empty: the new
 // configuration can be applied live.
 std::vector<std::string> restart_only_changes(const conf::Config& a, const conf::Config& b) {
@@ -339,6 +560,7 @@ std::vector<std::string> restart_only_changes(const conf::Config& a, const conf:
   };
   check(a.general.workers == b.general.workers, "general.workers");
   check(a.general.state_file == b.general.state_file, "general.state_file");
+  check(a.general.takeover_socket == b.general.takeover_socket, "general.takeover_socket");
   {
     const conf::StoreConfig& s = a.store;
     const conf::StoreConfig& r = b.store;
@@ -522,6 +744,11 @@ void on_signal(evutil_socket_t sig, short, void* arg) {
     reload_config(*m->shared, *m->sockets, "SIGHUP", ok);
     return;
   }
+  if (sig == SIGUSR2) {
+    bool ok = false;
+    if (m->shared->restart) m->shared->restart("SIGUSR2", ok);
+    return;
+  }
   const bool graceful = sig == SIGTERM && m->terms == 0;
   ++m->terms;
   log::info("main").kv("event", graceful ? "shutdown_graceful" : "shutdown_fast").kv("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT").emit();
@@ -545,7 +772,7 @@ void on_watch(evutil_socket_t, short, void* arg) {
 
 }  // namespace
 
-int run(const conf::Config& config) {
+int run(const conf::Config& config, const RunOptions& options) {
   log::set_level(config.general.log_level);
   log::set_format(config.general.log_format == conf::LogFormat::kJson ? log::Format::kJson : log::Format::kText);
   signal(SIGPIPE, SIG_IGN);
@@ -575,6 +802,39 @@ int run(const conf::Config& config) {
     sh.mock_secret = std::string(auth::key_bytes(*digest));
   }
 
+  // --takeover: the running pgkeel hands its listening sockets over and stops its keeper (it
+  // carries on as before if this process goes away before it says "ready").
+  std::optional<takeover::Received> taken;
+  if (options.takeover) {
+    if (config.general.takeover_socket.empty()) {
+      log::error("main").kv("event", "takeover_failed").kv("reason", "no takeover socket: set general.takeover_socket (or general.state_file)").emit();
+      return 2;
+    }
+    std::string err;
+    taken = takeover::request(config.general.takeover_socket, std::chrono::seconds(30), err);
+    if (!taken) {
+      log::error("main").kv("event", "takeover_failed").kv("socket", config.general.takeover_socket).kv("reason", err).emit();
+      return 1;
+    }
+    log::info("main").kv("event", "takeover").kv("sockets", static_cast<std::uint64_t>(taken->handed.size()))
+        .kv("writer", taken->keeper.writer.empty() ? "none" : taken->keeper.writer).kv("epoch", taken->keeper.epoch).emit();
+  }
+  // The handed-over sockets that match `pred`, taken out of `taken`.
+  auto take_handed = [&taken](auto pred) {
+    std::vector<int> fds;
+    if (!taken) return fds;
+    std::vector<takeover::Handed> rest;
+    for (takeover::Handed& h : taken->handed) {
+      if (pred(h)) {
+        fds.push_back(h.fd);
+      } else {
+        rest.push_back(std::move(h));
+      }
+    }
+    taken->handed = std::move(rest);
+    return fds;
+  };
+
   // Nodes: addresses resolved once here, never on a worker.
   routing::Snapshot snap;
   snap.epoch = 1;
@@ -598,8 +858,19 @@ int run(const conf::Config& config) {
     snap.nodes.push_back(v);
   }
   // No writer until the keeper's first probes confirm one; clients that arrive meanwhile wait.
+  // Taken over: where the previous process's keeper last sent writes, under its epochs.
   snap.hold = true;
   snap.why = "waiting for the first probes of every node";
+  std::string taken_writer;
+  if (taken) {
+    sh.table.raise_floor(taken->keeper.epoch);
+    if (const int w = config.node_index(taken->keeper.writer); w >= 0 && !taken->keeper.writer.empty()) {
+      snap.writer = static_cast<routing::NodeId>(w);
+      snap.hold = false;
+      snap.why = "taken over from the previous pgkeel process (its writer " + taken->keeper.writer + ")";
+      taken_writer = taken->keeper.writer;
+    }
+  }
   sh.table.publish(std::move(snap));
 
   // Listening sockets: TCP one per worker (SO_REUSEPORT); Unix sockets shared.
@@ -607,14 +878,56 @@ int run(const conf::Config& config) {
   sockets.workers = nworkers;
   std::vector<std::vector<ListenSocket>> per_worker(nworkers);
   for (std::size_t li = 0; li < config.listeners.size(); ++li) {
-    BoundListener b;
-    std::string err;
-    if (!bind_listener(config.listeners[li], nworkers, true, b, err)) {
-      log::error("main").kv("event", "listen_failed").kv("reason", err).emit();
-      return 2;
+    const conf::ListenerConfig& l = config.listeners[li];
+    std::vector<int> tcp = take_handed([&l](const takeover::Handed& h) {
+      return h.kind == takeover::Handed::Kind::kTcp && h.name == l.name && h.host == l.host && h.port == l.port;
+    });
+    std::vector<int> unix_fd = take_handed([&l](const takeover::Handed& h) {
+      return h.kind == takeover::Handed::Kind::kUnix && h.name == l.name && h.path == unix_path_of(l);
+    });
+    if (tcp.empty()) {
+      BoundListener b;
+      std::string err;
+      if (!bind_listener(l, nworkers, unix_fd.empty(), b, err)) {
+        log::error("main").kv("event", "listen_failed").kv("reason", err).emit();
+        return 2;
+      }
+      if (!unix_fd.empty()) b.unix_socket = {unix_fd.front(), unix_path_of(l)};
+      sockets.at(li) = b.unix_socket;
+      hand_out(li, b, b.unix_socket.fd, per_worker);
+      continue;
     }
-    sockets.at(li) = b.unix_socket;
-    hand_out(li, b, b.unix_socket.fd, per_worker);
+    // Taken over: the same sockets, so nothing queued in them is lost; spread over this
+    // process's workers (a worker may accept on two; one without gets a socket of its own on
+    // the same port, SO_REUSEPORT).
+    for (std::size_t i = 0; i < tcp.size(); ++i) per_worker[i % nworkers].push_back({tcp[i], li, false});
+    for (std::size_t w = tcp.size(); w < nworkers; ++w) {
+      std::string err;
+      const int fd = bind_tcp(l.host, l.port, err);
+      if (fd < 0) {
+        log::error("main").kv("event", "listen_failed").kv("listener", l.name).kv("reason", err).emit();
+        return 2;
+      }
+      per_worker[w].push_back({fd, li, false});
+    }
+    ListenerSockets::Unix u;
+    if (!unix_fd.empty()) {
+      u = {unix_fd.front(), unix_path_of(l)};
+    } else if (!unix_path_of(l).empty()) {
+      std::string err;
+      u.path = unix_path_of(l);
+      u.fd = bind_unix(u.path, err);
+      if (u.fd < 0) {
+        log::error("main").kv("event", "listen_failed").kv("listener", l.name).kv("reason", err).emit();
+        return 2;
+      }
+    }
+    sockets.at(li) = u;
+    if (u.fd >= 0) {
+      for (unsigned w = 0; w < nworkers; ++w) per_worker[w].push_back({u.fd, li, true});
+    }
+    log::info("main").kv("event", "listening").kv("listener", l.name).kv("addr", l.host + ":" + std::to_string(l.port))
+        .kv("unix", u.path).kv("intent", routing::to_string(l.intent)).kv("taken_over", static_cast<std::uint64_t>(tcp.size())).emit();
   }
 
   // Workers get no signals: main handles them.
@@ -623,6 +936,7 @@ int run(const conf::Config& config) {
   sigaddset(&block, SIGTERM);
   sigaddset(&block, SIGINT);
   sigaddset(&block, SIGHUP);
+  sigaddset(&block, SIGUSR2);
   pthread_sigmask(SIG_BLOCK, &block, nullptr);
   std::vector<std::unique_ptr<Worker>> workers;
   for (unsigned w = 0; w < nworkers; ++w) {
@@ -637,12 +951,19 @@ int run(const conf::Config& config) {
   EventPtr sigterm(evsignal_new(base.get(), SIGTERM, &on_signal, &m));
   EventPtr sigint(evsignal_new(base.get(), SIGINT, &on_signal, &m));
   EventPtr sighup(evsignal_new(base.get(), SIGHUP, &on_signal, &m));
+  EventPtr sigusr2(evsignal_new(base.get(), SIGUSR2, &on_signal, &m));
   event_add(sigterm.get(), nullptr);
   event_add(sigint.get(), nullptr);
   event_add(sighup.get(), nullptr);
+  event_add(sigusr2.get(), nullptr);
   pthread_sigmask(SIG_UNBLOCK, &block, nullptr);
   sh.main_base = base.get();
   sh.reload = [&sh, &sockets](const std::string& who, bool& ok) { return reload_config(sh, sockets, who, ok); };
+  sh.restart = [&options, &config](const std::string& who, bool& ok) {
+    std::string text = spawn_takeover(options.command, config.general.takeover_socket, ok);
+    log::info("main").kv("event", "restart").kv("by", who).kv("detail", text).emit();
+    return text;
+  };
   sh.shutdown = [&m](bool graceful) {
     m.shared->draining.store(true);
     log::info("main").kv("event", graceful ? "shutdown_graceful" : "shutdown_fast").kv("signal", "console").emit();
@@ -689,6 +1010,7 @@ int run(const conf::Config& config) {
   kc.switchover_drain_timeout = config.failover.switchover_drain_timeout;
   kc.switchover_timeout = config.failover.switchover_timeout;
   kc.initial_primary = config.nodes[primary].name;
+  kc.taken_over_writer = taken_writer;
   std::vector<health::NodeTarget> targets;
   for (std::size_t i = 0; i < config.nodes.size(); ++i) targets.push_back(node_target(config.nodes[i], sh.node_addrs[i], config.server_tls.sslmode));
   // [store]: the etcd client lives on this loop and outlives the keeper that uses it.
@@ -736,7 +1058,10 @@ int run(const conf::Config& config) {
   std::unique_ptr<Console> console;
   if (config.console.port != 0) {
     console = std::make_unique<Console>(sh, base.get());
-    if (!console->listen(config.console.host, config.console.port)) {
+    const std::vector<int> handed = take_handed([&config](const takeover::Handed& h) {
+      return h.kind == takeover::Handed::Kind::kConsole && h.host == config.console.host && h.port == config.console.port;
+    });
+    if (!(handed.empty() ? console->listen(config.console.host, config.console.port) : console->listen_on(handed.front()))) {
       for (auto& w : workers) w->post([](Worker& wk) { wk.begin_shutdown(false); });
       for (auto& w : workers) w->join();
       return 2;
@@ -746,15 +1071,39 @@ int run(const conf::Config& config) {
   std::unique_ptr<StatusServer> status;
   if (config.status.port != 0) {
     status = std::make_unique<StatusServer>(sh, base.get());
-    if (!status->listen(config.status.host, config.status.port)) {
+    const std::vector<int> handed = take_handed([&config](const takeover::Handed& h) {
+      return h.kind == takeover::Handed::Kind::kStatus && h.host == config.status.host && h.port == config.status.port;
+    });
+    if (!(handed.empty() ? status->listen(config.status.host, config.status.port) : status->listen_on(handed.front()))) {
       for (auto& w : workers) w->post([](Worker& wk) { wk.begin_shutdown(false); });
       for (auto& w : workers) w->join();
       return 2;
     }
   }
 
+  // Sockets handed over that this configuration no longer has.
+  if (taken) {
+    for (const takeover::Handed& h : taken->handed) ::close(h.fd);
+    taken->handed.clear();
+  }
+  std::unique_ptr<TakeoverHost> takeover_host;
+  if (taken) {
+    // Everything accepts here now: the previous process stops accepting and drains.
+    std::string err;
+    if (!takeover::send_parcel(taken->sock, takeover::Parcel{"ready", {}}, std::chrono::seconds(5), err)) {
+      log::warning("main").kv("event", "takeover_ready_unsent").kv("reason", err).emit();
+    }
+    ::close(taken->sock);
+  }
+  if (!config.general.takeover_socket.empty()) {
+    takeover_host = std::make_unique<TakeoverHost>(m, config.general.takeover_socket);
+    takeover_host->set_services(console.get(), status.get());
+    takeover_host->listen();
+  }
+
   log::info("main").kv("event", "started").kv("workers", nworkers).kv("nodes", static_cast<unsigned>(config.nodes.size()))
-      .kv("primary", config.nodes[primary].name).kv("version", PGKEEL_VERSION).emit();
+      .kv("primary", config.nodes[primary].name).kv("version", PGKEEL_VERSION).kv("pid", static_cast<std::int64_t>(::getpid()))
+      .kv("taken_over", taken ? "yes" : "no").emit();
 
   event_base_dispatch(base.get());
 

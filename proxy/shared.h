@@ -109,6 +109,9 @@ struct Shared {
   // Set by run(): RELOAD / SIGHUP (returns what happened, in one line) and SHUTDOWN.
   std::function<std::string(const std::string& who, bool& ok)> reload;
   std::function<void(bool graceful)> shutdown;
+  // RESTART and SIGUSR2: starts `pgkeel --takeover` with this process's command line; the text
+  // says what happened (ok false: why nothing did).
+  std::function<std::string(const std::string& who, bool& ok)> restart;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   // PAUSE [listener] from the console, and a switchover's pause: new transactions wait.
   std::array<std::atomic<bool>, kMaxListeners> listener_paused{};

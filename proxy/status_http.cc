@@ -12,6 +12,8 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+
+#include <unistd.h>
 #include <optional>
 #include <string_view>
 #include <tuple>
@@ -1036,6 +1038,7 @@ struct StatusServer::Impl {
   std::unordered_map<std::string, Proved> proved;  // by SHA-256 of user and password
   std::int64_t check_second = 0;
   int checks_this_second = 0;
+  evhttp_bound_socket* bound = nullptr;  // the listening socket (owned by `http`)
   EvhttpPtr http;  // after the members its callbacks touch: freed first
   EventPtr watch;
   std::uint64_t watched_epoch = 0;
@@ -1059,8 +1062,28 @@ bool StatusServer::listen(const std::string& host, std::uint16_t port) {
         .kv("reason", err != 0 ? std::strerror(err) : "cannot bind").emit();
     return false;
   }
+  impl_->bound = bound;
   log::info("status").kv("event", "listening").kv("addr", addr).emit();
   return true;
+}
+
+bool StatusServer::listen_on(int fd) {
+  evhttp_bound_socket* bound = impl_->http ? evhttp_accept_socket_with_handle(impl_->http.get(), fd) : nullptr;
+  if (bound == nullptr) {
+    ::close(fd);
+    log::error("status").kv("event", "listen_failed").kv("reason", "cannot accept on the socket handed over").emit();
+    return false;
+  }
+  impl_->bound = bound;
+  log::info("status").kv("event", "listening").kv("addr", "handed over").emit();
+  return true;
+}
+
+int StatusServer::listener_fd() const { return impl_->bound != nullptr ? evhttp_bound_socket_get_fd(impl_->bound) : -1; }
+
+void StatusServer::close_listener() {
+  if (impl_->bound != nullptr && impl_->http) evhttp_del_accept_socket(impl_->http.get(), impl_->bound);
+  impl_->bound = nullptr;
 }
 
 }  // namespace pgkeel::proxy

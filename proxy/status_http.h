@@ -27,6 +27,11 @@ class StatusServer {
 
   // Binds host:port; returns false (and logs) on failure.
   bool listen(const std::string& host, std::uint16_t port);
+  // A listening socket handed over by the previous pgkeel process (takeover); owned from here.
+  bool listen_on(int fd);
+  // The listening socket (-1: none), for a takeover to hand over; close_listener() stops it.
+  int listener_fd() const;
+  void close_listener();
 
  private:
   struct Impl;

@@ -1,5 +1,7 @@
 #include "proxy/worker.h"
 
+#include <fcntl.h>
+
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
@@ -116,7 +118,7 @@ void Worker::accept_on(const ListenSocket& s) {
   // failure (4.5 million lines in 8 s at EMFILE).
   evconnlistener_set_error_cb(l, &Worker::on_accept_error);
   if (accept_paused_) evconnlistener_disable(l);
-  listeners_.push_back({ListenerPtr(l), s.listener_index});
+  listeners_.push_back({ListenerPtr(l), s.listener_index, s.shared});
 }
 
 void Worker::set_config(std::shared_ptr<const conf::Config> c) {
@@ -436,7 +438,9 @@ void Worker::tick() {
     cs.clear();
     for (auto& [id, c] : clients_) cs.push_back(c.get());
     for (Client* c : cs) {
-      if (past_deadline || c->idle_for_shutdown()) c->terminate("57P01", "terminating connection due to pgkeel shutdown");
+      if (past_deadline || (c->idle_for_shutdown() && (!handover_ || c->drain_ready))) {
+        c->terminate("57P01", "terminating connection due to pgkeel shutdown");
+      }
     }
     if (clients_.empty()) {
       ss.clear();
@@ -646,7 +650,21 @@ void Worker::report(WorkerReport& out) const {
 
 void Worker::close_listeners() { listeners_.clear(); }
 
-void Worker::begin_shutdown(bool graceful) {
+std::vector<ListenSocket> Worker::release_listeners() {
+  std::vector<ListenSocket> out;
+  for (const Accepting& a : listeners_) {
+    const int fd = evconnlistener_get_fd(a.listener.get());
+    if (a.shared) {
+      out.push_back({fd, a.listener_index, true});
+    } else if (const int kept = ::fcntl(fd, F_DUPFD_CLOEXEC, 0); kept >= 0) {
+      out.push_back({kept, a.listener_index, false});
+    }
+  }
+  listeners_.clear();  // closes this worker's own descriptors; the duplicates keep the sockets
+  return out;
+}
+
+void Worker::begin_shutdown(bool graceful, bool handover) {
   close_listeners();
   if (!graceful) {
     shutdown_ = Shutdown::kImmediate;
@@ -655,6 +673,10 @@ void Worker::begin_shutdown(bool graceful) {
   }
   if (shutdown_ != Shutdown::kNone) return;
   shutdown_ = Shutdown::kGraceful;
+  handover_ = handover;
+  for (auto& [id, c] : clients_) {
+    c->drain_ready = c->state() == Client::State::kLinked || c->state() == Client::State::kDetached;
+  }
   shutdown_deadline_ = Clock::now() + config().general.shutdown_timeout;
   tick();
 }

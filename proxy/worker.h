@@ -115,8 +115,16 @@ class Worker {
   void change_listeners(const std::vector<ListenSocket>& add, const std::vector<std::size_t>& close);
 
   // Shutdown: graceful (idle sessions closed with 57P01, others when idle) or immediate.
-  void begin_shutdown(bool graceful);
+  // `handover`: another process took the listeners over; a login under way completes, and a
+  // session is closed at an idle point once it has run a query since (or was logged in before).
+  void begin_shutdown(bool graceful, bool handover = false);
   bool shutting_down() const { return shutdown_ != Shutdown::kNone; }
+  bool handing_over() const { return handover_; }
+
+  // A takeover: this worker stops accepting and gives up its sockets (its own TCP ones as
+  // descriptors the caller now owns; shared Unix ones as main's). change_listeners(them, {})
+  // takes them back.
+  std::vector<ListenSocket> release_listeners();
 
   std::size_t client_count() const { return clients_.size(); }
   std::size_t server_count() const { return servers_.size(); }
@@ -142,10 +150,12 @@ class Worker {
 
   Shared& shared_;
   const unsigned index_;
+  bool handover_ = false;  // begin_shutdown(true, true)
   EventBasePtr base_;
   struct Accepting {
     ListenerPtr listener;
     std::size_t listener_index = 0;
+    bool shared = false;  // a Unix socket main owns
   };
   std::vector<Accepting> listeners_;
   AcceptBackoff accept_backoff_;

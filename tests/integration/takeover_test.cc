@@ -1,0 +1,162 @@
+// A new pgkeel process takes over from the running one (pgkeel --takeover, console RESTART): the
+// listening sockets move over a Unix socket, so no connection is refused; the keeper stops in the
+// old process before it starts in the new; a takeover that does not complete leaves the old
+// process serving and deciding.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <fstream>
+#include <regex>
+#include <string>
+#include <thread>
+
+#include "proxy/takeover.h"
+#include "tests/integration/fixture.h"
+#include "tests/integration/http_client.h"
+#include "tests/integration/load.h"
+
+using namespace pgkeel::test;
+namespace takeover = pgkeel::proxy::takeover;
+
+namespace {
+
+PgkeelOptions with_services() {
+  PgkeelOptions o;
+  o.console = true;
+  o.status = true;
+  o.log_level = "info";
+  o.health_extra = "probe_interval = \"250ms\"\nprobe_timeout = \"500ms\"";
+  return o;
+}
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+std::string takeover_socket(const Pgkeel& pk) { return (pk.dir() / "pgkeel.state.takeover").string(); }
+
+bool has_event(const std::string& console, const std::string& kind) {
+  const PqResult r = pq_exec(console, "SHOW EVENTS", 5s);
+  for (std::size_t i = 0; i < r.rows.size(); ++i) {
+    if (r.value(i, 3) == kind) return true;
+  }
+  return false;
+}
+
+// pid=N of the "started" line of a pgkeel log.
+pid_t started_pid(const std::string& log) {
+  std::smatch m;
+  if (std::regex_search(log, m, std::regex("event=started [^\n]*pid=([0-9]+)"))) return static_cast<pid_t>(std::stol(m[1]));
+  return -1;
+}
+
+// Running, not a zombie (a process whose parent exited is reaped by whoever adopts it).
+bool alive(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  if (!std::getline(in, stat)) return false;
+  const std::size_t paren = stat.rfind(')');
+  return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] != 'Z';
+}
+
+}  // namespace
+
+TEST_CASE("pgkeel --takeover under connect-per-transaction pgbench: no connection refused, the old process exits",
+          "[takeover]") {
+  auto& cluster = Cluster::shared();
+  Pgkeel pk(cluster, with_services());
+  const std::string db1 = std::to_string(cluster.port("db1"));
+  REQUIRE(eventually(20s, [&] { return pq_exec(pk.conninfo(), "SELECT current_setting('port')").scalar() == db1; }));
+  REQUIRE(fs::exists(takeover_socket(pk)));
+  auto init = run({"pgbench", "-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p", std::to_string(pk.port()), "-U", "app", "app"},
+                  {{"PGPASSWORD", "app-pass"}});
+  INFO(init.output);
+  REQUIRE(init.ok());
+  const std::uint64_t epoch_before = std::stoull(pq_exec(pk.console_conninfo(), "SHOW ROUTES").value(0, 5));
+  setenv("PGPASSWORD", "app-pass", 1);
+  Background load({"pgbench", "-n", "-C", "-S", "-c", "4", "-T", "8", "-h", "127.0.0.1", "-p", std::to_string(pk.port()), "-U",
+                   "app", "app"},
+                  pk.dir() / "pgbench.log");
+  std::this_thread::sleep_for(2s);
+  Background next({Pgkeel::binary().string(), "--takeover", "-c", pk.config_path().string()}, pk.dir() / "next.log");
+  // The old process hands over, drains and exits by itself, cleanly.
+  REQUIRE(eventually(30s, [&] { return !pk.running(); }, 100ms));
+  REQUIRE(pk.exit_status());
+  CHECK(WIFEXITED(*pk.exit_status()));
+  CHECK(WEXITSTATUS(*pk.exit_status()) == 0);
+  const int rc = load.wait(60s);
+  const std::string out = read_file(pk.dir() / "pgbench.log");
+  INFO(out);
+  CHECK(rc == 0);
+  CHECK(out.find("number of failed transactions: 0 ") != std::string::npos);
+  CHECK(out.find("error") == std::string::npos);
+  // The new process serves every port: clients, console, status; writes go where they went.
+  const std::string next_log = read_file(pk.dir() / "next.log");
+  INFO(next_log.substr(0, 3000));
+  CHECK(next_log.find("event=takeover ") != std::string::npos);
+  CHECK(pq_exec(pk.conninfo(), "SELECT current_setting('port')").scalar() == db1);
+  const PqResult w = pq_exec(pk.conninfo(), "CREATE TABLE IF NOT EXISTS takeover_it (n int); INSERT INTO takeover_it VALUES (1)");
+  INFO(w.error);
+  CHECK(w.ok);
+  CHECK(pq_exec(pk.console_conninfo(), "SHOW VERSION").ok);
+  CHECK(http(pk.status_port(), "GET", "/health").code == 200);
+  // Epochs go on from the old process's, never back.
+  const std::uint64_t epoch_after = std::stoull(pq_exec(pk.console_conninfo(), "SHOW ROUTES").value(0, 5));
+  CHECK(epoch_after > epoch_before);
+  const std::string old_log = read_file(pk.log_path());
+  CHECK(old_log.find("event=taken_over") != std::string::npos);
+  std::printf("takeover: %s\n", out.substr(out.find("number of transactions actually processed")).substr(0, 60).c_str());
+}
+
+TEST_CASE("a takeover that does not complete leaves the old process accepting, and its keeper deciding again",
+          "[takeover]") {
+  auto& cluster = Cluster::shared();
+  Pgkeel pk(cluster, with_services());
+  REQUIRE(eventually(20s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+  std::string err;
+  // A "new process" that takes the sockets and the keeper's last word, then goes away.
+  std::optional<takeover::Received> r = takeover::request(takeover_socket(pk), 10s, err);
+  INFO(err);
+  REQUIRE(r);
+  CHECK_FALSE(r->handed.empty());
+  CHECK(r->keeper.writer == "db1");
+  for (const takeover::Handed& h : r->handed) ::close(h.fd);
+  // Meanwhile the old process stopped accepting: a login waits in the socket's queue.
+  ::close(r->sock);
+  REQUIRE(eventually(10s, [&] { return has_event(pk.console_conninfo(), "resumed"); }, 100ms));
+  CHECK(has_event(pk.console_conninfo(), "halted"));
+  CHECK(pk.running());
+  CHECK(pq_exec(pk.conninfo(), "SELECT 1", 5s).ok);
+  // Its keeper probes again (SHOW NODES' probe count moves on).
+  auto probes = [&] { return std::stol(pq_exec(pk.console_conninfo(), "SHOW NODES").value(0, 16)); };
+  const long before = probes();
+  CHECK(eventually(10s, [&] { return probes() > before + 2; }, 200ms));
+}
+
+TEST_CASE("RESTART on the console: a new process from the binary on disk takes over; the old one exits",
+          "[takeover][console]") {
+  auto& cluster = Cluster::shared();
+  Pgkeel pk(cluster, with_services());
+  REQUIRE(eventually(20s, [&] { return pq_exec(pk.conninfo(), "SELECT 1").ok; }));
+  const PqResult r = pq_exec(pk.console_conninfo(), "RESTART", 10s);
+  INFO(r.error);
+  REQUIRE(r.ok);
+  REQUIRE(eventually(30s, [&] { return !pk.running(); }, 100ms));
+  // The new process writes to the same log (it inherited the old one's output).
+  std::string log;
+  pid_t next = -1;
+  REQUIRE(eventually(10s, [&] {
+    log = read_file(pk.log_path());
+    const std::size_t at = log.find("taken_over=yes");
+    if (at == std::string::npos) return false;
+    next = started_pid(log.substr(log.rfind('\n', at) == std::string::npos ? 0 : log.rfind('\n', at)));
+    return next > 0;
+  }, 100ms));
+  CHECK(pq_exec(pk.conninfo(), "SELECT 1").ok);
+  CHECK(pq_exec(pk.console_conninfo(), "SHOW VERSION").ok);
+  CHECK(::kill(next, SIGTERM) == 0);
+  CHECK(eventually(20s, [&] { return !alive(next); }, 100ms));
+}
