@@ -6,7 +6,8 @@
 #   tools/rehearsal.sh up DIR [--standbys N] [--sync|--async] [--netns] [--instances N]
 #                                                                 start everything (default: 1, --sync)
 #   tools/rehearsal.sh down DIR [--keep]                          stop everything; remove DIR unless --keep
-#   tools/rehearsal.sh restart-proxy DIR                          SIGTERM pgkeel, start it again (same config)
+#   tools/rehearsal.sh restart-proxy DIR                          a new pgkeel takes over (pgkeel --takeover)
+#   tools/rehearsal.sh cold-restart-proxy DIR                     SIGTERM pgkeel, start it again (same config)
 #   tools/rehearsal.sh status DIR                                 SHOW ROUTES and SHOW NODES on the console
 #   tools/rehearsal.sh start-proxy DIR NAME                       (--instances) start instance NAME again
 #
@@ -79,6 +80,24 @@ start_proxy() {  # DIR [INSTANCE]: starts pgkeel from DIR/pgkeel[-INSTANCE].toml
   done
   tail -n 20 "$dir/pgkeel$name.log" >&2 || true
   die "pgkeel did not come up (log: $dir/pgkeel$name.log)"
+}
+
+takeover_proxy() {  # DIR [INSTANCE]: a new pgkeel takes over from the running one; waits for the old to exit
+  local dir=$1 name=${2:+-$2} bin=${PGKEEL_BIN:-$kRoot/build/pgkeel} old pid status_port
+  old=$(cat "$dir/pgkeel$name.pid")
+  status_port=$(sed -n '/^\[status\]/,/^port/s/^port = //p' "$dir/pgkeel$name.toml")
+  setsid "$bin" --takeover -c "$dir/pgkeel$name.toml" >>"$dir/pgkeel$name.log" 2>&1 </dev/null &
+  pid=$!
+  echo "$pid" >"$dir/pgkeel$name.pid"
+  # The old process hands over, drains its sessions (shutdown_timeout at most) and exits.
+  for _ in $(seq 1 400); do
+    [[ "$(awk '{print $3}' "/proc/$old/stat" 2>/dev/null)" =~ ^(|Z)$ ]] && break
+    kill -0 "$pid" 2>/dev/null || die "the new pgkeel exited (log: $dir/pgkeel$name.log)"
+    sleep 0.1
+  done
+  kill -0 "$pid" 2>/dev/null && live "$status_port" || die "the new pgkeel does not serve (log: $dir/pgkeel$name.log)"
+  [[ "$(awk '{print $3}' "/proc/$old/stat" 2>/dev/null)" =~ ^(|Z)$ ]] || die "the old pgkeel $old did not exit"
+  say "pgkeel${2:+ $2} $pid took over from $old"
 }
 
 stop_proxy() {  # DIR [INSTANCE]: SIGTERM, then SIGKILL after 10 s; only the pid we started
@@ -265,6 +284,10 @@ ENV
     start_proxy "$dir" "$name"
     ;;
   restart-proxy)
+    [[ -f "$dir/rehearsal.env" ]] || die "no rehearsal in $dir"
+    takeover_proxy "$dir"
+    ;;
+  cold-restart-proxy)
     [[ -f "$dir/rehearsal.env" ]] || die "no rehearsal in $dir"
     stop_proxy "$dir"
     start_proxy "$dir"

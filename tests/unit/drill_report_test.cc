@@ -371,7 +371,8 @@ TEST_CASE("what each fault must show follows its kind and whether it hit the wri
   }
   CHECK(same(expected_effects(FaultKind::kSwitchover, true), {true, true, true}));
   CHECK(same(expected_effects(FaultKind::kFailover, true), {true, true, true}));
-  CHECK(same(expected_effects(FaultKind::kRestartProxy, false), {false, false, true}));
+  CHECK(same(expected_effects(FaultKind::kRestartProxy, false), {false, false, false}));
+  CHECK(expected_effects(FaultKind::kRestartProxy, false).no_promotion);
   CHECK(same(expected_effects(FaultKind::kSyncLoss, false), {true, false, false}));
   CHECK(same(expected_effects(FaultKind::kLag, false), {false, false, false}));
 

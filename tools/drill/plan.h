@@ -19,7 +19,7 @@ enum class FaultKind : std::uint8_t {
   kHang,          // SIGSTOP of the primary's postmaster and children; SIGCONT after `for`
   kSwitchover,    // SWITCHOVER [TO node] on pgkeel's console
   kFailover,      // FAILOVER [TO node] on pgkeel's console
-  kRestartProxy,  // SIGTERM pgkeel, start it again with the same config
+  kRestartProxy,  // the restart command: rehearsal.sh restart-proxy has a new pgkeel take over
   kLag,           // pg_wal_replay_pause() on a standby; resumed after `for` when given
   kSyncLoss,      // kill -9 of the synchronous standby's postmaster
   kPartition,     // the node's link down (cluster.sh up --netns): silent both ways; up after `for`

@@ -195,7 +195,8 @@ inline constexpr Expectation expected_effects(FaultKind kind, bool hit_writer) {
     case FaultKind::kFailover:
       return {true, true, true};
     case FaultKind::kRestartProxy:
-      return {false, false, true};  // the events before the restart die with the old process
+      // A takeover (pgkeel --takeover) may leave no measurable gap; the primary must stay.
+      return {false, false, false, true, false};
     case FaultKind::kSyncLoss:
       return {true, false, false};  // the synchronous standby is found down
     case FaultKind::kLag:
