@@ -60,6 +60,20 @@ class SessionState {
   const std::string& why_not_replayable() const { return why_not_; }
   // SQL that puts a fresh server session into this state ("SET a = ...; SET b = ...").
   std::string replay_sql() const;
+  // The unnamed statement's text, as last parsed.
+  const std::string& unnamed() const { return unnamed_; }
+  // Nothing in flight: no transaction, no query cycle, no Parse or Close awaiting its answer,
+  // no portal. Only then may the session move to another process.
+  bool at_rest() const {
+    return !in_transaction_ && cycle_.empty() && pending_.empty() && parses_.empty() && closes_.empty() && portals_.empty();
+  }
+  // A session that moved here from another pgkeel process at a point at rest.
+  void restore(std::map<std::string, std::string> settings, std::map<std::string, std::string> prepared, std::string unnamed) {
+    *this = SessionState{};
+    settings_ = std::move(settings);
+    prepared_ = std::move(prepared);
+    unnamed_ = std::move(unnamed);
+  }
 
  private:
   struct Change {
