@@ -1126,6 +1126,13 @@ void Client::send_due_answers() {
 // Transaction pooling: the transaction is over and every answer reached the client.
 void Client::on_cycle_done() {
   drain_ready = true;
+  finish_cycle();
+  // A takeover's drain: the session moves at this idle point (checked once the callbacks on the
+  // stack have returned).
+  if (w_.handing_over()) w_.note_idle(id_);
+}
+
+void Client::finish_cycle() {
   if (state_ != State::kLinked || server_ == nullptr || !transaction_mode() || closing_) return;
   if (sess_ && !sess_->unreplayable.empty()) return;  // pinned to this connection
   if (stream_left_ > 0) return;                       // a long message is still passing
@@ -1319,6 +1326,76 @@ bool Client::idle_for_shutdown() const {
       return false;
   }
   return false;
+}
+
+std::optional<SessionTransfer> Client::transfer_out() const {
+  if (ep_.ssl != nullptr || closing_ || stream_left_ > 0 || long_text_ || !rx_.empty() || !ep_.out_empty()) return std::nullopt;
+  if (ep_.in != nullptr && ep_.in->pending() > 0) return std::nullopt;
+  if (waiting_pool != nullptr || held || parked || !session_ || !cred_) return std::nullopt;
+  if (state_ == State::kLinked) {
+    if (server_ == nullptr || server_->tx_status() != 'I' || server_->query_running() || !streams_at_rest()) return std::nullopt;
+  } else if (state_ != State::kDetached) {
+    return std::nullopt;
+  }
+  if (sess_ && (!sess_->unreplayable.empty() || sess_->lost || sess_->write_lsn_pending || !sess_->state.at_rest() ||
+                !sess_->state.replayable())) {
+    return std::nullopt;
+  }
+  SessionTransfer t;
+  const conf::Config& cfg = w_.config();
+  if (listener_index_ >= cfg.listeners.size()) return std::nullopt;
+  t.listener = cfg.listeners[listener_index_].name;
+  t.key = *session_;
+  t.credential = *cred_;
+  t.cancel_pid = cancel_pid();
+  t.cancel_key = cancel_key_;
+  if (sess_) {
+    t.settings = sess_->state.settings();
+    t.sql_prepared = sess_->state.prepared();
+    t.unnamed = sess_->state.unnamed();
+    for (const auto& [name, st] : sess_->statements.all()) t.statements[name] = st.tail;
+    t.application_name = sess_->application_name;
+    t.write_lsn = sess_->write_lsn;
+  }
+  const auto age = Clock::now() - started_;
+  t.connected_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            (std::chrono::system_clock::now() - std::chrono::duration_cast<std::chrono::system_clock::duration>(age))
+                                .time_since_epoch())
+                            .count();
+  return t;
+}
+
+void Client::adopt(const SessionTransfer& t) {
+  started_ = Clock::now() - std::chrono::duration_cast<Clock::duration>(
+                                std::chrono::system_clock::now() -
+                                std::chrono::system_clock::time_point(std::chrono::milliseconds(t.connected_unix_ms)));
+  counted_ = true;
+  w_.shared().clients.fetch_add(1, std::memory_order_relaxed);
+  SessionKey key = t.key;
+  const std::string text = make_session_text(key);
+  session_ = w_.interned().sessions.intern(text, std::move(key));
+  cred_ = w_.interned().credentials.intern(t.key.user, ServerCredential(t.credential));
+  // Counted where the session was: counted here the same (a limit lowered meanwhile does not
+  // cut a session that had already passed it).
+  if (w_.shared().limits.client_enter(w_.config(), user(), database()).empty()) limits_counted_ = true;
+  cancel_key_ = t.cancel_key;
+  ever_linked_ = true;
+  if (!t.settings.empty() || !t.sql_prepared.empty() || !t.unnamed.empty() || !t.statements.empty() ||
+      !t.application_name.empty() || t.write_lsn != 0) {
+    Carried& c = carried();
+    c.state.restore(t.settings, t.sql_prepared, t.unnamed);
+    for (const auto& [name, tail] : t.statements) c.statements.define(name, tail);
+    c.application_name = t.application_name;
+    c.write_lsn = t.write_lsn;
+  }
+  // The next server is fresh: session pooling replays settings and statements on it; transaction
+  // pooling restores settings and prepares statements as each server needs them.
+  replay_needed_ = !transaction_mode();
+  state_ = State::kDetached;
+  set_socket_options(ep_.fd, tcp_, w_.config().general);
+  ep_.open_events(w_.base(), &Client::on_read_cb, &Client::on_write_cb, this);
+  ep_.set_reading(true);
+  log::debug("client").kv("event", "adopted").kv("conn", name()).kv("user", user()).kv("db", database()).kv("peer", peer()).emit();
 }
 
 void Client::terminate(std::string_view sqlstate, std::string_view message) {

@@ -24,6 +24,7 @@
 #include "proxy/pool.h"
 #include "proxy/protocol/message.h"
 #include "proxy/protocol/scanner.h"
+#include "proxy/session_transfer.h"
 #include "proxy/shared.h"
 #include "proxy/worker.h"
 
@@ -56,6 +57,14 @@ class Client {
   void terminate(std::string_view sqlstate, std::string_view message);
   // Graceful shutdown: true when the session may be ended now without cutting a transaction.
   bool idle_for_shutdown() const;
+  // A takeover (proxy/session_transfer.h): the session as it moves to the new process, when it
+  // can move now (plaintext, at rest, replayable, nothing buffered either way); nullopt if not.
+  std::optional<SessionTransfer> transfer_out() const;
+  // The new process's side: a client created on a socket handed over takes up the session where
+  // the old process left it (logged in, detached; the next server gets its state replayed).
+  void adopt(const SessionTransfer& t);
+  // Closes this end without a word: the session went on elsewhere (transfer_out()).
+  void close_moved() { close_now(); }
   void tick(Clock::time_point now);
 
   std::uint32_t id() const { return id_; }
@@ -83,6 +92,7 @@ class Client {
   // The linked server has relayed every answer owed (a ReadyForQuery ended the last cycle): in
   // transaction pooling, at a transaction's end, the client lets its server go.
   void on_cycle_done();
+  void finish_cycle();  // on_cycle_done's work: in transaction pooling, the server goes back
   // What the server said, for the session's state: ReadyForQuery, an ErrorResponse, and the
   // application_name it reports (pgJDBC sets it after login).
   void note_server_ready(char tx_status);

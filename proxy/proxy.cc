@@ -35,6 +35,7 @@
 #include "proxy/log.h"
 #include "proxy/shared.h"
 #include "proxy/status_http.h"
+#include "proxy/session_transfer.h"
 #include "proxy/takeover.h"
 #include "proxy/tls.h"
 #include "proxy/worker.h"
@@ -473,10 +474,11 @@ class TakeoverHost {
     self->handed_over();
   }
 
-  // The new process accepts on every socket: this one stops, and drains.
+  // The new process accepts on every socket: this one stops, and drains: each session moves to
+  // the new process at its next idle point (over this connection, its socket alongside).
   void handed_over() {
     done_ = true;
-    close_conn();
+    ready_.reset();
     for (std::vector<ListenSocket>& mine : released_) {
       for (const ListenSocket& ls : mine) {
         if (!ls.shared) ::close(ls.fd);
@@ -491,7 +493,17 @@ class TakeoverHost {
         .kv("detail", "the new process accepts; sessions here finish and close").emit();
     if (m_.shared->keeper != nullptr) m_.shared->keeper->note_event("taken_over", "", "pgkeel process " + peer_ + " took over the listeners");
     m_.shared->draining.store(true);
+    m_.shared->hand_session = [this](int fd, std::string transfer) { send_session(fd, std::move(transfer)); };
     for (auto& w : *m_.workers) w->post([](Worker& wk) { wk.begin_shutdown(true, true); });
+  }
+
+  void send_session(int fd, std::string transfer) {
+    std::string err;
+    if (conn_ < 0 || !takeover::send_parcel(conn_, takeover::Parcel{"session\n" + transfer, {fd}}, std::chrono::seconds(5), err)) {
+      log::error("main").kv("event", "session_not_handed_over").kv("reason", conn_ < 0 ? "the new process went away" : err).emit();
+      if (conn_ >= 0 && !err.empty()) close_conn();
+    }
+    ::close(fd);  // the new process holds the socket now (or nobody does: the client sees it close)
   }
 
   void fail(const std::string& why) {
@@ -523,6 +535,57 @@ class TakeoverHost {
   std::string peer_;
   bool bound_ = false;
   bool done_ = false;
+};
+
+// The new process's side of the drain: sessions arrive with their sockets until the previous
+// process closes the connection; each joins a worker (the one its cancel key names, if any).
+class SessionReceiver {
+ public:
+  SessionReceiver(MainLoop& m, int sock) : m_(m), sock_(sock) {
+    ev_.reset(event_new(m_.base, sock_, EV_READ | EV_PERSIST, &SessionReceiver::on_read, this));
+    event_add(ev_.get(), nullptr);
+  }
+  ~SessionReceiver() {
+    ev_.reset();
+    if (sock_ >= 0) ::close(sock_);
+  }
+  SessionReceiver(const SessionReceiver&) = delete;
+  SessionReceiver& operator=(const SessionReceiver&) = delete;
+
+ private:
+  static void on_read(evutil_socket_t, short, void* arg) {
+    auto* self = static_cast<SessionReceiver*>(arg);
+    std::string err;
+    std::optional<takeover::Parcel> p = takeover::recv_parcel(self->sock_, std::chrono::seconds(5), err);
+    if (!p) {
+      log::info("main").kv("event", "takeover_done").kv("sessions", self->count_).kv("detail", err).emit();
+      self->ev_.reset();
+      ::close(self->sock_);
+      self->sock_ = -1;
+      return;
+    }
+    if (p->text.rfind("session\n", 0) != 0 || p->fds.size() != 1) {
+      for (int fd : p->fds) ::close(fd);
+      log::warning("main").kv("event", "takeover_parcel_ignored").kv("text", p->text.substr(0, 40)).emit();
+      return;
+    }
+    std::optional<SessionTransfer> t = decode_session(std::string_view(p->text).substr(8), err);
+    if (!t) {
+      ::close(p->fds[0]);
+      log::warning("main").kv("event", "session_not_adopted").kv("reason", err).emit();
+      return;
+    }
+    ++self->count_;
+    std::vector<std::unique_ptr<Worker>>& ws = *self->m_.workers;
+    const std::uint32_t named = static_cast<std::uint32_t>(t->cancel_pid) >> 22;
+    Worker& w = named < ws.size() ? *ws[named] : *ws[self->count_ % ws.size()];
+    w.post([fd = p->fds[0], t = std::move(*t)](Worker& wk) { wk.adopt_client(fd, t); });
+  }
+
+  MainLoop& m_;
+  int sock_ = -1;
+  EventPtr ev_;
+  std::uint64_t count_ = 0;
 };
 
 // RESTART and SIGUSR2: this process's command line again, with --takeover, in a session of its
@@ -1087,13 +1150,17 @@ int run(const conf::Config& config, const RunOptions& options) {
     taken->handed.clear();
   }
   std::unique_ptr<TakeoverHost> takeover_host;
+  std::unique_ptr<SessionReceiver> sessions_in;
   if (taken) {
-    // Everything accepts here now: the previous process stops accepting and drains.
+    // Everything accepts here now: the previous process stops accepting and drains, handing each
+    // session over at its next idle point.
     std::string err;
     if (!takeover::send_parcel(taken->sock, takeover::Parcel{"ready", {}}, std::chrono::seconds(5), err)) {
       log::warning("main").kv("event", "takeover_ready_unsent").kv("reason", err).emit();
+      ::close(taken->sock);
+    } else {
+      sessions_in = std::make_unique<SessionReceiver>(m, taken->sock);
     }
-    ::close(taken->sock);
   }
   if (!config.general.takeover_socket.empty()) {
     takeover_host = std::make_unique<TakeoverHost>(m, config.general.takeover_socket);

@@ -112,6 +112,9 @@ struct Shared {
   // RESTART and SIGUSR2: starts `pgkeel --takeover` with this process's command line; the text
   // says what happened (ok false: why nothing did).
   std::function<std::string(const std::string& who, bool& ok)> restart;
+  // A takeover's drain, on the main thread: a session's socket and its transfer to the new
+  // process (set once the new process accepts; empty otherwise).
+  std::function<void(int fd, std::string transfer)> hand_session;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   // PAUSE [listener] from the console, and a switchover's pause: new transactions wait.
   std::array<std::atomic<bool>, kMaxListeners> listener_paused{};

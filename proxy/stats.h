@@ -76,6 +76,8 @@ struct WorkerStats {
   Counter server_connect_failures;
   Counter held_clients;          // clients that waited for a writer (failover hold or PAUSE)
   Counter held_us;               // total time they waited
+  Counter sessions_handed_over;  // a takeover: sessions moved to the new process (old side)
+  Counter sessions_adopted;      // ... and taken up (new side)
 };
 
 // A plain copy of Traffic (summed over workers, or a difference of two sums).

@@ -100,6 +100,7 @@ Worker::Worker(Shared& shared, unsigned index, const std::vector<ListenSocket>& 
   event_add(tick_event_.get(), &kTickInterval);
   reap_event_.reset(event_new(base_.get(), -1, 0, &Worker::on_reap, this));
   accept_retry_event_.reset(evtimer_new(base_.get(), &Worker::on_accept_retry, this));
+  idle_now_event_.reset(event_new(base_.get(), -1, 0, &Worker::on_idle_now, this));
 
   for (const ListenSocket& s : sockets) accept_on(s);
 }
@@ -438,8 +439,14 @@ void Worker::tick() {
     cs.clear();
     for (auto& [id, c] : clients_) cs.push_back(c.get());
     for (Client* c : cs) {
-      if (past_deadline || (c->idle_for_shutdown() && (!handover_ || c->drain_ready))) {
+      if (past_deadline) {
         c->terminate("57P01", "terminating connection due to pgkeel shutdown");
+      } else if (c->idle_for_shutdown() && (!handover_ || c->drain_ready)) {
+        if (handover_) {
+          hand_over_or_close(c);
+        } else {
+          c->terminate("57P01", "terminating connection due to pgkeel shutdown");
+        }
       }
     }
     if (clients_.empty()) {
@@ -649,6 +656,69 @@ void Worker::report(WorkerReport& out) const {
 }
 
 void Worker::close_listeners() { listeners_.clear(); }
+
+void Worker::note_idle(std::uint32_t id) {
+  idle_now_.push_back(id);
+  event_active(idle_now_event_.get(), EV_TIMEOUT, 0);
+}
+
+void Worker::on_idle_now(evutil_socket_t, short, void* arg) {
+  auto* w = static_cast<Worker*>(arg);
+  std::vector<std::uint32_t> ids;
+  ids.swap(w->idle_now_);
+  for (std::uint32_t id : ids) {
+    Client* c = w->find_client(id);
+    if (c != nullptr && c->drain_ready && c->idle_for_shutdown()) w->hand_over_or_close(c);
+  }
+  w->maybe_exit();
+}
+
+void Worker::hand_over_or_close(Client* c) {
+  std::optional<SessionTransfer> t = shared_.hand_session ? c->transfer_out() : std::nullopt;
+  const int fd = t ? ::fcntl(c->ep().fd, F_DUPFD_CLOEXEC, 0) : -1;
+  if (fd < 0) {
+    // TLS, a session pinned to its server (LISTEN, temporary tables, ...): it cannot move.
+    c->terminate("57P01", c->tls() ? "terminating connection: pgkeel was restarted, and a TLS session cannot move to the "
+                                     "new process; connect again"
+                                   : "terminating connection: pgkeel was restarted, and this session cannot move to the "
+                                     "new process (it is tied to its server connection); connect again");
+    return;
+  }
+  log::debug("worker").kv("event", "session_handed_over").kv("conn", c->name()).kv("user", c->user()).emit();
+  stats_->sessions_handed_over.add(1);
+  c->close_moved();  // sends nothing: the client's next bytes go to the new process
+  shared_.post_main([&sh = shared_, fd, bytes = encode(*t)]() mutable { sh.hand_session(fd, std::move(bytes)); });
+}
+
+void Worker::adopt_client(int fd, const SessionTransfer& t) {
+  std::size_t li = config_->listeners.size();
+  for (std::size_t i = 0; i < config_->listeners.size(); ++i) {
+    if (config_->listeners[i].name == t.listener && !config_->listeners[i].retired) li = i;
+  }
+  if (li == config_->listeners.size() || shutdown_ != Shutdown::kNone) {
+    log::warning("worker").kv("event", "session_not_adopted").kv("user", t.key.user).kv("listener", t.listener)
+        .kv("reason", shutdown_ != Shutdown::kNone ? "shutting down" : "no such listener here").emit();
+    ::close(fd);
+    return;
+  }
+  // The same client id when it is free, so the cancel key the client holds still reaches it.
+  constexpr std::uint32_t kIdBits = 22;
+  std::uint32_t id = static_cast<std::uint32_t>(t.cancel_pid) & ((1u << kIdBits) - 1);
+  if ((static_cast<std::uint32_t>(t.cancel_pid) >> kIdBits) != index_ || id == 0 || clients_.count(id) != 0) id = next_client_id();
+  if (id == 0) {
+    ::close(fd);
+    return;
+  }
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  const bool have = ::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0;
+  evutil_make_socket_nonblocking(fd);
+  auto c = std::make_unique<Client>(*this, id, fd, li, have ? reinterpret_cast<const sockaddr*>(&ss) : nullptr);
+  Client* raw = c.get();
+  clients_.emplace(id, std::move(c));
+  stats_->sessions_adopted.add(1);
+  raw->adopt(t);
+}
 
 std::vector<ListenSocket> Worker::release_listeners() {
   std::vector<ListenSocket> out;

@@ -18,6 +18,7 @@
 #include "proxy/fd_limit.h"
 #include "proxy/handles.h"
 #include "proxy/pool.h"
+#include "proxy/session_transfer.h"
 #include "proxy/shared.h"
 #include "proxy/stats.h"
 #include "routing/snapshot.h"
@@ -120,6 +121,11 @@ class Worker {
   void begin_shutdown(bool graceful, bool handover = false);
   bool shutting_down() const { return shutdown_ != Shutdown::kNone; }
   bool handing_over() const { return handover_; }
+  // A takeover's drain: client `id` reached an idle point; it moves (or is closed) once the
+  // callbacks on the stack have returned.
+  void note_idle(std::uint32_t id);
+  // The new process's side: a session handed over with its socket joins this worker.
+  void adopt_client(int fd, const SessionTransfer& t);
 
   // A takeover: this worker stops accepting and gives up its sockets (its own TCP ones as
   // descriptors the caller now owns; shared Unix ones as main's). change_listeners(them, {})
@@ -151,6 +157,11 @@ class Worker {
   Shared& shared_;
   const unsigned index_;
   bool handover_ = false;  // begin_shutdown(true, true)
+  std::vector<std::uint32_t> idle_now_;  // note_idle(), for on_idle_now
+  EventPtr idle_now_event_;
+  static void on_idle_now(evutil_socket_t fd, short what, void* arg);
+  // Moves client `c` to the new process (when it can move) or ends it (57P01).
+  void hand_over_or_close(Client* c);
   EventBasePtr base_;
   struct Accepting {
     ListenerPtr listener;

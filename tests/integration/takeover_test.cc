@@ -160,3 +160,77 @@ TEST_CASE("RESTART on the console: a new process from the binary on disk takes o
   CHECK(::kill(next, SIGTERM) == 0);
   CHECK(eventually(20s, [&] { return !alive(next); }, 100ms));
 }
+
+TEST_CASE("sessions move to a new binary at their idle points: pgbench -M prepared and a ledger writer see no error",
+          "[takeover][sessions]") {
+  auto& cluster = Cluster::shared();
+  PgkeelOptions o = with_services();
+  o.listeners = {ListenerSpec{.name = "session", .pool_mode = "session"},
+                 ListenerSpec{.name = "transaction", .pool_mode = "transaction"}};
+  Pgkeel pk(cluster, o);
+  REQUIRE(eventually(20s, [&] { return pq_exec(pk.conninfo(kAppUser, kAppPassword, kAppDatabase, "session"), "SELECT 1").ok; }));
+  auto init = run({"pgbench", "-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p", std::to_string(cluster.port("db1")), "-U", "app", "app"},
+                  {{"PGPASSWORD", "app-pass"}});
+  INFO(init.output);
+  REQUIRE(init.ok());
+  const std::string ledger = (fs::path(PGKEEL_BINARY_DIR) / "pgkeel-ledger").string();
+  const std::string ledger_conn = pk.conninfo(kAppUser, kAppPassword, kAppDatabase, "transaction");
+  REQUIRE(run({ledger, "setup", "--conninfo", ledger_conn}).ok());
+  // A session that set things before: they must hold after the takeover (session pooling: a
+  // SQL PREPARE pins a transaction-pooled session to its server, and a pinned session cannot move).
+  PqSession kept(pk.conninfo(kAppUser, kAppPassword, kAppDatabase, "session"));
+  REQUIRE(kept.exec("SET application_name = 'kept across'").ok);
+  REQUIRE(kept.exec("PREPARE kept_q AS SELECT 41 + 1").ok);
+
+  setenv("PGPASSWORD", "app-pass", 1);
+  auto pgbench = [&](const std::string& listener, const std::string& log) {
+    return std::make_unique<Background>(
+        std::vector<std::string>{"pgbench", "-n", "-M", "prepared", "-c", "4", "-T", "10", "-h", "127.0.0.1", "-p",
+                                 std::to_string(pk.port(listener)), "-U", "app", "app"},
+        pk.dir() / log);
+  };
+  auto in_session = pgbench("session", "pgbench-session.log");
+  auto in_transaction = pgbench("transaction", "pgbench-transaction.log");
+  const std::string ledger_out = (pk.dir() / "ledger.json").string();
+  Background writer({ledger, "run", "--conninfo", ledger_conn, "--clients", "2", "--duration", "10", "--out", ledger_out},
+                    pk.dir() / "ledger.log");
+  std::this_thread::sleep_for(3s);
+  // Another binary (a copy: a new version is installed beside the running one).
+  const fs::path other = pk.dir() / "pgkeel-next";
+  fs::copy_file(Pgkeel::binary(), other, fs::copy_options::overwrite_existing);
+  Background next({other.string(), "--takeover", "-c", pk.config_path().string()}, pk.dir() / "next.log");
+  REQUIRE(eventually(30s, [&] { return !pk.running(); }, 100ms));
+  CHECK(WEXITSTATUS(*pk.exit_status()) == 0);
+
+  for (auto* load : {in_session.get(), in_transaction.get()}) CHECK(load->wait(60s) == 0);
+  CHECK(writer.wait(60s) == 0);
+  for (const char* log : {"pgbench-session.log", "pgbench-transaction.log"}) {
+    const std::string out = read_file(pk.dir() / log);
+    INFO(log << ":\n" << out);
+    CHECK(out.find("number of failed transactions: 0 ") != std::string::npos);
+    CHECK(out.find("error") == std::string::npos);  // an aborted client, a lost connection
+    CHECK(out.find("aborted") == std::string::npos);
+    const std::size_t at = out.find("number of transactions actually processed");
+    std::printf("takeover: pgbench -M prepared through %s: %s\n", log,
+                at == std::string::npos ? "?" : out.substr(at, out.find('\n', at) - at).c_str());
+  }
+  const std::string run_log = read_file(pk.dir() / "ledger.log");
+  INFO(run_log);
+  CHECK(run_log.find(" 0 failed, 0 unknown; 0 connect failures") != std::string::npos);
+  const RunResult verify = run({ledger, "verify", "--conninfo", ledger_conn, "--in", ledger_out});
+  INFO(verify.output);
+  CHECK(verify.output.find("lost (acknowledged, missing): 0") != std::string::npos);
+  CHECK(verify.output.find("duplicated ids:               0") != std::string::npos);
+  // Every session moved; the one that set things finds them.
+  const std::string next_log = read_file(pk.dir() / "next.log");
+  std::smatch m;
+  REQUIRE(std::regex_search(next_log, m, std::regex("event=takeover_done sessions=([0-9]+)")));
+  CHECK(std::stoi(m[1]) >= 11);  // 8 pgbench + 2 ledger + 1
+  const PqResult after = kept.exec("SELECT current_setting('application_name')");
+  INFO(after.error);
+  CHECK(after.scalar() == "kept across");
+  const PqResult prepared = kept.exec("EXECUTE kept_q");
+  INFO(prepared.error);
+  CHECK(prepared.scalar() == "42");
+  std::printf("takeover: %s sessions handed over\n", m[1].str().c_str());
+}
