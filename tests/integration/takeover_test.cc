@@ -232,5 +232,18 @@ TEST_CASE("sessions move to a new binary at their idle points: pgbench -M prepar
   const PqResult prepared = kept.exec("EXECUTE kept_q");
   INFO(prepared.error);
   CHECK(prepared.scalar() == "42");
+  // The cancel key it was given at login still reaches it in the new process.
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(500ms);
+    PGcancel* cancel = PQgetCancel(kept.get());
+    char errbuf[256];
+    PQcancel(cancel, errbuf, sizeof errbuf);
+    PQfreeCancel(cancel);
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  const PqResult slept = kept.exec("SELECT pg_sleep(20)", 30s);
+  canceller.join();
+  CHECK(slept.sqlstate == "57014");
+  CHECK(std::chrono::steady_clock::now() - t0 < 10s);
   std::printf("takeover: %s sessions handed over\n", m[1].str().c_str());
 }
