@@ -1337,11 +1337,29 @@ std::optional<SessionTransfer> Client::transfer_out() const {
   } else if (state_ != State::kDetached) {
     return std::nullopt;
   }
-  if (sess_ && (!sess_->unreplayable.empty() || sess_->lost || sess_->write_lsn_pending || !sess_->state.at_rest() ||
-                !sess_->state.replayable())) {
-    return std::nullopt;
-  }
+  if (sess_ && (sess_->lost || sess_->write_lsn_pending || !sess_->state.at_rest())) return std::nullopt;
+  // The server connection moves too when it can (a plaintext one, idle, nothing pgkeel still
+  // expects from it): the session keeps its backend. It must, for a session pinned to it.
+  const bool pinned = sess_ && (!sess_->unreplayable.empty() || !sess_->state.replayable());
+  Server* s = state_ == State::kLinked ? server_ : nullptr;
+  const bool server_moves = s != nullptr && !s->tls() && s->state() == Server::State::kLinked && !s->cancel_in_flight() &&
+                            s->answers_done() && s->ep().out_empty() && !s->holding() &&
+                            (s->edits_if() == nullptr || (!s->edits_if()->dirty && s->edits_if()->plan.idle()));
+  if (pinned && !server_moves) return std::nullopt;
   SessionTransfer t;
+  if (server_moves) {
+    SessionTransfer::Server st;
+    st.node = w_.snapshot().nodes[s->node()].name;
+    st.backend_pid = s->backend_pid();
+    st.backend_key = s->backend_key();
+    st.parameter_status = s->parameter_status();
+    if (const Server::Edits* e = s->edits_if()) {
+      st.shared_statements = e->statements.names();
+      st.settings = e->settings;
+    }
+    t.server = std::move(st);
+    if (sess_) t.unreplayable = !sess_->unreplayable.empty() ? sess_->unreplayable : sess_->state.why_not_replayable();
+  }
   const conf::Config& cfg = w_.config();
   if (listener_index_ >= cfg.listeners.size()) return std::nullopt;
   t.listener = cfg.listeners[listener_index_].name;
@@ -1365,7 +1383,7 @@ std::optional<SessionTransfer> Client::transfer_out() const {
   return t;
 }
 
-void Client::adopt(const SessionTransfer& t) {
+void Client::adopt(const SessionTransfer& t, Server* moved_server) {
   started_ = Clock::now() - std::chrono::duration_cast<Clock::duration>(
                                 std::chrono::system_clock::now() -
                                 std::chrono::system_clock::time_point(std::chrono::milliseconds(t.connected_unix_ms)));
@@ -1388,14 +1406,32 @@ void Client::adopt(const SessionTransfer& t) {
     c.application_name = t.application_name;
     c.write_lsn = t.write_lsn;
   }
+  if (!t.unreplayable.empty()) carried().unreplayable = t.unreplayable;
   // The next server is fresh: session pooling replays settings and statements on it; transaction
   // pooling restores settings and prepares statements as each server needs them.
   replay_needed_ = !transaction_mode();
   state_ = State::kDetached;
+  if (moved_server != nullptr) {
+    // Its own server came along: nothing to replay, the backend is the same.
+    replay_needed_ = false;
+    state_ = State::kLinked;
+    server_ = moved_server;
+    moved_server->link(this);
+  }
   set_socket_options(ep_.fd, tcp_, w_.config().general);
   ep_.open_events(w_.base(), &Client::on_read_cb, &Client::on_write_cb, this);
   ep_.set_reading(true);
   log::debug("client").kv("event", "adopted").kv("conn", name()).kv("user", user()).kv("db", database()).kv("peer", peer()).emit();
+}
+
+void Client::close_moved(bool with_server) {
+  if (with_server && server_ != nullptr) {
+    Server* s = server_;
+    server_ = nullptr;
+    s->forget_client();
+    s->close("moved to the new pgkeel process with its client");
+  }
+  close_now();
 }
 
 void Client::terminate(std::string_view sqlstate, std::string_view message) {

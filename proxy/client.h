@@ -62,9 +62,11 @@ class Client {
   std::optional<SessionTransfer> transfer_out() const;
   // The new process's side: a client created on a socket handed over takes up the session where
   // the old process left it (logged in, detached; the next server gets its state replayed).
-  void adopt(const SessionTransfer& t);
-  // Closes this end without a word: the session went on elsewhere (transfer_out()).
-  void close_moved() { close_now(); }
+  // `moved_server`: its server connection, adopted beside it (the session stays linked to it).
+  void adopt(const SessionTransfer& t, Server* moved_server = nullptr);
+  // Closes this end without a word: the session went on elsewhere (transfer_out()); with
+  // `with_server`, its server connection went along and is closed here without a word too.
+  void close_moved(bool with_server);
   void tick(Clock::time_point now);
 
   std::uint32_t id() const { return id_; }

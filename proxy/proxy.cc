@@ -493,17 +493,17 @@ class TakeoverHost {
         .kv("detail", "the new process accepts; sessions here finish and close").emit();
     if (m_.shared->keeper != nullptr) m_.shared->keeper->note_event("taken_over", "", "pgkeel process " + peer_ + " took over the listeners");
     m_.shared->draining.store(true);
-    m_.shared->hand_session = [this](int fd, std::string transfer) { send_session(fd, std::move(transfer)); };
+    m_.shared->hand_session = [this](std::vector<int> fds, std::string transfer) { send_session(std::move(fds), std::move(transfer)); };
     for (auto& w : *m_.workers) w->post([](Worker& wk) { wk.begin_shutdown(true, true); });
   }
 
-  void send_session(int fd, std::string transfer) {
+  void send_session(std::vector<int> fds, std::string transfer) {
     std::string err;
-    if (conn_ < 0 || !takeover::send_parcel(conn_, takeover::Parcel{"session\n" + transfer, {fd}}, std::chrono::seconds(5), err)) {
+    if (conn_ < 0 || !takeover::send_parcel(conn_, takeover::Parcel{"session\n" + transfer, fds}, std::chrono::seconds(5), err)) {
       log::error("main").kv("event", "session_not_handed_over").kv("reason", conn_ < 0 ? "the new process went away" : err).emit();
       if (conn_ >= 0 && !err.empty()) close_conn();
     }
-    ::close(fd);  // the new process holds the socket now (or nobody does: the client sees it close)
+    for (int fd : fds) ::close(fd);  // the new process holds the sockets now (or nobody does: the client sees it close)
   }
 
   void fail(const std::string& why) {
@@ -564,14 +564,14 @@ class SessionReceiver {
       self->sock_ = -1;
       return;
     }
-    if (p->text.rfind("session\n", 0) != 0 || p->fds.size() != 1) {
+    if (p->text.rfind("session\n", 0) != 0 || p->fds.empty() || p->fds.size() > 2) {
       for (int fd : p->fds) ::close(fd);
       log::warning("main").kv("event", "takeover_parcel_ignored").kv("text", p->text.substr(0, 40)).emit();
       return;
     }
     std::optional<SessionTransfer> t = decode_session(std::string_view(p->text).substr(8), err);
     if (!t) {
-      ::close(p->fds[0]);
+      for (int fd : p->fds) ::close(fd);
       log::warning("main").kv("event", "session_not_adopted").kv("reason", err).emit();
       return;
     }
@@ -579,7 +579,8 @@ class SessionReceiver {
     std::vector<std::unique_ptr<Worker>>& ws = *self->m_.workers;
     const std::uint32_t named = static_cast<std::uint32_t>(t->cancel_pid) >> 22;
     Worker& w = named < ws.size() ? *ws[named] : *ws[self->count_ % ws.size()];
-    w.post([fd = p->fds[0], t = std::move(*t)](Worker& wk) { wk.adopt_client(fd, t); });
+    const int server_fd = p->fds.size() == 2 ? p->fds[1] : -1;
+    w.post([fd = p->fds[0], server_fd, t = std::move(*t)](Worker& wk) { wk.adopt_client(fd, server_fd, t); });
   }
 
   MainLoop& m_;

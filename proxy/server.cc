@@ -139,6 +139,21 @@ Server::~Server() {
 void Server::on_read_cb(evutil_socket_t, short, void* arg) { static_cast<Server*>(arg)->on_read(); }
 void Server::on_write_cb(evutil_socket_t, short, void* arg) { static_cast<Server*>(arg)->on_write(); }
 
+void Server::adopt(int fd, std::int32_t backend_pid, std::int32_t backend_key, const std::string& parameter_status) {
+  created_ = last_used_ = Clock::now();
+  ep_.fd = fd;
+  set_socket_options(fd, w_.shared().node_addrs[node_].addr.ss_family != AF_UNIX, w_.config().general);
+  ep_.open_events(w_.base(), &Server::on_read_cb, &Server::on_write_cb, this);
+  backend_pid_ = backend_pid;
+  backend_key_ = backend_key;
+  parameter_status_ = std::make_shared<const std::string>(parameter_status);
+  share_parameter_status();
+  cred_.reset();
+  tx_status_ = 'I';
+  state_ = State::kIdle;
+  log::debug("server").kv("event", "adopted").kv("server", name()).kv("backend_pid", backend_pid_).emit();
+}
+
 void Server::start() {
   w_.stats().server_connects.add(1);
   created_ = last_used_ = Clock::now();

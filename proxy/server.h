@@ -42,6 +42,13 @@ class Server {
   Server& operator=(const Server&) = delete;
 
   void start();
+  // A takeover: a logged-in, idle connection handed over by the previous pgkeel process (its
+  // socket `fd`), in place of start().
+  void adopt(int fd, std::int32_t backend_pid, std::int32_t backend_key, const std::string& parameter_status);
+  // A takeover: the client moved to the new process with this connection; it is closed here
+  // without a word (the new process holds the socket).
+  void forget_client() { client_ = nullptr; }
+  bool tls() const { return ep_.ssl != nullptr; }
 
   // Linking: the server relays for `c` until unlink().
   void link(Client* c);

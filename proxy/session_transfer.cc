@@ -62,6 +62,14 @@ std::string encode(const SessionTransfer& t) {
   put(out, "application_name", t.application_name);
   put(out, "write_lsn", std::to_string(t.write_lsn));
   put(out, "connected", std::to_string(t.connected_unix_ms));
+  if (t.server) {
+    put(out, "server_node", t.server->node);
+    put(out, "server_backend", std::to_string(t.server->backend_pid) + " " + std::to_string(t.server->backend_key));
+    put(out, "server_parameters", t.server->parameter_status);
+    for (const std::string& n : t.server->shared_statements) put(out, "server_statement", n);
+    if (!t.server->settings.empty()) put(out, "server_settings", t.server->settings);
+  }
+  if (!t.unreplayable.empty()) put(out, "unreplayable", t.unreplayable);
   return out;
 }
 
@@ -167,6 +175,30 @@ std::optional<SessionTransfer> decode_session(std::string_view in, std::string& 
       const auto n = number<std::int64_t>(v);
       ok = n.has_value();
       if (ok) t.connected_unix_ms = *n;
+    } else if (tag == "server_node") {
+      if (!t.server) t.server.emplace();
+      t.server->node = std::string(v);
+    } else if (tag == "server_backend") {
+      const std::size_t gap = v.find(' ');
+      const auto pid = gap == std::string_view::npos ? std::nullopt : number<std::int32_t>(v.substr(0, gap));
+      const auto key = gap == std::string_view::npos ? std::nullopt : number<std::int32_t>(v.substr(gap + 1));
+      ok = pid && key;
+      if (ok) {
+        if (!t.server) t.server.emplace();
+        t.server->backend_pid = *pid;
+        t.server->backend_key = *key;
+      }
+    } else if (tag == "server_parameters") {
+      if (!t.server) t.server.emplace();
+      t.server->parameter_status = std::string(v);
+    } else if (tag == "server_statement") {
+      if (!t.server) t.server.emplace();
+      t.server->shared_statements.emplace_back(v);
+    } else if (tag == "server_settings") {
+      if (!t.server) t.server.emplace();
+      t.server->settings = std::string(v);
+    } else if (tag == "unreplayable") {
+      t.unreplayable = std::string(v);
     } else {
       err = "unknown field " + std::string(tag);
       return std::nullopt;
@@ -175,6 +207,10 @@ std::optional<SessionTransfer> decode_session(std::string_view in, std::string& 
       err = "field " + std::string(tag) + ": malformed";
       return std::nullopt;
     }
+  }
+  if (t.server && t.server->node.empty()) {
+    err = "a server without its node";
+    return std::nullopt;
   }
   if (t.listener.empty() || t.key.user.empty() || t.key.database.empty() || !have_cancel) {
     err = "a session without its listener, user, database or cancel key";

@@ -4,7 +4,6 @@
 // SQL-prepared and protocol-prepared statements), the way a session already moves to another
 // server after a failover. Its socket travels beside it (SCM_RIGHTS). Pure: bytes in and out.
 //
-// Not wired into the takeover yet: a takeover still closes each session at an idle point.
 #pragma once
 
 #include <cstdint>
@@ -34,6 +33,22 @@ struct SessionTransfer {
   std::string application_name;  // as the server last reported it
   std::uint64_t write_lsn = 0;   // read_your_writes
   std::int64_t connected_unix_ms = 0;
+  // The server connection the session is attached to, moving with it (its socket is the second
+  // descriptor): a session pinned to its server (LISTEN, temporary tables, ...), or one in
+  // session pooling, keeps its backend. Absent: the next server gets the state replayed.
+  struct Server {
+    std::string node;
+    std::int32_t backend_pid = 0;
+    std::int32_t backend_key = 0;
+    std::string parameter_status;  // its ParameterStatus messages, as pgkeel keeps them
+    // Transaction pooling's edits on it: pgkeel's shared statements prepared there, and the
+    // settings a client left there (SessionState::replay_sql()).
+    std::vector<std::string> shared_statements;
+    std::string settings;
+    bool operator==(const Server&) const = default;
+  };
+  std::optional<Server> server;
+  std::string unreplayable;  // why the session is pinned to that server (empty: it is not)
 
   bool operator==(const SessionTransfer&) const = default;
 };

@@ -114,7 +114,7 @@ struct Shared {
   std::function<std::string(const std::string& who, bool& ok)> restart;
   // A takeover's drain, on the main thread: a session's socket and its transfer to the new
   // process (set once the new process accepts; empty otherwise).
-  std::function<void(int fd, std::string transfer)> hand_session;
+  std::function<void(std::vector<int> fds, std::string transfer)> hand_session;  // client, [server]
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   // PAUSE [listener] from the console, and a switchover's pause: new transactions wait.
   std::array<std::atomic<bool>, kMaxListeners> listener_paused{};

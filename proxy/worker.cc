@@ -675,22 +675,30 @@ void Worker::on_idle_now(evutil_socket_t, short, void* arg) {
 
 void Worker::hand_over_or_close(Client* c) {
   std::optional<SessionTransfer> t = shared_.hand_session ? c->transfer_out() : std::nullopt;
-  const int fd = t ? ::fcntl(c->ep().fd, F_DUPFD_CLOEXEC, 0) : -1;
-  if (fd < 0) {
-    // TLS, a session pinned to its server (LISTEN, temporary tables, ...): it cannot move.
+  std::vector<int> fds;
+  if (t) {
+    fds.push_back(::fcntl(c->ep().fd, F_DUPFD_CLOEXEC, 0));
+    if (t->server && c->server() != nullptr) fds.push_back(::fcntl(c->server()->ep().fd, F_DUPFD_CLOEXEC, 0));
+  }
+  if (fds.empty() || std::find(fds.begin(), fds.end(), -1) != fds.end() || (t->server && fds.size() != 2)) {
+    for (int fd : fds) {
+      if (fd >= 0) ::close(fd);
+    }
+    // TLS, a session pinned to a server connection that cannot move: it ends here.
     c->terminate("57P01", c->tls() ? "terminating connection: pgkeel was restarted, and a TLS session cannot move to the "
                                      "new process; connect again"
                                    : "terminating connection: pgkeel was restarted, and this session cannot move to the "
                                      "new process (it is tied to its server connection); connect again");
     return;
   }
-  log::debug("worker").kv("event", "session_handed_over").kv("conn", c->name()).kv("user", c->user()).emit();
+  log::debug("worker").kv("event", "session_handed_over").kv("conn", c->name()).kv("user", c->user())
+      .kv("with_server", t->server ? "yes" : "no").emit();
   stats_->sessions_handed_over.add(1);
-  c->close_moved();  // sends nothing: the client's next bytes go to the new process
-  shared_.post_main([&sh = shared_, fd, bytes = encode(*t)]() mutable { sh.hand_session(fd, std::move(bytes)); });
+  c->close_moved(t->server.has_value());  // sends nothing: the client's next bytes go to the new process
+  shared_.post_main([&sh = shared_, fds, bytes = encode(*t)]() mutable { sh.hand_session(fds, std::move(bytes)); });
 }
 
-void Worker::adopt_client(int fd, const SessionTransfer& t) {
+void Worker::adopt_client(int fd, int server_fd, const SessionTransfer& t) {
   std::size_t li = config_->listeners.size();
   for (std::size_t i = 0; i < config_->listeners.size(); ++i) {
     if (config_->listeners[i].name == t.listener && !config_->listeners[i].retired) li = i;
@@ -717,7 +725,50 @@ void Worker::adopt_client(int fd, const SessionTransfer& t) {
   Client* raw = c.get();
   clients_.emplace(id, std::move(c));
   stats_->sessions_adopted.add(1);
-  raw->adopt(t);
+  // Its server connection, if it came along: kept only where this process routes the session
+  // now (a failover decided meanwhile leaves it behind).
+  Server* moved = nullptr;
+  if (t.server && server_fd >= 0) {
+    const routing::Snapshot& snap = snapshot();
+    std::optional<routing::NodeId> node;
+    for (const routing::NodeView& v : snap.nodes) {
+      if (v.name == t.server->node) node = v.id;
+    }
+    const bool writes = config_->listeners[li].intent == routing::Intent::kReadWrite;
+    const routing::NodeView* v = node ? snap.node(*node) : nullptr;
+    const bool routable = v != nullptr && !v->fenced && v->enabled && !snap.hold &&
+                          (!writes || (snap.writer && *snap.writer == *node));
+    if (routable) {
+      Pool& p = pool_for(make_pool_key(*node, t.key), *node);
+      // Counted where it was: counted here the same, whatever the caps say now.
+      (void)shared_.limits.server_enter(*config_, *node, t.key.user, t.key.server_database, false);
+      shared_.server_conns[*node].fetch_add(1, std::memory_order_relaxed);
+      ++p.total;
+      last_server_id_ = last_server_id_ == UINT32_MAX ? 1 : last_server_id_ + 1;
+      SessionKey key = t.key;
+      const std::string text = make_session_text(key);
+      auto sv = std::make_unique<Server>(*this, last_server_id_, p, interned_.sessions.intern(text, std::move(key)), nullptr);
+      moved = sv.get();
+      servers_.emplace(last_server_id_, std::move(sv));
+      evutil_make_socket_nonblocking(server_fd);
+      moved->adopt(server_fd, t.server->backend_pid, t.server->backend_key, t.server->parameter_status);
+      if (!t.server->shared_statements.empty() || !t.server->settings.empty()) {
+        Server::Edits& e = moved->edits();
+        for (const std::string& n : t.server->shared_statements) e.statements.add(n);
+        e.settings = t.server->settings;
+      }
+      server_fd = -1;
+    }
+  }
+  if (server_fd >= 0) ::close(server_fd);
+  if (t.server && moved == nullptr && !t.unreplayable.empty()) {
+    // Pinned to a server it could not keep: it cannot go on.
+    raw->adopt(t);
+    raw->terminate("57P01", "terminating connection: pgkeel was restarted while this session's server connection "
+                            "stopped being where it routes; connect again");
+    return;
+  }
+  raw->adopt(t, moved);
 }
 
 std::vector<ListenSocket> Worker::release_listeners() {

@@ -125,7 +125,7 @@ class Worker {
   // callbacks on the stack have returned.
   void note_idle(std::uint32_t id);
   // The new process's side: a session handed over with its socket joins this worker.
-  void adopt_client(int fd, const SessionTransfer& t);
+  void adopt_client(int fd, int server_fd, const SessionTransfer& t);  // server_fd -1: none
 
   // A takeover: this worker stops accepting and gives up its sockets (its own TCP ones as
   // descriptors the caller now owns; shared Unix ones as main's). change_listeners(them, {})

@@ -56,6 +56,8 @@ class ServerStatements {
     where_.clear();
   }
   std::size_t size() const { return where_.size(); }
+  // Least recently used first: add()ing them in this order rebuilds the same order.
+  std::vector<std::string> names() const { return std::vector<std::string>(order_.rbegin(), order_.rend()); }
 
  private:
   std::size_t cap_;

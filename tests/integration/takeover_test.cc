@@ -181,6 +181,11 @@ TEST_CASE("sessions move to a new binary at their idle points: pgbench -M prepar
   PqSession kept(pk.conninfo(kAppUser, kAppPassword, kAppDatabase, "session"));
   REQUIRE(kept.exec("SET application_name = 'kept across'").ok);
   REQUIRE(kept.exec("PREPARE kept_q AS SELECT 41 + 1").ok);
+  const std::string kept_backend = kept.exec("SELECT pg_backend_pid()").scalar();
+  // A session pinned to its server (LISTEN, through transaction pooling): its server moves too.
+  PqSession listening(pk.conninfo(kAppUser, kAppPassword, kAppDatabase, "transaction"));
+  REQUIRE(listening.exec("LISTEN takeover_chan").ok);
+  const std::string listener_backend = listening.exec("SELECT pg_backend_pid()").scalar();
 
   setenv("PGPASSWORD", "app-pass", 1);
   auto pgbench = [&](const std::string& listener, const std::string& log) {
@@ -225,13 +230,25 @@ TEST_CASE("sessions move to a new binary at their idle points: pgbench -M prepar
   const std::string next_log = read_file(pk.dir() / "next.log");
   std::smatch m;
   REQUIRE(std::regex_search(next_log, m, std::regex("event=takeover_done sessions=([0-9]+)")));
-  CHECK(std::stoi(m[1]) >= 11);  // 8 pgbench + 2 ledger + 1
+  CHECK(std::stoi(m[1]) >= 12);  // 8 pgbench + 2 ledger + 2
   const PqResult after = kept.exec("SELECT current_setting('application_name')");
   INFO(after.error);
   CHECK(after.scalar() == "kept across");
   const PqResult prepared = kept.exec("EXECUTE kept_q");
   INFO(prepared.error);
   CHECK(prepared.scalar() == "42");
+  // Its server came along: the same backend.
+  CHECK(kept.exec("SELECT pg_backend_pid()").scalar() == kept_backend);
+  CHECK(listening.exec("SELECT pg_backend_pid()").scalar() == listener_backend);
+  REQUIRE(pq_exec(pk.conninfo(kAppUser, kAppPassword, kAppDatabase, "session"), "NOTIFY takeover_chan, 'after'").ok);
+  bool notified = eventually(10s, [&] {
+    PQconsumeInput(listening.get());
+    PGnotify* n = PQnotifies(listening.get());
+    const bool got = n != nullptr && std::string(n->relname) == "takeover_chan" && std::string(n->extra) == "after";
+    if (n != nullptr) PQfreemem(n);
+    return got;
+  }, 100ms);
+  CHECK(notified);
   // The cancel key it was given at login still reaches it in the new process.
   std::thread canceller([&] {
     std::this_thread::sleep_for(500ms);

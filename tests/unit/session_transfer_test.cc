@@ -32,6 +32,8 @@ SessionTransfer sample() {
   t.application_name = "shop - 10.0.0.5";
   t.write_lsn = 0x1234ABCDULL;
   t.connected_unix_ms = 1796620800000;
+  t.server = SessionTransfer::Server{"db2", 4242, -77, std::string("S\0\0\0\x15TimeZone\0UTC\0", 21), {"P_1", "P_2"}, "SET a = 1"};
+  t.unreplayable = "LISTEN";
   return t;
 }
 
@@ -45,6 +47,11 @@ TEST_CASE("a session's transfer reads back as it was written", "[takeover][sessi
   REQUIRE(back);
   CHECK(*back == t);
 
+  SessionTransfer no_server = sample();
+  no_server.server.reset();
+  no_server.unreplayable.clear();
+  CHECK(*decode_session(encode(no_server), err) == no_server);
+  CHECK_FALSE(decode_session(encode(no_server) + "server_backend 3\n1 2", err));  // a server without its node
   SessionTransfer md5 = sample();
   md5.credential.scram.reset();
   md5.credential.md5_hash = "md5abc";
