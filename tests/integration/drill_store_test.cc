@@ -22,13 +22,6 @@ namespace json = pgkeel::ledger::json;
 
 namespace {
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 std::string env_value(const fs::path& file, const std::string& key) {
   std::ifstream in(file);
   for (std::string line; std::getline(in, line);) {
@@ -157,12 +150,12 @@ struct TwoInstances {
       const auto pid = pid_in(pidfile(*pk));
       if (!pid || *pid == pk->pid()) continue;
       // Ours only: the process the start script started from this instance's config.
-      const std::string cmdline = slurp("/proc/" + std::to_string(*pid) + "/cmdline");
+      const std::string cmdline = read_file("/proc/" + std::to_string(*pid) + "/cmdline");
       if (cmdline.find(pk->config_path().string()) == std::string::npos) continue;
       ::kill(*pid, SIGTERM);
       if (!eventually(10s, [&] {
             return ::kill(*pid, 0) != 0 ||
-                   slurp("/proc/" + std::to_string(*pid) + "/stat").find(") Z") !=
+                   read_file("/proc/" + std::to_string(*pid) + "/stat").find(") Z") !=
                        std::string::npos;
           })) {
         ::kill(*pid, SIGKILL);
@@ -243,7 +236,7 @@ TEST_CASE(
   std::printf("pgkeel-drill (two instances, %lld ms):\n%s\n", static_cast<long long>(took.count()),
               r.output.c_str());
   CHECK(r.exit_code == 0);
-  const std::string text = slurp(out / "drill.json");
+  const std::string text = read_file(out / "drill.json");
   json::Reader reader(text);
   const auto s = reader.parse();
   REQUIRE(s);
@@ -275,7 +268,7 @@ TEST_CASE(
   CHECK(promotions(*s) == 0);
   // Every event says whose console reported it.
   for (const auto& e : s->find("events")->items) CHECK_FALSE(e.find("instance")->string.empty());
-  CHECK(slurp(out / "drill.html").find("<th>instance</th>") != std::string::npos);
+  CHECK(read_file(out / "drill.html").find("<th>instance</th>") != std::string::npos);
   // The primary never moved; both instances route writes to it again.
   CHECK(etcd.ctl({"get", "/pgkeel/drill1/record", "--print-value-only"}).find("node=db1") !=
         std::string::npos);
@@ -333,7 +326,7 @@ TEST_CASE(
   CHECK(r.exit_code == 1);
   CHECK(r.output.find("FAILED: fault kill-proxy") != std::string::npos);
   CHECK(r.output.find("must not move the primary") != std::string::npos);
-  const std::string text = slurp(out / "drill.json");
+  const std::string text = read_file(out / "drill.json");
   json::Reader reader(text);
   const auto s = reader.parse();
   REQUIRE(s);

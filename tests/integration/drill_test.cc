@@ -19,13 +19,6 @@ namespace json = pgkeel::ledger::json;
 
 namespace {
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 fs::path drill_binary() { return fs::path(PGKEEL_BINARY_DIR) / "pgkeel-drill"; }
 fs::path tools_dir() { return cluster_script().parent_path(); }
 
@@ -59,10 +52,10 @@ DrillRun run_drill(const Cluster& cluster, const Pgkeel& pk, const std::string& 
   argv.insert(argv.end(), extra.begin(), extra.end());
   d.result = run(argv, {}, 150s);
   std::printf("pgkeel-drill (%s):\n%s\n", fault.c_str(), d.result.output.c_str());
-  const std::string text = slurp(out / "drill.json");  // the reader keeps a view of it
+  const std::string text = read_file(out / "drill.json");  // the reader keeps a view of it
   json::Reader reader(text);
   d.summary = reader.parse();
-  d.html = slurp(out / "drill.html");
+  d.html = read_file(out / "drill.html");
   return d;
 }
 
@@ -328,7 +321,7 @@ TEST_CASE("drill soak: ten random faults in a row, the cluster whole again after
                           {}, 1500s);
   std::printf("pgkeel-drill --soak 10:\n%s\n", r.output.c_str());
   CHECK(r.exit_code == 0);
-  const std::string text = slurp(out / "drill.json");
+  const std::string text = read_file(out / "drill.json");
   json::Reader reader(text);
   const std::optional<json::Value> s = reader.parse();
   REQUIRE(s);
@@ -351,7 +344,7 @@ TEST_CASE("drill soak: ten random faults in a row, the cluster whole again after
     INFO("kind " << k);
     CHECK(kinds.count(k) == 1);
   }
-  const std::string html = slurp(out / "drill.html");
+  const std::string html = read_file(out / "drill.html");
   CHECK(html.find("<h2>Soak</h2>") != std::string::npos);
   CHECK(html.find("Write downtime per fault") != std::string::npos);
 }

@@ -27,6 +27,17 @@ fs::path make_dir(const std::string& prefix) {
 
 }  // namespace
 
+bool loop_until(event_base* base, std::chrono::milliseconds deadline, const std::function<bool()>& pred) {
+  const auto until = std::chrono::steady_clock::now() + deadline;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    timeval tv{0, 20000};
+    event_base_loopexit(base, &tv);
+    event_base_dispatch(base);
+  }
+  return true;
+}
+
 fs::path etcd_script() { return fs::path(PGKEEL_SOURCE_DIR) / "tools" / "etcd.sh"; }
 
 EtcdCluster::EtcdCluster(int members, const std::string& client_host)

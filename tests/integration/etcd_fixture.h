@@ -5,7 +5,11 @@
 
 #include <sys/types.h>
 
+#include <event2/event.h>
+
+#include <chrono>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -57,5 +61,9 @@ class EtcdCluster {
 };
 
 std::filesystem::path etcd_script();
+
+// Runs `base`'s loop until `pred` holds or `deadline` passes (a failure bound, not a measurement):
+// for the tests that drive the etcd client and the record store on a loop of their own.
+bool loop_until(event_base* base, std::chrono::milliseconds deadline, const std::function<bool()>& pred);
 
 }  // namespace pgkeel::test

@@ -1026,10 +1026,12 @@ std::string Pgkeel::render_config() const {
   return out.str();
 }
 
-std::string Pgkeel::config_text() const {
-  std::ifstream in(config_path_);
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p);
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
+
+std::string Pgkeel::config_text() const { return read_file(config_path_); }
 
 void Pgkeel::write_config() {
   const fs::path tmp = config_path_.string() + ".tmp";

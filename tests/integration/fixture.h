@@ -59,6 +59,9 @@ struct RunResult {
 
 // Runs argv (argv[0] searched in PATH) with our environment plus `env`, stdin from /dev/null, in
 // its own process group, which is killed if it outlives `timeout`.
+// The whole file as text ("" when it cannot be read).
+std::string read_file(const fs::path& p);
+
 RunResult run(const std::vector<std::string>& argv, const Env& env = {},
               std::chrono::milliseconds timeout = 120s);
 // Same, for `/bin/sh -c script`.

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "store/etcd_client.h"
+#include "proxy/handles.h"
 #include "tests/integration/etcd_fixture.h"
 #include "tests/integration/fixture.h"
 
@@ -19,22 +20,6 @@ using namespace pgkeel::test;
 using namespace pgkeel::store;
 
 namespace {
-
-struct BaseDeleter {
-  void operator()(event_base* b) const { event_base_free(b); }
-};
-
-// Runs the loop until `pred` holds or `deadline` passes (a failure bound, not a measurement).
-bool loop_until(event_base* base, std::chrono::milliseconds deadline, const std::function<bool()>& pred) {
-  const auto until = std::chrono::steady_clock::now() + deadline;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > until) return false;
-    timeval tv{0, 20000};
-    event_base_loopexit(base, &tv);
-    event_base_dispatch(base);
-  }
-  return true;
-}
 
 // One call, waited for.
 template <typename T, typename Start>
@@ -47,7 +32,7 @@ T await(event_base* base, Start start) {
 
 struct Harness {
   EtcdCluster etcd;
-  std::unique_ptr<event_base, BaseDeleter> base{event_base_new()};
+  pgkeel::proxy::EventBasePtr base{event_base_new()};
   std::unique_ptr<Client> client;
   explicit Harness(Millis timeout = Millis{1000}) {
     ClientOptions o;

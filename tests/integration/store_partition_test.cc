@@ -165,8 +165,7 @@ struct Run {
 };
 
 Run load_run(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string text = read_file(file);
   std::string error;
   auto loaded = pgkeel::ledger::parse_run(text, error);
   INFO(file.string() << ": " << error);

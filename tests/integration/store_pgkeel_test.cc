@@ -156,8 +156,7 @@ TEST_CASE("etcd over TLS with authentication: instances lead and follow; a wrong
   }, 200ms));
   INFO(refused.error);
   CHECK(refused.sqlstate == "57P03");
-  std::ifstream log(wrong.log_path());
-  const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  const std::string text = read_file(wrong.log_path());
   CHECK(text.find("authentication failed") != std::string::npos);
 }
 

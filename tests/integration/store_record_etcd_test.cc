@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "health/record_store_etcd.h"
+#include "proxy/handles.h"
 #include "tests/integration/etcd_fixture.h"
 #include "tests/integration/fixture.h"
 
@@ -20,21 +21,6 @@ using namespace pgkeel::test;
 using namespace pgkeel::health;
 
 namespace {
-
-struct BaseDeleter {
-  void operator()(event_base* b) const { event_base_free(b); }
-};
-
-bool loop_until(event_base* base, std::chrono::milliseconds deadline, const std::function<bool()>& pred) {
-  const auto until = std::chrono::steady_clock::now() + deadline;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > until) return false;
-    timeval tv{0, 20000};
-    event_base_loopexit(base, &tv);
-    event_base_dispatch(base);
-  }
-  return true;
-}
 
 // One pgkeel instance's view of the store: its own client, lease and store object.
 struct Instance {
@@ -85,7 +71,7 @@ PublishOutcome publish(event_base* base, Instance& i, const std::optional<Stored
 
 TEST_CASE("etcd store: one instance leads and alone publishes; the other follows the record", "[store][etcd][leader]") {
   EtcdCluster etcd;
-  std::unique_ptr<event_base, BaseDeleter> base(event_base_new());
+  pgkeel::proxy::EventBasePtr base(event_base_new());
   auto a = std::make_unique<Instance>(base.get(), etcd, "pk1", "/pgkeel/t1");
   auto b = std::make_unique<Instance>(base.get(), etcd, "pk2", "/pgkeel/t1");
   REQUIRE(loop_until(base.get(), 20s, [&] {
@@ -153,7 +139,7 @@ TEST_CASE("etcd store: one instance leads and alone publishes; the other follows
 TEST_CASE("etcd store: the leader waits for every live instance to apply an epoch, or for its lease to run out",
           "[store][etcd][leader]") {
   EtcdCluster etcd;
-  std::unique_ptr<event_base, BaseDeleter> base(event_base_new());
+  pgkeel::proxy::EventBasePtr base(event_base_new());
   auto a = std::make_unique<Instance>(base.get(), etcd, "pk1", "/pgkeel/t2");
   REQUIRE(loop_until(base.get(), 20s, [&] { return a->store->leader(); }));  // first to start leads
   auto b = std::make_unique<Instance>(base.get(), etcd, "pk2", "/pgkeel/t2");
@@ -201,7 +187,7 @@ TEST_CASE("etcd store: the leader waits for every live instance to apply an epoc
 TEST_CASE("etcd store: an instance that cannot reach etcd stops serving before its lease can expire, and resumes",
           "[store][etcd][leader]") {
   EtcdCluster etcd;
-  std::unique_ptr<event_base, BaseDeleter> base(event_base_new());
+  pgkeel::proxy::EventBasePtr base(event_base_new());
   auto a = std::make_unique<Instance>(base.get(), etcd, "pk1", "/pgkeel/t3");
   REQUIRE(loop_until(base.get(), 20s, [&] { return a->store->leader(); }));
   // Quorum lost: renewals fail on every member.

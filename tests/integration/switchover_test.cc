@@ -44,13 +44,6 @@ std::string show(const Pgkeel& pk, const std::string& sql) {
   return r.ok ? out : "ERROR: " + r.error;
 }
 
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 
 PgkeelOptions verb_options(const Cluster& cluster, bool with_stop = true) {
   PgkeelOptions o;

@@ -31,11 +31,6 @@ PgkeelOptions with_services() {
   return o;
 }
 
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
 std::string takeover_socket(const Pgkeel& pk) { return (pk.dir() / "pgkeel.state.takeover").string(); }
 
 bool has_event(const std::string& console, const std::string& kind) {
