@@ -167,7 +167,8 @@ TEST_CASE("stopping at a message leaves the bytes before it to forward", "[proto
 
 TEST_CASE("the message a chunk ends inside of is named with how much of it was scanned", "[protocol]") {
   const std::string a = msg('D', "row");
-  const std::string e = msg('E', std::string("SFATAL\0C57P01\0Mterminating\0\0", 31));
+  static constexpr char kBody[] = "SFATAL\0C57P01\0Mterminating\0";  // the last field's NUL, then the terminator
+  const std::string e = msg('E', std::string(kBody, sizeof kBody));
   const std::string stream = a + e;
   Scanner s;
   s.watch('E');

@@ -28,11 +28,13 @@ SessionTransfer sample() {
   t.settings = {{"search_path", "shop, public"}, {"statement_timeout", "'5s'"}};
   t.sql_prepared = {{"q1", "SELECT 1"}};
   t.unnamed = "SELECT $1::int";
-  t.statements = {{"S_1", std::string("SELECT * FROM t WHERE id = $1\0\0\1\0\0\0\x17", 38)}, {"", "ignored"}};
+  static constexpr char kParse[] = "SELECT * FROM t WHERE id = $1\0\0\1\0\0\0\x17";  // text, 1 parameter type
+  t.statements = {{"S_1", std::string(kParse, sizeof kParse - 1)}, {"", "ignored"}};
   t.application_name = "shop - 10.0.0.5";
   t.write_lsn = 0x1234ABCDULL;
   t.connected_unix_ms = 1796620800000;
-  t.server = SessionTransfer::Server{"db2", 4242, -77, std::string("S\0\0\0\x15TimeZone\0UTC\0", 21), {"P_1", "P_2"}, "SET a = 1"};
+  static constexpr char kStatus[] = "S\0\0\0\x11TimeZone\0UTC";  // a ParameterStatus message
+  t.server = SessionTransfer::Server{"db2", 4242, -77, std::string(kStatus, sizeof kStatus), {"P_1", "P_2"}, "SET a = 1"};
   t.unreplayable = "LISTEN";
   return t;
 }
