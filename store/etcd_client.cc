@@ -27,30 +27,6 @@ timeval to_timeval(Millis d) {
   return tv;
 }
 
-// Runs `fn` on the loop at its next turn (never inside the caller).
-void defer(event_base* base, std::function<void()> fn) {
-  auto* heap = new std::function<void()>(std::move(fn));
-  const timeval zero{0, 0};
-  if (event_base_once(
-          base, -1, EV_TIMEOUT,
-          [](evutil_socket_t, short, void* arg) {
-            std::unique_ptr<std::function<void()>> f(static_cast<std::function<void()>*>(arg));
-            (*f)();
-          },
-          heap, &zero) != 0) {
-    delete heap;
-  }
-}
-
-// An evhttp connection may not be freed inside one of its own callbacks: it is freed at the
-// loop's next turn.
-void defer_free(event_base* base, EvhttpConnHandle conn) {
-  if (!conn) return;
-  evhttp_connection_set_closecb(conn.get(), nullptr, nullptr);
-  auto shared = std::make_shared<EvhttpConnHandle>(std::move(conn));
-  defer(base, [shared]() { shared->reset(); });
-}
-
 std::string openssl_error() {
   const unsigned long e = ERR_get_error();
   if (e == 0) return "unknown OpenSSL error";
@@ -104,8 +80,28 @@ Client::Client(event_base* base, ClientOptions options) : base_(base), options_(
   }
 }
 
+void Client::defer(std::function<void()> fn) {
+  if (!deferred_event_) deferred_event_.reset(event_new(base_, -1, 0, &Client::on_deferred, this));
+  deferred_.push_back(std::move(fn));
+  event_active(deferred_event_.get(), EV_TIMEOUT, 0);
+}
+
+void Client::on_deferred(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<Client*>(arg);
+  std::vector<std::function<void()>> run;
+  run.swap(self->deferred_);
+  for (auto& fn : run) fn();  // what they defer in turn waits for the next turn
+}
+
 Client::~Client() {
   *alive_ = false;
+  // What was deferred runs now (frees the connections it holds; posted callbacks see !alive_).
+  deferred_event_.reset();
+  while (!deferred_.empty()) {
+    std::vector<std::function<void()>> run;
+    run.swap(deferred_);
+    for (auto& fn : run) fn();
+  }
   for (Call& c : calls_) {
     if (c.req != nullptr) evhttp_cancel_request(c.req);
     c.req = nullptr;
@@ -123,7 +119,7 @@ std::string Client::endpoint() const {
 
 void Client::post(std::function<void()> fn) {
   std::weak_ptr<bool> alive = alive_;
-  defer(base_, [alive, fn = std::move(fn)]() {
+  defer([alive, fn = std::move(fn)]() {
     if (auto a = alive.lock(); a && *a) fn();
   });
 }
@@ -169,7 +165,9 @@ void Client::on_conn_close(evhttp_connection*, void* arg) {
 Client::Conn& Client::conn_for(std::size_t i) {
   std::unique_ptr<Conn>& c = conns_[i];
   if (c && c->broken && c->pending == 0) {
-    defer_free(base_, std::move(c->evcon));
+    // Not inside one of its own callbacks: freed at the loop's next turn.
+    evhttp_connection_set_closecb(c->evcon.get(), nullptr, nullptr);
+    defer([conn = std::make_shared<EvhttpConnHandle>(std::move(c->evcon))]() { conn->reset(); });
     c.reset();
   }
   if (!c) {
@@ -450,7 +448,7 @@ Watch::~Watch() {
   if (conn_) {
     evhttp_connection_set_closecb(conn_.get(), nullptr, nullptr);
     auto conn = std::make_shared<EvhttpConnHandle>(std::move(conn_));
-    defer(client_.base_, [conn, link = link_]() { conn->reset(); });
+    client_.defer([conn, link = link_]() { conn->reset(); });
   }
 }
 

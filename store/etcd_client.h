@@ -12,7 +12,6 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
-#include <list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -146,6 +145,12 @@ class Client {
 
  private:
   friend class Watch;
+  // Runs `fn` at the loop's next turn (never inside the caller); a client destroyed first runs
+  // what is still pending itself, so nothing deferred outlives it (freed connections included).
+  void defer(std::function<void()> fn);
+  static void on_deferred(evutil_socket_t, short, void* arg);
+  std::vector<std::function<void()>> deferred_;
+  EventHandle deferred_event_;  // made active by defer(); runs what is queued
   struct Conn {
     EvhttpConnHandle evcon;
     int pending = 0;
