@@ -7,7 +7,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 cores=$(nproc)
-fuzz_seconds=${PGKEEL_FUZZ_SECONDS:-45}
+fuzz_seconds=${PGKEEL_FUZZ_SECONDS:-30}
 
 # Only the fuzz targets are built (not the rest of the tree).
 targets=()

@@ -209,7 +209,7 @@ TEST_CASE("driver matrix: pgJDBC (prepareThreshold 5, 0, 1; LISTEN/NOTIFY; CopyM
   }
 }
 
-TEST_CASE("driver matrix: node-postgres (named and unnamed statements)", "[drivers][node]") {
+TEST_CASE("driver matrix: node-postgres (named and unnamed statements)", "[drivers][node][release-only]") {
   for (const Cell& c : kCells) {
     DYNAMIC_SECTION(cell_name("node-postgres", c)) {
       run_suite("node-postgres", c, {"node", (kDrivers / "node_suite.js").string()});
@@ -217,7 +217,7 @@ TEST_CASE("driver matrix: node-postgres (named and unnamed statements)", "[drive
   }
 }
 
-TEST_CASE("driver matrix: psql and pgbench (-M simple, extended, prepared)", "[drivers][psql]") {
+TEST_CASE("driver matrix: psql and pgbench (-M simple, extended, prepared)", "[drivers][psql][release-only]") {
   for (const Cell& c : kCells) {
     DYNAMIC_SECTION(cell_name("psql/pgbench", c)) {
       run_suite("psql/pgbench", c, {"bash", (kDrivers / "psql_pgbench.sh").string()});

@@ -128,7 +128,7 @@ TEST_CASE("two instances through etcd: kill -9 of the primary, one failover, wri
 }
 
 TEST_CASE("etcd over TLS with authentication: instances lead and follow; a wrong password is refused and said",
-          "[store][etcd][tls]") {
+          "[store][etcd][tls][release-only]") {
   EtcdCluster etcd(EtcdOptions{.tls = true, .password = "etcd-s3cret"});
   Cluster cluster(ClusterOptions{.standbys = 1});
   const auto secured = [&](const std::string& name, const std::string& password) {
@@ -162,7 +162,7 @@ TEST_CASE("etcd over TLS with authentication: instances lead and follow; a wrong
 
 TEST_CASE("two of three etcd members stopped under a ledger writer: no failover, writes stop with 57P03, "
           "then resume with nothing lost and no client reset",
-          "[store][etcd][cut]") {
+          "[store][etcd][cut][release-only]") {
   EtcdCluster etcd;
   Cluster cluster(ClusterOptions{.standbys = 1, .sync = true});
   Pgkeel pk(cluster, instance(etcd, "pk1", "/pgkeel/it2"));
@@ -275,7 +275,7 @@ TEST_CASE("etcd members going and coming one at a time (quorum kept) cost client
 }
 
 TEST_CASE("the leader instance is killed (kill -9) during a failover: the other finishes it once the lease is gone",
-          "[store][etcd][leader-kill]") {
+          "[store][etcd][leader-kill][release-only]") {
   EtcdCluster etcd;
   Cluster cluster(ClusterOptions{.standbys = 1, .sync = true});
   // A fence command that takes a while holds the leader inside the failover, before anything is
