@@ -61,10 +61,12 @@ TEST_CASE("parcels cross a socket pair whole, descriptors with them, however lar
   REQUIRE(::pipe2(pipefd, O_CLOEXEC) == 0);
   std::string err;
   const std::string big(200000, 'x');  // more than a socket buffer: sent and read in pieces
-  std::thread sender([&] {
+  bool sent_first = false;
+  bool sent_big = false;
+  std::thread sender([&] {  // Catch2's assertions belong to the main thread: checked after join()
     std::string e;
-    CHECK(send_parcel(sv[0], Parcel{"first", {pipefd[0], pipefd[1]}}, std::chrono::seconds(5), e));
-    CHECK(send_parcel(sv[0], Parcel{big, {}}, std::chrono::seconds(5), e));
+    sent_first = send_parcel(sv[0], Parcel{"first", {pipefd[0], pipefd[1]}}, std::chrono::seconds(5), e);
+    sent_big = send_parcel(sv[0], Parcel{big, {}}, std::chrono::seconds(5), e);
   });
   const auto a = recv_parcel(sv[1], std::chrono::seconds(5), err);
   INFO(err);
@@ -82,6 +84,8 @@ TEST_CASE("parcels cross a socket pair whole, descriptors with them, however lar
   CHECK(b->text == big);
   CHECK(b->fds.empty());
   sender.join();
+  CHECK(sent_first);
+  CHECK(sent_big);
   for (int fd : a->fds) ::close(fd);
   ::close(sv[0]);
   CHECK_FALSE(recv_parcel(sv[1], std::chrono::seconds(1), err));
