@@ -1348,7 +1348,7 @@ std::optional<SessionTransfer> Client::transfer_out() const {
   if (pinned && !server_moves) return std::nullopt;
   SessionTransfer t;
   if (server_moves) {
-    SessionTransfer::Server st;
+    MovedServer st;
     st.node = w_.snapshot().nodes[s->node()].name;
     st.backend_pid = s->backend_pid();
     st.backend_key = s->backend_key();

@@ -18,6 +18,19 @@
 
 namespace pgkeel::proxy {
 
+// A server connection moving with its session (SessionTransfer::server).
+struct MovedServer {
+  std::string node;
+  std::int32_t backend_pid = 0;
+  std::int32_t backend_key = 0;
+  std::string parameter_status;  // its ParameterStatus messages, as pgkeel keeps them
+  // Transaction pooling's edits on it: pgkeel's shared statements prepared there, and the
+  // settings a client left there (SessionState::replay_sql()).
+  std::vector<std::string> shared_statements;
+  std::string settings;
+  bool operator==(const MovedServer&) const = default;
+};
+
 struct SessionTransfer {
   std::string listener;          // by name: indices may differ in the new process
   SessionKey key;                // user, database, server database, startup parameters
@@ -36,18 +49,7 @@ struct SessionTransfer {
   // The server connection the session is attached to, moving with it (its socket is the second
   // descriptor): a session pinned to its server (LISTEN, temporary tables, ...), or one in
   // session pooling, keeps its backend. Absent: the next server gets the state replayed.
-  struct Server {
-    std::string node;
-    std::int32_t backend_pid = 0;
-    std::int32_t backend_key = 0;
-    std::string parameter_status;  // its ParameterStatus messages, as pgkeel keeps them
-    // Transaction pooling's edits on it: pgkeel's shared statements prepared there, and the
-    // settings a client left there (SessionState::replay_sql()).
-    std::vector<std::string> shared_statements;
-    std::string settings;
-    bool operator==(const Server&) const = default;
-  };
-  std::optional<Server> server;
+  std::optional<MovedServer> server;
   std::string unreplayable;  // why the session is pinned to that server (empty: it is not)
 
   bool operator==(const SessionTransfer&) const = default;

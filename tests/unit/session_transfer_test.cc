@@ -34,7 +34,7 @@ SessionTransfer sample() {
   t.write_lsn = 0x1234ABCDULL;
   t.connected_unix_ms = 1796620800000;
   static constexpr char kStatus[] = "S\0\0\0\x11TimeZone\0UTC";  // a ParameterStatus message
-  t.server = SessionTransfer::Server{"db2", 4242, -77, std::string(kStatus, sizeof kStatus), {"P_1", "P_2"}, "SET a = 1"};
+  t.server = MovedServer{"db2", 4242, -77, std::string(kStatus, sizeof kStatus), {"P_1", "P_2"}, "SET a = 1"};
   t.unreplayable = "LISTEN";
   return t;
 }
