@@ -1,5 +1,7 @@
 #include "tests/integration/etcd_fixture.h"
 
+#include <tuple>
+
 #include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -48,25 +50,9 @@ EtcdCluster::EtcdCluster(const EtcdOptions& options) {
   const std::string& client_host = options.client_host;
   dir_ = make_dir("pgkeel-etcd");
   // As Cluster's: a watchdog runs `down --rm` when this process goes away, however it goes.
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");
+  std::tie(watchdog_pid_, watchdog_fd_) = start_watchdog(etcd_script(), dir_);
   const std::string script = etcd_script().string();
   const std::string dir = dir_.string();
-  const char* const argv[] = {"/bin/sh", "-c", "cat >/dev/null; exec \"$0\" down \"$1\" --rm", script.c_str(), dir.c_str(), nullptr};
-  watchdog_pid_ = ::fork();
-  if (watchdog_pid_ == 0) {
-    ::setsid();
-    ::dup2(fds[0], STDIN_FILENO);
-    const int devnull = ::open("/dev/null", O_WRONLY);
-    if (devnull >= 0) {
-      ::dup2(devnull, STDOUT_FILENO);
-      ::dup2(devnull, STDERR_FILENO);
-    }
-    ::execv("/bin/sh", const_cast<char* const*>(argv));
-    ::_exit(127);
-  }
-  ::close(fds[0]);
-  watchdog_fd_ = fds[1];
   std::vector<std::string> up = {script, "up", dir, "--members", std::to_string(members)};
   if (!client_host.empty()) {
     up.insert(up.end(), {"--client-host", client_host});

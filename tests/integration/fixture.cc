@@ -3,6 +3,8 @@
 #define CATCH_CONFIG_MAIN
 #include "tests/integration/fixture.h"
 
+#include <tuple>
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -665,32 +667,9 @@ fs::path cluster_script() { return fs::path(PGKEEL_SOURCE_DIR) / "tools" / "clus
 Cluster::Cluster(ClusterOptions options) : options_(options) {
   dir_ = make_temp_dir("pgkeel-cluster");
 
-  // The watchdog waits for EOF on a pipe only this process can write to (close-on-exec), then
-  // runs `down --rm`: the servers go away even if we crash, abort or are SIGKILLed. setsid keeps
-  // it out of reach of a terminal's Ctrl-C, which it must outlive to clean up.
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) {
-    throw std::runtime_error("pipe2 failed");
-  }
+  std::tie(watchdog_pid_, watchdog_fd_) = start_watchdog(cluster_script(), dir_);
   const std::string script = cluster_script().string();
   const std::string dir = dir_.string();
-  const char* const argv[] = {
-      "/bin/sh",      "-c",        "cat >/dev/null; exec \"$0\" down \"$1\" --rm",
-      script.c_str(), dir.c_str(), nullptr};
-  watchdog_pid_ = ::fork();
-  if (watchdog_pid_ == 0) {
-    ::setsid();
-    ::dup2(fds[0], STDIN_FILENO);
-    int devnull = ::open("/dev/null", O_WRONLY);
-    if (devnull >= 0) {
-      ::dup2(devnull, STDOUT_FILENO);
-      ::dup2(devnull, STDERR_FILENO);
-    }
-    ::execv("/bin/sh", const_cast<char* const*>(argv));
-    ::_exit(127);
-  }
-  ::close(fds[0]);
-  watchdog_fd_ = fds[1];
 
   std::vector<std::string> up = {script,
                                  "up",
@@ -1024,6 +1003,31 @@ std::string Pgkeel::render_config() const {
   }
   out << "[databases]\n" << options_.databases << "\n\n" << options_.extra_toml << "\n";
   return out.str();
+}
+
+// The watchdog waits for EOF on a pipe only this process can write to (close-on-exec), then
+// runs `SCRIPT down DIR --rm`: the servers go away even if we crash, abort or are SIGKILLed.
+// setsid keeps it out of reach of a terminal's Ctrl-C, which it must outlive to clean up.
+std::pair<pid_t, int> start_watchdog(const fs::path& script_path, const fs::path& dir_path) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");
+  const std::string script = script_path.string();
+  const std::string dir = dir_path.string();
+  const char* const argv[] = {"/bin/sh", "-c", "cat >/dev/null; exec \"$0\" down \"$1\" --rm", script.c_str(), dir.c_str(), nullptr};
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::setsid();
+    ::dup2(fds[0], STDIN_FILENO);
+    const int devnull = ::open("/dev/null", O_WRONLY);
+    if (devnull >= 0) {
+      ::dup2(devnull, STDOUT_FILENO);
+      ::dup2(devnull, STDERR_FILENO);
+    }
+    ::execv("/bin/sh", const_cast<char* const*>(argv));
+    ::_exit(127);
+  }
+  ::close(fds[0]);
+  return {pid, fds[1]};
 }
 
 std::string read_file(const fs::path& p) {

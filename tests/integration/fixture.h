@@ -59,6 +59,10 @@ struct RunResult {
 
 // Runs argv (argv[0] searched in PATH) with our environment plus `env`, stdin from /dev/null, in
 // its own process group, which is killed if it outlives `timeout`.
+// A child that runs `SCRIPT down DIR --rm` once the returned descriptor is closed, or this
+// process dies however it dies; returns its pid and that descriptor.
+std::pair<pid_t, int> start_watchdog(const fs::path& script, const fs::path& dir);
+
 // The whole file as text ("" when it cannot be read).
 std::string read_file(const fs::path& p);
 
