@@ -33,24 +33,6 @@ constexpr std::uint32_t kMaxHeldMessage = 256u << 10;
 // that does not read them.
 constexpr std::size_t kMaxOwnAnswers = 64u << 10;
 
-// Whether a statement may change what a session carries (settings, statements, things that
-// cannot move): only those are parsed. A false positive costs a parse, nothing more.
-bool session_relevant(std::string_view sql) {
-  static constexpr std::string_view kWords[] = {"set", "discard", "prepare", "deallocate", "listen",
-                                                "temp", "advisory", "hold"};
-  // A case-insensitive search without a copy: this runs for every query a session sends, and
-  // over all of it (a padded statement must not hide a LISTEN).
-  for (std::size_t i = 0; i < sql.size(); ++i) {
-    const char c = static_cast<char>(std::tolower(static_cast<unsigned char>(sql[i])));
-    for (std::string_view w : kWords) {
-      if (c != w[0] || sql.size() - i < w.size()) continue;
-      std::size_t k = 1;
-      while (k < w.size() && std::tolower(static_cast<unsigned char>(sql[i + k])) == w[k]) ++k;
-      if (k == w.size()) return true;
-    }
-  }
-  return false;
-}
 static_assert(kMaxListeners <= 256, "Client keeps its listener index in a byte");
 
 const SessionKey kNoSession;  // before the startup packet
@@ -177,6 +159,10 @@ void Client::note_effect(const TransactionEffect& e) {
   if (e.may_commit) cycle_may_commit_ = true;
 }
 
+Pool* Client::last_pool(routing::NodeId node) const {
+  return last_pool_ != nullptr && last_pool_->node == node && last_pool_session_ == session_.get() ? last_pool_ : nullptr;
+}
+
 // Keeps what a later server would need to carry this session, from what the client sends.
 void Client::track(char type, std::string_view body, bool truncated) {
   protocol::Reader r(body);
@@ -185,19 +171,24 @@ void Client::track(char type, std::string_view body, bool truncated) {
       std::string_view sql = r.str();
       if (r.failed()) sql = body;  // truncated: what we have
       note_effect(transaction_effect(sql));
-      if (!sess_ && !session_relevant(sql)) return;
+      const SessionWords words = session_words(sql);
+      const bool relevant = words.relevant;
+      query_relevant_ = relevant;
+      if (!sess_ && !relevant) return;
       Carried& s = carried();
-      s.state.on_query(sql);
-      for (const SqlStatement& st : split_sql(sql)) {
-        const auto& w = st.words;
-        if (w.empty()) continue;
-        if ((w[0] == "discard" && w.size() > 1 && w[1] == "all") || (w[0] == "deallocate" && w.size() > 1 && w.back() == "all")) {
-          s.statements.clear();
-        } else if (w[0] == "deallocate" && w.size() > 1) {
-          s.statements.forget(w.back());
-        } else if (w[0] == "prepare" && !(w.size() > 1 && w[1] == "transaction") && s.unreplayable.empty()) {
-          // SQL-level PREPARE lives on one server connection; pgkeel does not rewrite EXECUTE.
-          if (transaction_mode()) s.unreplayable = "PREPARE (SQL)";
+      s.state.on_query(sql, words);
+      if (relevant) {  // DISCARD, DEALLOCATE and PREPARE are among its words
+        for (const SqlStatement& st : split_sql(sql)) {
+          const auto& w = st.words;
+          if (w.empty()) continue;
+          if ((w[0] == "discard" && w.size() > 1 && w[1] == "all") || (w[0] == "deallocate" && w.size() > 1 && w.back() == "all")) {
+            s.statements.clear();
+          } else if (w[0] == "deallocate" && w.size() > 1) {
+            s.statements.forget(w.back());
+          } else if (w[0] == "prepare" && !(w.size() > 1 && w[1] == "transaction") && s.unreplayable.empty()) {
+            // SQL-level PREPARE lives on one server connection; pgkeel does not rewrite EXECUTE.
+            if (transaction_mode()) s.unreplayable = "PREPARE (SQL)";
+          }
         }
       }
       if (!s.state.replayable() && s.unreplayable.empty()) s.unreplayable = s.state.why_not_replayable();
@@ -269,6 +260,7 @@ void Client::track(char type, std::string_view body, bool truncated) {
 Client::Client(Worker& w, std::uint32_t id, int fd, std::size_t listener_index, const sockaddr* addr)
     : w_(w),
       id_(id),
+      name_(connection_name('c', w.index(), id)),
       peer_(PeerAddress::from(addr)),
       listener_index_(static_cast<std::uint8_t>(listener_index)),
       tcp_(addr == nullptr || addr->sa_family != AF_UNIX) {
@@ -955,7 +947,11 @@ void Client::forward_messages() {
       Server::Edits& e = server_->edits();
       if (ignored_syncs > 0) e.plan.ignore_syncs(ignored_syncs);
       // DEALLOCATE and DISCARD ALL drop the shared statements too: what follows prepares again.
-      if (refused.empty() && !statement_text.empty() && drops_prepared(statement_text)) e.statements.clear();
+      // (A Query's words were looked at by track() just now.)
+      if (refused.empty() && !statement_text.empty() && (type != fe::kQuery || query_relevant_) &&
+          drops_prepared(statement_text)) {
+        e.statements.clear();
+      }
       if (whole) {
         if (!rewrite_for_shared(type, message, carried().statements, e.statements, e.plan, to_server)) {
           fail("FATAL", "08P01", "malformed message");
@@ -1075,7 +1071,7 @@ void Client::attach(Server* s) {
     append_session_replay(state, sess_ ? sess_->statements : ClientStatements(), e.plan, out);
     e.settings = state.replay_sql();
     replay_needed_ = false;
-  } else if (transaction_mode()) {
+  } else if (transaction_mode() && state.replay_sql() != e.settings) {
     e.settings = append_settings_restore(state, e.settings, e.plan, out);
   }
   if (!out.empty()) {
@@ -1141,7 +1137,11 @@ void Client::finish_cycle() {
   Server* s = server_;
   server_ = nullptr;
   state_ = State::kDetached;
-  s->edits().settings = sess_ ? sess_->state.replay_sql() : std::string();
+  if (sess_) {
+    s->edits().settings = sess_->state.replay_sql();
+  } else {
+    s->edits().settings.clear();
+  }
   const bool ask_lsn = txn_wrote_ && w_.config().listeners[listener_index_].read_your_writes && w_.snapshot().writer &&
                        *w_.snapshot().writer == s->node();
   txn_wrote_ = false;

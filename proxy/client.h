@@ -70,7 +70,7 @@ class Client {
   void tick(Clock::time_point now);
 
   std::uint32_t id() const { return id_; }
-  std::string name() const { return connection_name('c', w_.index(), id_); }
+  const std::string& name() const { return name_; }
   State state() const { return state_; }
   std::int32_t cancel_key() const { return cancel_key_; }
   std::int32_t cancel_pid() const;
@@ -78,6 +78,13 @@ class Client {
   // Who the client is: shared with every client of the same identity; set from the startup
   // packet on (before it, the accessors below give empty values).
   const std::shared_ptr<const SessionKey>& session() const { return session_; }
+  // The pool this session last took a server from on `node` (nullptr: none yet). Pools live as
+  // long as their worker, so transaction pooling skips making the pool key at every transaction.
+  Pool* last_pool(routing::NodeId node) const;
+  void set_last_pool(Pool* p) {
+    last_pool_ = p;
+    last_pool_session_ = session_.get();
+  }
   const std::string& user() const { return key().user; }
   const std::string& database() const { return key().database; }
   const std::string& server_database() const { return key().server_database; }
@@ -179,6 +186,9 @@ class Client {
   // Ordered by size, so the object has no padding: an idle client is mostly this object.
   Worker& w_;
   std::shared_ptr<const SessionKey> session_;
+  bool query_relevant_ = false;  // track(): session_relevant() of the last Query's text
+  Pool* last_pool_ = nullptr;
+  const SessionKey* last_pool_session_ = nullptr;
   std::shared_ptr<const ServerCredential> cred_;
   Endpoint ep_;
   protocol::Scanner scanner_;  // frontend messages while linked
@@ -192,6 +202,7 @@ class Client {
   Clock::time_point wait_started_;
   Clock::time_point last_activity_;
   const std::uint32_t id_;
+  const std::string name_;  // "c<worker>-<id>", for logs and SHOW
   std::uint32_t stream_left_ = 0;  // body bytes of a long client message still to pass (or drop) as they come
   std::int32_t cancel_key_ = 0;
   PeerAddress peer_;

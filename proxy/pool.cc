@@ -134,7 +134,12 @@ void request_server(Worker& w, Client& c) {
     return;
   }
   const routing::NodeId node = std::get<routing::Route>(d).node;
-  Pool& p = w.pool_for(make_pool_key(node, *c.session()), node);
+  Pool* cached = c.last_pool(node);
+  if (cached == nullptr) {
+    cached = &w.pool_for(make_pool_key(node, *c.session()), node);
+    c.set_last_pool(cached);
+  }
+  Pool& p = *cached;
   while (!p.idle.empty()) {
     Server* s = p.idle.back();
     p.idle.pop_back();

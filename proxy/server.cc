@@ -73,6 +73,7 @@ Server::Server(Worker& w, std::uint32_t id, Pool& pool, std::shared_ptr<const Se
       cred_(std::move(cred)),
       epoch_(w.snapshot().epoch),
       id_(id),
+      name_(connection_name('s', w.index(), id)),
       node_(pool.node) {
   scanner_.watch(be::kReadyForQuery);
   scanner_.watch(be::kParameterStatus);
@@ -538,7 +539,7 @@ const std::string& Server::parameter_status() const {
 void Server::link(Client* c) {
   state_ = State::kLinked;
   client_ = c;
-  last_used_ = Clock::now();
+  last_used_ = w_.now();  // the loop's time: release() sets it exactly
   scanner_.reset();
   pending_syncs_ = 0;
   syncs_since_execute_ = 0;
@@ -769,17 +770,19 @@ void Server::relay_to_client() {
             return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(now - since).count());
           };
           const std::uint64_t q = us(cycle_started);
+          const std::size_t qb = LatencyBuckets::index_of(q);
           by_listener.queries.add(1);
           by_node.queries.add(1);
-          by_listener.query_latency.add(q);
-          by_node.query_latency.add(q);
+          by_listener.query_latency.add(q, qb);
+          by_node.query_latency.add(q, qb);
           if (pending_syncs_ > 0) cycle_started = now;  // pipelined: the next cycle is timed from here
           if (tx_status_ == 'I') {
             const std::uint64_t x = us(xact_started);
+            const std::size_t xb = LatencyBuckets::index_of(x);
             by_listener.transactions.add(1);
             by_node.transactions.add(1);
-            by_listener.xact_latency.add(x);
-            by_node.xact_latency.add(x);
+            by_listener.xact_latency.add(x, xb);
+            by_node.xact_latency.add(x, xb);
             xact_started = now;
           }
         } else if (!m.truncated) {

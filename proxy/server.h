@@ -117,7 +117,7 @@ class Server {
   Clock::time_point xact_started;
   Clock::time_point created() const { return created_; }
   Clock::time_point last_used() const { return last_used_; }
-  std::string name() const { return connection_name('s', w_.index(), id_); }
+  const std::string& name() const { return name_; }
   // Outstanding query cycles: a Query or Sync sent and its ReadyForQuery not yet back.
   void note_frontend_sync() { ++pending_syncs_; }
   // A Query, FunctionCall or extended message is about to be forwarded: note when the cycle
@@ -192,6 +192,7 @@ class Server {
   Clock::time_point last_used_;
   Clock::time_point deadline_;  // connect + login must finish by then
   const std::uint32_t id_;
+  const std::string name_;  // "s<worker>-<id>", for logs and SHOW
   routing::NodeId node_;
   std::int32_t backend_pid_ = 0;
   std::int32_t backend_key_ = 0;

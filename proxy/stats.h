@@ -40,8 +40,10 @@ struct LatencyBuckets {
 
 class Histogram {
  public:
-  void add(std::uint64_t us) {
-    buckets_[LatencyBuckets::index_of(us)].add(1);
+  void add(std::uint64_t us) { add(us, LatencyBuckets::index_of(us)); }
+  // With its bucket already found (one latency counted in several histograms).
+  void add(std::uint64_t us, std::size_t bucket) {
+    buckets_[bucket].add(1);
     sum_us_.add(us);
   }
   std::uint64_t bucket(std::size_t i) const { return buckets_[i].get(); }

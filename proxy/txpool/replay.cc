@@ -12,7 +12,7 @@ using Origin = ResponsePlan::Origin;
 
 std::string append_settings_restore(const SessionState& client, const std::string& server_settings, ResponsePlan& plan,
                                     std::string& out) {
-  std::string want = client.replay_sql();
+  const std::string& want = client.replay_sql();
   if (want == server_settings) return want;
   protocol::Writer(out).begin(fe::kQuery).str("RESET ALL;" + want).end();
   plan.add(Request::kQuery, Origin::kInjected);

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <vector>
 
 #include "proxy/protocol/message.h"
 
@@ -155,32 +154,27 @@ ResponsePlan::Verdict ResponsePlan::on_server_message(char type) {
 
 ResponseFilter::Result ResponseFilter::filter(const unsigned char* chunk, std::size_t n, ResponsePlan& plan,
                                               std::string& out) {
-  // Kept ranges of the chunk and inserted bytes, in order; materialized only if anything changed.
-  struct Piece {
-    std::size_t offset;
-    std::size_t length;
-    std::string insert;
-  };
-  std::vector<Piece> pieces;
+  // Until the first change, the chunk goes as it is and nothing is copied: this runs on every
+  // read of a transaction-pooled server connection, and almost every chunk goes unchanged. At
+  // the first change, what was kept so far (all of the chunk before it) is copied to `out`, and
+  // from there on kept bytes and pgkeel's own answers are appended as they come.
   bool changed = false;
-  auto keep = [&](std::size_t off, std::size_t len) {
-    if (len == 0) return;
-    if (!pieces.empty() && pieces.back().insert.empty() && pieces.back().offset + pieces.back().length == off) {
-      pieces.back().length += len;
-    } else {
-      pieces.push_back({off, len, {}});
-    }
-  };
-  auto insert = [&](std::string&& bytes) {
-    if (bytes.empty()) return;
+  auto change_at = [&](std::size_t at) {
+    if (changed) return;
     changed = true;
-    pieces.push_back({0, 0, std::move(bytes)});
+    out.append(reinterpret_cast<const char*>(chunk), at);
+  };
+  auto insert = [&](std::size_t at, std::string&& bytes) {
+    if (bytes.empty()) return;
+    change_at(at);
+    out += bytes;
   };
   auto take = [&](std::size_t off, std::size_t len) {
-    if (forward_) {
-      keep(off, len);
-    } else if (len > 0) {
-      changed = true;
+    if (len == 0) return;
+    if (!forward_) {
+      change_at(off);
+    } else if (changed) {
+      out.append(reinterpret_cast<const char*>(chunk + off), len);
     }
   };
   std::size_t pos = 0;
@@ -190,12 +184,12 @@ ResponseFilter::Result ResponseFilter::filter(const unsigned char* chunk, std::s
       take(pos, len);
       pos += len;
       remaining_ -= static_cast<std::uint32_t>(len);
-      if (remaining_ == 0) insert(std::exchange(after_, {}));
+      if (remaining_ == 0) insert(pos, std::exchange(after_, {}));
       continue;
     }
     if (header_have_ == 0) {
       ResponsePlan::Verdict v = plan.on_server_message(static_cast<char>(chunk[pos]));
-      insert(std::move(v.before));
+      insert(pos, std::move(v.before));
       forward_ = v.forward;
       after_ = std::move(v.after);
     }
@@ -209,17 +203,9 @@ ResponseFilter::Result ResponseFilter::filter(const unsigned char* chunk, std::s
     const std::uint32_t length = protocol::read_u32(header_ + 1);
     if (length < 4) return Result::kMalformed;
     remaining_ = length - 4;
-    if (remaining_ == 0) insert(std::exchange(after_, {}));
+    if (remaining_ == 0) insert(pos, std::exchange(after_, {}));
   }
-  if (!changed) return Result::kUnchanged;
-  for (const Piece& p : pieces) {
-    if (p.insert.empty()) {
-      out.append(reinterpret_cast<const char*>(chunk + p.offset), p.length);
-    } else {
-      out += p.insert;
-    }
-  }
-  return Result::kChanged;
+  return changed ? Result::kChanged : Result::kUnchanged;
 }
 
 }  // namespace pgkeel::proxy

@@ -182,11 +182,71 @@ std::vector<SqlStatement> split_sql(std::string_view sql) {
   return out;
 }
 
+namespace {
+
+// ASCII lower case without the locale (SQL keywords are ASCII).
+constexpr char ascii_lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + ('a' - 'A')) : c; }
+
+// Whether `sql` at `i` starts with `word` (lower case), ignoring case.
+bool word_at(std::string_view sql, std::size_t i, std::string_view word) {
+  if (sql.size() - i < word.size()) return false;
+  for (std::size_t k = 1; k < word.size(); ++k) {
+    if (ascii_lower(sql[i + k]) != word[k]) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+SessionWords session_words(std::string_view sql) {
+  SessionWords found;
+  for (std::size_t i = 0; i < sql.size(); ++i) {
+    bool hit = false;
+    switch (ascii_lower(sql[i])) {
+      case 's':
+        hit = word_at(sql, i, "set");
+        if (!hit && !found.savepoint) found.savepoint = word_at(sql, i, "savepoint");
+        break;
+      case 'd':
+        hit = word_at(sql, i, "discard") || word_at(sql, i, "deallocate");
+        break;
+      case 'p':
+        hit = word_at(sql, i, "prepare");
+        break;
+      case 'l':
+        hit = word_at(sql, i, "listen");
+        break;
+      case 't':
+        hit = word_at(sql, i, "temp");
+        break;
+      case 'a':
+        hit = word_at(sql, i, "advisory");
+        break;
+      case 'h':
+        hit = word_at(sql, i, "hold");
+        break;
+      default:
+        break;
+    }
+    if (hit) {
+      found.relevant = true;
+      return found;  // parsed whole: whether a SAVEPOINT follows no longer matters
+    }
+  }
+  return found;
+}
+
+bool session_relevant(std::string_view sql) { return session_words(sql).relevant; }
+
 void SessionState::not_replayable(std::string why) {
   if (why_not_.empty()) why_not_ = std::move(why);
 }
 
-void SessionState::on_query(std::string_view sql) {
+void SessionState::on_query(std::string_view sql, SessionWords words) {
+  // The common case: nothing awaits a transaction's end, and the statement names nothing a
+  // session carries. (COMMIT, ROLLBACK and RELEASE act only on what is pending; a SAVEPOINT may
+  // matter to what comes later in its transaction, so it is parsed.)
+  if (pending_.empty() && cycle_.empty() && !words.relevant && !words.savepoint) return;
   const std::string lowered = lower(sql);
   if (lowered.find("set_config") != std::string::npos) not_replayable("set_config() was called");
   if (lowered.find("pg_advisory_lock") != std::string::npos || lowered.find("pg_try_advisory_lock") != std::string::npos) {
@@ -340,6 +400,16 @@ void SessionState::on_close_complete() {
 void SessionState::apply(const Change& c) {
   switch (c.kind) {
     case Change::Kind::kSet:
+    case Change::Kind::kReset:
+    case Change::Kind::kResetAll:
+    case Change::Kind::kDiscardAll:
+      replay_stale_ = true;
+      break;
+    default:
+      break;
+  }
+  switch (c.kind) {
+    case Change::Kind::kSet:
       settings_[c.name] = c.value;
       break;
     case Change::Kind::kReset:
@@ -441,12 +511,19 @@ void SessionState::on_ready(char tx_status) {
   cycle_failed_ = false;
 }
 
-std::string SessionState::replay_sql() const {
-  std::string out;
-  for (const auto& [name, value] : settings_) {
-    out += "SET " + name + " = " + value + ";";
+const std::string& SessionState::replay_sql() const {
+  if (replay_stale_) {
+    replay_.clear();
+    for (const auto& [name, value] : settings_) {
+      replay_ += "SET ";
+      replay_ += name;
+      replay_ += " = ";
+      replay_ += value;
+      replay_ += ';';
+    }
+    replay_stale_ = false;
   }
-  return out;
+  return replay_;
 }
 
 void PinWordScan::end_word() {

@@ -33,10 +33,23 @@ struct SqlStatement {
 // Splits at top-level semicolons: not inside quotes, dollar quotes, comments or parentheses.
 std::vector<SqlStatement> split_sql(std::string_view sql);
 
+// Whether `sql` may change what a session carries: it contains, anywhere and in any case, one of
+// SET (RESET, set_config), DISCARD, PREPARE, DEALLOCATE, LISTEN, TEMP, an advisory lock or HOLD.
+// Only such statements are parsed. A false positive costs a parse; it runs for every query, over
+// all of it (a padded statement must not hide a LISTEN), so it copies nothing.
+bool session_relevant(std::string_view sql);
+// session_relevant(), and whether a SAVEPOINT appears, in one pass (SessionState::on_query()).
+struct SessionWords {
+  bool relevant = false;
+  bool savepoint = false;
+};
+SessionWords session_words(std::string_view sql);
+
 class SessionState {
  public:
-  // A Query message was sent with this text.
-  void on_query(std::string_view sql);
+  // A Query message was sent with this text (`words`: session_words() of it, when known).
+  void on_query(std::string_view sql) { on_query(sql, session_words(sql)); }
+  void on_query(std::string_view sql, SessionWords words);
   // Extended protocol, client side: Parse (named or unnamed), Bind (portal <- statement), Execute
   // (runs the portal's statement: a SET sent this way counts), Close of a statement.
   void on_parse(std::string_view name, std::string_view query);
@@ -58,8 +71,9 @@ class SessionState {
   const std::map<std::string, std::string>& prepared() const { return prepared_; }
   bool replayable() const { return why_not_.empty(); }
   const std::string& why_not_replayable() const { return why_not_; }
-  // SQL that puts a fresh server session into this state ("SET a = ...; SET b = ...").
-  std::string replay_sql() const;
+  // SQL that puts a fresh server session into this state ("SET a = ...; SET b = ..."). Made
+  // again only after the settings changed: transaction pooling asks for it at every transaction.
+  const std::string& replay_sql() const;
   // The unnamed statement's text, as last parsed.
   const std::string& unnamed() const { return unnamed_; }
   // Nothing in flight: no transaction, no query cycle, no Parse or Close awaiting its answer,
@@ -71,6 +85,7 @@ class SessionState {
   void restore(std::map<std::string, std::string> settings, std::map<std::string, std::string> prepared, std::string unnamed) {
     *this = SessionState{};
     settings_ = std::move(settings);
+    replay_stale_ = true;
     prepared_ = std::move(prepared);
     unnamed_ = std::move(unnamed);
   }
@@ -91,6 +106,10 @@ class SessionState {
   void not_replayable(std::string why);
 
   std::map<std::string, std::string> settings_;
+  // replay_sql() of settings_ unless stale. Fresh, no settings: "" (so a shared, never changed
+  // SessionState is never written to).
+  mutable std::string replay_;
+  mutable bool replay_stale_ = false;
   std::map<std::string, std::string> prepared_;
   std::vector<Change> cycle_;     // what the current query cycle's statements would do, in order
   std::vector<Change> pending_;   // this transaction's changes, applied at commit
