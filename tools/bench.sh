@@ -3,12 +3,15 @@
 # each proxy in session and in transaction pooling, with pgbench: median TPS and average latency over interleaved rounds, and what
 # each proxy costs in CPU time and syscalls per transaction. A tool, not a test: it asserts nothing.
 #
-#   tools/bench.sh [--duration S] [--rounds N] [--out FILE] [--strace-txns N]
+#   tools/bench.sh [--duration S] [--rounds N] [--out FILE] [--strace-txns N] [--workers N] [--pin]
 #
 #   --duration S      seconds per pgbench run (default 10)
 #   --rounds N        rounds; each round runs every workload against every target (default 3)
 #   --out FILE        write the markdown report there (default: stdout)
 #   --strace-txns N   transactions per client in the syscall-counting run (default 2000)
+#   --workers N       pgkeel's general.workers (default 0: pgkeel's own default, one per core)
+#   --pin             the proxies on CPU 0, PostgreSQL and pgbench on the other CPUs (taskset), as a
+#                     deployment that gives the proxy cores of its own (needs 2 CPUs or more)
 #
 # It starts everything it measures in a temporary folder: a cluster from tools/cluster.sh
 # (primary + 1 async standby), pgkeel ($BUILD_DIR/pgkeel, BUILD_DIR defaults to <repo>/build;
@@ -18,8 +21,14 @@
 #
 # Rounds are interleaved (for each round, for each workload: pgkeel, direct, PgBouncer), so drift
 # on a shared machine (compiles, thermal, page cache) hits every target alike. Proxy CPU time is
-# utime+stime from /proc/<pid>/stat before and after each run. The syscall run attaches
-# `strace -c -f` to the proxy, which slows it a lot: it is for counting only, never for timing.
+# utime+stime from /proc/<pid>/stat before and after each run; context switches likewise, from
+# every thread's /proc status. The syscall run attaches `strace -c -f` to the proxy, which slows
+# it a lot: it is for counting only, never for timing.
+#
+# Each proxy runs in a session of its own (setsid), as a service manager starts a daemon and as
+# PgBouncer's own -d does. With the kernel's autogroup scheduling (the default on Debian) a process
+# that shares a session with pgbench shares its CPU share too: it is preempted about twice as
+# often, and measured 25-70 % more CPU per transaction here for the same work.
 set -euo pipefail
 
 usage() {
@@ -31,6 +40,8 @@ duration=10
 rounds=3
 out=""
 strace_txns=2000
+workers=0
+pin=0
 while (($#)); do
   case "$1" in
     --duration) duration=${2:?--duration needs seconds}; shift 2 ;;
@@ -41,6 +52,9 @@ while (($#)); do
     --out=*) out=${1#*=}; shift ;;
     --strace-txns) strace_txns=${2:?--strace-txns needs a number}; shift 2 ;;
     --strace-txns=*) strace_txns=${1#*=}; shift ;;
+    --workers) workers=${2:?--workers needs a number}; shift 2 ;;
+    --workers=*) workers=${1#*=}; shift ;;
+    --pin) pin=1; shift ;;
     -h | --help) usage ;;
     *) printf 'bench.sh: unknown argument %s\n' "$1" >&2; usage ;;
   esac
@@ -48,6 +62,7 @@ done
 for v in duration rounds strace_txns; do
   [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { printf 'bench.sh: --%s wants a positive number\n' "${v//_/-}" >&2; exit 2; }
 done
+[[ "$workers" =~ ^[0-9]+$ ]] || { printf 'bench.sh: --workers wants a number (0: one per core)\n' >&2; exit 2; }
 
 # The caller's libpq settings must not steer our clients.
 unset PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGPASSWORD PGPASSFILE PGSERVICE PGOPTIONS \
@@ -71,6 +86,7 @@ readonly kClkTck
 # name|pgbench arguments (besides -T and connection options)
 readonly kWorkloads=(
   "select-only simple|-S -c 50 -j 2 -M simple"
+  "select-only extended|-S -c 50 -j 2 -M extended"
   "select-only prepared|-S -c 50 -j 2 -M prepared"
   "tpcb-like|-c 20 -j 2"
   "select-only connect-per-txn|-S -C -c 20 -j 2"
@@ -83,15 +99,25 @@ die() {
   exit 1
 }
 
-for tool in pgbouncer strace awk; do
+for tool in pgbouncer strace awk setsid taskset; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool not found (tools/install-deps.sh installs it)"
 done
 [[ -x "$kClusterSh" ]] || die "$kClusterSh not found or not executable"
+if ((pin)) && ((kCores < 2)); then die "--pin needs 2 CPUs or more (this machine has $kCores)"; fi
+# --pin: the proxies' CPU, and everything else's.
+readonly kProxyCpus=0
+readonly kOtherCpus=1-$((kCores - 1))
+proxy_prefix=()
+client_prefix=()
+if ((pin)); then
+  proxy_prefix=(taskset -c "$kProxyCpus")
+  client_prefix=(taskset -c "$kOtherCpus")
+fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/pgkeel-bench.XXXXXX")
 chmod 0755 "$work"  # the postgres user must reach the cluster and PgBouncer folders inside
 cluster_dir=$work/cluster
-results=$work/results.tsv  # workload, target, round, tps, latency ms, transactions, cpu ms / 1k txn
+results=$work/results.tsv  # workload, target, round, tps, latency ms, transactions, cpu ms / 1k txn, context switches / txn
 : >"$results"
 cluster_up=0
 pgkeel_pid=""
@@ -163,6 +189,11 @@ cpu_ticks() {  # PID
   awk '{ print $12 + $13 }' <<<"$stat"  # fields 14 and 15 of the full line
 }
 
+# Context switches (voluntary and not) of all of a process's threads.
+ctx_switches() {  # PID
+  cat "/proc/$1/task/"*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }'
+}
+
 median() {  # numbers on stdin; "n/a" if none
   sort -g | awk '{ v[NR] = $1 } END {
     if (NR == 0) print "n/a";
@@ -180,6 +211,15 @@ cluster_up=1  # set before `up`, so a half-made cluster is torn down too
 source "$cluster_dir/cluster.env"
 [[ -n "${DB1_PORT:-}" && -n "${DB2_PORT:-}" ]] || die "cluster.env lacks DB1_PORT or DB2_PORT"
 [[ -f "$cluster_dir/users.txt" ]] || die "the cluster wrote no users.txt"
+if ((pin)); then
+  # Every PostgreSQL process (and the backends the postmasters fork from now on) off the proxies' CPU.
+  for node_pid in "$DB1_PID" "$DB2_PID"; do
+    for p in "$node_pid" $(pgrep -P "$node_pid" || true); do
+      taskset -a -p -c "$kOtherCpus" "$p" >/dev/null || die "taskset of PostgreSQL process $p failed"
+    done
+  done
+  say "pinned: proxies on CPU $kProxyCpus, PostgreSQL and pgbench on CPUs $kOtherCpus"
+fi
 pgbench_bin=$PG_BINDIR/pgbench
 [[ -x "$pgbench_bin" ]] || pgbench_bin=$(command -v pgbench) || die "pgbench not found"
 
@@ -201,7 +241,7 @@ else
   cat >"$work/pgkeel/pgkeel.toml" <<EOF
 # written by tools/bench.sh
 [general]
-workers = $kCores
+workers = $workers
 max_client_conn = 2000
 log_level = "warning"
 users_file = "$cluster_dir/users.txt"
@@ -256,7 +296,8 @@ EOF
     pgkeel_cmd=("$kPgkeelBin" "$work/pgkeel/pgkeel.toml")
   fi
   say "starting pgkeel on 127.0.0.1:$pgkeel_port: ${pgkeel_cmd[*]}"
-  "${pgkeel_cmd[@]}" >"$work/pgkeel/pgkeel.log" 2>&1 </dev/null &
+  # setsid execs pgkeel in place (a new session, see the head of this file), so $! is pgkeel's pid.
+  "${proxy_prefix[@]}" setsid "${pgkeel_cmd[@]}" >"$work/pgkeel/pgkeel.log" 2>&1 </dev/null &
   pgkeel_pid=$!
   if await_ready "$pgkeel_port" "$pgkeel_pid"; then
     targets+=(pgkeel pgkeel-tx)
@@ -313,6 +354,8 @@ EOF
     # setpriv execs PgBouncer in place, so $! is PgBouncer's own pid.
     cmd=(setpriv --reuid=postgres --regid=postgres --init-groups "${cmd[@]}")
   fi
+  # A session of its own, as pgkeel's (and as PgBouncer's own -d would make, which forks).
+  cmd=("${proxy_prefix[@]}" setsid "${cmd[@]}")
   say "starting PgBouncer on 127.0.0.1:$port ($mode mode)"
   (cd / && exec "${cmd[@]}") >"$dir/stdout.log" 2>&1 </dev/null &
   started_pid=$!
@@ -357,7 +400,7 @@ target_pid() {
 run_pgbench() {  # LOGFILE TIMEOUT ARGS...
   local log=$1 limit=$2 rc=0
   shift 2
-  PGPASSWORD=$kPassword timeout --kill-after=10 "$limit" "$pgbench_bin" "$@" \
+  PGPASSWORD=$kPassword timeout --kill-after=10 "$limit" "${client_prefix[@]}" "$pgbench_bin" "$@" \
     >"$log" 2>&1 </dev/null &
   client_pid=$!
   wait "$client_pid" || rc=$?
@@ -379,7 +422,7 @@ for ((round = 1; round <= rounds; round++)); do
       if [[ "$target" == pgbouncer-tx && "$name" == *prepared* ]]; then
         # PgBouncer 1.18 has no protocol-level prepared statements in transaction pooling
         # (max_prepared_statements came in 1.21): pgbench -M prepared fails there.
-        printf '%s\t%s\t%s\tn/a\tn/a\t0\tn/a\n' "$name" "$target" "$round" >>"$results"
+        printf '%s\t%s\t%s\tn/a\tn/a\t0\tn/a\tn/a\n' "$name" "$target" "$round" >>"$results"
         say "[$run_no/$total_runs] round $round $name $target: skipped (unsupported by PgBouncer 1.18)"
         continue
       fi
@@ -387,12 +430,14 @@ for ((round = 1; round <= rounds; round++)); do
       pid=$(target_pid "$target")
       log="$work/run-$run_no.log"
       before=""
-      [[ -n "$pid" ]] && before=$(cpu_ticks "$pid")
+      csw_before=""
+      [[ -n "$pid" ]] && before=$(cpu_ticks "$pid") && csw_before=$(ctx_switches "$pid")
       rc=0
       run_pgbench "$log" $((duration * 3 + 60)) "${wl_args[@]}" -T "$duration" -n \
         -h 127.0.0.1 -p "$port" -U "$kUser" "$kDatabase" || rc=$?
       after=""
-      [[ -n "$pid" ]] && after=$(cpu_ticks "$pid")
+      csw_after=""
+      [[ -n "$pid" ]] && after=$(cpu_ticks "$pid") && csw_after=$(ctx_switches "$pid")
       tps=$(awk '/^tps = / { print $3; exit }' "$log")
       lat=$(awk '/^latency average = / { print $4; exit }' "$log")
       txns=$(awk -F': ' '/^number of transactions actually processed/ { split($2, a, "/"); print a[1]; exit }' "$log")
@@ -400,18 +445,20 @@ for ((round = 1; round <= rounds; round++)); do
       if ((rc != 0)) || [[ -z "$tps" || -z "$txns" || "$txns" == 0 ]]; then
         say "[$run_no/$total_runs] round $round $name $target: pgbench failed (exit $rc); last lines:"
         tail -n 5 "$log" >&2 || true
-        printf '%s\t%s\t%s\tn/a\tn/a\t0\tn/a\n' "$name" "$target" "$round" >>"$results"
+        printf '%s\t%s\t%s\tn/a\tn/a\t0\tn/a\tn/a\n' "$name" "$target" "$round" >>"$results"
         continue
       fi
       cpu="n/a"
+      csw="n/a"
       if [[ -n "$pid" ]]; then
         cpu=$(awk -v b="$before" -v a="$after" -v n="$txns" -v hz="$kClkTck" \
           'BEGIN { printf "%.3f", (a - b) / hz * 1000 / n * 1000 }')
+        csw=$(awk -v b="$csw_before" -v a="$csw_after" -v n="$txns" 'BEGIN { printf "%.3f", (a - b) / n }')
       fi
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$target" "$round" "$tps" "$lat" "$txns" "$cpu" \
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$target" "$round" "$tps" "$lat" "$txns" "$cpu" "$csw" \
         >>"$results"
       say "[$run_no/$total_runs] round $round $name $target: tps=$tps latency=${lat}ms txns=$txns" \
-        "failed=${failed:-0} cpu_ms_per_1k=$cpu"
+        "failed=${failed:-0} cpu_ms_per_1k=$cpu csw_per_txn=$csw"
     done
   done
 done
@@ -459,7 +506,7 @@ done
 
 # --- report -----------------------------------------------------------------------------------
 
-stat_of() {  # WORKLOAD TARGET COLUMN(4=tps 5=latency 7=cpu) -> median over rounds
+stat_of() {  # WORKLOAD TARGET COLUMN(4=tps 5=latency 7=cpu 8=context switches) -> median over rounds
   awk -F'\t' -v w="$1" -v t="$2" -v c="$3" '$1 == w && $2 == t && $c != "n/a" { print $c }' \
     "$results" | median
 }
@@ -492,26 +539,32 @@ report() {
   echo "- versions: $pg_version; $pgbench_version; $pgbouncer_version; pgkeel: $pgkeel_version"
   echo "- setup: tools/cluster.sh primary + 1 async standby (max_connections=$kMaxConnections)," \
     "pgbench scale $kScale on database $kDatabase as $kUser (SCRAM), TCP on 127.0.0.1, sslmode=disable"
-  echo "- pgkeel: workers=$kCores, pool_size=100, one listener per pool mode (pgkeel, pgkeel-tx);" \
+  echo "- pgkeel: workers=$workers$( ((workers == 0)) && echo " (one per core: $kCores)"), pool_size=100, one listener per pool mode (pgkeel, pgkeel-tx);" \
     "PgBouncer: one instance per pool mode (pgbouncer, pgbouncer-tx), auth_type scram-sha-256," \
-    "default_pool_size=100 (one thread each)"
+    "default_pool_size=100 (one thread each); each proxy in a session of its own (setsid)"
+  if ((pin)); then
+    echo "- pinned (taskset): the proxies on CPU $kProxyCpus; PostgreSQL and pgbench on CPUs $kOtherCpus"
+  else
+    echo "- not pinned: clients, proxies and servers share the same $kCores cores"
+  fi
   echo "- select-only prepared is not run against pgbouncer-tx: PgBouncer 1.18 has no prepared" \
     "statements in transaction pooling"
   echo "- method: rounds: $rounds, interleaved (per workload: ${targets[*]}), ${duration} s per run;" \
-    "medians over rounds; clients, proxies and servers share the same $kCores cores"
+    "medians over rounds"
   if [[ -n "$pgkeel_note" ]]; then echo "- **$pgkeel_note**"; fi
   echo
   echo "## Throughput and latency (median over rounds: $rounds)"
   echo
-  echo "| workload | target | TPS | avg latency (ms) | proxy CPU (ms per 1k txn) |"
-  echo "|---|---|---:|---:|---:|"
+  echo "| workload | target | TPS | avg latency (ms) | proxy CPU (ms per 1k txn) | proxy context switches per txn |"
+  echo "|---|---|---:|---:|---:|---:|"
   local wl name target
   for wl in "${kWorkloads[@]}"; do
     name=${wl%%|*}
     for target in "${targets[@]}"; do
       echo "| $name | $target | $(fmt "$(stat_of "$name" "$target" 4)" 0) |" \
         "$(fmt "$(stat_of "$name" "$target" 5)" 3) |" \
-        "$(fmt "$(stat_of "$name" "$target" 7)" 1) |"
+        "$(fmt "$(stat_of "$name" "$target" 7)" 1) |" \
+        "$(fmt "$(stat_of "$name" "$target" 8)" 2) |"
     done
   done
   echo
@@ -521,8 +574,8 @@ report() {
   echo
   echo "## pgkeel relative to direct and to PgBouncer (medians)"
   echo
-  echo "| workload | TPS pgkeel/direct | TPS pgkeel/PgBouncer | latency pgkeel/direct | latency pgkeel/PgBouncer | TPS pgkeel-tx/direct | TPS pgkeel-tx/PgBouncer-tx | CPU pgkeel/PgBouncer | CPU pgkeel-tx/PgBouncer-tx |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| workload | TPS pgkeel/direct | TPS pgkeel/PgBouncer | latency pgkeel/direct | latency pgkeel/PgBouncer | TPS pgkeel-tx/direct | TPS pgkeel-tx/PgBouncer-tx | CPU pgkeel/PgBouncer | CPU pgkeel-tx/PgBouncer-tx | CPU pgkeel-tx/pgkeel |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   local kt kl kc dt dl bt bl bc xt xc yt yc
   for wl in "${kWorkloads[@]}"; do
     name=${wl%%|*}
@@ -532,7 +585,7 @@ report() {
     xt=$(stat_of "$name" pgkeel-tx 4); xc=$(stat_of "$name" pgkeel-tx 7)
     yt=$(stat_of "$name" pgbouncer-tx 4); yc=$(stat_of "$name" pgbouncer-tx 7)
     echo "| $name | $(ratio "$kt" "$dt") | $(ratio "$kt" "$bt") | $(ratio "$kl" "$dl") | $(ratio "$kl" "$bl") |" \
-      "$(ratio "$xt" "$dt") | $(ratio "$xt" "$yt") | $(ratio "$kc" "$bc") | $(ratio "$xc" "$yc") |"
+      "$(ratio "$xt" "$dt") | $(ratio "$xt" "$yt") | $(ratio "$kc" "$bc") | $(ratio "$xc" "$yc") | $(ratio "$xc" "$kc") |"
   done
   echo
   echo "## Syscalls per transaction"
@@ -554,9 +607,9 @@ report() {
   echo
   echo "## Every run"
   echo
-  echo "| round | workload | target | TPS | avg latency (ms) | transactions | proxy CPU (ms per 1k txn) |"
-  echo "|---:|---|---|---:|---:|---:|---:|"
-  sort -t$'\t' -k3,3n -s "$results" | awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s |\n", $3, $1, $2, ($4 == "n/a" ? $4 : sprintf("%.0f", $4)), $5, $6, $7 }'
+  echo "| round | workload | target | TPS | avg latency (ms) | transactions | proxy CPU (ms per 1k txn) | context switches per txn |"
+  echo "|---:|---|---|---:|---:|---:|---:|---:|"
+  sort -t$'\t' -k3,3n -s "$results" | awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $3, $1, $2, ($4 == "n/a" ? $4 : sprintf("%.0f", $4)), $5, $6, $7, $8 }'
 }
 
 if [[ -n "$out" ]]; then

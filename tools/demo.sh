@@ -28,7 +28,7 @@ fi
 echo "=== installing what is missing"
 tools/install-deps.sh
 echo "=== building"
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j "$(nproc)" --target pgkeel pgkeel-drill
 
 stop_demo

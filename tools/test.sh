@@ -40,7 +40,7 @@ step "docker files (compose config and Dockerfile checks; no engine)"
 tools/check-docker.sh
 
 step "release build"
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPGKEEL_TESTS=ON -DPGKEEL_WERROR=ON >/dev/null
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DPGKEEL_TESTS=ON -DPGKEEL_WERROR=ON >/dev/null
 cmake --build build -j "$jobs"
 
 step "unit and integration tests (release build)"

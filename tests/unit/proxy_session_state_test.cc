@@ -81,6 +81,55 @@ TEST_CASE("savepoints undo the SETs after them", "[unit][session]") {
   CHECK(s.settings().count("a.z") == 1);
 }
 
+TEST_CASE("a savepoint taken before any SET still bounds the SETs after it", "[unit][session]") {
+  // The fast path skips statements that name nothing a session carries while nothing is
+  // pending; a SAVEPOINT is never skipped, or the ROLLBACK TO below would find nothing to undo.
+  SessionState s;
+  cycle(s, "BEGIN", 'T');
+  cycle(s, "savepoint first", 'T');
+  cycle(s, "SET a.y = 2", 'T');
+  cycle(s, "ROLLBACK TO first", 'T');
+  cycle(s, "COMMIT", 'I');
+  CHECK(s.settings().count("a.y") == 0);
+
+  cycle(s, "BEGIN; SAVEPOINT sp", 'T');
+  cycle(s, "SET a.y = 3", 'T');
+  cycle(s, "ROLLBACK TO SAVEPOINT sp", 'T');
+  cycle(s, "END", 'I');
+  CHECK(s.settings().count("a.y") == 0);
+}
+
+TEST_CASE("a COMMIT that fails with nothing pending leaves the session replayable", "[unit][session]") {
+  SessionState s;
+  cycle(s, "SET a.x = 1", 'I');
+  cycle(s, "INSERT INTO t VALUES (1); COMMIT", 'I', true);  // nothing of the session was pending
+  CHECK(s.replayable());
+  CHECK(s.settings().at("a.x") == "1");
+}
+
+TEST_CASE("the words that make a statement matter to a session, in any case, anywhere", "[unit][session]") {
+  using proxy::session_relevant;
+  using proxy::session_words;
+  CHECK_FALSE(session_relevant("SELECT abalance FROM pgbench_accounts WHERE aid = 42;"));
+  CHECK_FALSE(session_relevant("COMMIT"));
+  CHECK_FALSE(session_relevant("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 2, 3, 4, now())"));
+  CHECK(session_relevant("UPDATE t SET x = 1"));  // a false positive: it costs a parse
+  CHECK(session_relevant("select 1; LiStEn chan"));
+  CHECK(session_relevant("RESET ALL"));
+  CHECK(session_relevant("SELECT pg_advisory_lock(1)"));
+  CHECK(session_relevant("create TEMPORARY table x ()"));
+  CHECK(session_relevant("DECLARE c CURSOR WITH HOLD FOR SELECT 1"));
+  CHECK(session_relevant("DEALLOCATE ALL"));
+  CHECK(session_relevant("discard all"));
+  CHECK(session_relevant("PREPARE p AS SELECT 1"));
+  CHECK(session_relevant("set"));
+  CHECK_FALSE(session_relevant("se"));
+  CHECK_FALSE(session_relevant(""));
+  CHECK(session_words("SAVEPOINT a").savepoint);
+  CHECK_FALSE(session_words("SAVEPOINT a").relevant);
+  CHECK_FALSE(session_words("ROLLBACK TO a").savepoint);
+}
+
 TEST_CASE("a multi-statement string is one implicit transaction", "[unit][session]") {
   SessionState s;
   cycle(s, "SET a.x = 1; SELECT 1/0", 'I', true);
