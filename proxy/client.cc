@@ -207,8 +207,7 @@ void Client::track(char type, std::string_view body, bool truncated) {
           carried().unreplayable = "a prepared statement longer than pgkeel keeps";
         }
         if (sess_ || session_relevant(sql)) {
-          carried().state.on_parse(name, sql);
-          sess_->state.on_parse_complete();
+          carried().state.on_parsed(name, sql);
         }
         return;
       }
@@ -217,8 +216,7 @@ void Client::track(char type, std::string_view body, bool truncated) {
       if (!name.empty() && !transaction_mode()) carried().statements.define(name, body.substr(name.size() + 1));
       if (sess_ || session_relevant(sql)) {
         // Taken as parsed now: a Parse that fails fails its cycle, and the cycle's changes go.
-        carried().state.on_parse(name, sql);
-        sess_->state.on_parse_complete();
+        carried().state.on_parsed(name, sql);
       }
       return;
     }
@@ -316,6 +314,7 @@ void Client::on_read_cb(evutil_socket_t, short, void* arg) { static_cast<Client*
 void Client::on_write_cb(evutil_socket_t, short, void* arg) { static_cast<Client*>(arg)->on_write(); }
 
 void Client::on_read() {
+  w_.touch_now();
   switch (state_) {
     case State::kLinked:
       // PAUSE: a new transaction waits (its bytes stay in the socket) until RESUME.
@@ -1048,7 +1047,7 @@ void Client::forward_messages() {
       return;
     }
     if (rx_.size() >= kMaxWaitingBytes) ep_.set_reading(false);
-    wait_started_ = Clock::now();
+    wait_started_ = w_.now();
     read_only_txn_ = transaction_mode() && w_.config().listeners[listener_index_].read_write_split && declares_read_only();
     request_server(w_, *this);
   } else if (rx_.size() >= kMaxWaitingBytes && !(sess_ && sess_->lost)) {

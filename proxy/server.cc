@@ -82,6 +82,12 @@ Server::Server(Worker& w, std::uint32_t id, Pool& pool, std::shared_ptr<const Se
   scanner_.watch(be::kCopyInResponse);   // copy-in: Syncs are ignored until CopyDone
 }
 
+void Server::note_cycle_start() {
+  if (pending_syncs_ > 0 || unsynced_) return;
+  cycle_started = w_.now();  // the client's bytes arrived in this callback (Client::on_read)
+  if (tx_status_ == 'I') xact_started = cycle_started;
+}
+
 int Server::note_request(char type) {
   namespace fe = protocol::fe;
   note_cycle_start();
@@ -317,6 +323,7 @@ void Server::on_write() {
 }
 
 void Server::on_read() {
+  w_.touch_now();
   switch (state_) {
     case State::kLinked:
       relay_to_client();
@@ -597,7 +604,7 @@ bool Server::let_go() {
 
 void Server::release() {
   if (!let_go()) return;
-  const Clock::time_point now = Clock::now();
+  const Clock::time_point now = w_.now();
   last_used_ = now;
   if (w_.shutting_down() || now - created_ > w_.config().pool.server_lifetime) {
     close(w_.shutting_down() ? "shutting down" : "server_lifetime reached");
@@ -764,7 +771,7 @@ void Server::relay_to_client() {
           tx_status_ = static_cast<char>(r.i8());
           c->note_server_ready(tx_status_);
           if (pending_syncs_ > 0) --pending_syncs_;
-          const Clock::time_point now = Clock::now();
+          const Clock::time_point now = w_.now();  // read as this callback began
           c->note_activity(now);
           const auto us = [&](Clock::time_point since) {
             return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(now - since).count());

@@ -122,11 +122,7 @@ class Server {
   void note_frontend_sync() { ++pending_syncs_; }
   // A Query, FunctionCall or extended message is about to be forwarded: note when the cycle
   // (and, at 'I', the transaction) began.
-  void note_cycle_start() {
-    if (pending_syncs_ > 0 || unsynced_) return;
-    cycle_started = Clock::now();
-    if (tx_status_ == 'I') xact_started = cycle_started;
-  }
+  void note_cycle_start();
   bool query_running() const { return pending_syncs_ > 0 || unsynced_; }
   // A client request of this type is about to be forwarded: a Query, FunctionCall or Sync opens
   // a cycle that its ReadyForQuery closes; Parse, Bind, Describe, Close and Execute await their

@@ -241,6 +241,7 @@ void Worker::post(std::function<void(Worker&)> fn) {
 
 void Worker::on_mailbox(evutil_socket_t fd, short, void* arg) {
   auto* w = static_cast<Worker*>(arg);
+  w->touch_now();
   std::uint64_t v = 0;
   [[maybe_unused]] ssize_t n = ::read(fd, &v, sizeof v);
   std::vector<std::function<void(Worker&)>> items;

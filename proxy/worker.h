@@ -65,7 +65,10 @@ class Worker {
   const WorkerStats& stats() const { return *stats_; }
   BufferPool& buffers() { return buffers_; }
   const routing::Snapshot& snapshot();  // refreshed when the table's epoch moved
+  // The loop's time: read afresh when a client's or a server's bytes arrive (touch_now()) and at
+  // each tick, so what runs in one callback shares one clock read.
   Clock::time_point now() const { return now_; }
+  Clock::time_point touch_now() { return now_ = Clock::now(); }
 
   Pool& pool_for(const std::string& key, routing::NodeId node);
   Server* new_server(Pool& pool, std::shared_ptr<const SessionKey> session,

@@ -46,15 +46,23 @@ bool may_commit(std::string_view sql) {
 // The first keyword of a one-statement query with no comment, lower-cased, without allocating;
 // "" when the query needs the full splitter (several statements, comments, or no plain word).
 std::string_view simple_first_word(std::string_view sql, char (&buf)[16]) {
-  if (sql.find(';') != std::string_view::npos && sql.find(';') + 1 < sql.find_last_not_of(" \t\r\n;") + 1) return {};
-  if (sql.find("--") != std::string_view::npos || sql.find("/*") != std::string_view::npos) return {};
   std::size_t i = 0;
-  while (i < sql.size() && std::isspace(static_cast<unsigned char>(sql[i]))) ++i;
+  while (i < sql.size() && ascii::space(sql[i])) ++i;
   std::size_t n = 0;
-  while (i < sql.size() && n < sizeof buf && std::isalpha(static_cast<unsigned char>(sql[i]))) {
-    buf[n++] = static_cast<char>(std::tolower(static_cast<unsigned char>(sql[i++])));
-  }
+  while (i < sql.size() && n < sizeof buf && ascii::alpha(sql[i])) buf[n++] = ascii::lower(sql[i++]);
   if (n == 0 || n == sizeof buf) return {};
+  // The rest in one pass: no comment, and a ';' only at the end (followed by blanks and ';').
+  bool ended = false;
+  for (; i < sql.size(); ++i) {
+    const char c = sql[i];
+    if (c == ';') {
+      ended = true;
+    } else if (ended && !ascii::space(c)) {
+      return {};
+    } else if ((c == '-' || c == '/') && i + 1 < sql.size() && sql[i + 1] == (c == '-' ? '-' : '*')) {
+      return {};
+    }
+  }
   return {buf, n};
 }
 

@@ -1,6 +1,8 @@
 #include "proxy/txpool/session_state.h"
 
 #include <algorithm>
+#include <array>
+#include <cstdint>
 #include <cctype>
 
 namespace pgkeel::proxy {
@@ -184,48 +186,67 @@ std::vector<SqlStatement> split_sql(std::string_view sql) {
 
 namespace {
 
-// ASCII lower case without the locale (SQL keywords are ASCII).
-constexpr char ascii_lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + ('a' - 'A')) : c; }
-
 // Whether `sql` at `i` starts with `word` (lower case), ignoring case.
 bool word_at(std::string_view sql, std::size_t i, std::string_view word) {
   if (sql.size() - i < word.size()) return false;
   for (std::size_t k = 1; k < word.size(); ++k) {
-    if (ascii_lower(sql[i + k]) != word[k]) return false;
+    if (ascii::lower(sql[i + k]) != word[k]) return false;
   }
   return true;
 }
 
 }  // namespace
 
+namespace {
+
+// For each byte, in either case, the group of session words it may start: 1 "set" or "savepoint",
+// 2 "discard" or "deallocate", 3 "prepare", 4 "listen", 5 "temp", 6 "advisory", 7 "hold"; 0 none.
+// With each group's possible second letters, most bytes of a statement cost one table look-up.
+constexpr std::array<std::uint8_t, 256> kWordGroup = [] {
+  std::array<std::uint8_t, 256> t{};
+  const char* firsts = "sdpltah";
+  for (std::uint8_t g = 0; firsts[g] != '\0'; ++g) {
+    t[static_cast<unsigned char>(firsts[g])] = static_cast<std::uint8_t>(g + 1);
+    t[static_cast<unsigned char>(firsts[g] - ('a' - 'A'))] = static_cast<std::uint8_t>(g + 1);
+  }
+  return t;
+}();
+
+}  // namespace
+
 SessionWords session_words(std::string_view sql) {
   SessionWords found;
-  for (std::size_t i = 0; i < sql.size(); ++i) {
+  const std::size_t n = sql.size();
+  for (std::size_t i = 0; i + 1 < n; ++i) {
+    const std::uint8_t group = kWordGroup[static_cast<unsigned char>(sql[i])];
+    if (group == 0) continue;
+    const char second = ascii::lower(sql[i + 1]);
     bool hit = false;
-    switch (ascii_lower(sql[i])) {
-      case 's':
-        hit = word_at(sql, i, "set");
-        if (!hit && !found.savepoint) found.savepoint = word_at(sql, i, "savepoint");
+    switch (group) {
+      case 1:
+        if (second == 'e') {
+          hit = word_at(sql, i, "set");
+        } else if (second == 'a' && !found.savepoint) {
+          found.savepoint = word_at(sql, i, "savepoint");
+        }
         break;
-      case 'd':
-        hit = word_at(sql, i, "discard") || word_at(sql, i, "deallocate");
+      case 2:
+        hit = (second == 'i' && word_at(sql, i, "discard")) || (second == 'e' && word_at(sql, i, "deallocate"));
         break;
-      case 'p':
-        hit = word_at(sql, i, "prepare");
+      case 3:
+        hit = second == 'r' && word_at(sql, i, "prepare");
         break;
-      case 'l':
-        hit = word_at(sql, i, "listen");
+      case 4:
+        hit = second == 'i' && word_at(sql, i, "listen");
         break;
-      case 't':
-        hit = word_at(sql, i, "temp");
+      case 5:
+        hit = second == 'e' && word_at(sql, i, "temp");
         break;
-      case 'a':
-        hit = word_at(sql, i, "advisory");
-        break;
-      case 'h':
-        hit = word_at(sql, i, "hold");
+      case 6:
+        hit = second == 'd' && word_at(sql, i, "advisory");
         break;
       default:
+        hit = second == 'o' && word_at(sql, i, "hold");
         break;
     }
     if (hit) {
@@ -358,18 +379,44 @@ void SessionState::on_parse(std::string_view name, std::string_view query) {
   parses_.emplace_back(std::string(name), std::string(query));
 }
 
+namespace {
+
+// Whether running `text` can change nothing a session carries, whatever is pending: it names none
+// of session_words()' words and is no transaction control (COMMIT, END, ROLLBACK, ABORT and
+// RELEASE act on pending SETs). A text that does not start with a plain word is not called inert.
+bool inert_statement(std::string_view text) {
+  const SessionWords w = session_words(text);
+  if (w.relevant || w.savepoint) return false;
+  std::size_t i = 0;
+  while (i < text.size() && ascii::space(text[i])) ++i;
+  char buf[9];
+  std::size_t n = 0;
+  while (i < text.size() && n < sizeof buf && ascii::alpha(text[i])) buf[n++] = ascii::lower(text[i++]);
+  if (n == 0) return false;
+  const std::string_view first(buf, n);  // 9 letters: longer than any of the words below
+  return first != "commit" && first != "end" && first != "rollback" && first != "abort" && first != "release";
+}
+
+}  // namespace
+
 void SessionState::on_bind(std::string_view portal, std::string_view statement) {
-  std::string text;
+  const std::string* text = nullptr;
   if (statement.empty()) {
-    text = unnamed_;
+    text = &unnamed_;
   } else if (auto it = prepared_.find(std::string(statement)); it != prepared_.end()) {
-    text = it->second;
+    text = &it->second;
   } else {
     for (const auto& [n, q] : parses_) {
-      if (n == statement) text = q;
+      if (n == statement) text = &q;
     }
   }
-  portals_[std::string(portal)] = std::move(text);
+  if (text == nullptr || inert_statement(*text)) {
+    // Nothing for Execute to look at (most statements; an unknown one fails on the server). No
+    // copy is kept: transaction pooling binds at every transaction.
+    if (!portals_.empty()) portals_.erase(std::string(portal));
+    return;
+  }
+  portals_[std::string(portal)] = *text;
 }
 
 void SessionState::on_execute(std::string_view portal) {
@@ -379,6 +426,19 @@ void SessionState::on_execute(std::string_view portal) {
 }
 
 void SessionState::on_close_statement(std::string_view name) { closes_.emplace_back(name); }
+
+void SessionState::on_parsed(std::string_view name, std::string_view query) {
+  if (!parses_.empty()) {  // older Parses await their answer: this one is confirmed after them
+    on_parse(name, query);
+    on_parse_complete();
+    return;
+  }
+  if (name.empty()) {
+    unnamed_.assign(query);  // reuses the last one's room
+  } else {
+    prepared_[std::string(name)].assign(query);
+  }
+}
 
 void SessionState::on_parse_complete() {
   if (parses_.empty()) return;
@@ -440,6 +500,11 @@ void SessionState::apply(const Change& c) {
 }
 
 void SessionState::on_ready(char tx_status) {
+  if (cycle_.empty() && pending_.empty() && !cycle_failed_ && !failed_transaction_ && tx_status != 'E' &&
+      parses_.empty() && closes_.empty() && portals_.empty()) {
+    in_transaction_ = tx_status != 'I';  // nothing to keep or drop: every transaction without a SET
+    return;
+  }
   parses_.clear();  // not confirmed by now: they failed
   closes_.clear();
   portals_.clear();

@@ -24,6 +24,14 @@
 
 namespace pgkeel::proxy {
 
+// ASCII classes without the C locale's function calls (SQL keywords and blanks are ASCII): these
+// run over every statement text on the data path.
+namespace ascii {
+constexpr char lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + ('a' - 'A')) : c; }
+constexpr bool alpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
+constexpr bool space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+}  // namespace ascii
+
 // One top-level statement of a simple Query string, comments and literals understood.
 struct SqlStatement {
   std::string_view text;            // trimmed, without the terminating ';'
@@ -56,6 +64,8 @@ class SessionState {
   void on_bind(std::string_view portal, std::string_view statement);
   void on_execute(std::string_view portal);
   void on_close_statement(std::string_view name);
+  // A Parse taken as confirmed at once (on_parse() then on_parse_complete()), without a copy.
+  void on_parsed(std::string_view name, std::string_view query);
   // Server side: ParseComplete / CloseComplete confirm the oldest Parse / Close in flight.
   void on_parse_complete();
   void on_close_complete();

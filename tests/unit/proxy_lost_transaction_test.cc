@@ -221,4 +221,8 @@ TEST_CASE("what a query says about reads and writes, for read_write_split and re
   CHECK(transaction_effect("INSERT INTO t VALUES (';')").writes);
   CHECK(transaction_effect("/* c */ DELETE FROM t").writes);
   CHECK(transaction_effect("SELECT 1; COMMIT").may_commit);
+  CHECK_FALSE(transaction_effect("select 1;; \n").writes);
+  CHECK(transaction_effect("SELECT 1 /* ; */; DELETE FROM t").writes);
+  CHECK(transaction_effect("SELECT 1 -- x\n; DELETE FROM t").writes);
+  CHECK(transaction_effect("\tVALUES (1); delete from t").writes);
 }

@@ -179,6 +179,29 @@ TEST_CASE("a SET sent through the extended protocol counts when executed", "[uni
   CHECK(s.settings().at("search_path") == "shop");
 }
 
+TEST_CASE("COMMIT and ROLLBACK through the extended protocol settle pending SETs", "[unit][session]") {
+  // As pgJDBC runs a transaction: every statement an unnamed Parse, Bind, Execute, Sync.
+  const auto run = [](SessionState& s, std::string_view sql, char status) {
+    s.on_parsed("", sql);
+    s.on_bind("", "");
+    s.on_execute("");
+    s.on_ready(status);
+  };
+  SessionState s;
+  run(s, "BEGIN", 'T');
+  run(s, "SET search_path = shop", 'T');
+  run(s, "SELECT 1", 'T');  // inert: no portal kept, nothing done at Execute
+  CHECK(s.settings().empty());
+  run(s, "COMMIT", 'I');
+  CHECK(s.settings().at("search_path") == "shop");
+  run(s, "BEGIN", 'T');
+  run(s, "SET search_path = other", 'T');
+  run(s, "UPDATE t SET x = 1", 'T');
+  run(s, "  rollback", 'I');
+  CHECK(s.settings().at("search_path") == "shop");
+  CHECK(s.at_rest());
+}
+
 TEST_CASE("what cannot be replayed elsewhere marks the session for good", "[unit][session]") {
   for (const char* sql : {"SELECT set_config('search_path', 'x', false)", "LISTEN orders",
                           "CREATE TEMP TABLE t (x int)", "create local temporary table t (x int)",
