@@ -199,12 +199,13 @@ bool word_at(std::string_view sql, std::size_t i, std::string_view word) {
 
 namespace {
 
-// For each byte, in either case, the group of session words it may start: 1 "set" or "savepoint",
-// 2 "discard" or "deallocate", 3 "prepare", 4 "listen", 5 "temp", 6 "advisory", 7 "hold"; 0 none.
-// With each group's possible second letters, most bytes of a statement cost one table look-up.
+// For each byte, in either case, the group of session words it may start: 1 "set", "set_config"
+// or "savepoint", 2 "discard" or "deallocate", 3 "prepare", 4 "listen", 5 "temp", 6 "advisory",
+// 7 "hold", 8 "reset"; 0 none. With each group's possible second letters, most bytes of a
+// statement cost one table look-up.
 constexpr std::array<std::uint8_t, 256> kWordGroup = [] {
   std::array<std::uint8_t, 256> t{};
-  const char* firsts = "sdpltah";
+  const char* firsts = "sdpltahr";
   for (std::uint8_t g = 0; firsts[g] != '\0'; ++g) {
     t[static_cast<unsigned char>(firsts[g])] = static_cast<std::uint8_t>(g + 1);
     t[static_cast<unsigned char>(firsts[g] - ('a' - 'A'))] = static_cast<std::uint8_t>(g + 1);
@@ -214,9 +215,22 @@ constexpr std::array<std::uint8_t, 256> kWordGroup = [] {
 
 }  // namespace
 
+// Whether a SET or RESET at `i` may begin a statement: nothing but blanks before it since the
+// text's start, a ';' or a block comment. After a word, a quoted name or a ')' it is part of
+// another statement (UPDATE t SET ..., ALTER ... SET, OFFSET, pg_settings), which changes nothing
+// a session carries. A line comment could hide what comes before: with one, every SET counts.
+bool may_start_statement(std::string_view sql, std::size_t i, bool line_comment) {
+  if (line_comment) return true;
+  while (i > 0 && ascii::space(sql[i - 1])) --i;
+  if (i == 0) return true;
+  const char prev = sql[i - 1];
+  return !(ident_char(prev) || prev == '"' || prev == ')' || prev == ']' || prev == '\'');
+}
+
 SessionWords session_words(std::string_view sql) {
   SessionWords found;
   const std::size_t n = sql.size();
+  const bool line_comment = sql.find("--") != std::string_view::npos;
   for (std::size_t i = 0; i + 1 < n; ++i) {
     const std::uint8_t group = kWordGroup[static_cast<unsigned char>(sql[i])];
     if (group == 0) continue;
@@ -225,7 +239,7 @@ SessionWords session_words(std::string_view sql) {
     switch (group) {
       case 1:
         if (second == 'e') {
-          hit = word_at(sql, i, "set");
+          hit = word_at(sql, i, "set_config") || (word_at(sql, i, "set") && may_start_statement(sql, i, line_comment));
         } else if (second == 'a' && !found.savepoint) {
           found.savepoint = word_at(sql, i, "savepoint");
         }
@@ -245,8 +259,11 @@ SessionWords session_words(std::string_view sql) {
       case 6:
         hit = second == 'd' && word_at(sql, i, "advisory");
         break;
-      default:
+      case 7:
         hit = second == 'o' && word_at(sql, i, "hold");
+        break;
+      default:
+        hit = second == 'e' && word_at(sql, i, "reset") && may_start_statement(sql, i, line_comment);
         break;
     }
     if (hit) {

@@ -42,9 +42,10 @@ struct SqlStatement {
 std::vector<SqlStatement> split_sql(std::string_view sql);
 
 // Whether `sql` may change what a session carries: it contains, anywhere and in any case, one of
-// SET (RESET, set_config), DISCARD, PREPARE, DEALLOCATE, LISTEN, TEMP, an advisory lock or HOLD.
-// Only such statements are parsed. A false positive costs a parse; it runs for every query, over
-// all of it (a padded statement must not hide a LISTEN), so it copies nothing.
+// set_config, DISCARD, PREPARE, DEALLOCATE, LISTEN, TEMP, an advisory lock or HOLD, or a SET or
+// RESET that may begin a statement (not UPDATE ... SET). Only such statements are parsed. A false
+// positive costs a parse; it runs for every query, over all of it (a padded statement must not
+// hide a LISTEN), so it copies nothing.
 bool session_relevant(std::string_view sql);
 // session_relevant(), and whether a SAVEPOINT appears, in one pass (SessionState::on_query()).
 struct SessionWords {

@@ -113,7 +113,18 @@ TEST_CASE("the words that make a statement matter to a session, in any case, any
   CHECK_FALSE(session_relevant("SELECT abalance FROM pgbench_accounts WHERE aid = 42;"));
   CHECK_FALSE(session_relevant("COMMIT"));
   CHECK_FALSE(session_relevant("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 2, 3, 4, now())"));
-  CHECK(session_relevant("UPDATE t SET x = 1"));  // a false positive: it costs a parse
+  // SET and RESET count where a statement may begin, not inside another one.
+  CHECK_FALSE(session_relevant("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 7;"));
+  CHECK_FALSE(session_relevant("UPDATE \"T\" SET a = 1"));
+  CHECK_FALSE(session_relevant("SELECT name FROM pg_settings OFFSET 2"));
+  CHECK_FALSE(session_relevant("ALTER TABLE t ALTER COLUMN c SET DEFAULT 1"));
+  CHECK(session_relevant("BEGIN;SET a.x = 1"));
+  CHECK(session_relevant("  set search_path = x"));
+  CHECK(session_relevant("/* c */ SET a.x = 1"));
+  CHECK(session_relevant("-- a comment\nSET a.x = 1"));
+  CHECK(session_relevant("SELECT 1; -- c\n UPDATE t SET a = 1"));  // with a line comment, every SET counts
+  CHECK(session_relevant("select pg_catalog.set_config('a.x', '1', false)"));
+  CHECK(session_relevant("SELECT 1; reset all"));
   CHECK(session_relevant("select 1; LiStEn chan"));
   CHECK(session_relevant("RESET ALL"));
   CHECK(session_relevant("SELECT pg_advisory_lock(1)"));
