@@ -47,10 +47,8 @@ bool may_commit(std::string_view sql) {
 // "" when the query needs the full splitter (several statements, comments, or no plain word).
 std::string_view simple_first_word(std::string_view sql, char (&buf)[16]) {
   std::size_t i = 0;
-  while (i < sql.size() && ascii::space(sql[i])) ++i;
-  std::size_t n = 0;
-  while (i < sql.size() && n < sizeof buf && ascii::alpha(sql[i])) buf[n++] = ascii::lower(sql[i++]);
-  if (n == 0 || n == sizeof buf) return {};
+  const std::string_view word = leading_word(sql, buf, i);
+  if (word.empty() || word.size() == sizeof buf) return {};
   // The rest in one pass: no comment, and a ';' only at the end (followed by blanks and ';').
   bool ended = false;
   for (; i < sql.size(); ++i) {
@@ -63,7 +61,7 @@ std::string_view simple_first_word(std::string_view sql, char (&buf)[16]) {
       return {};
     }
   }
-  return {buf, n};
+  return word;
 }
 
 TransactionEffect transaction_effect(std::string_view sql) {

@@ -195,10 +195,6 @@ bool word_at(std::string_view sql, std::size_t i, std::string_view word) {
   return true;
 }
 
-}  // namespace
-
-namespace {
-
 // For each byte, in either case, the group of session words it may start: 1 "set", "set_config"
 // or "savepoint", 2 "discard" or "deallocate", 3 "prepare", 4 "listen", 5 "temp", 6 "advisory",
 // 7 "hold", 8 "reset"; 0 none. With each group's possible second letters, most bytes of a
@@ -213,8 +209,6 @@ constexpr std::array<std::uint8_t, 256> kWordGroup = [] {
   return t;
 }();
 
-}  // namespace
-
 // Whether a SET or RESET at `i` may begin a statement: nothing but blanks before it since the
 // text's start, a ';' or a block comment. After a word, a quoted name or a ')' it is part of
 // another statement (UPDATE t SET ..., ALTER ... SET, OFFSET, pg_settings), which changes nothing
@@ -225,6 +219,17 @@ bool may_start_statement(std::string_view sql, std::size_t i, bool line_comment)
   if (i == 0) return true;
   const char prev = sql[i - 1];
   return !(ident_char(prev) || prev == '"' || prev == ')' || prev == ']' || prev == '\'');
+}
+
+}  // namespace
+
+std::string_view leading_word(std::string_view sql, char (&buf)[16], std::size_t& end) {
+  std::size_t i = 0;
+  while (i < sql.size() && ascii::space(sql[i])) ++i;
+  std::size_t n = 0;
+  while (i < sql.size() && n < sizeof buf && ascii::alpha(sql[i])) buf[n++] = ascii::lower(sql[i++]);
+  end = i;
+  return {buf, n};
 }
 
 SessionWords session_words(std::string_view sql) {
@@ -404,13 +409,10 @@ namespace {
 bool inert_statement(std::string_view text) {
   const SessionWords w = session_words(text);
   if (w.relevant || w.savepoint) return false;
-  std::size_t i = 0;
-  while (i < text.size() && ascii::space(text[i])) ++i;
-  char buf[9];
-  std::size_t n = 0;
-  while (i < text.size() && n < sizeof buf && ascii::alpha(text[i])) buf[n++] = ascii::lower(text[i++]);
-  if (n == 0) return false;
-  const std::string_view first(buf, n);  // 9 letters: longer than any of the words below
+  char buf[16];
+  std::size_t end = 0;
+  const std::string_view first = leading_word(text, buf, end);
+  if (first.empty()) return false;
   return first != "commit" && first != "end" && first != "rollback" && first != "abort" && first != "release";
 }
 
@@ -477,26 +479,20 @@ void SessionState::on_close_complete() {
 void SessionState::apply(const Change& c) {
   switch (c.kind) {
     case Change::Kind::kSet:
-    case Change::Kind::kReset:
-    case Change::Kind::kResetAll:
-    case Change::Kind::kDiscardAll:
-      replay_stale_ = true;
-      break;
-    default:
-      break;
-  }
-  switch (c.kind) {
-    case Change::Kind::kSet:
       settings_[c.name] = c.value;
+      replay_stale_ = true;
       break;
     case Change::Kind::kReset:
       settings_.erase(c.name);
+      replay_stale_ = true;
       break;
     case Change::Kind::kResetAll:
       settings_.clear();
+      replay_stale_ = true;
       break;
     case Change::Kind::kDiscardAll:
       settings_.clear();
+      replay_stale_ = true;
       prepared_.clear();
       break;
     case Change::Kind::kDeallocate:

@@ -32,6 +32,10 @@ constexpr bool alpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <
 constexpr bool space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
 }  // namespace ascii
 
+// The plain word a statement text begins with (after blanks), lower-cased into `buf`, with `end`
+// set just past it; "" when the text begins with anything else. A longer word is cut at 16 letters.
+std::string_view leading_word(std::string_view sql, char (&buf)[16], std::size_t& end);
+
 // One top-level statement of a simple Query string, comments and literals understood.
 struct SqlStatement {
   std::string_view text;            // trimmed, without the terminating ';'
