@@ -77,6 +77,7 @@ Keeper::Keeper(event_base* base, KeeperConfig config, std::vector<NodeTarget> no
     admin(*n, statement, [done](const PgResult& r) { done(r.ok, r.error); });
   };
   store_ = std::make_unique<LocalRecordStore>(config_.state_file, std::move(sql), record_hooks());
+  store_->routing_epoch(table_.epoch());  // the first publication, made before the keeper existed
 }
 
 Keeper::~Keeper() = default;
@@ -791,6 +792,8 @@ void Keeper::publish(std::optional<routing::NodeId> writer, const std::string& w
   const bool in_barrier = step_ == Step::kBarrier;
   const bool in_publish = step_ == Step::kPublish;
   const std::uint64_t seq = sequence_id_;
+  // Kept before anyone can see it: a restart never hands the same epoch out for another table.
+  store_->routing_epoch(table_.next_epoch());
   effects_.publish(std::move(snap), [this, in_barrier, in_publish, seq, then = std::move(then)](std::uint64_t epoch) {
     if (then) {
       then(epoch);

@@ -287,7 +287,7 @@ void Keeper::fence_peers(std::function<void(bool, const std::string&)> done) {
 
 // A record that could not be written is an event, and stays on /health until one is written.
 void Keeper::note_record_error(const std::string& node, const std::string& error) {
-  record_error_ = node + ": " + error;
+  record_error_ = node.empty() ? error : node + ": " + error;
   add_event("record_failed", node, error);
 }
 

@@ -73,6 +73,11 @@ class RecordStore {
   // `ok` false (lost the compare-and-swap or the leader lease) aborts the failover.
   using FenceDone = std::function<void(bool ok, const std::string& why, std::optional<StoredRecord> stored)>;
   virtual void fence(const std::optional<StoredRecord>& read, const PrimaryRecord& fenced, FenceDone done) = 0;
+
+  // Routing is about to hand out `epoch`. The local store keeps the highest in its state file
+  // beside the record, so that a restart starts above it (epoch_floor()); etcd passes it to its
+  // caches. Without a state file the epochs between two records are kept nowhere.
+  virtual void routing_epoch(std::uint64_t epoch) = 0;
 };
 
 // Runs `sql` on the named node through the keeper's admin session; `done(ok, error)`.
@@ -91,16 +96,35 @@ class LocalRecordStore final : public RecordStore {
   bool leader() const override { return true; }
   void applied(std::uint64_t) override {}
   void fence(const std::optional<StoredRecord>&, const PrimaryRecord&, FenceDone done) override { done(true, {}, std::nullopt); }
+  void routing_epoch(std::uint64_t epoch) override;
+
+  // Every epoch the state file says was handed out (the record's and the highest routing epoch):
+  // the routing table of the next start begins above it, before its first publication. 0 when
+  // there is no state file or it holds neither.
+  static std::uint64_t epoch_floor(const std::string& state_file);
 
   // The statement that appends `rec` to pgkeel.primary_history (creating it if need be). It
   // never waits for a synchronous standby.
   static std::string history_insert_sql(const PrimaryRecord& rec);
 
  private:
-  bool write_state_file(const PrimaryRecord& rec, std::string& error) const;
-  std::optional<PrimaryRecord> read_state_file();
+  // The state file: the record on its first line (absent before the first record), then
+  // "routing_epoch=N" once routing has handed out an epoch above the record's.
+  struct StateFile {
+    std::optional<PrimaryRecord> record;
+    std::uint64_t routing_epoch = 0;
+    bool unreadable = false;  // it exists and holds no record
+  };
+  static StateFile parse_state_file(const std::string& path);
+  bool write_state_file(std::string& error) const;
+  std::optional<PrimaryRecord> read_state_file();  // says when it is unreadable
+  void remember(const StateFile& f);
 
   std::string state_file_;  // empty: the record lives only in the cluster
+  std::optional<PrimaryRecord> file_record_;  // what the state file holds (read once, then as written)
+  bool file_read_ = false;
+  bool file_unreadable_ = false;  // it held something other than a record: not overwritten by routing epochs
+  std::uint64_t routing_epoch_ = 0;  // the highest routing epoch in the state file
   ClusterSql cluster_sql_;
   RecordStoreHooks hooks_;
 };

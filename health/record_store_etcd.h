@@ -91,6 +91,9 @@ class EtcdRecordStore final : public RecordStore {
   bool leader() const override { return leader_ && serving(); }
   void applied(std::uint64_t record_epoch) override;
   void fence(const std::optional<StoredRecord>& read, const PrimaryRecord& fenced, FenceDone done) override;
+  void routing_epoch(std::uint64_t epoch) override {
+    if (caches_) caches_->routing_epoch(epoch);
+  }
   // `done(true)` once every other live instance has reported `record_epoch` applied or its lease
   // has expired; `done(false)` when this instance loses the leader lease first.
   using PeersDone = std::function<void(bool ok, const std::string& why)>;

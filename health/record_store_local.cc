@@ -4,7 +4,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -40,7 +42,9 @@ void LocalRecordStore::load(const std::vector<FoundRecord>& in_cluster, LoadDone
 
 void LocalRecordStore::publish(const std::optional<StoredRecord>&, const PrimaryRecord& next, PublishDone done) {
   std::string err;
-  if (!state_file_.empty() && !write_state_file(next, err)) {
+  if (!file_read_) remember(parse_state_file(state_file_));
+  file_record_ = next;
+  if (!state_file_.empty() && !write_state_file(err)) {
     if (hooks_.problem) hooks_.problem("record_failed", next.node, "state file: " + err);
   } else if (hooks_.written) {
     hooks_.written();
@@ -55,7 +59,17 @@ void LocalRecordStore::publish(const std::optional<StoredRecord>&, const Primary
                });
 }
 
-bool LocalRecordStore::write_state_file(const PrimaryRecord& rec, std::string& error) const {
+void LocalRecordStore::routing_epoch(std::uint64_t epoch) {
+  if (state_file_.empty()) return;
+  if (!file_read_) remember(parse_state_file(state_file_));
+  if (epoch <= std::max(routing_epoch_, file_record_ ? file_record_->epoch : 0)) return;
+  routing_epoch_ = epoch;
+  if (!file_record_ && file_unreadable_) return;  // left as it is for whoever reads it: load() said so
+  std::string err;
+  if (!write_state_file(err) && hooks_.problem) hooks_.problem("record_failed", "", "state file: " + err);
+}
+
+bool LocalRecordStore::write_state_file(std::string& error) const {
   // Written to a temporary file, fsynced, renamed over the old one, and the folder fsynced:
   // after a crash the file holds the old record or the new one, never half of either.
   const std::string tmp = state_file_ + ".tmp";
@@ -64,7 +78,9 @@ bool LocalRecordStore::write_state_file(const PrimaryRecord& rec, std::string& e
     error = tmp + ": " + std::strerror(errno);
     return false;
   }
-  const std::string text = rec.serialize() + "\n";
+  const std::uint64_t record_epoch = file_record_ ? file_record_->epoch : 0;
+  std::string text = file_record_ ? file_record_->serialize() + "\n" : std::string();
+  if (routing_epoch_ > record_epoch) text += "routing_epoch=" + std::to_string(routing_epoch_) + "\n";
   const bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
   ::close(fd);
   if (!ok || ::rename(tmp.c_str(), state_file_.c_str()) != 0) {
@@ -82,15 +98,40 @@ bool LocalRecordStore::write_state_file(const PrimaryRecord& rec, std::string& e
   return true;
 }
 
+LocalRecordStore::StateFile LocalRecordStore::parse_state_file(const std::string& path) {
+  StateFile f;
+  if (path.empty()) return f;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    constexpr std::string_view kRouting = "routing_epoch=";
+    if (line.rfind(kRouting, 0) == 0) {
+      f.routing_epoch = std::max(f.routing_epoch, std::strtoull(line.c_str() + kRouting.size(), nullptr, 10));
+    } else if (!f.record && !f.unreadable) {
+      f.record = PrimaryRecord::parse(line);
+      f.unreadable = !f.record;
+    }
+  }
+  return f;
+}
+
+std::uint64_t LocalRecordStore::epoch_floor(const std::string& state_file) {
+  const StateFile f = parse_state_file(state_file);
+  return std::max(f.routing_epoch, f.record ? f.record->epoch : 0);
+}
+
 std::optional<PrimaryRecord> LocalRecordStore::read_state_file() {
-  if (state_file_.empty()) return std::nullopt;
-  std::ifstream in(state_file_);
-  if (!in) return std::nullopt;
-  std::stringstream ss;
-  ss << in.rdbuf();
-  auto rec = PrimaryRecord::parse(ss.str());
-  if (!rec && hooks_.problem) hooks_.problem("record_unreadable", "", state_file_ + " does not hold a primary record");
-  return rec;
+  StateFile f = parse_state_file(state_file_);
+  if (f.unreadable && hooks_.problem) hooks_.problem("record_unreadable", "", state_file_ + " does not hold a primary record");
+  if (!file_read_) remember(f);
+  return f.record;
+}
+
+void LocalRecordStore::remember(const StateFile& f) {
+  file_read_ = true;
+  file_record_ = f.record;
+  file_unreadable_ = f.unreadable;
+  routing_epoch_ = std::max(routing_epoch_, f.routing_epoch);
 }
 
 }  // namespace pgkeel::health

@@ -926,6 +926,8 @@ int run(const conf::Config& config, const RunOptions& options) {
   snap.hold = true;
   snap.why = "waiting for the first probes of every node";
   std::string taken_writer;
+  // Every epoch an earlier run handed out, as its state file says: none is handed out again.
+  sh.table.raise_floor(health::LocalRecordStore::epoch_floor(config.general.state_file));
   if (taken) {
     sh.table.raise_floor(taken->keeper.epoch);
     if (const int w = config.node_index(taken->keeper.writer); w >= 0 && !taken->keeper.writer.empty()) {

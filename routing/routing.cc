@@ -38,6 +38,11 @@ void Table::raise_floor(std::uint64_t epoch) {
   floor_ = std::max(floor_, epoch);
 }
 
+std::uint64_t Table::next_epoch() const {
+  std::lock_guard lock(mu_);
+  return std::max(current_->epoch, floor_) + 1;
+}
+
 std::shared_ptr<const Snapshot> Table::current() const {
   std::lock_guard lock(mu_);
   return current_;

@@ -47,6 +47,8 @@ class Table {
   // The next publication gets an epoch above `epoch`: epochs recorded by an earlier run of
   // pgkeel (its state file, the cluster's primary history) are never handed out again.
   void raise_floor(std::uint64_t epoch);
+  // The epoch the next publish() hands out (publications come from one thread).
+  std::uint64_t next_epoch() const;
   std::shared_ptr<const Snapshot> current() const;
   std::uint64_t epoch() const { return epoch_.load(std::memory_order_acquire); }
 

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
@@ -48,6 +49,11 @@ struct Recorder {
     return h;
   }
 };
+
+std::string read_text(const fs::path& file) {
+  std::ifstream in(file);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
 
 PrimaryRecord rec(std::uint64_t epoch, const std::string& node, std::uint32_t timeline) {
   return PrimaryRecord{epoch, node, "7300", timeline, 0x3000100, "failover"};
@@ -137,4 +143,54 @@ TEST_CASE("local store: the fence before a promotion has no other instance to wa
   CHECK(called);  // at once, inside the call: the failover sequence goes on as it always did
   CHECK(r.statements.empty());
   CHECK_FALSE(fs::exists(file));  // alone, a fenced record would read as the primary to route to
+}
+
+TEST_CASE("local store: the highest routing epoch is kept beside the record, and the next start begins above it", "[health][record]") {
+  TempDir d;
+  Recorder r;
+  const fs::path file = d.dir / "pgkeel.state";
+  const std::string path = file.string();
+  CHECK(LocalRecordStore::epoch_floor(path) == 0);  // no state file yet
+  {
+    LocalRecordStore store(path, r.sql(), r.hooks());
+    store.routing_epoch(3);  // before the first record there is nothing to keep it beside...
+    CHECK(LocalRecordStore::epoch_floor(path) == 3);  // ...but it is kept
+    std::optional<PublishOutcome> out;
+    store.publish(std::nullopt, rec(4, "db1", 1), [&](PublishOutcome o) { out = o; });
+    REQUIRE(out);
+    CHECK(LocalRecordStore::epoch_floor(path) == 4);
+    store.routing_epoch(4);  // the publication naming the record: nothing new to write
+    CHECK(read_text(file) == rec(4, "db1", 1).serialize() + "\n");
+    store.routing_epoch(6);  // a table with another reader, say: not a record
+    store.routing_epoch(5);  // never backwards
+    CHECK(read_text(file) == rec(4, "db1", 1).serialize() + "\nrouting_epoch=6\n");
+  }
+  CHECK(LocalRecordStore::epoch_floor(path) == 6);
+  // The next run reads the record as before, and keeps the routing epoch when its own first
+  // record is written.
+  LocalRecordStore store(path, r.sql(), r.hooks());
+  std::optional<std::optional<StoredRecord>> loaded;
+  store.load({}, [&](std::optional<StoredRecord> s) { loaded = s; });
+  REQUIRE(loaded->has_value());
+  CHECK((*loaded)->record.epoch == 4);
+  store.publish(std::nullopt, rec(5, "db2", 2), [](PublishOutcome) {});
+  CHECK(LocalRecordStore::epoch_floor(path) == 6);
+  store.publish(std::nullopt, rec(7, "db1", 3), [](PublishOutcome) {});
+  CHECK(read_text(file) == rec(7, "db1", 3).serialize() + "\n");
+  CHECK(r.problems.empty());
+}
+
+TEST_CASE("local store: a state file that holds no record is not overwritten by routing epochs", "[health][record]") {
+  TempDir d;
+  Recorder r;
+  const fs::path file = d.dir / "pgkeel.state";
+  std::ofstream(file) << "garbage\n";
+  LocalRecordStore store(file.string(), r.sql(), r.hooks());
+  store.routing_epoch(9);
+  CHECK(read_text(file) == "garbage\n");
+  CHECK(LocalRecordStore::epoch_floor(file.string()) == 0);
+  // Without a state file the epochs between records are kept nowhere, and nothing fails.
+  LocalRecordStore none("", r.sql(), r.hooks());
+  none.routing_epoch(9);
+  CHECK(r.problems.empty());
 }
