@@ -106,7 +106,7 @@ LocalRecordStore::StateFile LocalRecordStore::parse_state_file(const std::string
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     constexpr std::string_view kRouting = "routing_epoch=";
     if (line.rfind(kRouting, 0) == 0) {
-      f.routing_epoch = std::max(f.routing_epoch, std::strtoull(line.c_str() + kRouting.size(), nullptr, 10));
+      f.routing_epoch = std::max<std::uint64_t>(f.routing_epoch, std::strtoull(line.c_str() + kRouting.size(), nullptr, 10));
     } else if (!f.record && !f.unreadable) {
       f.record = PrimaryRecord::parse(line);
       f.unreadable = !f.record;
