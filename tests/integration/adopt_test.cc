@@ -2,7 +2,8 @@
 // bring: a cluster made by plain `pg_basebackup -R` (standbys stream as `walreceiver`) becomes
 // synchronous, switches over and loses nothing to kill -9, and says why whenever synchronous
 // replication cannot be honoured; with `ANY 1` of two, a standby that cannot be proved complete is
-// not promoted; and epochs never go backwards across restarts, even without the state file.
+// not promoted; and epochs never go backwards across restarts (without the state file: never
+// below a recorded one).
 // Assertions read what clients, the console, the status port and PostgreSQL itself show.
 #include <signal.h>
 
