@@ -164,7 +164,8 @@ Pool* Client::last_pool(routing::NodeId node) const {
 }
 
 // Keeps what a later server would need to carry this session, from what the client sends.
-void Client::track(char type, std::string_view body, bool truncated) {
+// False only for a Query that names no session word (session_words()).
+bool Client::track(char type, std::string_view body, bool truncated) {
   protocol::Reader r(body);
   switch (type) {
     case fe::kQuery: {
@@ -173,8 +174,7 @@ void Client::track(char type, std::string_view body, bool truncated) {
       note_effect(transaction_effect(sql));
       const SessionWords words = session_words(sql);
       const bool relevant = words.relevant;
-      query_relevant_ = relevant;
-      if (!sess_ && !relevant) return;
+      if (!sess_ && !relevant) return false;
       Carried& s = carried();
       s.state.on_query(sql, words);
       if (relevant) {  // DISCARD, DEALLOCATE and PREPARE are among its words
@@ -192,7 +192,7 @@ void Client::track(char type, std::string_view body, bool truncated) {
         }
       }
       if (!s.state.replayable() && s.unreplayable.empty()) s.unreplayable = s.state.why_not_replayable();
-      return;
+      return relevant;
     }
     case fe::kParse: {
       const std::string_view name = r.str();
@@ -209,21 +209,21 @@ void Client::track(char type, std::string_view body, bool truncated) {
         if (sess_ || session_relevant(sql)) {
           carried().state.on_parsed(name, sql);
         }
-        return;
+        return true;
       }
-      if (r.failed()) return;
+      if (r.failed()) return true;
       if (name.empty()) unnamed_effect_ = transaction_effect(sql);
       if (!name.empty() && !transaction_mode()) carried().statements.define(name, body.substr(name.size() + 1));
       if (sess_ || session_relevant(sql)) {
         // Taken as parsed now: a Parse that fails fails its cycle, and the cycle's changes go.
         carried().state.on_parsed(name, sql);
       }
-      return;
+      return true;
     }
     case fe::kBind: {
       const std::string_view portal = r.str();
       const std::string_view name = r.str();
-      if (r.failed()) return;
+      if (r.failed()) return true;
       if (name.empty()) {
         note_effect(unnamed_effect_);
       } else if (sess_) {
@@ -232,7 +232,7 @@ void Client::track(char type, std::string_view body, bool truncated) {
         }
       }
       if (sess_) sess_->state.on_bind(portal, name);
-      return;
+      return true;
     }
     case fe::kExecute:
       if (sess_) {
@@ -240,18 +240,18 @@ void Client::track(char type, std::string_view body, bool truncated) {
         sess_->state.on_execute(r.str());
         if (!sess_->state.replayable() && sess_->unreplayable.empty()) sess_->unreplayable = sess_->state.why_not_replayable();
       }
-      return;
+      return true;
     case fe::kClose: {
       const char kind = static_cast<char>(r.i8());
       const std::string_view name = r.str();
-      if (r.failed() || kind != 'S' || !sess_) return;
+      if (r.failed() || kind != 'S' || !sess_) return true;
       if (!transaction_mode()) sess_->statements.forget(name);
       sess_->state.on_close_statement(name);
       sess_->state.on_close_complete();
-      return;
+      return true;
     }
     default:
-      return;
+      return true;
   }
 }
 
@@ -937,7 +937,7 @@ void Client::forward_messages() {
     const bool whole = !streamed || !refused.empty();  // a refused message is replaced whole
     const std::string_view message = refused.empty() ? body : std::string_view(refused);
     start_cycle();
-    track(type, message, !whole);
+    const bool names_session_word = track(type, message, !whole);
     const int ignored_syncs = server_->note_request(type);
     const std::uint64_t bytes = 1 + std::uint64_t{len};
     w_.stats().by_listener[listener_index_].bytes_in.add(bytes);
@@ -947,7 +947,7 @@ void Client::forward_messages() {
       if (ignored_syncs > 0) e.plan.ignore_syncs(ignored_syncs);
       // DEALLOCATE and DISCARD ALL drop the shared statements too: what follows prepares again.
       // (A Query's words were looked at by track() just now.)
-      if (refused.empty() && !statement_text.empty() && (type != fe::kQuery || query_relevant_) &&
+      if (refused.empty() && !statement_text.empty() && names_session_word &&
           drops_prepared(statement_text)) {
         e.statements.clear();
       }
@@ -1070,8 +1070,8 @@ void Client::attach(Server* s) {
     append_session_replay(state, sess_ ? sess_->statements : ClientStatements(), e.plan, out);
     e.settings = state.replay_sql();
     replay_needed_ = false;
-  } else if (transaction_mode() && state.replay_sql() != e.settings) {
-    e.settings = append_settings_restore(state, e.settings, e.plan, out);
+  } else if (transaction_mode()) {
+    append_settings_restore(state, e.settings, e.plan, out);
   }
   if (!out.empty()) {
     // pgkeel's own cycles: counted like the client's, so idleness stays exact.

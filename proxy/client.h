@@ -165,8 +165,9 @@ class Client {
   // Session state kept for another server (transaction pooling, a failover): created on need.
   struct Carried;
   Carried& carried();
-  // A client message on its way to the server (body complete unless truncated).
-  void track(char type, std::string_view body, bool truncated);
+  // A client message on its way to the server (body complete unless truncated). False only for
+  // a Query that names no session word: nothing in it can drop prepared statements either.
+  bool track(char type, std::string_view body, bool truncated);
   void start_cycle();
   void note_effect(const TransactionEffect& e);
   void read_detached();
@@ -186,7 +187,6 @@ class Client {
   // Ordered by size, so the object has no padding: an idle client is mostly this object.
   Worker& w_;
   std::shared_ptr<const SessionKey> session_;
-  bool query_relevant_ = false;  // track(): session_relevant() of the last Query's text
   Pool* last_pool_ = nullptr;
   const SessionKey* last_pool_session_ = nullptr;
   std::shared_ptr<const ServerCredential> cred_;

@@ -10,13 +10,14 @@ namespace fe = protocol::fe;
 using Request = ResponsePlan::Request;
 using Origin = ResponsePlan::Origin;
 
-std::string append_settings_restore(const SessionState& client, const std::string& server_settings, ResponsePlan& plan,
-                                    std::string& out) {
+bool append_settings_restore(const SessionState& client, std::string& server_settings, ResponsePlan& plan,
+                             std::string& out) {
   const std::string& want = client.replay_sql();
-  if (want == server_settings) return want;
+  if (want == server_settings) return false;
   protocol::Writer(out).begin(fe::kQuery).str("RESET ALL;" + want).end();
   plan.add(Request::kQuery, Origin::kInjected);
-  return want;
+  server_settings = want;
+  return true;
 }
 
 void append_session_replay(const SessionState& client, const ClientStatements& statements, ResponsePlan& plan,

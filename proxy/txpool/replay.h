@@ -14,10 +14,10 @@ namespace pgkeel::proxy {
 
 // Transaction pooling, before a client's transaction on a connection last used with settings
 // `server_settings` (SessionState::replay_sql() of its last client; empty: as it logged in):
-// one Query that resets the connection and applies the client's settings, when they differ.
-// Returns the settings the connection has afterwards.
-std::string append_settings_restore(const SessionState& client, const std::string& server_settings, ResponsePlan& plan,
-                                    std::string& out);
+// when they differ, one Query that resets the connection and applies the client's settings, and
+// `server_settings` becomes them. Returns whether it appended that Query.
+bool append_settings_restore(const SessionState& client, std::string& server_settings, ResponsePlan& plan,
+                             std::string& out);
 
 // A session moved to a fresh server connection (the old one died with the primary): its SETs,
 // then every named prepared statement under the client's own name, then a Sync. Nothing when the

@@ -356,13 +356,17 @@ TEST_CASE("transaction pooling resets a connection's settings only when the next
   pgkeel::proxy::SessionState b;
   ResponsePlan plan;
   std::string out;
-  const std::string after_a = pgkeel::proxy::append_settings_restore(a, "", plan, out);
+  std::string server;  // as it logged in
+  CHECK(pgkeel::proxy::append_settings_restore(a, server, plan, out));
   CHECK(types(split(out)) == "Q");
   CHECK(split(out)[0].body.rfind("RESET ALL;SET statement_timeout", 0) == 0);
+  CHECK(server == a.replay_sql());
   out.clear();
-  CHECK(pgkeel::proxy::append_settings_restore(a, after_a, plan, out) == after_a);
+  CHECK_FALSE(pgkeel::proxy::append_settings_restore(a, server, plan, out));
   CHECK(out.empty());
-  CHECK(pgkeel::proxy::append_settings_restore(b, after_a, plan, out).empty());
+  CHECK(server == a.replay_sql());
+  CHECK(pgkeel::proxy::append_settings_restore(b, server, plan, out));
+  CHECK(server.empty());
   CHECK(split(out)[0].body == std::string("RESET ALL;\0", 11));
 }
 
