@@ -480,14 +480,27 @@ void Worker::apply_epoch() {
   applied_ = snapshot_;
   // A node that was the writer and is not any more, or that is fenced or disabled, keeps no
   // connection: a session opened under an older epoch must never write to a demoted primary.
+  auto doomed_node = [&](routing::NodeId node) {
+    const routing::NodeView* v = snap.node(node);
+    const bool was_writer = prev && prev->writer && *prev->writer == node;
+    const bool is_writer = snap.writer && *snap.writer == node;
+    return (was_writer && !is_writer) || v == nullptr || v->fenced || !v->enabled;
+  };
+  // Clients waiting for a connection to such a node were routed under an older epoch: they are
+  // routed again under this one (held, refused with its reason, or sent to the new writer). Left
+  // in the queue, the first would get the cut login's error and the rest connections opened to
+  // the node now, under this epoch.
+  std::vector<Client*> reroute;
+  for (auto& [key, p] : pools_) {
+    if (doomed_node(p->node)) reroute.insert(reroute.end(), p->waiters.begin(), p->waiters.end());
+  }
+  for (Client* c : reroute) cancel_wait(*this, *c);
   std::vector<Server*> doomed;
   for (auto& [id, s] : servers_) {
-    const routing::NodeView* v = snap.node(s->node());
-    const bool was_writer = prev && prev->writer && *prev->writer == s->node();
-    const bool is_writer = snap.writer && *snap.writer == s->node();
-    if ((was_writer && !is_writer) || v == nullptr || v->fenced || !v->enabled) doomed.push_back(s.get());
+    if (doomed_node(s->node())) doomed.push_back(s.get());
   }
   for (Server* s : doomed) s->close_abortively("pgkeel is failing over: " + snap.why);
+  for (Client* c : reroute) request_server(*this, *c);
   if (!doomed.empty()) {
     log::info("worker").kv("event", "epoch_applied").kv("worker", index_).kv("epoch", snap.epoch)
         .kv("closed_servers", static_cast<std::uint64_t>(doomed.size())).unlimited().emit();

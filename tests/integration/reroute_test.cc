@@ -369,6 +369,56 @@ TEST_CASE("no 25006 through pgkeel: writers in both pool modes across a SWITCHOV
   }
 }
 
+// A client in the queue for a connection to the primary when routing demotes it was routed under
+// the older epoch. It must be routed again: held through the failover and served by the new
+// primary, never given a connection opened to the old one (which still runs here) nor the error
+// of a login that the demotion cut.
+TEST_CASE("a client waiting for a connection to the primary when it is demoted is held and served by the new one",
+          "[reroute][waiting]") {
+  Cluster cluster(ClusterOptions{.standbys = 1, .sync = true});
+  PgkeelOptions o;
+  o.console = true;
+  o.workers = 1;
+  o.pool_size = 1;
+  o.pool_extra = "max_server_conn_per_node = 1";  // so that a second client waits in the queue
+  o.failover_extra = "hold_timeout = \"15s\"";
+  Pgkeel pk(cluster, o);
+  const std::string db1 = std::to_string(cluster.port("db1"));
+  const std::string db2 = std::to_string(cluster.port("db2"));
+  REQUIRE(eventually(10s, [&] { return served_port(pk) == db1; }));
+
+  PqSession first(pk.conninfo());
+  REQUIRE(first.exec("SELECT 1").ok);  // session pooling: it keeps db1's only connection
+  PqResult second;
+  std::thread waiter([&] {
+    PqSession s(pk.conninfo(), 30s);
+    if (!s.connected()) {
+      second.error = s.error();
+      second.sqlstate = s.sqlstate();
+      return;
+    }
+    second = s.exec("SELECT current_setting('port') || ' ' || pg_is_in_recovery()::text");
+  });
+  auto waiting = [&] {
+    for (const auto& row : pq_exec(pk.console_conninfo(), "SHOW CLIENTS").rows) {
+      for (const auto& v : row) {
+        if (v && *v == "waiting") return true;
+      }
+    }
+    return false;
+  };
+  const bool queued = eventually(10s, waiting);
+  CHECK(queued);
+  const std::string answer = console_act(pk, "FAILOVER TO db2");
+  waiter.join();
+  INFO(answer);
+  INFO("the waiting client: " << second.error);
+  REQUIRE(answer.empty());
+  CHECK(second.ok);
+  CHECK(second.scalar() == db2 + " false");
+  CHECK(first.exec("SELECT current_setting('port')").scalar() == db2);  // the session moved too
+}
+
 TEST_CASE("a HikariCP pool lives through a kill -9 of the primary: only transactions in flight fail",
           "[reroute][hikari][release-only]") {
   Cluster cluster(ClusterOptions{.standbys = 1, .sync = true});
